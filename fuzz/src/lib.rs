@@ -23,14 +23,23 @@ impl Visitor for Checker {
         self.open.insert(key);
     }
     fn call(&mut self, key: u64, _syscall: u32) {
-        assert!(self.open.contains(&key), "call on trace {key} that is not open");
+        assert!(
+            self.open.contains(&key),
+            "call on trace {key} that is not open"
+        );
         self.calls += 1;
     }
     fn end(&mut self, key: u64) {
-        assert!(self.open.remove(&key), "end of trace {key} that is not open");
+        assert!(
+            self.open.remove(&key),
+            "end of trace {key} that is not open"
+        );
     }
     fn program(&mut self, key: u64, _path: &str) {
-        assert!(self.open.contains(&key), "program for trace {key} that is not open");
+        assert!(
+            self.open.contains(&key),
+            "program for trace {key} that is not open"
+        );
     }
 }
 
@@ -48,10 +57,16 @@ fn recording_prefix() -> Vec<u8> {
 pub fn check(format: Format, data: &[u8]) {
     let _ = detect_format(data);
     // A small per-trace cap exercises the TooLarge paths too.
-    let cap = data.first().map_or(1 << 28, |&b| if b & 1 == 1 { 1 << 28 } else { 64 });
+    let cap = data
+        .first()
+        .map_or(1 << 28, |&b| if b & 1 == 1 { 1 << 28 } else { 64 });
     let opts = ReadOptions {
         format: Some(format),
-        arch: if data.len() % 2 == 0 { Arch::X86_64 } else { Arch::I386 },
+        arch: if data.len() % 2 == 0 {
+            Arch::X86_64
+        } else {
+            Arch::I386
+        },
         max_trace_calls: cap,
     };
     let owned;

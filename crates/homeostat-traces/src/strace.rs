@@ -7,7 +7,8 @@
 //! * with `-f`, each line starts with the pid (`1234  read(...)`, or `[pid  1234] ...`
 //!   when written to stderr); each pid (really each thread id) is one trace, named
 //!   `<file>:<pid>`. Without `-f` there is no pid and the whole file is one trace,
-//!   named `<file>`. A pid that calls `execve` keeps its trace: strace does not tell
+//!   named `<file>` (in stderr output with `-f`, the first process's lines carry no
+//!   prefix and so form that trace too). A pid that calls `execve` keeps its trace: strace does not tell
 //!   which executable runs, so there is nothing to split on;
 //! * a leading timestamp from `-t`/`-tt` (`12:34:56.789012`), `-ttt`
 //!   (`1700000000.123456`) or `-r` (`0.000123`) is skipped, as are `-i`/`-n` bracketed
@@ -29,7 +30,10 @@
 //! file still match the next.
 //!
 //! Any other line is an error naming the line, except a last line cut off without a
-//! newline (strace killed mid-write), which is ignored.
+//! newline (strace killed mid-write), which is ignored. Being strict here is deliberate:
+//! output that strace wrote to stderr (no `-o`) interleaves with the traced program's
+//! own output and with strace's messages mid-line, and guessing around that would
+//! quietly teach the model calls that never happened.
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -243,7 +247,11 @@ pub(crate) fn read(
                 return Err(TraceError::parse(
                     path,
                     Some(lineno),
-                    format!("not a line of strace output: {}", excerpt(line.text)),
+                    format!(
+                        "not a line of strace output: {} (record with `strace -o FILE`; \
+                         output sent to stderr mixes in the program's own output)",
+                        excerpt(line.text)
+                    ),
                 ))
             }
             Event::Exit { pid } => {
