@@ -1,1 +1,87 @@
-fn main() {}
+//! Speed of the detection core on ADFA-LD replay, one core: test throughput (calls/s)
+//! per model, training time per model, and dataset load time.
+//!
+//! Skips with a message when ADFA-LD is absent (set HOMEOSTAT_ADFA_DIR, or keep it at
+//! ../shared/datasets/ADFA-LD beside the checkout).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use homeostat_core::{AnyModel, Model, ModelKind, ModelSpec, Scratch};
+use homeostat_traces::adfa;
+
+fn adfa_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("HOMEOSTAT_ADFA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/ADFA-LD")
+        });
+    dir.join("Training_Data_Master").is_dir().then_some(dir)
+}
+
+fn benches(c: &mut Criterion) {
+    let Some(dir) = adfa_dir() else {
+        eprintln!("skipping benchmarks: ADFA-LD not found (set HOMEOSTAT_ADFA_DIR)");
+        return;
+    };
+    let data = adfa::load(&dir).expect("ADFA-LD loads");
+    let train: Vec<&[u32]> = data.training.iter().map(|t| t.calls.as_slice()).collect();
+    let test: Vec<&[u32]> = data
+        .validation
+        .iter()
+        .map(|t| t.calls.as_slice())
+        .chain(data.attacks.iter().map(|a| a.trace.calls.as_slice()))
+        .collect();
+    let test_calls: u64 = test.iter().map(|t| t.len() as u64).sum();
+
+    let mut g = c.benchmark_group("test");
+    g.throughput(Throughput::Elements(test_calls));
+    g.measurement_time(Duration::from_secs(4));
+    for kind in ModelKind::ALL {
+        let mut m = AnyModel::new(ModelSpec::new(kind)).unwrap();
+        for t in &train {
+            m.train_trace(t);
+        }
+        m.finish();
+        let mut scratch = Scratch::default();
+        g.bench_function(kind.name(), |b| {
+            b.iter(|| {
+                let mut sum = 0u64;
+                for t in &test {
+                    sum += m.test_trace(t, &mut scratch).mismatches;
+                }
+                sum
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("train");
+    g.throughput(Throughput::Elements(
+        train.iter().map(|t| t.len() as u64).sum(),
+    ));
+    for kind in ModelKind::ALL {
+        g.bench_function(kind.name(), |b| {
+            b.iter(|| {
+                let mut m = AnyModel::new(ModelSpec::new(kind)).unwrap();
+                for t in &train {
+                    m.train_trace(t);
+                }
+                m.finish();
+                m.profile_size()
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("load");
+    g.sample_size(20);
+    g.bench_function("adfa-ld", |b| {
+        b.iter(|| adfa::load(&dir).unwrap().training.len())
+    });
+    g.finish();
+}
+
+criterion_group!(models, benches);
+criterion_main!(models);

@@ -22,12 +22,23 @@ pub const SYMBOL_BITS: u32 = 9;
 const DIRECT_LIMIT: usize = 4096;
 
 /// The mapping from raw system call numbers to dense ids.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alphabet {
-    direct: Vec<u16>,
+    /// Fixed size, so the hot lookup needs one compare and no bounds check.
+    direct: Box<[u16; DIRECT_LIMIT]>,
     spill: BTreeMap<u32, u16>,
     /// `symbols[id - 1]` is the raw number of `id`.
     symbols: Vec<u32>,
+}
+
+impl Default for Alphabet {
+    fn default() -> Self {
+        Alphabet {
+            direct: Box::new([UNKNOWN; DIRECT_LIMIT]),
+            spill: BTreeMap::new(),
+            symbols: Vec::new(),
+        }
+    }
 }
 
 impl Alphabet {
@@ -71,17 +82,15 @@ impl Alphabet {
     /// The id of `raw`, or [`UNKNOWN`] when training never saw it.
     #[inline(always)]
     pub fn id(&self, raw: u32) -> u16 {
-        match self.direct.get(raw as usize) {
-            Some(&id) => id,
-            None => self.spill_id(raw),
+        if (raw as usize) < DIRECT_LIMIT {
+            self.direct[raw as usize]
+        } else {
+            self.spill_id(raw)
         }
     }
 
     #[cold]
     fn spill_id(&self, raw: u32) -> u16 {
-        if (raw as usize) < DIRECT_LIMIT {
-            return UNKNOWN;
-        }
         self.spill.get(&raw).copied().unwrap_or(UNKNOWN)
     }
 
@@ -97,9 +106,6 @@ impl Alphabet {
         self.symbols.push(raw);
         let idx = raw as usize;
         if idx < DIRECT_LIMIT {
-            if self.direct.len() <= idx {
-                self.direct.resize(idx + 1, UNKNOWN);
-            }
             self.direct[idx] = id;
         } else {
             self.spill.insert(raw, id);

@@ -27,5 +27,5 @@ pub mod stide;
 pub mod table;
 
 pub use locality::{Anomaly, LocalityFrame, TraceScore};
-pub use model::{AnyModel, Cursor, Model, ModelKind, ModelSpec, Scratch, SpecError};
+pub use model::{AnyModel, Cursor, Model, ModelKind, ModelSpec, Scratch, SpecError, StreamScorer};
 pub use profile::{Profile, ProfileError, ProfileMeta};

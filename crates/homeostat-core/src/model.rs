@@ -229,6 +229,7 @@ impl Cursor {
 #[derive(Debug, Default, Clone)]
 pub struct Scratch {
     pub(crate) ids: Vec<u16>,
+    pub(crate) ids8: Vec<u8>,
     /// Anomalies of the last tested trace, in call order.
     pub anomalies: Vec<Anomaly>,
 }
@@ -297,6 +298,69 @@ pub trait Model {
             &scratch.anomalies,
             spec.locality,
         )
+    }
+}
+
+/// Scores one trace as its calls arrive: the streaming counterpart of
+/// [`Model::test_trace`], with the same test units and locality frame, for monitors
+/// and for scans that must not hold whole traces in memory.
+#[derive(Debug, Clone)]
+pub struct StreamScorer {
+    cursor: Cursor,
+    frame: crate::locality::LocalityFrame,
+    score: TraceScore,
+    /// Calls before the first test unit (k - 1 for the stide family, else 0).
+    lead: u64,
+}
+
+impl StreamScorer {
+    /// A scorer for a new trace under `model`.
+    pub fn new(model: &impl Model) -> Self {
+        let spec = model.spec();
+        let lead = match spec.kind {
+            ModelKind::Stide | ModelKind::TStide => spec.window as u64 - 1,
+            ModelKind::Pairs | ModelKind::Markov => 0,
+        };
+        StreamScorer {
+            cursor: model.cursor(),
+            frame: crate::locality::LocalityFrame::new(spec.locality),
+            score: TraceScore::default(),
+            lead,
+        }
+    }
+
+    /// Tests the next call; returns `(failed checks, current LFC)`.
+    pub fn call(&mut self, model: &impl Model, call: u32) -> (u32, u32) {
+        let misses = model.test_call(&mut self.cursor, call);
+        self.score.calls += 1;
+        if self.score.calls > self.lead {
+            self.unit(misses);
+        }
+        (misses, self.frame.lfc())
+    }
+
+    fn unit(&mut self, misses: u32) {
+        self.score.units += 1;
+        if misses > 0 {
+            self.score.mismatches += 1;
+            self.score.misses += u64::from(misses);
+        }
+        let lfc = self.frame.push(misses > 0);
+        self.score.max_lfc = self.score.max_lfc.max(lfc);
+    }
+
+    /// The current locality frame count.
+    pub fn lfc(&self) -> u32 {
+        self.frame.lfc()
+    }
+
+    /// The trace ended: tests a short trace's single window and returns the score.
+    pub fn finish(mut self, model: &impl Model) -> TraceScore {
+        let misses = model.test_end(&mut self.cursor);
+        if self.score.calls > 0 && self.score.calls <= self.lead {
+            self.unit(misses);
+        }
+        self.score
     }
 }
 

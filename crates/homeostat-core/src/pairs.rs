@@ -4,57 +4,80 @@
 //! `d`) must have been seen in training; a call with any missing pair is anomalous,
 //! and the number of missing pairs is kept. As in pH, the profile is a table indexed
 //! by (current, previous) whose entry is a bitmask of distances, so a test is `w - 1`
-//! loads from one row of a table that fits in L1 (w = 9: one byte an entry).
+//! loads from one row (w = 9: one byte an entry, pH's layout).
+//!
+//! Rows are fixed arrays of 512 entries, one per possible symbol id, so indexing a
+//! row by a 9-bit id needs no bounds check: with dynamic sides the compiler kept a
+//! compare-and-branch per distance and the loop ran 1.4x slower. Only rows of ids in
+//! use are allocated, and only the first `|alphabet|` entries of each are touched.
 //!
 //! Edges: a call at index `t` has only the pairs with `d <= t` (nothing before a
 //! trace's start is assumed). With this rule, for `w = k`, every sequence stide accepts
 //! is accepted by lookahead pairs too: each pair lies inside some accepted window.
 
-use crate::alphabet::Alphabet;
+use crate::alphabet::{Alphabet, SYMBOL_BITS};
 use crate::locality::{Anomaly, TraceScore};
 use crate::model::{Cursor, Model, ModelSpec, Scratch};
 
 /// Ring length of [`Cursor::ring`]: the most predecessors a cursor keeps.
 const RING: usize = 32;
+/// Entries in a row: every 9-bit symbol id.
+const ROW: usize = 1 << SYMBOL_BITS;
+const ID_MASK: usize = ROW - 1;
 
-/// The distance bitmasks: one byte an entry for w <= 9 (pH's default), four otherwise.
+/// The distance bitmasks, one row per current call: one byte an entry for w <= 9
+/// (pH's default), four otherwise.
 #[derive(Debug, Clone)]
 enum Masks {
-    Narrow(Vec<u8>),
-    Wide(Vec<u32>),
+    Narrow(Vec<[u8; ROW]>),
+    Wide(Vec<[u32; ROW]>),
 }
 
 impl Masks {
-    fn new(w: usize, side_bits: u32) -> Self {
-        let n = 1usize << (2 * side_bits);
+    fn new(w: usize) -> Self {
         if w <= 9 {
-            Masks::Narrow(vec![0; n])
+            Masks::Narrow(vec![])
         } else {
-            Masks::Wide(vec![0; n])
+            Masks::Wide(vec![])
         }
     }
 
-    #[inline]
-    fn get(&self, i: usize) -> u32 {
+    fn rows(&self) -> usize {
         match self {
-            Masks::Narrow(v) => u32::from(v[i]),
-            Masks::Wide(v) => v[i],
+            Masks::Narrow(v) => v.len(),
+            Masks::Wide(v) => v.len(),
         }
     }
 
-    /// Sets bit `d - 1` of entry `i`; true when it was not set.
+    /// The mask of (cur, prev); 0 for rows never allocated.
     #[inline]
-    fn set(&mut self, i: usize, d: usize) -> bool {
+    fn get(&self, cur: u16, prev: u16) -> u32 {
+        let (c, p) = (usize::from(cur), usize::from(prev) & ID_MASK);
+        match self {
+            Masks::Narrow(v) => v.get(c).map_or(0, |r| u32::from(r[p])),
+            Masks::Wide(v) => v.get(c).map_or(0, |r| r[p]),
+        }
+    }
+
+    /// Sets bit `d - 1` of (cur, prev); true when it was not set.
+    fn set(&mut self, cur: u16, prev: u16, d: usize) -> bool {
+        let (c, p) = (usize::from(cur), usize::from(prev) & ID_MASK);
         let bit = 1u32 << (d - 1);
         match self {
             Masks::Narrow(v) => {
-                let new = v[i] & bit as u8 == 0;
-                v[i] |= bit as u8;
+                if v.len() <= c {
+                    v.resize(c + 1, [0; ROW]);
+                }
+                let new = v[c][p] & bit as u8 == 0;
+                v[c][p] |= bit as u8;
                 new
             }
             Masks::Wide(v) => {
-                let new = v[i] & bit == 0;
-                v[i] |= bit;
+                if v.len() <= c {
+                    v.resize(c + 1, [0; ROW]);
+                }
+                let new = v[c][p] & bit == 0;
+                v[c][p] |= bit;
                 new
             }
         }
@@ -66,11 +89,8 @@ impl Masks {
 pub struct Pairs {
     spec: ModelSpec,
     alphabet: Alphabet,
-    /// log2 of the table's side; the table is `side x side`, row = current call.
-    side_bits: u32,
     train: Masks,
     test: Masks,
-    test_side_bits: u32,
     pairs: usize,
     calls: u64,
 }
@@ -78,14 +98,11 @@ pub struct Pairs {
 impl Pairs {
     /// An empty profile (spec assumed validated).
     pub fn new(spec: ModelSpec) -> Self {
-        let side_bits = 5;
         Pairs {
-            train: Masks::new(spec.window, side_bits),
-            test: Masks::new(spec.window, side_bits),
+            train: Masks::new(spec.window),
+            test: Masks::new(spec.window),
             spec,
             alphabet: Alphabet::new(),
-            side_bits,
-            test_side_bits: side_bits,
             pairs: 0,
             calls: 0,
         }
@@ -98,12 +115,13 @@ impl Pairs {
 
     /// Every (current id, previous id, distance mask) entry that has a bit set.
     pub fn entries(&self) -> Vec<(u16, u16, u32)> {
-        let side = 1usize << self.side_bits;
         let mut v = vec![];
-        for i in 0..side * side {
-            let m = self.train.get(i);
-            if m != 0 {
-                v.push(((i / side) as u16, (i % side) as u16, m));
+        for cur in 0..self.train.rows() {
+            for prev in 0..ROW {
+                let m = self.train.get(cur as u16, prev as u16);
+                if m != 0 {
+                    v.push((cur as u16, prev as u16, m));
+                }
             }
         }
         v
@@ -129,10 +147,8 @@ impl Pairs {
             if cur == 0 || prev == 0 || cur > max_id || prev > max_id || mask & !limit != 0 {
                 return None;
             }
-            m.ensure_side(cur.max(prev));
-            let i = m.index(cur, prev);
             for d in 1..m.spec.window {
-                if mask & (1 << (d - 1)) != 0 && m.train.set(i, d) {
+                if mask & (1 << (d - 1)) != 0 && m.train.set(cur, prev, d) {
                     m.pairs += 1;
                 }
             }
@@ -141,69 +157,58 @@ impl Pairs {
         Some(m)
     }
 
-    #[inline]
-    fn index(&self, cur: u16, prev: u16) -> usize {
-        (usize::from(cur) << self.side_bits) | usize::from(prev)
-    }
-
-    /// Grows the table so that `id` has a row and column.
-    fn ensure_side(&mut self, id: u16) {
-        if usize::from(id) < (1 << self.side_bits) {
-            return;
-        }
-        let mut bits = self.side_bits;
-        while usize::from(id) >= (1 << bits) {
-            bits += 1;
-        }
-        let mut bigger = Masks::new(self.spec.window, bits);
-        let old_side = 1usize << self.side_bits;
-        for i in 0..old_side * old_side {
-            let m = self.train.get(i);
-            if m != 0 {
-                let (cur, prev) = (i / old_side, i % old_side);
-                let j = (cur << bits) | prev;
-                match &mut bigger {
-                    Masks::Narrow(v) => v[j] = m as u8,
-                    Masks::Wide(v) => v[j] = m,
-                }
-            }
-        }
-        self.train = bigger;
-        self.side_bits = bits;
-    }
-
-    /// Missing pairs of the call `ids[t]` against up to `w - 1` predecessors, for the
-    /// first `w - 1` calls of a trace (the only ones with fewer predecessors).
-    fn head_misses(&self, ids: &[u16], t: usize) -> u32 {
+    /// Missing pairs of the call `ids[t]` against up to `w - 1` predecessors.
+    fn misses_at(&self, ids: &[u16], t: usize) -> u32 {
         let w = self.spec.window;
-        let side_bits = self.test_side_bits;
         let mut miss = 0;
         for d in 1..w.min(t + 1) {
-            let i = (usize::from(ids[t]) << side_bits) | usize::from(ids[t - d]);
-            miss += u32::from(self.test.get(i) & (1 << (d - 1)) == 0);
+            miss += u32::from(self.test.get(ids[t], ids[t - d]) & (1 << (d - 1)) == 0);
         }
         miss
     }
 }
 
-/// The tuned loop for pH's byte masks: `W` is the window, known at compile time so
-/// the distance loop unrolls and bounds checks fold away.
-fn test_narrow<const W: usize>(table: &[u8], side_bits: u32, ids: &[u16], out: &mut Vec<Anomaly>) {
-    let side = 1usize << side_bits;
+/// The tuned loop for pH's byte masks, from call `W - 1` on (earlier calls have fewer
+/// predecessors and go through [`Pairs::misses_at`]). `W` is known at compile time,
+/// so the distance loop unrolls; the `W - 1` mask bytes are gathered into one word and
+/// compared at once against the bits that must be set (bit `d - 1` of byte `d - 1`).
+/// Ids without a row (trained after the last finish) are tested as unknown.
+fn test_narrow<const W: usize, I: RowIndex>(rows: &[[u8; ROW]], ids: &[I], out: &mut Vec<Anomaly>) {
+    static NONE: [u8; ROW] = [0; ROW];
+    let need: u64 = (1..W).fold(0, |m, d| m | 1 << (9 * (d - 1)));
     for (i, win) in ids.windows(W).enumerate() {
-        let cur = usize::from(win[W - 1]);
-        let row = &table[(cur << side_bits) & (table.len() - side)..][..side];
-        let mut miss = 0u32;
+        let row = rows.get(win[W - 1].index()).unwrap_or(&NONE);
+        let mut got = 0u64;
         for d in 1..W {
-            let m = row[usize::from(win[W - 1 - d]) & (side - 1)];
-            miss += u32::from((m >> (d - 1)) & 1 ^ 1);
+            got |= u64::from(row[win[W - 1 - d].index()]) << (8 * (d - 1));
         }
-        if miss != 0 {
+        if got & need != need {
             out.push(Anomaly {
                 pos: (i + W - 1) as u32,
-                misses: miss,
+                misses: (need & !got).count_ones(),
             });
         }
+    }
+}
+
+/// A symbol id that indexes a row without a bounds check: `u8` ids (alphabets under
+/// 256 calls, nearly every program) need no masking at all, saving an instruction per
+/// distance.
+trait RowIndex: Copy {
+    fn index(self) -> usize;
+}
+
+impl RowIndex for u8 {
+    #[inline(always)]
+    fn index(self) -> usize {
+        usize::from(self)
+    }
+}
+
+impl RowIndex for u16 {
+    #[inline(always)]
+    fn index(self) -> usize {
+        usize::from(self) & ID_MASK
     }
 }
 
@@ -218,14 +223,12 @@ impl Model for Pairs {
 
     fn train_call(&mut self, cur: &mut Cursor, call: u32) -> bool {
         let id = self.alphabet.intern(call);
-        self.ensure_side(id);
         self.calls += 1;
         let mut changed = false;
         let back = (cur.calls as usize).min(self.spec.window - 1);
         for d in 1..=back {
             let prev = cur.ring[(cur.calls as usize - d) % RING];
-            let i = self.index(id, prev);
-            if self.train.set(i, d) {
+            if self.train.set(id, prev, d) {
                 self.pairs += 1;
                 changed = true;
             }
@@ -241,24 +244,15 @@ impl Model for Pairs {
 
     fn finish(&mut self) {
         self.test = self.train.clone();
-        self.test_side_bits = self.side_bits;
     }
 
     fn test_call(&self, cur: &mut Cursor, call: u32) -> u32 {
         let id = self.alphabet.id(call);
-        let side = 1usize << self.test_side_bits;
         let back = (cur.calls as usize).min(self.spec.window - 1);
         let mut miss = 0;
         for d in 1..=back {
             let prev = cur.ring[(cur.calls as usize - d) % RING];
-            // Ids trained after the last finish have no row yet: missing.
-            let m = if usize::from(id) < side && usize::from(prev) < side {
-                self.test
-                    .get((usize::from(id) << self.test_side_bits) | usize::from(prev))
-            } else {
-                0
-            };
-            miss += u32::from(m & (1 << (d - 1)) == 0);
+            miss += u32::from(self.test.get(id, prev) & (1 << (d - 1)) == 0);
         }
         cur.ring[cur.calls as usize % RING] = id;
         cur.calls += 1;
@@ -278,20 +272,26 @@ impl Model for Pairs {
     }
 
     fn test_trace(&self, calls: &[u32], scratch: &mut Scratch) -> TraceScore {
-        let Scratch { ids, anomalies } = scratch;
+        let Scratch {
+            ids,
+            ids8,
+            anomalies,
+        } = scratch;
         anomalies.clear();
-        self.alphabet.map_into(calls, ids);
-        let side = 1usize << self.test_side_bits;
-        if self.alphabet.len() >= side {
-            // Calls first trained after the last finish have no test row: unknown.
-            ids.iter_mut()
-                .filter(|id| usize::from(**id) >= side)
-                .for_each(|id| *id = 0);
-        }
         let w = self.spec.window;
-        // Ids are below the alphabet size, which the test table always covers.
-        for t in 0..ids.len().min(w - 1) {
-            let miss = self.head_misses(ids, t);
+        let narrow = matches!(self.test, Masks::Narrow(_));
+        let small = narrow && self.alphabet.len() < 256;
+        // The first w - 1 calls (and everything, without a tuned loop) take the
+        // generic path on u16 ids; the tuned loop reads u8 ids when they fit.
+        let generic_to = if narrow {
+            calls.len().min(w - 1)
+        } else {
+            calls.len()
+        };
+        let mapped = if small { generic_to } else { calls.len() };
+        self.alphabet.map_into(&calls[..mapped], ids);
+        for t in 0..generic_to {
+            let miss = self.misses_at(ids, t);
             if miss != 0 {
                 anomalies.push(Anomaly {
                     pos: t as u32,
@@ -299,24 +299,21 @@ impl Model for Pairs {
                 });
             }
         }
-        match (&self.test, w) {
-            (Masks::Narrow(table), 9) => {
-                test_narrow::<9>(table, self.test_side_bits, ids, anomalies)
+        if let Masks::Narrow(rows) = &self.test {
+            if small {
+                ids8.clear();
+                ids8.extend(calls.iter().map(|&c| self.alphabet.id(c) as u8));
             }
-            (Masks::Narrow(table), 6) => {
-                test_narrow::<6>(table, self.test_side_bits, ids, anomalies)
-            }
-            _ => {
-                for t in w - 1..ids.len() {
-                    let miss = self.head_misses(ids, t);
-                    if miss != 0 {
-                        anomalies.push(Anomaly {
-                            pos: t as u32,
-                            misses: miss,
-                        });
+            macro_rules! narrow {
+                ($($w:literal)*) => {
+                    match (w, small) {
+                        $(($w, true) => test_narrow::<$w, u8>(rows, ids8, anomalies),)*
+                        $(($w, false) => test_narrow::<$w, u16>(rows, ids, anomalies),)*
+                        _ => unreachable!("narrow masks hold windows up to 9"),
                     }
-                }
+                };
             }
+            narrow!(2 3 4 5 6 7 8 9);
         }
         TraceScore::new(
             calls.len() as u64,

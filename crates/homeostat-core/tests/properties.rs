@@ -60,26 +60,13 @@ proptest! {
             prop_assert!(score.max_lfc as usize <= locality);
             prop_assert!(score.mismatches <= score.units);
 
-            let mut cursor = m.cursor();
-            let mut frame = homeostat_core::LocalityFrame::new(locality);
-            let mut best = 0;
-            let mut mismatches = 0;
+            let mut streaming = homeostat_core::StreamScorer::new(&m);
             for &call in &test {
-                let bad = m.test_call(&mut cursor, call) > 0;
-                mismatches += u64::from(bad);
-                // Stide-family windows only exist from the k-th call on.
-                let is_unit = !matches!(kind, ModelKind::Stide | ModelKind::TStide)
-                    || cursor.calls() >= window as u64;
-                if is_unit {
-                    best = best.max(frame.push(bad));
-                }
+                let (_, lfc) = streaming.call(&m, call);
+                prop_assert!(lfc as usize <= locality);
             }
-            if m.test_end(&mut cursor) > 0 {
-                mismatches += 1;
-                best = best.max(frame.push(true));
-            }
-            prop_assert_eq!(mismatches, score.mismatches, "{}", kind);
-            prop_assert_eq!(best, score.max_lfc, "{}", kind);
+            let streamed = streaming.finish(&m);
+            prop_assert_eq!(streamed, score, "{}", kind);
         }
     }
 
