@@ -1,1 +1,19 @@
-fn main() {}
+//! The `homeostat` command: a thin layer that parses arguments and hands the work to
+//! the library crates (core models, trace readers, evaluation).
+
+mod cli;
+mod commands;
+mod fsutil;
+mod progress;
+mod sample;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    if let Err(e) = commands::run(cli) {
+        // One line, outermost context first: "reading profile p.hsp: profile is damaged: ..."
+        eprintln!("homeostat: error: {e:#}");
+        std::process::exit(1);
+    }
+}

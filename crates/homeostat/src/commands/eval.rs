@@ -1,0 +1,135 @@
+//! `homeostat eval`: build a labelled dataset, evaluate each requested model on it,
+//! print a table or JSON, optionally plot ROC curves.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use homeostat_eval::datasets::{self, ValidationSplit};
+use homeostat_eval::{evaluate, plot, Dataset as Data, EvalReport, Options};
+use homeostat_traces::{Format, ReadOptions};
+
+use crate::cli::{Dataset, EvalArgs};
+use crate::fsutil::write_atomic;
+use crate::{progress, sample};
+
+fn load(dataset: Option<Dataset>) -> Result<Data> {
+    Ok(match dataset.unwrap_or(Dataset::Sample) {
+        Dataset::Sample => datasets::in_memory(
+            "homeostat sample",
+            sample::FILES,
+            Format::Unm,
+            &ReadOptions::default(),
+        )?,
+        Dataset::AdfaLd {
+            dir,
+            extra_train,
+            threshold_traces,
+            lidds,
+        } => {
+            let split = if lidds {
+                Some(ValidationSplit::LIDDS)
+            } else {
+                extra_train.map(|n| ValidationSplit {
+                    extra_train: n,
+                    threshold: threshold_traces,
+                })
+            };
+            datasets::adfa_ld(&dir, split)?
+        }
+        Dataset::Unm { lists } => datasets::labelled(
+            "UNM",
+            &lists.train,
+            &lists.normal,
+            &lists.attack,
+            lists.train_fraction,
+            &ReadOptions {
+                format: Some(Format::Unm),
+                ..ReadOptions::default()
+            },
+        )?,
+        Dataset::Traces { lists, input } => datasets::labelled(
+            "traces",
+            &lists.train,
+            &lists.normal,
+            &lists.attack,
+            lists.train_fraction,
+            &super::read_options(&input),
+        )?,
+    })
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    let start = Instant::now();
+    let c = a.common;
+    if c.model.is_empty() {
+        bail!("no model given (--model stide,tstide,pairs,markov)");
+    }
+    let specs = c
+        .model
+        .iter()
+        .map(|&k| super::spec(k, &c.model_flags))
+        .collect::<Result<Vec<_>>>()?;
+    let ds = load(a.dataset)?;
+    let load_seconds = start.elapsed().as_secs_f64();
+    let normal = ds.test.iter().filter(|t| t.attack.is_none()).count();
+    if ds.train.is_empty() || normal == 0 || normal == ds.test.len() {
+        bail!(
+            "dataset {} needs training, normal and attack traces (has {} training, {} normal, {} attack)",
+            ds.name,
+            ds.train.len(),
+            normal,
+            ds.test.len() - normal
+        );
+    }
+    let opts = Options {
+        threads: c.threads.max(1),
+        ..Options::default()
+    };
+    let mut models = vec![];
+    let test_calls = ds.test_calls();
+    for spec in &specs {
+        let pb = progress::bar(test_calls, "calls");
+        pb.set_message(spec.kind.name());
+        let r = evaluate(&ds, spec, &opts, &|n| pb.inc(n))?;
+        pb.finish_and_clear();
+        models.push(r);
+    }
+    let attack_types = ds
+        .attack_types()
+        .into_iter()
+        .map(|t| {
+            let n = ds
+                .test
+                .iter()
+                .filter(|x| x.attack.as_deref() == Some(t.as_str()))
+                .count();
+            (t, n)
+        })
+        .collect();
+    let report = EvalReport {
+        dataset: ds.name.clone(),
+        arch: ds.arch.clone(),
+        train_traces: ds.train.len(),
+        normal_traces: normal,
+        attack_traces: ds.test.len() - normal,
+        threshold_traces: ds.threshold.len(),
+        attack_types,
+        load_seconds,
+        total_seconds: start.elapsed().as_secs_f64(),
+        models,
+    };
+    if let Some(path) = &c.plot {
+        let svg = plot::roc_svg(&format!("ROC on {}", report.dataset), &report.models);
+        write_atomic(path, svg.as_bytes())
+            .with_context(|| format!("writing plot {}", path.display()))?;
+    }
+    if c.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.to_table());
+        if let Some(path) = &c.plot {
+            println!("ROC curves written to {}", path.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! One module per subcommand; each turns parsed arguments into library calls.
+
+mod eval;
+mod inspect;
+mod scan;
+mod train;
+
+use anyhow::{Context, Result};
+use homeostat_core::{ModelKind, ModelSpec};
+use homeostat_traces::ReadOptions;
+
+use crate::cli::{Cli, Command, InputFlags, ModelFlags};
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => train::run(a),
+        Command::Scan(a) => scan::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Inspect { profile } => inspect::run(&profile),
+    }
+}
+
+/// The model configuration: the core's defaults, overridden by flags.
+pub fn spec(kind: ModelKind, f: &ModelFlags) -> Result<ModelSpec> {
+    let mut s = ModelSpec::new(kind);
+    if let Some(w) = f.window {
+        s.window = w;
+    }
+    if let Some(l) = f.locality {
+        s.locality = l;
+    }
+    s.rare_fraction = f.rare_fraction;
+    s.threshold = f.threshold;
+    s.smoothing = f.smoothing;
+    s.validate().context("model options")?;
+    Ok(s)
+}
+
+/// Reader options from the input flags.
+pub fn read_options(f: &InputFlags) -> ReadOptions {
+    ReadOptions {
+        format: f.format,
+        arch: f.arch,
+        ..ReadOptions::default()
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,83 @@
+//! File-system edges of the CLI: atomic profile writes and defended profile reads.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use homeostat_core::profile::MAX_PAYLOAD;
+use homeostat_core::Profile;
+
+/// Writes `bytes` to `path` so that readers see the old file or the new one, never a
+/// mix: a temporary file in the same directory, fsync, rename over, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".homeostat-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("replacing {}", path.display()))?;
+    // The rename is durable only once the directory entry is.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))?;
+    Ok(())
+}
+
+/// Reads and validates a profile, naming the file in every error.
+pub fn read_profile(path: &Path) -> Result<Profile> {
+    let what = || format!("reading profile {}", path.display());
+    let len = std::fs::metadata(path).with_context(what)?.len();
+    if len > MAX_PAYLOAD + 24 {
+        bail!(
+            "reading profile {}: file is {len} bytes, larger than any profile",
+            path.display()
+        );
+    }
+    let bytes = std::fs::read(path).with_context(what)?;
+    Profile::from_bytes(&bytes).with_context(what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use homeostat_core::{AnyModel, Model, ModelKind, ModelSpec, ProfileMeta};
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.profile");
+        write_atomic(&p, b"old").unwrap();
+        write_atomic(&p, b"new").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn profile_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.profile");
+        std::fs::write(&p, b"HMSTPROF\x01\x00").unwrap();
+        let e = format!("{:#}", read_profile(&p).unwrap_err());
+        assert!(e.contains("bad.profile") && e.contains("truncated"), "{e}");
+        let missing = format!("{:#}", read_profile(&dir.path().join("nope")).unwrap_err());
+        assert!(
+            missing.contains("nope") && missing.contains("No such file"),
+            "{missing}"
+        );
+
+        let mut m = AnyModel::new(ModelSpec::new(ModelKind::Pairs)).unwrap();
+        m.train_trace(&[1, 2, 3]);
+        let good = Profile::new(ProfileMeta::default(), m);
+        write_atomic(&p, &good.to_bytes()).unwrap();
+        assert_eq!(read_profile(&p).unwrap().model.profile_size(), 3);
+    }
+}
