@@ -141,18 +141,7 @@ impl Markov {
         calls: u64,
     ) -> Option<Self> {
         let mut m = Markov::new(spec);
-        both!(&mut m.inner, s => {
-            s.db.alphabet = Alphabet::from_symbols(symbols);
-            s.db.calls = calls;
-            for &(k, c) in windows {
-                let key = Key::from_u128(k)?;
-                if key != (key & s.db.mask) {
-                    return None;
-                }
-                s.db.counts.add(key, c);
-                s.db.total += u64::from(c);
-            }
-        });
+        both!(&mut m.inner, s => s.db.restore(symbols, windows, calls))?;
         m.finish();
         Some(m)
     }

@@ -224,7 +224,8 @@ fn check_header(bytes: &[u8]) -> Result<&[u8], ProfileError> {
     let found = (bytes.len() - HEADER_LEN) as u64;
     if len > MAX_PAYLOAD || len > found {
         return Err(ProfileError::Truncated {
-            expected: HEADER_LEN as u64 + len,
+            // A damaged length field can be anything, up to u64::MAX.
+            expected: (HEADER_LEN as u64).saturating_add(len),
             found: bytes.len() as u64,
         });
     }
@@ -304,6 +305,20 @@ mod tests {
         assert_eq!(
             Profile::from_bytes(&longer).unwrap_err(),
             ProfileError::TrailingData(1)
+        );
+    }
+
+    #[test]
+    fn huge_length_field_is_truncation_not_overflow() {
+        // Found by fuzz_profile: a length near u64::MAX overflowed the error message.
+        let mut bytes = sample(ModelKind::Stide).to_bytes();
+        bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(
+            Profile::from_bytes(&bytes).unwrap_err(),
+            ProfileError::Truncated {
+                expected: u64::MAX,
+                found: bytes.len() as u64
+            }
         );
     }
 

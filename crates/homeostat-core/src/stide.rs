@@ -45,6 +45,26 @@ impl<K: Key> WindowDb<K> {
         K::padded(self.k).to_u128()
     }
 
+    /// Restores stored training data; `None` when a key does not fit the window.
+    pub(crate) fn restore(
+        &mut self,
+        symbols: &[u32],
+        windows: &[(u128, u32)],
+        calls: u64,
+    ) -> Option<()> {
+        self.alphabet = Alphabet::from_symbols(symbols);
+        self.calls = calls;
+        for &(k, c) in windows {
+            let key = K::from_u128(k)?;
+            if key != (key & self.mask) {
+                return None;
+            }
+            self.counts.add(key, c);
+            self.total += u64::from(c);
+        }
+        Some(())
+    }
+
     #[inline]
     pub(crate) fn add(&mut self, key: K) -> bool {
         self.total += 1;
@@ -211,18 +231,7 @@ impl Stide {
         calls: u64,
     ) -> Option<Self> {
         let mut m = Stide::new(spec);
-        both!(&mut m.inner, s => {
-            s.db.alphabet = Alphabet::from_symbols(symbols);
-            s.db.calls = calls;
-            for &(k, c) in windows {
-                let key = Key::from_u128(k)?;
-                if key != (key & s.db.mask) {
-                    return None;
-                }
-                s.db.counts.add(key, c);
-                s.db.total += u64::from(c);
-            }
-        });
+        both!(&mut m.inner, s => s.db.restore(symbols, windows, calls))?;
         m.finish();
         Some(m)
     }

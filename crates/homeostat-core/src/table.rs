@@ -9,7 +9,9 @@
 use crate::alphabet::{PAD, SYMBOL_BITS};
 
 /// A packed window of dense symbol ids, newest symbol in the low bits.
-pub trait Key: Copy + Eq + Default + std::fmt::Debug + Send + Sync + 'static {
+pub trait Key:
+    Copy + Eq + Default + std::fmt::Debug + std::ops::BitAnd<Output = Self> + Send + Sync + 'static
+{
     /// Windows longer than this do not fit.
     const MAX_WINDOW: usize;
     /// A value no valid key takes (marks free slots).
@@ -87,11 +89,13 @@ fn bits_for(n: usize) -> u32 {
 }
 
 /// A set of windows with training counts (the training side of every sequence model).
+///
+/// Keys and counts sit side by side, so counting a window already seen (most windows
+/// in training) touches one cache line.
 #[derive(Debug, Clone)]
 pub struct CountTable<K: Key> {
     bits: u32,
-    keys: Vec<K>,
-    counts: Vec<u32>,
+    slots: Vec<(K, u32)>,
     len: usize,
 }
 
@@ -107,8 +111,7 @@ impl<K: Key> CountTable<K> {
         let bits = bits_for(n);
         CountTable {
             bits,
-            keys: vec![K::EMPTY; 1 << bits],
-            counts: vec![0; 1 << bits],
+            slots: vec![(K::EMPTY, 0); 1 << bits],
             len: 0,
         }
     }
@@ -126,20 +129,19 @@ impl<K: Key> CountTable<K> {
     /// Adds `n` to the count of `key`; returns true when the key is new.
     #[inline]
     pub fn add(&mut self, key: K, n: u32) -> bool {
-        let mask = self.keys.len() - 1;
+        let mask = self.slots.len() - 1;
         let mut i = key.slot(self.bits);
         loop {
-            let k = self.keys[i];
-            if k == key {
-                self.counts[i] = self.counts[i].saturating_add(n);
+            let slot = &mut self.slots[i];
+            if slot.0 == key {
+                slot.1 = slot.1.saturating_add(n);
                 return false;
             }
-            if k == K::EMPTY {
-                self.keys[i] = key;
-                self.counts[i] = n;
+            if slot.0 == K::EMPTY {
+                *slot = (key, n);
                 self.len += 1;
-                // Grow at load 1/2 (tables are rebuilt at 1/4 for testing).
-                if self.len * 2 > self.keys.len() {
+                // Grow at load 1/2, by 4x: few rehashes while a profile fills up.
+                if self.len * 2 > self.slots.len() {
                     self.grow();
                 }
                 return true;
@@ -150,12 +152,12 @@ impl<K: Key> CountTable<K> {
 
     /// The training count of `key` (0 when absent).
     pub fn count(&self, key: K) -> u32 {
-        let mask = self.keys.len() - 1;
+        let mask = self.slots.len() - 1;
         let mut i = key.slot(self.bits);
         loop {
-            let k = self.keys[i];
+            let (k, c) = self.slots[i];
             if k == key {
-                return self.counts[i];
+                return c;
             }
             if k == K::EMPTY {
                 return 0;
@@ -165,7 +167,7 @@ impl<K: Key> CountTable<K> {
     }
 
     fn grow(&mut self) {
-        let mut bigger = CountTable::with_capacity(self.len * 2);
+        let mut bigger = CountTable::with_capacity(self.len * 4);
         for (k, c) in self.iter() {
             bigger.add(k, c);
         }
@@ -174,11 +176,7 @@ impl<K: Key> CountTable<K> {
 
     /// Every key with its count, in table order.
     pub fn iter(&self) -> impl Iterator<Item = (K, u32)> + '_ {
-        self.keys
-            .iter()
-            .zip(&self.counts)
-            .filter(|(k, _)| **k != K::EMPTY)
-            .map(|(k, c)| (*k, *c))
+        self.slots.iter().copied().filter(|(k, _)| *k != K::EMPTY)
     }
 
     /// Every key with its count, sorted by key (a stable order for files and diffs).

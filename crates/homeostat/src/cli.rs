@@ -37,19 +37,19 @@ pub enum Command {
 pub struct ModelFlags {
     /// Window length (stide/t-stide k, lookahead-pairs w, Markov n-gram length);
     /// default per model: stide 6, tstide 6, pairs 9, markov 3.
-    #[arg(long, short = 'w')]
+    #[arg(long, short = 'w', global = true)]
     pub window: Option<usize>,
     /// Locality frame size L; default 20 (stide, tstide, markov) or 128 (pairs).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub locality: Option<usize>,
     /// t-stide: windows rarer than this share of training windows are mismatches.
-    #[arg(long, default_value_t = 0.00001)]
+    #[arg(long, default_value_t = 0.00001, global = true)]
     pub rare_fraction: f64,
     /// Markov: a call with conditional probability below this is anomalous.
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = 0.001, global = true)]
     pub threshold: f64,
     /// Markov: additive smoothing constant.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, global = true)]
     pub smoothing: f64,
 }
 

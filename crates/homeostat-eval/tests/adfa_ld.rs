@@ -1,0 +1,84 @@
+//! End to end on the real ADFA-LD: load, train each model on Training, test on
+//! Validation + Attack, and check the results against what was measured.
+//!
+//! The pipeline is deterministic, so the AUCs below are exact for this code; the
+//! bands (+-0.02 around the values measured on 2026-11-27) leave room for deliberate
+//! small changes (a tie rule, an edge case) but fail on a broken model, reader,
+//! label or metric: swapping labels gives 1 - AUC, a model that flags everything or
+//! nothing gives 0.5, a reader that drops or reorders calls moves stide by far more.
+//! Skips with a message when the dataset is absent (a fresh clone).
+
+use std::path::PathBuf;
+
+use homeostat_core::{ModelKind, ModelSpec};
+use homeostat_eval::datasets::{adfa_ld, ValidationSplit};
+use homeostat_eval::{evaluate, Options};
+
+fn adfa_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("HOMEOSTAT_ADFA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/ADFA-LD")
+        });
+    if dir.join("Training_Data_Master").is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "skipping: ADFA-LD not found at {} (set HOMEOSTAT_ADFA_DIR)",
+            dir.display()
+        );
+        None
+    }
+}
+
+fn near(what: &str, got: Option<f64>, want: f64) {
+    let got = got.unwrap_or(f64::NAN);
+    assert!(
+        (got - want).abs() <= 0.02,
+        "{what}: AUC {got:.4}, measured {want:.3} +- 0.02"
+    );
+}
+
+#[test]
+fn standard_protocol_aucs() {
+    let Some(dir) = adfa_dir() else { return };
+    let ds = adfa_ld(&dir, None).unwrap();
+    assert_eq!(ds.train.len(), 833);
+    assert_eq!(ds.test.len(), 4372 + 746);
+    assert_eq!(ds.attack_types().len(), 6);
+    // (model, max-LFC AUC, rate AUC, distinct windows or pairs) as measured.
+    let expect = [
+        (ModelKind::Stide, 0.637, 0.827, 59_885),
+        (ModelKind::TStide, 0.648, 0.818, 59_885),
+        (ModelKind::Pairs, 0.599, 0.626, 21_662),
+        (ModelKind::Markov, 0.577, 0.670, 10_735),
+    ];
+    for (kind, lfc, rate, size) in expect {
+        let r = evaluate(&ds, &ModelSpec::new(kind), &Options::default(), &|_| {}).unwrap();
+        near(&format!("{kind} max_lfc"), r.scores["max_lfc"].auc, lfc);
+        near(&format!("{kind} rate"), r.scores["rate"].auc, rate);
+        assert_eq!(r.profile_size, size, "{kind} profile size");
+        assert_eq!(r.train_calls, 308_077);
+        assert_eq!(r.test_calls, 2_122_085 + 317_388);
+        assert_eq!(r.per_attack.len(), 6);
+        for (far, dr) in &r.scores["rate"].dr_at_far {
+            let reached = r.scores["rate"].far_at_threshold[far];
+            assert!(reached <= far.parse::<f64>().unwrap(), "{kind}: FAR {reached} over {far}");
+            assert!((0.0..=1.0).contains(dr));
+        }
+    }
+}
+
+#[test]
+fn lidds_split_improves_stide() {
+    let Some(dir) = adfa_dir() else { return };
+    let ds = adfa_ld(&dir, Some(ValidationSplit::LIDDS)).unwrap();
+    assert_eq!(ds.train.len(), 2833);
+    assert_eq!(ds.threshold.len(), 20);
+    assert_eq!(ds.test.len(), 4372 - 2020 + 746);
+    let r = evaluate(&ds, &ModelSpec::new(ModelKind::Stide), &Options::default(), &|_| {}).unwrap();
+    // More normal training data makes fewer normal windows foreign: measured 0.831.
+    near("stide max_lfc (LID-DS split)", r.scores["max_lfc"].auc, 0.831);
+    let fixed = r.fixed_threshold.expect("threshold traces give a fixed threshold");
+    assert!(fixed["rate"].threshold > 0.0);
+}
