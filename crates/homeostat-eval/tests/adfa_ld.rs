@@ -63,7 +63,10 @@ fn standard_protocol_aucs() {
         assert_eq!(r.per_attack.len(), 6);
         for (far, dr) in &r.scores["rate"].dr_at_far {
             let reached = r.scores["rate"].far_at_threshold[far];
-            assert!(reached <= far.parse::<f64>().unwrap(), "{kind}: FAR {reached} over {far}");
+            assert!(
+                reached <= far.parse::<f64>().unwrap(),
+                "{kind}: FAR {reached} over {far}"
+            );
             assert!((0.0..=1.0).contains(dr));
         }
     }
@@ -76,9 +79,21 @@ fn lidds_split_improves_stide() {
     assert_eq!(ds.train.len(), 2833);
     assert_eq!(ds.threshold.len(), 20);
     assert_eq!(ds.test.len(), 4372 - 2020 + 746);
-    let r = evaluate(&ds, &ModelSpec::new(ModelKind::Stide), &Options::default(), &|_| {}).unwrap();
+    let r = evaluate(
+        &ds,
+        &ModelSpec::new(ModelKind::Stide),
+        &Options::default(),
+        &|_| {},
+    )
+    .unwrap();
     // More normal training data makes fewer normal windows foreign: measured 0.831.
-    near("stide max_lfc (LID-DS split)", r.scores["max_lfc"].auc, 0.831);
-    let fixed = r.fixed_threshold.expect("threshold traces give a fixed threshold");
+    near(
+        "stide max_lfc (LID-DS split)",
+        r.scores["max_lfc"].auc,
+        0.831,
+    );
+    let fixed = r
+        .fixed_threshold
+        .expect("threshold traces give a fixed threshold");
     assert!(fixed["rate"].threshold > 0.0);
 }
