@@ -1,0 +1,225 @@
+//! Launcher mode's capture-and-response edge: run a command under a seccomp
+//! user-notification filter, report every system call of every process and thread it
+//! creates *before* the call runs, and let the caller answer each one — continue, deny
+//! with an errno, or answer later (which is how homeostat delays a process).
+//!
+//! Why seccomp user notification rather than ptrace: cost and semantics. A notified call
+//! costs one round trip to the supervisor (about 2 µs here, ~15x on the worst case of
+//! `dd bs=1`, against ~50x for `strace -f`), the kernel follows forks and threads for us
+//! (the filter is inherited and cannot be removed), and a call can be held without
+//! stopping the task in a ptrace stop that other tools or the program could observe.
+//! What it cannot do is see a call's result: homeostat only needs the sequence of call
+//! numbers, which is exactly what it gets, before each call runs.
+//!
+//! Why the extra process (the *keeper*; the design is in `docs/launcher.md`): if the
+//! supervisor dies, a plain listener closes and every
+//! monitored program breaks (`ENOSYS` from every later call) or hangs (a call it was
+//! delaying is never answered). The keeper holds a second copy of the listener and
+//! answers for the supervisor — continuing everything ([`FailMode::Open`]) or killing
+//! the tree ([`FailMode::Closed`]).
+//!
+//! Modules: `child` (the pre-exec child: filter, then exec), `keeper`, `inflight` (the
+//! shared table of received-but-unanswered notifications), `supervisor` (spawn, the event
+//! loop, per-task caches), `sys` (the raw system calls; the crate's unsafe edge).
+//!
+//! Needs Linux 5.9 or later on x86_64 (`pidfd_getfd`, `SECCOMP_USER_NOTIF_FLAG_CONTINUE`,
+//! `POLLHUP` on an unused listener); uses `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (6.6) and
+//! `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` (5.19) when present.
+
+mod child;
+mod inflight;
+mod keeper;
+mod supervisor;
+mod sys;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use supervisor::Supervisor;
+pub use sys::Errno;
+
+/// What happens to the monitored programs if the supervisor dies (or shuts down while
+/// they still run).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailMode {
+    /// They keep running, unmonitored: the keeper answers CONTINUE to every call.
+    #[default]
+    Open,
+    /// They are killed (SIGKILL), at the latest at their next system call.
+    Closed,
+}
+
+/// Options for [`Supervisor::spawn`].
+#[derive(Clone, Debug)]
+pub struct LaunchOptions {
+    pub fail_mode: FailMode,
+    /// Ask the kernel to wake the supervisor on the notifying task's CPU and back
+    /// (`SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`, Linux 6.6; ignored where missing). Cuts the
+    /// per-call cost several-fold on machines where cross-CPU wake-ups are slow.
+    pub sync_wakeup: bool,
+}
+
+impl Default for LaunchOptions {
+    fn default() -> Self {
+        LaunchOptions {
+            fail_mode: FailMode::Open,
+            sync_wakeup: true,
+        }
+    }
+}
+
+/// The answer to one notified system call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Let the call run (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`).
+    Continue,
+    /// Do not run it; it returns `-errno` (errno in `1..=4095`, e.g. `libc::EPERM`).
+    Deny(i32),
+}
+
+/// How the direct child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildStatus {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled(i32),
+    /// It is gone, but its status could not be learned (the keeper, which reaps it, died).
+    Unknown,
+}
+
+impl ChildStatus {
+    pub(crate) fn from_wait(status: i32) -> ChildStatus {
+        if libc::WIFEXITED(status) {
+            ChildStatus::Exited(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            ChildStatus::Signaled(libc::WTERMSIG(status))
+        } else {
+            ChildStatus::Unknown
+        }
+    }
+
+    /// True for `Exited(0)`.
+    pub fn success(self) -> bool {
+        self == ChildStatus::Exited(0)
+    }
+}
+
+/// What [`Supervisor::next`] reports.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A task is about to make this call and waits for [`Supervisor::respond`].
+    Syscall(SyscallEvent),
+    /// The direct child exited. Its descendants may still run (and report calls).
+    ChildExited(ChildStatus),
+    /// No task uses the filter any more: the whole monitored tree is gone. Reported after
+    /// `ChildExited`, and again on every later call to `next`.
+    TreeGone,
+}
+
+/// One notified system call.
+#[derive(Clone, Debug)]
+pub struct SyscallEvent {
+    /// Notification id: pass it to [`Supervisor::respond`].
+    pub id: u64,
+    /// Thread id of the caller.
+    pub tid: i32,
+    /// Process (thread group) id of the caller.
+    pub pid: i32,
+    /// `AUDIT_ARCH_X86_64` (0xc000003e) or `AUDIT_ARCH_I386` (0x40000003): the same number
+    /// means different calls in the two ABIs.
+    pub arch: u32,
+    /// System call number (x32 calls keep their 0x40000000 bit).
+    pub nr: u32,
+    pub args: [u64; 6],
+    /// The executable the task runs now, before this call.
+    pub exe: Arc<Exe>,
+    /// First event from this task: a new process or thread, or the launched program's
+    /// first call after its exec.
+    pub new_task: bool,
+}
+
+/// An executable, identified by device and inode (what homeostat keys profiles on) and
+/// named by the path the kernel reports for `/proc/PID/exe`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Exe {
+    pub dev: u64,
+    pub ino: u64,
+    pub path: PathBuf,
+}
+
+impl Exe {
+    /// What is reported when /proc could not be read for a live task (dev = ino = 0).
+    pub fn unknown() -> Exe {
+        Exe {
+            dev: 0,
+            ino: 0,
+            path: PathBuf::new(),
+        }
+    }
+}
+
+/// Why spawning or serving failed. Messages are one line naming what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("no command given")]
+    EmptyCommand,
+    #[error("cannot run {cmd}: {errno}")]
+    Exec { cmd: String, errno: Errno },
+    #[error("seccomp: {what}: {errno}")]
+    Seccomp { what: &'static str, errno: Errno },
+    #[error("{call}: {errno}")]
+    Sys { call: &'static str, errno: Errno },
+    #[error("launching {cmd}: {what}")]
+    Launch { cmd: String, what: String },
+    #[error("Action::Deny({0}): errno must be in 1..=4095")]
+    BadErrno(i32),
+    #[error("launcher mode supports x86_64 only")]
+    UnsupportedArch,
+}
+
+/// System call numbers the supervisor's bookkeeping needs, per ABI.
+pub mod nr {
+    pub const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+    /// Set in `nr` for x32-ABI calls (which report `AUDIT_ARCH_X86_64`).
+    pub const X32_BIT: u32 = 0x4000_0000;
+
+    /// The kinds of call the supervisor tracks to keep its per-task caches right.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Kind {
+        Exec,
+        Exit,
+        ExitGroup,
+        Clone,
+        Other,
+    }
+
+    /// Classifies `(arch, nr)`.
+    pub fn kind(arch: u32, nr: u32) -> Kind {
+        match arch {
+            AUDIT_ARCH_X86_64 if nr & X32_BIT != 0 => match nr & !X32_BIT {
+                520 | 545 => Kind::Exec,
+                60 => Kind::Exit,
+                231 => Kind::ExitGroup,
+                56..=58 | 435 => Kind::Clone,
+                _ => Kind::Other,
+            },
+            AUDIT_ARCH_X86_64 => match nr {
+                59 | 322 => Kind::Exec,
+                60 => Kind::Exit,
+                231 => Kind::ExitGroup,
+                56..=58 | 435 => Kind::Clone,
+                _ => Kind::Other,
+            },
+            AUDIT_ARCH_I386 => match nr {
+                11 | 358 => Kind::Exec,
+                1 => Kind::Exit,
+                252 => Kind::ExitGroup,
+                2 | 120 | 190 | 435 => Kind::Clone,
+                _ => Kind::Other,
+            },
+            _ => Kind::Other,
+        }
+    }
+}
