@@ -22,6 +22,7 @@ pub mod locality;
 pub mod markov;
 pub mod model;
 pub mod pairs;
+pub mod ph;
 pub mod profile;
 pub mod stide;
 pub mod table;

@@ -115,16 +115,51 @@ impl Pairs {
 
     /// Every (current id, previous id, distance mask) entry that has a bit set.
     pub fn entries(&self) -> Vec<(u16, u16, u32)> {
-        let mut v = vec![];
-        for cur in 0..self.train.rows() {
-            for prev in 0..ROW {
-                let m = self.train.get(cur as u16, prev as u16);
-                if m != 0 {
-                    v.push((cur as u16, prev as u16, m));
+        entries_of(&self.train)
+    }
+
+    /// Every entry of the test tables (as of the last `finish`).
+    pub fn test_entries(&self) -> Vec<(u16, u16, u32)> {
+        entries_of(&self.test)
+    }
+
+    /// Forgets the training data but keeps the test tables and the symbol map: pH's
+    /// response to a high LFC, so an attack in progress is not learned as normal.
+    pub fn clear_training(&mut self) {
+        self.train = Masks::new(self.spec.window);
+        self.pairs = 0;
+    }
+
+    /// Replaces the test tables with stored entries (pH profiles persist testing data
+    /// separately from training data); `None` on out-of-range data.
+    pub(crate) fn restore_test(&mut self, entries: &[(u16, u16, u32)]) -> Option<()> {
+        let mut test = Masks::new(self.spec.window);
+        let max_id = self.alphabet.len() as u16;
+        for &(cur, prev, mask) in entries {
+            if cur == 0
+                || prev == 0
+                || cur > max_id
+                || prev > max_id
+                || mask & !self.mask_limit() != 0
+            {
+                return None;
+            }
+            for d in 1..self.spec.window {
+                if mask & (1 << (d - 1)) != 0 {
+                    test.set(cur, prev, d);
                 }
             }
         }
-        v
+        self.test = test;
+        Some(())
+    }
+
+    fn mask_limit(&self) -> u32 {
+        if self.spec.window >= 33 {
+            u32::MAX
+        } else {
+            (1u32 << (self.spec.window - 1)) - 1
+        }
     }
 
     /// Rebuilds a trained profile from stored parts; `None` on out-of-range data.
@@ -138,11 +173,7 @@ impl Pairs {
         m.alphabet = Alphabet::from_symbols(symbols);
         m.calls = calls;
         let max_id = m.alphabet.len() as u16;
-        let limit = if m.spec.window >= 33 {
-            u32::MAX
-        } else {
-            (1u32 << (m.spec.window - 1)) - 1
-        };
+        let limit = m.mask_limit();
         for &(cur, prev, mask) in entries {
             if cur == 0 || prev == 0 || cur > max_id || prev > max_id || mask & !limit != 0 {
                 return None;
@@ -166,6 +197,19 @@ impl Pairs {
         }
         miss
     }
+}
+
+fn entries_of(masks: &Masks) -> Vec<(u16, u16, u32)> {
+    let mut v = vec![];
+    for cur in 0..masks.rows() {
+        for prev in 0..ROW {
+            let m = masks.get(cur as u16, prev as u16);
+            if m != 0 {
+                v.push((cur as u16, prev as u16, m));
+            }
+        }
+    }
+    v
 }
 
 /// The tuned loop for pH's byte masks, from call `W - 1` on (earlier calls have fewer

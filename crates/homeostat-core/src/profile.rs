@@ -173,19 +173,12 @@ impl Profile {
     pub fn to_bytes(&self) -> Vec<u8> {
         let payload = postcard::to_allocvec(&self.to_stored())
             .expect("serialising plain data into a Vec cannot fail");
-        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&0u16.to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        out.extend_from_slice(&payload);
-        out
+        frame(MAGIC, &payload)
     }
 
     /// Parses and validates file contents.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProfileError> {
-        let payload = check_header(bytes)?;
+        let payload = unframe(MAGIC, bytes)?;
         Self::from_payload(payload)
     }
 
@@ -201,9 +194,22 @@ impl Profile {
     }
 }
 
+/// Wraps a payload in the header: magic, version, CRC-32, length. Shared by every
+/// file kind homeostat persists (each with its own magic).
+pub fn frame(magic: &[u8; 8], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
 /// Checks magic, version, length and checksum; returns the payload.
-fn check_header(bytes: &[u8]) -> Result<&[u8], ProfileError> {
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+pub fn unframe<'a>(magic: &[u8; 8], bytes: &'a [u8]) -> Result<&'a [u8], ProfileError> {
+    if bytes.len() < magic.len() || &bytes[..magic.len()] != magic {
         return Err(ProfileError::NotAProfile);
     }
     if bytes.len() < HEADER_LEN {
