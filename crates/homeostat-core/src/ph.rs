@@ -16,10 +16,12 @@
 //! - **frozen**: still training; any new pair unfreezes it. After `normal_wait`
 //!   frozen, it becomes **normal** and the training pairs are copied to testing.
 //! - **normal**: every call is also tested; a task's locality frame counts anomalies
-//!   among its last `locality` calls (LFC). Each anomaly counts against the profile;
-//!   more than `anomaly_limit` send it back to training. An LFC above `tolerize_limit`
-//!   wipes the training data and stops that task training while it stays above, so the
-//!   attack is not learned.
+//!   among its last `locality` calls (LFC). An LFC above `tolerize_limit` wipes the
+//!   training data, and the task stops training until its LFC is back to 0, so the
+//!   attack is not learned. Other anomalies count against the profile; more than
+//!   `anomaly_limit` send it back to training. (pH counted every anomaly; then a dense
+//!   attack would exceed the limit and switch off its own response, which we saw in
+//!   the demo, so anomalies inside a tolerized episode do not count.)
 //! - **response** (mode enforce, profile normal): a call of a task with LFC > 0 is
 //!   delayed `delay_factor * 2^LFC` (capped at `max_delay`); an execve while
 //!   LFC >= `suspend_execve` is refused with EPERM.
@@ -227,7 +229,8 @@ pub struct PhTask {
     test: Cursor,
     frame: LocalityFrame,
     delaying: bool,
-    /// Set while LFC > tolerize_limit: the task no longer trains.
+    /// Set when LFC exceeds tolerize_limit, until it is back to 0: the task does not
+    /// train and its anomalies do not count toward anomaly_limit.
     tolerized: bool,
     calls: u64,
 }
@@ -377,22 +380,25 @@ impl PhProfile {
         if self.state == ProfileState::Normal && config.mode != Mode::Learn {
             misses = self.model.test_call(&mut task.test, call);
             lfc = task.frame.push(misses > 0);
-            if misses > 0 {
-                self.anomalies += 1;
-                self.dirty = true;
-                emit(PhEvent::Anomaly { misses, lfc });
-            }
-            if lfc > config.tolerize_limit {
-                if !task.tolerized {
-                    task.tolerized = true;
-                    self.tolerize();
-                    emit(PhEvent::Tolerized { lfc });
-                }
-            } else {
+            if lfc > config.tolerize_limit && !task.tolerized {
+                task.tolerized = true;
+                self.tolerize();
+                emit(PhEvent::Tolerized { lfc });
+            } else if lfc == 0 {
                 task.tolerized = false;
             }
-            if self.anomalies > config.anomaly_limit {
-                self.sensitize("anomaly_limit exceeded", emit);
+            if misses > 0 {
+                emit(PhEvent::Anomaly { misses, lfc });
+                // The limit is for scattered anomalies (an incomplete profile), not
+                // for an attack in progress: otherwise a dense enough attack would
+                // return the profile to training and switch off its own response.
+                if !task.tolerized {
+                    self.anomalies += 1;
+                    self.dirty = true;
+                    if self.anomalies > config.anomaly_limit {
+                        self.sensitize("anomaly_limit exceeded", emit);
+                    }
+                }
             }
         }
 
@@ -417,9 +423,10 @@ impl PhProfile {
         emit: &mut dyn FnMut(PhEvent),
     ) {
         self.train_count += 1;
+        // Counters are part of the profile too: a restart must not lose progress.
+        self.dirty = true;
         if self.model.train_call(&mut task.train, call) {
             self.last_mod_count = 0;
-            self.dirty = true;
             if self.state == ProfileState::Frozen {
                 self.set_state(ProfileState::Training, "new behaviour", emit);
             }

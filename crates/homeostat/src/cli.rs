@@ -30,6 +30,106 @@ pub enum Command {
         /// The profile.
         profile: PathBuf,
     },
+    /// Run a command under pH-style monitoring: learn a profile per executable, then
+    /// detect anomalies and respond (delays, execve refusal).
+    Run(RunArgs),
+    /// Run a command and write its system calls in homeostat's recording format.
+    Record(RecordArgs),
+    /// Show and administer the pH profiles in the state directory.
+    #[command(subcommand)]
+    Profile(ProfileCmd),
+    /// The whole pH cycle on a small service shipped with homeostat: learn, become
+    /// normal, then an exploit: anomalies, growing delays, refused execve.
+    Demo(DemoArgs),
+}
+
+/// Where state lives and how pH is configured (shared by run and profile commands).
+#[derive(Debug, Clone, Args)]
+pub struct StateFlags {
+    /// State directory (default: $HOMEOSTAT_STATE_DIR, /var/lib/homeostat for root,
+    /// else $XDG_STATE_HOME/homeostat).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// TOML configuration file (see docs/launcher-mode.md).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Train only: never test, never respond.
+    #[arg(long, group = "mode")]
+    pub learn: bool,
+    /// Train and detect (events), but never delay or refuse.
+    #[arg(long, group = "mode")]
+    pub detect: bool,
+    /// Train, detect and respond once normal (pH's behaviour; the default).
+    #[arg(long, group = "mode")]
+    pub enforce: bool,
+    /// If the monitor dies, kill the monitored programs (default: they run on).
+    #[arg(long)]
+    pub fail_closed: bool,
+    /// Seconds a frozen profile waits before it becomes normal (pH: 7 days).
+    #[arg(long)]
+    pub normal_wait: Option<f64>,
+    /// Write events as JSON lines to this file ("-": standard output).
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    /// No event summary on standard error.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub state: StateFlags,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// The recording to write.
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfileCmd {
+    /// One line per profile: state, pairs, calls trained, anomalies, executable.
+    List {
+        #[command(flatten)]
+        state: StateFlags,
+    },
+    /// Details of one profile.
+    Show(ProfileTarget),
+    /// Make a profile normal now (testing data = training data).
+    Normalize(ProfileTarget),
+    /// Send a profile back to training.
+    Sensitize(ProfileTarget),
+    /// Forget a profile's training data (keeps its testing data).
+    Tolerize(ProfileTarget),
+    /// Delete a profile: the executable is learnt again from nothing.
+    Reset(ProfileTarget),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProfileTarget {
+    /// The executable (a path, or a profile key like fd01-1a2b).
+    pub exe: String,
+    #[command(flatten)]
+    pub state: StateFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Normal sessions to train on.
+    #[arg(long, default_value_t = 12)]
+    pub sessions: usize,
+    /// Keep the demo's state directory here instead of a temporary one.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Model configuration flags shared by train and eval.

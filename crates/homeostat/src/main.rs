@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod fsutil;
+mod launch;
 mod progress;
 mod sample;
 

@@ -1,7 +1,10 @@
 //! One module per subcommand; each turns parsed arguments into library calls.
 
+mod demo;
 mod eval;
 mod inspect;
+mod profile;
+mod run;
 mod scan;
 mod train;
 
@@ -18,6 +21,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Scan(a) => scan::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Inspect { profile } => inspect::run(&profile),
+        Command::Run(a) => run::run(a),
+        Command::Record(a) => run::record(a),
+        Command::Profile(c) => profile::run(c),
+        Command::Demo(a) => demo::run(a),
     }
 }
 

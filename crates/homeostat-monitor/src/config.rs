@@ -1,0 +1,59 @@
+//! The TOML configuration file: pH's parameters (`[ph]`), every one optional.
+//!
+//! ```toml
+//! [ph]
+//! normal_wait_secs = 604800   # 7 days
+//! anomaly_limit = 30
+//! tolerize_limit = 12
+//! delay_factor_ms = 4.0
+//! max_delay_ms = 2000.0
+//! suspend_execve = 10
+//! mode = "enforce"             # learn | detect | enforce
+//! ```
+
+use std::path::Path;
+
+use homeostat_core::ph::PhConfig;
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// pH parameters.
+    #[serde(default)]
+    pub ph: PhConfig,
+}
+
+/// Reads and validates a configuration file; errors name the file.
+pub fn load(path: &Path) -> Result<ConfigFile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file: ConfigFile =
+        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+    file.ph
+        .validate()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use homeostat_core::ph::Mode;
+
+    #[test]
+    fn partial_files_keep_defaults_and_typos_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[ph]\nnormal_wait_secs = 5\nmode = \"detect\"\n").unwrap();
+        let c = load(&p).unwrap();
+        assert_eq!(c.ph.normal_wait_secs, 5.0);
+        assert_eq!(c.ph.mode, Mode::Detect);
+        assert_eq!(c.ph.anomaly_limit, 30);
+        std::fs::write(&p, "[ph]\nanomaly_limt = 5\n").unwrap();
+        let e = load(&p).unwrap_err();
+        assert!(e.contains("c.toml") && e.contains("anomaly_limt"), "{e}");
+        std::fs::write(&p, "[ph]\nwindow = 1\n").unwrap();
+        assert!(load(&p).unwrap_err().contains("window 1"));
+    }
+}

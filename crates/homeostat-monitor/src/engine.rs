@@ -1,0 +1,398 @@
+//! The monitor's engine: from "task T of executable E is about to make call N" to a
+//! verdict, keeping one pH profile per executable and pH state per task.
+//!
+//! It knows nothing about how calls are captured: the seccomp launcher, a ptrace
+//! attach or the eBPF daemon all feed [`Engine::on_syscall`] and apply the verdict
+//! with their own actuator. Events go to a sink as [`EventRecord`]s.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use homeostat_core::ph::{ExeKey, PhConfig, PhEvent, PhProfile, PhTask, ProfileState, Verdict};
+use homeostat_syscalls::Arch;
+use serde::Serialize;
+
+use crate::store::{ProfileStore, StoreError};
+
+/// Profile call numbers: x86_64 numbers as they are; i386 numbers offset by this, so a
+/// 32-bit program's calls never alias 64-bit ones.
+pub const I386_OFFSET: u32 = 0x1_0000;
+
+/// One call about to run.
+#[derive(Debug, Clone)]
+pub struct Call<'a> {
+    /// Thread id.
+    pub tid: i32,
+    /// Process id.
+    pub pid: i32,
+    /// The executable the task runs.
+    pub exe: ExeKey,
+    /// Its path.
+    pub path: &'a str,
+    /// ABI of the call number.
+    pub arch: Arch,
+    /// Call number in that ABI.
+    pub nr: u32,
+    /// For a task not seen before: the task it was forked or cloned from. As in pH, a
+    /// child inherits its parent's sequence and locality frame, so forking does not
+    /// wash an anomaly away.
+    pub parent: Option<i32>,
+}
+
+/// One reported event, in the JSON-lines schema of docs/events.md.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRecord {
+    /// Seconds since the Unix epoch.
+    pub ts: f64,
+    /// What happened: anomaly, delay_start, delay_stop, exec_refused, state_change,
+    /// tolerized, profile_created.
+    pub event: &'static str,
+    /// Process id.
+    pub pid: i32,
+    /// Thread id.
+    pub tid: i32,
+    /// Executable path.
+    pub exe: Arc<str>,
+    /// Profile key (`<dev>-<ino>`, hex).
+    pub profile: String,
+    /// Profile state after the call.
+    pub state: ProfileState,
+    /// The call's name (`#<n>` when the table has none).
+    pub syscall: String,
+    /// The task's LFC after the call.
+    pub lfc: u32,
+    /// What was done to the call: none, delay, refuse.
+    pub action: &'static str,
+    /// Event details (missing pairs, delay, state change...).
+    #[serde(flatten)]
+    pub detail: serde_json::Value,
+}
+
+struct Task {
+    pid: i32,
+    exe: ExeKey,
+    path: Arc<str>,
+    ph: PhTask,
+    delay_ns: u64,
+}
+
+/// A live task, as `homeostat ps` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskInfo {
+    /// Process id.
+    pub pid: i32,
+    /// Thread id.
+    pub tid: i32,
+    /// Executable.
+    pub exe: String,
+    /// Profile key.
+    pub profile: String,
+    /// Profile state.
+    pub state: ProfileState,
+    /// LFC.
+    pub lfc: u32,
+    /// Delay applied to its last call, ms.
+    pub delay_ms: f64,
+    /// Anomalies of its profile.
+    pub anomalies: u64,
+    /// Calls seen.
+    pub calls: u64,
+}
+
+/// Per-executable profiles and per-task state.
+pub struct Engine {
+    config: PhConfig,
+    profiles: HashMap<ExeKey, PhProfile>,
+    tasks: HashMap<i32, Task>,
+    store: Option<ProfileStore>,
+    sink: Box<dyn FnMut(&EventRecord) + Send>,
+}
+
+impl Engine {
+    /// An engine with profiles loaded from `store` (if any); events go to `sink`.
+    /// Returns the engine and the profiles that failed to load (already set aside).
+    pub fn new(
+        config: PhConfig,
+        store: Option<ProfileStore>,
+        sink: Box<dyn FnMut(&EventRecord) + Send>,
+    ) -> (Self, Vec<StoreError>) {
+        let (loaded, errors) = match &store {
+            Some(s) => s.load_all(),
+            None => (vec![], vec![]),
+        };
+        let profiles = loaded.into_iter().map(|p| (p.key, p)).collect();
+        (
+            Engine {
+                config,
+                profiles,
+                tasks: HashMap::new(),
+                store,
+                sink,
+            },
+            errors,
+        )
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PhConfig {
+        &self.config
+    }
+
+    /// Processes a call before it runs and returns what to do with it.
+    pub fn on_syscall(&mut self, c: &Call<'_>, now_ns: u64) -> Verdict {
+        let config = &self.config;
+        let profile = self.profiles.entry(c.exe).or_insert_with(|| {
+            let p = PhProfile::new(c.exe, c.path, config);
+            let rec = record(
+                now_ns,
+                "profile_created",
+                c,
+                &p,
+                0,
+                "none",
+                serde_json::json!({}),
+            );
+            (self.sink)(&rec);
+            p
+        });
+        let fresh = !matches!(self.tasks.get(&c.tid), Some(t) if t.exe == c.exe);
+        if fresh {
+            // A new task inherits its parent's state when both run the same program;
+            // a task that exec'd a new program starts afresh (pH's fork and execve).
+            let inherited = c
+                .parent
+                .filter(|_| !self.tasks.contains_key(&c.tid))
+                .and_then(|p| self.tasks.get(&p))
+                .filter(|t| t.exe == c.exe)
+                .map(|t| t.ph.clone());
+            self.tasks.insert(
+                c.tid,
+                Task {
+                    pid: c.pid,
+                    exe: c.exe,
+                    path: Arc::from(c.path),
+                    ph: inherited.unwrap_or_else(|| PhTask::new(profile)),
+                    delay_ns: 0,
+                },
+            );
+        }
+        let task = self.tasks.get_mut(&c.tid).expect("inserted above");
+        let (call, is_execve) = match c.arch {
+            Arch::X86_64 => (c.nr, c.nr == 59 || c.nr == 322),
+            Arch::I386 => (I386_OFFSET + c.nr, c.nr == 11 || c.nr == 358),
+        };
+        let mut pending: Vec<PhEvent> = vec![];
+        let step = profile.on_syscall(&mut task.ph, call, is_execve, now_ns, config, &mut |e| {
+            pending.push(e)
+        });
+        task.delay_ns = match step.verdict {
+            Verdict::Delay(ns) => ns,
+            _ => 0,
+        };
+        let action = match step.verdict {
+            Verdict::Continue => "none",
+            Verdict::Delay(_) => "delay",
+            Verdict::Refuse => "refuse",
+        };
+        for e in pending {
+            let (name, detail) = describe(&e);
+            let rec = record(now_ns, name, c, profile, step.lfc, action, detail);
+            (self.sink)(&rec);
+        }
+        step.verdict
+    }
+
+    /// A task is gone (exit); forget its state.
+    pub fn on_task_exit(&mut self, tid: i32) {
+        self.tasks.remove(&tid);
+    }
+
+    /// Forgets every task of process `pid` (exit_group).
+    pub fn on_process_exit(&mut self, pid: i32) {
+        self.tasks.retain(|_, t| t.pid != pid);
+    }
+
+    /// Saves every profile changed since its last save; returns the failures.
+    pub fn save(&mut self) -> Vec<StoreError> {
+        let Some(store) = &self.store else {
+            return vec![];
+        };
+        let mut errors = vec![];
+        for p in self.profiles.values_mut().filter(|p| p.dirty) {
+            match store.save(p) {
+                Ok(()) => p.dirty = false,
+                Err(e) => errors.push(e),
+            }
+        }
+        errors
+    }
+
+    /// Live tasks, sorted by pid and tid.
+    pub fn tasks(&self) -> Vec<TaskInfo> {
+        let mut v: Vec<TaskInfo> = self
+            .tasks
+            .iter()
+            .map(|(&tid, t)| {
+                let p = &self.profiles[&t.exe];
+                TaskInfo {
+                    pid: t.pid,
+                    tid,
+                    exe: t.path.to_string(),
+                    profile: t.exe.to_string(),
+                    state: p.state,
+                    lfc: t.ph.lfc(),
+                    delay_ms: t.delay_ns as f64 / 1e6,
+                    anomalies: p.anomalies,
+                    calls: t.ph.calls(),
+                }
+            })
+            .collect();
+        v.sort_by_key(|t| (t.pid, t.tid));
+        v
+    }
+
+    /// The profiles in memory.
+    pub fn profiles(&self) -> impl Iterator<Item = &PhProfile> {
+        self.profiles.values()
+    }
+
+    /// A profile by key, for admin commands.
+    pub fn profile_mut(&mut self, key: ExeKey) -> Option<&mut PhProfile> {
+        self.profiles.get_mut(&key)
+    }
+
+    /// Drops a profile (admin "reset"): it starts again from nothing.
+    pub fn reset(&mut self, key: ExeKey) -> Result<bool, StoreError> {
+        if let Some(s) = &self.store {
+            s.remove(key)?;
+        }
+        self.tasks.retain(|_, t| t.exe != key);
+        Ok(self.profiles.remove(&key).is_some())
+    }
+}
+
+fn describe(e: &PhEvent) -> (&'static str, serde_json::Value) {
+    use serde_json::json;
+    match e {
+        PhEvent::Anomaly { misses, .. } => ("anomaly", json!({ "misses": misses })),
+        PhEvent::DelayStart { delay_ns, .. } => {
+            ("delay_start", json!({ "delay_ms": *delay_ns as f64 / 1e6 }))
+        }
+        PhEvent::DelayStop => ("delay_stop", json!({})),
+        PhEvent::ExecRefused { .. } => ("exec_refused", json!({ "errno": "EPERM" })),
+        PhEvent::StateChange { from, to, reason } => (
+            "state_change",
+            json!({ "from": from, "to": to, "reason": reason }),
+        ),
+        PhEvent::Tolerized { .. } => ("tolerized", json!({})),
+    }
+}
+
+fn record(
+    now_ns: u64,
+    event: &'static str,
+    c: &Call<'_>,
+    p: &PhProfile,
+    lfc: u32,
+    action: &'static str,
+    detail: serde_json::Value,
+) -> EventRecord {
+    EventRecord {
+        ts: now_ns as f64 / 1e9,
+        event,
+        pid: c.pid,
+        tid: c.tid,
+        exe: Arc::from(c.path),
+        profile: p.key.to_string(),
+        state: p.state,
+        syscall: c.arch.display(c.nr).into_owned(),
+        lfc,
+        action,
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn engine(
+        config: PhConfig,
+        store: Option<ProfileStore>,
+    ) -> (Engine, Arc<Mutex<Vec<EventRecord>>>) {
+        let seen = Arc::new(Mutex::new(vec![]));
+        let s = seen.clone();
+        let (e, errors) = Engine::new(
+            config,
+            store,
+            Box::new(move |r| s.lock().unwrap().push(r.clone())),
+        );
+        assert!(errors.is_empty());
+        (e, seen)
+    }
+
+    fn feed(e: &mut Engine, tid: i32, exe: ExeKey, calls: &[u32], now: u64) -> Vec<Verdict> {
+        calls
+            .iter()
+            .map(|&nr| {
+                e.on_syscall(
+                    &Call {
+                        tid,
+                        pid: tid,
+                        exe,
+                        path: "/usr/bin/demo",
+                        arch: Arch::X86_64,
+                        nr,
+                        parent: None,
+                    },
+                    now,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn profiles_per_executable_events_and_persistence() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ProfileStore::open(dir.path()).unwrap();
+        let config = PhConfig {
+            normal_wait_secs: 0.0,
+            ..PhConfig::default()
+        };
+        let (mut e, seen) = engine(config.clone(), Some(store.clone()));
+        let exe = ExeKey { dev: 1, ino: 7 };
+        let normal: Vec<u32> = [0u32, 1].repeat(30);
+        for tid in 100..110 {
+            feed(&mut e, tid, exe, &normal, 1);
+            e.on_task_exit(tid);
+        }
+        // Stable (frozen) with normal_wait 0: normal at the next call.
+        feed(&mut e, 200, exe, &[0], 2);
+        assert_eq!(e.profiles().next().unwrap().state, ProfileState::Normal);
+        // A foreign call: anomaly, delay.
+        let v = feed(&mut e, 200, exe, &[57, 57, 59], 3);
+        assert!(matches!(v[0], Verdict::Delay(_)), "{v:?}");
+        let events = seen.lock().unwrap();
+        let kinds: Vec<&str> = events.iter().map(|r| r.event).collect();
+        assert_eq!(kinds[0], "profile_created");
+        assert!(kinds.contains(&"anomaly") && kinds.contains(&"delay_start"));
+        let anomaly = events.iter().find(|r| r.event == "anomaly").unwrap();
+        assert_eq!(anomaly.syscall, "fork");
+        assert_eq!(anomaly.action, "delay");
+        let json = serde_json::to_value(anomaly).unwrap();
+        for key in [
+            "ts", "event", "pid", "tid", "exe", "profile", "state", "syscall", "lfc", "action",
+            "misses",
+        ] {
+            assert!(!json[key].is_null(), "missing {key} in {json}");
+        }
+        drop(events);
+        assert!(e.save().is_empty());
+        assert_eq!(e.tasks().len(), 1);
+
+        // A restarted monitor finds the normal profile.
+        let (e2, _) = engine(config, Some(store));
+        assert_eq!(e2.profiles().next().unwrap().state, ProfileState::Normal);
+    }
+}

@@ -1,0 +1,12 @@
+//! The live monitor's mechanism-independent half, shared by `homeostat run` (seccomp
+//! launcher) and the daemon: per-task pH state and verdicts ([`engine`]), the state
+//! directory of profiles ([`store`]), and the configuration file ([`config`]).
+//! Capturing calls and applying verdicts is the job of the mechanism crates.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod engine;
+pub mod store;
+
+pub use engine::{Call, Engine, EventRecord, TaskInfo};
+pub use store::{default_state_dir, write_atomic, ProfileStore, StoreError};

@@ -1,0 +1,291 @@
+//! `homeostat run` (pH monitoring of a command) and `homeostat record`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use homeostat_core::ph::{ExeKey, Mode, PhConfig, Verdict};
+use homeostat_monitor::{default_state_dir, Call, Engine, EventRecord, ProfileStore};
+use homeostat_seccomp::{FailMode, LaunchOptions, SyscallEvent};
+use homeostat_syscalls::Arch;
+use homeostat_traces::recording::{Header, Writer};
+
+use crate::cli::{RecordArgs, RunArgs, StateFlags};
+use crate::launch::{self, exe_key, Consumer};
+
+/// The pH parameters: the config file's, or the defaults.
+pub fn load_config(state: &StateFlags) -> Result<PhConfig> {
+    match &state.config {
+        Some(p) => Ok(homeostat_monitor::config::load(p)
+            .map_err(|e| anyhow!(e))?
+            .ph),
+        None => Ok(PhConfig::default()),
+    }
+}
+
+/// Opens the state directory named by the flags (or the default one).
+pub fn open_store(state: &StateFlags) -> Result<ProfileStore> {
+    let dir = state.state_dir.clone().unwrap_or_else(default_state_dir);
+    Ok(ProfileStore::open(&dir)?)
+}
+
+/// Wall-clock time in ns: pH's normal_wait spans monitor restarts.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Feeds calls to the pH engine and saves profiles now and then.
+pub struct PhConsumer {
+    pub engine: Engine,
+    last_save: Instant,
+}
+
+impl PhConsumer {
+    pub fn new(engine: Engine) -> Self {
+        PhConsumer {
+            engine,
+            last_save: Instant::now(),
+        }
+    }
+
+    /// Saves changed profiles, reporting failures on stderr (the program goes on).
+    pub fn save(&mut self) {
+        for e in self.engine.save() {
+            eprintln!("homeostat: warning: cannot save profile: {e}");
+        }
+        self.last_save = Instant::now();
+    }
+}
+
+impl Consumer for PhConsumer {
+    fn call(&mut self, ev: &SyscallEvent, arch: Arch, parent: Option<i32>) -> Verdict {
+        let path = ev.exe.path.to_string_lossy();
+        self.engine.on_syscall(
+            &Call {
+                tid: ev.tid,
+                pid: ev.pid,
+                exe: exe_key(ev),
+                path: &path,
+                arch,
+                nr: ev.nr,
+                parent,
+            },
+            now_ns(),
+        )
+    }
+
+    fn exit(&mut self, pid: i32, tid: i32, group: bool) {
+        if group {
+            self.engine.on_process_exit(pid);
+        } else {
+            self.engine.on_task_exit(tid);
+        }
+    }
+
+    fn tick(&mut self) {
+        if self.last_save.elapsed() >= Duration::from_secs(30) {
+            self.save();
+        }
+    }
+}
+
+/// A one-line human account of an event, or `None` for events too frequent to print.
+pub fn describe(r: &EventRecord) -> Option<String> {
+    let who = format!("{} [{}]", r.exe, r.pid);
+    Some(match r.event {
+        "state_change" => format!(
+            "profile {} ({}): {} -> {} ({})",
+            r.profile,
+            r.exe,
+            r.detail["from"].as_str()?,
+            r.detail["to"].as_str()?,
+            r.detail["reason"].as_str()?
+        ),
+        "delay_start" => format!(
+            "{who}: anomalous (LFC {}): delaying its calls, {:.0} ms for {}",
+            r.lfc,
+            r.detail["delay_ms"].as_f64()?,
+            r.syscall
+        ),
+        "delay_stop" => format!("{who}: LFC back to 0, delays stop"),
+        "exec_refused" => format!("{who}: execve refused (LFC {})", r.lfc),
+        "tolerized" => format!(
+            "{who}: LFC {} above the tolerize limit: training data of {} wiped",
+            r.lfc, r.exe
+        ),
+        _ => return None,
+    })
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    let mut config = load_config(&a.state)?;
+    if a.learn {
+        config.mode = Mode::Learn;
+    } else if a.detect {
+        config.mode = Mode::Detect;
+    } else if a.enforce {
+        config.mode = Mode::Enforce;
+    }
+    if let Some(w) = a.normal_wait {
+        config.normal_wait_secs = w;
+    }
+    config
+        .validate()
+        .map_err(|e| anyhow!("configuration: {e}"))?;
+    let store = open_store(&a.state)?;
+
+    let mut json: Option<Box<dyn Write + Send>> = match &a.events {
+        None => None,
+        Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
+        Some(p) => Some(Box::new(BufWriter::new(
+            File::options()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening events file {}", p.display()))?,
+        ))),
+    };
+    let quiet = a.quiet;
+    let anomalies = Arc::new(Mutex::new(0u64));
+    let count = anomalies.clone();
+    let sink = Box::new(move |r: &EventRecord| {
+        if let Some(w) = json.as_mut() {
+            // Events must not stop the program: a full disk loses events, not calls.
+            let _ = serde_json::to_writer(&mut *w, r)
+                .map(|_| w.write_all(b"\n"))
+                .map(|_| w.flush());
+        }
+        if r.event == "anomaly" {
+            *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        }
+        if !quiet {
+            if let Some(line) = describe(r) {
+                eprintln!("homeostat: {line}");
+            }
+        }
+    });
+    let (engine, errors) = Engine::new(config, Some(store), sink);
+    for e in errors {
+        eprintln!("homeostat: warning: profile set aside: {e}");
+    }
+    let mut consumer = PhConsumer::new(engine);
+    let opts = LaunchOptions {
+        fail_mode: if a.fail_closed {
+            FailMode::Closed
+        } else {
+            FailMode::Open
+        },
+        ..LaunchOptions::default()
+    };
+    let status = launch::run(&a.command, &opts, &mut consumer);
+    consumer.save();
+    let status = status?;
+    let n = *anomalies.lock().unwrap_or_else(|e| e.into_inner());
+    if !a.quiet && n > 0 {
+        eprintln!("homeostat: {n} anomalous calls");
+    }
+    std::process::exit(launch::exit_code(status));
+}
+
+/// Writes every call to a recording.
+struct Recorder {
+    w: Writer<BufWriter<File>>,
+    exes: HashMap<ExeKey, u64>,
+    task_exe: HashMap<i32, u64>,
+    error: Option<std::io::Error>,
+}
+
+impl Recorder {
+    fn try_call(&mut self, ev: &SyscallEvent, arch: Arch) -> std::io::Result<()> {
+        let key = exe_key(ev);
+        let next = self.exes.len() as u64 + 1;
+        let id = match self.exes.get(&key) {
+            Some(&id) => id,
+            None => {
+                self.w.exe(
+                    next,
+                    key.dev,
+                    key.ino,
+                    ev.exe.path.as_os_str().as_encoded_bytes(),
+                )?;
+                self.exes.insert(key, next);
+                next
+            }
+        };
+        match self.task_exe.insert(ev.tid, id) {
+            Some(old) if old != id => self.w.exec(ev.pid as u32, ev.tid as u32, id)?,
+            _ => {}
+        }
+        let nr = match arch {
+            Arch::X86_64 => ev.nr,
+            Arch::I386 => homeostat_monitor::engine::I386_OFFSET + ev.nr,
+        };
+        self.w
+            .syscall(ev.pid as u32, ev.tid as u32, id, nr, now_ns())
+    }
+}
+
+impl Consumer for Recorder {
+    fn call(&mut self, ev: &SyscallEvent, arch: Arch, _parent: Option<i32>) -> Verdict {
+        if self.error.is_none() {
+            if let Err(e) = self.try_call(ev, arch) {
+                self.error = Some(e);
+            }
+        }
+        Verdict::Continue
+    }
+
+    fn exit(&mut self, pid: i32, tid: i32, group: bool) {
+        let tids: Vec<i32> = if group {
+            // exit_group ends every thread of the process; their tids are those whose
+            // thread group is pid, which the recording knows only by pid == tid for
+            // the leader, so end the caller and the leader.
+            vec![tid, pid]
+        } else {
+            vec![tid]
+        };
+        for t in tids {
+            if self.task_exe.remove(&t).is_some() && self.error.is_none() {
+                if let Err(e) = self.w.exit(pid as u32, t as u32) {
+                    self.error = Some(e);
+                }
+            }
+        }
+    }
+}
+
+pub fn record(a: RecordArgs) -> Result<()> {
+    let file = File::create(&a.output)
+        .with_context(|| format!("creating recording {}", a.output.display()))?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let mut header = Header::new(Arch::X86_64, host, now_ns());
+    header.kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|k| k.trim().to_string());
+    let w = Writer::new(BufWriter::new(file), &header)
+        .with_context(|| format!("writing recording {}", a.output.display()))?;
+    let mut rec = Recorder {
+        w,
+        exes: HashMap::new(),
+        task_exe: HashMap::new(),
+        error: None,
+    };
+    let status = launch::run(&a.command, &LaunchOptions::default(), &mut rec)?;
+    let what = || format!("writing recording {}", a.output.display());
+    if let Some(e) = rec.error {
+        return Err(e).with_context(what);
+    }
+    rec.w
+        .finish()
+        .and_then(|mut b| b.flush())
+        .with_context(what)?;
+    std::process::exit(launch::exit_code(status));
+}

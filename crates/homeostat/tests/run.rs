@@ -1,0 +1,344 @@
+//! `homeostat run` and `homeostat record` on real processes (no mocks): following
+//! forks and execs, pH's training -> normal cycle across monitor restarts, anomalies,
+//! delays measured in wall time, execve refusal, tolerize and anomaly_limit, and what
+//! happens to the programs when the monitor is killed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_homeostat"))
+}
+
+fn service() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_homeostat-demo-service"))
+}
+
+/// A state dir, a config, a notes dir and an events file for one test.
+struct Lab {
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new(config: &str) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("notes")).unwrap();
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        Lab { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs the service on `requests` under `homeostat run`; returns the wall time,
+    /// the service's answers and the events of this run.
+    fn session(&self, name: &str, requests: &str, extra: &[&str]) -> (f64, String, Vec<Value>) {
+        let req = self.path(&format!("{name}.req"));
+        let out = self.path(&format!("{name}.out"));
+        let events = self.path(&format!("{name}.events"));
+        std::fs::write(&req, requests).unwrap();
+        let t = Instant::now();
+        let st = bin()
+            .arg("run")
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .arg("--config")
+            .arg(self.path("config.toml"))
+            .arg("--events")
+            .arg(&events)
+            .arg("--quiet")
+            .args(extra)
+            .arg("--")
+            .arg(service())
+            .arg(self.path("notes"))
+            .arg(&req)
+            .arg(&out)
+            .status()
+            .unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        assert!(st.success(), "session {name}: {st}");
+        let events = std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (
+            secs,
+            std::fs::read_to_string(&out).unwrap_or_default(),
+            events,
+        )
+    }
+
+    fn profile_state(&self) -> String {
+        let out = bin()
+            .args(["profile", "show", "homeostat-demo-service", "--state-dir"])
+            .arg(self.path("state"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("state"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| format!("none: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+
+    /// Normal sessions until the profile is normal; each is a new monitor process, so
+    /// this also checks that profiles survive monitor restarts.
+    fn train_to_normal(&self) {
+        for i in 0..30 {
+            let state = self.profile_state();
+            if state == "normal" {
+                return;
+            }
+            if state == "frozen" {
+                std::thread::sleep(Duration::from_millis(600));
+            }
+            self.session(&format!("train{i}"), &normal_requests(i), &[]);
+        }
+        panic!("profile never became normal: {}", self.profile_state());
+    }
+}
+
+fn normal_requests(i: usize) -> String {
+    let mut r = String::new();
+    for j in 0..(3 + i % 4) {
+        r += &format!("PUT n{}-{j} text {j}\n", i % 3);
+    }
+    r += &format!("GET n{}-0\nLIST\nCOUNT n{}-1\nGET nothing\n", i % 3, i % 3);
+    r
+}
+
+const CONFIG: &str = "[ph]\nnormal_wait_secs = 0.5\ndelay_factor_ms = 2.0\nmax_delay_ms = 40.0\n";
+
+fn delay_ms(lfc: u64) -> f64 {
+    (2.0 * 2f64.powi(lfc as i32)).min(40.0)
+}
+
+#[test]
+fn record_follows_forks_and_execs() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("sh.hrec");
+    let st = bin()
+        .args(["record", "-o"])
+        .arg(&rec)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "ls / >/dev/null; echo hi | cat >/dev/null",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    struct Programs(Vec<(u64, String)>, usize);
+    impl homeostat_traces::Visitor for Programs {
+        fn begin(&mut self, _: u64, _: &str) {
+            self.1 += 1;
+        }
+        fn call(&mut self, _: u64, _: u32) {}
+        fn end(&mut self, _: u64) {}
+        fn program(&mut self, key: u64, path: &str) {
+            self.0.push((key, path.to_string()));
+        }
+    }
+    let mut p = Programs(vec![], 0);
+    homeostat_traces::read_file(&rec, &Default::default(), &mut p).unwrap();
+    let names: Vec<&str> =
+        p.0.iter()
+            .map(|(_, n)| n.rsplit('/').next().unwrap())
+            .collect();
+    assert!(names.contains(&"ls") && names.contains(&"cat"), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .any(|n| *n == "dash" || *n == "bash" || *n == "sh"),
+        "{names:?}"
+    );
+    // sh, ls (forked sh, then exec), the pipeline's two children (one execs cat).
+    assert!(p.1 >= 4, "{} traces", p.1);
+
+    // The recording replays through the trace tools.
+    let out = bin()
+        .args(["scan", "-p"])
+        .arg(dir.path().join("none"))
+        .arg(&rec)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "no profile: a clear error");
+    let train = bin()
+        .args(["train", "-m", "pairs", "-o"])
+        .arg(dir.path().join("p"))
+        .arg(&rec)
+        .output()
+        .unwrap();
+    assert!(
+        train.status.success(),
+        "{}",
+        String::from_utf8_lossy(&train.stderr)
+    );
+}
+
+#[test]
+fn ph_cycle_anomalies_delays_execve_refusal() {
+    let lab = Lab::new(CONFIG);
+    lab.train_to_normal();
+
+    // A normal session raises nothing.
+    let (_, _, events) = lab.session("normal", &normal_requests(1), &[]);
+    assert!(events.iter().all(|e| e["event"] != "anomaly"), "{events:?}");
+
+    // The exploit.
+    let attack = format!("{}GET |id; echo pwned\nLIST\n", normal_requests(2));
+    let (secs, out, events) = lab.session("attack", &attack, &[]);
+    assert!(!out.contains("pwned") && !out.contains("uid="), "{out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    for k in ["anomaly", "delay_start", "exec_refused", "tolerized"] {
+        assert!(kinds.contains(&k), "no {k} in {kinds:?}");
+    }
+    let refused = events
+        .iter()
+        .find(|e| e["event"] == "exec_refused")
+        .unwrap();
+    assert_eq!(refused["syscall"], "execve");
+    assert_eq!(refused["action"], "refuse");
+    assert!(refused["lfc"].as_u64().unwrap() >= 10);
+
+    // Delays really happen and grow with LFC: consecutive anomalies of a task are at
+    // least the first one's delay apart, and the whole session takes at least the
+    // sum of the delays.
+    let anomalies: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "anomaly" && e["action"] == "delay")
+        .collect();
+    assert!(anomalies.len() > 10);
+    let mut total = 0.0;
+    let mut checked = 0;
+    for pair in anomalies.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        let d = delay_ms(a["lfc"].as_u64().unwrap());
+        total += d;
+        if a["tid"] == b["tid"] {
+            let gap = (b["ts"].as_f64().unwrap() - a["ts"].as_f64().unwrap()) * 1e3;
+            assert!(
+                gap >= d * 0.9,
+                "gap {gap:.1} ms after a {d} ms delay (LFC {})",
+                a["lfc"]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 5);
+    let lfcs: Vec<u64> = anomalies
+        .iter()
+        .map(|e| e["lfc"].as_u64().unwrap())
+        .collect();
+    assert!(
+        lfcs.windows(2).take(8).all(|w| w[1] >= w[0]),
+        "LFC climbs: {lfcs:?}"
+    );
+    assert!(
+        secs * 1e3 >= total * 0.9,
+        "session {secs:.2} s < delays {total:.0} ms"
+    );
+
+    // Tolerize wiped the training data; the profile stays normal (the attack did not
+    // count toward anomaly_limit) and is saved that way.
+    assert_eq!(lab.profile_state(), "normal");
+}
+
+#[test]
+fn anomaly_limit_returns_a_profile_to_training() {
+    let lab = Lab::new(&format!("{CONFIG}anomaly_limit = 3\n"));
+    lab.train_to_normal();
+    // Benign but new requests: a few scattered anomalies per session, low LFC.
+    for i in 0..6 {
+        let (_, _, events) = lab.session(&format!("odd{i}"), "PUT bad/name x\nBOGUS\nLIST\n", &[]);
+        if events
+            .iter()
+            .any(|e| e["event"] == "state_change" && e["reason"] == "anomaly_limit exceeded")
+        {
+            assert_eq!(lab.profile_state(), "training");
+            return;
+        }
+    }
+    panic!("anomaly_limit never fired: {}", lab.profile_state());
+}
+
+fn pids_with(marker: &str) -> Vec<(i32, char)> {
+    let mut v = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(marker) {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(") ")
+                .next()
+                .and_then(|s| s.chars().next())
+                .unwrap_or('?');
+            if pid != std::process::id() as i32 {
+                v.push((pid, state));
+            }
+        }
+    }
+    v
+}
+
+fn killed_monitor(fail_closed: bool) -> (bool, Vec<(i32, char)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done");
+    let script = format!(
+        "sleep 0.5; for i in $(seq 1 300); do cat /dev/null; done; echo done > {}",
+        done.display()
+    );
+    let mut cmd = bin();
+    cmd.args(["run", "--learn", "--quiet", "--state-dir"])
+        .arg(dir.path().join("state"));
+    if fail_closed {
+        cmd.arg("--fail-closed");
+    }
+    let mut child = cmd
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let marker = done.display().to_string();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) && !pids_with(&marker).is_empty() {
+        let stopped: Vec<_> = pids_with(&marker)
+            .into_iter()
+            .filter(|p| p.1 == 'T' || p.1 == 't')
+            .collect();
+        assert!(stopped.is_empty(), "stopped processes: {stopped:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (Path::new(&done).exists(), pids_with(&marker))
+}
+
+#[test]
+fn killed_monitor_fails_open_by_default() {
+    let (finished, left) = killed_monitor(false);
+    assert!(finished, "the program must complete when the monitor dies");
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn killed_monitor_with_fail_closed_kills_the_program() {
+    let (finished, left) = killed_monitor(true);
+    assert!(!finished, "fail-closed: the program must not complete");
+    assert!(left.is_empty(), "nothing may be left running: {left:?}");
+}
