@@ -142,6 +142,21 @@ pub struct ExeKey {
     pub ino: u64,
 }
 
+impl std::str::FromStr for ExeKey {
+    type Err = String;
+    /// Parses the `<dev>-<ino>` hex form that `Display` prints.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (d, i) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?} is not a profile key (<dev>-<ino> in hex)"))?;
+        let hex = |v: &str| u64::from_str_radix(v, 16).map_err(|e| format!("{s:?}: {e}"));
+        Ok(ExeKey {
+            dev: hex(d)?,
+            ino: hex(i)?,
+        })
+    }
+}
+
 impl std::fmt::Display for ExeKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:x}-{:x}", self.dev, self.ino)

@@ -35,6 +35,14 @@ pub enum Command {
     Run(RunArgs),
     /// Run a command and write its system calls in homeostat's recording format.
     Record(RecordArgs),
+    /// The tasks that running monitors watch: pid, exe, profile state, LFC, delay.
+    Ps {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        state: StateFlags,
+    },
     /// Show and administer the pH profiles in the state directory.
     #[command(subcommand)]
     Profile(ProfileCmd),

@@ -21,6 +21,8 @@ pub trait Consumer {
     fn exit(&mut self, pid: i32, tid: i32, group: bool);
     /// Called about once a second: periodic saves and status.
     fn tick(&mut self) {}
+    /// Called on every turn of the loop (keep it cheap): control requests.
+    fn poll(&mut self) {}
 }
 
 /// The parent of a task seen for the first time: the thread group leader for a
@@ -66,6 +68,7 @@ pub fn run(
             timers.pop();
             sup.respond(id, Action::Continue)?;
         }
+        consumer.poll();
         if now.duration_since(last_tick) >= Duration::from_secs(1) {
             consumer.tick();
             last_tick = now;

@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod control;
 mod fsutil;
 mod launch;
 mod progress;

@@ -342,3 +342,60 @@ fn killed_monitor_with_fail_closed_kills_the_program() {
     assert!(!finished, "fail-closed: the program must not complete");
     assert!(left.is_empty(), "nothing may be left running: {left:?}");
 }
+
+#[test]
+fn ps_and_profile_admin_talk_to_the_running_monitor() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut monitor = bin()
+        .args(["run", "--quiet", "--state-dir"])
+        .arg(&state)
+        .args(["--", "sh", "-c", "sleep 1.5; sleep 0.1"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let admin = |args: &[&str]| {
+        let out = bin()
+            .args(args)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let ps: Value = serde_json::from_str(&admin(&["ps", "--json"])).unwrap();
+    let tasks = ps[0]["tasks"].as_array().unwrap();
+    assert!(
+        tasks
+            .iter()
+            .any(|t| t["exe"].as_str().unwrap().ends_with("sleep")),
+        "{ps}"
+    );
+    assert!(tasks
+        .iter()
+        .all(|t| t["state"] == "training" && t["lfc"] == 0));
+    let out = admin(&["profile", "normalize", "sleep"]);
+    assert!(
+        out.starts_with("normal") && out.contains("applied by the monitor"),
+        "{out}"
+    );
+    assert!(monitor.wait().unwrap().success());
+    // The monitor saved the normalized profile when it exited.
+    let list = admin(&["profile", "list"]);
+    let sleep = list.lines().find(|l| l.ends_with("/sleep")).unwrap();
+    assert!(sleep.starts_with("normal"), "{list}");
+    admin(&["profile", "reset", "sleep"]);
+    assert!(!admin(&["profile", "list"]).contains("/sleep"));
+    assert!(
+        std::fs::read_dir(state.join("run"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "socket removed"
+    );
+}

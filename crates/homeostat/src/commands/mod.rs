@@ -24,6 +24,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => run::run(a),
         Command::Record(a) => run::record(a),
         Command::Profile(c) => profile::run(c),
+        Command::Ps { json, state } => profile::ps(json, &state),
         Command::Demo(a) => demo::run(a),
     }
 }

@@ -11,11 +11,14 @@ use homeostat_core::ph::{ExeKey, PhProfile};
 use homeostat_core::Model;
 use homeostat_monitor::ProfileStore;
 
-use crate::cli::{ProfileCmd, ProfileTarget};
+use crate::cli::{ProfileCmd, ProfileTarget, StateFlags};
+use crate::control::{broadcast, Request};
 
 use super::run::open_store;
 
 fn find(store: &ProfileStore, exe: &str) -> Result<PhProfile> {
+    // Running monitors hold newer state than their last save: have them save first.
+    broadcast(store.dir(), &Request::Save);
     let (all, errors) = store.load_all();
     for e in errors {
         eprintln!("homeostat: warning: profile set aside: {e}");
@@ -58,6 +61,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
     match cmd {
         ProfileCmd::List { state } => {
             let store = open_store(&state)?;
+            broadcast(store.dir(), &Request::Save);
             let (mut all, errors) = store.load_all();
             for e in errors {
                 eprintln!("homeostat: warning: profile set aside: {e}");
@@ -89,24 +93,98 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
             println!("calls trained  {}", p.model().trained_calls());
             Ok(())
         }
-        ProfileCmd::Normalize(t) => edit(t, |p| p.normalize(&mut |_| {})),
-        ProfileCmd::Sensitize(t) => edit(t, |p| p.sensitize("sensitized", &mut |_| {})),
-        ProfileCmd::Tolerize(t) => edit(t, |p| p.tolerize()),
+        ProfileCmd::Normalize(t) => edit(
+            t,
+            |key| Request::Normalize { key },
+            |p| p.normalize(&mut |_| {}),
+        ),
+        ProfileCmd::Sensitize(t) => edit(
+            t,
+            |key| Request::Sensitize { key },
+            |p| p.sensitize("sensitized", &mut |_| {}),
+        ),
+        ProfileCmd::Tolerize(t) => edit(t, |key| Request::Tolerize { key }, |p| p.tolerize()),
         ProfileCmd::Reset(t) => {
             let store = open_store(&t.state)?;
             let p = find(&store, &t.exe)?;
+            let live = broadcast(
+                store.dir(),
+                &Request::Reset {
+                    key: p.key.to_string(),
+                },
+            );
             store.remove(p.key)?;
-            println!("reset: {} ({}) will be learnt from nothing", p.path, p.key);
+            println!(
+                "reset: {} ({}) will be learnt from nothing{}",
+                p.path,
+                p.key,
+                if live.iter().any(|(_, v)| v["ok"] == true) {
+                    " (also in the running monitor)"
+                } else {
+                    ""
+                }
+            );
             Ok(())
         }
     }
 }
 
-fn edit(t: ProfileTarget, f: impl FnOnce(&mut PhProfile)) -> Result<()> {
+/// Applies an admin change: through a running monitor that has the profile loaded
+/// (it owns the live copy and saves it), else to the file.
+fn edit(
+    t: ProfileTarget,
+    request: impl Fn(String) -> Request,
+    f: impl FnOnce(&mut PhProfile),
+) -> Result<()> {
     let store = open_store(&t.state)?;
     let mut p = find(&store, &t.exe)?;
+    let live = broadcast(store.dir(), &request(p.key.to_string()));
+    if let Some((pid, _)) = live.iter().find(|(_, v)| v["ok"] == true) {
+        let p = store.load_file(&store.path_for(p.key))?;
+        println!("{}  (applied by the monitor, pid {pid})", line(&p));
+        return Ok(());
+    }
     f(&mut p);
     store.save(&p)?;
     println!("{}", line(&p));
+    Ok(())
+}
+
+/// `homeostat ps`: asks every running monitor for its tasks.
+pub fn ps(json: bool, state: &StateFlags) -> Result<()> {
+    let store = open_store(state)?;
+    let replies = broadcast(store.dir(), &Request::Ps);
+    if json {
+        let all: Vec<serde_json::Value> = replies
+            .iter()
+            .map(|(pid, v)| serde_json::json!({ "monitor": pid, "tasks": v["tasks"] }))
+            .collect();
+        println!("{}", serde_json::to_string(&all)?);
+        return Ok(());
+    }
+    if replies.is_empty() {
+        println!("no running monitor in {}", store.dir().display());
+        return Ok(());
+    }
+    println!(
+        "{:>7} {:>7} {:>7} {:<9} {:>4} {:>9} {:>9} {:>9}  exe",
+        "monitor", "pid", "tid", "state", "lfc", "delay_ms", "anomalies", "calls"
+    );
+    for (monitor, v) in &replies {
+        for t in v["tasks"].as_array().into_iter().flatten() {
+            println!(
+                "{:>7} {:>7} {:>7} {:<9} {:>4} {:>9.1} {:>9} {:>9}  {}",
+                monitor,
+                t["pid"].as_i64().unwrap_or(0),
+                t["tid"].as_i64().unwrap_or(0),
+                t["state"].as_str().unwrap_or("?"),
+                t["lfc"].as_u64().unwrap_or(0),
+                t["delay_ms"].as_f64().unwrap_or(0.0),
+                t["anomalies"].as_u64().unwrap_or(0),
+                t["calls"].as_u64().unwrap_or(0),
+                t["exe"].as_str().unwrap_or("?")
+            );
+        }
+    }
     Ok(())
 }

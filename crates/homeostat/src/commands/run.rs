@@ -14,6 +14,7 @@ use homeostat_syscalls::Arch;
 use homeostat_traces::recording::{Header, Writer};
 
 use crate::cli::{RecordArgs, RunArgs, StateFlags};
+use crate::control::{Request, Server};
 use crate::launch::{self, exe_key, Consumer};
 
 /// The pH parameters: the config file's, or the defaults.
@@ -40,10 +41,12 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Feeds calls to the pH engine and saves profiles now and then.
+/// Feeds calls to the pH engine, saves profiles now and then, answers the control
+/// channel.
 pub struct PhConsumer {
     pub engine: Engine,
     last_save: Instant,
+    control: Option<Server>,
 }
 
 impl PhConsumer {
@@ -51,6 +54,15 @@ impl PhConsumer {
         PhConsumer {
             engine,
             last_save: Instant::now(),
+            control: None,
+        }
+    }
+
+    /// Serves `homeostat ps` and profile commands from the state directory's socket.
+    pub fn serve_control(&mut self, state_dir: &std::path::Path) {
+        match Server::start(state_dir) {
+            Ok(s) => self.control = Some(s),
+            Err(e) => eprintln!("homeostat: warning: no control channel: {e:#}"),
         }
     }
 
@@ -92,6 +104,55 @@ impl Consumer for PhConsumer {
         if self.last_save.elapsed() >= Duration::from_secs(30) {
             self.save();
         }
+    }
+
+    fn poll(&mut self) {
+        let Some(server) = &self.control else {
+            return;
+        };
+        let engine = &mut self.engine;
+        server.poll(|req| handle(engine, req));
+    }
+}
+
+/// Answers one control request against the live engine.
+fn handle(engine: &mut Engine, req: Request) -> serde_json::Value {
+    use serde_json::json;
+    let key = match &req {
+        Request::Ps => return json!({ "tasks": engine.tasks() }),
+        Request::Save => {
+            let errors: Vec<String> = engine.save().iter().map(|e| e.to_string()).collect();
+            return json!({ "ok": errors.is_empty(), "errors": errors });
+        }
+        Request::Normalize { key }
+        | Request::Sensitize { key }
+        | Request::Tolerize { key }
+        | Request::Reset { key } => match key.parse::<ExeKey>() {
+            Ok(k) => k,
+            Err(e) => return json!({ "error": e }),
+        },
+    };
+    if let Request::Reset { .. } = req {
+        return match engine.reset(key) {
+            Ok(found) => json!({ "ok": found }),
+            Err(e) => json!({ "error": e.to_string() }),
+        };
+    }
+    let Some(p) = engine.profile_mut(key) else {
+        return json!({ "ok": false });
+    };
+    match req {
+        Request::Normalize { .. } => p.normalize(&mut |_| {}),
+        Request::Sensitize { .. } => p.sensitize("sensitized", &mut |_| {}),
+        Request::Tolerize { .. } => p.tolerize(),
+        Request::Ps | Request::Save | Request::Reset { .. } => {}
+    }
+    p.dirty = true;
+    let state = p.state;
+    let errors = engine.save();
+    match errors.first() {
+        Some(e) => json!({ "error": e.to_string() }),
+        None => json!({ "ok": true, "state": state }),
     }
 }
 
@@ -139,6 +200,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         .validate()
         .map_err(|e| anyhow!("configuration: {e}"))?;
     let store = open_store(&a.state)?;
+    let state_dir = store.dir().to_path_buf();
 
     let mut json: Option<Box<dyn Write + Send>> = match &a.events {
         None => None,
@@ -175,6 +237,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         eprintln!("homeostat: warning: profile set aside: {e}");
     }
     let mut consumer = PhConsumer::new(engine);
+    consumer.serve_control(&state_dir);
     let opts = LaunchOptions {
         fail_mode: if a.fail_closed {
             FailMode::Closed
@@ -190,6 +253,8 @@ pub fn run(a: RunArgs) -> Result<()> {
     if !a.quiet && n > 0 {
         eprintln!("homeostat: {n} anomalous calls");
     }
+    // exit() skips destructors: close the control socket first.
+    drop(consumer);
     std::process::exit(launch::exit_code(status));
 }
 
