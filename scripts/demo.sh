@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The quick start's main job: build homeostat and evaluate its four detectors on the
-# labelled sample of real traces compiled into it, then on ADFA-LD when it is present
-# (../shared/datasets/ADFA-LD beside the checkout, or $HOMEOSTAT_ADFA_DIR).
+# The quick start's main job: build homeostat, run `homeostat demo` (pH protecting a
+# real program: learn, normal, exploit -> anomalies, delays, refused execve), then
+# evaluate the four detectors on the labelled sample of real traces compiled into it,
+# and on ADFA-LD when it is present (../shared/datasets/ADFA-LD, or $HOMEOSTAT_ADFA_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,10 @@ cd "$(dirname "$0")/.."
 echo "== building (release)"
 cargo build --release --quiet
 bin=target/release/homeostat
+
+echo
+echo "== homeostat demo"
+"$bin" demo
 
 echo
 echo "== evaluating stide, t-stide, lookahead pairs and Markov on the embedded sample"
