@@ -1,0 +1,72 @@
+//! /proc readers: a task's thread group, executable, state and tracer, and a process's
+//! threads. Read once per task (and once per exec), never per call.
+
+use std::os::unix::fs::MetadataExt;
+
+use crate::Exe;
+
+/// `Tgid:` of /proc/TID/status, or `None` if the task is gone.
+pub(crate) fn tgid(tid: i32) -> Option<i32> {
+    status_field(tid, "Tgid:")
+}
+
+/// `TracerPid:` of /proc/TID/status (0: not traced).
+pub(crate) fn tracer(tid: i32) -> Option<i32> {
+    status_field(tid, "TracerPid:")
+}
+
+fn status_field(tid: i32, name: &str) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The state letter of /proc/TID/stat (`R`, `S`, `D`, `T`, `t`, `Z`, ...).
+pub(crate) fn state(tid: i32) -> Option<char> {
+    let stat = std::fs::read(format!("/proc/{tid}/stat")).ok()?;
+    // The command name in parentheses may itself contain spaces and ')'.
+    let close = stat.iter().rposition(|&c| c == b')')?;
+    stat.get(close + 2).map(|&c| c as char)
+}
+
+pub(crate) fn exists(tid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{tid}")).exists()
+}
+
+/// The thread ids in /proc/PID/task, or `None` if the process is gone.
+pub(crate) fn threads(pid: i32) -> Option<Vec<i32>> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut tids: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // Leader first: attach errors are reported for the pid the user named.
+    tids.sort_unstable_by_key(|&t| (t != pid, t));
+    Some(tids)
+}
+
+/// What /proc/TID/exe names now; dev = ino = 0 if it cannot be read (a kernel thread, a
+/// task that just died).
+pub(crate) fn exe(tid: i32) -> Exe {
+    let link = format!("/proc/{tid}/exe");
+    match (std::fs::metadata(&link), std::fs::read_link(&link)) {
+        (Ok(md), Ok(path)) => Exe {
+            dev: md.dev(),
+            ino: md.ino(),
+            path,
+        },
+        _ => Exe::unknown(),
+    }
+}
+
+/// `kernel.yama.ptrace_scope`, if Yama is present.
+pub(crate) fn yama_scope() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
