@@ -10,7 +10,7 @@
 //! notification id is checked still valid, so the data read is known to belong to the
 //! task that made the call and not to a successor that took its tid.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -25,7 +25,7 @@ use crate::child::{self, ChildPlan};
 use crate::inflight::{InFlight, SharedMap};
 use crate::keeper::{self, KeeperPlan};
 use crate::nr::{self, Kind};
-use crate::sys::{self, Errno, Msg, NotifBuf};
+use crate::sys::{self, Errno, Msg, Notif, NotifBuf};
 use crate::{Action, ChildStatus, Event, Exe, FailMode, LaunchError, LaunchOptions, SyscallEvent};
 
 /// How long spawn waits for the child and keeper to get through their set-up steps.
@@ -68,6 +68,8 @@ pub struct Supervisor {
     fail_mode: FailMode,
     inflight: InFlight,
     pending: HashMap<u64, Pending>,
+    /// Received but not yet reported (see `drain`).
+    queue: VecDeque<(Notif, Option<u32>)>,
     tasks: HashMap<i32, Task>,
     fork_gen: u64,
     prune_at: usize,
@@ -329,6 +331,12 @@ impl Supervisor {
     pub fn next(&mut self, timeout: Option<Duration>) -> Result<Option<Event>, LaunchError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
+            if !self.queue.is_empty() {
+                if let Some(ev) = self.receive()? {
+                    return Ok(Some(Event::Syscall(ev)));
+                }
+                continue;
+            }
             if let Some(st) = self.child_status {
                 if !self.exit_delivered {
                     self.exit_delivered = true;
@@ -398,8 +406,9 @@ impl Supervisor {
         }
     }
 
-    /// Answers notification `id`. `Ok(false)` if the kernel no longer knows it (the task
-    /// died, or a signal interrupted the wait and the call will be notified again).
+    /// Answers notification `id`. `Ok(false)` if the kernel no longer waits for an answer
+    /// to it: the task died, a signal cut its wait short (the call is then notified
+    /// again under a new id), or it was already answered.
     pub fn respond(&mut self, id: u64, action: Action) -> Result<bool, LaunchError> {
         let (error, flags) = match action {
             Action::Continue => (0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32),
@@ -418,7 +427,9 @@ impl Supervisor {
                 }
                 Ok(true)
             }
-            Err(Errno(libc::ENOENT)) => {
+            // ENOENT: the task is gone (or a signal cut its wait short, and the call will
+            // be notified afresh); EINPROGRESS: already answered.
+            Err(Errno(libc::ENOENT | libc::EINPROGRESS)) => {
                 if let Some(p) = pending {
                     self.inflight.clear(p.slot);
                 }
@@ -459,6 +470,16 @@ impl Supervisor {
         }
         self.shut = true;
         if self.fail_mode == FailMode::Open {
+            let queued: Vec<u64> = self.queue.iter().map(|(n, _)| n.id).collect();
+            for id in queued {
+                let _ = sys::notif_send(
+                    self.listener.as_raw_fd(),
+                    &mut self.buf,
+                    id,
+                    0,
+                    libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
+                );
+            }
             let ids: Vec<u64> = self.pending.keys().copied().collect();
             for id in ids {
                 let _ = self.respond(id, Action::Continue);
@@ -489,19 +510,60 @@ impl Supervisor {
 
     /// Receives one notification and dresses it as an event. `Ok(None)`: it vanished
     /// (the task died before we could look at it).
-    fn receive(&mut self) -> Result<Option<SyscallEvent>, LaunchError> {
-        let n = match sys::notif_recv(self.listener.as_raw_fd(), &mut self.buf) {
-            Ok(n) => n,
-            Err(Errno(libc::ENOENT | libc::EINTR)) => return Ok(None),
-            Err(errno) => {
-                return Err(LaunchError::Sys {
-                    call: "seccomp NOTIF_RECV",
-                    errno,
-                })
+    /// Takes one notification off the listener (`NOTIF_RECV`) and records it in the
+    /// in-flight table. `Ok(None)`: it vanished between poll and receive.
+    fn recv_one(&mut self) -> Result<Option<(Notif, Option<u32>)>, LaunchError> {
+        match sys::notif_recv(self.listener.as_raw_fd(), &mut self.buf) {
+            Ok(n) => {
+                let slot = self.inflight.record(n.id, n.tid);
+                Ok(Some((n, slot)))
             }
+            Err(Errno(libc::ENOENT | libc::EINTR)) => Ok(None),
+            Err(errno) => Err(LaunchError::Sys {
+                call: "seccomp NOTIF_RECV",
+                errno,
+            }),
+        }
+    }
+
+    /// Receives every notification already waiting, into `queue`.
+    ///
+    /// Why: until it is received, a notified task waits *interruptibly*, and a signal
+    /// arriving then (say SIGCHLD to a shell whose handler lacks SA_RESTART) makes the
+    /// call fail with EINTR — even calls that never fail so, like fork ("sh: Cannot
+    /// fork"). Once received, the task waits killably only
+    /// (SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV). So after any slow step (reading /proc
+    /// for a new task) the supervisor first moves whatever queued up meanwhile out of
+    /// that window.
+    fn drain(&mut self) -> Result<(), LaunchError> {
+        for _ in 0..1024 {
+            let mut fds = [sys::pollfd(self.listener.as_raw_fd(), libc::POLLIN)];
+            if !matches!(sys::poll(&mut fds, 0), Ok(1)) || fds[0].revents & libc::POLLIN == 0 {
+                return Ok(());
+            }
+            if let Some(q) = self.recv_one()? {
+                self.queue.push_back(q);
+            }
+        }
+        Ok(())
+    }
+
+    /// The next notification (queued first, else from the listener), dressed as an
+    /// event. `Ok(None)`: it vanished (its task died before we could look at it).
+    fn receive(&mut self) -> Result<Option<SyscallEvent>, LaunchError> {
+        let (n, slot) = match self.queue.pop_front() {
+            Some(q) => q,
+            None => match self.recv_one()? {
+                Some(q) => q,
+                None => return Ok(None),
+            },
         };
-        let slot = self.inflight.record(n.id, n.tid);
-        let Some((tgid, exe, new_task)) = self.task_info(n.tid, n.id)? else {
+        let slow = self.needs_proc(n.tid);
+        let info = self.task_info(n.tid, n.id);
+        if slow {
+            self.drain()?;
+        }
+        let Some((tgid, exe, new_task)) = info? else {
             self.inflight.clear(slot);
             return Ok(None);
         };
@@ -525,6 +587,14 @@ impl Supervisor {
             exe,
             new_task,
         }))
+    }
+
+    /// Will dressing an event from `tid` need /proc reads?
+    fn needs_proc(&self, tid: i32) -> bool {
+        match self.tasks.get(&tid) {
+            Some(t) => t.gen != self.fork_gen || t.exe.is_none(),
+            None => true,
+        }
     }
 
     fn id_valid(&self, id: u64) -> Result<bool, LaunchError> {
@@ -854,6 +924,7 @@ impl Boot {
             fail_mode: opts.fail_mode,
             inflight: InFlight::new(map),
             pending: HashMap::new(),
+            queue: VecDeque::new(),
             tasks: HashMap::new(),
             fork_gen: 0,
             prune_at: 1024,
