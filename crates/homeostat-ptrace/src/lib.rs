@@ -44,6 +44,10 @@ pub struct AttachOptions {
     /// follow the previous resume within microseconds; catching them awake saves a
     /// wake-up, which costs tens of microseconds when it crosses CPUs. Zero disables it.
     pub spin: Duration,
+    /// Also attach to the processes already running below `pid` (children, their
+    /// children, ...), found by scanning /proc. Without it, only `pid` and what it creates
+    /// from now on are traced. Descendants that cannot be traced are skipped.
+    pub descendants: bool,
 }
 
 impl Default for AttachOptions {
@@ -51,6 +55,7 @@ impl Default for AttachOptions {
         AttachOptions {
             detach_timeout: Duration::from_secs(5),
             spin: Duration::from_micros(50),
+            descendants: false,
         }
     }
 }

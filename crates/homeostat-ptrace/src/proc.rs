@@ -48,6 +48,28 @@ pub(crate) fn threads(pid: i32) -> Option<Vec<i32>> {
     Some(tids)
 }
 
+/// Processes whose parent is one of `parents`, from a scan of /proc/*/stat (the kernel
+/// here lacks /proc/PID/task/TID/children).
+pub(crate) fn children_of(parents: &std::collections::HashSet<i32>) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| ppid(pid).is_some_and(|pp| parents.contains(&pp)))
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// Field 4 of /proc/PID/stat.
+fn ppid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.iter().rposition(|&c| c == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    rest.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
 /// What /proc/TID/exe names now; dev = ino = 0 if it cannot be read (a kernel thread, a
 /// task that just died).
 pub(crate) fn exe(tid: i32) -> Exe {

@@ -181,20 +181,61 @@ impl Tracer {
         }
     }
 
+    /// Seizes the process, and with `opts.descendants` every process below it, until a
+    /// scan of /proc finds nothing new. Processes created by seized ones are attached by
+    /// the kernel and need no scan; the rescans catch those forked by processes not yet
+    /// seized.
     fn seize_all(&mut self) -> Result<(), AttachError> {
-        let pid = self.pid;
+        let me = sys::gettid();
+        // Threads already ours because a seized task created them (the kernel attached
+        // them); they announce themselves through waitpid like any new tracee.
+        let mut auto: HashSet<i32> = HashSet::new();
+        self.seize_process(self.pid, true, me, &mut auto)?;
+        if !self.opts.descendants {
+            return Ok(());
+        }
+        let mut procs: HashSet<i32> = HashSet::from([self.pid]);
+        for _ in 0..MAX_SEIZE_PASSES {
+            let fresh: Vec<i32> = proc::children_of(&procs)
+                .into_iter()
+                .filter(|c| !procs.contains(c))
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            for child in fresh {
+                procs.insert(child);
+                // A descendant that cannot be traced (gone, or not ours to trace) is
+                // skipped: the process asked for is what must succeed.
+                match self.seize_process(child, false, me, &mut auto) {
+                    Ok(()) => {}
+                    Err(AttachError::NoSuchProcess(_) | AttachError::PermissionDenied { .. }) => {}
+                    Err(AttachError::AlreadyTraced { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Seizes every thread of process `pid`, re-listing /proc/PID/task until a pass finds
+    /// no new thread. `root`: the process the caller named (errors name it).
+    fn seize_process(
+        &mut self,
+        pid: i32,
+        root: bool,
+        me: i32,
+        auto: &mut HashSet<i32>,
+    ) -> Result<(), AttachError> {
         let options = sys::PTRACE_O_TRACESYSGOOD
             | sys::PTRACE_O_TRACEFORK
             | sys::PTRACE_O_TRACEVFORK
             | sys::PTRACE_O_TRACECLONE
             | sys::PTRACE_O_TRACEEXEC;
-        let me = sys::gettid();
-        // Threads already ours because a seized thread created them (the kernel attached
-        // them); they announce themselves through waitpid like any new tracee.
-        let mut auto: HashSet<i32> = HashSet::new();
+        let mut seized_any = false;
         for _ in 0..MAX_SEIZE_PASSES {
             let Some(tids) = proc::threads(pid) else {
-                if self.tasks.is_empty() {
+                if !seized_any {
                     return Err(AttachError::NoSuchProcess(pid));
                 }
                 break; // the process died meanwhile: its exits will be reported
@@ -207,6 +248,7 @@ impl Tracer {
                 match sys::seize(tid, options) {
                     Ok(()) => {
                         fresh += 1;
+                        seized_any = true;
                         self.tasks
                             .insert(tid, Task::new(pid, None, None, State::Running));
                         // ESRCH: it died already; its exit will be reported.
@@ -222,10 +264,12 @@ impl Tracer {
                         }
                     }
                     // A thread that exited between the listing and now.
-                    Err(Errno(libc::ESRCH)) if !self.tasks.is_empty() => {}
+                    Err(Errno(libc::ESRCH)) if seized_any => {}
+                    Err(Errno(libc::ESRCH)) if tid != pid => {}
                     Err(Errno(libc::ESRCH)) => return Err(AttachError::NoSuchProcess(pid)),
                     Err(Errno(libc::EPERM)) if proc::tracer(tid) == Some(me) => {
                         auto.insert(tid);
+                        seized_any = true;
                     }
                     Err(Errno(libc::EPERM)) => return Err(permission_error(pid, tid)),
                     Err(errno) => {
@@ -241,7 +285,7 @@ impl Tracer {
                 break;
             }
         }
-        if self.tasks.is_empty() {
+        if root && !seized_any {
             return Err(AttachError::NoSuchProcess(pid));
         }
         Ok(())
