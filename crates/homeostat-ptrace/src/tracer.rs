@@ -149,6 +149,16 @@ impl Tracer {
     /// `PTRACE_O_TRACESYSGOOD | TRACEFORK | TRACEVFORK | TRACECLONE | TRACEEXEC` — and
     /// deliberately not `EXITKILL`: if the tracer dies, the tracees run on. Each is then
     /// interrupted; [`Tracer::next`] restarts it so that every syscall entry stops.
+    ///
+    /// Processes `pid` creates from now on are traced from their creation; ones already
+    /// running below it only with [`AttachOptions::descendants`]. Must be called on the
+    /// thread that will call the other methods (see the module docs).
+    ///
+    /// Errors: [`AttachError::InvalidPid`], [`AttachError::NoSuchProcess`],
+    /// [`AttachError::SelfAttach`] (this process or one of its threads),
+    /// [`AttachError::AlreadyTraced`] (a debugger, strace, another tracer),
+    /// [`AttachError::PermissionDenied`] (not root, Yama, a kernel thread, ...).
+    /// On error nothing stays attached.
     pub fn attach(pid: i32, opts: &AttachOptions) -> Result<Tracer, AttachError> {
         if pid <= 0 {
             return Err(AttachError::InvalidPid(pid));
@@ -488,10 +498,13 @@ impl Tracer {
             Stop::Signal(sig) => Resume::Syscall(sig),
             Stop::Event(_, _) | Stop::Other => Resume::Syscall(0),
             Stop::Syscall | Stop::Gone => {
-                // Not expected as a first stop; handle it as a known task would be.
+                // Not expected as a first stop; handle it as a known task's.
                 self.tasks
                     .insert(tid, Task::new(0, None, None, State::Running));
-                return self.handle_again(tid, stop);
+                return match stop {
+                    Stop::Syscall => self.syscall_stop(tid),
+                    _ => Ok(None),
+                };
             }
         };
         self.tasks.insert(
@@ -499,13 +512,6 @@ impl Tracer {
             Task::new(0, None, None, State::AwaitParent(resume_with)),
         );
         Ok(None)
-    }
-
-    fn handle_again(&mut self, tid: i32, stop: Stop) -> Result<Option<TraceEvent>, AttachError> {
-        match stop {
-            Stop::Syscall => self.syscall_stop(tid),
-            _ => Ok(None),
-        }
     }
 
     /// Records `child`, created by `parent` (fork/vfork/clone event), and restarts it if

@@ -533,6 +533,44 @@ fn group_stop_is_kept_and_detach_leaves_a_stopped_process_stopped() {
     assert_running(pid);
 }
 
+/// SIGKILL while a call is held: the task just goes; answering it afterwards is fine.
+#[test]
+fn killed_while_held() {
+    let _g = serial();
+    let mut sh = spawn_sh("while true; do sleep 0.02; done");
+    let pid = sh.pid();
+    let events = traced(pid, move |t| {
+        let end = Instant::now() + LIMIT;
+        let held = loop {
+            assert!(Instant::now() < end);
+            if let Some(TraceEvent::Syscall(s)) = t.next(Some(Duration::from_millis(50))).unwrap() {
+                if s.tid == pid {
+                    break s.tid;
+                }
+                t.respond(s.tid, Action::Continue).unwrap();
+            }
+        };
+        // SAFETY: kill(2) on the traced shell.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        let mut events = Vec::new();
+        while Instant::now() < end {
+            match t.next(Some(Duration::from_millis(50))).unwrap() {
+                Some(TraceEvent::Syscall(s)) => t.respond(s.tid, Action::Continue).unwrap(),
+                Some(TraceEvent::TaskGone { tid }) => events.push(tid),
+                Some(TraceEvent::AllGone) => break,
+                None => {}
+            }
+        }
+        t.respond(held, Action::Continue).unwrap();
+        events
+    });
+    assert!(events.contains(&pid), "{events:?}");
+    let st = sh.wait_for(LIMIT).expect("shell not reaped");
+    use std::os::unix::process::ExitStatusExt;
+    // The wrapper reports its child's death by signal as 128 + 9.
+    assert_eq!(st.code().or(st.signal()), Some(137));
+}
+
 #[test]
 fn signals_are_delivered_to_tracees() {
     let _g = serial();
