@@ -321,7 +321,8 @@ impl Tracer {
     ///
     /// With a timeout the wait is a poll (`WNOHANG`) with sleeps of at most half a
     /// millisecond between looks, because `waitpid` cannot time out; without one it
-    /// blocks in `waitpid` after the spin.
+    /// blocks in `waitpid` after the spin. A caller holding calls must pass a timeout:
+    /// when every task is held, nothing can happen but their death.
     pub fn next(&mut self, timeout: Option<Duration>) -> Result<Option<TraceEvent>, AttachError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
