@@ -130,7 +130,7 @@ impl Markov {
 
     /// Every distinct training n-gram (widened) with its count, sorted by key.
     pub fn windows(&self) -> Vec<(u128, u32)> {
-        both!(&self.inner, m => m.db.counts.sorted().into_iter().map(|(k, c)| (k.to_u128(), c)).collect())
+        both!(&self.inner, m => m.db.stored_windows())
     }
 
     /// Rebuilds a trained model from stored parts; `None` when a key does not fit.

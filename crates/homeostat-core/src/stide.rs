@@ -45,6 +45,15 @@ impl<K: Key> WindowDb<K> {
         K::padded(self.k).to_u128()
     }
 
+    /// Every distinct window (widened) with its count, sorted by key: the stored form.
+    pub(crate) fn stored_windows(&self) -> Vec<(u128, u32)> {
+        self.counts
+            .sorted()
+            .into_iter()
+            .map(|(k, c)| (k.to_u128(), c))
+            .collect()
+    }
+
     /// Restores stored training data; `None` when a key does not fit the window.
     pub(crate) fn restore(
         &mut self,
@@ -220,7 +229,7 @@ impl Stide {
 
     /// Every distinct training window (widened) with its count, sorted by key.
     pub fn windows(&self) -> Vec<(u128, u32)> {
-        both!(&self.inner, s => s.db.counts.sorted().into_iter().map(|(k, c)| (k.to_u128(), c)).collect())
+        both!(&self.inner, s => s.db.stored_windows())
     }
 
     /// Rebuilds a trained database from stored parts; `None` when a key does not fit.

@@ -10,7 +10,15 @@ use crate::alphabet::{PAD, SYMBOL_BITS};
 
 /// A packed window of dense symbol ids, newest symbol in the low bits.
 pub trait Key:
-    Copy + Eq + Default + std::fmt::Debug + std::ops::BitAnd<Output = Self> + Send + Sync + 'static
+    Copy
+    + Eq
+    + Ord
+    + Default
+    + std::fmt::Debug
+    + std::ops::BitAnd<Output = Self>
+    + Send
+    + Sync
+    + 'static
 {
     /// Windows longer than this do not fit.
     const MAX_WINDOW: usize;

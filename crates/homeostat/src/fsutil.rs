@@ -1,35 +1,15 @@
 //! File-system edges of the CLI: atomic profile writes and defended profile reads.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use homeostat_core::profile::MAX_PAYLOAD;
 use homeostat_core::Profile;
 
-/// Writes `bytes` to `path` so that readers see the old file or the new one, never a
-/// mix: a temporary file in the same directory, fsync, rename over, fsync the directory.
+/// Writes `bytes` to `path` atomically (the state directory's writer: temporary file,
+/// fsync, rename, fsync of the directory).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".homeostat-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("writing {}", tmp.path().display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("replacing {}", path.display()))?;
-    // The rename is durable only once the directory entry is.
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))?;
-    Ok(())
+    Ok(homeostat_monitor::write_atomic(path, bytes)?)
 }
 
 /// Reads and validates a profile, naming the file in every error.
