@@ -41,7 +41,7 @@ use std::sync::atomic::Ordering;
 use libc::{c_int, c_uint};
 
 use crate::child::{child_main, ChildPlan, STAGE_KEEPER};
-use crate::inflight::{Shared, ID_WINDOW};
+use crate::inflight::{Shared, ID_WINDOW, SLOTS};
 use crate::sys::{
     close_range, last_errno, notif_id_valid, notif_recv, notif_send, poll, pollfd, recv_msg,
     send_msg, Msg, NotifBuf,
@@ -342,7 +342,7 @@ impl Keeper<'_> {
     /// Fail-closed: kill the tasks behind the in-flight calls (they may be blocked
     /// somewhere the tree walk does not see, e.g. reparented elsewhere).
     fn kill_in_flight(&mut self) {
-        let hw = (self.shared().high_water.load(Ordering::Acquire) as usize).min(65_536);
+        let hw = (self.shared().high_water.load(Ordering::Acquire) as usize).min(SLOTS);
         for i in 0..hw {
             let slot = &self.shared().slots[i];
             let tid = slot.tid.load(Ordering::Acquire);
