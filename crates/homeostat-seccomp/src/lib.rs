@@ -4,8 +4,9 @@
 //! with an errno, or answer later (which is how homeostat delays a process).
 //!
 //! Why seccomp user notification rather than ptrace: cost and semantics. A notified call
-//! costs one round trip to the supervisor (about 2 µs here, ~15x on the worst case of
-//! `dd bs=1`, against ~50x for `strace -f`), the kernel follows forks and threads for us
+//! costs one round trip to the supervisor (on `dd bs=1`, nothing but calls, about a
+//! quarter of what `strace -f` costs; figures in `docs/launcher.md`), the kernel follows
+//! forks and threads for us
 //! (the filter is inherited and cannot be removed), and a call can be held without
 //! stopping the task in a ptrace stop that other tools or the program could observe.
 //! What it cannot do is see a call's result: homeostat only needs the sequence of call
@@ -22,9 +23,10 @@
 //! shared table of received-but-unanswered notifications), `supervisor` (spawn, the event
 //! loop, per-task caches), `sys` (the raw system calls; the crate's unsafe edge).
 //!
-//! Needs Linux 5.9 or later on x86_64 (`pidfd_getfd`, `SECCOMP_USER_NOTIF_FLAG_CONTINUE`,
-//! `POLLHUP` on an unused listener); uses `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (6.6) and
-//! `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` (5.19) when present.
+//! Needs Linux 5.10 or later on x86_64 (`pidfd_getfd`, `SECCOMP_USER_NOTIF_FLAG_CONTINUE`,
+//! `POLLHUP` on a listener no task uses any more); uses
+//! `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (6.6) and `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`
+//! (5.19) when present.
 
 mod child;
 mod inflight;

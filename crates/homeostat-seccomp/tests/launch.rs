@@ -659,3 +659,18 @@ fn fail_closed_kills_the_tree_when_the_supervisor_dies() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(read(&h.file), "", "the program ran to its end");
 }
+
+#[test]
+fn supervisor_carries_on_if_the_keeper_is_killed() {
+    let _g = serial();
+    let mut sup = Supervisor::spawn(&sh("sleep 0.2; exit 4"), &LaunchOptions::default()).unwrap();
+    let keeper = sup.keeper_pid();
+    // SAFETY: signalling the keeper this test started.
+    assert_eq!(unsafe { libc::kill(keeper, libc::SIGKILL) }, 0);
+    wait_for(|| !alive(keeper), "the keeper to die");
+    // The program still runs and is still served; its exit status died with the keeper
+    // (its parent, which reaps it and reports the status), so it is reported unknown.
+    let run = run_with(&mut sup, |_| Some(Action::Continue), |_| {});
+    assert!(run.events.len() > 10);
+    assert_eq!(run.status, ChildStatus::Unknown);
+}
