@@ -82,6 +82,8 @@ enum Why {
 
 struct Keeper<'a> {
     plan: &'a KeeperPlan,
+    sock: RawFd,
+    sup_pidfd: RawFd,
     me: i32,
     child: i32,
     sfd: RawFd,
@@ -115,7 +117,9 @@ pub(crate) unsafe fn keeper_main(plan: &KeeperPlan) -> ! {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGCHLD);
-        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        // SIG_SETMASK, not SIG_BLOCK: whatever the forking thread of the host had
+        // blocked (SIGTERM, say) must not stay blocked here.
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         let sfd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
         if sfd < 0 {
             fail(last_errno());
@@ -147,6 +151,8 @@ pub(crate) unsafe fn keeper_main(plan: &KeeperPlan) -> ! {
 
         let mut k = Keeper {
             plan,
+            sock: plan.sock,
+            sup_pidfd: plan.sup_pidfd,
             me: libc::getpid(),
             child,
             sfd,
@@ -156,7 +162,7 @@ pub(crate) unsafe fn keeper_main(plan: &KeeperPlan) -> ! {
         };
         k.await_listener();
         k.hygiene();
-        if send_msg(plan.sock, Msg::new(K_READY, k.me, child), None, false).is_err() {
+        if send_msg(k.sock, Msg::new(K_READY, k.me, child), None, false).is_err() {
             k.take_over(Why::Died);
         }
         k.standby();
@@ -168,8 +174,8 @@ impl Keeper<'_> {
     fn await_listener(&mut self) {
         loop {
             let mut fds = [
-                pollfd(self.plan.sock, libc::POLLIN),
-                pollfd(self.plan.sup_pidfd, libc::POLLIN),
+                pollfd(self.sock, libc::POLLIN),
+                pollfd(self.sup_pidfd, libc::POLLIN),
                 pollfd(self.sfd, libc::POLLIN),
             ];
             if poll(&mut fds, -1).is_err() {
@@ -179,13 +185,14 @@ impl Keeper<'_> {
                 self.reap();
             }
             if fds[0].revents != 0 {
-                match recv_msg(self.plan.sock) {
+                match recv_msg(self.sock) {
                     Ok(Some((m, Some(fd)))) if m.kind == S_LISTENER => {
                         self.listener = std::os::fd::IntoRawFd::into_raw_fd(fd);
                         return;
                     }
+                    Ok(Some((m, _))) if m.kind == S_ABORT => self.abort_spawn(),
                     Ok(Some(_)) => {}
-                    // Abort, or the supervisor went away mid-spawn: nothing is monitored
+                    // The supervisor went away mid-spawn: nothing is monitored
                     // yet, so the child must not run unfiltered or hang. Kill it.
                     _ => self.abort_spawn(),
                 }
@@ -211,8 +218,23 @@ impl Keeper<'_> {
     /// Drop every descriptor inherited from the host program except the ones we use, so
     /// the keeper never keeps a pipe, socket or terminal of the host open.
     fn hygiene(&mut self) {
-        // SAFETY: open/dup2/close on descriptors this process owns.
+        // SAFETY: fcntl/open/dup2/close on descriptors this process owns.
         unsafe {
+            // A host with stdin/stdout/stderr closed may have put our descriptors at
+            // 0..=2; move them up before /dev/null goes there.
+            for fd in [
+                &mut self.sock,
+                &mut self.sup_pidfd,
+                &mut self.sfd,
+                &mut self.listener,
+            ] {
+                if (0..3).contains(fd) {
+                    let moved = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 3);
+                    if moved >= 0 {
+                        *fd = moved;
+                    }
+                }
+            }
             let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
             if null >= 0 {
                 libc::dup2(null, 0);
@@ -221,13 +243,7 @@ impl Keeper<'_> {
             }
         }
         // Keep 0..=2 (stderr carries the one-line takeover notice) and ours.
-        let mut keep = [
-            2,
-            self.plan.sock,
-            self.plan.sup_pidfd,
-            self.sfd,
-            self.listener,
-        ];
+        let mut keep = [2, self.sock, self.sup_pidfd, self.sfd, self.listener];
         keep.sort_unstable();
         let mut next: c_uint = 0;
         for &fd in &keep {
@@ -245,8 +261,8 @@ impl Keeper<'_> {
     fn standby(&mut self) -> ! {
         loop {
             let mut fds = [
-                pollfd(self.plan.sup_pidfd, libc::POLLIN),
-                pollfd(self.plan.sock, libc::POLLIN),
+                pollfd(self.sup_pidfd, libc::POLLIN),
+                pollfd(self.sock, libc::POLLIN),
                 pollfd(self.sfd, libc::POLLIN),
                 // Events 0: only POLLHUP (every task using the filter is gone) wakes us.
                 pollfd(self.listener, 0),
@@ -261,7 +277,7 @@ impl Keeper<'_> {
                 self.finish();
             }
             if fds[1].revents != 0 {
-                match recv_msg(self.plan.sock) {
+                match recv_msg(self.sock) {
                     Ok(Some((m, _))) if m.kind == S_SHUTDOWN => self.take_over(Why::Shutdown),
                     Ok(Some((m, _))) if m.kind == S_ABORT => self.take_over(Why::Abort),
                     Ok(Some(_)) => {}
@@ -431,7 +447,7 @@ impl Keeper<'_> {
 
     fn reaped(&mut self, pid: i32, status: c_int) {
         if pid == self.child && self.sup_alive {
-            let _ = send_msg(self.plan.sock, Msg::new(K_EXIT, pid, status), None, true);
+            let _ = send_msg(self.sock, Msg::new(K_EXIT, pid, status), None, true);
         }
     }
 
