@@ -1,0 +1,35 @@
+//! Compiles the BPF object and generates its skeleton (feature `bpf` only), with the
+//! hand-written CO-RE header in src/bpf, so the build does not depend on the build
+//! machine's kernel. Needs clang (Debian: clang, llvm, libelf-dev, zlib1g-dev,
+//! pkg-config).
+
+fn main() {
+    #[cfg(feature = "bpf")]
+    bpf::build();
+}
+
+#[cfg(feature = "bpf")]
+mod bpf {
+    use std::env;
+    use std::path::PathBuf;
+
+    use libbpf_cargo::SkeletonBuilder;
+
+    const SRC: &str = "src/bpf/homeostat.bpf.c";
+
+    pub fn build() {
+        let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
+            .join("homeostat.skel.rs");
+        if let Err(e) = SkeletonBuilder::new()
+            .source(SRC)
+            .clang_args(["-Isrc/bpf", "-Wall", "-Wno-unused-function"])
+            .build_and_generate(&out)
+        {
+            // A build script reports failure by panicking; say what is missing.
+            panic!("building {SRC} failed (needs clang; see docs/ebpf.md): {e:#}");
+        }
+        for f in ["homeostat.bpf.c", "homeostat.h", "vmlinux.h"] {
+            println!("cargo:rerun-if-changed=src/bpf/{f}");
+        }
+    }
+}

@@ -1,0 +1,304 @@
+// SPDX-License-Identifier: GPL-2.0
+/* homeostat's kernel side: pH's per-call work, done where the call happens.
+ *
+ * Per task (keyed by tid): the executable's profile key, the last 8 calls and the
+ * locality frame (last 128 calls, 1 bit each, plus the count). Per executable
+ * (keyed by dev, ino): the state (training or normal) and counters. Per
+ * (executable, current call, previous call): pH's distance mask, bit d-1 set when
+ * "prev d calls before cur" was seen.
+ *
+ * On each sys_enter of a task whose executable has a profile: a training profile
+ * learns the missing pairs here (as ebpH does) and reports "new pairs"; a normal one
+ * tests them, updates the task's locality frame and reports anomalies. Only events
+ * cross to userspace, so the common call costs a few map lookups and no wakeup
+ * (measured: per-call ring-buffer events cost 3-9x, per-task state in kernel ~1.0x).
+ *
+ * GPL because bpf_probe_read_kernel (BPF_CORE_READ) is a GPL-only helper.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "homeostat.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hs_config);
+} hs_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct hs_key);
+	__type(value, struct hs_profile);
+} hs_profiles SEC(".maps");
+
+/* LRU: a task whose exit we missed (or that predates us) ages out instead of
+ * filling the map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct hs_task);
+} hs_tasks SEC(".maps");
+
+/* Not preallocated: 1<<20 entries preallocated would pin ~100 MB for mostly
+ * empty space; entries are allocated as pairs are learnt or loaded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct hs_pair_key);
+	__type(value, __u8);
+} hs_pairs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} hs_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HS_NSTATS);
+	__type(key, __u32);
+	__type(value, __u64);
+} hs_stats SEC(".maps");
+
+/* Events reserved so far, to wake the consumer every wakeup_every events only. */
+__u64 event_count = 0;
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&hs_stats, &which);
+
+	if (v)
+		*v += 1; /* per-CPU: no atomics needed */
+}
+
+static __always_inline struct hs_config *get_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&hs_config, &zero);
+}
+
+static __always_inline void emit(struct hs_config *cfg, __u32 kind, __u32 pid, __u32 tid,
+				 __u32 nr, struct hs_key *key, __u32 misses, __u32 lfc)
+{
+	struct hs_event *e = bpf_ringbuf_reserve(&hs_events, sizeof(*e), 0);
+	__u64 n, every, flags;
+
+	if (!e) {
+		count(HS_STAT_LOST_EVENTS);
+		return;
+	}
+	e->kind = kind;
+	e->pid = pid;
+	e->tid = tid;
+	e->nr = nr;
+	e->dev = key->dev;
+	e->ino = key->ino;
+	e->misses = misses;
+	e->lfc = lfc;
+	/* Waking the consumer per event costs a cross-CPU wakeup; batch them. The
+	 * consumer also drains on a timeout, so a quiet tail is not stranded. */
+	n = __sync_fetch_and_add(&event_count, 1);
+	every = cfg->wakeup_every ? cfg->wakeup_every : 1;
+	flags = (n % every == 0) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+}
+
+/* The kernel encodes dev_t as major << 20 | minor; stat(2) reports the "new"
+ * userspace encoding. Convert so kernel keys equal what userspace stats. */
+static __always_inline __u64 user_dev(__u32 kdev)
+{
+	__u64 major = kdev >> 20, minor = kdev & ((1U << 20) - 1);
+
+	return (minor & 0xff) | (major << 8) | ((minor & ~0xffULL) << 12);
+}
+
+/* A fresh task entry for `tid` running `file`; creates a training profile when
+ * auto_create is on. Returns the entry or NULL. */
+static __always_inline struct hs_task *task_init(struct hs_config *cfg, __u32 pid, __u32 tid,
+						 struct file *file, bool report)
+{
+	struct hs_task t = {};
+	struct inode *inode;
+
+	if (!file)
+		return NULL;
+	inode = BPF_CORE_READ(file, f_inode);
+	if (!inode)
+		return NULL;
+	t.key.ino = BPF_CORE_READ(inode, i_ino);
+	t.key.dev = user_dev(BPF_CORE_READ(inode, i_sb, s_dev));
+	if (cfg->auto_create) {
+		struct hs_profile p = {};
+		long err = bpf_map_update_elem(&hs_profiles, &t.key, &p, BPF_NOEXIST);
+
+		if (err && err != -17 /* EEXIST */)
+			count(HS_STAT_PROFILES_FULL);
+	}
+	if (bpf_map_update_elem(&hs_tasks, &tid, &t, BPF_ANY)) {
+		count(HS_STAT_TASKS_FULL);
+		return NULL;
+	}
+	if (report)
+		emit(cfg, HS_EV_EXEC, pid, tid, 0, &t.key, 0, 0);
+	return bpf_map_lookup_elem(&hs_tasks, &tid);
+}
+
+/* One distance: test (normal) or learn (training) the pair (cur, seq[d-1], d). */
+#define PAIR(d)                                                                      \
+	if ((d) <= t->nseq) {                                                        \
+		__u8 bit = 1 << ((d) - 1);                                           \
+		__u8 *m;                                                             \
+		k.prev = t->seq[(d) - 1];                                            \
+		m = bpf_map_lookup_elem(&hs_pairs, &k);                                 \
+		if (!m || !(*m & bit)) {                                             \
+			if (!training) {                                             \
+				misses++;                                            \
+			} else if (m) {                                              \
+				*m |= bit; /* a lost race loses a bit: relearnt */   \
+				learnt++;                                            \
+			} else if (!bpf_map_update_elem(&hs_pairs, &k, &bit, BPF_NOEXIST)) { \
+				learnt++;                                            \
+			} else if ((m = bpf_map_lookup_elem(&hs_pairs, &k))) {          \
+				*m |= bit;                                           \
+				learnt++;                                            \
+			} else {                                                     \
+				count(HS_STAT_PAIRS_FULL);                           \
+			}                                                            \
+		}                                                                    \
+	}
+
+static __always_inline int on_sys_enter(long id)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid, pid = pid_tgid >> 32;
+	struct hs_config *cfg = get_config();
+	struct hs_pair_key k = {};
+	struct hs_profile *p;
+	struct hs_task *t;
+	__u32 misses = 0, learnt = 0, pos, old;
+	bool training;
+	__u16 cur;
+
+	if (!cfg || pid == cfg->ignore_tgid || id < 0 || id > 0xffff)
+		return 0;
+	cur = id;
+	t = bpf_map_lookup_elem(&hs_tasks, &tid);
+	if (!t) {
+		/* A task that predates us: read its executable now. */
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+		t = task_init(cfg, pid, tid, BPF_CORE_READ(task, mm, exe_file), false);
+		if (!t)
+			return 0;
+	}
+	p = bpf_map_lookup_elem(&hs_profiles, &t->key);
+	if (!p)
+		return 0;
+	training = p->state != HS_NORMAL;
+	__sync_fetch_and_add(&p->calls, 1);
+
+	k.dev = t->key.dev;
+	k.ino = t->key.ino;
+	k.cur = cur;
+	PAIR(1) PAIR(2) PAIR(3) PAIR(4) PAIR(5) PAIR(6) PAIR(7) PAIR(8)
+
+	t->seq[7] = t->seq[6];
+	t->seq[6] = t->seq[5];
+	t->seq[5] = t->seq[4];
+	t->seq[4] = t->seq[3];
+	t->seq[3] = t->seq[2];
+	t->seq[2] = t->seq[1];
+	t->seq[1] = t->seq[0];
+	t->seq[0] = cur;
+	if (t->nseq < HS_SEQ)
+		t->nseq++;
+
+	/* Locality frame: the slot leaving the window gives back its anomaly. */
+	pos = t->fpos & (HS_LOCALITY - 1);
+	old = (t->frame[(pos >> 6) & 1] >> (pos & 63)) & 1;
+	if (old && t->lfc)
+		t->lfc--;
+	if (misses) {
+		t->frame[(pos >> 6) & 1] |= 1ULL << (pos & 63);
+		t->lfc++;
+	} else {
+		t->frame[(pos >> 6) & 1] &= ~(1ULL << (pos & 63));
+	}
+	t->fpos = (pos + 1) & (HS_LOCALITY - 1);
+
+	if (misses) {
+		__sync_fetch_and_add(&p->anomalies, 1);
+		emit(cfg, HS_EV_ANOMALY, pid, tid, cur, &t->key, misses, t->lfc);
+	}
+	if (learnt) {
+		__sync_fetch_and_add(&p->new_pairs, learnt);
+		emit(cfg, HS_EV_NEW_PAIRS, pid, tid, cur, &t->key, learnt, t->lfc);
+	}
+	return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(sys_enter_btf, struct pt_regs *regs, long id)
+{
+	return on_sys_enter(id);
+}
+
+/* Fallback when tp_btf cannot be loaded. */
+SEC("tracepoint/raw_syscalls/sys_enter")
+int sys_enter_tp(struct trace_event_raw_sys_enter *ctx)
+{
+	return on_sys_enter(ctx->id);
+}
+
+/* fork/clone (threads too): the child inherits its parent's sequence and locality
+ * frame, as in pH, so forking does not wash an anomaly away. Runs before the
+ * child is first scheduled. */
+SEC("raw_tp/sched_process_fork")
+int sched_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *parent = (struct task_struct *)ctx->args[0];
+	struct task_struct *child = (struct task_struct *)ctx->args[1];
+	__u32 ptid = BPF_CORE_READ(parent, pid), ctid = BPF_CORE_READ(child, pid);
+	struct hs_task *t = bpf_map_lookup_elem(&hs_tasks, &ptid);
+
+	if (t && bpf_map_update_elem(&hs_tasks, &ctid, t, BPF_ANY))
+		count(HS_STAT_TASKS_FULL);
+	return 0;
+}
+
+/* execve: the task starts afresh under the new executable's profile. After a
+ * multithreaded exec the task takes the thread-group leader's tid: drop both. */
+SEC("raw_tp/sched_process_exec")
+int sched_exec(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *task = (struct task_struct *)ctx->args[0];
+	__u32 old_tid = (__u32)ctx->args[1];
+	struct linux_binprm *bprm = (struct linux_binprm *)ctx->args[2];
+	__u32 tid = BPF_CORE_READ(task, pid), pid = BPF_CORE_READ(task, tgid);
+	struct hs_config *cfg = get_config();
+
+	bpf_map_delete_elem(&hs_tasks, &old_tid);
+	bpf_map_delete_elem(&hs_tasks, &tid);
+	if (cfg)
+		task_init(cfg, pid, tid, BPF_CORE_READ(bprm, file), true);
+	return 0;
+}
+
+SEC("raw_tp/sched_process_exit")
+int sched_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *task = (struct task_struct *)ctx->args[0];
+	__u32 tid = BPF_CORE_READ(task, pid);
+
+	bpf_map_delete_elem(&hs_tasks, &tid);
+	return 0;
+}

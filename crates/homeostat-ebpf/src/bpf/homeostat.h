@@ -1,0 +1,75 @@
+/* Types shared by homeostat.bpf.c and the Rust loader (src/kernel.rs mirrors them with
+ * #[repr(C)]; keep the two in step). */
+#ifndef __HOMEOSTAT_H__
+#define __HOMEOSTAT_H__
+
+#define HS_WINDOW 9   /* lookahead window: current call + 8 predecessors */
+#define HS_SEQ 8      /* predecessors kept per task */
+#define HS_LOCALITY 128
+
+/* profile.state */
+#define HS_TRAINING 0
+#define HS_NORMAL 1
+
+/* event.kind */
+#define HS_EV_ANOMALY 1
+#define HS_EV_NEW_PAIRS 2
+#define HS_EV_EXEC 3
+
+/* stats indices (per-CPU counters) */
+#define HS_STAT_LOST_EVENTS 0   /* ring buffer full: event dropped */
+#define HS_STAT_PAIRS_FULL 1    /* pairs map full: a pair was not learnt */
+#define HS_STAT_TASKS_FULL 2    /* tasks map insert failed */
+#define HS_STAT_PROFILES_FULL 3 /* profiles map insert failed (auto_create) */
+#define HS_NSTATS 4
+
+struct hs_key {
+	__u64 dev; /* st_dev encoding, as stat(2) reports it */
+	__u64 ino;
+};
+
+struct hs_pair_key {
+	__u64 dev;
+	__u64 ino;
+	__u16 cur;
+	__u16 prev;
+	__u32 pad;
+};
+
+struct hs_profile {
+	__u32 state;
+	__u32 pad;
+	__u64 calls;     /* calls seen (either state) */
+	__u64 new_pairs; /* pairs learnt in the kernel */
+	__u64 anomalies; /* anomalous calls while normal */
+};
+
+struct hs_task {
+	struct hs_key key;
+	__u16 seq[HS_SEQ]; /* seq[0] is the previous call */
+	__u32 nseq;        /* valid entries of seq */
+	__u32 fpos;        /* next slot of the locality frame */
+	__u32 lfc;
+	__u32 pad;
+	__u64 frame[HS_LOCALITY / 64];
+};
+
+struct hs_config {
+	__u32 ignore_tgid;   /* the daemon itself */
+	__u32 auto_create;   /* new executables get a training profile in the kernel */
+	__u32 wakeup_every;  /* wake the consumer every N events (0 = every event) */
+	__u32 pad;
+};
+
+struct hs_event {
+	__u32 kind;
+	__u32 pid;
+	__u32 tid;
+	__u32 nr;
+	__u64 dev;
+	__u64 ino;
+	__u32 misses; /* anomaly: missing pairs; new_pairs: pairs learnt */
+	__u32 lfc;
+};
+
+#endif

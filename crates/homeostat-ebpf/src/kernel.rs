@@ -1,0 +1,516 @@
+//! Userspace side of the BPF programs: load and attach them, drive their maps, read
+//! their events.
+//!
+//! The kernel keeps pH's per-call state (sequences, locality frames, lookahead pairs);
+//! userspace decides what the kernel cannot: when a profile becomes normal, what to
+//! save and load, how to respond. So this module gives the daemon exactly that: set a
+//! profile's state, read and write its pairs, drain events, read the loss counters.
+//!
+//! After attaching, only the links and duplicated map fds are kept: the skeleton and
+//! its object are dropped, so `Kernel` has no self-borrow. The links keep the programs
+//! attached, the programs keep their maps; dropping `Kernel` detaches everything.
+
+use std::mem::MaybeUninit;
+use std::path::Path;
+use std::time::Duration;
+
+use homeostat_core::ph::ExeKey;
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{ErrorKind, Link, MapCore, MapFlags, MapHandle, PrintLevel, RingBuffer};
+
+use crate::skel::HomeostatSkelBuilder;
+
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+
+/// Why the kernel side could not be used or driven. Each displays as a one-liner.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Not privileged enough to load BPF programs.
+    #[error("bpf: permission denied (need root, or CAP_BPF and CAP_PERFMON)")]
+    PermissionDenied,
+    /// The kernel exposes no BTF, which CO-RE relocation needs.
+    #[error("bpf: kernel has no BTF ({BTF_PATH} missing); needs CONFIG_DEBUG_INFO_BTF")]
+    NoBtf,
+    /// Loading or attaching failed for another reason.
+    #[error("bpf: {0}")]
+    Unavailable(String),
+    /// A map operation failed.
+    #[error("bpf map {map}: {what}: {err}")]
+    Map {
+        /// The map.
+        map: &'static str,
+        /// The operation.
+        what: &'static str,
+        /// The error.
+        err: String,
+    },
+}
+
+fn load_error(what: &str, e: libbpf_rs::Error) -> Error {
+    if e.kind() == ErrorKind::PermissionDenied {
+        Error::PermissionDenied
+    } else {
+        Error::Unavailable(format!("{what}: {e}"))
+    }
+}
+
+fn map_err(map: &'static str, what: &'static str) -> impl Fn(libbpf_rs::Error) -> Error {
+    move |e| Error::Map {
+        map,
+        what,
+        err: e.to_string(),
+    }
+}
+
+/// A profile's state as the kernel knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelState {
+    /// Calls train the profile's pairs (pH's training and frozen).
+    Training,
+    /// Calls are tested; misses update the task's locality frame.
+    Normal,
+}
+
+/// A profile's entry in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelProfile {
+    /// Training or normal.
+    pub state: KernelState,
+    /// Calls seen.
+    pub calls: u64,
+    /// Pairs learnt in the kernel.
+    pub new_pairs: u64,
+    /// Anomalous calls while normal.
+    pub anomalies: u64,
+}
+
+/// What an event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A call of a normal profile's task with missing pairs.
+    Anomaly,
+    /// A training profile learnt `misses` pairs at this call.
+    NewPairs,
+    /// A task started an executable (nr, misses, lfc are 0).
+    Exec,
+}
+
+/// One event from the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// Process id (thread group).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// The executable's profile key.
+    pub exe: ExeKey,
+    /// The call number (x86_64 numbering; i386 calls are not told apart yet).
+    pub nr: u32,
+    /// Anomaly: missing pairs. NewPairs: pairs learnt.
+    pub misses: u32,
+    /// The task's locality frame count after this call.
+    pub lfc: u32,
+}
+
+/// Counters of what the kernel side could not do; none is ever silent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events dropped because the ring buffer was full.
+    pub lost_events: u64,
+    /// Pairs not learnt because the pairs map was full.
+    pub pairs_full: u64,
+    /// Tasks not tracked because the tasks map update failed.
+    pub tasks_full: u64,
+    /// Profiles not created (auto_create) because the profiles map was full.
+    pub profiles_full: u64,
+}
+
+/// How to load the programs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Give every new executable a training profile in the kernel (system-wide
+    /// learning). Off: only profiles userspace creates are followed.
+    pub auto_create: bool,
+    /// Wake the event consumer every this many events (1: every event). The consumer
+    /// drains on its poll timeout anyway.
+    pub wakeup_every: u32,
+    /// Do not follow this process (the daemon itself), by thread-group id.
+    pub ignore_pid: Option<u32>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            auto_create: false,
+            wakeup_every: 64,
+            ignore_pid: Some(std::process::id()),
+        }
+    }
+}
+
+/// How sys_enter is hooked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// BTF-typed tracepoint (preferred: cheaper argument access).
+    TpBtf,
+    /// Classic tracepoint raw_syscalls/sys_enter (fallback).
+    Tracepoint,
+}
+
+// Mirrors of src/bpf/homeostat.h (keep in step).
+const KEY_LEN: usize = 16;
+const PAIR_KEY_LEN: usize = 24;
+const PROFILE_LEN: usize = 32;
+const CONFIG_LEN: usize = 16;
+const EVENT_LEN: usize = 40;
+const NSTATS: u32 = 4;
+
+fn key_bytes(k: ExeKey) -> [u8; KEY_LEN] {
+    let mut b = [0; KEY_LEN];
+    b[..8].copy_from_slice(&k.dev.to_ne_bytes());
+    b[8..].copy_from_slice(&k.ino.to_ne_bytes());
+    b
+}
+
+fn pair_key_bytes(k: ExeKey, cur: u16, prev: u16) -> [u8; PAIR_KEY_LEN] {
+    let mut b = [0; PAIR_KEY_LEN];
+    b[..KEY_LEN].copy_from_slice(&key_bytes(k));
+    b[16..18].copy_from_slice(&cur.to_ne_bytes());
+    b[18..20].copy_from_slice(&prev.to_ne_bytes());
+    b
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_ne_bytes(a)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_ne_bytes(a)
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([b[at], b[at + 1]])
+}
+
+fn decode_event(b: &[u8]) -> Option<Event> {
+    if b.len() < EVENT_LEN {
+        return None;
+    }
+    let kind = match u32_at(b, 0) {
+        1 => EventKind::Anomaly,
+        2 => EventKind::NewPairs,
+        3 => EventKind::Exec,
+        _ => return None,
+    };
+    Some(Event {
+        kind,
+        pid: u32_at(b, 4),
+        tid: u32_at(b, 8),
+        nr: u32_at(b, 12),
+        exe: ExeKey {
+            dev: u64_at(b, 16),
+            ino: u64_at(b, 24),
+        },
+        misses: u32_at(b, 32),
+        lfc: u32_at(b, 36),
+    })
+}
+
+/// libbpf's messages: warnings only, without its "try raising ulimit -l" hint, which
+/// is misleading on kernels that charge BPF memory to the memory cgroup.
+fn libbpf_print(level: PrintLevel, msg: String) {
+    if matches!(level, PrintLevel::Warn) && !msg.contains("ulimit") {
+        eprint!("libbpf: {msg}");
+    }
+}
+
+/// The loaded and attached programs and their maps.
+pub struct Kernel {
+    _links: Vec<Link>,
+    hook: Hook,
+    config: MapHandle,
+    profiles: MapHandle,
+    pairs: MapHandle,
+    events: MapHandle,
+    stats: MapHandle,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel").field("hook", &self.hook).finish()
+    }
+}
+
+impl Kernel {
+    /// Loads and attaches the programs: tp_btf/sys_enter, or the raw_syscalls
+    /// tracepoint when tp_btf is refused; and the fork/exec/exit tracepoints.
+    pub fn load(opts: &Options) -> Result<Kernel, Error> {
+        if !Path::new(BTF_PATH).exists() {
+            return Err(Error::NoBtf);
+        }
+        libbpf_rs::set_print(Some((PrintLevel::Warn, libbpf_print)));
+        match Self::load_with(opts, Hook::TpBtf) {
+            Err(Error::Unavailable(first)) => {
+                Self::load_with(opts, Hook::Tracepoint).map_err(|e| match e {
+                    Error::Unavailable(second) => Error::Unavailable(format!(
+                        "tp_btf: {first}; tracepoint fallback: {second}"
+                    )),
+                    e => e,
+                })
+            }
+            r => r,
+        }
+    }
+
+    fn load_with(opts: &Options, hook: Hook) -> Result<Kernel, Error> {
+        let mut object = MaybeUninit::uninit();
+        let mut open = HomeostatSkelBuilder::default()
+            .open(&mut object)
+            .map_err(|e| load_error("open", e))?;
+        open.progs.sys_enter_btf.set_autoload(hook == Hook::TpBtf);
+        open.progs
+            .sys_enter_tp
+            .set_autoload(hook == Hook::Tracepoint);
+        let skel = open.load().map_err(|e| load_error("load", e))?;
+
+        let dup = |m: &libbpf_rs::MapMut<'_>, name: &'static str| {
+            MapHandle::try_from(m).map_err(map_err(name, "dup fd"))
+        };
+        let kernel = Kernel {
+            _links: vec![],
+            hook,
+            config: dup(&skel.maps.hs_config, "hs_config")?,
+            profiles: dup(&skel.maps.hs_profiles, "hs_profiles")?,
+            pairs: dup(&skel.maps.hs_pairs, "hs_pairs")?,
+            events: dup(&skel.maps.hs_events, "hs_events")?,
+            stats: dup(&skel.maps.hs_stats, "hs_stats")?,
+        };
+        kernel.configure(opts)?;
+
+        // Attach the task-lifecycle hooks first, so no task is seen by sys_enter
+        // before its fork is.
+        let mut links = Vec::with_capacity(4);
+        for (name, prog) in [
+            ("sched_process_fork", &skel.progs.sched_fork),
+            ("sched_process_exec", &skel.progs.sched_exec),
+            ("sched_process_exit", &skel.progs.sched_exit),
+        ] {
+            links.push(
+                prog.attach()
+                    .map_err(|e| load_error(&format!("attach {name}"), e))?,
+            );
+        }
+        let sys_enter = match hook {
+            Hook::TpBtf => &skel.progs.sys_enter_btf,
+            Hook::Tracepoint => &skel.progs.sys_enter_tp,
+        };
+        links.push(
+            sys_enter
+                .attach()
+                .map_err(|e| load_error("attach sys_enter", e))?,
+        );
+        Ok(Kernel {
+            _links: links,
+            ..kernel
+        })
+    }
+
+    fn configure(&self, opts: &Options) -> Result<(), Error> {
+        let mut c = [0u8; CONFIG_LEN];
+        c[..4].copy_from_slice(&opts.ignore_pid.unwrap_or(0).to_ne_bytes());
+        c[4..8].copy_from_slice(&u32::from(opts.auto_create).to_ne_bytes());
+        c[8..12].copy_from_slice(&opts.wakeup_every.max(1).to_ne_bytes());
+        self.config
+            .update(&0u32.to_ne_bytes(), &c, MapFlags::ANY)
+            .map_err(map_err("hs_config", "update"))
+    }
+
+    /// How sys_enter is hooked.
+    pub fn hook(&self) -> Hook {
+        self.hook
+    }
+
+    /// Sets a profile's state, creating its entry (counters at 0) if absent.
+    pub fn set_state(&self, exe: ExeKey, state: KernelState) -> Result<(), Error> {
+        let k = key_bytes(exe);
+        let mut v = match self
+            .profiles
+            .lookup(&k, MapFlags::ANY)
+            .map_err(map_err("hs_profiles", "lookup"))?
+        {
+            Some(v) if v.len() == PROFILE_LEN => v,
+            _ => vec![0; PROFILE_LEN],
+        };
+        let s: u32 = match state {
+            KernelState::Training => 0,
+            KernelState::Normal => 1,
+        };
+        v[..4].copy_from_slice(&s.to_ne_bytes());
+        // Counters may move between lookup and update; they are statistics only.
+        self.profiles
+            .update(&k, &v, MapFlags::ANY)
+            .map_err(map_err("hs_profiles", "update"))
+    }
+
+    /// A profile's entry, if the kernel has one.
+    pub fn profile(&self, exe: ExeKey) -> Result<Option<KernelProfile>, Error> {
+        let v = self
+            .profiles
+            .lookup(&key_bytes(exe), MapFlags::ANY)
+            .map_err(map_err("hs_profiles", "lookup"))?;
+        Ok(v.filter(|v| v.len() == PROFILE_LEN).map(|v| KernelProfile {
+            state: if u32_at(&v, 0) == 1 {
+                KernelState::Normal
+            } else {
+                KernelState::Training
+            },
+            calls: u64_at(&v, 8),
+            new_pairs: u64_at(&v, 16),
+            anomalies: u64_at(&v, 24),
+        }))
+    }
+
+    /// Every profile key the kernel has (with auto_create, every executable seen).
+    pub fn profiles(&self) -> Vec<ExeKey> {
+        self.profiles
+            .keys()
+            .filter(|k| k.len() == KEY_LEN)
+            .map(|k| ExeKey {
+                dev: u64_at(&k, 0),
+                ino: u64_at(&k, 8),
+            })
+            .collect()
+    }
+
+    /// Removes a profile and its pairs; its tasks stop being followed.
+    pub fn remove_profile(&self, exe: ExeKey) -> Result<(), Error> {
+        match self.profiles.delete(&key_bytes(exe)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(map_err("hs_profiles", "delete")(e)),
+        }
+        for (cur, prev, _) in self.pairs(exe)? {
+            match self.pairs.delete(&pair_key_bytes(exe, cur, prev)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(map_err("hs_pairs", "delete")(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// A profile's pairs: (current call, previous call, distance mask), bit d-1 of
+    /// the mask meaning "previous came d calls before current". Walks the whole map.
+    pub fn pairs(&self, exe: ExeKey) -> Result<Vec<(u16, u16, u8)>, Error> {
+        let want = key_bytes(exe);
+        let mut out = vec![];
+        for k in self.pairs.keys() {
+            if k.len() != PAIR_KEY_LEN || k[..KEY_LEN] != want {
+                continue;
+            }
+            // An entry deleted since the walk saw its key is simply skipped.
+            if let Some(v) = self
+                .pairs
+                .lookup(&k, MapFlags::ANY)
+                .map_err(map_err("hs_pairs", "lookup"))?
+            {
+                if let Some(&m) = v.first() {
+                    out.push((u16_at(&k, 16), u16_at(&k, 18), m));
+                }
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Loads pairs into a profile (ORed into what the kernel has), e.g. a saved
+    /// profile at start-up. Entries with an empty mask are skipped.
+    pub fn add_pairs(&self, exe: ExeKey, pairs: &[(u16, u16, u8)]) -> Result<(), Error> {
+        for &(cur, prev, mask) in pairs {
+            if mask == 0 {
+                continue;
+            }
+            let k = pair_key_bytes(exe, cur, prev);
+            let old = self
+                .pairs
+                .lookup(&k, MapFlags::ANY)
+                .map_err(map_err("hs_pairs", "lookup"))?
+                .and_then(|v| v.first().copied())
+                .unwrap_or(0);
+            self.pairs
+                .update(&k, &[old | mask], MapFlags::ANY)
+                .map_err(map_err("hs_pairs", "update"))?;
+        }
+        Ok(())
+    }
+
+    /// The loss counters, summed over CPUs.
+    pub fn stats(&self) -> Result<Stats, Error> {
+        let mut sums = [0u64; NSTATS as usize];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let per_cpu = self
+                .stats
+                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_err("hs_stats", "lookup"))?
+                .unwrap_or_default();
+            *sum = per_cpu
+                .iter()
+                .filter(|v| v.len() >= 8)
+                .map(|v| u64_at(v, 0))
+                .sum();
+        }
+        Ok(Stats {
+            lost_events: sums[0],
+            pairs_full: sums[1],
+            tasks_full: sums[2],
+            profiles_full: sums[3],
+        })
+    }
+
+    /// A reader of the event ring buffer that hands each event to `f`.
+    pub fn events<'a, F>(&'a self, mut f: F) -> Result<Events<'a>, Error>
+    where
+        F: FnMut(Event) + 'a,
+    {
+        let mut b = libbpf_rs::RingBufferBuilder::new();
+        b.add(&self.events, move |data: &[u8]| {
+            if let Some(e) = decode_event(data) {
+                f(e);
+            }
+            0
+        })
+        .map_err(map_err("hs_events", "ring buffer"))?;
+        let rb = b.build().map_err(map_err("hs_events", "ring buffer"))?;
+        Ok(Events { rb })
+    }
+}
+
+/// Reads events; see [`Kernel::events`].
+pub struct Events<'a> {
+    rb: RingBuffer<'a>,
+}
+
+impl Events<'_> {
+    /// Waits up to `timeout` for a wakeup, then drains everything pending (the
+    /// programs wake the reader only every `wakeup_every` events).
+    pub fn poll(&self, timeout: Duration) -> Result<(), Error> {
+        self.rb
+            .poll(timeout)
+            .map_err(map_err("hs_events", "poll"))?;
+        self.rb.consume().map_err(map_err("hs_events", "consume"))
+    }
+
+    /// The epoll fd, to wait on it with other fds.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // The ring buffer's epoll fd lives as long as `self.rb`.
+        let fd = self.rb.epoll_fd();
+        // SAFETY: fd is owned by self.rb and valid while the borrow lasts.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+    }
+}

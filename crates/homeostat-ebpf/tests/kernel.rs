@@ -1,0 +1,201 @@
+//! Real-kernel tests of the BPF programs and their loader: root, BTF, no mocks.
+//! Each skips with a message when not root or the kernel has no BTF / refuses BPF
+//! for lack of privilege; any other load failure is a failure.
+#![cfg(feature = "bpf")]
+
+use std::cell::RefCell;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use homeostat_core::ph::ExeKey;
+use homeostat_ebpf::{Error, Event, EventKind, Kernel, KernelState, Options};
+
+fn kernel() -> Option<Kernel> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to load BPF programs");
+        return None;
+    }
+    match Kernel::load(&Options::default()) {
+        Ok(k) => Some(k),
+        Err(e @ (Error::PermissionDenied | Error::NoBtf)) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A private copy of `bin`, so its profile key (dev, ino) is ours alone: other
+/// processes on the machine running the same program do not touch it.
+fn private_copy(dir: &Path, bin: &str) -> (PathBuf, ExeKey) {
+    let dst = dir.join(Path::new(bin).file_name().unwrap());
+    std::fs::copy(bin, &dst).unwrap();
+    let m = std::fs::metadata(&dst).unwrap();
+    (
+        dst,
+        ExeKey {
+            dev: m.dev(),
+            ino: m.ino(),
+        },
+    )
+}
+
+fn run(bin: &Path, args: &[&str]) -> u32 {
+    let child = Command::new(bin)
+        .args(args)
+        .env("LC_ALL", "C")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    child.wait_with_output().unwrap();
+    pid
+}
+
+#[test]
+fn load_attach_and_read_counters() {
+    let Some(k) = kernel() else { return };
+    eprintln!("sys_enter hook: {:?}", k.hook());
+    let s = k.stats().unwrap();
+    assert_eq!(s.lost_events, 0);
+}
+
+#[test]
+fn pairs_round_trip_through_the_kernel() {
+    let Some(k) = kernel() else { return };
+    // A key no file has: nothing in the kernel touches it but us.
+    let exe = ExeKey {
+        dev: u64::MAX,
+        ino: 0x5eed,
+    };
+    k.set_state(exe, KernelState::Normal).unwrap();
+    let p = k.profile(exe).unwrap().unwrap();
+    assert_eq!(p.state, KernelState::Normal);
+    assert!(k.profiles().contains(&exe));
+    k.add_pairs(exe, &[(1, 0, 0b1), (2, 1, 0b10), (2, 1, 0b1), (3, 3, 0)])
+        .unwrap();
+    assert_eq!(k.pairs(exe).unwrap(), vec![(1, 0, 0b1), (2, 1, 0b11)]);
+    k.remove_profile(exe).unwrap();
+    assert_eq!(k.profile(exe).unwrap(), None);
+    assert!(k.pairs(exe).unwrap().is_empty());
+}
+
+#[test]
+fn learns_in_training_then_detects_when_normal() {
+    let Some(k) = kernel() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (ls, exe) = private_copy(dir.path(), "/bin/ls");
+    let got = RefCell::new(Vec::<Event>::new());
+    let events = k.events(|e| got.borrow_mut().push(e)).unwrap();
+    let drain = || {
+        // The programs wake the reader only every N events; poll drains anyway.
+        events.poll(Duration::from_millis(50)).unwrap();
+        std::mem::take(&mut *got.borrow_mut())
+    };
+
+    k.set_state(exe, KernelState::Training).unwrap();
+    let mut trained_pids = vec![];
+    for _ in 0..5 {
+        trained_pids.push(run(&ls, &["/"]));
+    }
+    let evs = drain();
+    let ours: Vec<_> = evs.iter().filter(|e| e.exe == exe).collect();
+    assert!(
+        ours.iter()
+            .any(|e| e.kind == EventKind::Exec && e.pid == trained_pids[0]),
+        "no exec event for {}",
+        trained_pids[0]
+    );
+    assert!(
+        ours.iter()
+            .any(|e| e.kind == EventKind::NewPairs && e.pid == trained_pids[0]),
+        "no new-pairs event"
+    );
+    // Later runs of the same command learn (almost) nothing new.
+    let learnt_last: u32 = ours
+        .iter()
+        .filter(|e| e.kind == EventKind::NewPairs && e.pid == trained_pids[4])
+        .map(|e| e.misses)
+        .sum();
+    let pairs = k.pairs(exe).unwrap();
+    assert!(pairs.len() > 50, "only {} pairs learnt", pairs.len());
+    let p = k.profile(exe).unwrap().unwrap();
+    assert!(p.calls > 0 && p.new_pairs > 0, "{p:?}");
+    eprintln!(
+        "learnt {} (cur, prev) entries, {} pairs; last run learnt {learnt_last}",
+        pairs.len(),
+        p.new_pairs
+    );
+
+    k.set_state(exe, KernelState::Normal).unwrap();
+    let same = run(&ls, &["/"]);
+    let evs = drain();
+    let anomalies: Vec<_> = evs
+        .iter()
+        .filter(|e| e.exe == exe && e.kind == EventKind::Anomaly)
+        .collect();
+    assert!(anomalies.is_empty(), "run {same} as trained: {anomalies:?}");
+
+    let other = run(&ls, &["-laR", "/nonexistent", "/proc/self/"]);
+    let evs = drain();
+    let anomalies: Vec<_> = evs
+        .iter()
+        .filter(|e| e.exe == exe && e.kind == EventKind::Anomaly)
+        .collect();
+    assert!(!anomalies.is_empty(), "no anomaly for a new behaviour");
+    assert!(anomalies.iter().all(|e| e.pid == other && e.tid == other));
+    assert!(anomalies.iter().all(|e| e.misses > 0 && e.lfc > 0));
+    let max_lfc = anomalies.iter().map(|e| e.lfc).max().unwrap();
+    eprintln!("{} anomalous calls, max LFC {max_lfc}", anomalies.len());
+    assert_eq!(
+        k.profile(exe).unwrap().unwrap().anomalies,
+        anomalies.len() as u64
+    );
+    // Nothing was learnt while normal.
+    assert_eq!(k.pairs(exe).unwrap(), pairs);
+    assert_eq!(k.stats().unwrap().lost_events, 0);
+    k.remove_profile(exe).unwrap();
+}
+
+#[test]
+fn forked_child_inherits_the_locality_frame() {
+    let Some(k) = kernel() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (sh, exe) = private_copy(dir.path(), "/bin/dash");
+    let got = RefCell::new(Vec::<Event>::new());
+    let events = k.events(|e| got.borrow_mut().push(e)).unwrap();
+    k.set_state(exe, KernelState::Training).unwrap();
+    for _ in 0..3 {
+        run(&sh, &["-c", "exit 0"]);
+    }
+    k.set_state(exe, KernelState::Normal).unwrap();
+    // New behaviour, then a fork: the subshell's anomalies start from the parent's
+    // LFC instead of 0.
+    let pid = run(&sh, &["-c", "cd /proc; (cd /; exit 3); echo x"]);
+    events.poll(Duration::from_millis(50)).unwrap();
+    let evs = got.borrow();
+    let anomalies: Vec<_> = evs
+        .iter()
+        .filter(|e| e.exe == exe && e.kind == EventKind::Anomaly)
+        .collect();
+    let parent_max = anomalies
+        .iter()
+        .filter(|e| e.pid == pid)
+        .map(|e| e.lfc)
+        .max();
+    let child_min = anomalies
+        .iter()
+        .filter(|e| e.pid != pid)
+        .map(|e| e.lfc)
+        .min();
+    eprintln!("parent max LFC {parent_max:?}, child min LFC {child_min:?}");
+    let (Some(pm), Some(cm)) = (parent_max, child_min) else {
+        panic!("expected anomalies in parent and child: {anomalies:?}");
+    };
+    assert!(cm > 1 && pm > 0, "child started at LFC {cm}");
+    k.remove_profile(exe).unwrap();
+}
