@@ -10,6 +10,7 @@
 //! its object are dropped, so `Kernel` has no self-borrow. The links keep the programs
 //! attached, the programs keep their maps; dropping `Kernel` detaches everything.
 
+use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
 use std::path::Path;
 use std::time::Duration;
@@ -34,6 +35,9 @@ pub enum Error {
     /// Loading or attaching failed for another reason.
     #[error("bpf: {0}")]
     Unavailable(String),
+    /// A call number outside pH's 9-bit table.
+    #[error("bpf: call number {0} out of range (the kernel table has {ROW} rows)")]
+    OutOfRange(u16),
     /// A map operation failed.
     #[error("bpf map {map}: {what}: {err}")]
     Map {
@@ -119,8 +123,8 @@ pub struct Event {
 pub struct Stats {
     /// Events dropped because the ring buffer was full.
     pub lost_events: u64,
-    /// Pairs not learnt because the pairs map was full.
-    pub pairs_full: u64,
+    /// Rows of pairs not created (pairs not learnt) because the rows map was full.
+    pub rows_full: u64,
     /// Tasks not tracked because the tasks map update failed.
     pub tasks_full: u64,
     /// Profiles not created (auto_create) because the profiles map was full.
@@ -161,7 +165,9 @@ pub enum Hook {
 
 // Mirrors of src/bpf/homeostat.h (keep in step).
 const KEY_LEN: usize = 16;
-const PAIR_KEY_LEN: usize = 24;
+const ROW_KEY_LEN: usize = 24;
+/// Rows (current call) and columns (previous call) of pH's table in the kernel.
+pub const ROW: usize = 512;
 const PROFILE_LEN: usize = 32;
 const CONFIG_LEN: usize = 16;
 const EVENT_LEN: usize = 40;
@@ -174,11 +180,10 @@ fn key_bytes(k: ExeKey) -> [u8; KEY_LEN] {
     b
 }
 
-fn pair_key_bytes(k: ExeKey, cur: u16, prev: u16) -> [u8; PAIR_KEY_LEN] {
-    let mut b = [0; PAIR_KEY_LEN];
+fn row_key_bytes(k: ExeKey, cur: u16) -> [u8; ROW_KEY_LEN] {
+    let mut b = [0; ROW_KEY_LEN];
     b[..KEY_LEN].copy_from_slice(&key_bytes(k));
-    b[16..18].copy_from_slice(&cur.to_ne_bytes());
-    b[18..20].copy_from_slice(&prev.to_ne_bytes());
+    b[16..20].copy_from_slice(&u32::from(cur).to_ne_bytes());
     b
 }
 
@@ -192,10 +197,6 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut a = [0; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_ne_bytes(a)
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes([b[at], b[at + 1]])
 }
 
 fn decode_event(b: &[u8]) -> Option<Event> {
@@ -236,7 +237,7 @@ pub struct Kernel {
     hook: Hook,
     config: MapHandle,
     profiles: MapHandle,
-    pairs: MapHandle,
+    rows: MapHandle,
     events: MapHandle,
     stats: MapHandle,
 }
@@ -287,7 +288,7 @@ impl Kernel {
             hook,
             config: dup(&skel.maps.hs_config, "hs_config")?,
             profiles: dup(&skel.maps.hs_profiles, "hs_profiles")?,
-            pairs: dup(&skel.maps.hs_pairs, "hs_pairs")?,
+            rows: dup(&skel.maps.hs_rows, "hs_rows")?,
             events: dup(&skel.maps.hs_events, "hs_events")?,
             stats: dup(&skel.maps.hs_stats, "hs_stats")?,
         };
@@ -395,33 +396,42 @@ impl Kernel {
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(map_err("hs_profiles", "delete")(e)),
         }
-        for (cur, prev, _) in self.pairs(exe)? {
-            match self.pairs.delete(&pair_key_bytes(exe, cur, prev)) {
+        for k in self.row_keys(exe) {
+            match self.rows.delete(&k) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(map_err("hs_pairs", "delete")(e)),
+                Err(e) => return Err(map_err("hs_rows", "delete")(e)),
             }
         }
         Ok(())
     }
 
-    /// A profile's pairs: (current call, previous call, distance mask), bit d-1 of
-    /// the mask meaning "previous came d calls before current". Walks the whole map.
-    pub fn pairs(&self, exe: ExeKey) -> Result<Vec<(u16, u16, u8)>, Error> {
+    /// The keys of a profile's rows. Walks the whole map.
+    fn row_keys(&self, exe: ExeKey) -> Vec<Vec<u8>> {
         let want = key_bytes(exe);
+        self.rows
+            .keys()
+            .filter(|k| k.len() == ROW_KEY_LEN && k[..KEY_LEN] == want)
+            .collect()
+    }
+
+    /// A profile's pairs: (current call, previous call, distance mask), bit d-1 of
+    /// the mask meaning "previous came d calls before current"; only non-zero masks.
+    pub fn pairs(&self, exe: ExeKey) -> Result<Vec<(u16, u16, u8)>, Error> {
         let mut out = vec![];
-        for k in self.pairs.keys() {
-            if k.len() != PAIR_KEY_LEN || k[..KEY_LEN] != want {
-                continue;
-            }
-            // An entry deleted since the walk saw its key is simply skipped.
-            if let Some(v) = self
-                .pairs
+        for k in self.row_keys(exe) {
+            // A row deleted since the walk saw its key is simply skipped.
+            let Some(row) = self
+                .rows
                 .lookup(&k, MapFlags::ANY)
-                .map_err(map_err("hs_pairs", "lookup"))?
-            {
-                if let Some(&m) = v.first() {
-                    out.push((u16_at(&k, 16), u16_at(&k, 18), m));
+                .map_err(map_err("hs_rows", "lookup"))?
+            else {
+                continue;
+            };
+            let cur = u32_at(&k, 16) as u16;
+            for (prev, &m) in row.iter().enumerate().take(ROW) {
+                if m != 0 {
+                    out.push((cur, prev as u16, m));
                 }
             }
         }
@@ -430,22 +440,35 @@ impl Kernel {
     }
 
     /// Loads pairs into a profile (ORed into what the kernel has), e.g. a saved
-    /// profile at start-up. Entries with an empty mask are skipped.
+    /// profile at start-up. Call numbers must be below [`ROW`].
     pub fn add_pairs(&self, exe: ExeKey, pairs: &[(u16, u16, u8)]) -> Result<(), Error> {
+        let mut rows: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
         for &(cur, prev, mask) in pairs {
-            if mask == 0 {
-                continue;
+            for n in [cur, prev] {
+                if usize::from(n) >= ROW {
+                    return Err(Error::OutOfRange(n));
+                }
             }
-            let k = pair_key_bytes(exe, cur, prev);
-            let old = self
-                .pairs
+            if mask != 0 {
+                rows.entry(cur).or_insert_with(|| vec![0; ROW])[usize::from(prev)] |= mask;
+            }
+        }
+        for (cur, add) in rows {
+            let k = row_key_bytes(exe, cur);
+            let mut row = self
+                .rows
                 .lookup(&k, MapFlags::ANY)
-                .map_err(map_err("hs_pairs", "lookup"))?
-                .and_then(|v| v.first().copied())
-                .unwrap_or(0);
-            self.pairs
-                .update(&k, &[old | mask], MapFlags::ANY)
-                .map_err(map_err("hs_pairs", "update"))?;
+                .map_err(map_err("hs_rows", "lookup"))?
+                .filter(|r| r.len() == ROW)
+                .unwrap_or_else(|| vec![0; ROW]);
+            for (r, a) in row.iter_mut().zip(add) {
+                *r |= a;
+            }
+            // Bits the kernel learns between lookup and update are lost; they are
+            // learnt again at their next occurrence.
+            self.rows
+                .update(&k, &row, MapFlags::ANY)
+                .map_err(map_err("hs_rows", "update"))?;
         }
         Ok(())
     }
@@ -467,7 +490,7 @@ impl Kernel {
         }
         Ok(Stats {
             lost_events: sums[0],
-            pairs_full: sums[1],
+            rows_full: sums[1],
             tasks_full: sums[2],
             profiles_full: sums[3],
         })

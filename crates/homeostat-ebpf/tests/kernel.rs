@@ -79,6 +79,10 @@ fn pairs_round_trip_through_the_kernel() {
     k.add_pairs(exe, &[(1, 0, 0b1), (2, 1, 0b10), (2, 1, 0b1), (3, 3, 0)])
         .unwrap();
     assert_eq!(k.pairs(exe).unwrap(), vec![(1, 0, 0b1), (2, 1, 0b11)]);
+    assert!(matches!(
+        k.add_pairs(exe, &[(1, 512, 1)]),
+        Err(Error::OutOfRange(512))
+    ));
     k.remove_profile(exe).unwrap();
     assert_eq!(k.profile(exe).unwrap(), None);
     assert!(k.pairs(exe).unwrap().is_empty());

@@ -4,8 +4,10 @@
  * Per task (keyed by tid): the executable's profile key, the last 8 calls and the
  * locality frame (last 128 calls, 1 bit each, plus the count). Per executable
  * (keyed by dev, ino): the state (training or normal) and counters. Per
- * (executable, current call, previous call): pH's distance mask, bit d-1 set when
- * "prev d calls before cur" was seen.
+ * (executable, current call): one row of pH's table, a distance mask per previous
+ * call, bit d-1 set when "prev d calls before cur" was seen. A row per current call
+ * makes the test one map lookup and eight byte loads, as in pH (eight lookups, one
+ * per (cur, prev) key, made tracing 2x dearer).
  *
  * On each sys_enter of a task whose executable has a profile: a training profile
  * learns the missing pairs here (as ebpH does) and reports "new pairs"; a normal one
@@ -46,15 +48,25 @@ struct {
 	__type(value, struct hs_task);
 } hs_tasks SEC(".maps");
 
-/* Not preallocated: 1<<20 entries preallocated would pin ~100 MB for mostly
- * empty space; entries are allocated as pairs are learnt or loaded. */
+/* Not preallocated: 1<<16 rows of 512 bytes preallocated would pin 32 MB+ for
+ * mostly empty space; rows are allocated as they are learnt or loaded (a profile
+ * has a row per distinct call it makes, ~100). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, 1 << 16);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct hs_pair_key);
-	__type(value, __u8);
-} hs_pairs SEC(".maps");
+	__type(key, struct hs_row_key);
+	__type(value, struct hs_row);
+} hs_rows SEC(".maps");
+
+/* An all-zero row to insert from: a row does not fit the 512-byte BPF stack.
+ * Never written. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hs_row);
+} hs_zero_row SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -153,27 +165,19 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, __u32 pi
 }
 
 /* One distance: test (normal) or learn (training) the pair (cur, seq[d-1], d). */
-#define PAIR(d)                                                                      \
-	if ((d) <= t->nseq) {                                                        \
-		__u8 bit = 1 << ((d) - 1);                                           \
-		__u8 *m;                                                             \
-		k.prev = t->seq[(d) - 1];                                            \
-		m = bpf_map_lookup_elem(&hs_pairs, &k);                                 \
-		if (!m || !(*m & bit)) {                                             \
-			if (!training) {                                             \
-				misses++;                                            \
-			} else if (m) {                                              \
-				*m |= bit; /* a lost race loses a bit: relearnt */   \
-				learnt++;                                            \
-			} else if (!bpf_map_update_elem(&hs_pairs, &k, &bit, BPF_NOEXIST)) { \
-				learnt++;                                            \
-			} else if ((m = bpf_map_lookup_elem(&hs_pairs, &k))) {          \
-				*m |= bit;                                           \
-				learnt++;                                            \
-			} else {                                                     \
-				count(HS_STAT_PAIRS_FULL);                           \
-			}                                                            \
-		}                                                                    \
+#define PAIR(d)                                                                  \
+	if ((d) <= t->nseq) {                                                    \
+		__u8 bit = 1 << ((d) - 1);                                       \
+		__u32 prev = t->seq[(d) - 1] & (HS_ROW - 1);                     \
+		if (!row || !(row->mask[prev] & bit)) {                          \
+			if (!training)                                           \
+				misses++;                                        \
+			else if (row) {                                          \
+				/* a lost race loses a bit: relearnt next time */ \
+				row->mask[prev] |= bit;                          \
+				learnt++;                                        \
+			}                                                        \
+		}                                                                \
 	}
 
 static __always_inline int on_sys_enter(long id)
@@ -181,16 +185,17 @@ static __always_inline int on_sys_enter(long id)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid, pid = pid_tgid >> 32;
 	struct hs_config *cfg = get_config();
-	struct hs_pair_key k = {};
+	struct hs_row_key rk = {};
+	struct hs_row *row;
 	struct hs_profile *p;
 	struct hs_task *t;
 	__u32 misses = 0, learnt = 0, pos, old;
 	bool training;
 	__u16 cur;
 
-	if (!cfg || pid == cfg->ignore_tgid || id < 0 || id > 0xffff)
+	if (!cfg || pid == cfg->ignore_tgid || id < 0)
 		return 0;
-	cur = id;
+	cur = id < HS_ROW ? id : HS_ROW - 1;
 	t = bpf_map_lookup_elem(&hs_tasks, &tid);
 	if (!t) {
 		/* A task that predates us: read its executable now. */
@@ -206,9 +211,22 @@ static __always_inline int on_sys_enter(long id)
 	training = p->state != HS_NORMAL;
 	__sync_fetch_and_add(&p->calls, 1);
 
-	k.dev = t->key.dev;
-	k.ino = t->key.ino;
-	k.cur = cur;
+	rk.dev = t->key.dev;
+	rk.ino = t->key.ino;
+	rk.cur = cur;
+	row = bpf_map_lookup_elem(&hs_rows, &rk);
+	if (!row && training && t->nseq) {
+		__u32 zero = 0;
+		struct hs_row *z = bpf_map_lookup_elem(&hs_zero_row, &zero);
+
+		if (z) {
+			long err = bpf_map_update_elem(&hs_rows, &rk, z, BPF_NOEXIST);
+
+			if (err && err != -17 /* EEXIST: another CPU made it */)
+				count(HS_STAT_ROWS_FULL);
+			row = bpf_map_lookup_elem(&hs_rows, &rk);
+		}
+	}
 	PAIR(1) PAIR(2) PAIR(3) PAIR(4) PAIR(5) PAIR(6) PAIR(7) PAIR(8)
 
 	t->seq[7] = t->seq[6];

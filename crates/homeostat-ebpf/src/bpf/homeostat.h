@@ -18,7 +18,7 @@
 
 /* stats indices (per-CPU counters) */
 #define HS_STAT_LOST_EVENTS 0   /* ring buffer full: event dropped */
-#define HS_STAT_PAIRS_FULL 1    /* pairs map full: a pair was not learnt */
+#define HS_STAT_ROWS_FULL 1     /* rows map full: pairs were not learnt */
 #define HS_STAT_TASKS_FULL 2    /* tasks map insert failed */
 #define HS_STAT_PROFILES_FULL 3 /* profiles map insert failed (auto_create) */
 #define HS_NSTATS 4
@@ -28,12 +28,21 @@ struct hs_key {
 	__u64 ino;
 };
 
-struct hs_pair_key {
+/* Call numbers are rows and columns of pH's table: 9 bits. Larger numbers (x32
+ * calls) all land on the last row / column. */
+#define HS_ROW 512
+
+struct hs_row_key {
 	__u64 dev;
 	__u64 ino;
-	__u16 cur;
-	__u16 prev;
+	__u32 cur;
 	__u32 pad;
+};
+
+/* One row of pH's table: mask[prev] has bit d-1 set when prev was seen d calls
+ * before cur. */
+struct hs_row {
+	__u8 mask[HS_ROW];
 };
 
 struct hs_profile {
