@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use homeostat_core::ph::ExeKey;
@@ -52,9 +53,10 @@ pub enum Error {
 
 fn load_error(what: &str, e: libbpf_rs::Error) -> Error {
     if e.kind() == ErrorKind::PermissionDenied {
+        let _ = libbpf_tail();
         Error::PermissionDenied
     } else {
-        Error::Unavailable(format!("{what}: {e}"))
+        Error::Unavailable(format!("{what}: {e}{}", libbpf_tail()))
     }
 }
 
@@ -142,6 +144,8 @@ pub struct Options {
     pub wakeup_every: u32,
     /// Do not follow this process (the daemon itself), by thread-group id.
     pub ignore_pid: Option<u32>,
+    /// Use this sys_enter hook only (default: tp_btf, falling back to the tracepoint).
+    pub hook: Option<Hook>,
 }
 
 impl Default for Options {
@@ -150,6 +154,7 @@ impl Default for Options {
             auto_create: false,
             wakeup_every: 64,
             ignore_pid: Some(std::process::id()),
+            hook: None,
         }
     }
 }
@@ -159,8 +164,9 @@ impl Default for Options {
 pub enum Hook {
     /// BTF-typed tracepoint (preferred: cheaper argument access).
     TpBtf,
-    /// Classic tracepoint raw_syscalls/sys_enter (fallback).
-    Tracepoint,
+    /// Raw tracepoint raw_syscalls/sys_enter, untyped (fallback; needs neither
+    /// vmlinux BTF for attaching nor tracefs).
+    RawTp,
 }
 
 // Mirrors of src/bpf/homeostat.h (keep in step).
@@ -223,11 +229,35 @@ fn decode_event(b: &[u8]) -> Option<Event> {
     })
 }
 
-/// libbpf's messages: warnings only, without its "try raising ulimit -l" hint, which
-/// is misleading on kernels that charge BPF memory to the memory cgroup.
-fn libbpf_print(level: PrintLevel, msg: String) {
-    if matches!(level, PrintLevel::Warn) && !msg.contains("ulimit") {
-        eprint!("libbpf: {msg}");
+/// libbpf's warnings of the load in progress: kept, not printed, so that a failure
+/// is one line with its cause. The RLIMIT_MEMLOCK / "ulimit -l" hints are dropped:
+/// they are misleading on kernels that charge BPF memory to the memory cgroup.
+static LIBBPF_LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+const LOG_KEEP: usize = 64;
+
+fn libbpf_print(_level: PrintLevel, msg: String) {
+    if msg.contains("ulimit") || msg.contains("RLIMIT_MEMLOCK") {
+        return;
+    }
+    if let Ok(mut log) = LIBBPF_LOG.lock() {
+        if log.len() >= LOG_KEEP {
+            log.remove(0);
+        }
+        log.push(msg.trim().to_string());
+    }
+}
+
+/// The last few libbpf warnings, to append to an error.
+fn libbpf_tail() -> String {
+    let log = match LIBBPF_LOG.lock() {
+        Ok(mut log) => std::mem::take(&mut *log),
+        Err(_) => return String::new(),
+    };
+    let tail: Vec<&str> = log.iter().rev().take(3).rev().map(String::as_str).collect();
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", tail.join("; "))
     }
 }
 
@@ -249,19 +279,23 @@ impl std::fmt::Debug for Kernel {
 }
 
 impl Kernel {
-    /// Loads and attaches the programs: tp_btf/sys_enter, or the raw_syscalls
-    /// tracepoint when tp_btf is refused; and the fork/exec/exit tracepoints.
+    /// Loads and attaches the programs: tp_btf/sys_enter, or raw_tp/sys_enter when
+    /// tp_btf is refused; and the fork/exec/exit raw tracepoints.
     pub fn load(opts: &Options) -> Result<Kernel, Error> {
         if !Path::new(BTF_PATH).exists() {
             return Err(Error::NoBtf);
         }
         libbpf_rs::set_print(Some((PrintLevel::Warn, libbpf_print)));
+        let _ = libbpf_tail();
+        if let Some(hook) = opts.hook {
+            return Self::load_with(opts, hook);
+        }
         match Self::load_with(opts, Hook::TpBtf) {
             Err(Error::Unavailable(first)) => {
-                Self::load_with(opts, Hook::Tracepoint).map_err(|e| match e {
-                    Error::Unavailable(second) => Error::Unavailable(format!(
-                        "tp_btf: {first}; tracepoint fallback: {second}"
-                    )),
+                Self::load_with(opts, Hook::RawTp).map_err(|e| match e {
+                    Error::Unavailable(second) => {
+                        Error::Unavailable(format!("tp_btf: {first}; raw_tp fallback: {second}"))
+                    }
                     e => e,
                 })
             }
@@ -275,9 +309,7 @@ impl Kernel {
             .open(&mut object)
             .map_err(|e| load_error("open", e))?;
         open.progs.sys_enter_btf.set_autoload(hook == Hook::TpBtf);
-        open.progs
-            .sys_enter_tp
-            .set_autoload(hook == Hook::Tracepoint);
+        open.progs.sys_enter_raw.set_autoload(hook == Hook::RawTp);
         let skel = open.load().map_err(|e| load_error("load", e))?;
 
         let dup = |m: &libbpf_rs::MapMut<'_>, name: &'static str| {
@@ -309,7 +341,7 @@ impl Kernel {
         }
         let sys_enter = match hook {
             Hook::TpBtf => &skel.progs.sys_enter_btf,
-            Hook::Tracepoint => &skel.progs.sys_enter_tp,
+            Hook::RawTp => &skel.progs.sys_enter_raw,
         };
         links.push(
             sys_enter

@@ -10,15 +10,19 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use homeostat_core::ph::ExeKey;
-use homeostat_ebpf::{Error, Event, EventKind, Kernel, KernelState, Options};
+use homeostat_ebpf::{Error, Event, EventKind, Hook, Kernel, KernelState, Options};
 
 fn kernel() -> Option<Kernel> {
+    kernel_with(&Options::default())
+}
+
+fn kernel_with(opts: &Options) -> Option<Kernel> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: needs root to load BPF programs");
         return None;
     }
-    match Kernel::load(&Options::default()) {
+    match Kernel::load(opts) {
         Ok(k) => Some(k),
         Err(e @ (Error::PermissionDenied | Error::NoBtf)) => {
             eprintln!("skipped: {e}");
@@ -201,5 +205,39 @@ fn forked_child_inherits_the_locality_frame() {
         panic!("expected anomalies in parent and child: {anomalies:?}");
     };
     assert!(cm > 1 && pm > 0, "child started at LFC {cm}");
+    k.remove_profile(exe).unwrap();
+}
+
+#[test]
+fn raw_tp_fallback_learns_too() {
+    let opts = Options {
+        hook: Some(Hook::RawTp),
+        ..Options::default()
+    };
+    let Some(k) = kernel_with(&opts) else { return };
+    assert_eq!(k.hook(), Hook::RawTp);
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, exe) = private_copy(dir.path(), "/bin/true");
+    k.set_state(exe, KernelState::Training).unwrap();
+    run(&bin, &[]);
+    let p = k.profile(exe).unwrap().unwrap();
+    assert!(p.calls > 10 && p.new_pairs > 10, "{p:?}");
+    assert!(!k.pairs(exe).unwrap().is_empty());
+    k.remove_profile(exe).unwrap();
+}
+
+#[test]
+fn auto_create_profiles_new_executables() {
+    let opts = Options {
+        auto_create: true,
+        ..Options::default()
+    };
+    let Some(k) = kernel_with(&opts) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, exe) = private_copy(dir.path(), "/bin/true");
+    run(&bin, &[]);
+    let p = k.profile(exe).unwrap().expect("profile created at exec");
+    assert_eq!(p.state, KernelState::Training);
+    assert!(p.new_pairs > 10, "{p:?}");
     k.remove_profile(exe).unwrap();
 }

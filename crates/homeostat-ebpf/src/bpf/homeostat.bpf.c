@@ -270,11 +270,13 @@ int BPF_PROG(sys_enter_btf, struct pt_regs *regs, long id)
 	return on_sys_enter(id);
 }
 
-/* Fallback when tp_btf cannot be loaded. */
-SEC("tracepoint/raw_syscalls/sys_enter")
-int sys_enter_tp(struct trace_event_raw_sys_enter *ctx)
+/* Fallback when tp_btf cannot be loaded: the same raw_syscalls/sys_enter tracepoint,
+ * untyped. A raw tracepoint rather than a classic one because attaching a classic
+ * tracepoint needs tracefs mounted, which it is not on these machines. */
+SEC("raw_tp/sys_enter")
+int sys_enter_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	return on_sys_enter(ctx->id);
+	return on_sys_enter((long)ctx->args[1]);
 }
 
 /* fork/clone (threads too): the child inherits its parent's sequence and locality

@@ -81,16 +81,6 @@ struct pt_regs {
 	unsigned long orig_ax;
 };
 
-/* The raw_syscalls/sys_enter tracepoint record (fallback when tp_btf is refused). */
-struct trace_event_raw_sys_enter {
-	unsigned short common_type;
-	unsigned char common_flags;
-	unsigned char common_preempt_count;
-	int common_pid;
-	long id;
-	unsigned long args[6];
-};
-
 #pragma clang attribute pop
 
 /* Context of raw_tp programs: the tracepoint's arguments as u64s. */
