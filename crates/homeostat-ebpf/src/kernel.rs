@@ -146,6 +146,8 @@ pub struct Options {
     pub ignore_pid: Option<u32>,
     /// Use this sys_enter hook only (default: tp_btf, falling back to the tracepoint).
     pub hook: Option<Hook>,
+    /// Size of the event ring buffer in bytes: a power of two, at least the page size.
+    pub ring_bytes: u32,
 }
 
 impl Default for Options {
@@ -155,6 +157,7 @@ impl Default for Options {
             wakeup_every: 64,
             ignore_pid: Some(std::process::id()),
             hook: None,
+            ring_bytes: 4 << 20,
         }
     }
 }
@@ -310,6 +313,10 @@ impl Kernel {
             .map_err(|e| load_error("open", e))?;
         open.progs.sys_enter_btf.set_autoload(hook == Hook::TpBtf);
         open.progs.sys_enter_raw.set_autoload(hook == Hook::RawTp);
+        open.maps
+            .hs_events
+            .set_max_entries(opts.ring_bytes)
+            .map_err(|e| load_error("ring buffer size", e))?;
         let skel = open.load().map_err(|e| load_error("load", e))?;
 
         let dup = |m: &libbpf_rs::MapMut<'_>, name: &'static str| {

@@ -243,3 +243,23 @@ fn auto_create_profiles_new_executables() {
     assert!(p.new_pairs > 10, "{p:?}");
     k.remove_profile(exe).unwrap();
 }
+
+#[test]
+fn a_full_ring_buffer_counts_lost_events() {
+    let opts = Options {
+        ring_bytes: 4096,
+        wakeup_every: 1_000_000,
+        ..Options::default()
+    };
+    let Some(k) = kernel_with(&opts) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (ls, exe) = private_copy(dir.path(), "/bin/ls");
+    k.set_state(exe, KernelState::Training).unwrap();
+    // Hundreds of new-pairs events of 48 bytes with nobody reading: a 4 KiB ring
+    // overflows.
+    run(&ls, &["-laR", "/proc/self/"]);
+    let s = k.stats().unwrap();
+    eprintln!("{s:?}");
+    assert!(s.lost_events > 0, "{s:?}");
+    k.remove_profile(exe).unwrap();
+}
