@@ -102,7 +102,7 @@ pub enum EventKind {
 }
 
 /// One event from the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// What happened.
     pub kind: EventKind,
@@ -118,6 +118,8 @@ pub struct Event {
     pub misses: u32,
     /// The task's locality frame count after this call.
     pub lfc: u32,
+    /// Exec: the path as passed to execve (may be relative; cut at 255 bytes).
+    pub path: Option<String>,
 }
 
 /// Counters of what the kernel side could not do; none is ever silent.
@@ -229,6 +231,11 @@ fn decode_event(b: &[u8]) -> Option<Event> {
         },
         misses: u32_at(b, 32),
         lfc: u32_at(b, 36),
+        path: (kind == EventKind::Exec).then(|| {
+            let p = &b[EVENT_LEN..];
+            let end = p.iter().position(|&c| c == 0).unwrap_or(p.len());
+            String::from_utf8_lossy(&p[..end]).into_owned()
+        }),
     })
 }
 

@@ -114,12 +114,11 @@ fn learns_in_training_then_detects_when_normal() {
     }
     let evs = drain();
     let ours: Vec<_> = evs.iter().filter(|e| e.exe == exe).collect();
-    assert!(
-        ours.iter()
-            .any(|e| e.kind == EventKind::Exec && e.pid == trained_pids[0]),
-        "no exec event for {}",
-        trained_pids[0]
-    );
+    let exec = ours
+        .iter()
+        .find(|e| e.kind == EventKind::Exec && e.pid == trained_pids[0])
+        .unwrap_or_else(|| panic!("no exec event for {}", trained_pids[0]));
+    assert_eq!(exec.path.as_deref(), ls.to_str());
     assert!(
         ours.iter()
             .any(|e| e.kind == EventKind::NewPairs && e.pid == trained_pids[0]),

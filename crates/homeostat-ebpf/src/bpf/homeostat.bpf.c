@@ -98,16 +98,19 @@ static __always_inline struct hs_config *get_config(void)
 	return bpf_map_lookup_elem(&hs_config, &zero);
 }
 
-static __always_inline void emit(struct hs_config *cfg, __u32 kind, __u32 pid, __u32 tid,
+/* Waking the consumer per event costs a cross-CPU wakeup; batch them. The
+ * consumer also drains on a timeout, so a quiet tail is not stranded. */
+static __always_inline __u64 wakeup_flags(struct hs_config *cfg)
+{
+	__u64 n = __sync_fetch_and_add(&event_count, 1);
+	__u64 every = cfg->wakeup_every ? cfg->wakeup_every : 1;
+
+	return (n % every == 0) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void fill(struct hs_event *e, __u32 kind, __u32 pid, __u32 tid,
 				 __u32 nr, struct hs_key *key, __u32 misses, __u32 lfc)
 {
-	struct hs_event *e = bpf_ringbuf_reserve(&hs_events, sizeof(*e), 0);
-	__u64 n, every, flags;
-
-	if (!e) {
-		count(HS_STAT_LOST_EVENTS);
-		return;
-	}
 	e->kind = kind;
 	e->pid = pid;
 	e->tid = tid;
@@ -116,12 +119,34 @@ static __always_inline void emit(struct hs_config *cfg, __u32 kind, __u32 pid, _
 	e->ino = key->ino;
 	e->misses = misses;
 	e->lfc = lfc;
-	/* Waking the consumer per event costs a cross-CPU wakeup; batch them. The
-	 * consumer also drains on a timeout, so a quiet tail is not stranded. */
-	n = __sync_fetch_and_add(&event_count, 1);
-	every = cfg->wakeup_every ? cfg->wakeup_every : 1;
-	flags = (n % every == 0) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-	bpf_ringbuf_submit(e, flags);
+}
+
+static __always_inline void emit(struct hs_config *cfg, __u32 kind, __u32 pid, __u32 tid,
+				 __u32 nr, struct hs_key *key, __u32 misses, __u32 lfc)
+{
+	struct hs_event *e = bpf_ringbuf_reserve(&hs_events, sizeof(*e), 0);
+
+	if (!e) {
+		count(HS_STAT_LOST_EVENTS);
+		return;
+	}
+	fill(e, kind, pid, tid, nr, key, misses, lfc);
+	bpf_ringbuf_submit(e, wakeup_flags(cfg));
+}
+
+static __always_inline void emit_exec(struct hs_config *cfg, __u32 pid, __u32 tid,
+				      struct hs_key *key, struct linux_binprm *bprm)
+{
+	struct hs_exec_event *e = bpf_ringbuf_reserve(&hs_events, sizeof(*e), 0);
+
+	if (!e) {
+		count(HS_STAT_LOST_EVENTS);
+		return;
+	}
+	fill(&e->ev, HS_EV_EXEC, pid, tid, 0, key, 0, 0);
+	if (bpf_probe_read_kernel_str(e->path, sizeof(e->path), BPF_CORE_READ(bprm, filename)) < 0)
+		e->path[0] = 0;
+	bpf_ringbuf_submit(e, wakeup_flags(cfg));
 }
 
 /* The kernel encodes dev_t as major << 20 | minor; stat(2) reports the "new"
@@ -134,9 +159,10 @@ static __always_inline __u64 user_dev(__u32 kdev)
 }
 
 /* A fresh task entry for `tid` running `file`; creates a training profile when
- * auto_create is on. Returns the entry or NULL. */
+ * auto_create is on; reports the exec when `bprm` is given. Returns the entry or
+ * NULL. */
 static __always_inline struct hs_task *task_init(struct hs_config *cfg, __u32 pid, __u32 tid,
-						 struct file *file, bool report)
+						 struct file *file, struct linux_binprm *bprm)
 {
 	struct hs_task t = {};
 	struct inode *inode;
@@ -159,8 +185,8 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, __u32 pi
 		count(HS_STAT_TASKS_FULL);
 		return NULL;
 	}
-	if (report)
-		emit(cfg, HS_EV_EXEC, pid, tid, 0, &t.key, 0, 0);
+	if (bprm)
+		emit_exec(cfg, pid, tid, &t.key, bprm);
 	return bpf_map_lookup_elem(&hs_tasks, &tid);
 }
 
@@ -201,7 +227,7 @@ static __always_inline int on_sys_enter(long id)
 		/* A task that predates us: read its executable now. */
 		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 
-		t = task_init(cfg, pid, tid, BPF_CORE_READ(task, mm, exe_file), false);
+		t = task_init(cfg, pid, tid, BPF_CORE_READ(task, mm, exe_file), NULL);
 		if (!t)
 			return 0;
 	}
@@ -309,7 +335,7 @@ int sched_exec(struct bpf_raw_tracepoint_args *ctx)
 	bpf_map_delete_elem(&hs_tasks, &old_tid);
 	bpf_map_delete_elem(&hs_tasks, &tid);
 	if (cfg)
-		task_init(cfg, pid, tid, BPF_CORE_READ(bprm, file), true);
+		task_init(cfg, pid, tid, BPF_CORE_READ(bprm, file), bprm);
 	return 0;
 }
 

@@ -81,4 +81,12 @@ struct hs_event {
 	__u32 lfc;
 };
 
+#define HS_PATH 256
+
+/* kind HS_EV_EXEC: the path as passed to execve (may be relative), NUL-terminated. */
+struct hs_exec_event {
+	struct hs_event ev;
+	char path[HS_PATH];
+};
+
 #endif

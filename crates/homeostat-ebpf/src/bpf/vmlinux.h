@@ -75,6 +75,7 @@ struct task_struct {
 
 struct linux_binprm {
 	struct file *file;
+	const char *filename;
 };
 
 struct pt_regs {
