@@ -129,7 +129,7 @@ pub struct Stats {
     pub lost_events: u64,
     /// Rows of pairs not created (pairs not learnt) because the rows map was full.
     pub rows_full: u64,
-    /// Tasks not tracked because the tasks map update failed.
+    /// Tasks not followed because task storage or the fork map could not be written.
     pub tasks_full: u64,
     /// Profiles not created (auto_create) because the profiles map was full.
     pub profiles_full: u64,
@@ -290,7 +290,7 @@ impl std::fmt::Debug for Kernel {
 
 impl Kernel {
     /// Loads and attaches the programs: tp_btf/sys_enter, or raw_tp/sys_enter when
-    /// tp_btf is refused; and the fork/exec/exit raw tracepoints.
+    /// tp_btf is refused; and the fork/exec raw tracepoints.
     pub fn load(opts: &Options) -> Result<Kernel, Error> {
         if !Path::new(BTF_PATH).exists() {
             return Err(Error::NoBtf);
@@ -346,7 +346,6 @@ impl Kernel {
         for (name, prog) in [
             ("sched_process_fork", &skel.progs.sched_fork),
             ("sched_process_exec", &skel.progs.sched_exec),
-            ("sched_process_exit", &skel.progs.sched_exit),
         ] {
             links.push(
                 prog.attach()

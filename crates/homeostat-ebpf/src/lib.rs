@@ -7,7 +7,7 @@
 //! only anomalies, learnt pairs and execs cross to userspace. Design, map layout and
 //! measurements: docs/ebpf.md.
 //!
-//! - `src/bpf/homeostat.bpf.c`: the programs (sys_enter, fork, exec, exit).
+//! - `src/bpf/homeostat.bpf.c`: the programs (sys_enter, fork, exec).
 //! - `src/bpf/homeostat.h`: the types they share with [`Kernel`] (mirrored by hand).
 //! - `src/bpf/vmlinux.h`: the few kernel types used, hand-written CO-RE declarations.
 //! - `kernel`: [`Kernel`], load/attach, profile state, pairs in and out, events, loss

@@ -19,7 +19,7 @@
 /* stats indices (per-CPU counters) */
 #define HS_STAT_LOST_EVENTS 0   /* ring buffer full: event dropped */
 #define HS_STAT_ROWS_FULL 1     /* rows map full: pairs were not learnt */
-#define HS_STAT_TASKS_FULL 2    /* tasks map insert failed */
+#define HS_STAT_TASKS_FULL 2    /* task storage or fork map insert failed */
 #define HS_STAT_PROFILES_FULL 3 /* profiles map insert failed (auto_create) */
 #define HS_NSTATS 4
 
@@ -59,7 +59,7 @@ struct hs_task {
 	__u32 nseq;        /* valid entries of seq */
 	__u32 fpos;        /* next slot of the locality frame */
 	__u32 lfc;
-	__u32 pad;
+	__u32 valid;       /* 1 once initialised (storage is created zeroed) */
 	__u64 frame[HS_LOCALITY / 64];
 };
 
