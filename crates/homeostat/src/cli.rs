@@ -33,6 +33,9 @@ pub enum Command {
     /// Run a command under pH-style monitoring: learn a profile per executable, then
     /// detect anomalies and respond (delays, execve refusal).
     Run(RunArgs),
+    /// Monitor an already running process (ptrace) and its later children until
+    /// Ctrl-C, which detaches and leaves it running.
+    Attach(AttachArgs),
     /// Run a command and write its system calls in homeostat's recording format.
     Record(RecordArgs),
     /// The tasks that running monitors watch: pid, exe, profile state, LFC, delay.
@@ -63,8 +66,9 @@ pub struct StateFlags {
     pub config: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
-pub struct RunArgs {
+/// Monitoring options shared by run and attach.
+#[derive(Debug, Clone, Args)]
+pub struct MonitorFlags {
     /// Train only: never test, never respond.
     #[arg(long, group = "mode")]
     pub learn: bool,
@@ -74,9 +78,6 @@ pub struct RunArgs {
     /// Train, detect and respond once normal (pH's behaviour; the default).
     #[arg(long, group = "mode")]
     pub enforce: bool,
-    /// If the monitor dies, kill the monitored programs (default: they run on).
-    #[arg(long)]
-    pub fail_closed: bool,
     /// Seconds a frozen profile waits before it becomes normal (pH: 7 days).
     #[arg(long)]
     pub normal_wait: Option<f64>,
@@ -88,9 +89,29 @@ pub struct RunArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub state: StateFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub monitor: MonitorFlags,
+    /// If the monitor dies, kill the monitored programs (default: they run on).
+    #[arg(long)]
+    pub fail_closed: bool,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    pub monitor: MonitorFlags,
+    /// Also attach to the processes already running below PID.
+    #[arg(long)]
+    pub descendants: bool,
+    /// The process to watch (and the children it creates from now on).
+    pub pid: i32,
 }
 
 #[derive(Debug, Args)]

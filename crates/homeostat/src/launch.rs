@@ -1,22 +1,69 @@
-//! Launcher mode's loop: calls captured by the seccomp supervisor go to a consumer
-//! (the pH engine, or a recording), and its verdicts are applied — answered at once,
-//! held for a delay while other tasks go on, or refused.
+//! The monitor loop shared by every capture mechanism: calls captured by a [`Source`]
+//! (the seccomp launcher, or a ptrace attach) go to a [`Consumer`] (the pH engine, or a
+//! recording), and its verdicts are applied — answered at once, held for a delay while
+//! other tasks go on, or refused with EPERM.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::ffi::OsString;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use homeostat_core::ph::{ExeKey, Verdict};
 use homeostat_seccomp::nr::{self, Kind};
-use homeostat_seccomp::{Action, ChildStatus, Event, LaunchOptions, Supervisor, SyscallEvent};
+use homeostat_seccomp::{ChildStatus, LaunchOptions, Supervisor};
 use homeostat_syscalls::Arch;
+
+/// One captured call, whatever captured it.
+#[derive(Debug, Clone)]
+pub struct CallEvent {
+    /// What to answer with (notification id, or tid for ptrace).
+    pub id: u64,
+    /// Thread id.
+    pub tid: i32,
+    /// Process id.
+    pub pid: i32,
+    /// ABI of `nr`.
+    pub arch: Arch,
+    /// The raw AUDIT_ARCH value (for classifying exit calls).
+    pub audit_arch: u32,
+    /// Call number.
+    pub nr: u32,
+    /// The executable the task runs now.
+    pub exe: ExeKey,
+    /// Its path.
+    pub path: Arc<Path>,
+    /// For a task seen for the first time: the task it came from.
+    pub parent: Option<i32>,
+}
+
+/// What a source reports.
+pub enum SourceEvent {
+    /// A call waits for an answer.
+    Call(CallEvent),
+    /// A task is gone.
+    TaskGone(i32),
+    /// The direct child exited (launcher only).
+    ChildExited(ChildStatus),
+    /// Nothing left to watch.
+    Done,
+}
+
+/// A capture mechanism.
+pub trait Source {
+    /// The next event within `timeout`.
+    fn next(&mut self, timeout: Duration) -> Result<Option<SourceEvent>>;
+    /// Answers a call: `None` runs it, `Some(errno)` fails it.
+    fn respond(&mut self, id: u64, deny: Option<i32>) -> Result<()>;
+}
 
 /// What the loop feeds each call to.
 pub trait Consumer {
     /// A call is about to run; decide what to do with it.
-    fn call(&mut self, ev: &SyscallEvent, arch: Arch, parent: Option<i32>) -> Verdict;
+    fn call(&mut self, ev: &CallEvent) -> Verdict;
     /// Task `tid` of process `pid` exits (`group`: the whole process).
     fn exit(&mut self, pid: i32, tid: i32, group: bool);
     /// Called about once a second: periodic saves and status.
@@ -25,39 +72,114 @@ pub trait Consumer {
     fn poll(&mut self) {}
 }
 
-/// The parent of a task seen for the first time: the thread group leader for a
-/// thread, else the PPid from /proc (a forked child).
-fn parent_of(ev: &SyscallEvent) -> Option<i32> {
-    if ev.tid != ev.pid {
-        return Some(ev.pid);
+fn arch_of(audit_arch: u32) -> Arch {
+    match audit_arch {
+        nr::AUDIT_ARCH_I386 => Arch::I386,
+        _ => Arch::X86_64,
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", ev.tid)).ok()?;
+}
+
+/// The seccomp launcher as a source.
+pub struct Launcher(pub Supervisor);
+
+/// The parent of a launched task seen for the first time: the thread group leader for
+/// a thread, else the PPid from /proc (a forked child).
+fn parent_from_proc(tid: i32, pid: i32) -> Option<i32> {
+    if tid != pid {
+        return Some(pid);
+    }
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("PPid:"))
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The executable identity of an event.
-pub fn exe_key(ev: &SyscallEvent) -> ExeKey {
-    ExeKey {
-        dev: ev.exe.dev,
-        ino: ev.exe.ino,
+impl Source for Launcher {
+    fn next(&mut self, timeout: Duration) -> Result<Option<SourceEvent>> {
+        use homeostat_seccomp::Event;
+        Ok(match self.0.next(Some(timeout))? {
+            None => None,
+            Some(Event::ChildExited(st)) => Some(SourceEvent::ChildExited(st)),
+            Some(Event::TreeGone) => Some(SourceEvent::Done),
+            Some(Event::Syscall(ev)) => Some(SourceEvent::Call(CallEvent {
+                id: ev.id,
+                tid: ev.tid,
+                pid: ev.pid,
+                arch: arch_of(ev.arch),
+                audit_arch: ev.arch,
+                nr: ev.nr,
+                exe: ExeKey {
+                    dev: ev.exe.dev,
+                    ino: ev.exe.ino,
+                },
+                path: Arc::from(ev.exe.path.as_path()),
+                parent: if ev.new_task {
+                    parent_from_proc(ev.tid, ev.pid)
+                } else {
+                    None
+                },
+            })),
+        })
+    }
+
+    fn respond(&mut self, id: u64, deny: Option<i32>) -> Result<()> {
+        use homeostat_seccomp::Action;
+        let action = deny.map_or(Action::Continue, Action::Deny);
+        self.0.respond(id, action)?;
+        Ok(())
     }
 }
 
-/// Runs `argv` under the supervisor until the whole process tree is gone; returns how
-/// the direct child ended.
-pub fn run(
-    argv: &[OsString],
-    opts: &LaunchOptions,
+/// A ptrace attach as a source.
+pub struct Attached(pub Option<homeostat_ptrace::Tracer>);
+
+impl Source for Attached {
+    fn next(&mut self, timeout: Duration) -> Result<Option<SourceEvent>> {
+        use homeostat_ptrace::TraceEvent;
+        let Some(t) = self.0.as_mut() else {
+            return Ok(Some(SourceEvent::Done));
+        };
+        Ok(match t.next(Some(timeout))? {
+            None => None,
+            Some(TraceEvent::AllGone) => Some(SourceEvent::Done),
+            Some(TraceEvent::TaskGone { tid }) => Some(SourceEvent::TaskGone(tid)),
+            Some(TraceEvent::Syscall(s)) => Some(SourceEvent::Call(CallEvent {
+                id: s.tid as u64,
+                tid: s.tid,
+                pid: s.pid,
+                arch: arch_of(s.arch),
+                audit_arch: s.arch,
+                nr: s.nr,
+                exe: ExeKey {
+                    dev: s.exe.dev,
+                    ino: s.exe.ino,
+                },
+                path: Arc::from(s.exe.path.as_path()),
+                parent: if s.new_task { s.parent } else { None },
+            })),
+        })
+    }
+
+    fn respond(&mut self, id: u64, deny: Option<i32>) -> Result<()> {
+        use homeostat_ptrace::Action;
+        if let Some(t) = self.0.as_mut() {
+            t.respond(id as i32, deny.map_or(Action::Continue, Action::Deny))?;
+        }
+        Ok(())
+    }
+}
+
+/// Drives `source` into `consumer` until there is nothing left to watch or `stop` is
+/// set; returns how the direct child ended (launcher) or `None`.
+pub fn drive(
+    source: &mut dyn Source,
     consumer: &mut dyn Consumer,
-) -> Result<ChildStatus> {
-    let mut sup = Supervisor::spawn(argv, opts)
-        .with_context(|| format!("cannot run {}", argv[0].to_string_lossy()))?;
-    // Delayed calls: (when to answer, notification id).
+    stop: &AtomicBool,
+) -> Result<Option<ChildStatus>> {
+    // Delayed calls: (when to answer, id).
     let mut timers: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
-    let mut status = ChildStatus::Unknown;
+    let mut status = None;
     let mut last_tick = Instant::now();
     loop {
         let now = Instant::now();
@@ -66,44 +188,42 @@ pub fn run(
                 break;
             }
             timers.pop();
-            sup.respond(id, Action::Continue)?;
+            source.respond(id, None)?;
         }
         consumer.poll();
         if now.duration_since(last_tick) >= Duration::from_secs(1) {
             consumer.tick();
             last_tick = now;
         }
+        if stop.load(Ordering::Relaxed) {
+            // Held calls run now: never leave a task waiting on a monitor that leaves.
+            while let Some(Reverse((_, id))) = timers.pop() {
+                source.respond(id, None)?;
+            }
+            break;
+        }
         let wait = timers
             .peek()
             .map(|Reverse((due, _))| due.saturating_duration_since(now))
-            .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(1));
-        match sup.next(Some(wait))? {
+            .unwrap_or(Duration::from_millis(200))
+            .min(Duration::from_millis(200));
+        match source.next(wait)? {
             None => {}
-            Some(Event::ChildExited(st)) => status = st,
-            // Held calls of tasks that died are answered (ENOENT, ignored) first.
-            Some(Event::TreeGone) if timers.is_empty() => break,
-            // TreeGone comes back at once on every call: wait for the timer instead.
-            Some(Event::TreeGone) => std::thread::sleep(wait),
-            Some(Event::Syscall(ev)) => {
-                let arch = match ev.arch {
-                    nr::AUDIT_ARCH_I386 => Arch::I386,
-                    _ => Arch::X86_64,
-                };
-                let parent = if ev.new_task { parent_of(&ev) } else { None };
-                let verdict = consumer.call(&ev, arch, parent);
-                match verdict {
-                    Verdict::Continue => {
-                        sup.respond(ev.id, Action::Continue)?;
-                    }
-                    Verdict::Refuse => {
-                        sup.respond(ev.id, Action::Deny(libc::EPERM))?;
-                    }
+            Some(SourceEvent::ChildExited(st)) => status = Some(st),
+            Some(SourceEvent::TaskGone(tid)) => consumer.exit(tid, tid, false),
+            // Held calls of tasks that died are answered (and ignored) first.
+            Some(SourceEvent::Done) if timers.is_empty() => break,
+            // Done comes back at once on every call: wait for the timer instead.
+            Some(SourceEvent::Done) => std::thread::sleep(wait),
+            Some(SourceEvent::Call(ev)) => {
+                match consumer.call(&ev) {
+                    Verdict::Continue => source.respond(ev.id, None)?,
+                    Verdict::Refuse => source.respond(ev.id, Some(libc::EPERM))?,
                     Verdict::Delay(ns) => {
-                        timers.push(Reverse((Instant::now() + Duration::from_nanos(ns), ev.id)));
+                        timers.push(Reverse((Instant::now() + Duration::from_nanos(ns), ev.id)))
                     }
                 }
-                match nr::kind(ev.arch, ev.nr) {
+                match nr::kind(ev.audit_arch, ev.nr) {
                     Kind::Exit => consumer.exit(ev.pid, ev.tid, false),
                     Kind::ExitGroup => consumer.exit(ev.pid, ev.tid, true),
                     _ => {}
@@ -113,6 +233,19 @@ pub fn run(
     }
     consumer.tick();
     Ok(status)
+}
+
+/// Runs `argv` under the seccomp launcher until the whole process tree is gone;
+/// returns how the direct child ended.
+pub fn run(
+    argv: &[OsString],
+    opts: &LaunchOptions,
+    consumer: &mut dyn Consumer,
+) -> Result<ChildStatus> {
+    let sup = Supervisor::spawn(argv, opts)
+        .with_context(|| format!("cannot run {}", argv[0].to_string_lossy()))?;
+    let status = drive(&mut Launcher(sup), consumer, &AtomicBool::new(false))?;
+    Ok(status.unwrap_or(ChildStatus::Unknown))
 }
 
 /// The shell-style exit code of a child status.

@@ -399,3 +399,77 @@ fn ps_and_profile_admin_talk_to_the_running_monitor() {
         "socket removed"
     );
 }
+
+#[test]
+fn attach_learns_a_running_process_and_ctrl_c_detaches() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    /// Kills the target even when an assertion fails, so no loop is left behind.
+    struct Target(std::process::Child);
+    impl Drop for Target {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut target = Target(
+        Command::new("sh")
+            .args(["-c", "while true; do cat /dev/null; sleep 0.05; done"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = target.0.id() as i32;
+    // The monitor runs under its own sh so that it is not the target's parent.
+    let mut monitor = bin()
+        .args(["attach", "--learn", "--quiet", "--state-dir"])
+        .arg(&state)
+        .arg(pid.to_string())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = |p: i32| std::fs::read_to_string(format!("/proc/{p}/status")).unwrap();
+    assert!(
+        status(pid).contains(&format!("TracerPid:\t{}", monitor.id())),
+        "{}",
+        status(pid)
+    );
+    // Ctrl-C.
+    unsafe_free_sigint(monitor.id());
+    assert!(monitor.wait().unwrap().success());
+    let st = status(pid);
+    assert!(st.contains("TracerPid:\t0"), "{st}");
+    let run_state = st
+        .lines()
+        .find_map(|l| l.strip_prefix("State:"))
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap();
+    assert!(
+        run_state != "T" && run_state != "t",
+        "left stopped: {run_state}"
+    );
+    // Still alive and forking: its children keep appearing.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(target.0.try_wait().unwrap().is_none());
+    let out = bin()
+        .args(["profile", "list", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let list = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        list.contains("/cat") && list.contains("/sleep"),
+        "{list} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Sends SIGINT with the kill command (no unsafe libc call in tests).
+fn unsafe_free_sigint(pid: u32) {
+    let st = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}

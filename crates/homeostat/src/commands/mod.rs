@@ -22,6 +22,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Inspect { profile } => inspect::run(&profile),
         Command::Run(a) => run::run(a),
+        Command::Attach(a) => run::attach(a),
         Command::Record(a) => run::record(a),
         Command::Profile(c) => profile::run(c),
         Command::Ps { json, state } => profile::ps(json, &state),

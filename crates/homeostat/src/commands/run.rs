@@ -3,19 +3,20 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use homeostat_core::ph::{ExeKey, Mode, PhConfig, Verdict};
 use homeostat_monitor::{default_state_dir, Call, Engine, EventRecord, ProfileStore};
-use homeostat_seccomp::{FailMode, LaunchOptions, SyscallEvent};
+use homeostat_seccomp::{FailMode, LaunchOptions};
 use homeostat_syscalls::Arch;
 use homeostat_traces::recording::{Header, Writer};
 
-use crate::cli::{RecordArgs, RunArgs, StateFlags};
+use crate::cli::{AttachArgs, MonitorFlags, RecordArgs, RunArgs, StateFlags};
 use crate::control::{Request, Server};
-use crate::launch::{self, exe_key, Consumer};
+use crate::launch::{self, Attached, CallEvent, Consumer};
 
 /// The pH parameters: the config file's, or the defaults.
 pub fn load_config(state: &StateFlags) -> Result<PhConfig> {
@@ -76,17 +77,17 @@ impl PhConsumer {
 }
 
 impl Consumer for PhConsumer {
-    fn call(&mut self, ev: &SyscallEvent, arch: Arch, parent: Option<i32>) -> Verdict {
-        let path = ev.exe.path.to_string_lossy();
+    fn call(&mut self, ev: &CallEvent) -> Verdict {
+        let path = ev.path.to_string_lossy();
         self.engine.on_syscall(
             &Call {
                 tid: ev.tid,
                 pid: ev.pid,
-                exe: exe_key(ev),
+                exe: ev.exe,
                 path: &path,
-                arch,
+                arch: ev.arch,
                 nr: ev.nr,
-                parent,
+                parent: ev.parent,
             },
             now_ns(),
         )
@@ -184,25 +185,27 @@ pub fn describe(r: &EventRecord) -> Option<String> {
     })
 }
 
-pub fn run(a: RunArgs) -> Result<()> {
-    let mut config = load_config(&a.state)?;
-    if a.learn {
+/// A pH consumer set up from the monitoring flags: config, state directory, events
+/// sink, control channel. Returns it with a counter of anomalous calls.
+fn monitor(m: &MonitorFlags) -> Result<(PhConsumer, Arc<Mutex<u64>>)> {
+    let mut config = load_config(&m.state)?;
+    if m.learn {
         config.mode = Mode::Learn;
-    } else if a.detect {
+    } else if m.detect {
         config.mode = Mode::Detect;
-    } else if a.enforce {
+    } else if m.enforce {
         config.mode = Mode::Enforce;
     }
-    if let Some(w) = a.normal_wait {
+    if let Some(w) = m.normal_wait {
         config.normal_wait_secs = w;
     }
     config
         .validate()
         .map_err(|e| anyhow!("configuration: {e}"))?;
-    let store = open_store(&a.state)?;
+    let store = open_store(&m.state)?;
     let state_dir = store.dir().to_path_buf();
 
-    let mut json: Option<Box<dyn Write + Send>> = match &a.events {
+    let mut json: Option<Box<dyn Write + Send>> = match &m.events {
         None => None,
         Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
         Some(p) => Some(Box::new(BufWriter::new(
@@ -213,7 +216,7 @@ pub fn run(a: RunArgs) -> Result<()> {
                 .with_context(|| format!("opening events file {}", p.display()))?,
         ))),
     };
-    let quiet = a.quiet;
+    let quiet = m.quiet;
     let anomalies = Arc::new(Mutex::new(0u64));
     let count = anomalies.clone();
     let sink = Box::new(move |r: &EventRecord| {
@@ -238,6 +241,18 @@ pub fn run(a: RunArgs) -> Result<()> {
     }
     let mut consumer = PhConsumer::new(engine);
     consumer.serve_control(&state_dir);
+    Ok((consumer, anomalies))
+}
+
+fn report(quiet: bool, anomalies: &Mutex<u64>) {
+    let n = *anomalies.lock().unwrap_or_else(|e| e.into_inner());
+    if !quiet && n > 0 {
+        eprintln!("homeostat: {n} anomalous calls");
+    }
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    let (mut consumer, anomalies) = monitor(&a.monitor)?;
     let opts = LaunchOptions {
         fail_mode: if a.fail_closed {
             FailMode::Closed
@@ -249,13 +264,41 @@ pub fn run(a: RunArgs) -> Result<()> {
     let status = launch::run(&a.command, &opts, &mut consumer);
     consumer.save();
     let status = status?;
-    let n = *anomalies.lock().unwrap_or_else(|e| e.into_inner());
-    if !a.quiet && n > 0 {
-        eprintln!("homeostat: {n} anomalous calls");
-    }
+    report(a.monitor.quiet, &anomalies);
     // exit() skips destructors: close the control socket first.
     drop(consumer);
     std::process::exit(launch::exit_code(status));
+}
+
+pub fn attach(a: AttachArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
+        .context("installing the Ctrl-C handler")?;
+    let (mut consumer, anomalies) = monitor(&a.monitor)?;
+    let opts = homeostat_ptrace::AttachOptions {
+        descendants: a.descendants,
+        ..Default::default()
+    };
+    let tracer = homeostat_ptrace::Tracer::attach(a.pid, &opts)?;
+    if !a.monitor.quiet {
+        eprintln!(
+            "homeostat: attached to {}; Ctrl-C detaches and leaves it running",
+            a.pid
+        );
+    }
+    let mut source = Attached(Some(tracer));
+    let result = launch::drive(&mut source, &mut consumer, &stop);
+    // Detach whatever happened: the process must never stay traced or stopped.
+    let detached = source.0.take().map(|t| t.detach_all()).transpose();
+    consumer.save();
+    result?;
+    detached?;
+    report(a.monitor.quiet, &anomalies);
+    if !a.monitor.quiet {
+        eprintln!("homeostat: detached from {}", a.pid);
+    }
+    Ok(())
 }
 
 /// Writes every call to a recording.
@@ -267,8 +310,8 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn try_call(&mut self, ev: &SyscallEvent, arch: Arch) -> std::io::Result<()> {
-        let key = exe_key(ev);
+    fn try_call(&mut self, ev: &CallEvent) -> std::io::Result<()> {
+        let key = ev.exe;
         let next = self.exes.len() as u64 + 1;
         let id = match self.exes.get(&key) {
             Some(&id) => id,
@@ -277,7 +320,7 @@ impl Recorder {
                     next,
                     key.dev,
                     key.ino,
-                    ev.exe.path.as_os_str().as_encoded_bytes(),
+                    ev.path.as_os_str().as_encoded_bytes(),
                 )?;
                 self.exes.insert(key, next);
                 next
@@ -287,7 +330,7 @@ impl Recorder {
             Some(old) if old != id => self.w.exec(ev.pid as u32, ev.tid as u32, id)?,
             _ => {}
         }
-        let nr = match arch {
+        let nr = match ev.arch {
             Arch::X86_64 => ev.nr,
             Arch::I386 => homeostat_monitor::engine::I386_OFFSET + ev.nr,
         };
@@ -297,9 +340,9 @@ impl Recorder {
 }
 
 impl Consumer for Recorder {
-    fn call(&mut self, ev: &SyscallEvent, arch: Arch, _parent: Option<i32>) -> Verdict {
+    fn call(&mut self, ev: &CallEvent) -> Verdict {
         if self.error.is_none() {
-            if let Err(e) = self.try_call(ev, arch) {
+            if let Err(e) = self.try_call(ev) {
                 self.error = Some(e);
             }
         }
