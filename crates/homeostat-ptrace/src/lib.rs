@@ -26,7 +26,6 @@ mod proc;
 mod sys;
 mod tracer;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,25 +103,7 @@ pub struct SyscallStop {
     pub parent: Option<i32>,
 }
 
-/// An executable, identified by device and inode (what homeostat keys profiles on) and
-/// named by the path the kernel reports for `/proc/PID/exe`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Exe {
-    pub dev: u64,
-    pub ino: u64,
-    pub path: PathBuf,
-}
-
-impl Exe {
-    /// What is reported when /proc could not be read for a live task (dev = ino = 0).
-    pub fn unknown() -> Exe {
-        Exe {
-            dev: 0,
-            ino: 0,
-            path: PathBuf::new(),
-        }
-    }
-}
+pub use homeostat_proc::Exe;
 
 /// Why attaching, waiting, answering or detaching failed. Messages are one line naming
 /// the pid and what failed.

@@ -1,36 +1,22 @@
 //! /proc readers: a task's thread group, executable, state and tracer, and a process's
 //! threads. Read once per task (and once per exec), never per call.
 
-use std::os::unix::fs::MetadataExt;
-
-use crate::Exe;
+pub(crate) use homeostat_proc::exe;
+use homeostat_proc::{stat_field, status_field};
 
 /// `Tgid:` of /proc/TID/status, or `None` if the task is gone.
 pub(crate) fn tgid(tid: i32) -> Option<i32> {
-    status_field(tid, "Tgid:")
+    status_field(tid, "Tgid:").and_then(|v| i32::try_from(v).ok())
 }
 
 /// `TracerPid:` of /proc/TID/status (0: not traced).
 pub(crate) fn tracer(tid: i32) -> Option<i32> {
-    status_field(tid, "TracerPid:")
-}
-
-fn status_field(tid: i32, name: &str) -> Option<i32> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(name))?
-        .trim()
-        .parse()
-        .ok()
+    status_field(tid, "TracerPid:").and_then(|v| i32::try_from(v).ok())
 }
 
 /// The state letter of /proc/TID/stat (`R`, `S`, `D`, `T`, `t`, `Z`, ...).
 pub(crate) fn state(tid: i32) -> Option<char> {
-    let stat = std::fs::read(format!("/proc/{tid}/stat")).ok()?;
-    // The command name in parentheses may itself contain spaces and ')'.
-    let close = stat.iter().rposition(|&c| c == b')')?;
-    stat.get(close + 2).map(|&c| c as char)
+    stat_field(tid, 3)?.chars().next()
 }
 
 pub(crate) fn exists(tid: i32) -> bool {
@@ -64,24 +50,7 @@ pub(crate) fn children_of(parents: &std::collections::HashSet<i32>) -> Vec<i32> 
 
 /// Field 4 of /proc/PID/stat.
 fn ppid(pid: i32) -> Option<i32> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    let close = stat.iter().rposition(|&c| c == b')')?;
-    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-    rest.split_ascii_whitespace().nth(1)?.parse().ok()
-}
-
-/// What /proc/TID/exe names now; dev = ino = 0 if it cannot be read (a kernel thread, a
-/// task that just died).
-pub(crate) fn exe(tid: i32) -> Exe {
-    let link = format!("/proc/{tid}/exe");
-    match (std::fs::metadata(&link), std::fs::read_link(&link)) {
-        (Ok(md), Ok(path)) => Exe {
-            dev: md.dev(),
-            ino: md.ino(),
-            path,
-        },
-        _ => Exe::unknown(),
-    }
+    stat_field(pid, 4)?.parse().ok()
 }
 
 /// `kernel.yama.ptrace_scope`, if Yama is present.

@@ -4,27 +4,9 @@
 //! wrapper, whose `PEEK*` requests change the calling convention; none of the requests
 //! here needs that. Errors come back as [`Errno`] values, never panics.
 
-use std::fmt;
-
 use libc::{c_int, c_long, c_void};
 
-/// An `errno` value. `Display` gives the C library's text ("No such process") without
-/// Rust's " (os error N)" suffix, so messages read like the shell's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Errno(pub i32);
-
-impl fmt::Display for Errno {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = std::io::Error::from_raw_os_error(self.0).to_string();
-        let text = match text.rfind(" (os error ") {
-            Some(cut) => &text[..cut],
-            None => &text[..],
-        };
-        f.write_str(text)
-    }
-}
-
-impl std::error::Error for Errno {}
+pub use homeostat_proc::Errno;
 
 fn last_errno() -> i32 {
     // SAFETY: __errno_location always returns a valid pointer to this thread's errno.

@@ -34,7 +34,6 @@ mod keeper;
 mod supervisor;
 mod sys;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use supervisor::Supervisor;
@@ -141,25 +140,7 @@ pub struct SyscallEvent {
     pub new_task: bool,
 }
 
-/// An executable, identified by device and inode (what homeostat keys profiles on) and
-/// named by the path the kernel reports for `/proc/PID/exe`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Exe {
-    pub dev: u64,
-    pub ino: u64,
-    pub path: PathBuf,
-}
-
-impl Exe {
-    /// What is reported when /proc could not be read for a live task (dev = ino = 0).
-    pub fn unknown() -> Exe {
-        Exe {
-            dev: 0,
-            ino: 0,
-            path: PathBuf::new(),
-        }
-    }
-}
+pub use homeostat_proc::Exe;
 
 /// Why spawning or serving failed. Messages are one line naming what failed.
 #[derive(Debug, thiserror::Error)]

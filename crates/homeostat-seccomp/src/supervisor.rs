@@ -14,7 +14,6 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,39 +133,18 @@ fn remaining_ms(deadline: Option<Instant>) -> i32 {
 
 /// /proc readers. Allocation is fine here (supervisor side only).
 mod proc {
-    use super::*;
+    pub(super) use homeostat_proc::exe;
+    use homeostat_proc::{stat_field, status_field};
 
     /// (Tgid, start time) of a task, or `None` if it is gone.
     pub(super) fn tgid_and_start(tid: i32) -> Option<(i32, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-        let tgid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Tgid:"))?
-            .trim()
-            .parse()
-            .ok()?;
+        let tgid = i32::try_from(status_field(tid, "Tgid:")?).ok()?;
         Some((tgid, start_time(tid)?))
     }
 
     /// Field 22 of /proc/TID/stat (start time in clock ticks since boot).
     pub(super) fn start_time(tid: i32) -> Option<u64> {
-        let stat = std::fs::read(format!("/proc/{tid}/stat")).ok()?;
-        let close = stat.iter().rposition(|&c| c == b')')?;
-        let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-        // After "(comm)": field 3 (state) is index 0, so field 22 is index 19.
-        rest.split_ascii_whitespace().nth(19)?.parse().ok()
-    }
-
-    pub(super) fn exe(tid: i32) -> Exe {
-        let link = format!("/proc/{tid}/exe");
-        match (std::fs::metadata(&link), std::fs::read_link(&link)) {
-            (Ok(md), Ok(path)) => Exe {
-                dev: md.dev(),
-                ino: md.ino(),
-                path,
-            },
-            _ => Exe::unknown(),
-        }
+        stat_field(tid, 22)?.parse().ok()
     }
 }
 

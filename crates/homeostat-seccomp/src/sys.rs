@@ -5,28 +5,11 @@
 //! pre-exec child run there): none allocates, takes a lock, or touches Rust's std I/O.
 //! Errors are returned as [`Errno`] values, never panics.
 
-use std::fmt;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use libc::{c_int, c_long, c_uint};
 
-/// An `errno` value. `Display` gives the C library's text ("No such file or directory")
-/// without Rust's " (os error N)" suffix, so error messages read like the shell's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Errno(pub i32);
-
-impl fmt::Display for Errno {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = std::io::Error::from_raw_os_error(self.0).to_string();
-        let text = match text.rfind(" (os error ") {
-            Some(cut) => &text[..cut],
-            None => &text[..],
-        };
-        f.write_str(text)
-    }
-}
-
-impl std::error::Error for Errno {}
+pub use homeostat_proc::Errno;
 
 /// The calling thread's `errno` (async-signal-safe: reads the TLS slot).
 pub(crate) fn last_errno() -> i32 {

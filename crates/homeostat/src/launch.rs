@@ -88,11 +88,7 @@ fn parent_from_proc(tid: i32, pid: i32) -> Option<i32> {
     if tid != pid {
         return Some(pid);
     }
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))
-        .and_then(|v| v.trim().parse().ok())
+    i32::try_from(homeostat_proc::status_field(tid, "PPid:")?).ok()
 }
 
 impl Source for Launcher {

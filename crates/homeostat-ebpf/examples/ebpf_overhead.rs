@@ -3,7 +3,7 @@
 //! training, and normal. Rounds interleave the four so machine noise hits all alike;
 //! medians are printed with their ratio to the untraced run. Needs root.
 //!
-//! `cargo run --release -p homeostat-ebpf --example overhead [ROUNDS] [COUNT]`
+//! `cargo run --release -p homeostat-ebpf --example ebpf_overhead [ROUNDS] [COUNT]`
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
