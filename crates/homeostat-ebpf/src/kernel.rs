@@ -271,6 +271,10 @@ fn libbpf_tail() -> String {
     }
 }
 
+/// A profile's pairs: (current call, previous call, distance mask), as
+/// [`Kernel::pairs`] returns them.
+pub type PairList = Vec<(u16, u16, u8)>;
+
 /// The loaded and attached programs and their maps.
 pub struct Kernel {
     _links: Vec<Link>,
@@ -481,6 +485,36 @@ impl Kernel {
             }
         }
         out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Every profile's pairs in one walk of the rows map (what [`Kernel::pairs`] gives
+    /// for one profile), for saving many profiles at once.
+    pub fn all_pairs(&self) -> Result<BTreeMap<ExeKey, PairList>, Error> {
+        let mut out: BTreeMap<ExeKey, PairList> = BTreeMap::new();
+        for k in self.rows.keys().filter(|k| k.len() == ROW_KEY_LEN) {
+            let Some(row) = self
+                .rows
+                .lookup(&k, MapFlags::ANY)
+                .map_err(map_err("hs_rows", "lookup"))?
+            else {
+                continue;
+            };
+            let exe = ExeKey {
+                dev: u64_at(&k, 0),
+                ino: u64_at(&k, 8),
+            };
+            let cur = u32_at(&k, 16) as u16;
+            let v = out.entry(exe).or_default();
+            for (prev, &m) in row.iter().enumerate().take(ROW) {
+                if m != 0 {
+                    v.push((cur, prev as u16, m));
+                }
+            }
+        }
+        for v in out.values_mut() {
+            v.sort_unstable();
+        }
         Ok(out)
     }
 

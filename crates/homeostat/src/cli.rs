@@ -52,6 +52,9 @@ pub enum Command {
     /// The whole pH cycle on a small service shipped with homeostat: learn, become
     /// normal, then an exploit: anomalies, growing delays, refused execve.
     Demo(DemoArgs),
+    /// System-wide pH in the foreground (eBPF, root): every executable gets a profile
+    /// that learns, becomes normal and reports anomalies. Detect only: no response.
+    Daemon(DaemonArgs),
 }
 
 /// Where state lives and how pH is configured (shared by run and profile commands).
@@ -112,6 +115,30 @@ pub struct AttachArgs {
     pub descendants: bool,
     /// The process to watch (and the children it creates from now on).
     pub pid: i32,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Train only: profiles never become normal, nothing is tested.
+    #[arg(long, group = "mode")]
+    pub learn: bool,
+    /// Train and detect (the default; the daemon never responds).
+    #[arg(long, group = "mode")]
+    pub detect: bool,
+    /// Seconds a frozen profile waits before it becomes normal (pH: 7 days).
+    #[arg(long)]
+    pub normal_wait: Option<f64>,
+    /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Write events as JSON lines to this file ("-": standard output).
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    /// No event summary on standard error.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub state: StateFlags,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,6 @@
 //! One module per subcommand; each turns parsed arguments into library calls.
 
+mod daemon;
 mod demo;
 mod eval;
 mod inspect;
@@ -27,6 +28,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Profile(c) => profile::run(c),
         Command::Ps { json, state } => profile::ps(json, &state),
         Command::Demo(a) => demo::run(a),
+        Command::Daemon(a) => daemon::run(a),
     }
 }
 
