@@ -252,7 +252,13 @@ pub fn evaluate(
     let threads = opts.threads.max(1);
     // One untimed pass first, as a benchmark warms up: the timed pass then measures the
     // scoring loop, not first-touch page faults and cold caches of a fresh profile.
-    score_all(&model, &traces, &vec![false; traces.len()], threads, &|_| {});
+    score_all(
+        &model,
+        &traces,
+        &vec![false; traces.len()],
+        threads,
+        &|_| {},
+    );
     let t1 = Instant::now();
     let scored = score_all(&model, &traces, &keep, threads, progress);
     let test_seconds = t1.elapsed().as_secs_f64();
