@@ -94,7 +94,10 @@ mod tests {
     fn reads_this_process() {
         let me = std::process::id() as i32;
         assert_eq!(status_field(me, "Tgid:"), Some(i64::from(me)));
-        assert_eq!(stat_field(me, 3).as_deref(), Some("R"));
+        // The test thread itself is running; the main thread may be asleep.
+        let link = std::fs::read_link("/proc/thread-self").unwrap();
+        let tid: i32 = link.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        assert_eq!(stat_field(tid, 3).as_deref(), Some("R"));
         assert_eq!(
             stat_field(me, 4).and_then(|p| p.parse::<i64>().ok()),
             status_field(me, "PPid:")
