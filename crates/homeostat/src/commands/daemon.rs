@@ -20,8 +20,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +34,7 @@ use homeostat_monitor::{write_atomic, EventRecord};
 use homeostat_syscalls::Arch;
 use serde::{Deserialize, Serialize};
 
-use super::run::{describe, load_config, now_ns, open_store};
+use super::run::{config_from_flags, describe, now_ns, open_events, open_store};
 use crate::cli::DaemonArgs;
 use crate::control::{Request, Server};
 
@@ -97,7 +96,7 @@ struct Daemon {
     config: PhConfig,
     dir: PathBuf,
     profiles: HashMap<ExeKey, Prof>,
-    json: Option<Box<dyn Write>>,
+    json: Option<Box<dyn Write + Send>>,
     quiet: bool,
     stats: Stats,
 }
@@ -421,34 +420,26 @@ pub fn run(a: DaemonArgs) -> Result<()> {
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
         .context("installing the Ctrl-C handler")?;
-    let mut config = load_config(&a.state)?;
-    if a.learn {
-        config.mode = Mode::Learn;
-    } else if a.detect || config.mode == Mode::Enforce {
-        // The daemon has no response yet: enforce means detect here.
+    // The daemon has no response yet: enforce (the config default) means detect here.
+    let mut config = config_from_flags(
+        &a.state,
+        if a.learn {
+            Some(Mode::Learn)
+        } else if a.detect {
+            Some(Mode::Detect)
+        } else {
+            None
+        },
+        a.normal_wait,
+    )?;
+    if config.mode == Mode::Enforce {
         config.mode = Mode::Detect;
     }
-    if let Some(w) = a.normal_wait {
-        config.normal_wait_secs = w;
-    }
-    config
-        .validate()
-        .map_err(|e| anyhow!("configuration: {e}"))?;
     let store = open_store(&a.state)?;
     let state_dir = store.dir().to_path_buf();
     let dir = state_dir.join("daemon");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let json: Option<Box<dyn Write>> = match &a.events {
-        None => None,
-        Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
-        Some(p) => Some(Box::new(BufWriter::new(
-            File::options()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("opening events file {}", p.display()))?,
-        ))),
-    };
+    let json = open_events(a.events.as_deref())?;
 
     let kernel = Kernel::load(&Options {
         auto_create: true,

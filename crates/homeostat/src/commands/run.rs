@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +27,41 @@ pub fn load_config(state: &StateFlags) -> Result<PhConfig> {
             .ph),
         None => Ok(PhConfig::default()),
     }
+}
+
+/// The pH parameters: the config file's, with the mode and normal_wait flags (when
+/// given) on top, validated.
+pub fn config_from_flags(
+    state: &StateFlags,
+    mode: Option<Mode>,
+    normal_wait: Option<f64>,
+) -> Result<PhConfig> {
+    let mut config = load_config(state)?;
+    if let Some(mode) = mode {
+        config.mode = mode;
+    }
+    if let Some(w) = normal_wait {
+        config.normal_wait_secs = w;
+    }
+    config
+        .validate()
+        .map_err(|e| anyhow!("configuration: {e}"))?;
+    Ok(config)
+}
+
+/// The `--events` sink: appended JSON lines to a file, `-` for standard output.
+pub fn open_events(path: Option<&Path>) -> Result<Option<Box<dyn Write + Send>>> {
+    Ok(match path {
+        None => None,
+        Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
+        Some(p) => Some(Box::new(BufWriter::new(
+            File::options()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening events file {}", p.display()))?,
+        ))),
+    })
 }
 
 /// Opens the state directory named by the flags (or the default one).
@@ -188,34 +224,18 @@ pub fn describe(r: &EventRecord) -> Option<String> {
 /// A pH consumer set up from the monitoring flags: config, state directory, events
 /// sink, control channel. Returns it with a counter of anomalous calls.
 fn monitor(m: &MonitorFlags) -> Result<(PhConsumer, Arc<Mutex<u64>>)> {
-    let mut config = load_config(&m.state)?;
-    if m.learn {
-        config.mode = Mode::Learn;
-    } else if m.detect {
-        config.mode = Mode::Detect;
-    } else if m.enforce {
-        config.mode = Mode::Enforce;
-    }
-    if let Some(w) = m.normal_wait {
-        config.normal_wait_secs = w;
-    }
-    config
-        .validate()
-        .map_err(|e| anyhow!("configuration: {e}"))?;
+    let mode = [
+        (m.learn, Mode::Learn),
+        (m.detect, Mode::Detect),
+        (m.enforce, Mode::Enforce),
+    ]
+    .into_iter()
+    .find_map(|(set, mode)| set.then_some(mode));
+    let config = config_from_flags(&m.state, mode, m.normal_wait)?;
     let store = open_store(&m.state)?;
     let state_dir = store.dir().to_path_buf();
 
-    let mut json: Option<Box<dyn Write + Send>> = match &m.events {
-        None => None,
-        Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
-        Some(p) => Some(Box::new(BufWriter::new(
-            File::options()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("opening events file {}", p.display()))?,
-        ))),
-    };
+    let mut json = open_events(m.events.as_deref())?;
     let quiet = m.quiet;
     let anomalies = Arc::new(Mutex::new(0u64));
     let count = anomalies.clone();
