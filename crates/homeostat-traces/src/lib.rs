@@ -143,6 +143,16 @@ pub trait Visitor {
     }
 }
 
+/// Ends the traces still open at the end of a file, in the order they began (keys grow
+/// in order of `begin`), so output does not depend on hash-map order.
+pub(crate) fn end_remaining(keys: impl IntoIterator<Item = u64>, v: &mut dyn Visitor) {
+    let mut rest: Vec<u64> = keys.into_iter().collect();
+    rest.sort_unstable();
+    for key in rest {
+        v.end(key);
+    }
+}
+
 /// One trace: its user-visible id and its system call numbers in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Trace {

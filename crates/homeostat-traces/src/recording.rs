@@ -634,11 +634,7 @@ pub(crate) fn read(
             }
         }
     }
-    let mut rest: Vec<u64> = tasks.into_values().map(|t| t.key).collect();
-    rest.sort_unstable();
-    for key in rest {
-        v.end(key);
-    }
+    crate::end_remaining(tasks.into_values().map(|t| t.key), v);
     Ok(())
 }
 

@@ -294,12 +294,7 @@ pub(crate) fn read(
             v.call(t.key, names.number(name));
         }
     }
-    // Keys grow in order of `begin`, so this ends the remaining traces in that order.
-    let mut rest: Vec<u64> = open.into_values().map(|t| t.key).collect();
-    rest.sort_unstable();
-    for key in rest {
-        v.end(key);
-    }
+    crate::end_remaining(open.into_values().map(|t| t.key), v);
     Ok(())
 }
 
