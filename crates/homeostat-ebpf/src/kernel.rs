@@ -88,6 +88,8 @@ pub struct KernelProfile {
     pub new_pairs: u64,
     /// Anomalous calls while normal.
     pub anomalies: u64,
+    /// Whether an anomalous call of a normal profile stops its process for a response.
+    pub respond: bool,
 }
 
 /// What an event reports.
@@ -120,6 +122,9 @@ pub struct Event {
     pub lfc: u32,
     /// Exec: the path as passed to execve (may be relative; cut at 255 bytes).
     pub path: Option<String>,
+    /// Anomaly: this call sent the process SIGSTOP for a response ([`Kernel::stopped`]
+    /// lists it until [`Kernel::unstop`]).
+    pub stopped: bool,
 }
 
 /// Counters of what the kernel side could not do; none is ever silent.
@@ -133,6 +138,8 @@ pub struct Stats {
     pub tasks_full: u64,
     /// Profiles not created (auto_create) because the profiles map was full.
     pub profiles_full: u64,
+    /// Responses due but not started: the stop map was full or SIGSTOP failed.
+    pub stops_failed: u64,
 }
 
 /// How to load the programs.
@@ -181,8 +188,10 @@ const ROW_KEY_LEN: usize = 24;
 pub const ROW: usize = 512;
 const PROFILE_LEN: usize = 32;
 const CONFIG_LEN: usize = 16;
-const EVENT_LEN: usize = 40;
-const NSTATS: u32 = 4;
+const EVENT_LEN: usize = 48;
+const NSTATS: u32 = 5;
+const TASK_LEN: usize = 64;
+const STOP_LEN: usize = 16;
 
 fn key_bytes(k: ExeKey) -> [u8; KEY_LEN] {
     let mut b = [0; KEY_LEN];
@@ -231,6 +240,7 @@ fn decode_event(b: &[u8]) -> Option<Event> {
         },
         misses: u32_at(b, 32),
         lfc: u32_at(b, 36),
+        stopped: u32_at(b, 40) & 1 != 0,
         path: (kind == EventKind::Exec).then(|| {
             let p = &b[EVENT_LEN..];
             let end = p.iter().position(|&c| c == 0).unwrap_or(p.len());
@@ -284,6 +294,8 @@ pub struct Kernel {
     rows: MapHandle,
     events: MapHandle,
     stats: MapHandle,
+    stopped: MapHandle,
+    tasks: MapHandle,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -341,6 +353,8 @@ impl Kernel {
             rows: dup(&skel.maps.hs_rows, "hs_rows")?,
             events: dup(&skel.maps.hs_events, "hs_events")?,
             stats: dup(&skel.maps.hs_stats, "hs_stats")?,
+            stopped: dup(&skel.maps.hs_stopped, "hs_stopped")?,
+            tasks: dup(&skel.maps.hs_tasks, "hs_tasks")?,
         };
         kernel.configure(opts)?;
 
@@ -423,7 +437,66 @@ impl Kernel {
             calls: u64_at(&v, 8),
             new_pairs: u64_at(&v, 16),
             anomalies: u64_at(&v, 24),
+            respond: u32_at(&v, 4) != 0,
         }))
+    }
+
+    /// Whether the profile's anomalous processes are stopped for a response (only
+    /// while it is normal). Creates the profile (training) if absent.
+    pub fn set_respond(&self, exe: ExeKey, on: bool) -> Result<(), Error> {
+        let k = key_bytes(exe);
+        let mut v = match self
+            .profiles
+            .lookup(&k, MapFlags::ANY)
+            .map_err(map_err("hs_profiles", "lookup"))?
+        {
+            Some(v) if v.len() == PROFILE_LEN => v,
+            _ => vec![0; PROFILE_LEN],
+        };
+        v[4..8].copy_from_slice(&u32::from(on).to_ne_bytes());
+        self.profiles
+            .update(&k, &v, MapFlags::ANY)
+            .map_err(map_err("hs_profiles", "update"))
+    }
+
+    /// What the kernel keeps for thread `tid` (`None`: no such thread, or one the
+    /// programs have not seen make a call).
+    pub fn task(&self, tid: u32) -> Result<Option<TaskState>, Error> {
+        self.probe_ref().task(tid)
+    }
+
+    /// The processes the kernel stopped for a response and userspace has not taken
+    /// over yet: (pid, thread whose call was anomalous, that call).
+    pub fn stopped(&self) -> Vec<(u32, u32, u32)> {
+        stopped_in(&self.stopped)
+    }
+
+    /// Forgets a stopped process (userspace has taken it over, or resumed it).
+    pub fn unstop(&self, pid: u32) {
+        // Absent already is fine: a second unstop, or an entry never made.
+        let _ = self.stopped.delete(&pid.to_ne_bytes());
+    }
+
+    /// A handle for other threads: task states and rows, for the response.
+    pub fn probe(&self) -> Result<Probe, Error> {
+        Ok(Probe {
+            tasks: MapHandle::try_from(&self.tasks).map_err(map_err("hs_tasks", "dup fd"))?,
+            rows: MapHandle::try_from(&self.rows).map_err(map_err("hs_rows", "dup fd"))?,
+            stopped: MapHandle::try_from(&self.stopped).map_err(map_err("hs_stopped", "dup fd"))?,
+        })
+    }
+
+    fn probe_ref(&self) -> ProbeRef<'_> {
+        ProbeRef { tasks: &self.tasks }
+    }
+
+    /// The kernel's id of the stop map, for a keeper process to open it
+    /// ([`resume_stopped_by_id`]) and so outlive this one.
+    pub fn stopped_map_id(&self) -> Result<u32, Error> {
+        self.stopped
+            .info()
+            .map(|i| i.info.id)
+            .map_err(map_err("hs_stopped", "info"))
     }
 
     /// Every profile key the kernel has (with auto_create, every executable seen).
@@ -572,6 +645,7 @@ impl Kernel {
             rows_full: sums[1],
             tasks_full: sums[2],
             profiles_full: sums[3],
+            stops_failed: sums[4],
         })
     }
 
@@ -614,5 +688,225 @@ impl Events<'_> {
         let fd = self.rb.epoll_fd();
         // SAFETY: fd is owned by self.rb and valid while the borrow lasts.
         unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+    }
+}
+
+/// What the kernel keeps for a task (`hs_task` in `src/bpf/homeostat.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskState {
+    /// The executable's profile key.
+    pub exe: ExeKey,
+    /// The last calls, `seq[0]` the most recent (9-bit numbers).
+    pub seq: [u16; 8],
+    /// How many of `seq` are valid.
+    pub nseq: u32,
+    /// The next slot of the locality frame.
+    pub fpos: u32,
+    /// The locality frame count.
+    pub lfc: u32,
+    /// The locality frame, one bit per call of the last 128.
+    pub frame: [u64; 2],
+}
+
+/// Locality frame size in the kernel.
+pub const LOCALITY: u32 = 128;
+
+impl TaskState {
+    fn decode(v: &[u8]) -> Option<TaskState> {
+        if v.len() < TASK_LEN || u32_at(v, 44) == 0 {
+            return None;
+        }
+        let mut seq = [0u16; 8];
+        for (i, s) in seq.iter_mut().enumerate() {
+            *s = u16::from_ne_bytes([v[16 + 2 * i], v[17 + 2 * i]]);
+        }
+        Some(TaskState {
+            exe: ExeKey {
+                dev: u64_at(v, 0),
+                ino: u64_at(v, 8),
+            },
+            seq,
+            nseq: u32_at(v, 32),
+            fpos: u32_at(v, 36),
+            lfc: u32_at(v, 40),
+            frame: [u64_at(v, 48), u64_at(v, 56)],
+        })
+    }
+
+    /// What the kernel will make of this task's next call `nr` against its profile's
+    /// row for `nr` (`None`: no row), in a normal profile: (missing pairs, LFC after
+    /// the call). The same arithmetic as the BPF program, so that a tracer stopped at
+    /// the call's entry (before the tracepoint runs) knows its LFC, as pH did.
+    pub fn after_call(&self, row: Option<&[u8]>, nr: u32) -> (u32, u32) {
+        let _ = nr; // the row is already the one of `nr`
+        let mut misses = 0;
+        for d in 1..=self.nseq.min(8) as usize {
+            let prev = usize::from(self.seq[d - 1]) & (ROW - 1);
+            let bit = 1u8 << (d - 1);
+            if row.is_none_or(|r| r.get(prev).is_none_or(|m| m & bit == 0)) {
+                misses += 1;
+            }
+        }
+        let pos = self.fpos & (LOCALITY - 1);
+        let old = (self.frame[((pos >> 6) & 1) as usize] >> (pos & 63)) & 1;
+        let mut lfc = self.lfc;
+        if old != 0 && lfc > 0 {
+            lfc -= 1;
+        }
+        if misses > 0 {
+            lfc += 1;
+        }
+        (misses, lfc)
+    }
+}
+
+/// Task states and rows, for threads other than the one driving [`Kernel`] (the
+/// response); from [`Kernel::probe`].
+#[derive(Debug)]
+pub struct Probe {
+    tasks: MapHandle,
+    rows: MapHandle,
+    stopped: MapHandle,
+}
+
+struct ProbeRef<'a> {
+    tasks: &'a MapHandle,
+}
+
+impl Probe {
+    fn as_ref(&self) -> ProbeRef<'_> {
+        ProbeRef { tasks: &self.tasks }
+    }
+
+    /// See [`Kernel::task`].
+    pub fn task(&self, tid: u32) -> Result<Option<TaskState>, Error> {
+        self.as_ref().task(tid)
+    }
+
+    /// The LFC thread `tid` will have after its next call `nr` (see
+    /// [`TaskState::after_call`]); `None` when the kernel does not follow it.
+    pub fn lfc_after(&self, tid: u32, nr: u32) -> Result<Option<u32>, Error> {
+        let Some(t) = self.task(tid)? else {
+            return Ok(None);
+        };
+        let cur = (nr as usize).min(ROW - 1) as u16;
+        let row = self
+            .rows
+            .lookup(&row_key_bytes(t.exe, cur), MapFlags::ANY)
+            .map_err(map_err("hs_rows", "lookup"))?;
+        Ok(Some(t.after_call(row.as_deref(), nr).1))
+    }
+
+    /// See [`Kernel::unstop`].
+    pub fn unstop(&self, pid: u32) {
+        let _ = self.stopped.delete(&pid.to_ne_bytes());
+    }
+}
+
+impl ProbeRef<'_> {
+    fn task(&self, tid: u32) -> Result<Option<TaskState>, Error> {
+        // Task storage is keyed by a pidfd from userspace; PIDFD_THREAD names a
+        // thread rather than a process (Linux 6.9+).
+        let Some(fd) = crate::sys::pidfd_thread(tid as i32) else {
+            return Ok(None);
+        };
+        use std::os::fd::AsRawFd;
+        match self
+            .tasks
+            .lookup(&fd.as_raw_fd().to_ne_bytes(), MapFlags::ANY)
+        {
+            Ok(v) => Ok(v.and_then(|v| TaskState::decode(&v))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(map_err("hs_tasks", "lookup")(e)),
+        }
+    }
+}
+
+fn stopped_in(map: &MapHandle) -> Vec<(u32, u32, u32)> {
+    map.keys()
+        .filter(|k| k.len() == 4)
+        .filter_map(|k| {
+            let v = map.lookup(&k, MapFlags::ANY).ok().flatten()?;
+            (v.len() >= STOP_LEN).then(|| (u32_at(&k, 0), u32_at(&v, 8), u32_at(&v, 12)))
+        })
+        .collect()
+}
+
+/// Opens the stop map by id (a keeper process, while the daemon lives) so that it
+/// survives the daemon; see [`Keeper`].
+pub fn open_stopped_map(id: u32) -> Result<Keeper, Error> {
+    MapHandle::from_map_id(id)
+        .map(|stopped| Keeper { stopped })
+        .map_err(map_err("hs_stopped", "open by id"))
+}
+
+/// The stop map held by a process other than the daemon, to resume what the daemon
+/// left stopped if it dies.
+#[derive(Debug)]
+pub struct Keeper {
+    stopped: MapHandle,
+}
+
+impl Keeper {
+    /// Sends SIGCONT to every process in the stop map that is stopped (state `T`), and
+    /// empties the map; returns the pids resumed. A process already taken over (traced)
+    /// or running is left alone.
+    pub fn resume_stopped(&self) -> Vec<u32> {
+        resume_in(&self.stopped)
+    }
+}
+
+impl Kernel {
+    /// What [`Keeper::resume_stopped`] does, from the daemon (at exit).
+    pub fn resume_stopped(&self) -> Vec<u32> {
+        resume_in(&self.stopped)
+    }
+}
+
+fn resume_in(map: &MapHandle) -> Vec<u32> {
+    let mut resumed = vec![];
+    for (pid, _, _) in stopped_in(map) {
+        if crate::sys::stat_state(pid as i32) == Some('T') && crate::sys::sigcont(pid as i32) {
+            resumed.push(pid);
+        }
+        let _ = map.delete(&pid.to_ne_bytes());
+    }
+    resumed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(seq: [u16; 8], nseq: u32, lfc: u32, frame: [u64; 2], fpos: u32) -> TaskState {
+        TaskState {
+            exe: ExeKey { dev: 1, ino: 2 },
+            seq,
+            nseq,
+            fpos,
+            lfc,
+            frame,
+        }
+    }
+
+    #[test]
+    fn after_call_mirrors_the_bpf_test_and_locality_frame() {
+        // seq[0] = 3 (one call back), seq[1] = 4 (two back).
+        let t = task([3, 4, 0, 0, 0, 0, 0, 0], 2, 0, [0, 0], 0);
+        let mut row = vec![0u8; ROW];
+        row[3] = 0b01;
+        row[4] = 0b10;
+        assert_eq!(t.after_call(Some(&row), 7), (0, 0));
+        row[4] = 0b01; // 4 seen one back only: the distance-2 pair is missing
+        assert_eq!(t.after_call(Some(&row), 7), (1, 1));
+        assert_eq!(t.after_call(None, 7), (2, 1));
+        // The slot leaving the frame (pos 65, set) gives its anomaly back.
+        let t = task([3, 4, 0, 0, 0, 0, 0, 0], 2, 5, [0, 1 << 1], 65);
+        assert_eq!(t.after_call(None, 7), (2, 5));
+        row[4] = 0b10;
+        assert_eq!(t.after_call(Some(&row), 7), (0, 4));
+        // Only nseq predecessors count.
+        let t = task([3, 9, 9, 9, 9, 9, 9, 9], 1, 0, [0, 0], 0);
+        assert_eq!(t.after_call(Some(&row), 7), (0, 0));
     }
 }

@@ -262,3 +262,86 @@ fn a_full_ring_buffer_counts_lost_events() {
     assert!(s.lost_events > 0, "{s:?}");
     k.remove_profile(exe).unwrap();
 }
+
+/// The response's kernel half: a normal profile with `respond` stops its process at
+/// the first anomalous call (one stop however many calls follow), reports it, shows
+/// the task's state to userspace, and the process runs to its end once resumed.
+#[test]
+fn responding_profile_stops_the_process_at_its_first_anomaly() {
+    let Some(k) = kernel() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (ls, exe) = private_copy(dir.path(), "/bin/ls");
+    let listed = dir.path().to_str().unwrap().to_string();
+    let got = RefCell::new(Vec::<Event>::new());
+    let events = k.events(|e| got.borrow_mut().push(e)).unwrap();
+    k.set_state(exe, KernelState::Training).unwrap();
+    for _ in 0..5 {
+        run(&ls, &[&listed]);
+    }
+    k.set_state(exe, KernelState::Normal).unwrap();
+    k.set_respond(exe, true).unwrap();
+    assert!(k.profile(exe).unwrap().unwrap().respond);
+    // The trained behaviour is not stopped.
+    run(&ls, &[&listed]);
+    events.poll(Duration::from_millis(50)).unwrap();
+    assert!(got.borrow().iter().all(|e| !e.stopped));
+
+    let mut child = Command::new(&ls)
+        .args(["-laR", "/nonexistent", "/proc/self/"])
+        .env("LC_ALL", "C")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stop = None;
+    for _ in 0..100 {
+        events.poll(Duration::from_millis(20)).unwrap();
+        stop = got.borrow().iter().find(|e| e.stopped).cloned();
+        if stop.is_some() {
+            break;
+        }
+    }
+    let stop = stop.expect("no stopping anomaly event");
+    assert_eq!(
+        (stop.pid, stop.kind, stop.exe),
+        (pid, EventKind::Anomaly, exe)
+    );
+    // Only the first anomaly stops.
+    assert_eq!(got.borrow().iter().filter(|e| e.stopped).count(), 1);
+    let mut state = None;
+    for _ in 0..200 {
+        state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit(')').next().map(|r| r.trim().to_string()));
+        if state.as_deref().is_some_and(|s| s.starts_with('T')) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(state.unwrap().starts_with('T'), "not stopped");
+    assert_eq!(k.stopped(), vec![(pid, stop.tid, stop.nr)]);
+    let t = k.task(stop.tid).unwrap().expect("task state");
+    assert_eq!(t.exe, exe);
+    assert_eq!(t.lfc, stop.lfc);
+    assert!(t.lfc > 0 && t.nseq == 8);
+    // A probe from another thread sees the same task.
+    let probe = k.probe().unwrap();
+    let tid = stop.tid;
+    let seen = std::thread::spawn(move || probe.task(tid).unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(seen, Some(t));
+
+    // Resumed without a tracer, its next anomaly would stop it again.
+    k.set_respond(exe, false).unwrap();
+    assert_eq!(k.resume_stopped(), vec![pid]);
+    assert!(k.stopped().is_empty());
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "ls of /nonexistent fails, but it ran to its end"
+    );
+    assert_eq!(k.stats().unwrap().stops_failed, 0);
+    k.remove_profile(exe).unwrap();
+}

@@ -79,6 +79,16 @@ struct {
 	__type(value, struct hs_row);
 } hs_zero_row SEC(".maps");
 
+/* Processes stopped for a response and not yet taken over by userspace (tgid ->
+ * hs_stop). Also the dedup: one stop per process, however many of its threads are
+ * anomalous before the stop lands. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct hs_stop);
+} hs_stopped SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 22);
@@ -120,8 +130,10 @@ static __always_inline __u64 wakeup_flags(struct hs_config *cfg)
 }
 
 static __always_inline void fill(struct hs_event *e, __u32 kind, __u32 pid, __u32 tid,
-				 __u32 nr, struct hs_key *key, __u32 misses, __u32 lfc)
+				 __u32 nr, struct hs_key *key, __u32 misses, __u32 lfc, __u32 flags)
 {
+	e->flags = flags;
+	e->pad = 0;
 	e->kind = kind;
 	e->pid = pid;
 	e->tid = tid;
@@ -133,7 +145,8 @@ static __always_inline void fill(struct hs_event *e, __u32 kind, __u32 pid, __u3
 }
 
 static __always_inline void emit(struct hs_config *cfg, __u32 kind, __u32 pid, __u32 tid,
-				 __u32 nr, struct hs_key *key, __u32 misses, __u32 lfc)
+				 __u32 nr, struct hs_key *key, __u32 misses, __u32 lfc,
+				 __u32 flags)
 {
 	struct hs_event *e = bpf_ringbuf_reserve(&hs_events, sizeof(*e), 0);
 
@@ -141,8 +154,9 @@ static __always_inline void emit(struct hs_config *cfg, __u32 kind, __u32 pid, _
 		count(HS_STAT_LOST_EVENTS);
 		return;
 	}
-	fill(e, kind, pid, tid, nr, key, misses, lfc);
-	bpf_ringbuf_submit(e, wakeup_flags(cfg));
+	fill(e, kind, pid, tid, nr, key, misses, lfc, flags);
+	/* A stop must reach userspace now: the process waits for it. */
+	bpf_ringbuf_submit(e, (flags & HS_EVF_STOPPED) ? BPF_RB_FORCE_WAKEUP : wakeup_flags(cfg));
 }
 
 static __always_inline void emit_exec(struct hs_config *cfg, __u32 pid, __u32 tid,
@@ -154,7 +168,7 @@ static __always_inline void emit_exec(struct hs_config *cfg, __u32 pid, __u32 ti
 		count(HS_STAT_LOST_EVENTS);
 		return;
 	}
-	fill(&e->ev, HS_EV_EXEC, pid, tid, 0, key, 0, 0);
+	fill(&e->ev, HS_EV_EXEC, pid, tid, 0, key, 0, 0, 0);
 	if (bpf_probe_read_kernel_str(e->path, sizeof(e->path), BPF_CORE_READ(bprm, filename)) < 0)
 		e->path[0] = 0;
 	bpf_ringbuf_submit(e, wakeup_flags(cfg));
@@ -208,6 +222,35 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 	if (bprm)
 		emit_exec(cfg, pid, tid, &t->key, bprm);
 	return t;
+}
+
+/* pH's response starts here: a tracepoint cannot sleep or fail the call, so the
+ * process is stopped (SIGSTOP, delivered when this call returns to user mode) and
+ * userspace takes it over with ptrace to delay its calls and refuse execve. Skipped
+ * for a traced process: either it is already under response (the daemon's tracer
+ * follows forks, and children inherit the LFC), or a debugger owns it and the daemon
+ * could not attach anyway. Returns whether this call stopped the process. */
+static __always_inline bool respond_stop(struct task_struct *task, __u32 pid, __u32 tid,
+					 __u32 nr)
+{
+	struct hs_stop s = { .ktime_ns = bpf_ktime_get_ns(), .tid = tid, .nr = nr };
+	long err;
+
+	if (BPF_CORE_READ(task, ptrace))
+		return false;
+	err = bpf_map_update_elem(&hs_stopped, &pid, &s, BPF_NOEXIST);
+	if (err) {
+		/* EEXIST: another thread got here first (one stop per process). */
+		if (err != -17)
+			count(HS_STAT_STOPS_FAILED);
+		return false;
+	}
+	if (bpf_send_signal(19 /* SIGSTOP */)) {
+		bpf_map_delete_elem(&hs_stopped, &pid);
+		count(HS_STAT_STOPS_FAILED);
+		return false;
+	}
+	return true;
 }
 
 /* One distance: test (normal) or learn (training) the pair (cur, seq[d-1], d). */
@@ -313,12 +356,16 @@ static __always_inline int on_sys_enter(long id)
 	t->fpos = (pos + 1) & (HS_LOCALITY - 1);
 
 	if (misses) {
+		__u32 flags = 0;
+
 		__sync_fetch_and_add(&p->anomalies, 1);
-		emit(cfg, HS_EV_ANOMALY, pid, tid, cur, &t->key, misses, t->lfc);
+		if (p->respond && respond_stop(task, pid, tid, cur))
+			flags = HS_EVF_STOPPED;
+		emit(cfg, HS_EV_ANOMALY, pid, tid, cur, &t->key, misses, t->lfc, flags);
 	}
 	if (learnt) {
 		__sync_fetch_and_add(&p->new_pairs, learnt);
-		emit(cfg, HS_EV_NEW_PAIRS, pid, tid, cur, &t->key, learnt, t->lfc);
+		emit(cfg, HS_EV_NEW_PAIRS, pid, tid, cur, &t->key, learnt, t->lfc, 0);
 	}
 	return 0;
 }

@@ -21,7 +21,8 @@
 #define HS_STAT_ROWS_FULL 1     /* rows map full: pairs were not learnt */
 #define HS_STAT_TASKS_FULL 2    /* task storage or fork map insert failed */
 #define HS_STAT_PROFILES_FULL 3 /* profiles map insert failed (auto_create) */
-#define HS_NSTATS 4
+#define HS_STAT_STOPS_FAILED 4  /* a response was due but the stop could not be made */
+#define HS_NSTATS 5
 
 struct hs_key {
 	__u64 dev; /* st_dev encoding, as stat(2) reports it */
@@ -47,7 +48,7 @@ struct hs_row {
 
 struct hs_profile {
 	__u32 state;
-	__u32 pad;
+	__u32 respond;   /* normal: stop a process at its first anomaly (enforce mode) */
 	__u64 calls;     /* calls seen (either state) */
 	__u64 new_pairs; /* pairs learnt in the kernel */
 	__u64 anomalies; /* anomalous calls while normal */
@@ -79,6 +80,19 @@ struct hs_event {
 	__u64 ino;
 	__u32 misses; /* anomaly: missing pairs; new_pairs: pairs learnt */
 	__u32 lfc;
+	__u32 flags;  /* HS_EVF_* */
+	__u32 pad;
+};
+
+/* event.flags */
+#define HS_EVF_STOPPED 1 /* anomaly: the process was sent SIGSTOP for a response */
+
+/* A process stopped for a response, by tgid, until userspace has taken it over. Its
+ * keeper reads this map to resume every process left stopped if the daemon dies. */
+struct hs_stop {
+	__u64 ktime_ns; /* bpf_ktime_get_ns() at the stop */
+	__u32 tid;      /* the thread whose call was anomalous */
+	__u32 nr;       /* that call */
 };
 
 #define HS_PATH 256

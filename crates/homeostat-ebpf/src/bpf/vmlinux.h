@@ -73,6 +73,7 @@ struct mm_struct {
 };
 
 struct task_struct {
+	unsigned int ptrace;
 	pid_t pid;
 	pid_t tgid;
 	struct mm_struct *mm;
