@@ -1,0 +1,401 @@
+#!/usr/bin/env bash
+# Overhead of the running `homeostat daemon` (system-wide eBPF pH) on syscall-heavy and
+# realistic workloads, as a ratio to the same workload with no daemon, with the
+# profiles training and with them normal.
+#
+# Workloads (shell functions below): dd1 = `dd if=/dev/zero of=/dev/null bs=1
+# count=500000`; dd4 = four of those in parallel; find = `find /usr`; tar = `tar c
+# /usr/include | wc -c`; forkexec = 300 fork+exec of /bin/true from a loop in sh.
+#
+# Conditions:
+#   none      no daemon;
+#   training  `homeostat daemon --learn` on a fresh state directory (every program
+#             gets a new profile at exec and learns; --learn: never normal);
+#   normal    `homeostat daemon --detect` on a copy of a state directory in which the
+#             workloads' programs (dd, find, tar, wc, sh, true) were made normal
+#             beforehand (see "Preparation"). --detect measures the monitoring cost:
+#             any response (delays, stops) costs per anomaly, not per call.
+#
+# Preparation: a daemon with a fresh state directory, `--normal-wait 0` and `--events`
+# runs while small versions of the workloads are repeated (the daemon decides freezing
+# once a second from the kernel's counters; a profile freezes once it has run three
+# times as many calls without a new pair as it took to learn) until the events file
+# shows a state change to normal for each of those programs' profiles, or
+# PREP_TIMEOUT seconds (default 120) have passed: then the programs that are not
+# normal are reported, the benchmark goes on and the table marks the rows concerned.
+#
+# Scheme: the daemon cannot be attached and detached between two runs without its
+# start-up in the way, so each round runs each condition once as a block (for the
+# daemon conditions: start the daemon, wait for its "watching" line and one more
+# second, run the block, stop it with SIGTERM). A block runs every workload REPS
+# times, interleaved (w1 w2 ... w1 w2 ...). The order of the three conditions rotates
+# from round to round (none-training-normal, training-normal-none, ...) so that no
+# condition always runs first or last. Each round's daemons start afresh: a new empty
+# state directory for training, a new copy of the prepared one for normal. A warm-up
+# pass with no daemon (page cache) precedes the rounds. The table gives the medians
+# of the ROUNDS x REPS wall times of each (workload, condition); the clock is bash's
+# EPOCHREALTIME (microseconds, no process started), else `date +%s.%N`.
+#
+# Output: a markdown report on stdout (machine, table, the daemons' CPU time, kernel
+# losses, anomalies seen in the normal condition, and other processes holding BPF
+# links, whose programs would slow every condition); progress on stderr.
+#
+# Usage: scripts/bench-daemon.sh            (root; Linux with BPF and BTF)
+# Environment:
+#   ROUNDS=5        rounds (each condition once per round)
+#   REPS=3          runs of each workload per condition per round
+#   QUICK=1         small workloads for a fast check (dd count=50000, find /usr/share,
+#                   tar /usr/include/linux, PREP_TIMEOUT 60)
+#   PREP_TIMEOUT=S  seconds allowed for the profiles to become normal (default 120)
+#   HOMEOSTAT_BIN=F use this homeostat binary instead of building one
+#                   (default: `cargo build --release -p homeostat` into
+#                   $CARGO_TARGET_DIR, or target/)
+#   KEEP=1          keep the working directory (daemon logs, events, samples)
+set -Eeuo pipefail
+export LC_ALL=C
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "bench-daemon: must run as root (the daemon loads BPF programs)" >&2
+    exit 1
+fi
+
+rounds="${ROUNDS:-5}"
+reps="${REPS:-3}"
+quick="${QUICK:-0}"
+if [ "$quick" = 1 ]; then
+    dd_count=50000
+    find_dir=/usr/share
+    tar_dir=/usr/include/linux
+    prep_timeout="${PREP_TIMEOUT:-60}"
+else
+    dd_count=500000
+    find_dir=/usr
+    tar_dir=/usr/include
+    prep_timeout="${PREP_TIMEOUT:-120}"
+fi
+prep_dd_count=20000
+forks=300
+
+# --- the binary ---------------------------------------------------------------
+if [ -n "${HOMEOSTAT_BIN:-}" ]; then
+    hs="$HOMEOSTAT_BIN"
+else
+    # shellcheck source=scripts/lib/ensure-rust.sh
+    . scripts/lib/ensure-rust.sh
+    echo "== building (cargo build --release -p homeostat)" >&2
+    cargo build --release --quiet -p homeostat
+    hs="${CARGO_TARGET_DIR:-$PWD/target}/release/homeostat"
+fi
+[ -x "$hs" ] || { echo "bench-daemon: no executable at $hs" >&2; exit 1; }
+hs="$(readlink -f "$hs")"
+
+# --- working directory, daemons, cleanup ----------------------------------------
+work="$(mktemp -d /tmp/bench-daemon.XXXXXX)"
+daemon_pid=""
+cleanup() {
+    if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
+        kill -TERM "$daemon_pid" 2>/dev/null || true
+        wait "$daemon_pid" 2>/dev/null || true
+    fi
+    if [ "${KEEP:-0}" = 1 ]; then
+        echo "bench-daemon: working directory kept: $work" >&2
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+trap 'echo "bench-daemon: failed (line $LINENO: $BASH_COMMAND)" >&2' ERR
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start_daemon LOG ARGS...: starts `homeostat daemon ARGS` with stderr to LOG and
+# returns once it prints its "watching" line (and one more second for its first tick).
+start_daemon() {
+    local log="$1" i
+    shift
+    "$hs" daemon "$@" 2>"$log" &
+    daemon_pid=$!
+    for ((i = 0; i < 600; i++)); do
+        if grep -q 'daemon: watching (' "$log"; then
+            sleep 1
+            return 0
+        fi
+        if ! kill -0 "$daemon_pid" 2>/dev/null; then
+            break
+        fi
+        sleep 0.1
+    done
+    echo "bench-daemon: the daemon did not start (homeostat daemon $*):" >&2
+    cat "$log" >&2
+    exit 1
+}
+
+# The daemon's user+system CPU seconds so far.
+daemon_cpu() {
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' \
+        "/proc/$daemon_pid/stat" 2>/dev/null || echo "?"
+}
+
+# stop_daemon NAME: SIGTERM, wait (SIGKILL after 60 s); records its CPU time.
+stop_daemon() {
+    local i
+    echo "$1 $(daemon_cpu)" >>"$work/cpu"
+    kill -TERM "$daemon_pid"
+    for ((i = 0; i < 600; i++)); do
+        kill -0 "$daemon_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$daemon_pid" 2>/dev/null; then
+        echo "bench-daemon: the daemon ignored SIGTERM for 60 s; killing it" >&2
+        kill -KILL "$daemon_pid" 2>/dev/null || true
+    fi
+    wait "$daemon_pid" 2>/dev/null || true
+    daemon_pid=""
+}
+
+# --- workloads ------------------------------------------------------------------
+w_dd1() { dd if=/dev/zero of=/dev/null bs=1 count="$dd_count" status=none; }
+w_dd4() {
+    local pids=() i
+    for i in 1 2 3 4; do
+        dd if=/dev/zero of=/dev/null bs=1 count="$dd_count" status=none &
+        pids+=("$!")
+    done
+    wait "${pids[@]}"
+}
+w_find() { find "$find_dir" >/dev/null 2>&1; }
+w_tar() { tar c "$tar_dir" 2>/dev/null | wc -c >/dev/null; }
+# shellcheck disable=SC2016 # $i is the inner sh's
+w_forkexec() { sh -c 'i=0; while [ $i -lt '"$forks"' ]; do /bin/true; i=$((i+1)); done'; }
+
+workloads=(dd1 dd4 find tar forkexec)
+declare -A label=(
+    [dd1]="\`dd if=/dev/zero of=/dev/null bs=1 count=$dd_count\`"
+    [dd4]="4 x that dd in parallel"
+    [find]="\`find $find_dir\`"
+    [tar]="\`tar c $tar_dir \\| wc -c\`"
+    [forkexec]="$forks fork+exec (\`/bin/true\` from sh)"
+)
+declare -A target=([dd1]=1.10 [dd4]=1.25 [find]=1.03 [tar]=1.03 [forkexec]=1.03)
+# The programs whose profiles a workload exercises (keys of `progs` below).
+declare -A uses=([dd1]="dd" [dd4]="dd" [find]="find" [tar]="tar wc" [forkexec]="sh true")
+
+if [ -n "${EPOCHREALTIME:-}" ]; then
+    clock() { T="$EPOCHREALTIME"; }
+else
+    clock() { T="$(date +%s.%N)"; }
+fi
+T=0
+
+# Other processes holding BPF links (another daemon, the ebpf tests...): their
+# programs run on every call of every condition, so they are reported. Call it with
+# no daemon of ours running.
+foreign_bpf() {
+    { find /proc/[0-9]*/fd -maxdepth 1 \( -lname 'anon_inode:bpf_link' -o -lname 'anon_inode:bpf-raw*' \) \
+        2>/dev/null || true; } | cut -d/ -f3 | sort -u | while read -r pid; do
+        [ "$pid" = "$daemon_pid" ] || echo "$pid($(cat "/proc/$pid/comm" 2>/dev/null))"
+    done
+}
+
+# measure COND: runs every workload REPS times, interleaved, appending
+# "workload cond t0 t1" lines to the samples file.
+measure() {
+    local cond="$1" r w t0
+    for ((r = 0; r < reps; r++)); do
+        for w in "${workloads[@]}"; do
+            clock
+            t0="$T"
+            "w_$w" || true
+            clock
+            echo "$w $cond $t0 $T" >>"$work/samples"
+        done
+    done
+}
+
+# --- the programs to make normal ---------------------------------------------------
+# name -> resolved path and daemon profile key (<st_dev hex>-<st_ino hex>, ExeKey).
+declare -A progs=([dd]=dd [find]=find [tar]=tar [wc]=wc [sh]=sh [true]=/bin/true)
+declare -A path key
+for p in "${!progs[@]}"; do
+    c="${progs[$p]}"
+    [ "${c#/}" != "$c" ] || c="$(command -v "$c" || true)"
+    f="$(readlink -f "$c" 2>/dev/null || true)"
+    if [ -z "$f" ] || [ ! -x "$f" ]; then
+        echo "bench-daemon: $p not found" >&2
+        exit 1
+    fi
+    path[$p]="$f"
+    key[$p]="$(printf '%x-%x' "$(stat -L -c %d "$f")" "$(stat -L -c %i "$f")")"
+done
+prog_names=(dd find tar wc sh true)
+
+echo "# homeostat daemon overhead"
+echo
+echo "- $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)); kernel $(uname -r); load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
+echo "- binary: $hs"
+echo "- ROUNDS=$rounds REPS=$reps QUICK=$quick; clock: $([ -n "${EPOCHREALTIME:-}" ] && echo 'bash EPOCHREALTIME' || echo 'date +%s.%N')"
+echo "- programs: $(for p in "${prog_names[@]}"; do printf '%s=%s (%s) ' "$p" "${path[$p]}" "${key[$p]}"; done | sed 's/ $//')"
+if others="$(pgrep -x homeostat)"; then
+    echo "- WARNING: other homeostat processes are running (pids: $(echo "$others" | tr '\n' ' ')): their BPF programs add to every condition"
+fi
+echo
+
+# --- preparation: make the programs' profiles normal ---------------------------------
+prep_state="$work/prep-state"
+prep_events="$work/prep-events.jsonl"
+mkdir -p "$prep_state"
+echo "== preparation: profiles of ${prog_names[*]} to normal (timeout ${prep_timeout} s)" >&2
+# Warm the page cache first, with no daemon.
+for w in "${workloads[@]}"; do "w_$w" || true; done
+start_daemon "$work/prep.log" --state-dir "$prep_state" --normal-wait 0 --detect -q \
+    --events "$prep_events"
+
+# Programs whose profile has been reported as becoming normal, by key or exe path.
+normal_now() {
+    local p out=()
+    for p in "${prog_names[@]}"; do
+        if grep -F '"event":"state_change"' "$prep_events" 2>/dev/null | grep -F '"to":"normal"' |
+            grep -qF -e "\"profile\":\"${key[$p]}\"" -e "\"exe\":\"${path[$p]}\""; then
+            out+=("$p")
+        fi
+    done
+    echo "${out[*]}"
+}
+prep_start=$SECONDS
+iterations=0
+while :; do
+    done_now="$(normal_now)"
+    [ "$(wc -w <<<"$done_now")" -lt "${#prog_names[@]}" ] || break
+    if ((SECONDS - prep_start >= prep_timeout)); then
+        break
+    fi
+    (
+        dd_count=$prep_dd_count
+        for w in "${workloads[@]}"; do "w_$w" || true; done
+    )
+    iterations=$((iterations + 1))
+done
+prep_secs=$((SECONDS - prep_start))
+stop_daemon prep
+# What the saved profiles say (the daemon saves at exit).
+not_normal=()
+for p in "${prog_names[@]}"; do
+    f="$prep_state/daemon/${key[$p]}.json"
+    if ! [ -f "$f" ] || ! grep -q '"state":"normal"' "$f"; then
+        not_normal+=("$p")
+    fi
+done
+if [ "${#not_normal[@]}" -eq 0 ]; then
+    echo "- preparation: all of ${prog_names[*]} normal after $prep_secs s ($iterations passes of the small workloads)"
+else
+    echo "- preparation: NOT normal after $prep_secs s ($iterations passes): ${not_normal[*]}; normal: $(normal_now)"
+    for p in "${not_normal[@]}"; do
+        f="$prep_state/daemon/${key[$p]}.json"
+        if [ -f "$f" ]; then
+            echo "  - $p: saved $(grep -o '"state":"[a-z]*"' "$f"), $(grep -o '"train_count":[0-9]*' "$f"), $(grep -o '"last_mod_count":[0-9]*' "$f")"
+        else
+            echo "  - $p: no saved profile"
+        fi
+    done
+fi
+echo "- normal condition: daemon in --detect mode (the monitoring cost; a response costs per anomaly, not per call)"
+
+# --- rounds ----------------------------------------------------------------------
+conds=(none training normal)
+: >"$work/samples"
+: >"$work/cpu"
+: >"$work/foreign"
+bench_start=$SECONDS
+run_cond() {
+    local cond="$1" r="$2" others
+    # Checked before this block's daemon starts (the check runs find, which the
+    # daemon would profile).
+    others="$(foreign_bpf | tr '\n' ' ')"
+    [ -z "$others" ] || echo "$cond: ${others% }" >>"$work/foreign"
+    case "$cond" in
+    none) measure none ;;
+    training)
+        mkdir -p "$work/train-$r"
+        start_daemon "$work/train-$r.log" --state-dir "$work/train-$r" --learn -q
+        measure training
+        stop_daemon training
+        ;;
+    normal)
+        cp -a "$prep_state" "$work/normal-$r"
+        rm -rf "$work/normal-$r/run"
+        start_daemon "$work/normal-$r.log" --state-dir "$work/normal-$r" --detect -q \
+            --events "$work/normal-$r.jsonl"
+        measure normal
+        stop_daemon normal
+        ;;
+    esac
+}
+for ((r = 0; r < rounds; r++)); do
+    order=("${conds[@]:r%3}" "${conds[@]:0:r%3}")
+    echo "== round $((r + 1))/$rounds: ${order[*]}" >&2
+    for c in "${order[@]}"; do run_cond "$c" "$r"; done
+done
+bench_secs=$((SECONDS - bench_start))
+
+# --- report ------------------------------------------------------------------------
+echo "- rounds took $bench_secs s (preparation $prep_secs s)"
+echo
+echo "| workload | none (s) | training (s, ratio) | normal (s, ratio) | target | met (training / normal) |"
+echo "|---|---|---|---|---|---|"
+for w in "${workloads[@]}"; do
+    mark=""
+    for p in ${uses[$w]}; do
+        for q in "${not_normal[@]}"; do
+            [ "$p" != "$q" ] || mark+="${mark:+, }$p"
+        done
+    done
+    [ -z "$mark" ] || mark=" (not normal: $mark)"
+    awk -v w="$w" -v label="${label[$w]}" -v tgt="${target[$w]}" -v mark="$mark" '
+        function median(c,   n, i, j, t, v) {
+            n = 0
+            for (i = 1; i <= cnt[c]; i++) v[++n] = s[c, i]
+            for (i = 2; i <= n; i++) {           # insertion sort, n is small
+                t = v[i]
+                for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]
+                v[j + 1] = t
+            }
+            if (n == 0) return -1
+            return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+        }
+        $1 == w { c = $2; s[c, ++cnt[c]] = $4 - $3 }
+        END {
+            b = median("none"); t = median("training"); n = median("normal")
+            rt = t / b; rn = n / b
+            printf "| %s | %.3f | %.3f (%.2fx) | %.3f (%.2fx)%s | <= %.2fx | %s / %s |\n",
+                label, b, t, rt, n, rn, mark, tgt,
+                (rt <= tgt ? "yes" : "no"), (rn <= tgt ? "yes" : "no")
+        }' "$work/samples"
+done
+echo
+echo "Medians of $((rounds * reps)) runs per cell (${rounds} rounds x ${reps})."
+
+# Daemon CPU time, kernel losses, anomalies seen in the normal condition.
+awk '$1 != "prep" && $2 != "?" { cpu[$1] += $2; n[$1]++ }
+     END { for (c in cpu) printf "- daemon CPU (user+sys), %s: %.2f s over %d runs of the block\n", c, cpu[c], n[c] }' \
+    "$work/cpu" | sort
+losses="$(grep -h 'kernel losses' "$work"/*.log 2>/dev/null || true)"
+if [ -n "$losses" ]; then
+    echo "- kernel losses reported by the daemons:"
+    # shellcheck disable=SC2001
+    sed 's/^/  - /' <<<"$losses"
+else
+    echo "- kernel losses: none reported"
+fi
+anom=""
+for p in "${prog_names[@]}"; do
+    n="$(cat "$work"/normal-*.jsonl 2>/dev/null | grep -F '"event":"anomaly"' |
+        grep -cF "\"profile\":\"${key[$p]}\"" || true)"
+    anom+="$p $n, "
+done
+total="$(cat "$work"/normal-*.jsonl 2>/dev/null | grep -cF '"event":"anomaly"' || true)"
+echo "- anomaly events during the normal condition: ${anom}all profiles $total"
+if [ -s "$work/foreign" ]; then
+    echo "- WARNING: other processes held BPF links at the start of $(wc -l <"$work/foreign") blocks (their programs slow every condition):"
+    sort "$work/foreign" | uniq -c | sed 's/^ */  - /'
+fi
