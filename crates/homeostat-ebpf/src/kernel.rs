@@ -477,6 +477,12 @@ impl Kernel {
         let _ = self.stopped.delete(&pid.to_ne_bytes());
     }
 
+    /// See [`Probe::release`].
+    pub fn release(&self, pid: u32) {
+        crate::sys::sigcont(pid as i32);
+        self.unstop(pid);
+    }
+
     /// A handle for other threads: task states and rows, for the response.
     pub fn probe(&self) -> Result<Probe, Error> {
         Ok(Probe {
@@ -800,6 +806,14 @@ impl Probe {
     /// See [`Kernel::unstop`].
     pub fn unstop(&self, pid: u32) {
         let _ = self.stopped.delete(&pid.to_ne_bytes());
+    }
+
+    /// Ends the kernel's stop of process `pid`: SIGCONT, then [`Probe::unstop`]. Done
+    /// once a tracer holds it (the tracer, not the stop, controls it from then on), or
+    /// instead of a takeover that failed, so that it never stays stopped.
+    pub fn release(&self, pid: u32) {
+        crate::sys::sigcont(pid as i32);
+        self.unstop(pid);
     }
 }
 

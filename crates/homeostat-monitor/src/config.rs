@@ -9,6 +9,10 @@
 //! max_delay_ms = 2000.0
 //! suspend_execve = 10
 //! mode = "enforce"             # learn | detect | enforce
+//!
+//! [modes]                        # per executable (homeostat daemon), by path
+//! "/usr/sbin/sshd" = "enforce"
+//! "/usr/bin/make" = "learn"
 //! ```
 
 use std::path::Path;
@@ -23,6 +27,10 @@ pub struct ConfigFile {
     /// pH parameters.
     #[serde(default)]
     pub ph: PhConfig,
+    /// Per-executable modes (by path), overriding `ph.mode`; used by the daemon,
+    /// which watches many programs at once.
+    #[serde(default)]
+    pub modes: std::collections::BTreeMap<String, homeostat_core::ph::Mode>,
 }
 
 /// Reads and validates a configuration file; errors name the file.
@@ -53,6 +61,10 @@ mod tests {
         std::fs::write(&p, "[ph]\nanomaly_limt = 5\n").unwrap();
         let e = load(&p).unwrap_err();
         assert!(e.contains("c.toml") && e.contains("anomaly_limt"), "{e}");
+        std::fs::write(&p, "[modes]\n\"/bin/sh\" = \"learn\"\n").unwrap();
+        assert_eq!(load(&p).unwrap().modes["/bin/sh"], Mode::Learn);
+        std::fs::write(&p, "[modes]\n\"/bin/sh\" = \"lurk\"\n").unwrap();
+        assert!(load(&p).unwrap_err().contains("c.toml"));
         std::fs::write(&p, "[ph]\nwindow = 1\n").unwrap();
         assert!(load(&p).unwrap_err().contains("window 1"));
     }

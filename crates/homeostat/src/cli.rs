@@ -53,8 +53,25 @@ pub enum Command {
     /// normal, then an exploit: anomalies, growing delays, refused execve.
     Demo(DemoArgs),
     /// System-wide pH in the foreground (eBPF, root): every executable gets a profile
-    /// that learns, becomes normal and reports anomalies. Detect only: no response.
+    /// that learns and becomes normal; anomalies are reported and (enforce) answered
+    /// with delays and execve refusal.
     Daemon(DaemonArgs),
+    /// A running daemon's counters: events/s, anomalies, responses, losses, profiles.
+    Status {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        state: StateFlags,
+    },
+    /// Started by `homeostat daemon`: resumes the processes the kernel stopped if the
+    /// daemon dies.
+    #[command(hide = true)]
+    DaemonKeeper {
+        /// The kernel's id of the stop map.
+        #[arg(long)]
+        map_id: u32,
+    },
 }
 
 /// Where state lives and how pH is configured (shared by run and profile commands).
@@ -122,9 +139,17 @@ pub struct DaemonArgs {
     /// Train only: profiles never become normal, nothing is tested.
     #[arg(long, group = "mode")]
     pub learn: bool,
-    /// Train and detect (the default; the daemon never responds).
+    /// Train and detect (events), but never stop, delay or refuse.
     #[arg(long, group = "mode")]
     pub detect: bool,
+    /// Train, detect and respond once normal: stop, delay, refuse execve (pH's
+    /// behaviour; the default unless the config file sets another mode).
+    #[arg(long, group = "mode")]
+    pub enforce: bool,
+    /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9464); off
+    /// by default.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Seconds a frozen profile waits before it becomes normal (pH: 7 days).
     #[arg(long)]
     pub normal_wait: Option<f64>,

@@ -25,6 +25,10 @@ pub enum Request {
     Ps,
     /// Save every profile now (so admin commands see the live state on disk).
     Save,
+    /// Counters (the daemon; a `homeostat run` monitor answers an error).
+    Status,
+    /// The daemon's profiles (a `homeostat run` monitor answers an error).
+    Profiles,
     /// Profile administration, by profile key (`<dev>-<ino>`).
     Normalize { key: String },
     /// Back to training.

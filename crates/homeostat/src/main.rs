@@ -6,6 +6,7 @@ mod commands;
 mod control;
 mod fsutil;
 mod launch;
+mod metrics;
 mod progress;
 mod sample;
 

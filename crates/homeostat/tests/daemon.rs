@@ -1,7 +1,8 @@
 //! `homeostat daemon` on the real kernel (root, BPF, BTF; skips with a message
 //! otherwise): a private copy of ls is learnt until normal, an unusual run of it
 //! raises anomalies with its pid, SIGINT saves the profile, and a restarted daemon
-//! loads it as normal and detects with it.
+//! loads it as normal and detects with it. With enforce, a private shell is stopped at
+//! its first anomaly, delayed, refused an execve, and let go once its LFC is 0.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
@@ -89,7 +90,11 @@ fn learns_detects_saves_and_reloads() {
     let state = dir.path().join("state");
     let ev1 = dir.path().join("ev1.jsonl");
 
-    let (mut d, rx) = daemon(&state, &ev1, &["--duration", "25", "--normal-wait", "0.5"]);
+    let (mut d, rx) = daemon(
+        &state,
+        &ev1,
+        &["--duration", "25", "--normal-wait", "0.5", "--detect"],
+    );
     if ready(&mut d, &rx).is_none() {
         return;
     }
@@ -164,7 +169,7 @@ fn learns_detects_saves_and_reloads() {
 
     // Restart: loaded as normal, detects at once.
     let ev2 = dir.path().join("ev2.jsonl");
-    let (mut d, rx) = daemon(&state, &ev2, &["--duration", "3"]);
+    let (mut d, rx) = daemon(&state, &ev2, &["--duration", "3", "--detect"]);
     ready(&mut d, &rx).expect("BPF worked a moment ago");
     let pid = run(&weird);
     let st = d.wait().unwrap();
@@ -183,4 +188,187 @@ fn learns_detects_saves_and_reloads() {
         "no anomaly after reload"
     );
     eprintln!("daemon test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+fn root_and_btf() -> bool {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: homeostat daemon needs root");
+        return false;
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        eprintln!("skipping: the kernel has no BTF");
+        return false;
+    }
+    true
+}
+
+/// A private copy of dash, a data file and the trained script: 300 reads of the file
+/// by shell builtins only (no fork), so every run is the same calls.
+struct Shell {
+    dir: tempfile::TempDir,
+    sh: std::path::PathBuf,
+    key: String,
+    trained: String,
+}
+
+fn shell() -> Shell {
+    let dir = tempfile::tempdir().unwrap();
+    let sh = dir.path().join("sh-copy");
+    std::fs::copy("/usr/bin/dash", &sh).unwrap();
+    let data = dir.path().join("data");
+    std::fs::write(&data, "x\n").unwrap();
+    let m = std::fs::metadata(&sh).unwrap();
+    let key = format!("{:x}-{:x}", m.dev(), m.ino());
+    let trained = format!(
+        "i=0; while [ $i -lt 300 ]; do read x < {}; i=$((i+1)); done; echo done",
+        data.display()
+    );
+    Shell {
+        dir,
+        sh,
+        key,
+        trained,
+    }
+}
+
+/// Runs the shell until the daemon's events say its profile is normal.
+fn train_until_normal(s: &Shell, ev: &Path) {
+    let t = Instant::now();
+    loop {
+        for _ in 0..5 {
+            let o = Command::new(&s.sh)
+                .arg("-c")
+                .arg(&s.trained)
+                .output()
+                .unwrap();
+            assert!(o.status.success());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if has(&events(ev), |e| {
+            e["profile"] == s.key.as_str() && e["event"] == "state_change" && e["to"] == "normal"
+        }) {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "shell not normal after 20 s"
+        );
+    }
+}
+
+fn state_of(pid: u32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit(')').next()?.trim().chars().next()
+}
+
+#[test]
+fn enforce_stops_delays_refuses_execve_and_lets_go() {
+    if !root_and_btf() {
+        return;
+    }
+    let s = shell();
+    let state = s.dir.path().join("state");
+    let ev = s.dir.path().join("ev.jsonl");
+    let conf = s.dir.path().join("ph.toml");
+    // Small delays so the test is quick; execve refused from LFC 1. Only the private
+    // shell responds: the host is in detect mode, so with a normal_wait this short the
+    // machine's other programs (the test harness, cargo...) are never stopped.
+    std::fs::write(
+        &conf,
+        format!(
+            "[ph]\nmode = \"detect\"\ndelay_factor_ms = 0.5\nmax_delay_ms = 8.0\nsuspend_execve = 1\n\n[modes]\n\"{}\" = \"enforce\"\n",
+            s.sh.display()
+        ),
+    )
+    .unwrap();
+    let (mut d, rx) = daemon(
+        &state,
+        &ev,
+        &[
+            "--duration",
+            "60",
+            "--normal-wait",
+            "0.5",
+            "--config",
+            conf.to_str().unwrap(),
+        ],
+    );
+    if ready(&mut d, &rx).is_none() {
+        return;
+    }
+    train_until_normal(&s, &ev);
+
+    // New behaviour first (calls dash's trained run never made), then a command (fork
+    // + execve while the LFC is high), then the trained loop, long enough for the
+    // locality frame to empty.
+    let script = format!(
+        "umask 077; cd /; kill -0 $$; /bin/true; echo rc=$?; {}",
+        s.trained
+    );
+    let t = Instant::now();
+    let out = Command::new(&s.sh).arg("-c").arg(&script).output().unwrap();
+    let took = t.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The execve was refused (dash reports 126 for a command it cannot execute), and
+    // the shell itself ran to its end.
+    assert!(
+        stdout.contains("rc=126"),
+        "stdout {stdout:?} stderr {stderr:?}"
+    );
+    assert!(stdout.contains("done"), "{stdout:?}");
+    assert!(out.status.success());
+
+    std::thread::sleep(Duration::from_millis(400));
+    let evs = events(&ev);
+    let mine: Vec<&Value> = evs
+        .iter()
+        .filter(|e| {
+            e["profile"] == s.key.as_str()
+                || e["exe"].as_str().is_some_and(|x| x.ends_with("sh-copy"))
+        })
+        .collect();
+    let stop = mine
+        .iter()
+        .find(|e| e["event"] == "anomaly" && e["action"] == "stop")
+        .unwrap_or_else(|| panic!("no stop: {mine:?}"));
+    let pid = stop["pid"].as_u64().unwrap();
+    assert_eq!(stop["state"], "normal");
+    assert!(
+        has(&evs, |e| e["event"] == "delay_start" && e["pid"] == pid),
+        "no delay_start"
+    );
+    assert!(
+        has(&evs, |e| e["event"] == "exec_refused"
+            && e["action"] == "refuse_exec"),
+        "no exec_refused: {mine:?}"
+    );
+    let end = evs
+        .iter()
+        .find(|e| e["event"] == "delay_stop" && e["pid"] == pid)
+        .unwrap_or_else(|| panic!("no delay_stop for {pid}"));
+    assert_eq!(end["why"], "LFC back to 0", "{end}");
+    let delays = end["delays"].as_u64().unwrap();
+    assert!(delays > 0, "{end}");
+    // Each delay is at least delay_factor x 2 = 1 ms.
+    assert!(
+        took >= Duration::from_millis(delays),
+        "{delays} delays in {took:?}"
+    );
+    eprintln!("shell under response: {delays} delayed calls, ran {took:?}");
+
+    // `homeostat status` sees the response.
+    let st = Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(["status", "--json", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert!(v[0]["responses"].as_u64().unwrap() >= 1, "{v}");
+    assert!(v[0]["execve_refused"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v[0]["losses"]["lost_events"], 0, "{v}");
+
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    assert!(d.wait().unwrap().success());
+    assert_eq!(state_of(pid as u32), None, "the shell is gone");
 }

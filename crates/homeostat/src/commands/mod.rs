@@ -29,6 +29,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ps { json, state } => profile::ps(json, &state),
         Command::Demo(a) => demo::run(a),
         Command::Daemon(a) => daemon::run(a),
+        Command::Status { json, state } => daemon::status(json, &state),
+        Command::DaemonKeeper { map_id } => daemon::keeper::run(map_id),
     }
 }
 

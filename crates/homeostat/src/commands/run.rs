@@ -29,6 +29,16 @@ pub fn load_config(state: &StateFlags) -> Result<PhConfig> {
     }
 }
 
+/// The config file's per-executable modes (`[modes]`), if any.
+pub fn load_modes(state: &StateFlags) -> Result<std::collections::BTreeMap<String, Mode>> {
+    match &state.config {
+        Some(p) => Ok(homeostat_monitor::config::load(p)
+            .map_err(|e| anyhow!(e))?
+            .modes),
+        None => Ok(Default::default()),
+    }
+}
+
 /// The pH parameters: the config file's, with the mode and normal_wait flags (when
 /// given) on top, validated.
 pub fn config_from_flags(
@@ -157,6 +167,9 @@ fn handle(engine: &mut Engine, req: Request) -> serde_json::Value {
     use serde_json::json;
     let key = match &req {
         Request::Ps => return json!({ "tasks": engine.tasks() }),
+        Request::Status | Request::Profiles => {
+            return json!({ "error": "not a daemon (homeostat run keeps its profiles in profiles/)" })
+        }
         Request::Save => {
             let errors: Vec<String> = engine.save().iter().map(|e| e.to_string()).collect();
             return json!({ "ok": errors.is_empty(), "errors": errors });
@@ -182,7 +195,11 @@ fn handle(engine: &mut Engine, req: Request) -> serde_json::Value {
         Request::Normalize { .. } => p.normalize(&mut |_| {}),
         Request::Sensitize { .. } => p.sensitize("sensitized", &mut |_| {}),
         Request::Tolerize { .. } => p.tolerize(),
-        Request::Ps | Request::Save | Request::Reset { .. } => {}
+        Request::Ps
+        | Request::Save
+        | Request::Status
+        | Request::Profiles
+        | Request::Reset { .. } => {}
     }
     p.dirty = true;
     let state = p.state;

@@ -1,0 +1,96 @@
+//! The keeper: a small process beside the daemon whose one job is that no process stays
+//! stopped if the daemon dies.
+//!
+//! The kernel side stops an anomalous process (SIGSTOP) and records it in its stop map
+//! until the daemon has taken it over. If the daemon is killed in between (SIGKILL, a
+//! crash, the OOM killer), nobody would resume it. So the daemon starts
+//! `homeostat daemon-keeper --map-id N` with a pipe on its standard input: the keeper
+//! opens the stop map by id (holding it alive past the daemon), says `ready`, and
+//! waits for end of file, which comes when the daemon exits however it exits. Then it
+//! sends SIGCONT to every process of the map still stopped, and exits.
+//!
+//! It ignores SIGINT, SIGTERM and SIGHUP and runs in its own process group, so a
+//! Ctrl-C at the terminal or systemd's stop signal cannot take it down before the
+//! daemon it guards.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use homeostat_ebpf::open_stopped_map;
+
+/// The daemon's handle on its keeper: dropping it (or the daemon's death) closes the
+/// pipe, and the keeper resumes what is left stopped.
+pub struct KeeperHandle {
+    child: Child,
+    pipe: Option<ChildStdin>,
+}
+
+impl KeeperHandle {
+    /// Starts the keeper for the stop map `map_id` and waits until it holds the map.
+    pub fn start(map_id: u32) -> Result<KeeperHandle> {
+        let exe = std::env::current_exe().context("locating the homeostat binary")?;
+        let mut child = Command::new(exe)
+            .args(["daemon-keeper", "--map-id", &map_id.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .context("starting the keeper")?;
+        let pipe = child.stdin.take().expect("piped");
+        let mut out = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        out.read_line(&mut line).context("waiting for the keeper")?;
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(anyhow!("the keeper did not start (see its message above)"));
+        }
+        Ok(KeeperHandle {
+            child,
+            pipe: Some(pipe),
+        })
+    }
+
+    /// The keeper's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for KeeperHandle {
+    fn drop(&mut self) {
+        // Closing the pipe is the signal; then collect the keeper (it exits in well
+        // under a second).
+        drop(self.pipe.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// `homeostat daemon-keeper --map-id N` (started by the daemon, not by hand).
+pub fn run(map_id: u32) -> Result<()> {
+    // Ignored: only the daemon's exit ends the keeper.
+    ctrlc::set_handler(|| {}).context("ignoring termination signals")?;
+    let keeper = open_stopped_map(map_id)?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut sink = Vec::new();
+    // Returns at end of file: the daemon has exited (or closed its end).
+    let _ = std::io::stdin().lock().read_to_end(&mut sink);
+    // The daemon's programs are detached as its descriptors close; a stop made by a
+    // program still running then is caught by the second look.
+    let mut resumed = vec![];
+    for wait in [Duration::from_millis(50), Duration::from_millis(300)] {
+        std::thread::sleep(wait);
+        resumed.extend(keeper.resume_stopped());
+    }
+    if !resumed.is_empty() {
+        eprintln!(
+            "homeostat: keeper: the daemon exited; resumed {} stopped process(es): {resumed:?}",
+            resumed.len()
+        );
+    }
+    Ok(())
+}

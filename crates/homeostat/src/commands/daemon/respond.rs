@@ -1,0 +1,261 @@
+//! pH's response for the daemon: take over a process the kernel side has stopped at an
+//! anomalous call, delay each of its calls by `delay_factor x 2^LFC`, refuse execve
+//! while its LFC is at least `suspend_execve`, and let it go once its LFC is back to 0.
+//!
+//! Why ptrace: a BPF tracepoint cannot sleep or fail a call, and BPF LSM / fentry are
+//! refused on these kernels, so the kernel side can only stop the process
+//! (`bpf_send_signal(SIGSTOP)`, at the first anomalous call, which has already run).
+//! A thread per process then seizes it (`homeostat-ptrace`, which follows its forks),
+//! resumes it with SIGCONT, and holds each call at its entry. The LFC a call will have
+//! is computed from the kernel's own state of the thread and the profile's row, with
+//! the BPF program's arithmetic (`TaskState::after_call`), because the tracer stops
+//! the call before the tracepoint sees it.
+//!
+//! The process comes first: if the takeover fails it is resumed at once; the tracer
+//! does not set EXITKILL, so if the daemon dies its tracees are detached and run on;
+//! and a process stopped but not yet taken over is resumed by the keeper
+//! (`keeper.rs`).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use homeostat_core::ph::PhConfig;
+use homeostat_ebpf::{Kernel, Probe};
+use homeostat_ptrace::{Action, AttachOptions, TraceEvent, Tracer};
+
+/// What a response thread tells the daemon loop.
+#[derive(Debug, Clone)]
+pub enum Report {
+    /// The process is traced and running again under delays.
+    Started,
+    /// A call is held for `delay_ns`; `first` for the first delay of the response.
+    Delayed {
+        pid: u32,
+        tid: u32,
+        nr: u32,
+        lfc: u32,
+        delay_ns: u64,
+    },
+    /// An execve was refused with EPERM.
+    ExecRefused { pid: u32, tid: u32, lfc: u32 },
+    /// The response ended (LFC back to 0, the process gone, or the daemon stopping);
+    /// the process was detached.
+    Finished {
+        pid: u32,
+        delays: u64,
+        refused: u64,
+        why: &'static str,
+    },
+    /// The takeover failed; the process was resumed without a response.
+    Failed { pid: u32, error: String },
+}
+
+/// The running responses, one thread each.
+pub struct Responders {
+    config: Arc<PhConfig>,
+    stop: Arc<AtomicBool>,
+    threads: HashMap<u32, JoinHandle<()>>,
+    tx: Sender<Report>,
+    rx: Receiver<Report>,
+}
+
+impl Responders {
+    pub fn new(config: PhConfig) -> Responders {
+        let (tx, rx) = channel();
+        Responders {
+            config: Arc::new(config),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: HashMap::new(),
+            tx,
+            rx,
+        }
+    }
+
+    /// Takes over process `pid` (stopped by the kernel), unless a response to it runs.
+    pub fn start(&mut self, kernel: &Kernel, pid: u32) {
+        if self.threads.contains_key(&pid) {
+            return;
+        }
+        let probe = match kernel.probe() {
+            Ok(p) => p,
+            Err(e) => {
+                // No way to follow its LFC: resume it rather than leave it stopped.
+                kernel.release(pid);
+                let _ = self.tx.send(Report::Failed {
+                    pid,
+                    error: e.to_string(),
+                });
+                return;
+            }
+        };
+        let (config, stop, tx) = (self.config.clone(), self.stop.clone(), self.tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("respond-{pid}"))
+            .spawn(move || respond(pid, &probe, &config, &stop, &tx));
+        match spawned {
+            Ok(h) => {
+                self.threads.insert(pid, h);
+            }
+            Err(e) => {
+                kernel.release(pid);
+                let _ = self.tx.send(Report::Failed {
+                    pid,
+                    error: format!("cannot start a thread: {e}"),
+                });
+            }
+        }
+    }
+
+    /// Reports since the last call; finished threads are reaped.
+    pub fn reports(&mut self) -> Vec<Report> {
+        let reports: Vec<Report> = self.rx.try_iter().collect();
+        for r in &reports {
+            if let Report::Finished { pid, .. } | Report::Failed { pid, .. } = r {
+                if let Some(h) = self.threads.remove(pid) {
+                    let _ = h.join();
+                }
+            }
+        }
+        reports
+    }
+
+    /// Processes under response now.
+    pub fn active(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.threads.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Ends every response (their processes are detached and run on) and waits.
+    pub fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for (_, h) in self.threads.drain() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// How long `Tracer::next` waits when no delay is due: also how soon a response
+/// notices the daemon stopping.
+const IDLE: Duration = Duration::from_millis(50);
+
+fn is_execve(arch: u32, nr: u32) -> bool {
+    const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+    if arch == AUDIT_ARCH_I386 {
+        nr == 11 || nr == 358
+    } else {
+        nr == 59 || nr == 322
+    }
+}
+
+/// One response, on its own thread (ptrace requests must come from the thread that
+/// attached).
+fn respond(pid: u32, probe: &Probe, config: &PhConfig, stop: &AtomicBool, tx: &Sender<Report>) {
+    let opts = AttachOptions {
+        detach_timeout: Duration::from_secs(2),
+        spin: Duration::ZERO,
+        descendants: false,
+    };
+    let mut tracer = match Tracer::attach(pid as i32, &opts) {
+        Ok(t) => t,
+        Err(e) => {
+            probe.release(pid);
+            let _ = tx.send(Report::Failed {
+                pid,
+                error: e.to_string(),
+            });
+            return;
+        }
+    };
+    // Traced now: the tracer holds it, so the job-control stop can end.
+    probe.release(pid);
+    let _ = tx.send(Report::Started);
+
+    // LFC of each thread seen since the takeover, after its last call.
+    let mut lfcs: HashMap<i32, u32> = HashMap::new();
+    let mut timers: BinaryHeap<Reverse<(Instant, i32)>> = BinaryHeap::new();
+    let (mut delays, mut refused) = (0u64, 0u64);
+    let mut why = "LFC back to 0";
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            why = "daemon stopping";
+            break;
+        }
+        let now = Instant::now();
+        while timers.peek().is_some_and(|t| t.0 .0 <= now) {
+            let Reverse((_, tid)) = timers.pop().expect("peeked");
+            let _ = tracer.respond(tid, Action::Continue);
+        }
+        if timers.is_empty() && !lfcs.is_empty() && lfcs.values().all(|&l| l == 0) {
+            break;
+        }
+        let wait = timers
+            .peek()
+            .map_or(IDLE, |t| t.0 .0.saturating_duration_since(now).min(IDLE));
+        match tracer.next(Some(wait)) {
+            Ok(Some(TraceEvent::Syscall(s))) => {
+                let lfc = probe
+                    .lfc_after(s.tid as u32, s.nr)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                lfcs.insert(s.tid, lfc);
+                if is_execve(s.arch, s.nr) && lfc >= config.suspend_execve {
+                    refused += 1;
+                    let _ = tracer.respond(s.tid, Action::Deny(libc::EPERM));
+                    let _ = tx.send(Report::ExecRefused {
+                        pid,
+                        tid: s.tid as u32,
+                        lfc,
+                    });
+                    continue;
+                }
+                let delay_ns = config.delay_ns(lfc);
+                if delay_ns == 0 {
+                    let _ = tracer.respond(s.tid, Action::Continue);
+                    continue;
+                }
+                delays += 1;
+                timers.push(Reverse((
+                    Instant::now() + Duration::from_nanos(delay_ns),
+                    s.tid,
+                )));
+                let _ = tx.send(Report::Delayed {
+                    pid,
+                    tid: s.tid as u32,
+                    nr: s.nr,
+                    lfc,
+                    delay_ns,
+                });
+            }
+            Ok(Some(TraceEvent::TaskGone { tid })) => {
+                lfcs.remove(&tid);
+            }
+            Ok(Some(TraceEvent::AllGone)) => {
+                why = "process gone";
+                break;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("homeostat: warning: response to {pid}: {e}");
+                why = "tracer error";
+                break;
+            }
+        }
+    }
+    // Held calls run as answered Continue; the process and its children run on.
+    if let Err(e) = tracer.detach_all() {
+        eprintln!("homeostat: warning: response to {pid}: {e}");
+    }
+    let _ = tx.send(Report::Finished {
+        pid,
+        delays,
+        refused,
+        why,
+    });
+}
