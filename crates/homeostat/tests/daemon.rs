@@ -372,3 +372,230 @@ fn enforce_stops_delays_refuses_execve_and_lets_go() {
     assert!(d.wait().unwrap().success());
     assert_eq!(state_of(pid as u32), None, "the shell is gone");
 }
+
+/// Writes the private-shell config: host `detect`, the shell `enforce`.
+fn shell_config(s: &Shell, ph: &str) -> std::path::PathBuf {
+    let conf = s.dir.path().join("ph.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[ph]\nmode = \"detect\"\n{ph}\n[modes]\n\"{}\" = \"enforce\"\n",
+            s.sh.display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+fn wait_exit(c: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if let Some(st) = c.try_wait().unwrap() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn homeostat(args: &[&str], state: &Path) -> Value {
+    let o = Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+}
+
+/// SIGKILL of the daemon in its two dangerous moments: a process under response (the
+/// tracer dies: the kernel detaches it) and a process stopped but not yet taken over
+/// (the keeper resumes it). Saved profiles stay intact and a restart resumes.
+#[test]
+fn sigkill_leaves_nothing_stopped_and_restart_resumes() {
+    if !root_and_btf() {
+        return;
+    }
+    let s = shell();
+    let state = s.dir.path().join("state");
+    // Long delays, so the process is still under response when the daemon dies.
+    let conf = shell_config(&s, "delay_factor_ms = 20.0\nmax_delay_ms = 200.0\n");
+    let conf = conf.to_str().unwrap();
+    let ev = s.dir.path().join("ev.jsonl");
+    let args = ["--duration", "60", "--normal-wait", "0.5", "--config", conf];
+    let (mut d, rx) = daemon(&state, &ev, &args);
+    if ready(&mut d, &rx).is_none() {
+        return;
+    }
+    train_until_normal(&s, &ev);
+    // `homeostat status` asks nothing to save; `ps` neither: save through the admin
+    // path (profile list has running monitors save first).
+    Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(["profile", "list", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let file = state.join(format!("daemon/{}.json", s.key));
+    let saved = std::fs::read(&file).unwrap();
+    let v: Value = serde_json::from_slice(&saved).unwrap();
+    assert_eq!(v["state"], "normal");
+
+    let weird = format!("umask 077; cd /; kill -0 $$; {}", s.trained);
+    let spawn = || {
+        Command::new(&s.sh)
+            .arg("-c")
+            .arg(&weird)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // 1. Under response (delays running), then SIGKILL.
+    let mut victim = spawn();
+    let t = Instant::now();
+    while !has(&events(&ev), |e| {
+        e["event"] == "delay_start" && e["pid"] == victim.id()
+    }) {
+        assert!(t.elapsed() < Duration::from_secs(10), "no response started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.kill().unwrap();
+    d.wait().unwrap();
+    let st = wait_exit(&mut victim, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("victim still there, state {:?}", state_of(victim.id())));
+    assert!(st.success(), "{st}");
+
+    // 2. Stopped by the kernel while the daemon cannot take it over (frozen with
+    // SIGSTOP), then SIGKILL: the keeper resumes it.
+    let ev2 = s.dir.path().join("ev2.jsonl");
+    let (mut d, rx) = daemon(&state, &ev2, &args);
+    ready(&mut d, &rx).expect("BPF worked a moment ago");
+    assert!(has(&events(&ev2), |e| e["event"] == "profile_loaded"
+        && e["profile"] == s.key.as_str()
+        && e["state"] == "normal"));
+    unsafe { libc::kill(d.id() as i32, libc::SIGSTOP) };
+    let mut victim = spawn();
+    let t = Instant::now();
+    while state_of(victim.id()) != Some('T') {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the kernel did not stop it"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    d.kill().unwrap();
+    d.wait().unwrap();
+    let st = wait_exit(&mut victim, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("victim left {:?}", state_of(victim.id())));
+    assert!(st.success(), "{st}");
+    // Saved before both kills, never half-written.
+    let now: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(now["state"], "normal");
+    assert_eq!(now["pairs"], v["pairs"]);
+
+    // 3. Restart: the profile is back as normal and responds again.
+    let ev3 = s.dir.path().join("ev3.jsonl");
+    let (mut d, rx) = daemon(&state, &ev3, &args);
+    ready(&mut d, &rx).expect("BPF worked a moment ago");
+    let mut victim = spawn();
+    assert!(wait_exit(&mut victim, Duration::from_secs(30)).is_some_and(|s| s.success()));
+    std::thread::sleep(Duration::from_millis(300));
+    let evs = events(&ev3);
+    assert!(
+        has(&evs, |e| e["event"] == "delay_stop"
+            && e["pid"] == victim.id()),
+        "no response after restart"
+    );
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    assert!(d.wait().unwrap().success());
+}
+
+/// Load: 4 parallel `dd bs=1` loops and fork/exec churn for 30 s under the daemon
+/// (profiles learnt and becoming normal meanwhile): no event lost, every process ends,
+/// none is left stopped, and the daemon answers `status` throughout.
+#[test]
+fn thirty_seconds_of_load_lose_nothing_and_stop_nothing() {
+    if !root_and_btf() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let ev = dir.path().join("ev.jsonl");
+    let (mut d, rx) = daemon(
+        &state,
+        &ev,
+        &[
+            "--duration",
+            "120",
+            "--normal-wait",
+            "2",
+            "--detect",
+            "--quiet",
+        ],
+    );
+    if ready(&mut d, &rx).is_none() {
+        return;
+    }
+    let secs = 30;
+    let dd = format!(
+        "end=$(( $(date +%s) + {secs} )); while [ $(date +%s) -lt $end ]; do \
+         dd if=/dev/zero of=/dev/null bs=1 count=200000 2>/dev/null; done"
+    );
+    let churn = format!(
+        "end=$(( $(date +%s) + {secs} )); n=0; while [ $(date +%s) -lt $end ]; do \
+         /bin/true; ls / >/dev/null; n=$((n+1)); done; echo $n"
+    );
+    let mut kids: Vec<Child> = (0..4)
+        .map(|_| Command::new("sh").arg("-c").arg(&dd).spawn().unwrap())
+        .collect();
+    kids.push(
+        Command::new("sh")
+            .arg("-c")
+            .arg(&churn)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    let mut answered = 0;
+    while t.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_secs(5));
+        let v = homeostat(&["status", "--json"], &state);
+        if v[0]["daemon"] == true {
+            answered += 1;
+        }
+    }
+    for k in &mut kids {
+        let st = wait_exit(k, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("a load process did not end: {:?}", state_of(k.id())));
+        assert!(st.success(), "{st}");
+    }
+    let mut out = String::new();
+    use std::io::Read;
+    kids[4]
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let forks: u64 = out.trim().parse().unwrap();
+    let v = homeostat(&["status", "--json"], &state);
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    assert!(d.wait().unwrap().success());
+    eprintln!("load: {forks} fork+exec rounds; status {v}");
+    assert!(answered >= 4, "status answered {answered} of 6 times");
+    assert!(forks > 100, "{forks}");
+    for k in [
+        "lost_events",
+        "rows_full",
+        "tasks_full",
+        "profiles_full",
+        "stops_failed",
+    ] {
+        assert_eq!(v[0]["losses"][k], 0, "{k}: {v}");
+    }
+    assert!(
+        !has(&events(&ev), |e| e["event"] == "kernel_losses"),
+        "losses reported"
+    );
+    assert!(v[0]["events"].as_u64().unwrap() > 0);
+}
