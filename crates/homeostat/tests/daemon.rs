@@ -368,6 +368,43 @@ fn enforce_stops_delays_refuses_execve_and_lets_go() {
     assert!(v[0]["execve_refused"].as_u64().unwrap() >= 1, "{v}");
     assert_eq!(v[0]["losses"]["lost_events"], 0, "{v}");
 
+    // Administration through the daemon: ps lists the host's tasks with their
+    // profiles, profile list shows the daemon's profiles, sensitize works on them.
+    let ps = homeostat(&["ps", "--json"], &state);
+    let tasks = ps[0]["tasks"].as_array().unwrap();
+    assert!(
+        tasks.iter().any(|t| t["pid"] == std::process::id()),
+        "this test process is not in ps: {} tasks",
+        tasks.len()
+    );
+    let list = Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(["profile", "list", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.lines()
+            .any(|l| l.contains("sh-copy") && l.starts_with("normal") && l.contains("(daemon")),
+        "{list}"
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args([
+            "profile",
+            "sensitize",
+            s.sh.to_str().unwrap(),
+            "--state-dir",
+        ])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(has(&events(&ev), |e| e["profile"] == s.key.as_str()
+        && e["event"] == "state_change"
+        && e["to"] == "training"
+        && e["reason"] == "sensitized"));
+
     unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
     assert!(d.wait().unwrap().success());
     assert_eq!(state_of(pid as u32), None, "the shell is gone");

@@ -74,6 +74,17 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
             for p in &all {
                 println!("{}", line(p));
             }
+            for (pid, p) in daemon_profiles(store.dir()) {
+                println!(
+                    "{:<9} {:>7} {:>10} {:>9}  {:<16} {}  (daemon {pid})",
+                    p["state"].as_str().unwrap_or("?"),
+                    "-",
+                    p["train_count"],
+                    p["anomalies"],
+                    p["key"].as_str().unwrap_or("?"),
+                    p["path"].as_str().unwrap_or("?")
+                );
+            }
             Ok(())
         }
         ProfileCmd::Show(t) => {
@@ -106,7 +117,10 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
         ProfileCmd::Tolerize(t) => edit(t, |key| Request::Tolerize { key }, |p| p.tolerize()),
         ProfileCmd::Reset(t) => {
             let store = open_store(&t.state)?;
-            let p = find(&store, &t.exe)?;
+            let p = match find(&store, &t.exe) {
+                Ok(p) => p,
+                Err(e) => return daemon_edit(&store, &t.exe, |key| Request::Reset { key }, e),
+            };
             let live = broadcast(
                 store.dir(),
                 &Request::Reset {
@@ -137,7 +151,10 @@ fn edit(
     f: impl FnOnce(&mut PhProfile),
 ) -> Result<()> {
     let store = open_store(&t.state)?;
-    let mut p = find(&store, &t.exe)?;
+    let mut p = match find(&store, &t.exe) {
+        Ok(p) => p,
+        Err(e) => return daemon_edit(&store, &t.exe, request, e),
+    };
     let live = broadcast(store.dir(), &request(p.key.to_string()));
     if let Some((pid, _)) = live.iter().find(|(_, v)| v["ok"] == true) {
         let p = store.load_file(&store.path_for(p.key))?;
@@ -147,6 +164,75 @@ fn edit(
     f(&mut p);
     store.save(&p)?;
     println!("{}", line(&p));
+    Ok(())
+}
+
+/// The profiles of running daemons: (daemon pid, profile as the daemon reports it).
+fn daemon_profiles(dir: &std::path::Path) -> Vec<(u32, serde_json::Value)> {
+    broadcast(dir, &Request::Profiles)
+        .into_iter()
+        .filter(|(_, v)| v["daemon"] == true)
+        .flat_map(|(pid, v)| {
+            let list = v["profiles"].as_array().cloned().unwrap_or_default();
+            list.into_iter().map(move |p| (pid, p))
+        })
+        .collect()
+}
+
+/// An admin change to a profile of a running daemon (`homeostat daemon` keeps its
+/// profiles in the kernel and `daemon/*.json`), found by path, file name or key;
+/// `not_found` is the error to give when no daemon has it either.
+fn daemon_edit(
+    store: &ProfileStore,
+    exe: &str,
+    request: impl Fn(String) -> Request,
+    not_found: anyhow::Error,
+) -> Result<()> {
+    let by_file = std::fs::metadata(exe).ok().map(|m| {
+        ExeKey {
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+        .to_string()
+    });
+    let all = daemon_profiles(store.dir());
+    let matches: Vec<&(u32, serde_json::Value)> = all
+        .iter()
+        .filter(|(_, p)| {
+            let path = p["path"].as_str().unwrap_or("");
+            let key = p["key"].as_str().unwrap_or("");
+            Some(key) == by_file.as_deref()
+                || key == exe
+                || path == exe
+                || std::path::Path::new(path)
+                    .file_name()
+                    .is_some_and(|f| f == exe)
+        })
+        .collect();
+    let (pid, p) = match matches.as_slice() {
+        [one] => *one,
+        [] => return Err(not_found),
+        _ => bail!(
+            "{exe} matches {} daemon profiles; name it by key",
+            matches.len()
+        ),
+    };
+    let key = p["key"].as_str().unwrap_or("").to_string();
+    let reply = broadcast(store.dir(), &request(key.clone()))
+        .into_iter()
+        .find(|(monitor, _)| monitor == pid)
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    if reply["ok"] != true {
+        bail!(
+            "daemon {pid}: {}",
+            reply["error"].as_str().unwrap_or("no answer")
+        );
+    }
+    println!(
+        "{key} {}: done by the daemon (pid {pid})",
+        p["path"].as_str().unwrap_or("?")
+    );
     Ok(())
 }
 
