@@ -190,7 +190,7 @@ const PROFILE_LEN: usize = 32;
 const CONFIG_LEN: usize = 16;
 const EVENT_LEN: usize = 48;
 const NSTATS: u32 = 5;
-const TASK_LEN: usize = 64;
+const TASK_LEN: usize = 80;
 const STOP_LEN: usize = 16;
 
 fn key_bytes(k: ExeKey) -> [u8; KEY_LEN] {
@@ -360,10 +360,11 @@ impl Kernel {
 
         // Attach the task-lifecycle hooks first, so no task is seen by sys_enter
         // before its fork is.
-        let mut links = Vec::with_capacity(4);
+        let mut links = Vec::with_capacity(5);
         for (name, prog) in [
             ("sched_process_fork", &skel.progs.sched_fork),
             ("sched_process_exec", &skel.progs.sched_exec),
+            ("sched_process_exit", &skel.progs.sched_exit),
         ] {
             links.push(
                 prog.attach()
@@ -390,8 +391,31 @@ impl Kernel {
         c[..4].copy_from_slice(&opts.ignore_pid.unwrap_or(0).to_ne_bytes());
         c[4..8].copy_from_slice(&u32::from(opts.auto_create).to_ne_bytes());
         c[8..12].copy_from_slice(&opts.wakeup_every.max(1).to_ne_bytes());
+        // Generation 1: a task's cache (generation 0 when new) is stale at first.
+        c[12..16].copy_from_slice(&1u32.to_ne_bytes());
         self.config
             .update(&0u32.to_ne_bytes(), &c, MapFlags::ANY)
+            .map_err(map_err("hs_config", "update"))
+    }
+
+    /// Tells the programs that hs_profiles changed: tasks cache their profile's state
+    /// and look it up again when the generation moves.
+    fn bump_generation(&self) -> Result<(), Error> {
+        let k = 0u32.to_ne_bytes();
+        let mut c = self
+            .config
+            .lookup(&k, MapFlags::ANY)
+            .map_err(map_err("hs_config", "lookup"))?
+            .filter(|c| c.len() == CONFIG_LEN)
+            .ok_or_else(|| Error::Map {
+                map: "hs_config",
+                what: "lookup",
+                err: "no entry".into(),
+            })?;
+        let g = u32_at(&c, 12).wrapping_add(1).max(1);
+        c[12..16].copy_from_slice(&g.to_ne_bytes());
+        self.config
+            .update(&k, &c, MapFlags::ANY)
             .map_err(map_err("hs_config", "update"))
     }
 
@@ -419,7 +443,8 @@ impl Kernel {
         // Counters may move between lookup and update; they are statistics only.
         self.profiles
             .update(&k, &v, MapFlags::ANY)
-            .map_err(map_err("hs_profiles", "update"))
+            .map_err(map_err("hs_profiles", "update"))?;
+        self.bump_generation()
     }
 
     /// A profile's entry, if the kernel has one.
@@ -456,7 +481,9 @@ impl Kernel {
         v[4..8].copy_from_slice(&u32::from(on).to_ne_bytes());
         self.profiles
             .update(&k, &v, MapFlags::ANY)
-            .map_err(map_err("hs_profiles", "update"))
+            .map_err(map_err("hs_profiles", "update"))?;
+        // It may have created the profile.
+        self.bump_generation()
     }
 
     /// What the kernel keeps for thread `tid` (`None`: no such thread, or one the
@@ -524,6 +551,7 @@ impl Kernel {
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(map_err("hs_profiles", "delete")(e)),
         }
+        self.bump_generation()?;
         for k in self.row_keys(exe) {
             match self.rows.delete(&k) {
                 Ok(()) => {}

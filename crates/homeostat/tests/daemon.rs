@@ -54,6 +54,27 @@ fn ready(child: &mut Child, rx: &Receiver<String>) -> Option<()> {
     panic!("daemon not ready after 20 s");
 }
 
+/// Spawns, retrying while the executable is "busy": a private copy written by one test
+/// can still be open for writing in a child another test thread forked meanwhile
+/// (until that child's exec closes it), which makes exec fail with ETXTBSY.
+fn spawn(cmd: &mut Command) -> std::process::Child {
+    for _ in 0..100 {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            r => return r.unwrap(),
+        }
+    }
+    panic!("executable still busy after 2 s")
+}
+
+fn output(cmd: &mut Command) -> std::process::Output {
+    spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()))
+        .wait_with_output()
+        .unwrap()
+}
+
 fn events(p: &Path) -> Vec<Value> {
     std::fs::read_to_string(p)
         .unwrap_or_default()
@@ -99,12 +120,12 @@ fn learns_detects_saves_and_reloads() {
         return;
     }
     let run = |args: &[&Path]| {
-        let c = Command::new(&lsc)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let c = spawn(
+            Command::new(&lsc)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
         let pid = c.id();
         c.wait_with_output().unwrap();
         pid
@@ -236,11 +257,7 @@ fn train_until_normal(s: &Shell, ev: &Path) {
     let t = Instant::now();
     loop {
         for _ in 0..5 {
-            let o = Command::new(&s.sh)
-                .arg("-c")
-                .arg(&s.trained)
-                .output()
-                .unwrap();
+            let o = output(Command::new(&s.sh).arg("-c").arg(&s.trained));
             assert!(o.status.success());
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -306,7 +323,7 @@ fn enforce_stops_delays_refuses_execve_and_lets_go() {
         s.trained
     );
     let t = Instant::now();
-    let out = Command::new(&s.sh).arg("-c").arg(&script).output().unwrap();
+    let out = output(Command::new(&s.sh).arg("-c").arg(&script));
     let took = t.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -478,16 +495,16 @@ fn sigkill_leaves_nothing_stopped_and_restart_resumes() {
     assert_eq!(v["state"], "normal");
 
     let weird = format!("umask 077; cd /; kill -0 $$; {}", s.trained);
-    let spawn = || {
-        Command::new(&s.sh)
-            .arg("-c")
-            .arg(&weird)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap()
+    let start = || {
+        spawn(
+            Command::new(&s.sh)
+                .arg("-c")
+                .arg(&weird)
+                .stdout(Stdio::null()),
+        )
     };
     // 1. Under response (delays running), then SIGKILL.
-    let mut victim = spawn();
+    let mut victim = start();
     let t = Instant::now();
     while !has(&events(&ev), |e| {
         e["event"] == "delay_start" && e["pid"] == victim.id()
@@ -510,7 +527,7 @@ fn sigkill_leaves_nothing_stopped_and_restart_resumes() {
         && e["profile"] == s.key.as_str()
         && e["state"] == "normal"));
     unsafe { libc::kill(d.id() as i32, libc::SIGSTOP) };
-    let mut victim = spawn();
+    let mut victim = start();
     let t = Instant::now();
     while state_of(victim.id()) != Some('T') {
         assert!(
@@ -533,7 +550,7 @@ fn sigkill_leaves_nothing_stopped_and_restart_resumes() {
     let ev3 = s.dir.path().join("ev3.jsonl");
     let (mut d, rx) = daemon(&state, &ev3, &args);
     ready(&mut d, &rx).expect("BPF worked a moment ago");
-    let mut victim = spawn();
+    let mut victim = start();
     assert!(wait_exit(&mut victim, Duration::from_secs(30)).is_some_and(|s| s.success()));
     std::thread::sleep(Duration::from_millis(300));
     let evs = events(&ev3);

@@ -103,6 +103,9 @@ struct {
 
 /* Events reserved so far, to wake the consumer every wakeup_every events only. */
 __u64 event_count = 0;
+/* Profiles created here (auto_create): with hs_config.generation, tells a task that
+ * its cached profile entry may be stale. */
+__u32 kernel_generation = 0;
 
 static __always_inline void count(__u32 which)
 {
@@ -211,12 +214,17 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 	t->lfc = 0;
 	t->frame[0] = 0;
 	t->frame[1] = 0;
+	t->gen = 0;
+	t->cached = 0;
+	t->pending = 0;
 	t->valid = 1;
 	if (cfg->auto_create) {
 		struct hs_profile p = {};
 		long err = bpf_map_update_elem(&hs_profiles, &t->key, &p, BPF_NOEXIST);
 
-		if (err && err != -17 /* EEXIST */)
+		if (!err)
+			__sync_fetch_and_add(&kernel_generation, 1);
+		else if (err != -17 /* EEXIST */)
 			count(HS_STAT_PROFILES_FULL);
 	}
 	if (bprm)
@@ -277,9 +285,9 @@ static __always_inline int on_sys_enter(long id)
 	struct hs_row_key rk = {};
 	struct task_struct *task;
 	struct hs_row *row;
-	struct hs_profile *p;
+	struct hs_profile *p = NULL;
 	struct hs_task *t;
-	__u32 misses = 0, learnt = 0, pos, old;
+	__u32 misses = 0, learnt = 0, pos, old, gen;
 	bool training;
 	__u16 cur;
 
@@ -299,6 +307,7 @@ static __always_inline int on_sys_enter(long id)
 				return 0;
 			}
 			*t = *inherited;
+			t->pending = 0; /* the parent's, counted by the parent */
 			bpf_map_delete_elem(&hs_forks, &tid);
 		} else {
 			/* A task that predates us: read its executable now. */
@@ -307,11 +316,17 @@ static __always_inline int on_sys_enter(long id)
 		if (!t || !t->valid)
 			return 0;
 	}
-	p = bpf_map_lookup_elem(&hs_profiles, &t->key);
-	if (!p)
+	/* The profile's state, looked up only when some profile changed since. */
+	gen = cfg->generation + kernel_generation; /* userspace starts at 1: never 0 */
+	if (t->gen != gen) {
+		p = bpf_map_lookup_elem(&hs_profiles, &t->key);
+		t->cached = p ? HS_CACHE_PROFILE | (p->state == HS_NORMAL ? HS_CACHE_NORMAL : 0) : 0;
+		t->gen = gen;
+	}
+	if (!(t->cached & HS_CACHE_PROFILE))
 		return 0;
-	training = p->state != HS_NORMAL;
-	__sync_fetch_and_add(&p->calls, 1);
+	training = !(t->cached & HS_CACHE_NORMAL);
+	t->pending++;
 
 	rk.dev = t->key.dev;
 	rk.ino = t->key.ino;
@@ -355,7 +370,17 @@ static __always_inline int on_sys_enter(long id)
 	}
 	t->fpos = (pos + 1) & (HS_LOCALITY - 1);
 
-	if (misses) {
+	if (misses || learnt || t->pending >= HS_FLUSH_CALLS) {
+		if (!p)
+			p = bpf_map_lookup_elem(&hs_profiles, &t->key);
+		if (!p) {
+			t->cached = 0; /* removed since: stale until the next generation */
+			return 0;
+		}
+		__sync_fetch_and_add(&p->calls, t->pending);
+		t->pending = 0;
+	}
+	if (misses && p) {
 		__u32 flags = 0;
 
 		__sync_fetch_and_add(&p->anomalies, 1);
@@ -363,7 +388,7 @@ static __always_inline int on_sys_enter(long id)
 			flags = HS_EVF_STOPPED;
 		emit(cfg, HS_EV_ANOMALY, pid, tid, cur, &t->key, misses, t->lfc, flags);
 	}
-	if (learnt) {
+	if (learnt && p) {
 		__sync_fetch_and_add(&p->new_pairs, learnt);
 		emit(cfg, HS_EV_NEW_PAIRS, pid, tid, cur, &t->key, learnt, t->lfc, 0);
 	}
@@ -400,6 +425,27 @@ int sched_fork(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
+/* Adds a task's pending calls to its profile's counter (at exec and exit). */
+static __always_inline void flush_calls(struct task_struct *task)
+{
+	struct hs_task *t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
+	struct hs_profile *p;
+
+	if (!t || !t->valid || !t->pending)
+		return;
+	p = bpf_map_lookup_elem(&hs_profiles, &t->key);
+	if (p)
+		__sync_fetch_and_add(&p->calls, t->pending);
+	t->pending = 0;
+}
+
+SEC("raw_tp/sched_process_exit")
+int sched_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	flush_calls(bpf_get_current_task_btf());
+	return 0;
+}
+
 /* execve: the task starts afresh under the new executable's profile. Runs in the
  * exec'ing task (its tid already the thread-group leader's after a multithreaded
  * exec); the storage belongs to the task, whatever its tid. */
@@ -412,6 +458,7 @@ int sched_exec(struct bpf_raw_tracepoint_args *ctx)
 	struct hs_config *cfg = get_config();
 
 	bpf_map_delete_elem(&hs_forks, &tid);
+	flush_calls(bpf_get_current_task_btf());
 	if (cfg)
 		task_init(cfg, bpf_get_current_task_btf(), pid, tid, BPF_CORE_READ(bprm, file),
 			  bprm);

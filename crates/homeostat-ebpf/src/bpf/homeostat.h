@@ -62,13 +62,25 @@ struct hs_task {
 	__u32 lfc;
 	__u32 valid;       /* 1 once initialised (storage is created zeroed) */
 	__u64 frame[HS_LOCALITY / 64];
+	/* The profile's entry as of generation `gen` (HS_CACHE_*), so that the common call
+	 * needs no profile lookup; and calls not yet added to the profile's counter. */
+	__u32 gen;
+	__u32 cached;
+	__u32 pending;
+	__u32 pad;
 };
+
+/* hs_task.cached */
+#define HS_CACHE_PROFILE 1 /* the executable has a profile */
+#define HS_CACHE_NORMAL 2  /* ... in state normal */
+/* Calls counted per task before they are added to the profile's `calls`. */
+#define HS_FLUSH_CALLS 64
 
 struct hs_config {
 	__u32 ignore_tgid;   /* the daemon itself */
 	__u32 auto_create;   /* new executables get a training profile in the kernel */
 	__u32 wakeup_every;  /* wake the consumer every N events (0 = every event) */
-	__u32 pad;
+	__u32 generation;    /* bumped by userspace at every change of hs_profiles */
 };
 
 struct hs_event {
