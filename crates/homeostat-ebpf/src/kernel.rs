@@ -874,6 +874,15 @@ fn stopped_in(map: &MapHandle) -> Vec<(u32, u32, u32)> {
         .collect()
 }
 
+/// Whether this kernel gives pidfds for threads (`PIDFD_THREAD`, Linux 6.9), which
+/// reading a task's state from userspace ([`Kernel::task`]) needs.
+pub fn thread_pidfds_supported() -> bool {
+    let tid = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|l| l.file_name()?.to_str()?.parse::<i32>().ok());
+    tid.is_some_and(|t| crate::sys::pidfd_thread(t).is_some())
+}
+
 /// Opens the stop map by id (a keeper process, while the daemon lives) so that it
 /// survives the daemon; see [`Keeper`].
 pub fn open_stopped_map(id: u32) -> Result<Keeper, Error> {

@@ -4,7 +4,7 @@
 //! loads it as normal and detects with it. With enforce, a private shell is stopped at
 //! its first anomaly, delayed, refused an execve, and let go once its LFC is 0.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -37,16 +37,19 @@ fn daemon(state: &Path, events: &Path, extra: &[&str]) -> (Child, Receiver<Strin
 }
 
 /// Waits for "daemon: watching"; None (after printing why) if BPF is unavailable.
-fn ready(child: &mut Child, rx: &Receiver<String>) -> Option<()> {
+/// Returns the lines printed before.
+fn ready(child: &mut Child, rx: &Receiver<String>) -> Option<Vec<String>> {
     let t = Instant::now();
+    let mut seen = vec![];
     while t.elapsed() < Duration::from_secs(20) {
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(l) if l.contains("daemon: watching") => return Some(()),
+            Ok(l) if l.contains("daemon: watching") => return Some(seen),
             Ok(l) if l.contains("bpf:") => {
                 eprintln!("skipping: {l}");
                 let _ = child.wait();
                 return None;
             }
+            Ok(l) => seen.push(l),
             _ => {}
         }
     }
@@ -584,11 +587,18 @@ fn thirty_seconds_of_load_lose_nothing_and_stop_nothing() {
             "2",
             "--detect",
             "--quiet",
+            "--metrics",
+            "127.0.0.1:0",
         ],
     );
-    if ready(&mut d, &rx).is_none() {
+    let Some(lines) = ready(&mut d, &rx) else {
         return;
-    }
+    };
+    let metrics = lines
+        .iter()
+        .find_map(|l| l.split("http://").nth(1))
+        .map(|a| a.trim_end_matches("/metrics").to_string())
+        .expect("no metrics address printed");
     let secs = 30;
     let dd = format!(
         "end=$(( $(date +%s) + {secs} )); while [ $(date +%s) -lt $end ]; do \
@@ -624,7 +634,6 @@ fn thirty_seconds_of_load_lose_nothing_and_stop_nothing() {
         assert!(st.success(), "{st}");
     }
     let mut out = String::new();
-    use std::io::Read;
     kids[4]
         .stdout
         .take()
@@ -632,10 +641,32 @@ fn thirty_seconds_of_load_lose_nothing_and_stop_nothing() {
         .read_to_string(&mut out)
         .unwrap();
     let forks: u64 = out.trim().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(1200)); // one tick: metrics refreshed
     let v = homeostat(&["status", "--json"], &state);
+    let scrape = {
+        use std::io::Write;
+        let mut c = std::net::TcpStream::connect(&metrics).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        c.read_to_string(&mut body).unwrap();
+        body
+    };
     unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
     assert!(d.wait().unwrap().success());
     eprintln!("load: {forks} fork+exec rounds; status {v}");
+    assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
+    assert!(
+        scrape.contains("\nhomeostat_lost_events_total 0\n"),
+        "{scrape}"
+    );
+    let scraped: u64 = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("homeostat_events_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(scraped > 0, "{scrape}");
     assert!(answered >= 4, "status answered {answered} of 6 times");
     assert!(forks > 100, "{forks}");
     for k in [

@@ -804,7 +804,14 @@ pub fn run(a: DaemonArgs) -> Result<()> {
     })?;
     // No response without a keeper: a process stopped by the kernel must never be
     // left stopped if this process dies.
-    let keeper = if config.mode == Mode::Enforce || modes.values().any(|&m| m == Mode::Enforce) {
+    let enforce = config.mode == Mode::Enforce || modes.values().any(|&m| m == Mode::Enforce);
+    if enforce && !homeostat_ebpf::thread_pidfds_supported() {
+        eprintln!(
+            "homeostat: warning: this kernel has no thread pidfds (PIDFD_THREAD, Linux 6.9), \
+             so the response cannot follow LFCs: detect only"
+        );
+    }
+    let keeper = if enforce && homeostat_ebpf::thread_pidfds_supported() {
         match kernel
             .stopped_map_id()
             .map_err(anyhow::Error::from)
