@@ -101,6 +101,8 @@ pub enum EventKind {
     NewPairs,
     /// A task started an executable (nr, misses, lfc are 0).
     Exec,
+    /// The LSM program refused an execve (`lfc`: the task's).
+    ExecRefused,
 }
 
 /// One event from the kernel.
@@ -157,6 +159,10 @@ pub struct Options {
     pub hook: Option<Hook>,
     /// Size of the event ring buffer in bytes: a power of two, at least the page size.
     pub ring_bytes: u32,
+    /// Also try to refuse execve in the kernel (BPF LSM) for tasks of responding
+    /// normal profiles at this LFC or above (0: do not try). Where BPF LSM does not
+    /// load, the programs load without it ([`Kernel::exec_lsm`] says why).
+    pub exec_lsm_at: u32,
 }
 
 impl Default for Options {
@@ -167,8 +173,23 @@ impl Default for Options {
             ignore_pid: Some(std::process::id()),
             hook: None,
             ring_bytes: 4 << 20,
+            exec_lsm_at: 0,
         }
     }
+}
+
+/// The in-kernel execve refusal ([`Options::exec_lsm_at`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecLsm {
+    /// Not asked for.
+    NotRequested,
+    /// Loaded and attached, and the bpf LSM is listed as active.
+    Active,
+    /// Loaded and attached; whether the bpf LSM is active could not be read
+    /// (securityfs not mounted).
+    Unconfirmed,
+    /// Not loaded: why (e.g. EPERM under lockdown, or the bpf LSM not active).
+    Unavailable(String),
 }
 
 /// How sys_enter is hooked.
@@ -187,7 +208,7 @@ const ROW_KEY_LEN: usize = 24;
 /// Rows (current call) and columns (previous call) of pH's table in the kernel.
 pub const ROW: usize = 512;
 const PROFILE_LEN: usize = 32;
-const CONFIG_LEN: usize = 16;
+const CONFIG_LEN: usize = 24;
 const EVENT_LEN: usize = 48;
 const NSTATS: u32 = 5;
 const TASK_LEN: usize = 80;
@@ -227,6 +248,7 @@ fn decode_event(b: &[u8]) -> Option<Event> {
         1 => EventKind::Anomaly,
         2 => EventKind::NewPairs,
         3 => EventKind::Exec,
+        4 => EventKind::ExecRefused,
         _ => return None,
     };
     Some(Event {
@@ -289,6 +311,7 @@ pub type PairList = Vec<(u16, u16, u8)>;
 pub struct Kernel {
     _links: Vec<Link>,
     hook: Hook,
+    exec_lsm: ExecLsm,
     config: MapHandle,
     profiles: MapHandle,
     rows: MapHandle,
@@ -313,12 +336,53 @@ impl Kernel {
         }
         libbpf_rs::set_print(Some((PrintLevel::Warn, libbpf_print)));
         let _ = libbpf_tail();
-        if let Some(hook) = opts.hook {
-            return Self::load_with(opts, hook);
+        if opts.exec_lsm_at == 0 {
+            return Self::load_hooks(opts, false);
         }
-        match Self::load_with(opts, Hook::TpBtf) {
+        // The bpf LSM must be active for an LSM program to run at all.
+        let active = std::fs::read_to_string("/sys/kernel/security/lsm").ok();
+        if let Some(list) = &active {
+            if !list.trim().split(',').any(|l| l == "bpf") {
+                let mut k = Self::load_hooks(opts, false)?;
+                k.exec_lsm = ExecLsm::Unavailable(format!(
+                    "the bpf LSM is not active (/sys/kernel/security/lsm: {})",
+                    list.trim()
+                ));
+                return Ok(k);
+            }
+        }
+        match Self::load_hooks(opts, true) {
+            Ok(mut k) => {
+                k.exec_lsm = if active.is_some() {
+                    ExecLsm::Active
+                } else {
+                    ExecLsm::Unconfirmed
+                };
+                Ok(k)
+            }
+            Err(e) => {
+                let mut k = Self::load_hooks(opts, false)?;
+                let why = match e {
+                    // As root this is the kernel refusing LSM programs (lockdown).
+                    Error::PermissionDenied => "EPERM: the kernel refuses BPF LSM programs \
+                                                (lockdown?)"
+                        .to_string(),
+                    e => e.to_string(),
+                };
+                k.exec_lsm = ExecLsm::Unavailable(format!("lsm/bprm_check_security: {why}"));
+                Ok(k)
+            }
+        }
+    }
+
+    /// Loads with tp_btf, falling back to raw_tp (unless `opts.hook` says which).
+    fn load_hooks(opts: &Options, lsm: bool) -> Result<Kernel, Error> {
+        if let Some(hook) = opts.hook {
+            return Self::load_with(opts, hook, lsm);
+        }
+        match Self::load_with(opts, Hook::TpBtf, lsm) {
             Err(Error::Unavailable(first)) => {
-                Self::load_with(opts, Hook::RawTp).map_err(|e| match e {
+                Self::load_with(opts, Hook::RawTp, lsm).map_err(|e| match e {
                     Error::Unavailable(second) => {
                         Error::Unavailable(format!("tp_btf: {first}; raw_tp fallback: {second}"))
                     }
@@ -329,13 +393,14 @@ impl Kernel {
         }
     }
 
-    fn load_with(opts: &Options, hook: Hook) -> Result<Kernel, Error> {
+    fn load_with(opts: &Options, hook: Hook, lsm: bool) -> Result<Kernel, Error> {
         let mut object = MaybeUninit::uninit();
         let mut open = HomeostatSkelBuilder::default()
             .open(&mut object)
             .map_err(|e| load_error("open", e))?;
         open.progs.sys_enter_btf.set_autoload(hook == Hook::TpBtf);
         open.progs.sys_enter_raw.set_autoload(hook == Hook::RawTp);
+        open.progs.exec_check.set_autoload(lsm);
         open.maps
             .hs_events
             .set_max_entries(opts.ring_bytes)
@@ -348,6 +413,7 @@ impl Kernel {
         let kernel = Kernel {
             _links: vec![],
             hook,
+            exec_lsm: ExecLsm::NotRequested,
             config: dup(&skel.maps.hs_config, "hs_config")?,
             profiles: dup(&skel.maps.hs_profiles, "hs_profiles")?,
             rows: dup(&skel.maps.hs_rows, "hs_rows")?,
@@ -380,6 +446,14 @@ impl Kernel {
                 .attach()
                 .map_err(|e| load_error("attach sys_enter", e))?,
         );
+        if lsm {
+            links.push(
+                skel.progs
+                    .exec_check
+                    .attach_lsm()
+                    .map_err(|e| load_error("attach lsm/bprm_check_security", e))?,
+            );
+        }
         Ok(Kernel {
             _links: links,
             ..kernel
@@ -393,6 +467,7 @@ impl Kernel {
         c[8..12].copy_from_slice(&opts.wakeup_every.max(1).to_ne_bytes());
         // Generation 1: a task's cache (generation 0 when new) is stale at first.
         c[12..16].copy_from_slice(&1u32.to_ne_bytes());
+        c[16..20].copy_from_slice(&opts.exec_lsm_at.to_ne_bytes());
         self.config
             .update(&0u32.to_ne_bytes(), &c, MapFlags::ANY)
             .map_err(map_err("hs_config", "update"))
@@ -422,6 +497,11 @@ impl Kernel {
     /// How sys_enter is hooked.
     pub fn hook(&self) -> Hook {
         self.hook
+    }
+
+    /// Whether execve is also refused in the kernel (BPF LSM), and if not, why.
+    pub fn exec_lsm(&self) -> &ExecLsm {
+        &self.exec_lsm
     }
 
     /// Sets a profile's state, creating its entry (counters at 0) if absent.

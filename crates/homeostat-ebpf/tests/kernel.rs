@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use homeostat_core::ph::ExeKey;
-use homeostat_ebpf::{Error, Event, EventKind, Hook, Kernel, KernelState, Options};
+use homeostat_ebpf::{Error, Event, EventKind, ExecLsm, Hook, Kernel, KernelState, Options};
 
 fn kernel() -> Option<Kernel> {
     kernel_with(&Options::default())
@@ -379,4 +379,27 @@ fn calls_of_a_short_program_are_counted_at_exit() {
     run(&t, &[]);
     assert_eq!(k.profile(exe).unwrap().unwrap().calls, 2 * calls);
     k.remove_profile(exe).unwrap();
+}
+
+/// Asking for the in-kernel execve refusal never makes loading fail: where BPF LSM is
+/// refused (as on the machines this was written on) the programs load without it and
+/// say why; where it loads, it is reported active or unconfirmed.
+#[test]
+fn exec_lsm_is_optional_and_explained() {
+    let Some(k) = kernel_with(&Options {
+        exec_lsm_at: 10,
+        ..Options::default()
+    }) else {
+        return;
+    };
+    match k.exec_lsm() {
+        ExecLsm::Unavailable(why) => {
+            eprintln!("BPF LSM unavailable: {why}");
+            assert!(!why.is_empty());
+        }
+        other => eprintln!("BPF LSM: {other:?}"),
+    }
+    assert_ne!(k.exec_lsm(), &ExecLsm::NotRequested);
+    // The rest works as usual.
+    assert_eq!(k.stats().unwrap().lost_events, 0);
 }

@@ -464,3 +464,30 @@ int sched_exec(struct bpf_raw_tracepoint_args *ctx)
 			  bprm);
 	return 0;
 }
+
+/* Where BPF LSM loads (not on the machines this was built on: EPERM under lockdown),
+ * execve is refused in the kernel too, as pH did: a task of a responding normal
+ * profile whose LFC (including the execve call itself, tested at its sys_enter) is at
+ * least suspend_execve gets EPERM. This closes the gap between the kernel's stop and
+ * the daemon's takeover. Loaded only when asked for (Options::exec_lsm); a refusal
+ * to load is not fatal: the daemon reports it and runs without. */
+SEC("lsm/bprm_check_security")
+int BPF_PROG(exec_check, struct linux_binprm *bprm, int ret)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct hs_config *cfg = get_config();
+	struct hs_profile *p;
+	struct hs_task *t;
+
+	if (ret || !cfg || !cfg->suspend_execve)
+		return ret;
+	t = bpf_task_storage_get(&hs_tasks, bpf_get_current_task_btf(), 0, 0);
+	if (!t || !t->valid || t->lfc < cfg->suspend_execve)
+		return 0;
+	p = bpf_map_lookup_elem(&hs_profiles, &t->key);
+	if (!p || p->state != HS_NORMAL || !p->respond)
+		return 0;
+	emit(cfg, HS_EV_EXEC_REFUSED, pid_tgid >> 32, (__u32)pid_tgid, 0, &t->key, 0, t->lfc,
+	     0);
+	return -1; /* -EPERM */
+}

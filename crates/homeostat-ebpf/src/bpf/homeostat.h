@@ -15,6 +15,7 @@
 #define HS_EV_ANOMALY 1
 #define HS_EV_NEW_PAIRS 2
 #define HS_EV_EXEC 3
+#define HS_EV_EXEC_REFUSED 4 /* the LSM program refused an execve (lfc: the task's) */
 
 /* stats indices (per-CPU counters) */
 #define HS_STAT_LOST_EVENTS 0   /* ring buffer full: event dropped */
@@ -81,6 +82,8 @@ struct hs_config {
 	__u32 auto_create;   /* new executables get a training profile in the kernel */
 	__u32 wakeup_every;  /* wake the consumer every N events (0 = every event) */
 	__u32 generation;    /* bumped by userspace at every change of hs_profiles */
+	__u32 suspend_execve; /* LSM: refuse execve of a responding task at this LFC (0: off) */
+	__u32 pad;
 };
 
 struct hs_event {

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use homeostat_core::ph::{ExeKey, Mode, PhConfig, ProfileState};
-use homeostat_ebpf::{Event, EventKind, Kernel, KernelState, Options, Stats};
+use homeostat_ebpf::{Event, EventKind, ExecLsm, Kernel, KernelState, Options, Stats};
 use homeostat_monitor::{write_atomic, EventRecord};
 use homeostat_syscalls::Arch;
 use keeper::KeeperHandle;
@@ -245,6 +245,21 @@ impl Daemon {
                 }
             }
             EventKind::NewPairs => {}
+            EventKind::ExecRefused => {
+                self.counts.execve_refused_total += 1;
+                let r = self.record(
+                    "exec_refused",
+                    e.exe,
+                    (e.pid, e.tid),
+                    "execve".into(),
+                    e.lfc,
+                    serde_json::json!({ "by": "lsm" }),
+                );
+                self.emit(&EventRecord {
+                    action: "refuse_exec",
+                    ..r
+                });
+            }
             EventKind::Anomaly => {
                 self.counts.anomalies_total += 1;
                 if e.stopped {
@@ -798,13 +813,25 @@ pub fn run(a: DaemonArgs) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = open_events(a.events.as_deref())?;
 
+    let enforce = config.mode == Mode::Enforce || modes.values().any(|&m| m == Mode::Enforce);
     let kernel = Kernel::load(&Options {
         auto_create: true,
+        // Where BPF LSM loads, execve is refused in the kernel too (else reported why).
+        exec_lsm_at: if enforce { config.suspend_execve } else { 0 },
         ..Options::default()
     })?;
+    match kernel.exec_lsm() {
+        ExecLsm::NotRequested => {}
+        ExecLsm::Active => eprintln!("homeostat: daemon: execve refusal in the kernel (BPF LSM): on"),
+        ExecLsm::Unconfirmed => eprintln!(
+            "homeostat: daemon: execve refusal in the kernel (BPF LSM): loaded, but whether the bpf LSM is active is unknown (securityfs not mounted)"
+        ),
+        ExecLsm::Unavailable(why) => eprintln!(
+            "homeostat: daemon: execve refusal in the kernel (BPF LSM): unavailable ({why}); execve is refused by the ptrace response only"
+        ),
+    }
     // No response without a keeper: a process stopped by the kernel must never be
     // left stopped if this process dies.
-    let enforce = config.mode == Mode::Enforce || modes.values().any(|&m| m == Mode::Enforce);
     if enforce && !homeostat_ebpf::thread_pidfds_supported() {
         eprintln!(
             "homeostat: warning: this kernel has no thread pidfds (PIDFD_THREAD, Linux 6.9), \
