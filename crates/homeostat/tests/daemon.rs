@@ -354,9 +354,17 @@ fn enforce_stops_delays_refuses_execve_and_lets_go() {
         .unwrap_or_else(|| panic!("no stop: {mine:?}"));
     let pid = stop["pid"].as_u64().unwrap();
     assert_eq!(stop["state"], "normal");
+    let first = evs
+        .iter()
+        .find(|e| e["event"] == "delay_start" && e["pid"] == pid)
+        .expect("no delay_start");
+    // pH's delay for the LFC the call has: delay_factor x 2^LFC, capped.
+    let lfc = first["lfc"].as_u64().unwrap();
+    assert!(lfc >= 1, "{first}");
+    let want = (0.5 * 2f64.powi(lfc as i32)).min(8.0);
     assert!(
-        has(&evs, |e| e["event"] == "delay_start" && e["pid"] == pid),
-        "no delay_start"
+        (first["delay_ms"].as_f64().unwrap() - want).abs() < 1e-6,
+        "{first}"
     );
     assert!(
         has(&evs, |e| e["event"] == "exec_refused"
