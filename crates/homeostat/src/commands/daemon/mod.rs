@@ -41,6 +41,7 @@ use homeostat_syscalls::Arch;
 use keeper::KeeperHandle;
 use respond::{Report, Responders};
 use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
 
 use super::run::{config_from_flags, describe, load_modes, now_ns, open_events, open_store};
 use crate::cli::{DaemonArgs, StateFlags};
@@ -144,7 +145,7 @@ impl Daemon {
                 _ => describe(r),
             };
             if let Some(line) = line {
-                eprintln!("homeostat: {line}");
+                info!("{line}");
             }
         }
     }
@@ -195,7 +196,7 @@ impl Daemon {
             .set_state(key, ks)
             .and_then(|()| kernel.set_respond(key, respond))
         {
-            eprintln!("homeostat: warning: profile {key}: {e}");
+            warn!("profile {key}: {e}");
         }
         let r = self.record(
             "state_change",
@@ -395,7 +396,7 @@ impl Daemon {
                     self.resp_keys.remove(&pid);
                 }
                 Report::Failed { pid, error } => {
-                    eprintln!("homeostat: warning: no response to {pid} (resumed): {error}");
+                    warn!("no response to {pid} (resumed): {error}");
                     let key = self.key_of(pid);
                     let r = self.record(
                         "response_failed",
@@ -500,8 +501,8 @@ impl Daemon {
                 self.counts.tasks_full_total = s.tasks_full;
                 self.counts.profiles_full_total = s.profiles_full;
                 // Never silent, even with --quiet.
-                eprintln!(
-                    "homeostat: kernel losses: {} events, {} pairs (rows map full), {} tasks, {} profiles, {} stops",
+                warn!(
+                    "kernel losses: {} events, {} pairs (rows map full), {} tasks, {} profiles, {} stops",
                     s.lost_events, s.rows_full, s.tasks_full, s.profiles_full, s.stops_failed
                 );
                 if let Some(w) = self.json.as_mut() {
@@ -516,7 +517,7 @@ impl Daemon {
                 self.stats = s;
             }
             Ok(_) => {}
-            Err(e) => eprintln!("homeostat: warning: {e}"),
+            Err(e) => warn!("{e}"),
         }
         let by = |st| self.profiles.values().filter(|p| p.state == st).count() as u64;
         self.counts.profiles_training = by(ProfileState::Training);
@@ -658,7 +659,7 @@ impl Daemon {
         let pairs = match kernel.all_pairs() {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("homeostat: warning: cannot read pairs: {e}");
+                warn!("cannot read pairs: {e}");
                 return (0, 1);
             }
         };
@@ -688,7 +689,7 @@ impl Daemon {
                 }
                 Err(e) => {
                     failed += 1;
-                    eprintln!("homeostat: warning: cannot save profile: {e}");
+                    warn!("cannot save profile: {e}");
                 }
             }
         }
@@ -726,7 +727,7 @@ impl Daemon {
                         KernelState::Training
                     };
                     if let Err(e) = kernel.set_state(key, ks) {
-                        eprintln!("homeostat: warning: {}: {e}", path.display());
+                        warn!("{}: {e}", path.display());
                         continue;
                     }
                     let p = Prof {
@@ -744,7 +745,7 @@ impl Daemon {
                     if state == ProfileState::Normal {
                         let on = self.respond && self.mode_of(key) == Mode::Enforce;
                         if let Err(e) = kernel.set_respond(key, on) {
-                            eprintln!("homeostat: warning: {}: {e}", path.display());
+                            warn!("{}: {e}", path.display());
                         }
                     }
                     let r = self.record(
@@ -762,10 +763,7 @@ impl Daemon {
                     }
                     n += 1;
                 }
-                Err(e) => eprintln!(
-                    "homeostat: warning: profile {} skipped: {e:#}",
-                    path.display()
-                ),
+                Err(e) => warn!("profile {} skipped: {e:#}", path.display()),
             }
         }
         n
@@ -791,7 +789,21 @@ fn load_one(kernel: &Kernel, path: &Path) -> Result<Saved> {
     Ok(s)
 }
 
+/// Logs go to stderr through `tracing` (the journal adds its own timestamps under
+/// systemd; a terminal gets them here). Errors that end the daemon are printed by
+/// `main` as one line, like every command's.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+}
+
 pub fn run(a: DaemonArgs) -> Result<()> {
+    init_logging();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
@@ -822,19 +834,19 @@ pub fn run(a: DaemonArgs) -> Result<()> {
     })?;
     match kernel.exec_lsm() {
         ExecLsm::NotRequested => {}
-        ExecLsm::Active => eprintln!("homeostat: daemon: execve refusal in the kernel (BPF LSM): on"),
-        ExecLsm::Unconfirmed => eprintln!(
-            "homeostat: daemon: execve refusal in the kernel (BPF LSM): loaded, but whether the bpf LSM is active is unknown (securityfs not mounted)"
+        ExecLsm::Active => info!("daemon: execve refusal in the kernel (BPF LSM): on"),
+        ExecLsm::Unconfirmed => info!(
+            "daemon: execve refusal in the kernel (BPF LSM): loaded, but whether the bpf LSM is active is unknown (securityfs not mounted)"
         ),
-        ExecLsm::Unavailable(why) => eprintln!(
-            "homeostat: daemon: execve refusal in the kernel (BPF LSM): unavailable ({why}); execve is refused by the ptrace response only"
+        ExecLsm::Unavailable(why) => info!(
+            "daemon: execve refusal in the kernel (BPF LSM): unavailable ({why}); execve is refused by the ptrace response only"
         ),
     }
     // No response without a keeper: a process stopped by the kernel must never be
     // left stopped if this process dies.
     if enforce && !homeostat_ebpf::thread_pidfds_supported() {
-        eprintln!(
-            "homeostat: warning: this kernel has no thread pidfds (PIDFD_THREAD, Linux 6.9), \
+        warn!(
+            "this kernel has no thread pidfds (PIDFD_THREAD, Linux 6.9), \
              so the response cannot follow LFCs: detect only"
         );
     }
@@ -846,7 +858,7 @@ pub fn run(a: DaemonArgs) -> Result<()> {
         {
             Ok(k) => Some(k),
             Err(e) => {
-                eprintln!("homeostat: warning: no keeper, so no response (detect only): {e:#}");
+                warn!("no keeper, so no response (detect only): {e:#}");
                 None
             }
         }
@@ -857,10 +869,7 @@ pub fn run(a: DaemonArgs) -> Result<()> {
     let metrics = match a.metrics {
         Some(addr) => {
             let m = MetricsServer::start(addr, metrics_shared.clone())?;
-            eprintln!(
-                "homeostat: daemon: metrics on http://{}/metrics",
-                m.local_addr()
-            );
+            info!("daemon: metrics on http://{}/metrics", m.local_addr());
             Some(m)
         }
         None => None,
@@ -885,15 +894,15 @@ pub fn run(a: DaemonArgs) -> Result<()> {
     let control = match Server::start(&state_dir) {
         Ok(s) => Some(s),
         Err(e) => {
-            eprintln!("homeostat: warning: no control channel: {e:#}");
+            warn!("no control channel: {e:#}");
             None
         }
     };
     let queue: Rc<RefCell<Vec<Event>>> = Rc::default();
     let q = queue.clone();
     let events = kernel.events(move |e| q.borrow_mut().push(e))?;
-    eprintln!(
-        "homeostat: daemon: watching ({:?} hook, {loaded} profiles loaded from {}, mode {:?}{})",
+    info!(
+        "daemon: watching ({:?} hook, {loaded} profiles loaded from {}, mode {:?}{})",
         kernel.hook(),
         d.dir.display(),
         d.config.mode,
@@ -956,8 +965,8 @@ pub fn run(a: DaemonArgs) -> Result<()> {
     d.on_reports(&kernel);
     d.tick(&kernel);
     let (saved, failed) = d.save(&kernel);
-    eprintln!(
-        "homeostat: daemon: stopped; {saved} profiles saved in {}{}",
+    info!(
+        "daemon: stopped; {saved} profiles saved in {}{}",
         d.dir.display(),
         if failed > 0 {
             format!(", {failed} not saved")

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use homeostat_core::ph::PhConfig;
 use homeostat_ebpf::{Kernel, Probe};
 use homeostat_ptrace::{Action, AttachOptions, TraceEvent, Tracer};
+use tracing::warn;
 
 /// What a response thread tells the daemon loop.
 #[derive(Debug, Clone)]
@@ -242,7 +243,7 @@ fn respond(pid: u32, probe: &Probe, config: &PhConfig, stop: &AtomicBool, tx: &S
             }
             Ok(None) => {}
             Err(e) => {
-                eprintln!("homeostat: warning: response to {pid}: {e}");
+                warn!("response to {pid}: {e}");
                 why = "tracer error";
                 break;
             }
@@ -250,7 +251,7 @@ fn respond(pid: u32, probe: &Probe, config: &PhConfig, stop: &AtomicBool, tx: &S
     }
     // Held calls run as answered Continue; the process and its children run on.
     if let Err(e) = tracer.detach_all() {
-        eprintln!("homeostat: warning: response to {pid}: {e}");
+        warn!("response to {pid}: {e}");
     }
     let _ = tx.send(Report::Finished {
         pid,
