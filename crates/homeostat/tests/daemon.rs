@@ -692,3 +692,72 @@ fn thirty_seconds_of_load_lose_nothing_and_stop_nothing() {
     );
     assert!(v[0]["events"].as_u64().unwrap() > 0);
 }
+
+/// pH's limits in the daemon: more than anomaly_limit anomalies send a normal profile
+/// back to training; an LFC above tolerize_limit starts a tolerized episode whose
+/// anomalies do not count (as in `homeostat run`).
+#[test]
+fn anomaly_limit_and_tolerize_limit() {
+    if !root_and_btf() {
+        return;
+    }
+    for (tolerize, want) in [(1000, "anomaly_limit"), (1, "tolerized")] {
+        let s = shell();
+        let state = s.dir.path().join("state");
+        let ev = s.dir.path().join("ev.jsonl");
+        let conf = s.dir.path().join("ph.toml");
+        std::fs::write(
+            &conf,
+            format!("[ph]\nmode = \"detect\"\nanomaly_limit = 2\ntolerize_limit = {tolerize}\n"),
+        )
+        .unwrap();
+        let (mut d, rx) = daemon(
+            &state,
+            &ev,
+            &[
+                "--duration",
+                "60",
+                "--normal-wait",
+                "0.5",
+                "--config",
+                conf.to_str().unwrap(),
+            ],
+        );
+        if ready(&mut d, &rx).is_none() {
+            return;
+        }
+        train_until_normal(&s, &ev);
+        let weird = format!("umask 077; cd /; kill -0 $$; ulimit -n; {}", s.trained);
+        let o = output(Command::new(&s.sh).arg("-c").arg(&weird));
+        assert!(o.status.success());
+        std::thread::sleep(Duration::from_millis(1500));
+        let evs = events(&ev);
+        let mine = |e: &&Value| e["profile"] == s.key.as_str();
+        let anomalies = evs
+            .iter()
+            .filter(mine)
+            .filter(|e| e["event"] == "anomaly")
+            .count();
+        assert!(
+            anomalies > 2,
+            "only {anomalies} anomalies: the test needs more"
+        );
+        let back = evs.iter().filter(mine).any(|e| {
+            e["event"] == "state_change" && e["to"] == "training" && e["reason"] == "anomaly_limit"
+        });
+        let tolerized = evs.iter().filter(mine).any(|e| e["event"] == "tolerized");
+        if want == "anomaly_limit" {
+            assert!(
+                back && !tolerized,
+                "{anomalies} anomalies, no anomaly_limit"
+            );
+        } else {
+            assert!(
+                tolerized && !back,
+                "tolerized {tolerized}, back to training {back}"
+            );
+        }
+        unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+        assert!(d.wait().unwrap().success());
+    }
+}
