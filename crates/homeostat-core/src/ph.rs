@@ -498,6 +498,58 @@ impl PhProfile {
         Verdict::Delay(delay)
     }
 
+    /// A profile made from pairs over raw call numbers (`(cur, prev, mask)`, bit d-1 of
+    /// `mask` = prev came d calls before cur), e.g. learnt by the daemon's kernel side:
+    /// its training and testing data are both these pairs. `None` if a mask has bits
+    /// beyond the configured window or there are more than 4095 distinct calls.
+    pub fn from_raw_pairs(
+        key: ExeKey,
+        path: impl Into<String>,
+        config: &PhConfig,
+        state: ProfileState,
+        pairs: &[(u32, u32, u32)],
+    ) -> Option<Self> {
+        let mut symbols: Vec<u32> = pairs.iter().flat_map(|&(c, p, _)| [c, p]).collect();
+        symbols.sort_unstable();
+        symbols.dedup();
+        if symbols.len() > 4095 {
+            return None;
+        }
+        let id = |raw: u32| symbols.binary_search(&raw).map(|i| i as u16 + 1).ok();
+        let entries: Vec<(u16, u16, u32)> = pairs
+            .iter()
+            .filter(|&&(_, _, m)| m != 0)
+            .map(|&(c, p, m)| Some((id(c)?, id(p)?, m)))
+            .collect::<Option<_>>()?;
+        let model = Pairs::from_parts(config.spec(), &symbols, &entries, 0)?;
+        Some(PhProfile {
+            key,
+            path: path.into(),
+            state,
+            model,
+            train_count: 0,
+            last_mod_count: 0,
+            normal_time_ns: 0,
+            anomalies: 0,
+            dirty: true,
+        })
+    }
+
+    /// The pairs the profile acts on, over raw call numbers (`(cur, prev, mask)`): the
+    /// testing data once normal, else the training data.
+    pub fn raw_pairs(&self) -> Vec<(u32, u32, u32)> {
+        let entries = if self.state == ProfileState::Normal {
+            self.model.test_entries()
+        } else {
+            self.model.entries()
+        };
+        let a = self.model.alphabet();
+        entries
+            .into_iter()
+            .filter_map(|(c, p, m)| Some((a.raw(c)?, a.raw(p)?, m)))
+            .collect()
+    }
+
     /// The profile as file contents (versioned, checksummed; write atomically).
     pub fn to_bytes(&self) -> Vec<u8> {
         let stored = StoredPhProfile {
@@ -569,6 +621,33 @@ struct StoredPhProfile {
     calls: u64,
     train: Vec<(u16, u16, u32)>,
     test: Vec<(u16, u16, u32)>,
+}
+
+#[cfg(test)]
+mod raw_pair_tests {
+    use super::*;
+
+    #[test]
+    fn raw_pairs_round_trip_and_test_like_the_original() {
+        let config = PhConfig::default();
+        let key = ExeKey { dev: 1, ino: 2 };
+        let pairs = vec![(3, 5, 0b1), (3, 7, 0b10), (9, 3, 0b101)];
+        let p =
+            PhProfile::from_raw_pairs(key, "/x", &config, ProfileState::Normal, &pairs).unwrap();
+        let mut got = p.raw_pairs();
+        got.sort_unstable();
+        assert_eq!(got, pairs);
+        assert_eq!(p.pairs(), 4);
+        // A mask beyond the window (9: distances 1..=8) is refused.
+        assert!(PhProfile::from_raw_pairs(
+            key,
+            "/x",
+            &config,
+            ProfileState::Training,
+            &[(1, 2, 1 << 8)]
+        )
+        .is_none());
+    }
 }
 
 #[cfg(test)]

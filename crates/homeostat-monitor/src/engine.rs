@@ -141,8 +141,21 @@ impl Engine {
     /// Processes a call before it runs and returns what to do with it.
     pub fn on_syscall(&mut self, c: &Call<'_>, now_ns: u64) -> Verdict {
         let config = &self.config;
+        let store = &self.store;
         let profile = self.profiles.entry(c.exe).or_insert_with(|| {
-            let p = PhProfile::new(c.exe, c.path, config);
+            // An executable the daemon already learnt starts from the daemon's profile.
+            let seeded = store.as_ref().and_then(|st| {
+                let f = crate::daemon_profile::path_in(st.dir(), c.exe);
+                let d = crate::daemon_profile::DaemonProfile::load(&f).ok()?;
+                let mut p = d.to_ph(config)?;
+                if config.mode == homeostat_core::ph::Mode::Learn && p.state == ProfileState::Normal
+                {
+                    p.state = ProfileState::Frozen;
+                }
+                Some(p)
+            });
+            let from = if seeded.is_some() { "daemon" } else { "new" };
+            let p = seeded.unwrap_or_else(|| PhProfile::new(c.exe, c.path, config));
             let rec = record(
                 now_ns,
                 "profile_created",
@@ -150,7 +163,7 @@ impl Engine {
                 &p,
                 0,
                 "none",
-                serde_json::json!({}),
+                serde_json::json!({ "from": from }),
             );
             (self.sink)(&rec);
             p

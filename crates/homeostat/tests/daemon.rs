@@ -191,6 +191,65 @@ fn learns_detects_saves_and_reloads() {
     assert_eq!(saved["state"], "normal");
     assert!(!saved["pairs"].as_array().unwrap().is_empty());
 
+    // Shared profiles, daemon -> run: `profile show` reads the daemon's file, and
+    // `homeostat run` starts the ls copy from the daemon's normal profile (the trained
+    // run has no anomaly, the unusual one has).
+    let show = Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(["profile", "show", "ls-copy", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        show.contains("(homeostat daemon)") && show.contains("normal"),
+        "{show}"
+    );
+    let hs_run = |ev: &Path, extra: &[&str], cmd: &[&Path]| {
+        // Output to /dev/null as in the daemon's training runs (ls behaves
+        // differently writing to a pipe).
+        let st = spawn(
+            Command::new(env!("CARGO_BIN_EXE_homeostat"))
+                .args(["run", "--quiet", "--state-dir"])
+                .arg(&state)
+                .arg("--events")
+                .arg(ev)
+                .args(extra)
+                .arg("--")
+                .args(cmd)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .wait()
+        .unwrap();
+        // (ls of /nonexistent exits 2, like a usage error would: the events tell.)
+        assert!(st.code().is_some(), "{st}");
+        events(ev)
+    };
+    let evr = dir.path().join("run1.jsonl");
+    let evs = hs_run(&evr, &["--detect"], &[&lsc, &data]);
+    assert!(
+        has(&evs, |e| mine(e)
+            && e["event"] == "profile_created"
+            && e["from"] == "daemon"
+            && e["state"] == "normal"),
+        "not seeded from the daemon: {evs:?}"
+    );
+    assert!(!has(&evs, |e| e["event"] == "anomaly"), "{evs:?}");
+    let evr = dir.path().join("run2.jsonl");
+    let mut weird_cmd: Vec<&Path> = vec![&lsc];
+    weird_cmd.extend(weird.iter());
+    let evs = hs_run(&evr, &["--detect"], &weird_cmd);
+    assert!(has(&evs, |e| mine(e) && e["event"] == "anomaly"), "{evs:?}");
+
+    // Run -> daemon: a program only `homeostat run` learnt seeds the daemon.
+    let catc = dir.path().join("cat-copy");
+    std::fs::copy("/usr/bin/cat", &catc).unwrap();
+    let m = std::fs::metadata(&catc).unwrap();
+    let cat_key = format!("{:x}-{:x}", m.dev(), m.ino());
+    let evr = dir.path().join("run3.jsonl");
+    let evs = hs_run(&evr, &["--learn"], &[&catc, &data.join("a")]);
+    assert!(has(&evs, |e| e["event"] == "profile_created"), "{evs:?}");
+
     // Restart: loaded as normal, detects at once.
     let ev2 = dir.path().join("ev2.jsonl");
     let (mut d, rx) = daemon(&state, &ev2, &["--duration", "3", "--detect"]);
@@ -210,6 +269,12 @@ fn learns_detects_saves_and_reloads() {
             && e["event"] == "anomaly"
             && e["pid"] == pid),
         "no anomaly after reload"
+    );
+    assert!(
+        has(&evs, |e| e["profile"] == cat_key.as_str()
+            && e["event"] == "profile_loaded"
+            && e["from"] == "homeostat run"),
+        "cat copy not seeded from homeostat run's profile"
     );
     eprintln!("daemon test took {:.1} s", t0.elapsed().as_secs_f64());
 }

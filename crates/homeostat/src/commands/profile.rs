@@ -7,14 +7,59 @@
 use std::os::unix::fs::MetadataExt;
 
 use anyhow::{bail, Result};
-use homeostat_core::ph::{ExeKey, PhProfile};
+use homeostat_core::ph::{ExeKey, PhProfile, ProfileState};
 use homeostat_core::Model;
+use homeostat_monitor::daemon_profile::DaemonProfile;
 use homeostat_monitor::ProfileStore;
 
 use crate::cli::{ProfileCmd, ProfileTarget, StateFlags};
 use crate::control::{broadcast, Request};
 
 use super::run::open_store;
+
+/// Whether a profile with this path and key is what the user named `exe` (a path, a
+/// key, or a file name).
+fn names(exe: &str, by_file: Option<ExeKey>, path: &str, key: ExeKey) -> bool {
+    Some(key) == by_file
+        || key.to_string() == exe
+        || path == exe
+        || std::path::Path::new(path)
+            .file_name()
+            .is_some_and(|f| f == exe)
+}
+
+fn key_of_file(exe: &str) -> Option<ExeKey> {
+    std::fs::metadata(exe).ok().map(|m| ExeKey {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
+/// The daemon profile file (`daemon/*.json`) named by `exe`, if exactly one is.
+fn daemon_file(
+    store: &ProfileStore,
+    exe: &str,
+) -> Result<Option<(std::path::PathBuf, DaemonProfile)>> {
+    let by_file = key_of_file(exe);
+    let Ok(dir) = std::fs::read_dir(store.dir().join("daemon")) else {
+        return Ok(None);
+    };
+    let mut found = vec![];
+    for path in dir.flatten().map(|e| e.path()) {
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        match DaemonProfile::load(&path) {
+            Ok(d) if names(exe, by_file, &d.path, d.key()) => found.push((path, d)),
+            Ok(_) => {}
+            Err(e) => eprintln!("homeostat: warning: {}: {e}", path.display()),
+        }
+    }
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        n => bail!("{exe} matches {n} daemon profiles; name it by key"),
+    }
+}
 
 fn find(store: &ProfileStore, exe: &str) -> Result<PhProfile> {
     // Running monitors hold newer state than their last save: have them save first.
@@ -23,20 +68,10 @@ fn find(store: &ProfileStore, exe: &str) -> Result<PhProfile> {
     for e in errors {
         eprintln!("homeostat: warning: profile set aside: {e}");
     }
-    let by_file = std::fs::metadata(exe).ok().map(|m| ExeKey {
-        dev: m.dev(),
-        ino: m.ino(),
-    });
+    let by_file = key_of_file(exe);
     let matches: Vec<PhProfile> = all
         .into_iter()
-        .filter(|p| {
-            Some(p.key) == by_file
-                || p.key.to_string() == exe
-                || p.path == exe
-                || std::path::Path::new(&p.path)
-                    .file_name()
-                    .is_some_and(|f| f == exe)
-        })
+        .filter(|p| names(exe, by_file, &p.path, p.key))
         .collect();
     match matches.len() {
         1 => Ok(matches.into_iter().next().expect("one match")),
@@ -74,7 +109,29 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
             for p in &all {
                 println!("{}", line(p));
             }
-            for (pid, p) in daemon_profiles(store.dir()) {
+            let live = daemon_profiles(store.dir());
+            if live.is_empty() {
+                // No daemon running: its files.
+                let dir = std::fs::read_dir(store.dir().join("daemon"));
+                for path in dir.into_iter().flatten().flatten().map(|e| e.path()) {
+                    if path.extension().is_none_or(|x| x != "json") {
+                        continue;
+                    }
+                    match DaemonProfile::load(&path) {
+                        Ok(d) => println!(
+                            "{:<9} {:>7} {:>10} {:>9}  {:<16} {}  (daemon file)",
+                            d.state.to_string(),
+                            d.pairs.iter().map(|x| x.2.count_ones()).sum::<u32>(),
+                            d.train_count,
+                            d.anomalies,
+                            d.key().to_string(),
+                            d.path
+                        ),
+                        Err(e) => eprintln!("homeostat: warning: {}: {e}", path.display()),
+                    }
+                }
+            }
+            for (pid, p) in live {
                 println!(
                     "{:<9} {:>7} {:>10} {:>9}  {:<16} {}  (daemon {pid})",
                     p["state"].as_str().unwrap_or("?"),
@@ -89,7 +146,27 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
         }
         ProfileCmd::Show(t) => {
             let store = open_store(&t.state)?;
-            let p = find(&store, &t.exe)?;
+            let p = match find(&store, &t.exe) {
+                Ok(p) => p,
+                Err(e) => {
+                    // A daemon profile (saved just now by find's broadcast).
+                    let Some((file, d)) = daemon_file(&store, &t.exe)? else {
+                        return Err(e);
+                    };
+                    println!("exe            {}", d.path);
+                    println!("key            {}", d.key());
+                    println!("file           {} (homeostat daemon)", file.display());
+                    println!("state          {}", d.state);
+                    println!(
+                        "pairs          {}",
+                        d.pairs.iter().map(|x| x.2.count_ones()).sum::<u32>()
+                    );
+                    println!("train_count    {}", d.train_count);
+                    println!("last_mod_count {}", d.last_mod_count);
+                    println!("anomalies      {}", d.anomalies);
+                    return Ok(());
+                }
+            };
             println!("exe            {}", p.path);
             println!("key            {}", p.key);
             println!("file           {}", store.path_for(p.key).display());
@@ -188,30 +265,18 @@ fn daemon_edit(
     request: impl Fn(String) -> Request,
     not_found: anyhow::Error,
 ) -> Result<()> {
-    let by_file = std::fs::metadata(exe).ok().map(|m| {
-        ExeKey {
-            dev: m.dev(),
-            ino: m.ino(),
-        }
-        .to_string()
-    });
+    let by_file = key_of_file(exe);
     let all = daemon_profiles(store.dir());
     let matches: Vec<&(u32, serde_json::Value)> = all
         .iter()
         .filter(|(_, p)| {
-            let path = p["path"].as_str().unwrap_or("");
-            let key = p["key"].as_str().unwrap_or("");
-            Some(key) == by_file.as_deref()
-                || key == exe
-                || path == exe
-                || std::path::Path::new(path)
-                    .file_name()
-                    .is_some_and(|f| f == exe)
+            let key = p["key"].as_str().and_then(|k| k.parse::<ExeKey>().ok());
+            key.is_some_and(|k| names(exe, by_file, p["path"].as_str().unwrap_or(""), k))
         })
         .collect();
     let (pid, p) = match matches.as_slice() {
         [one] => *one,
-        [] => return Err(not_found),
+        [] => return edit_daemon_file(store, exe, &request, not_found),
         _ => bail!(
             "{exe} matches {} daemon profiles; name it by key",
             matches.len()
@@ -232,6 +297,54 @@ fn daemon_edit(
     println!(
         "{key} {}: done by the daemon (pid {pid})",
         p["path"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+/// An admin change to a daemon profile file while no daemon runs: the same changes
+/// the daemon makes (its JSON file, written atomically; `reset` deletes it).
+fn edit_daemon_file(
+    store: &ProfileStore,
+    exe: &str,
+    request: &impl Fn(String) -> Request,
+    not_found: anyhow::Error,
+) -> Result<()> {
+    let Some((file, mut d)) = daemon_file(store, exe)? else {
+        return Err(not_found);
+    };
+    match request(d.key().to_string()) {
+        Request::Reset { .. } => {
+            std::fs::remove_file(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            println!(
+                "reset: {} ({}) will be learnt from nothing",
+                d.path,
+                d.key()
+            );
+            return Ok(());
+        }
+        Request::Normalize { .. } => {
+            d.state = ProfileState::Normal;
+            d.anomalies = 0;
+        }
+        Request::Sensitize { .. } => {
+            d.state = ProfileState::Training;
+            d.train_count = 0;
+            d.last_mod_count = 0;
+            d.anomalies = 0;
+        }
+        Request::Tolerize { .. } => {
+            d.train_count = 0;
+            d.last_mod_count = 0;
+        }
+        _ => {}
+    }
+    homeostat_monitor::write_atomic(&file, &d.to_bytes())?;
+    println!(
+        "{} {}: {} (daemon file {})",
+        d.key(),
+        d.path,
+        d.state,
+        file.display()
     );
     Ok(())
 }

@@ -27,7 +27,7 @@ mod respond;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,11 +36,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use homeostat_core::ph::{ExeKey, Mode, PhConfig, ProfileState};
 use homeostat_ebpf::{Event, EventKind, ExecLsm, Kernel, KernelState, Options, Stats};
-use homeostat_monitor::{write_atomic, EventRecord};
+use homeostat_monitor::daemon_profile::{self, DaemonProfile};
+use homeostat_monitor::{write_atomic, EventRecord, ProfileStore};
 use homeostat_syscalls::Arch;
 use keeper::KeeperHandle;
 use respond::{Report, Responders};
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::run::{config_from_flags, describe, load_modes, now_ns, open_events, open_store};
@@ -54,24 +54,6 @@ const TICK: Duration = Duration::from_secs(1);
 const SAVE_EVERY: Duration = Duration::from_secs(60);
 /// Ring buffer poll timeout.
 const POLL: Duration = Duration::from_millis(200);
-const FORMAT_VERSION: u32 = 1;
-
-/// A profile as saved in `daemon/<dev>-<ino>.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Saved {
-    version: u32,
-    dev: u64,
-    ino: u64,
-    path: String,
-    state: ProfileState,
-    train_count: u64,
-    last_mod_count: u64,
-    normal_time_ns: u64,
-    anomalies: u64,
-    /// (current call, previous call, distance mask: bit d-1 = d calls before).
-    pairs: Vec<(u16, u16, u8)>,
-}
-
 /// Userspace's half of a profile.
 struct Prof {
     path: Arc<str>,
@@ -669,8 +651,8 @@ impl Daemon {
                 // Nothing learnt yet: nothing worth a file.
                 continue;
             };
-            let s = Saved {
-                version: FORMAT_VERSION,
+            let s = DaemonProfile {
+                version: daemon_profile::VERSION,
                 dev: key.dev,
                 ino: key.ino,
                 path: p.path.to_string(),
@@ -681,8 +663,7 @@ impl Daemon {
                 anomalies: p.anomalies,
                 pairs: pairs.clone(),
             };
-            let bytes = serde_json::to_vec(&s).expect("serializable");
-            match write_atomic(&self.dir.join(format!("{key}.json")), &bytes) {
+            match write_atomic(&self.dir.join(format!("{key}.json")), &s.to_bytes()) {
                 Ok(()) => {
                     p.dirty = false;
                     saved += 1;
@@ -696,97 +677,102 @@ impl Daemon {
         (saved, failed)
     }
 
-    /// Loads `daemon/*.json` into the kernel; bad files are reported and skipped.
-    fn load(&mut self, kernel: &Kernel) -> usize {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return 0;
-        };
+    /// Loads `daemon/*.json` into the kernel, then seeds the executables it has no file
+    /// for from `homeostat run`'s profiles (`profiles/*.phprof`, converted: x86_64
+    /// calls only); bad files are reported and skipped. Returns how many were loaded.
+    fn load(&mut self, kernel: &Kernel, store: &ProfileStore) -> usize {
         let mut n = 0;
-        for path in entries.flatten().map(|e| e.path()) {
-            if path.extension().is_none_or(|x| x != "json") {
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for path in entries.flatten().map(|e| e.path()) {
+                if path.extension().is_none_or(|x| x != "json") {
+                    continue;
+                }
+                match DaemonProfile::load(&path) {
+                    Ok(d) => match self.adopt(kernel, d, "daemon") {
+                        Ok(()) => n += 1,
+                        Err(e) => warn!("profile {} skipped: {e}", path.display()),
+                    },
+                    Err(e) => warn!("profile {} skipped: {e}", path.display()),
+                }
+            }
+        }
+        let (run_profiles, errors) = store.load_all();
+        for e in errors {
+            warn!("{e}");
+        }
+        for p in run_profiles {
+            if self.profiles.contains_key(&p.key) {
                 continue;
             }
-            match load_one(kernel, &path) {
-                Ok(s) => {
-                    let key = ExeKey {
-                        dev: s.dev,
-                        ino: s.ino,
-                    };
-                    let state = match s.state {
-                        ProfileState::Normal
-                            if self.modes.get(&s.path).copied().unwrap_or(self.config.mode)
-                                == Mode::Learn =>
-                        {
-                            ProfileState::Frozen
-                        }
-                        st => st,
-                    };
-                    let ks = if state == ProfileState::Normal {
-                        KernelState::Normal
-                    } else {
-                        KernelState::Training
-                    };
-                    if let Err(e) = kernel.set_state(key, ks) {
-                        warn!("{}: {e}", path.display());
-                        continue;
-                    }
-                    let p = Prof {
-                        path: Arc::from(s.path.as_str()),
-                        state,
-                        train_count: s.train_count,
-                        last_mod_count: s.last_mod_count.min(s.train_count),
-                        normal_time_ns: s.normal_time_ns,
-                        anomalies: s.anomalies,
-                        seen_calls: 0,
-                        seen_new: 0,
-                        dirty: false,
-                    };
-                    self.profiles.insert(key, p);
-                    if state == ProfileState::Normal {
-                        let on = self.respond && self.mode_of(key) == Mode::Enforce;
-                        if let Err(e) = kernel.set_respond(key, on) {
-                            warn!("{}: {e}", path.display());
-                        }
-                    }
-                    let r = self.record(
-                        "profile_loaded",
-                        key,
-                        (0, 0),
-                        String::new(),
-                        0,
-                        serde_json::json!({ "pairs": s.pairs.len() }),
-                    );
-                    if let Some(w) = self.json.as_mut() {
-                        let _ = serde_json::to_writer(&mut *w, &r)
-                            .map(|_| w.write_all(b"\n"))
-                            .map(|_| w.flush());
+            let d = DaemonProfile::from_ph(&p);
+            if d.pairs.is_empty() {
+                continue;
+            }
+            match self.adopt(kernel, d, "homeostat run") {
+                Ok(()) => {
+                    // Not ours on disk yet: written to daemon/ at the next save.
+                    if let Some(q) = self.profiles.get_mut(&p.key) {
+                        q.dirty = true;
                     }
                     n += 1;
                 }
-                Err(e) => warn!("profile {} skipped: {e:#}", path.display()),
+                Err(e) => warn!(
+                    "profile {} not seeded: {e}",
+                    store.path_for(p.key).display()
+                ),
             }
         }
         n
     }
-}
 
-fn load_one(kernel: &Kernel, path: &Path) -> Result<Saved> {
-    let bytes = std::fs::read(path)?;
-    let s: Saved = serde_json::from_slice(&bytes)?;
-    if s.version != FORMAT_VERSION {
-        return Err(anyhow!(
-            "format version {} (want {FORMAT_VERSION})",
-            s.version
-        ));
+    /// Puts a loaded profile into the kernel and the daemon's table.
+    fn adopt(&mut self, kernel: &Kernel, d: DaemonProfile, from: &str) -> Result<()> {
+        let key = d.key();
+        kernel.add_pairs(key, &d.pairs)?;
+        let learn = self.modes.get(&d.path).copied().unwrap_or(self.config.mode) == Mode::Learn;
+        let state = match d.state {
+            ProfileState::Normal if learn => ProfileState::Frozen,
+            st => st,
+        };
+        let ks = if state == ProfileState::Normal {
+            KernelState::Normal
+        } else {
+            KernelState::Training
+        };
+        kernel.set_state(key, ks)?;
+        self.profiles.insert(
+            key,
+            Prof {
+                path: Arc::from(d.path.as_str()),
+                state,
+                train_count: d.train_count,
+                last_mod_count: d.last_mod_count.min(d.train_count),
+                normal_time_ns: d.normal_time_ns,
+                anomalies: d.anomalies,
+                seen_calls: 0,
+                seen_new: 0,
+                dirty: false,
+            },
+        );
+        if state == ProfileState::Normal {
+            let on = self.respond && self.mode_of(key) == Mode::Enforce;
+            kernel.set_respond(key, on)?;
+        }
+        let r = self.record(
+            "profile_loaded",
+            key,
+            (0, 0),
+            String::new(),
+            0,
+            serde_json::json!({ "pairs": d.pairs.len(), "from": from }),
+        );
+        if let Some(w) = self.json.as_mut() {
+            let _ = serde_json::to_writer(&mut *w, &r)
+                .map(|_| w.write_all(b"\n"))
+                .map(|_| w.flush());
+        }
+        Ok(())
     }
-    kernel.add_pairs(
-        ExeKey {
-            dev: s.dev,
-            ino: s.ino,
-        },
-        &s.pairs,
-    )?;
-    Ok(s)
 }
 
 /// Logs go to stderr through `tracing` (the journal adds its own timestamps under
@@ -890,7 +876,7 @@ pub fn run(a: DaemonArgs) -> Result<()> {
         counts: Snapshot::default(),
         started: Instant::now(),
     };
-    let loaded = d.load(&kernel);
+    let loaded = d.load(&kernel, &store);
     let control = match Server::start(&state_dir) {
         Ok(s) => Some(s),
         Err(e) => {

@@ -1,0 +1,162 @@
+//! The daemon's profile files, `daemon/<dev>-<ino>.json` in the state directory, and
+//! their conversion to and from `homeostat run`'s profiles (`profiles/*.phprof`).
+//!
+//! Why a second format: the daemon's kernel side keeps one set of pairs per executable
+//! over 9-bit x86_64 call numbers with a window of 9 (pH's table), where `homeostat
+//! run` keeps training and testing sets over interned call ids of either ABI, with the
+//! configured window. JSON keeps the daemon's files readable by people and tools.
+//! Sharing goes through the conversions here: each side seeds a profile it does not
+//! have from the other's file, and never writes the other's.
+
+use std::path::{Path, PathBuf};
+
+use homeostat_core::ph::{ExeKey, PhConfig, PhProfile, ProfileState};
+use serde::{Deserialize, Serialize};
+
+/// Format version of the JSON files.
+pub const VERSION: u32 = 1;
+/// Call numbers the kernel table holds (x86_64, 9 bits).
+pub const KERNEL_CALLS: u32 = 512;
+
+/// One daemon profile file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DaemonProfile {
+    pub version: u32,
+    pub dev: u64,
+    pub ino: u64,
+    pub path: String,
+    pub state: ProfileState,
+    pub train_count: u64,
+    pub last_mod_count: u64,
+    pub normal_time_ns: u64,
+    pub anomalies: u64,
+    /// (current call, previous call, distance mask: bit d-1 = d calls before).
+    pub pairs: Vec<(u16, u16, u8)>,
+}
+
+/// `daemon/<key>.json` under `state_dir`.
+pub fn path_in(state_dir: &Path, key: ExeKey) -> PathBuf {
+    state_dir.join("daemon").join(format!("{key}.json"))
+}
+
+impl DaemonProfile {
+    /// The profile's key.
+    pub fn key(&self) -> ExeKey {
+        ExeKey {
+            dev: self.dev,
+            ino: self.ino,
+        }
+    }
+
+    /// Reads and checks a file; the error is one line without the path (the caller
+    /// names the file).
+    pub fn load(path: &Path) -> Result<DaemonProfile, String> {
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        let p: DaemonProfile = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        if p.version != VERSION {
+            return Err(format!("format version {} (want {VERSION})", p.version));
+        }
+        if let Some(&(c, q, _)) = p
+            .pairs
+            .iter()
+            .find(|&&(c, q, _)| u32::from(c) >= KERNEL_CALLS || u32::from(q) >= KERNEL_CALLS)
+        {
+            return Err(format!("call number out of range in pair ({c}, {q})"));
+        }
+        Ok(p)
+    }
+
+    /// The file contents.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("plain data serialises")
+    }
+
+    /// As a `homeostat run` profile: its pairs become training and testing data, with
+    /// x86_64 call numbers (what `homeostat run` uses for x86_64 programs). `None` if
+    /// the configured window is too small for the distances (window < 9).
+    pub fn to_ph(&self, config: &PhConfig) -> Option<PhProfile> {
+        let raw: Vec<(u32, u32, u32)> = self
+            .pairs
+            .iter()
+            .map(|&(c, q, m)| (u32::from(c), u32::from(q), u32::from(m)))
+            .collect();
+        let mut p = PhProfile::from_raw_pairs(self.key(), &self.path, config, self.state, &raw)?;
+        p.train_count = self.train_count;
+        p.last_mod_count = self.last_mod_count.min(self.train_count);
+        p.normal_time_ns = self.normal_time_ns;
+        p.anomalies = self.anomalies;
+        Some(p)
+    }
+
+    /// From a `homeostat run` profile: the pairs it acts on, limited to what the kernel
+    /// table holds (x86_64 calls below 512, distances up to 8); i386 calls (numbered
+    /// from 0x10000) and longer distances are dropped.
+    pub fn from_ph(p: &PhProfile) -> DaemonProfile {
+        let mut pairs: Vec<(u16, u16, u8)> = p
+            .raw_pairs()
+            .into_iter()
+            .filter(|&(c, q, m)| c < KERNEL_CALLS && q < KERNEL_CALLS && m & 0xff != 0)
+            .map(|(c, q, m)| (c as u16, q as u16, (m & 0xff) as u8))
+            .collect();
+        pairs.sort_unstable();
+        DaemonProfile {
+            version: VERSION,
+            dev: p.key.dev,
+            ino: p.key.ino,
+            path: p.path.clone(),
+            state: p.state,
+            train_count: p.train_count,
+            last_mod_count: p.last_mod_count,
+            normal_time_ns: p.normal_time_ns,
+            anomalies: p.anomalies,
+            pairs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> DaemonProfile {
+        DaemonProfile {
+            version: VERSION,
+            dev: 0xfe00,
+            ino: 42,
+            path: "/usr/bin/x".into(),
+            state: ProfileState::Normal,
+            train_count: 1000,
+            last_mod_count: 900,
+            normal_time_ns: 5,
+            anomalies: 1,
+            pairs: vec![(0, 1, 0b1), (1, 0, 0b11), (59, 1, 0b1000_0000)],
+        }
+    }
+
+    #[test]
+    fn round_trips_through_a_run_profile() {
+        let d = sample();
+        let p = d.to_ph(&PhConfig::default()).unwrap();
+        assert_eq!(p.state, ProfileState::Normal);
+        assert_eq!((p.train_count, p.last_mod_count), (1000, 900));
+        assert_eq!(DaemonProfile::from_ph(&p), d);
+    }
+
+    #[test]
+    fn files_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.json");
+        std::fs::write(&f, sample().to_bytes()).unwrap();
+        assert_eq!(DaemonProfile::load(&f).unwrap(), sample());
+        let mut bad = sample();
+        bad.pairs.push((600, 1, 1));
+        std::fs::write(&f, bad.to_bytes()).unwrap();
+        assert!(DaemonProfile::load(&f).unwrap_err().contains("(600, 1)"));
+        let mut old = sample();
+        old.version = 7;
+        std::fs::write(&f, old.to_bytes()).unwrap();
+        assert!(DaemonProfile::load(&f).unwrap_err().contains("version 7"));
+        std::fs::write(&f, b"{\"version\": 1, \"dev\"").unwrap();
+        assert!(DaemonProfile::load(&f).is_err());
+    }
+}
