@@ -211,6 +211,10 @@ pub struct DemoArgs {
     /// Keep the demo's state directory here instead of a temporary one.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Protect the service with the system-wide daemon (eBPF, root) instead of the
+    /// launcher: it is run directly, and the daemon watches it with everything else.
+    #[arg(long)]
+    pub daemon: bool,
 }
 
 /// Model configuration flags shared by train and eval.

@@ -826,3 +826,22 @@ fn anomaly_limit_and_tolerize_limit() {
         assert!(d.wait().unwrap().success());
     }
 }
+
+/// `homeostat demo --daemon`, end to end: the note service learnt by the daemon, its
+/// exploit stopped, delayed and refused its shell.
+#[test]
+fn the_daemon_demo_stops_the_exploit() {
+    if !root_and_btf() {
+        return;
+    }
+    let o = output(Command::new(env!("CARGO_BIN_EXE_homeostat")).args(["demo", "--daemon"]));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("STOPPED by the kernel"), "{out}");
+    assert!(out.contains("execve REFUSED"), "{out}");
+    assert!(out.contains("attacker got the shell's output: no"), "{out}");
+}

@@ -21,7 +21,7 @@ use super::run::{describe, PhConsumer};
 use crate::cli::DemoArgs;
 use crate::launch;
 
-fn service_binary() -> Result<PathBuf> {
+pub(super) fn service_binary() -> Result<PathBuf> {
     let me = std::env::current_exe().context("locating the homeostat binary")?;
     let svc = me.with_file_name("homeostat-demo-service");
     if !svc.is_file() {
@@ -34,7 +34,7 @@ fn service_binary() -> Result<PathBuf> {
 }
 
 /// A normal client's session: store, read, count and list notes.
-fn normal_requests(i: usize) -> String {
+pub(super) fn normal_requests(i: usize) -> String {
     let mut r = String::new();
     for j in 0..(3 + i % 4) {
         r += &format!(
@@ -83,6 +83,9 @@ impl Session<'_> {
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
+    if a.daemon {
+        return super::demo_daemon::run(a);
+    }
     let started = Instant::now();
     let svc = service_binary()?;
     let tmp = tempfile::Builder::new()

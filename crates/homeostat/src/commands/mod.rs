@@ -2,6 +2,7 @@
 
 mod daemon;
 mod demo;
+mod demo_daemon;
 mod eval;
 mod inspect;
 mod profile;
