@@ -506,6 +506,16 @@ impl Kernel {
 
     /// Sets a profile's state, creating its entry (counters at 0) if absent.
     pub fn set_state(&self, exe: ExeKey, state: KernelState) -> Result<(), Error> {
+        let s: u32 = match state {
+            KernelState::Training => 0,
+            KernelState::Normal => 1,
+        };
+        self.set_profile_word(exe, 0, s)
+    }
+
+    /// Writes the u32 at byte `at` of a profile's entry (`state` 0, `respond` 4),
+    /// creating the entry (counters at 0) if absent, and tells the tasks.
+    fn set_profile_word(&self, exe: ExeKey, at: usize, value: u32) -> Result<(), Error> {
         let k = key_bytes(exe);
         let mut v = match self
             .profiles
@@ -515,15 +525,12 @@ impl Kernel {
             Some(v) if v.len() == PROFILE_LEN => v,
             _ => vec![0; PROFILE_LEN],
         };
-        let s: u32 = match state {
-            KernelState::Training => 0,
-            KernelState::Normal => 1,
-        };
-        v[..4].copy_from_slice(&s.to_ne_bytes());
+        v[at..at + 4].copy_from_slice(&value.to_ne_bytes());
         // Counters may move between lookup and update; they are statistics only.
         self.profiles
             .update(&k, &v, MapFlags::ANY)
             .map_err(map_err("hs_profiles", "update"))?;
+        // The entry may be new, or its state changed: cached states are stale.
         self.bump_generation()
     }
 
@@ -549,21 +556,7 @@ impl Kernel {
     /// Whether the profile's anomalous processes are stopped for a response (only
     /// while it is normal). Creates the profile (training) if absent.
     pub fn set_respond(&self, exe: ExeKey, on: bool) -> Result<(), Error> {
-        let k = key_bytes(exe);
-        let mut v = match self
-            .profiles
-            .lookup(&k, MapFlags::ANY)
-            .map_err(map_err("hs_profiles", "lookup"))?
-        {
-            Some(v) if v.len() == PROFILE_LEN => v,
-            _ => vec![0; PROFILE_LEN],
-        };
-        v[4..8].copy_from_slice(&u32::from(on).to_ne_bytes());
-        self.profiles
-            .update(&k, &v, MapFlags::ANY)
-            .map_err(map_err("hs_profiles", "update"))?;
-        // It may have created the profile.
-        self.bump_generation()
+        self.set_profile_word(exe, 4, u32::from(on))
     }
 
     /// What the kernel keeps for thread `tid` (`None`: no such thread, or one the
@@ -580,14 +573,12 @@ impl Kernel {
 
     /// Forgets a stopped process (userspace has taken it over, or resumed it).
     pub fn unstop(&self, pid: u32) {
-        // Absent already is fine: a second unstop, or an entry never made.
-        let _ = self.stopped.delete(&pid.to_ne_bytes());
+        unstop_in(&self.stopped, pid);
     }
 
     /// See [`Probe::release`].
     pub fn release(&self, pid: u32) {
-        crate::sys::sigcont(pid as i32);
-        self.unstop(pid);
+        release_in(&self.stopped, pid);
     }
 
     /// A handle for other threads: task states and rows, for the response.
@@ -911,18 +902,22 @@ impl Probe {
         Ok(Some(t.after_call(row.as_deref(), nr).1))
     }
 
-    /// See [`Kernel::unstop`].
-    pub fn unstop(&self, pid: u32) {
-        let _ = self.stopped.delete(&pid.to_ne_bytes());
-    }
-
-    /// Ends the kernel's stop of process `pid`: SIGCONT, then [`Probe::unstop`]. Done
+    /// Ends the kernel's stop of process `pid`: SIGCONT, then [`Kernel::unstop`]. Done
     /// once a tracer holds it (the tracer, not the stop, controls it from then on), or
     /// instead of a takeover that failed, so that it never stays stopped.
     pub fn release(&self, pid: u32) {
-        crate::sys::sigcont(pid as i32);
-        self.unstop(pid);
+        release_in(&self.stopped, pid);
     }
+}
+
+fn unstop_in(map: &MapHandle, pid: u32) {
+    // Absent already is fine: a second unstop, or an entry never made.
+    let _ = map.delete(&pid.to_ne_bytes());
+}
+
+fn release_in(map: &MapHandle, pid: u32) {
+    crate::sys::sigcont(pid as i32);
+    unstop_in(map, pid);
 }
 
 impl ProbeRef<'_> {
@@ -997,10 +992,13 @@ impl Kernel {
 fn resume_in(map: &MapHandle) -> Vec<u32> {
     let mut resumed = vec![];
     for (pid, _, _) in stopped_in(map) {
-        if crate::sys::stat_state(pid as i32) == Some('T') && crate::sys::sigcont(pid as i32) {
+        // `T`: stopped by a signal (a traced task shows `t`).
+        if homeostat_proc::stat_field(pid as i32, 3).as_deref() == Some("T")
+            && crate::sys::sigcont(pid as i32)
+        {
             resumed.push(pid);
         }
-        let _ = map.delete(&pid.to_ne_bytes());
+        unstop_in(map, pid);
     }
     resumed
 }

@@ -23,10 +23,3 @@ pub fn sigcont(pid: i32) -> bool {
     // SAFETY: kill has no memory arguments.
     unsafe { libc::kill(pid, libc::SIGCONT) == 0 }
 }
-
-/// The state letter of /proc/PID/stat (`R`, `S`, `T` stopped, `t` traced...).
-pub fn stat_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    let close = stat.iter().rposition(|&c| c == b')')?;
-    stat.get(close + 2).map(|&c| c as char)
-}

@@ -66,6 +66,11 @@ impl DaemonProfile {
         Ok(p)
     }
 
+    /// Distinct (cur, prev, distance) pairs, as `PhProfile::pairs` counts them.
+    pub fn pair_count(&self) -> usize {
+        self.pairs.iter().map(|p| p.2.count_ones() as usize).sum()
+    }
+
     /// The file contents.
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("plain data serialises")
@@ -139,6 +144,7 @@ mod tests {
         let p = d.to_ph(&PhConfig::default()).unwrap();
         assert_eq!(p.state, ProfileState::Normal);
         assert_eq!((p.train_count, p.last_mod_count), (1000, 900));
+        assert_eq!(p.pairs(), d.pair_count());
         assert_eq!(DaemonProfile::from_ph(&p), d);
     }
 

@@ -354,33 +354,15 @@ fn enforce_stops_delays_refuses_execve_and_lets_go() {
     let s = shell();
     let state = s.dir.path().join("state");
     let ev = s.dir.path().join("ev.jsonl");
-    let conf = s.dir.path().join("ph.toml");
-    // Small delays so the test is quick; execve refused from LFC 1. Only the private
-    // shell responds: the host is in detect mode, so with a normal_wait this short the
-    // machine's other programs (the test harness, cargo...) are never stopped.
-    std::fs::write(
-        &conf,
-        format!(
-            "[ph]\nmode = \"detect\"\ndelay_factor_ms = 0.5\nmax_delay_ms = 8.0\nsuspend_execve = 1\n\n[modes]\n\"{}\" = \"enforce\"\n",
-            s.sh.display()
-        ),
-    )
-    .unwrap();
-    let (mut d, rx) = daemon(
-        &state,
-        &ev,
-        &[
-            "--duration",
-            "60",
-            "--normal-wait",
-            "0.5",
-            "--config",
-            conf.to_str().unwrap(),
-        ],
+    // Small delays so the test is quick; execve refused from LFC 1.
+    let conf = shell_config(
+        &s,
+        "delay_factor_ms = 0.5\nmax_delay_ms = 8.0\nsuspend_execve = 1\n",
+        true,
     );
-    if ready(&mut d, &rx).is_none() {
+    let Some((mut d, _rx)) = shell_daemon(&s, &conf, &ev) else {
         return;
-    }
+    };
     train_until_normal(&s, &ev);
 
     // New behaviour first (calls dash's trained run never made), then a command (fork
@@ -503,18 +485,29 @@ fn enforce_stops_delays_refuses_execve_and_lets_go() {
     assert_eq!(state_of(pid as u32), None, "the shell is gone");
 }
 
-/// Writes the private-shell config: host `detect`, the shell `enforce`.
-fn shell_config(s: &Shell, ph: &str) -> std::path::PathBuf {
+/// Writes the private-shell config: host `detect` with `ph` added, and with
+/// `enforce_shell` the shell `enforce` (so only it responds: with a normal_wait this
+/// short the machine's other programs, the test harness, cargo..., are never stopped).
+fn shell_config(s: &Shell, ph: &str, enforce_shell: bool) -> std::path::PathBuf {
     let conf = s.dir.path().join("ph.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[ph]\nmode = \"detect\"\n{ph}\n[modes]\n\"{}\" = \"enforce\"\n",
-            s.sh.display()
-        ),
-    )
-    .unwrap();
+    let modes = if enforce_shell {
+        format!("[modes]\n\"{}\" = \"enforce\"\n", s.sh.display())
+    } else {
+        String::new()
+    };
+    std::fs::write(&conf, format!("[ph]\nmode = \"detect\"\n{ph}\n{modes}")).unwrap();
     conf
+}
+
+/// A daemon for the shell tests (config `conf`, normal_wait 0.5 s, events to `ev`),
+/// ready; `None` (after saying why) when BPF is unavailable.
+fn shell_daemon(s: &Shell, conf: &Path, ev: &Path) -> Option<(Child, Receiver<String>)> {
+    let state = s.dir.path().join("state");
+    let conf = conf.to_str().unwrap();
+    let args = ["--duration", "60", "--normal-wait", "0.5", "--config", conf];
+    let (mut d, rx) = daemon(&state, ev, &args);
+    ready(&mut d, &rx)?;
+    Some((d, rx))
 }
 
 fn wait_exit(c: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
@@ -549,14 +542,11 @@ fn sigkill_leaves_nothing_stopped_and_restart_resumes() {
     let s = shell();
     let state = s.dir.path().join("state");
     // Long delays, so the process is still under response when the daemon dies.
-    let conf = shell_config(&s, "delay_factor_ms = 20.0\nmax_delay_ms = 200.0\n");
-    let conf = conf.to_str().unwrap();
+    let conf = shell_config(&s, "delay_factor_ms = 20.0\nmax_delay_ms = 200.0\n", true);
     let ev = s.dir.path().join("ev.jsonl");
-    let args = ["--duration", "60", "--normal-wait", "0.5", "--config", conf];
-    let (mut d, rx) = daemon(&state, &ev, &args);
-    if ready(&mut d, &rx).is_none() {
+    let Some((mut d, _rx)) = shell_daemon(&s, &conf, &ev) else {
         return;
-    }
+    };
     train_until_normal(&s, &ev);
     // `homeostat status` asks nothing to save; `ps` neither: save through the admin
     // path (profile list has running monitors save first).
@@ -597,8 +587,7 @@ fn sigkill_leaves_nothing_stopped_and_restart_resumes() {
     // 2. Stopped by the kernel while the daemon cannot take it over (frozen with
     // SIGSTOP), then SIGKILL: the keeper resumes it.
     let ev2 = s.dir.path().join("ev2.jsonl");
-    let (mut d, rx) = daemon(&state, &ev2, &args);
-    ready(&mut d, &rx).expect("BPF worked a moment ago");
+    let (mut d, _rx) = shell_daemon(&s, &conf, &ev2).expect("BPF worked a moment ago");
     assert!(has(&events(&ev2), |e| e["event"] == "profile_loaded"
         && e["profile"] == s.key.as_str()
         && e["state"] == "normal"));
@@ -624,8 +613,7 @@ fn sigkill_leaves_nothing_stopped_and_restart_resumes() {
 
     // 3. Restart: the profile is back as normal and responds again.
     let ev3 = s.dir.path().join("ev3.jsonl");
-    let (mut d, rx) = daemon(&state, &ev3, &args);
-    ready(&mut d, &rx).expect("BPF worked a moment ago");
+    let (mut d, _rx) = shell_daemon(&s, &conf, &ev3).expect("BPF worked a moment ago");
     let mut victim = start();
     assert!(wait_exit(&mut victim, Duration::from_secs(30)).is_some_and(|s| s.success()));
     std::thread::sleep(Duration::from_millis(300));
@@ -768,29 +756,12 @@ fn anomaly_limit_and_tolerize_limit() {
     }
     for (tolerize, want) in [(1000, "anomaly_limit"), (1, "tolerized")] {
         let s = shell();
-        let state = s.dir.path().join("state");
         let ev = s.dir.path().join("ev.jsonl");
-        let conf = s.dir.path().join("ph.toml");
-        std::fs::write(
-            &conf,
-            format!("[ph]\nmode = \"detect\"\nanomaly_limit = 2\ntolerize_limit = {tolerize}\n"),
-        )
-        .unwrap();
-        let (mut d, rx) = daemon(
-            &state,
-            &ev,
-            &[
-                "--duration",
-                "60",
-                "--normal-wait",
-                "0.5",
-                "--config",
-                conf.to_str().unwrap(),
-            ],
-        );
-        if ready(&mut d, &rx).is_none() {
+        let ph = format!("anomaly_limit = 2\ntolerize_limit = {tolerize}\n");
+        let conf = shell_config(&s, &ph, false);
+        let Some((mut d, _rx)) = shell_daemon(&s, &conf, &ev) else {
             return;
-        }
+        };
         train_until_normal(&s, &ev);
         let weird = format!("umask 077; cd /; kill -0 $$; ulimit -n; {}", s.trained);
         let o = output(Command::new(&s.sh).arg("-c").arg(&weird));

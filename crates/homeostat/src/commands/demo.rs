@@ -21,7 +21,7 @@ use super::run::{describe, PhConsumer};
 use crate::cli::DemoArgs;
 use crate::launch;
 
-pub(super) fn service_binary() -> Result<PathBuf> {
+fn service_binary() -> Result<PathBuf> {
     let me = std::env::current_exe().context("locating the homeostat binary")?;
     let svc = me.with_file_name("homeostat-demo-service");
     if !svc.is_file() {
@@ -82,11 +82,19 @@ impl Session<'_> {
     }
 }
 
-pub fn run(a: DemoArgs) -> Result<()> {
-    if a.daemon {
-        return super::demo_daemon::run(a);
-    }
-    let started = Instant::now();
+/// What both demos start from.
+pub(super) struct Setup {
+    /// The note service binary.
+    pub svc: PathBuf,
+    /// Requests, outputs and (by default) state live here; removed at the end.
+    pub tmp: tempfile::TempDir,
+    /// `--state-dir`, else `state` in `tmp`.
+    pub state_dir: PathBuf,
+    /// The service's notes.
+    pub data: PathBuf,
+}
+
+pub(super) fn setup(a: &DemoArgs) -> Result<Setup> {
     let svc = service_binary()?;
     let tmp = tempfile::Builder::new()
         .prefix("homeostat-demo-")
@@ -97,6 +105,25 @@ pub fn run(a: DemoArgs) -> Result<()> {
         .unwrap_or_else(|| tmp.path().join("state"));
     let data = tmp.path().join("notes");
     std::fs::create_dir_all(&data)?;
+    Ok(Setup {
+        svc,
+        tmp,
+        state_dir,
+        data,
+    })
+}
+
+pub fn run(a: DemoArgs) -> Result<()> {
+    if a.daemon {
+        return super::demo_daemon::run(a);
+    }
+    let started = Instant::now();
+    let Setup {
+        svc,
+        tmp,
+        state_dir,
+        data,
+    } = setup(&a)?;
     let store = ProfileStore::open(&state_dir)?;
     let config = PhConfig {
         normal_wait_secs: 1.0,

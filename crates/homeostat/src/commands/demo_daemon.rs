@@ -14,9 +14,10 @@ use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use homeostat_core::ph::ExeKey;
 use serde_json::Value;
 
-use super::demo::{normal_requests, service_binary};
+use super::demo::{normal_requests, setup, Setup};
 use crate::cli::DemoArgs;
 
 /// The daemon child; stopped (SIGTERM, then waited for) when dropped.
@@ -80,18 +81,18 @@ fn wait_ready(rx: &Receiver<String>, child: &mut Child) -> Result<()> {
 
 pub fn run(a: DemoArgs) -> Result<()> {
     let started = Instant::now();
-    let svc = service_binary()?;
-    let tmp = tempfile::Builder::new()
-        .prefix("homeostat-demo-")
-        .tempdir()?;
-    let state_dir = a
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| tmp.path().join("state"));
-    let data = tmp.path().join("notes");
-    std::fs::create_dir_all(&data)?;
+    let Setup {
+        svc,
+        tmp,
+        state_dir,
+        data,
+    } = setup(&a)?;
     let m = std::fs::metadata(&svc)?;
-    let key = format!("{:x}-{:x}", m.dev(), m.ino());
+    let key = ExeKey {
+        dev: m.dev(),
+        ino: m.ino(),
+    }
+    .to_string();
     let conf = tmp.path().join("ph.toml");
     std::fs::write(
         &conf,

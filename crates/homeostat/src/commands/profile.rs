@@ -121,7 +121,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                         Ok(d) => println!(
                             "{:<9} {:>7} {:>10} {:>9}  {:<16} {}  (daemon file)",
                             d.state.to_string(),
-                            d.pairs.iter().map(|x| x.2.count_ones()).sum::<u32>(),
+                            d.pair_count(),
                             d.train_count,
                             d.anomalies,
                             d.key().to_string(),
@@ -157,10 +157,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                     println!("key            {}", d.key());
                     println!("file           {} (homeostat daemon)", file.display());
                     println!("state          {}", d.state);
-                    println!(
-                        "pairs          {}",
-                        d.pairs.iter().map(|x| x.2.count_ones()).sum::<u32>()
-                    );
+                    println!("pairs          {}", d.pair_count());
                     println!("train_count    {}", d.train_count);
                     println!("last_mod_count {}", d.last_mod_count);
                     println!("anomalies      {}", d.anomalies);

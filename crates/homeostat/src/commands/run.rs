@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use homeostat_core::ph::{ExeKey, Mode, PhConfig, Verdict};
+use homeostat_monitor::config::ConfigFile;
 use homeostat_monitor::{default_state_dir, Call, Engine, EventRecord, ProfileStore};
 use homeostat_seccomp::{FailMode, LaunchOptions};
 use homeostat_syscalls::Arch;
@@ -19,23 +20,11 @@ use crate::cli::{AttachArgs, MonitorFlags, RecordArgs, RunArgs, StateFlags};
 use crate::control::{Request, Server};
 use crate::launch::{self, Attached, CallEvent, Consumer};
 
-/// The pH parameters: the config file's, or the defaults.
-pub fn load_config(state: &StateFlags) -> Result<PhConfig> {
+/// The configuration file (`--config`), or the defaults when there is none.
+fn config_file(state: &StateFlags) -> Result<ConfigFile> {
     match &state.config {
-        Some(p) => Ok(homeostat_monitor::config::load(p)
-            .map_err(|e| anyhow!(e))?
-            .ph),
-        None => Ok(PhConfig::default()),
-    }
-}
-
-/// The config file's per-executable modes (`[modes]`), if any.
-pub fn load_modes(state: &StateFlags) -> Result<std::collections::BTreeMap<String, Mode>> {
-    match &state.config {
-        Some(p) => Ok(homeostat_monitor::config::load(p)
-            .map_err(|e| anyhow!(e))?
-            .modes),
-        None => Ok(Default::default()),
+        Some(p) => homeostat_monitor::config::load(p).map_err(|e| anyhow!(e)),
+        None => Ok(ConfigFile::default()),
     }
 }
 
@@ -46,7 +35,18 @@ pub fn config_from_flags(
     mode: Option<Mode>,
     normal_wait: Option<f64>,
 ) -> Result<PhConfig> {
-    let mut config = load_config(state)?;
+    Ok(settings_from_flags(state, mode, normal_wait)?.ph)
+}
+
+/// The whole configuration (pH parameters as [`config_from_flags`] gives them, and the
+/// per-executable `[modes]`), from one read of the file.
+pub fn settings_from_flags(
+    state: &StateFlags,
+    mode: Option<Mode>,
+    normal_wait: Option<f64>,
+) -> Result<ConfigFile> {
+    let mut file = config_file(state)?;
+    let config = &mut file.ph;
     if let Some(mode) = mode {
         config.mode = mode;
     }
@@ -56,7 +56,7 @@ pub fn config_from_flags(
     config
         .validate()
         .map_err(|e| anyhow!("configuration: {e}"))?;
-    Ok(config)
+    Ok(file)
 }
 
 /// The `--events` sink: appended JSON lines to a file, `-` for standard output.

@@ -43,7 +43,7 @@ use keeper::KeeperHandle;
 use respond::{Report, Responders};
 use tracing::{info, warn};
 
-use super::run::{config_from_flags, describe, load_modes, now_ns, open_events, open_store};
+use super::run::{describe, now_ns, open_events, open_store, settings_from_flags};
 use crate::cli::{DaemonArgs, StateFlags};
 use crate::control::{broadcast, Request, Server};
 use crate::metrics::{MetricsServer, Snapshot};
@@ -54,6 +54,16 @@ const TICK: Duration = Duration::from_secs(1);
 const SAVE_EVERY: Duration = Duration::from_secs(60);
 /// Ring buffer poll timeout.
 const POLL: Duration = Duration::from_millis(200);
+/// What the kernel does with a profile's calls: it tests only normal ones (training
+/// and frozen profiles both learn there).
+fn kernel_state(st: ProfileState) -> KernelState {
+    if st == ProfileState::Normal {
+        KernelState::Normal
+    } else {
+        KernelState::Training
+    }
+}
+
 /// Userspace's half of a profile.
 struct Prof {
     path: Arc<str>,
@@ -71,6 +81,14 @@ struct Prof {
 }
 
 impl Prof {
+    /// pH's "training data wiped" (tolerize, sensitize, anomaly_limit): the kernel
+    /// keeps one pair set, so what is wiped is the freeze rule's counters.
+    fn wipe_training(&mut self) {
+        self.train_count = 0;
+        self.last_mod_count = 0;
+        self.dirty = true;
+    }
+
     fn new(path: Arc<str>) -> Prof {
         Prof {
             path,
@@ -167,13 +185,8 @@ impl Daemon {
         if to == ProfileState::Normal || to == ProfileState::Training {
             p.anomalies = 0;
         }
-        let ks = if to == ProfileState::Normal {
-            KernelState::Normal
-        } else {
-            KernelState::Training
-        };
-        let respond =
-            self.respond && to == ProfileState::Normal && self.mode_of(key) == Mode::Enforce;
+        let ks = kernel_state(to);
+        let respond = to == ProfileState::Normal && self.responds(key);
         if let Err(e) = kernel
             .set_state(key, ks)
             .and_then(|()| kernel.set_respond(key, respond))
@@ -193,11 +206,21 @@ impl Daemon {
 
     /// A profile's mode: its `[modes]` entry, else the host's.
     fn mode_of(&self, key: ExeKey) -> Mode {
-        self.profiles
-            .get(&key)
-            .and_then(|p| self.modes.get(&*p.path))
-            .copied()
-            .unwrap_or(self.config.mode)
+        match self.profiles.get(&key) {
+            Some(p) => self.mode_for(&p.path),
+            None => self.config.mode,
+        }
+    }
+
+    /// Whether the profile's anomalous processes are to be stopped once it is normal:
+    /// it is in enforce mode and the daemon can respond (it has a keeper).
+    fn responds(&self, key: ExeKey) -> bool {
+        self.respond && self.mode_of(key) == Mode::Enforce
+    }
+
+    /// The mode of the executable at `path`: its `[modes]` entry, else the host's.
+    fn mode_for(&self, path: &str) -> Mode {
+        self.modes.get(path).copied().unwrap_or(self.config.mode)
     }
 
     fn on_event(&mut self, kernel: &Kernel, e: Event) {
@@ -221,7 +244,7 @@ impl Daemon {
                     p.dirty = true;
                     // Its mode may depend on the path, now known.
                     let normal = p.state == ProfileState::Normal;
-                    let on = self.respond && normal && self.mode_of(e.exe) == Mode::Enforce;
+                    let on = normal && self.responds(e.exe);
                     if normal {
                         let _ = kernel.set_respond(e.exe, on);
                     }
@@ -282,9 +305,7 @@ impl Daemon {
                 self.tolerized.insert(e.pid);
             }
             if let Some(p) = self.profiles.get_mut(&e.exe) {
-                p.train_count = 0;
-                p.last_mod_count = 0;
-                p.dirty = true;
+                p.wipe_training();
             }
             let r = self.record(
                 "tolerized",
@@ -306,8 +327,7 @@ impl Daemon {
         p.anomalies += 1;
         p.dirty = true;
         if p.state == ProfileState::Normal && p.anomalies > limit {
-            p.train_count = 0;
-            p.last_mod_count = 0;
+            p.wipe_training();
             self.set_state(kernel, e.exe, ProfileState::Training, "anomaly_limit");
         }
     }
@@ -458,19 +478,11 @@ impl Daemon {
                 changes.push((key, ProfileState::Frozen, "stable"));
             }
         }
-        {
-            for (&key, p) in &self.profiles {
-                let changing = changes.iter().any(|c| c.0 == key);
-                let learn = self
-                    .modes
-                    .get(&*p.path)
-                    .copied()
-                    .unwrap_or(self.config.mode)
-                    == Mode::Learn;
-                if p.state == ProfileState::Frozen && now >= p.normal_time_ns && !changing && !learn
-                {
-                    changes.push((key, ProfileState::Normal, "normal_wait elapsed"));
-                }
+        for (&key, p) in &self.profiles {
+            let changing = changes.iter().any(|c| c.0 == key);
+            let learn = self.mode_for(&p.path) == Mode::Learn;
+            if p.state == ProfileState::Frozen && now >= p.normal_time_ns && !changing && !learn {
+                changes.push((key, ProfileState::Normal, "normal_wait elapsed"));
             }
         }
         for (key, to, reason) in changes {
@@ -544,16 +556,13 @@ impl Daemon {
             }
             Request::Sensitize { .. } => {
                 if let Some(p) = self.profiles.get_mut(&key) {
-                    p.train_count = 0;
-                    p.last_mod_count = 0;
+                    p.wipe_training();
                 }
                 self.set_state(kernel, key, ProfileState::Training, "sensitized");
             }
             Request::Tolerize { .. } => {
                 if let Some(p) = self.profiles.get_mut(&key) {
-                    p.train_count = 0;
-                    p.last_mod_count = 0;
-                    p.dirty = true;
+                    p.wipe_training();
                 }
             }
             Request::Reset { .. } => {
@@ -729,16 +738,12 @@ impl Daemon {
     fn adopt(&mut self, kernel: &Kernel, d: DaemonProfile, from: &str) -> Result<()> {
         let key = d.key();
         kernel.add_pairs(key, &d.pairs)?;
-        let learn = self.modes.get(&d.path).copied().unwrap_or(self.config.mode) == Mode::Learn;
+        let learn = self.mode_for(&d.path) == Mode::Learn;
         let state = match d.state {
             ProfileState::Normal if learn => ProfileState::Frozen,
             st => st,
         };
-        let ks = if state == ProfileState::Normal {
-            KernelState::Normal
-        } else {
-            KernelState::Training
-        };
+        let ks = kernel_state(state);
         kernel.set_state(key, ks)?;
         self.profiles.insert(
             key,
@@ -755,7 +760,7 @@ impl Daemon {
             },
         );
         if state == ProfileState::Normal {
-            let on = self.respond && self.mode_of(key) == Mode::Enforce;
+            let on = self.responds(key);
             kernel.set_respond(key, on)?;
         }
         let r = self.record(
@@ -803,8 +808,8 @@ pub fn run(a: DaemonArgs) -> Result<()> {
     } else {
         None
     };
-    let config = config_from_flags(&a.state, mode, a.normal_wait)?;
-    let modes = load_modes(&a.state)?;
+    let settings = settings_from_flags(&a.state, mode, a.normal_wait)?;
+    let (config, modes) = (settings.ph, settings.modes);
     let store = open_store(&a.state)?;
     let state_dir = store.dir().to_path_buf();
     let dir = state_dir.join("daemon");
