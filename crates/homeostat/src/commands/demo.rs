@@ -82,6 +82,27 @@ impl Session<'_> {
     }
 }
 
+/// Announces the exploit and returns its session: a normal start, then a note name
+/// that the service's pipe-open bug hands to /bin/sh.
+pub(super) fn exploit() -> String {
+    println!(
+        "3. the exploit: GET \"|id; cat /etc/passwd\" (the service's pipe-open bug runs /bin/sh)"
+    );
+    let mut attack = normal_requests(2);
+    attack += "GET |id; cat /etc/passwd\n";
+    attack += "LIST\n";
+    attack
+}
+
+/// Prints what the service answered the exploit and whether the shell's output leaked.
+pub(super) fn report_answer(out: &str, leaked: bool) {
+    let answer = out.lines().rev().nth(1).unwrap_or("");
+    println!(
+        "   the service answered the exploit with: {answer:?}; attacker got the shell's output: {}",
+        if leaked { "YES" } else { "no" }
+    );
+}
+
 /// What both demos start from.
 pub(super) struct Setup {
     /// The note service binary.
@@ -212,12 +233,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let anomalies = ev.iter().filter(|e| e.event == "anomaly").count();
     println!("   exit {code}, {secs:.2} s, {anomalies} anomalous calls\n");
 
-    println!(
-        "3. the exploit: GET \"|id; cat /etc/passwd\" (the service's pipe-open bug runs /bin/sh)"
-    );
-    let mut attack = normal_requests(2);
-    attack += "GET |id; cat /etc/passwd\n";
-    attack += "LIST\n";
+    let attack = exploit();
     let (secs, out, code) = session.run(&mut consumer, "attack", &attack)?;
     let ev = take(&events);
     let mut shown = 0;
@@ -263,11 +279,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         "   {n} anomalous calls, highest LFC {max_lfc}, longest delay {max_delay:.0} ms, {refused} execve refused; session took {secs:.2} s (normal: {:.2} s), exit {code}",
         normal_secs.iter().sum::<f64>() / normal_secs.len().max(1) as f64
     );
-    let answer = out.lines().rev().nth(1).unwrap_or("").to_string();
-    println!(
-        "   the service answered the exploit with: {answer:?}; attacker got the shell's output: {}",
-        if leaked { "YES" } else { "no" }
-    );
+    report_answer(&out, leaked);
     consumer.save();
     println!("\ndone in {:.1} s", started.elapsed().as_secs_f64());
     if refused == 0 || leaked {

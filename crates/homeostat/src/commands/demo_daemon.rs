@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use homeostat_core::ph::ExeKey;
 use serde_json::Value;
 
-use super::demo::{normal_requests, setup, Setup};
+use super::demo::{exploit, normal_requests, report_answer, setup, Setup};
 use crate::cli::DemoArgs;
 
 /// The daemon child; stopped (SIGTERM, then waited for) when dropped.
@@ -190,12 +190,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         if ok { "ok" } else { "failed" }
     );
 
-    println!(
-        "3. the exploit: GET \"|id; cat /etc/passwd\" (the service's pipe-open bug runs /bin/sh)"
-    );
-    let mut attack = normal_requests(2);
-    attack += "GET |id; cat /etc/passwd\n";
-    attack += "LIST\n";
+    let attack = exploit();
     let (secs, out, pid, _) = session(&svc, &data, tmp.path(), "attack", &attack)?;
     std::thread::sleep(Duration::from_millis(500));
     let evs = events(&ev);
@@ -257,11 +252,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         "   {anomalies} anomalous calls of the service, highest LFC {max_lfc}, {refused} execve refused; session took {secs:.2} s (normal: {:.2} s)",
         normal_secs.iter().sum::<f64>() / normal_secs.len().max(1) as f64
     );
-    let answer = out.lines().rev().nth(1).unwrap_or("").to_string();
-    println!(
-        "   the service answered the exploit with: {answer:?}; attacker got the shell's output: {}",
-        if leaked { "YES" } else { "no" }
-    );
+    report_answer(&out, leaked);
     drop(daemon);
     println!(
         "\ndaemon stopped; done in {:.1} s",
