@@ -81,8 +81,8 @@ forks=300
 if [ -n "${HOMEOSTAT_BIN:-}" ]; then
     hs="$HOMEOSTAT_BIN"
 else
-    # shellcheck source=scripts/lib/ensure-rust.sh
-    . scripts/lib/ensure-rust.sh
+    # shellcheck source=scripts/lib/ensure-deps.sh
+    . scripts/lib/ensure-deps.sh
     echo "== building (cargo build --release -p homeostat)" >&2
     cargo build --release --quiet -p homeostat
     hs="${CARGO_TARGET_DIR:-$PWD/target}/release/homeostat"

@@ -4,14 +4,25 @@
 # root, `homeostat demo --daemon` (the same with the system-wide eBPF daemon), then
 # evaluate the four detectors on the labelled sample of real traces compiled into it,
 # and on ADFA-LD when it is present (../shared/datasets/ADFA-LD, or $HOMEOSTAT_ADFA_DIR).
+#
+# It installs what it needs first (scripts/lib/ensure-deps.sh: Debian packages as root,
+# the Rust toolchain). `--quick` builds the dev profile instead of release, so that CI
+# (.ci/run), which runs the demo before the tests, shares the tests' build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# shellcheck source=scripts/lib/ensure-rust.sh
-. scripts/lib/ensure-rust.sh
-echo "== building (release)"
-cargo build --release --quiet
-bin=target/release/homeostat
+profile=release
+case "${1:-}" in
+    --quick) profile=dev ;;
+    "") ;;
+    *) echo "usage: scripts/demo.sh [--quick]" >&2; exit 2 ;;
+esac
+
+# shellcheck source=scripts/lib/ensure-deps.sh
+. scripts/lib/ensure-deps.sh
+echo "== building ($profile)"
+cargo build --profile "$profile" --quiet -p homeostat
+if [ "$profile" = dev ]; then bin=target/debug/homeostat; else bin=target/release/homeostat; fi
 
 echo
 echo "== homeostat demo"
