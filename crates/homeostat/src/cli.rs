@@ -65,9 +65,9 @@ pub enum Command {
         state: StateFlags,
     },
     /// Started by `homeostat daemon`: resumes the processes the kernel stopped if the
-    /// daemon dies.
-    #[command(hide = true)]
-    DaemonKeeper {
+    /// daemon dies (`homeostat_daemon::stop_guard`; `daemon-keeper` is its old name).
+    #[command(hide = true, alias = "daemon-keeper")]
+    DaemonStopGuard {
         /// The kernel's id of the stop map.
         #[arg(long)]
         map_id: u32,
