@@ -18,6 +18,8 @@
 //! Then pH's freeze rule (`train_count * normal_factor_den > normal_count *
 //! normal_factor`, `normal_count = train_count - last_mod_count > 0`) and, once
 //! frozen for `normal_wait`, normal: the kernel is told to test instead of learning.
+//! The rule is the core's (`homeostat_core::ph::lifecycle`), the one `homeostat run`
+//! applies call by call; only the step differs.
 //!
 //! Profiles are saved as `daemon/<dev>-<ino>.json` in the state directory
 //! (docs/daemon.md). One module per concern: [`main_loop`] (start, loop, shutdown),

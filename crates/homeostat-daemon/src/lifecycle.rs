@@ -3,12 +3,13 @@
 //!
 //! The kernel counts calls and new pairs per profile but does not decide when a
 //! profile freezes or becomes normal: that needs wall-clock time and the
-//! configuration, so it is done here, at one-tick granularity (the crate docs give the
-//! arithmetic).
+//! configuration, so it is done here, at one-tick granularity, with the core's rule
+//! (`homeostat_core::ph::lifecycle`, the one `homeostat run` applies call by call).
 
 use std::sync::Arc;
 
-use homeostat_core::ph::{ExeKey, Mode, PhConfig, ProfileState};
+use homeostat_core::ph::lifecycle::{self, Change};
+use homeostat_core::ph::{ExeKey, Mode, PhConfig, ProfileState, TrainCounts};
 use homeostat_ebpf::{Kernel, KernelState};
 use homeostat_monitor::sink::write_event;
 use tracing::warn;
@@ -76,7 +77,7 @@ impl Prof {
         new_pairs: u64,
         now_ns: u64,
         config: &PhConfig,
-    ) -> Option<(ProfileState, &'static str)> {
+    ) -> Option<Change> {
         let dcalls = calls.saturating_sub(self.seen_calls);
         let dnew = new_pairs.saturating_sub(self.seen_new);
         self.seen_calls = calls;
@@ -85,28 +86,22 @@ impl Prof {
             return None;
         }
         self.dirty = true;
-        self.train_count += dcalls;
-        if dnew > 0 {
-            self.last_mod_count = 0;
-            return (self.state == ProfileState::Frozen)
-                .then_some((ProfileState::Training, "new behaviour"));
+        let mut counts = TrainCounts {
+            train_count: self.train_count,
+            last_mod_count: self.last_mod_count,
+        };
+        let change = counts.record(self.state, dcalls, dnew > 0, config);
+        self.train_count = counts.train_count;
+        self.last_mod_count = counts.last_mod_count;
+        if let Some((ProfileState::Frozen, _)) = change {
+            self.normal_time_ns = lifecycle::normal_at(now_ns, config);
         }
-        self.last_mod_count += dcalls;
-        let normal_count = self.train_count - self.last_mod_count.min(self.train_count);
-        if self.state == ProfileState::Training
-            && normal_count > 0
-            && u128::from(self.train_count) * u128::from(config.normal_factor_den)
-                > u128::from(normal_count) * u128::from(config.normal_factor)
-        {
-            self.normal_time_ns = now_ns.saturating_add((config.normal_wait_secs * 1e9) as u64);
-            return Some((ProfileState::Frozen, "stable"));
-        }
-        None
+        change
     }
 
     /// Whether a frozen profile becomes normal at `now_ns` (never in learn mode).
     pub fn due_normal(&self, now_ns: u64, learn: bool) -> bool {
-        self.state == ProfileState::Frozen && now_ns >= self.normal_time_ns && !learn
+        lifecycle::due_normal(self.state, self.normal_time_ns, now_ns) && !learn
     }
 }
 
