@@ -135,10 +135,10 @@ impl Daemon {
     pub(crate) fn tasks(&self, kernel: &Kernel) -> Vec<TaskInfo> {
         let active = self.responders.active();
         let mut out = vec![];
-        let Ok(procs) = std::fs::read_dir("/proc") else {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
             return out;
         };
-        for pid in procs
+        for pid in entries
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         {

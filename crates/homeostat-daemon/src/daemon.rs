@@ -68,6 +68,8 @@ impl Daemon {
         }
     }
 
+    /// Moves a profile to state `to`, tells the kernel (test or learn, respond or
+    /// not) and reports the change.
     pub(crate) fn set_state(
         &mut self,
         kernel: &Kernel,

@@ -18,6 +18,7 @@ use crate::now_ns;
 use crate::respond::Report;
 
 impl Daemon {
+    /// Writes an event to the events sink and, unless quiet, its line to the log.
     pub(crate) fn emit(&mut self, r: &EventRecord) {
         if let Some(w) = self.json.as_mut() {
             write_event(w, r);
@@ -36,6 +37,7 @@ impl Daemon {
         }
     }
 
+    /// An event about profile `key`, with the profile's path and state as known now.
     pub(crate) fn record(
         &self,
         event: &'static str,
@@ -133,7 +135,7 @@ impl Daemon {
     /// ends): the profile's training counters are wiped (the kernel keeps one pair set,
     /// so there is no separate training data to wipe) and its anomalies stop counting
     /// toward anomaly_limit; more than anomaly_limit counted anomalies send the profile
-    /// back to training, as in `homeostat run` (docs/launcher-mode.md).
+    /// back to training, as in `homeostat run` (docs/homeostat-run.md).
     pub(crate) fn limits(&mut self, kernel: &Kernel, e: &Event) {
         let c = &self.config;
         if e.lfc > c.tolerize_limit && self.tolerized.insert(e.pid) {

@@ -81,7 +81,7 @@ pub struct StateFlags {
     /// else $XDG_STATE_HOME/homeostat).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// TOML configuration file (see docs/launcher-mode.md).
+    /// TOML configuration file (see docs/homeostat-run.md).
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
