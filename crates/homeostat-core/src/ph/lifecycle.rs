@@ -32,6 +32,8 @@ impl TrainCounts {
     ///   has gone unchanged for three quarters of its training life.
     ///
     /// The caller sets the normal time of a profile that freezes ([`normal_at`]).
+    /// Inlined: the launcher calls it for every trained call.
+    #[inline]
     pub fn record(
         &mut self,
         state: ProfileState,
@@ -39,20 +41,21 @@ impl TrainCounts {
         changed: bool,
         config: &PhConfig,
     ) -> Option<Change> {
-        self.train_count = self.train_count.saturating_add(calls);
+        self.train_count += calls;
         if changed {
             self.last_mod_count = 0;
             return (state == ProfileState::Frozen)
                 .then_some((ProfileState::Training, "new behaviour"));
         }
-        self.last_mod_count = self.last_mod_count.saturating_add(calls);
+        self.last_mod_count += calls;
         (state == ProfileState::Training && self.stable(config))
             .then_some((ProfileState::Frozen, "stable"))
     }
 
     /// pH's freeze condition on these counters.
+    #[inline]
     pub fn stable(&self, config: &PhConfig) -> bool {
-        let normal_count = self.train_count - self.last_mod_count.min(self.train_count);
+        let normal_count = self.train_count.saturating_sub(self.last_mod_count);
         normal_count > 0
             && u128::from(self.train_count) * u128::from(config.normal_factor_den)
                 > u128::from(normal_count) * u128::from(config.normal_factor)
@@ -60,6 +63,7 @@ impl TrainCounts {
 }
 
 /// When a profile that freezes at `now_ns` becomes normal: after `normal_wait`.
+#[inline]
 pub fn normal_at(now_ns: u64, config: &PhConfig) -> u64 {
     now_ns.saturating_add(config.normal_wait_ns())
 }
@@ -68,6 +72,7 @@ pub fn normal_at(now_ns: u64, config: &PhConfig) -> u64 {
 /// `now_ns` (only a frozen profile does). Learn mode is the caller's business: the
 /// launcher still lets such a profile turn normal and never tests it, the daemon keeps
 /// it frozen.
+#[inline]
 pub fn due_normal(state: ProfileState, normal_time_ns: u64, now_ns: u64) -> bool {
     state == ProfileState::Frozen && now_ns >= normal_time_ns
 }
