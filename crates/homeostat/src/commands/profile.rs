@@ -346,14 +346,15 @@ fn edit_daemon_file(
 /// `homeostat ps`: asks every running monitor for its tasks.
 pub fn ps(json: bool, state: &StateFlags) -> Result<()> {
     let store = open_store(state)?;
-    let replies: Vec<(u32, PsReply)> = broadcast::<PsReply>(store.dir(), &Request::Ps)
+    // A monitor that answers with an error (busy) is listed without tasks.
+    let replies: Vec<(u32, Option<PsReply>)> = broadcast::<PsReply>(store.dir(), &Request::Ps)
         .into_iter()
-        .filter_map(|(pid, r)| Some((pid, r.ok()?)))
+        .map(|(pid, r)| (pid, r.ok()))
         .collect();
     if json {
         let all: Vec<serde_json::Value> = replies
             .iter()
-            .map(|(pid, r)| serde_json::json!({ "monitor": pid, "tasks": r.tasks }))
+            .map(|(pid, r)| serde_json::json!({ "monitor": pid, "tasks": r.as_ref().map(|r| &r.tasks) }))
             .collect();
         println!("{}", serde_json::to_string(&all)?);
         return Ok(());
@@ -367,7 +368,7 @@ pub fn ps(json: bool, state: &StateFlags) -> Result<()> {
         "monitor", "pid", "tid", "state", "lfc", "delay_ms", "anomalies", "calls"
     );
     for (monitor, r) in &replies {
-        for t in &r.tasks {
+        for t in r.iter().flat_map(|r| &r.tasks) {
             println!(
                 "{:>7} {:>7} {:>7} {:<9} {:>4} {:>9.1} {:>9} {:>9}  {}",
                 monitor,
