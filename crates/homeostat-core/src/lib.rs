@@ -8,16 +8,18 @@
 //! code, so it is tested by replaying recorded traces and runs unchanged wherever the
 //! calls come from.
 //!
-//! - [`model`]: the [`Model`] trait, [`ModelSpec`] and [`AnyModel`];
+//! - [`model`]: the [`Model`] trait and [`ModelSpec`]; [`classic`]: [`AnyModel`];
 //! - [`stide`], [`pairs`], [`markov`]: the detectors;
 //! - [`locality`]: LFC, per-trace scores;
 //! - [`profile`]: the versioned, checksummed profile format;
+//! - [`window`]: the window database stide, t-stide and Markov share;
 //! - [`alphabet`], [`table`]: the dense symbol ids and packed-window tables that make
 //!   testing cost a few nanoseconds a call.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod alphabet;
+pub mod classic;
 pub mod locality;
 pub mod markov;
 pub mod model;
@@ -26,7 +28,9 @@ pub mod ph;
 pub mod profile;
 pub mod stide;
 pub mod table;
+pub mod window;
 
+pub use classic::AnyModel;
 pub use locality::{Anomaly, LocalityFrame, TraceScore};
-pub use model::{AnyModel, Cursor, Model, ModelKind, ModelSpec, Scratch, SpecError, StreamScorer};
+pub use model::{Cursor, Model, ModelKind, ModelSpec, Scratch, SpecError, StreamScorer};
 pub use profile::{Profile, ProfileError, ProfileMeta};

@@ -21,8 +21,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::classic::AnyModel;
 use crate::markov::Markov;
-use crate::model::{AnyModel, Model, ModelKind, ModelSpec};
+use crate::model::{Model, ModelKind, ModelSpec};
 use crate::pairs::Pairs;
 use crate::stide::Stide;
 
