@@ -2,22 +2,25 @@
 
 mod daemon;
 mod demo;
-mod demo_daemon;
 mod eval;
 mod inspect;
+mod models;
 mod profile;
 mod run;
 mod scan;
+mod state;
 mod train;
 
-use anyhow::{Context, Result};
-use homeostat_core::{ModelKind, ModelSpec};
+use anyhow::Result;
 use homeostat_traces::ReadOptions;
 
-use crate::cli::{Cli, Command, InputFlags, ModelFlags};
+use crate::cli::{Cli, Command, InputFlags};
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    if !matches!(cli.command, Command::Daemon(_)) {
+        crate::logging::init_plain();
+    }
     match cli.command {
         Command::Train(a) => train::run(a),
         Command::Scan(a) => scan::run(a),
@@ -31,24 +34,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => demo::run(a),
         Command::Daemon(a) => daemon::run(a),
         Command::Status { json, state } => daemon::status(json, &state),
-        Command::DaemonKeeper { map_id } => daemon::keeper::run(map_id),
+        Command::DaemonStopGuard { map_id } => daemon::stop_guard(map_id),
     }
-}
-
-/// The model configuration: the core's defaults, overridden by flags.
-pub fn spec(kind: ModelKind, f: &ModelFlags) -> Result<ModelSpec> {
-    let mut s = ModelSpec::new(kind);
-    if let Some(w) = f.window {
-        s.window = w;
-    }
-    if let Some(l) = f.locality {
-        s.locality = l;
-    }
-    s.rare_fraction = f.rare_fraction;
-    s.threshold = f.threshold;
-    s.smoothing = f.smoothing;
-    s.validate().context("model options")?;
-    Ok(s)
 }
 
 /// Reader options from the input flags.
