@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
             traces: ds.train.len() as u64,
             source: format!("ADFA-LD {}", dir.display()),
         };
-        std::fs::write(&path, lm.to_bytes(meta))?;
+        std::fs::write(&path, lm.to_bytes(&meta))?;
         println!("saved {}", path.display());
     }
     if train_only {

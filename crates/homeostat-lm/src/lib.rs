@@ -19,10 +19,13 @@
 //!   path ([`Lm::score_traces`]) packs many traces into the lanes of a candle batch for
 //!   evaluation speed. Both compute the same numbers (tested);
 //! - [`Lm::to_bytes`] / [`Lm::from_bytes`] store the model in the project's profile
-//!   format (magic [`LM_MAGIC`], versioned, CRC-32) with the weights as named tensors.
+//!   format (versioned, CRC-32, kind tag [`KIND`]) with the weights as named tensors;
+//! - [`entry`] registers the model as `lm` with the core's detector registry, so
+//!   `train`, `scan` and `eval` take `--model lm`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod detector;
 mod net;
 mod pack;
 mod rng;
@@ -30,8 +33,9 @@ mod score;
 mod store;
 mod train;
 
+pub use detector::{entry, LmBuilder, PARAMS};
 pub use score::{LmScore, LmState, SCORE_NAMES};
-pub use store::{StoredLm, StoredTensor, LM_MAGIC};
+pub use store::{StoredLm, StoredTensor, KIND, PAYLOAD_VERSION};
 pub use train::{train, Progress};
 
 use homeostat_core::alphabet::Alphabet;
@@ -75,8 +79,8 @@ impl Default for LmConfig {
     fn default() -> Self {
         LmConfig {
             hidden: 128,
-            chunk: 64,
-            batch: 32,
+            chunk: 32,
+            batch: 64,
             epochs: 20,
             patience: 3,
             lr: 3e-3,

@@ -1,19 +1,23 @@
-//! The lm profile: the project's framed file (magic, version, CRC-32, length) around a
-//! postcard payload that holds the weights as named `f32` tensors.
+//! The lm profile: the project's profile file (format version 2: magic, version,
+//! CRC-32, length, then provenance and a model stored as kind tag `lm` plus payload).
+//! The payload is postcard of [`StoredLm`], led by its own version number, with the
+//! weights as named `f32` tensors.
 //!
 //! Every field is checked on load (names, shapes against the hidden size and
 //! alphabet, finite values, configuration ranges) so damaged bytes become an error,
 //! never a panic or a model that computes garbage.
 
 use homeostat_core::alphabet::{Alphabet, MAX_ID};
-use homeostat_core::profile::{frame, unframe};
+use homeostat_core::profile::{decode_profile, encode_profile, StoredModel};
 use homeostat_core::{ProfileError, ProfileMeta};
 use serde::{Deserialize, Serialize};
 
 use crate::{Lm, LmConfig, LmError, TrainStats, Weights};
 
-/// First bytes of an lm profile file.
-pub const LM_MAGIC: &[u8; 8] = b"HMSTLMPF";
+/// The profile kind tag and registry name.
+pub const KIND: &str = "lm";
+/// Version of the [`StoredLm`] layout this build writes and reads.
+pub const PAYLOAD_VERSION: u16 = 1;
 
 /// One named tensor: shape and row-major values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,8 +33,8 @@ pub struct StoredTensor {
 /// The payload of an lm profile.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredLm {
-    /// Provenance.
-    pub meta: ProfileMeta,
+    /// Layout version ([`PAYLOAD_VERSION`]).
+    pub version: u16,
     /// Hyper-parameters (hidden size, locality frame, ...).
     pub config: LmConfig,
     /// What training did.
@@ -49,7 +53,7 @@ fn corrupt(msg: String) -> LmError {
 
 impl Lm {
     /// The stored form.
-    pub fn to_stored(&self, meta: ProfileMeta) -> StoredLm {
+    pub fn to_stored(&self) -> StoredLm {
         let w = &self.weights;
         let tensors = w
             .shapes()
@@ -62,7 +66,7 @@ impl Lm {
             })
             .collect();
         StoredLm {
-            meta,
+            version: PAYLOAD_VERSION,
             config: self.config.clone(),
             stats: self.stats.clone(),
             symbols: self.alphabet.symbols().to_vec(),
@@ -72,7 +76,13 @@ impl Lm {
     }
 
     /// Rebuilds a model from its stored form, validating every field.
-    pub fn from_stored(s: StoredLm) -> Result<(Lm, ProfileMeta), LmError> {
+    pub fn from_stored(s: StoredLm) -> Result<Lm, LmError> {
+        if s.version != PAYLOAD_VERSION {
+            return Err(corrupt(format!(
+                "lm payload version {} (this build reads {PAYLOAD_VERSION})",
+                s.version
+            )));
+        }
         s.config.validate().map_err(|e| corrupt(e.to_string()))?;
         if s.symbols.len() > usize::from(MAX_ID) {
             return Err(corrupt(format!("{} distinct calls", s.symbols.len())));
@@ -131,33 +141,23 @@ impl Lm {
         w.b_hh = next();
         w.out_w = next();
         w.out_b = next();
-        Ok((
-            Lm {
-                alphabet,
-                weights: w,
-                threshold: s.threshold,
-                config: s.config,
-                stats: s.stats,
-            },
-            s.meta,
-        ))
+        Ok(Lm {
+            alphabet,
+            weights: w,
+            threshold: s.threshold,
+            config: s.config,
+            stats: s.stats,
+        })
     }
 
-    /// The complete profile file contents.
-    pub fn to_bytes(&self, meta: ProfileMeta) -> Vec<u8> {
-        let payload = postcard::to_allocvec(&self.to_stored(meta))
-            .expect("serialising plain data into a Vec cannot fail");
-        frame(LM_MAGIC, &payload)
+    /// The profile payload (what the registry stores under kind [`KIND`]).
+    pub fn save_payload(&self) -> Vec<u8> {
+        postcard::to_allocvec(&self.to_stored())
+            .expect("serialising plain data into a Vec cannot fail")
     }
 
-    /// Parses and validates profile file contents.
-    pub fn from_bytes(bytes: &[u8]) -> Result<(Lm, ProfileMeta), LmError> {
-        let payload = unframe(LM_MAGIC, bytes)?;
-        Self::from_payload(payload)
-    }
-
-    /// Decodes a payload whose checksum was verified.
-    pub fn from_payload(payload: &[u8]) -> Result<(Lm, ProfileMeta), LmError> {
+    /// Decodes and validates a payload.
+    pub fn from_payload(payload: &[u8]) -> Result<Lm, LmError> {
         let (stored, rest): (StoredLm, &[u8]) = postcard::take_from_bytes(payload)
             .map_err(|e| corrupt(format!("payload does not decode: {e}")))?;
         if !rest.is_empty() {
@@ -166,5 +166,28 @@ impl Lm {
             )));
         }
         Self::from_stored(stored)
+    }
+
+    /// The complete profile file contents.
+    pub fn to_bytes(&self, meta: &ProfileMeta) -> Vec<u8> {
+        encode_profile(
+            meta,
+            StoredModel {
+                kind: KIND.into(),
+                payload: self.save_payload(),
+            },
+        )
+    }
+
+    /// Parses and validates a profile file holding an lm model.
+    pub fn from_bytes(bytes: &[u8]) -> Result<(Lm, ProfileMeta), LmError> {
+        let s = decode_profile(bytes)?;
+        if s.model.kind != KIND {
+            return Err(corrupt(format!(
+                "profile holds a {} model, not lm",
+                s.model.kind
+            )));
+        }
+        Ok((Self::from_payload(&s.model.payload)?, s.meta))
     }
 }

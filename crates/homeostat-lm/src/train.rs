@@ -15,12 +15,14 @@ use crate::score::nll_ids;
 use crate::{Lm, LmConfig, LmError, TrainStats, Weights};
 
 /// Whether training shows a progress bar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
+#[derive(Clone, Copy)]
+pub enum Progress<'a> {
     /// Nothing printed.
     Quiet,
     /// A bar on stderr, drawn only when stderr is a terminal.
     Bar,
+    /// `(chunks done, chunks planned)` after every chunk, for a caller's own display.
+    Report(&'a (dyn Fn(u64, u64) + Sync)),
 }
 
 /// Lanes of the held-out scoring batches.
@@ -30,11 +32,12 @@ const EVAL_LANES: usize = 128;
 ///
 /// Every `holdout_every`-th trace is held out: training stops when the mean per-call
 /// NLL on the held-out traces has not improved for `patience` epochs (or at `epochs`,
-/// or before an epoch that would cross `time_limit_secs`, judged by the last epoch's time), and the best epoch's weights are
-/// kept. The anomalous-call threshold is the `quantile` of the held-out per-call NLLs.
-/// Calls the alphabet never saw are left out of the held-out loss (their NLL only grows
-/// as training sharpens the model, which would stop it for the wrong reason).
-pub fn train(traces: &[&[u32]], config: &LmConfig, progress: Progress) -> Result<Lm, LmError> {
+/// or before an epoch that would cross `time_limit_secs`, judged by the last epoch's
+/// time), and the best epoch's weights are kept. The anomalous-call threshold is the
+/// `quantile` of the held-out per-call NLLs. Calls the alphabet never saw are left out
+/// of the held-out loss (their NLL only grows as training sharpens the model, which
+/// would stop it for the wrong reason).
+pub fn train(traces: &[&[u32]], config: &LmConfig, progress: Progress<'_>) -> Result<Lm, LmError> {
     config.validate()?;
     let started = Instant::now();
     let held =
@@ -83,10 +86,12 @@ pub fn train(traces: &[&[u32]], config: &LmConfig, progress: Progress) -> Result
     )?;
     let lanes = config.batch.min(fit.len()).max(1);
     let per_epoch = fit_calls.div_ceil(lanes).div_ceil(config.chunk) as u64;
+    let planned = per_epoch * config.epochs as u64;
     let bar = match progress {
-        Progress::Bar => ProgressBar::new(per_epoch * config.epochs as u64),
-        Progress::Quiet => ProgressBar::hidden(),
+        Progress::Bar => ProgressBar::new(planned),
+        _ => ProgressBar::hidden(),
     };
+    let mut done = 0u64;
     bar.set_style(
         ProgressStyle::with_template(
             "lm {msg} [{elapsed_precise}] {wide_bar} {pos}/{len} chunks (eta {eta})",
@@ -133,6 +138,10 @@ pub fn train(traces: &[&[u32]], config: &LmConfig, progress: Progress) -> Result
             loss_sum += f64::from(loss.to_scalar::<f32>()?) * f64::from(wsum);
             loss_w += f64::from(wsum);
             bar.inc(1);
+            done += 1;
+            if let Progress::Report(f) = progress {
+                f(done, planned);
+            }
         }
         let eval = net.detached();
         let nlls = nll_ids(&eval, check, EVAL_LANES, bos, &dev)?;

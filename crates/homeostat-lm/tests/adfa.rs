@@ -34,6 +34,12 @@ fn reduced() -> LmConfig {
     LmConfig {
         hidden: 32,
         epochs: 2,
+        batch: 32,
+        chunk: 64,
+        lr: 3e-3,
+        holdout_every: 10,
+        seed: 1,
+        time_limit_secs: 0,
         ..LmConfig::default()
     }
 }

@@ -1,8 +1,9 @@
 //! The lm model on hand-made traces: it learns what it is shown, its two scoring paths
 //! agree, and its profile survives a round trip and refuses damage.
 
+use homeostat_core::profile::StoredModel;
 use homeostat_core::{ProfileError, ProfileMeta};
-use homeostat_lm::{train, Lm, LmConfig, LmError, Progress, StoredLm};
+use homeostat_lm::{train, Lm, LmConfig, LmError, Progress, StoredLm, KIND};
 
 const CYCLE: [u32; 6] = [3, 5, 7, 11, 13, 17];
 
@@ -123,7 +124,7 @@ fn same_seed_same_model() {
 #[test]
 fn round_trip_gives_identical_scores() {
     let lm = trained();
-    let bytes = lm.to_bytes(meta());
+    let bytes = lm.to_bytes(&meta());
     let (back, m) = Lm::from_bytes(&bytes).unwrap();
     assert_eq!(m, meta());
     assert_eq!(back.weights(), lm.weights());
@@ -150,8 +151,8 @@ fn profile_err(bytes: &[u8]) -> ProfileError {
 #[test]
 fn damaged_profile_is_refused() {
     let lm = trained();
-    let bytes = lm.to_bytes(meta());
-    assert_eq!(profile_err(b"HMSTPROF"), ProfileError::NotAProfile);
+    let bytes = lm.to_bytes(&meta());
+    assert_eq!(profile_err(b"#!/bin/sh\n"), ProfileError::NotAProfile);
     for cut in [10, 30, bytes.len() / 2, bytes.len() - 1] {
         assert!(matches!(
             profile_err(&bytes[..cut]),
@@ -164,8 +165,8 @@ fn damaged_profile_is_refused() {
         assert!(matches!(profile_err(&b), ProfileError::Checksum { .. }));
     }
     // Behind a valid checksum: wrong shapes, non-finite weights, bad config.
-    let stored = lm.to_stored(meta());
-    let damage: [fn(&mut StoredLm); 5] = [
+    let stored = lm.to_stored();
+    let damage: [fn(&mut StoredLm); 6] = [
         |s| {
             s.tensors[1].data.pop();
         },
@@ -173,12 +174,19 @@ fn damaged_profile_is_refused() {
         |s| s.tensors[0].data[0] = f32::NAN,
         |s| s.config.hidden = 0,
         |s| s.symbols.push(s.symbols[0]),
+        |s| s.version = 9,
     ];
     for (i, d) in damage.iter().enumerate() {
         let mut s = stored.clone();
         d(&mut s);
         let payload = postcard::to_allocvec(&s).unwrap();
-        let framed = homeostat_core::profile::frame(homeostat_lm::LM_MAGIC, &payload);
+        let framed = homeostat_core::profile::encode_profile(
+            &meta(),
+            StoredModel {
+                kind: KIND.into(),
+                payload,
+            },
+        );
         assert!(
             matches!(profile_err(&framed), ProfileError::Corrupt(_)),
             "damage {i} accepted"
@@ -222,4 +230,49 @@ fn bad_config_and_empty_input_are_errors() {
         train(&empty, &tiny(), Progress::Quiet),
         Err(LmError::Empty)
     ));
+}
+
+#[test]
+fn registry_entry_trains_streams_and_loads() {
+    use homeostat_core::{Params, Registry, Scratch};
+    let mut reg = Registry::builtin();
+    reg.register(homeostat_lm::entry());
+    let mut p = Params::new();
+    p.set("hidden", 16);
+    p.set("epochs", 5);
+    p.set("chunk", 16);
+    p.set("batch", 4);
+    let mut b = reg.builder("lm", &p).unwrap();
+    for t in cyclic_traces() {
+        b.add_trace(&t);
+    }
+    let calls = std::sync::atomic::AtomicU64::new(0);
+    let det = b
+        .build(&|done, _| calls.store(done, std::sync::atomic::Ordering::Relaxed))
+        .unwrap();
+    assert!(calls.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert_eq!(det.score_names()[0], "mean_nll");
+    let probe = [3, 5, 7, 99, 11, 13];
+    let whole = det.score_trace(&probe, &mut Scratch::default());
+    let mut s = det.stream();
+    for &c in &probe {
+        s.call(c);
+    }
+    assert_eq!(s.finish(), whole);
+    let bytes = homeostat_core::registry::DetectorProfile {
+        meta: meta(),
+        detector: det,
+    }
+    .to_bytes();
+    let back = reg.load_profile(&bytes).unwrap();
+    assert_eq!(
+        back.detector.score_trace(&probe, &mut Scratch::default()),
+        whole
+    );
+    let (lm, m) = Lm::from_bytes(&bytes).unwrap();
+    assert_eq!(m, meta());
+    assert_eq!(lm.config().hidden, 16);
+    let mut bad = p.clone();
+    bad.set("hidden", "many");
+    assert!(reg.builder("lm", &bad).is_err());
 }
