@@ -76,7 +76,7 @@ impl View {
                 if s.len() > *k {
                     return None;
                 }
-                Some(s.is_empty() || self.seen.contains(&(s.len() as u8, pack(s, s.len()))))
+                Some(s.is_empty() || self.seen_set().contains(&(s.len() as u8, pack(s, s.len()))))
             }
             Rules::Pairs { .. } => match s.len() {
                 0 | 1 => Some(true),

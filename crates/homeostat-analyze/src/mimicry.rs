@@ -161,6 +161,22 @@ impl View {
         }
     }
 
+    /// Fewest further calls before a sequence in state `s` may end: stide needs a full
+    /// first window, or a short training trace's length.
+    fn calls_to_end(&self, s: &State) -> usize {
+        match &self.rules {
+            Rules::Window { k, short_lens, .. } => {
+                let t = usize::from(s.t);
+                if t >= *k {
+                    return 0;
+                }
+                let short = short_lens.iter().find(|&&m| m >= t).map(|&m| m - t);
+                short.unwrap_or(k - t).min(k - t)
+            }
+            _ => 0,
+        }
+    }
+
     /// Whether a sequence ending in state `s` passes the model's end-of-trace test.
     fn ends_ok(&self, s: &State) -> bool {
         match &self.rules {
@@ -175,11 +191,50 @@ impl View {
         }
     }
 
+    /// Which symbols may directly follow each symbol in any accepted sequence (a
+    /// relaxation of the model: it forgets everything but the last call). `None` when
+    /// the model keeps no last call (window 1) or lets anything follow (Markov with
+    /// lenient or unseen contexts), where the relaxation would not help.
+    fn follow_relation(&self) -> Option<Vec<Vec<Sym>>> {
+        let side = self.symbols() + 1;
+        if self.history() == 0 {
+            return None;
+        }
+        let mut rel = vec![vec![]; side];
+        match &self.rules {
+            Rules::Pairs { succ1, .. } => {
+                for (a, v) in succ1.iter().enumerate() {
+                    rel[a] = v.clone();
+                }
+            }
+            Rules::Window { succ, .. } => {
+                for (&ctx, v) in succ {
+                    let last = (ctx & u128::from(PAD)) as usize;
+                    if last < side {
+                        rel[last].extend_from_slice(v);
+                    }
+                }
+            }
+            Rules::Markov { .. } => return None,
+        }
+        for v in &mut rel {
+            v.sort_unstable();
+            v.dedup();
+        }
+        Some(rel)
+    }
+
     /// The shortest sequence making the goal calls in order without an anomaly.
     ///
+    /// A* over (history, goal steps done), with unit costs and the exact distance in
+    /// the relaxed "may follow" graph as the heuristic: the relaxation accepts every
+    /// sequence the model accepts, so the heuristic never overestimates, and it is
+    /// consistent, so the first goal state taken from the queue is a shortest one.
+    /// Without a relaxation the heuristic is the number of goal steps left.
+    ///
     /// `other` is the raw number printed for a call the profile never saw (all such
-    /// calls behave the same under every model). `progress` is told (length searched,
-    /// states) after each length.
+    /// calls behave the same under every model). `progress` is told (length bound
+    /// proven so far, states) as the search deepens.
     pub fn mimicry(
         &self,
         goal: &[GoalStep],
@@ -196,80 +251,156 @@ impl View {
                 v
             })
             .collect();
-        let all: Vec<Sym> = (0..=self.symbols() as Sym).collect();
-        let g = goal.len().min(u8::MAX as usize) as u8;
-        // Nodes: (parent index, symbol, advanced a goal step); index 0 is the start.
-        let mut nodes: Vec<(u32, Sym, bool)> = vec![(u32::MAX, 0, false)];
-        let mut seen: HashMap<State, u32> = HashMap::new();
-        let start = self.start();
-        seen.insert(start, 0);
-        let mut layer = vec![(start, 0u32)];
-        let mut next = vec![];
-        let mut succ = vec![];
-        let found = |idx: u32, nodes: &[(u32, Sym, bool)]| {
-            let mut path = vec![];
-            let mut i = idx;
-            while i != 0 {
-                path.push(nodes[i as usize]);
-                i = nodes[i as usize].0;
-            }
-            path.reverse();
-            let mut step = 0;
-            let seq = path
-                .into_iter()
-                .map(|(_, sym, adv)| {
-                    let raw = match self.alphabet.raw(sym) {
-                        Some(r) => r,
-                        // An unknown call standing for a goal call prints as that call.
-                        None if adv => goal[step]
-                            .iter()
-                            .copied()
-                            .find(|&r| self.alphabet.id(r) == 0)
-                            .unwrap_or(other),
-                        None => other,
-                    };
-                    step += usize::from(adv);
-                    raw
-                })
-                .collect();
-            Outcome::Found { sequence: seq }
-        };
-        if g == 0 && self.ends_ok(&start) {
-            return Outcome::Found { sequence: vec![] };
+        if goal.len() > usize::from(u8::MAX) - 1 {
+            return Outcome::NoneWithin {
+                max_len: bounds.max_len,
+            };
         }
-        for depth in 1..=bounds.max_len {
-            for &(s, idx) in &layer {
+        let g = goal.len() as u8;
+        let side = self.symbols() + 1;
+        let all: Vec<Sym> = (0..side as Sym).collect();
+        let in_goal =
+            |done: u8, c: Sym| done < g && goal_ids[usize::from(done)].binary_search(&c).is_ok();
+        let heur = self.relaxed_distances(&goal_ids, side);
+        let h = |s: &State| -> usize {
+            let relaxed = match (&heur, s.t) {
+                (Some(d), t) if t > 0 => {
+                    let last = (s.key & u128::from(PAD)) as usize;
+                    d[usize::from(s.done)][last.min(side - 1)]
+                }
+                _ => usize::from(g - s.done),
+            };
+            relaxed.max(self.calls_to_end(s))
+        };
+        // Nodes: (state, length, parent, symbol, advanced a goal step).
+        let mut nodes: Vec<(State, u32, u32, Sym, bool)> = vec![];
+        let mut best: HashMap<State, u32> = HashMap::new();
+        let mut buckets: Vec<Vec<u32>> = vec![vec![]; bounds.max_len + 2];
+        let start = self.start();
+        nodes.push((start, 0, u32::MAX, 0, false));
+        best.insert(start, 0);
+        buckets[h(&start).min(bounds.max_len + 1)].push(0);
+        let mut succ = vec![];
+        let mut reported = 0;
+        for f in 0..=bounds.max_len {
+            if f > reported {
+                progress(f, nodes.len());
+                reported = f;
+            }
+            while let Some(idx) = buckets[f].pop() {
+                let (s, len, ..) = nodes[idx as usize];
+                if best.get(&s).is_some_and(|&b| b < len) {
+                    continue;
+                }
+                if s.done == g && self.ends_ok(&s) {
+                    return self.path(&nodes, idx, goal, other);
+                }
                 self.successors(&s, &all, &mut succ);
                 for &c in &succ {
-                    let adv = s.done < g && goal_ids[usize::from(s.done)].binary_search(&c).is_ok();
+                    let adv = in_goal(s.done, c);
                     let n = self.advance(&s, c, s.done + u8::from(adv));
-                    if seen.contains_key(&n) {
+                    let nl = len + 1;
+                    if best.get(&n).is_some_and(|&b| b <= nl) {
+                        continue;
+                    }
+                    let nf = nl as usize + h(&n);
+                    if nf > bounds.max_len {
                         continue;
                     }
                     if nodes.len() >= bounds.max_states {
                         return Outcome::Budget {
-                            depth: depth - 1,
+                            depth: f.saturating_sub(1),
                             states: nodes.len(),
                         };
                     }
-                    let ni = nodes.len() as u32;
-                    nodes.push((idx, c, adv));
-                    seen.insert(n, ni);
-                    if n.done == g && self.ends_ok(&n) {
-                        return found(ni, &nodes);
-                    }
-                    next.push((n, ni));
+                    best.insert(n, nl);
+                    nodes.push((n, nl, idx, c, adv));
+                    // Consistent heuristic: nf >= f, so nothing goes to a done bucket.
+                    buckets[nf].push((nodes.len() - 1) as u32);
                 }
             }
-            progress(depth, nodes.len());
-            if next.is_empty() {
-                break;
-            }
-            std::mem::swap(&mut layer, &mut next);
-            next.clear();
         }
         Outcome::NoneWithin {
             max_len: bounds.max_len,
         }
+    }
+
+    /// d[done][sym]: fewest calls that finish the goal from `done` steps in, when the
+    /// last call was `sym`, in the relaxed graph (infinite = usize::MAX / 2).
+    fn relaxed_distances(&self, goal_ids: &[Vec<Sym>], side: usize) -> Option<Vec<Vec<usize>>> {
+        const INF: usize = usize::MAX / 2;
+        let rel = self.follow_relation()?;
+        let g = goal_ids.len();
+        let mut d = vec![vec![INF; side]; g + 1];
+        d[g] = vec![0; side];
+        for done in (0..g).rev() {
+            let step = &goal_ids[done];
+            let mut cur: Vec<usize> = (0..side)
+                .map(|a| {
+                    rel[a]
+                        .iter()
+                        .filter(|b| step.binary_search(b).is_ok())
+                        .map(|&b| 1 + d[done + 1][usize::from(b)])
+                        .min()
+                        .unwrap_or(INF)
+                })
+                .collect();
+            // Bellman-Ford inside the layer: unit edges, at most `side` rounds.
+            loop {
+                let mut changed = false;
+                for a in 0..side {
+                    for &b in &rel[a] {
+                        if step.binary_search(&b).is_err() {
+                            let via = cur[usize::from(b)].saturating_add(1);
+                            if via < cur[a] {
+                                cur[a] = via;
+                                changed = true;
+                            }
+                        }
+                    }
+                }
+                if !changed {
+                    break;
+                }
+            }
+            d[done] = cur;
+        }
+        Some(d)
+    }
+
+    fn path(
+        &self,
+        nodes: &[(State, u32, u32, Sym, bool)],
+        idx: u32,
+        goal: &[GoalStep],
+        other: u32,
+    ) -> Outcome {
+        let mut steps = vec![];
+        let mut i = idx;
+        while i != 0 {
+            let (_, _, parent, sym, adv) = nodes[i as usize];
+            steps.push((sym, adv));
+            i = parent;
+        }
+        steps.reverse();
+        let mut step = 0;
+        let sequence = steps
+            .into_iter()
+            .map(|(sym, adv)| {
+                let raw = match self.alphabet.raw(sym) {
+                    Some(r) => r,
+                    // An unknown call standing for a goal call prints as that call.
+                    None if adv => goal[step]
+                        .iter()
+                        .copied()
+                        .find(|&r| self.alphabet.id(r) == 0)
+                        .unwrap_or(other),
+                    None => other,
+                };
+                step += usize::from(adv);
+                raw
+            })
+            .collect();
+        Outcome::Found { sequence }
     }
 }

@@ -9,6 +9,7 @@
 //! the core model itself, so the two cannot drift apart unnoticed.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
 
 use homeostat_core::alphabet::{Alphabet, PAD, SYMBOL_BITS};
 use homeostat_core::markov::Markov;
@@ -36,6 +37,8 @@ pub(crate) enum Rules {
         succ: HashMap<u128, Vec<Sym>>,
         /// Accepted windows, including short-trace windows (PAD-filled).
         accept: HashSet<u128>,
+        /// Lengths of the accepted short-trace windows, ascending.
+        short_lens: Vec<usize>,
     },
     /// Lookahead pairs with window `w`.
     Pairs {
@@ -67,8 +70,11 @@ pub struct View {
     pub(crate) kind: ModelKind,
     pub(crate) window: usize,
     /// Every contiguous sequence of length 1..=k of the training data (window models
-    /// only), keyed by (length, packed symbols).
-    pub(crate) seen: HashSet<(u8, u128)>,
+    /// only), keyed by (length, packed symbols); built on first use, since only the
+    /// MFS analysis needs it and for k = 14 it holds millions of sequences.
+    seen: OnceLock<HashSet<(u8, u128)>>,
+    /// The stored windows and their length, to build `seen` from.
+    windows: Vec<(u128, u32)>,
 }
 
 /// A profile the analyses cannot handle.
@@ -127,28 +133,23 @@ impl View {
     /// The rules of a finished model.
     pub fn new(model: &AnyModel) -> Result<View, ViewError> {
         let spec = model.spec().clone();
-        let (rules, alphabet, seen) = match model {
-            AnyModel::Stide(m) => {
-                let (rules, seen) = window_rules(m);
-                (rules, m.alphabet().clone(), seen)
-            }
+        let (rules, alphabet, windows) = match model {
+            AnyModel::Stide(m) => (window_rules(m), m.alphabet().clone(), m.windows()),
             AnyModel::Pairs(m) => {
                 if spec.window > MAX_HISTORY + 1 {
                     return Err(ViewError::WindowTooLarge(spec.window));
                 }
-                (pairs_rules(m), m.alphabet().clone(), HashSet::new())
+                (pairs_rules(m), m.alphabet().clone(), vec![])
             }
-            AnyModel::Markov(m) => {
-                let (rules, seen) = markov_rules(m);
-                (rules, m.alphabet().clone(), seen)
-            }
+            AnyModel::Markov(m) => (markov_rules(m), m.alphabet().clone(), m.windows()),
         };
         Ok(View {
             rules,
             alphabet,
             kind: spec.kind,
             window: spec.window,
-            seen,
+            seen: OnceLock::new(),
+            windows,
         })
     }
 
@@ -172,13 +173,19 @@ impl View {
         self.alphabet.len()
     }
 
+    /// Every sequence of up to `window` calls training produced (window models).
+    pub(crate) fn seen_set(&self) -> &HashSet<(u8, u128)> {
+        self.seen
+            .get_or_init(|| seen_substrings(&self.windows, self.window))
+    }
+
     /// Calls before the current one that decide its verdict.
     pub(crate) fn history(&self) -> usize {
         self.window - 1
     }
 }
 
-fn window_rules(m: &Stide) -> (Rules, HashSet<(u8, u128)>) {
+fn window_rules(m: &Stide) -> Rules {
     let spec = m.spec();
     let k = spec.window;
     let windows = m.windows();
@@ -208,8 +215,19 @@ fn window_rules(m: &Stide) -> (Rules, HashSet<(u8, u128)>) {
             (c, v)
         })
         .collect();
-    let seen = seen_substrings(&windows, k);
-    (Rules::Window { k, succ, accept }, seen)
+    let mut short_lens: Vec<usize> = accept
+        .iter()
+        .map(|&key| unpack(key, k).len())
+        .filter(|&l| l < k)
+        .collect();
+    short_lens.sort_unstable();
+    short_lens.dedup();
+    Rules::Window {
+        k,
+        succ,
+        accept,
+        short_lens,
+    }
 }
 
 fn pairs_rules(m: &Pairs) -> Rules {
@@ -230,7 +248,7 @@ fn pairs_rules(m: &Pairs) -> Rules {
     Rules::Pairs { w, n, masks, succ1 }
 }
 
-fn markov_rules(m: &Markov) -> (Rules, HashSet<(u8, u128)>) {
+fn markov_rules(m: &Markov) -> Rules {
     let spec = m.spec();
     let n = spec.window;
     let windows = m.windows();
@@ -266,14 +284,10 @@ fn markov_rules(m: &Markov) -> (Rules, HashSet<(u8, u128)>) {
         .map(|(&k, _)| k)
         .collect();
     let unseen_ok = prob(0.0, 0.0) >= theta;
-    let seen = seen_substrings(&windows, n);
-    (
-        Rules::Markov {
-            n,
-            succ,
-            lenient,
-            unseen_ok,
-        },
-        seen,
-    )
+    Rules::Markov {
+        n,
+        succ,
+        lenient,
+        unseen_ok,
+    }
 }

@@ -25,6 +25,9 @@ pub enum Command {
     Scan(ScanArgs),
     /// Evaluate detectors on a labelled dataset (ROC AUC, detection rates, speed).
     Eval(EvalArgs),
+    /// The attacker's view of a profile: minimal foreign sequences, mimicry, tightness.
+    #[command(subcommand)]
+    Analyze(crate::commands::analyze::AnalyzeCmd),
     /// Describe a profile file.
     Inspect {
         /// The profile.

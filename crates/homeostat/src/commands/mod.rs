@@ -1,5 +1,6 @@
 //! One module per subcommand; each turns parsed arguments into library calls.
 
+pub mod analyze;
 mod daemon;
 mod demo;
 mod demo_daemon;
@@ -20,6 +21,7 @@ use crate::cli::{Cli, Command, InputFlags, ModelFlags};
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train::run(a),
+        Command::Analyze(c) => analyze::run(c),
         Command::Scan(a) => scan::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Inspect { profile } => inspect::run(&profile),

@@ -161,6 +161,9 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                     println!("train_count    {}", d.train_count);
                     println!("last_mod_count {}", d.last_mod_count);
                     println!("anomalies      {}", d.anomalies);
+                    if let Some(p) = d.to_ph(&homeostat_core::ph::PhConfig::default()) {
+                        println!("tightness      {}", super::analyze::tightness_line(&p));
+                    }
                     return Ok(());
                 }
             };
@@ -176,6 +179,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                 println!("normal at      {} (unix ns)", p.normal_time_ns);
             }
             println!("calls trained  {}", p.model().trained_calls());
+            println!("tightness      {}", super::analyze::tightness_line(&p));
             Ok(())
         }
         ProfileCmd::Normalize(t) => edit(
