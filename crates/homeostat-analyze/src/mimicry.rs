@@ -28,8 +28,8 @@ use crate::rules::{mask, pack, Rules, Sym, View};
 pub struct Bounds {
     /// Longest sequence considered.
     pub max_len: usize,
-    /// Most search states kept (each costs about 40 bytes); the search gives up, and
-    /// says so, when it would need more.
+    /// Most search states kept (about 200 bytes each with the hash table); the
+    /// search gives up, and says so, when it would need more.
     pub max_states: usize,
 }
 

@@ -48,7 +48,7 @@ pub struct SearchFlags {
     /// Longest sequence searched.
     #[arg(long, default_value_t = 64)]
     pub max_len: usize,
-    /// Most search states kept (about 40 bytes each); the search says so when it
+    /// Most search states kept (about 200 bytes each); the search says so when it
     /// needs more.
     #[arg(long, default_value_t = 4_000_000)]
     pub max_states: usize,
