@@ -17,6 +17,7 @@
 
 pub mod mfs;
 pub mod mimicry;
+pub mod policy;
 pub mod rules;
 
 use serde::Serialize;
