@@ -148,7 +148,7 @@ pub enum FilterError {
 /// Parses `struct sock_filter` bytes (checks only the length: the kernel verifies the
 /// program itself when it is loaded).
 pub fn from_bytes(bytes: &[u8]) -> Result<Vec<Insn>, FilterError> {
-    if bytes.is_empty() || bytes.len() % 8 != 0 || bytes.len() / 8 > BPF_MAXINSNS {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(8) || bytes.len() / 8 > BPF_MAXINSNS {
         return Err(FilterError::Length(bytes.len()));
     }
     Ok(bytes

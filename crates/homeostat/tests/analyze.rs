@@ -139,3 +139,64 @@ fn ph_and_daemon_profiles_are_analysed_too() {
         assert_eq!(names, ["write", "close", "execve"], "{}", file.display());
     }
 }
+
+#[test]
+fn exported_seccomp_policy_runs_the_program_and_refuses_one_more_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let sh = |script: &str, extra: &[&str]| {
+        bin()
+            .args(["run", "--learn", "-q", "--state-dir"])
+            .arg(&state)
+            .args(extra)
+            .args(["--", "/bin/sh", "-c", script])
+            .output()
+            .unwrap()
+    };
+    for _ in 0..3 {
+        assert!(sh("echo hi", &[]).status.success());
+    }
+    // Both policies first: the runs below must not teach the profile anything.
+    for (format, file) in [("bpf", "sh.bpf"), ("oci", "sh.json")] {
+        ok(bin()
+            .args([
+                "profile",
+                "export-seccomp",
+                "/bin/sh",
+                "--format",
+                format,
+                "--state-dir",
+            ])
+            .arg(&state)
+            .arg("-o")
+            .arg(dir.path().join(file)));
+    }
+    // kill(self, 0) never fails on its own; the profile never saw kill.
+    let script = "echo hi; kill -0 $$; echo rc=$?";
+    let free = Command::new("/bin/sh")
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&free.stdout), "hi\nrc=0\n");
+    for file in ["sh.bpf", "sh.json"] {
+        let p = dir.path().join(file);
+        let p = p.to_str().unwrap();
+        // The profiled program runs normally under its own policy.
+        let out = sh("echo hi", &["--seccomp", p]);
+        assert!(out.status.success(), "{file}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+        let out = sh(script, &["--seccomp", p]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\nrc=1\n", "{file}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("kill: Operation not permitted"),
+            "{file}: {err}"
+        );
+    }
+    let oci: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("sh.json")).unwrap()).unwrap();
+    assert_eq!(oci["defaultAction"], "SCMP_ACT_ERRNO");
+    assert_eq!(oci["defaultErrnoRet"], 1);
+    let names = oci["syscalls"][0]["names"].as_array().unwrap();
+    assert!(names.iter().any(|n| n == "execve") && !names.iter().any(|n| n == "kill"));
+}

@@ -681,3 +681,204 @@ fn mfs(a: MfsArgs) -> Result<()> {
         r => Ok(r?),
     }
 }
+
+// ---- seccomp export and loading ----
+
+/// `--format` of `profile export-seccomp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeccompFormat {
+    /// OCI / Docker seccomp profile (JSON).
+    Oci,
+    /// Classic BPF program: `struct sock_filter` array, 8 bytes an instruction.
+    Bpf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportSeccompArgs {
+    #[command(flatten)]
+    pub target: crate::cli::ProfileTarget,
+    /// Where to write the policy.
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+    /// OCI JSON (docker run --security-opt seccomp=FILE) or a BPF program
+    /// (homeostat run --seccomp FILE takes either).
+    #[arg(long, value_enum, default_value = "oci")]
+    pub format: SeccompFormat,
+}
+
+/// x86_64 and i386 execve: a program is started under the filter, so its own execve
+/// must pass.
+const EXECVE: [(Arch, u32); 2] = [(Arch::X86_64, 59), (Arch::I386, 11)];
+
+/// The policy of a pH profile's calls (x86_64 numbers, i386 offset by 0x10000).
+fn policy_of(symbols: &[u32]) -> homeostat_analyze::policy::Policy {
+    let mut p = homeostat_analyze::policy::Policy::default();
+    for &s in symbols {
+        if s >= I386_OFFSET {
+            p.i386.insert(s - I386_OFFSET);
+        } else {
+            p.x86_64.insert(s);
+        }
+    }
+    for (arch, nr) in EXECVE {
+        match arch {
+            Arch::X86_64 => p.x86_64.insert(nr),
+            Arch::I386 if !p.i386.is_empty() => p.i386.insert(nr),
+            Arch::I386 => false,
+        };
+    }
+    p
+}
+
+fn oci_json(p: &homeostat_analyze::policy::Policy) -> (serde_json::Value, Vec<String>) {
+    let mut names = std::collections::BTreeSet::new();
+    let mut unnamed = vec![];
+    let mut arches = vec![];
+    for (arch, calls, scmp) in [
+        (Arch::X86_64, &p.x86_64, "SCMP_ARCH_X86_64"),
+        (Arch::I386, &p.i386, "SCMP_ARCH_X86"),
+    ] {
+        if calls.is_empty() {
+            continue;
+        }
+        arches.push(scmp);
+        for &nr in calls {
+            match arch.name(nr) {
+                Some(n) => {
+                    names.insert(n);
+                }
+                None => unnamed.push(format!("{arch} #{nr}")),
+            }
+        }
+    }
+    let v = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 1,
+        "architectures": arches,
+        "syscalls": [{ "names": names, "action": "SCMP_ACT_ALLOW" }],
+    });
+    (v, unnamed)
+}
+
+/// Writes the seccomp policy of a profile's calls (`symbols`, pH numbering).
+pub fn export_seccomp(a: &ExportSeccompArgs, exe: &str, symbols: &[u32]) -> Result<()> {
+    let p = policy_of(symbols);
+    let bytes = match a.format {
+        SeccompFormat::Bpf => p.bpf_bytes(),
+        SeccompFormat::Oci => {
+            let (v, unnamed) = oci_json(&p);
+            if !unnamed.is_empty() {
+                eprintln!(
+                    "homeostat: warning: calls without a name left out of the OCI profile: {}",
+                    unnamed.join(", ")
+                );
+            }
+            let mut b = serde_json::to_vec_pretty(&v)?;
+            b.push(b'\n');
+            b
+        }
+    };
+    crate::fsutil::write_atomic(&a.output, &bytes)?;
+    say!(
+        "{}: {} x86_64 and {} i386 calls allowed (execve included), everything else EPERM; wrote {}",
+        exe,
+        p.x86_64.len(),
+        p.i386.len(),
+        a.output.display()
+    );
+    Ok(())
+}
+
+/// Reads a filter written by `profile export-seccomp` (either format) as BPF.
+pub fn read_filter(path: &Path) -> Result<Vec<homeostat_analyze::policy::Insn>> {
+    let what = || format!("reading seccomp filter {}", path.display());
+    let len = std::fs::metadata(path).with_context(what)?.len();
+    if len > 1 << 20 {
+        bail!("{}: {len} bytes, larger than any filter", path.display());
+    }
+    let bytes = std::fs::read(path).with_context(what)?;
+    if bytes.first() != Some(&b'{') {
+        return homeostat_analyze::policy::from_bytes(&bytes).with_context(what);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&bytes).with_context(what)?;
+    let default = v["defaultAction"].as_str().unwrap_or("");
+    if !matches!(
+        default,
+        "SCMP_ACT_ERRNO" | "SCMP_ACT_KILL" | "SCMP_ACT_KILL_PROCESS"
+    ) {
+        bail!(
+            "{}: only allow-lists (defaultAction SCMP_ACT_ERRNO) are supported, not {default:?}",
+            path.display()
+        );
+    }
+    let mut p = homeostat_analyze::policy::Policy::default();
+    let arches: Vec<&str> = v["architectures"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_else(|| vec!["SCMP_ARCH_X86_64"]);
+    for rule in v["syscalls"].as_array().into_iter().flatten() {
+        if rule["action"] != "SCMP_ACT_ALLOW" {
+            continue;
+        }
+        for name in rule["names"].as_array().into_iter().flatten() {
+            let name = name.as_str().unwrap_or("");
+            for arch in &arches {
+                let (a, set) = match *arch {
+                    "SCMP_ARCH_X86_64" => (Arch::X86_64, &mut p.x86_64),
+                    "SCMP_ARCH_X86" => (Arch::I386, &mut p.i386),
+                    other => bail!("{}: unsupported architecture {other}", path.display()),
+                };
+                if let Some(nr) = a.number(name) {
+                    set.insert(nr);
+                }
+            }
+        }
+    }
+    Ok(p.bpf())
+}
+
+/// The command `homeostat run --seccomp FILE -- CMD` launches: this binary's hidden
+/// `seccomp-exec`, which loads the filter and executes CMD (so the launcher and its
+/// seccomp crate need no change; the monitor sees the loader's few calls under
+/// homeostat's own executable, then CMD's).
+pub fn seccomp_command(
+    command: &[std::ffi::OsString],
+    filter: Option<&Path>,
+) -> Result<Vec<std::ffi::OsString>> {
+    let Some(filter) = filter else {
+        return Ok(command.to_vec());
+    };
+    read_filter(filter)?;
+    let me = std::env::current_exe().context("finding the homeostat executable")?;
+    let mut v = vec![
+        me.into_os_string(),
+        "seccomp-exec".into(),
+        "--filter".into(),
+        std::fs::canonicalize(filter)
+            .with_context(|| filter.display().to_string())?
+            .into_os_string(),
+        "--".into(),
+    ];
+    v.extend(command.iter().cloned());
+    Ok(v)
+}
+
+/// `homeostat seccomp-exec --filter FILE -- CMD`: load, then exec (never returns on
+/// success).
+pub fn seccomp_exec(filter: &Path, command: &[std::ffi::OsString]) -> Result<()> {
+    let prog: Vec<(u16, u8, u8, u32)> = read_filter(filter)?
+        .into_iter()
+        .map(|i| (i.code, i.jt, i.jf, i.k))
+        .collect();
+    let e = homeostat_seccomp::load::exec_filtered(&prog, command);
+    // Writing may itself be refused by the filter now; the exit status still says it.
+    eprintln!(
+        "homeostat: {}: {e}",
+        command.first().map_or("".into(), |c| c.to_string_lossy())
+    );
+    std::process::exit(if e.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    });
+}

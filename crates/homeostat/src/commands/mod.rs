@@ -22,6 +22,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train::run(a),
         Command::Analyze(c) => analyze::run(c),
+        Command::SeccompExec { filter, command } => analyze::seccomp_exec(&filter, &command),
         Command::Scan(a) => scan::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Inspect { profile } => inspect::run(&profile),
