@@ -369,8 +369,12 @@ fn mimicry(a: MimicryArgs) -> Result<()> {
                 sequence.len() - goal.len()
             );
             for (i, &nr) in sequence.iter().enumerate() {
-                let mark = if is_goal[i] { "  <- goal" } else { "" };
-                say!("{:>5}  {:<20}{mark}", i + 1, l.numbering.name(nr));
+                let name = l.numbering.name(nr);
+                if is_goal[i] {
+                    say!("{:>5}  {name:<20}  <- goal", i + 1);
+                } else {
+                    say!("{:>5}  {name}", i + 1);
+                }
             }
         }
         Outcome::NoneWithin { max_len } => {
