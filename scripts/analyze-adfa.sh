@@ -49,6 +49,8 @@ PY
 echo
 echo "## Tightness and mimicry padding for the standard goals"
 for p in stide6 stide10 stide14 tstide6 pairs9 markov3; do
-    echo "### $p"
-    /usr/bin/time -f "(%e s, %M KiB)" "$H" analyze tightness -p "$WORK/$p.prof" 2>&1
+    for start in "" --mid-trace; do
+        echo "### $p $start"
+        /usr/bin/time -f "(%e s, %M KiB)" "$H" analyze tightness $start -p "$WORK/$p.prof" 2>&1
+    done
 done

@@ -80,7 +80,7 @@ pub fn tightness(
     for (label, steps) in goals {
         let outcome = view.mimicry(steps, bounds, other, progress);
         let padding = match &outcome {
-            Outcome::Found { sequence } => sequence.len() - steps.len(),
+            Outcome::Found { sequence, .. } => sequence.len() - steps.len(),
             _ => bounds.max_len.saturating_sub(steps.len()),
         };
         results.push(GoalResult {

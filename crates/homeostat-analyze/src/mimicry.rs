@@ -31,6 +31,11 @@ pub struct Bounds {
     /// Most search states kept (about 200 bytes each with the hash table); the
     /// search gives up, and says so, when it would need more.
     pub max_states: usize,
+    /// The attacker takes over mid-trace: any calls the model accepts may come first
+    /// (the program's own, free), and length counts from the first goal call. For
+    /// lookahead pairs the trace start already is that case at its most favourable
+    /// (pairs reaching back before the first call are not checked), so it is used.
+    pub mid_trace: bool,
 }
 
 impl Default for Bounds {
@@ -38,6 +43,7 @@ impl Default for Bounds {
         Bounds {
             max_len: 64,
             max_states: 4_000_000,
+            mid_trace: false,
         }
     }
 }
@@ -50,6 +56,10 @@ pub enum Outcome {
     Found {
         /// The calls.
         sequence: Vec<u32>,
+        /// Mid-trace: calls of the program before the attack that lead to the state it
+        /// starts from (not counted).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        prefix: Vec<u32>,
     },
     /// No accepted sequence of at most `max_len` calls exists.
     NoneWithin {
@@ -70,8 +80,16 @@ impl Outcome {
     /// The sequence, when found.
     pub fn sequence(&self) -> Option<&[u32]> {
         match self {
-            Outcome::Found { sequence } => Some(sequence),
+            Outcome::Found { sequence, .. } => Some(sequence),
             _ => None,
+        }
+    }
+
+    /// Mid-trace: the program's calls before the attack.
+    pub fn prefix(&self) -> &[u32] {
+        match self {
+            Outcome::Found { prefix, .. } => prefix,
+            _ => &[],
         }
     }
 }
@@ -262,7 +280,12 @@ impl View {
         let in_goal =
             |done: u8, c: Sym| done < g && goal_ids[usize::from(done)].binary_search(&c).is_ok();
         let heur = self.relaxed_distances(&goal_ids, side);
+        let mid = bounds.mid_trace && !matches!(self.rules, Rules::Pairs { .. });
         let h = |s: &State| -> usize {
+            if mid && s.done == 0 {
+                // Calls before the first goal call are free: only the steps count.
+                return usize::from(g);
+            }
             let relaxed = match (&heur, s.t) {
                 (Some(d), t) if t > 0 => {
                     let last = (s.key & u128::from(PAD)) as usize;
@@ -272,7 +295,7 @@ impl View {
             };
             relaxed.max(self.calls_to_end(s))
         };
-        // Nodes: (state, length, parent, symbol, advanced a goal step).
+        // Nodes: (state, cost, parent, symbol, advanced a goal step).
         let mut nodes: Vec<(State, u32, u32, Sym, bool)> = vec![];
         let mut best: HashMap<State, u32> = HashMap::new();
         let mut buckets: Vec<Vec<u32>> = vec![vec![]; bounds.max_len + 2];
@@ -296,10 +319,17 @@ impl View {
                     return self.path(&nodes, idx, goal, other);
                 }
                 self.successors(&s, &all, &mut succ);
-                for &c in &succ {
+                let options = succ.iter().flat_map(|&c| {
                     let adv = in_goal(s.done, c);
+                    // Mid-trace, before the attack: a call is the program's own (free),
+                    // or the first goal call, which starts the attack.
+                    let free = (mid && s.done == 0).then_some((c, false, 0));
+                    let paid = (!mid || s.done > 0 || adv).then_some((c, adv, 1));
+                    free.into_iter().chain(paid)
+                });
+                for (c, adv, cost) in options {
                     let n = self.advance(&s, c, s.done + u8::from(adv));
-                    let nl = len + 1;
+                    let nl = len + cost;
                     if best.get(&n).is_some_and(|&b| b <= nl) {
                         continue;
                     }
@@ -315,7 +345,8 @@ impl View {
                     }
                     best.insert(n, nl);
                     nodes.push((n, nl, idx, c, adv));
-                    // Consistent heuristic: nf >= f, so nothing goes to a done bucket.
+                    // Consistent heuristic: nf >= f, so nothing goes to a done bucket
+                    // (free calls stay in this one).
                     buckets[nf].push((nodes.len() - 1) as u32);
                 }
             }
@@ -378,15 +409,18 @@ impl View {
         let mut steps = vec![];
         let mut i = idx;
         while i != 0 {
-            let (_, _, parent, sym, adv) = nodes[i as usize];
-            steps.push((sym, adv));
+            let (_, cost, parent, sym, adv) = nodes[i as usize];
+            let paid = cost > nodes[parent as usize].1;
+            steps.push((sym, adv, paid));
             i = parent;
         }
         steps.reverse();
+        // Mid-trace, the attack starts at the first paid call.
+        let split = steps.iter().position(|s| s.2).unwrap_or(steps.len());
         let mut step = 0;
-        let sequence = steps
+        let mut raws = steps
             .into_iter()
-            .map(|(sym, adv)| {
+            .map(|(sym, adv, _)| {
                 let raw = match self.alphabet.raw(sym) {
                     Some(r) => r,
                     // An unknown call standing for a goal call prints as that call.
@@ -400,7 +434,11 @@ impl View {
                 step += usize::from(adv);
                 raw
             })
-            .collect();
-        Outcome::Found { sequence }
+            .collect::<Vec<u32>>();
+        let sequence = raws.split_off(split);
+        Outcome::Found {
+            sequence,
+            prefix: raws,
+        }
     }
 }

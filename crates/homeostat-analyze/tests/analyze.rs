@@ -62,6 +62,26 @@ fn mimicry_by_hand_on_a_cycle() {
 }
 
 #[test]
+fn mid_trace_the_program_s_own_calls_are_free() {
+    let m = stide(3, &[&[1, 2, 3, 4, 1, 2]]);
+    let v = View::new(&m).unwrap();
+    let bounds = Bounds {
+        max_len: 20,
+        mid_trace: true,
+        ..Bounds::default()
+    };
+    // From a trace start 3 needs a whole window; taken over after "1 2" it is one call.
+    let out = v.mimicry(&[vec![3]], bounds, 999, &mut |_, _| {});
+    assert_eq!(out.sequence(), Some(&[3][..]));
+    let mut whole = out.prefix().to_vec();
+    whole.extend_from_slice(out.sequence().unwrap());
+    assert!(accepted(&m, &whole), "{whole:?}");
+    // 4 then 3 still needs 1 2 between them.
+    let out = v.mimicry(&[vec![4], vec![3]], bounds, 999, &mut |_, _| {});
+    assert_eq!(out.sequence(), Some(&[4, 1, 2, 3][..]));
+}
+
+#[test]
 fn none_within_the_bound_then_found_past_it() {
     // k = 2 over a chain: 9 is only reachable from 1 by walking the whole chain.
     let chain: Vec<u32> = (1..=9).collect();
@@ -245,10 +265,48 @@ proptest! {
             all_sequences(len).any(|s| is_subsequence(&goal, &s) && accepted(&m, &s))
         });
         match &out {
-            Outcome::Found { sequence } => {
+            Outcome::Found { sequence, .. } => {
                 prop_assert!(accepted(&m, sequence), "{sequence:?} raises an anomaly");
                 prop_assert!(is_subsequence(&goal, sequence));
                 prop_assert_eq!(Some(sequence.len()), brute);
+            }
+            Outcome::NoneWithin { .. } => prop_assert_eq!(brute, None),
+            Outcome::Budget { .. } => prop_assert!(false, "budget on a tiny profile"),
+        }
+    }
+
+    #[test]
+    fn mid_trace_mimicry_is_accepted_after_its_prefix(
+        spec in spec_strategy(),
+        traces in traces_strategy(),
+        goal in prop::collection::vec(1u32..=5, 1..=3),
+    ) {
+        let refs: Vec<&[u32]> = traces.iter().map(|t| &t[..]).collect();
+        let m = trained(spec.clone(), &refs);
+        const LIMIT: usize = 4;
+        let v = View::new(&m).unwrap();
+        let steps: Vec<Vec<u32>> = goal.iter().map(|&g| vec![g]).collect();
+        let bounds = Bounds { max_len: LIMIT, mid_trace: true, ..Bounds::default() };
+        let out = v.mimicry(&steps, bounds, 5, &mut |_, _| {});
+        // Brute force over takeover histories of up to 2 calls: an upper bound on the
+        // shortest attack (the search may use longer histories).
+        let brute = (1..=LIMIT).find(|&len| {
+            (0..=2).any(|p| all_sequences(p).any(|pre| all_sequences(len).any(|s| {
+                let mut w = pre.clone();
+                w.extend_from_slice(&s);
+                is_subsequence(&goal, &s) && accepted(&m, &w)
+            })))
+        });
+        match &out {
+            Outcome::Found { sequence, prefix } => {
+                let mut whole = prefix.clone();
+                whole.extend_from_slice(sequence);
+                prop_assert!(accepted(&m, &whole), "{prefix:?} + {sequence:?} raises an anomaly");
+                prop_assert!(is_subsequence(&goal, sequence));
+                prop_assert!(brute.is_none_or(|b| sequence.len() <= b));
+                if spec.kind == ModelKind::Pairs {
+                    prop_assert!(prefix.is_empty());
+                }
             }
             Outcome::NoneWithin { .. } => prop_assert_eq!(brute, None),
             Outcome::Budget { .. } => prop_assert!(false, "budget on a tiny profile"),

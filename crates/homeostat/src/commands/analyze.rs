@@ -52,6 +52,11 @@ pub struct SearchFlags {
     /// needs more.
     #[arg(long, default_value_t = 4_000_000)]
     pub max_states: usize,
+    /// The attacker takes over mid-trace: the program's own accepted calls may come
+    /// first, and only calls from the first goal call on count (default: from the
+    /// start of a trace).
+    #[arg(long)]
+    pub mid_trace: bool,
 }
 
 #[derive(Debug, Args)]
@@ -303,6 +308,7 @@ fn bounds(s: &SearchFlags) -> Result<Bounds> {
     Ok(Bounds {
         max_len: s.max_len,
         max_states: s.max_states.clamp(1, u32::MAX as usize),
+        mid_trace: s.mid_trace,
     })
 }
 
@@ -361,8 +367,17 @@ fn mimicry(a: MimicryArgs) -> Result<()> {
         spec.window
     );
     say!("goal      {} ({} calls)", a.goal, goal.len());
+    let prefix = out.prefix();
+    if !prefix.is_empty() {
+        let names: Vec<String> = prefix.iter().map(|&n| l.numbering.name(n)).collect();
+        say!(
+            "takeover  after {} calls of the program: {}",
+            prefix.len(),
+            names.join(" ")
+        );
+    }
     match &out {
-        Outcome::Found { sequence } => {
+        Outcome::Found { sequence, .. } => {
             say!(
                 "found     {} calls ({} added to hide the goal), {secs:.2} s",
                 sequence.len(),
@@ -428,17 +443,22 @@ fn tightness_cmd(a: TightnessArgs) -> Result<()> {
         return Ok(());
     }
     say!(
-        "tightness {:.1}  (mean calls an attacker must add over {} standard goals; \
+        "tightness {:.1}  (mean calls an attacker must add over {} standard goals, {}; \
          unreachable counted as {}; max {}, {} unreachable)",
         t.mean_padding,
         t.goals.len(),
+        if b.mid_trace {
+            "taking over mid-trace"
+        } else {
+            "from a trace start"
+        },
         t.max_len,
         t.max_padding,
         t.unreachable
     );
     for g in &t.goals {
         let what = match &g.outcome {
-            Outcome::Found { sequence } => format!(
+            Outcome::Found { sequence, .. } => format!(
                 "{} calls: {}",
                 sequence.len(),
                 sequence
