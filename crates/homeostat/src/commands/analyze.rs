@@ -649,10 +649,15 @@ fn mfs(a: MfsArgs) -> Result<()> {
             homeostat_core::ModelKind::Pairs => (2, spec.window),
             _ => (spec.window, spec.window),
         };
+        let note = if exact < searched {
+            " (\"~\": a span a missing pair proves foreign)"
+        } else {
+            ""
+        };
         writeln!(
             s.out,
             "# {} window {}: MFS lengths known exactly up to {exact}, searched up to \
-             {searched} (\"~\": a span a missing pair proves foreign)",
+             {searched}{note}",
             spec.kind, spec.window
         )?;
         write!(
