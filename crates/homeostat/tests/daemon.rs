@@ -36,18 +36,24 @@ fn daemon(state: &Path, events: &Path, extra: &[&str]) -> (Child, Receiver<Strin
     (child, rx)
 }
 
-/// Waits for "daemon: watching"; None (after printing why) if BPF is unavailable.
-/// Returns the lines printed before.
+/// Waits for "daemon: watching"; None (after printing why) if BPF is unavailable here:
+/// the kernel refused for lack of privilege, or has no BTF (homeostat_ebpf's
+/// `PermissionDenied` and `NoBtf`). Any other start-up error (a program the verifier
+/// rejected, a failed attach) fails the test. Returns the lines printed before.
 fn ready(child: &mut Child, rx: &Receiver<String>) -> Option<Vec<String>> {
+    const UNAVAILABLE: [&str; 2] = ["bpf: permission denied", "bpf: kernel has no BTF"];
     let t = Instant::now();
     let mut seen = vec![];
     while t.elapsed() < Duration::from_secs(20) {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(l) if l.contains("daemon: watching") => return Some(seen),
-            Ok(l) if l.contains("bpf:") => {
-                eprintln!("skipping: {l}");
+            Ok(l) if l.contains("homeostat: error:") => {
                 let _ = child.wait();
-                return None;
+                if UNAVAILABLE.iter().any(|u| l.contains(u)) {
+                    eprintln!("skipping: BPF unavailable: {l}");
+                    return None;
+                }
+                panic!("daemon failed to start: {l}");
             }
             Ok(l) => seen.push(l),
             _ => {}
