@@ -150,7 +150,9 @@ impl Kernel {
         // Any failure but a missing privilege or BTF (which raw_tp needs as much) may
         // be tp_btf's own: an older kernel, or a verifier stricter about typed args.
         match Self::load_with(opts, Hook::TpBtf, lsm) {
-            Err(first @ (Error::Load { .. } | Error::Rejected { .. })) => {
+            Err(e @ (Error::Load { .. } | Error::Rejected { .. })) => {
+                let e = e.to_string();
+                let first = e.strip_prefix("bpf: ").unwrap_or(&e);
                 Self::load_with(opts, Hook::RawTp, lsm).map_err(|e| match e {
                     Error::Load {
                         stage,
