@@ -141,10 +141,8 @@ pub enum AttachError {
     Unsupported(Errno),
 }
 
-/// Architecture tokens reported in [`SyscallStop::arch`].
+/// Architecture tokens reported in [`SyscallStop::arch`] (they live in
+/// `homeostat_syscalls`, with what each call is: `homeostat_syscalls::call_kind`).
 pub mod arch {
-    pub const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-    pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
-    /// Set in `nr` for x32-ABI calls (which report `AUDIT_ARCH_X86_64`).
-    pub const X32_BIT: u32 = 0x4000_0000;
+    pub use homeostat_syscalls::{AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, X32_BIT};
 }

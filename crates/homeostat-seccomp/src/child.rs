@@ -49,8 +49,7 @@ pub(crate) struct ChildPlan {
 /// The filter: every system call of the x86_64 and i386 ABIs goes to the supervisor;
 /// anything else (no other ABI exists on x86_64 hardware) is allowed.
 pub(crate) fn filter() -> [libc::sock_filter; 5] {
-    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-    const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+    use homeostat_syscalls::{AUDIT_ARCH_I386, AUDIT_ARCH_X86_64};
     const ARCH_OFFSET: u32 = 4; // offsetof(struct seccomp_data, arch)
     let stmt = |code: u32, k: u32| libc::sock_filter {
         code: code as u16,

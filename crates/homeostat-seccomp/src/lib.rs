@@ -161,48 +161,10 @@ pub enum LaunchError {
     UnsupportedArch,
 }
 
-/// System call numbers the supervisor's bookkeeping needs, per ABI.
+/// The syscall facts the supervisor's bookkeeping needs (they live in
+/// `homeostat_syscalls`; re-exported under the names the launcher's callers use).
 pub mod nr {
-    pub const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-    pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
-    /// Set in `nr` for x32-ABI calls (which report `AUDIT_ARCH_X86_64`).
-    pub const X32_BIT: u32 = 0x4000_0000;
-
-    /// The kinds of call the supervisor tracks to keep its per-task caches right.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum Kind {
-        Exec,
-        Exit,
-        ExitGroup,
-        Clone,
-        Other,
-    }
-
-    /// Classifies `(arch, nr)`.
-    pub fn kind(arch: u32, nr: u32) -> Kind {
-        match arch {
-            AUDIT_ARCH_X86_64 if nr & X32_BIT != 0 => match nr & !X32_BIT {
-                520 | 545 => Kind::Exec,
-                60 => Kind::Exit,
-                231 => Kind::ExitGroup,
-                56..=58 | 435 => Kind::Clone,
-                _ => Kind::Other,
-            },
-            AUDIT_ARCH_X86_64 => match nr {
-                59 | 322 => Kind::Exec,
-                60 => Kind::Exit,
-                231 => Kind::ExitGroup,
-                56..=58 | 435 => Kind::Clone,
-                _ => Kind::Other,
-            },
-            AUDIT_ARCH_I386 => match nr {
-                11 | 358 => Kind::Exec,
-                1 => Kind::Exit,
-                252 => Kind::ExitGroup,
-                2 | 120 | 190 | 435 => Kind::Clone,
-                _ => Kind::Other,
-            },
-            _ => Kind::Other,
-        }
-    }
+    pub use homeostat_syscalls::{
+        call_kind as kind, CallKind as Kind, AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, X32_BIT,
+    };
 }
