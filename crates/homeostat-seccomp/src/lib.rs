@@ -34,8 +34,6 @@ mod keeper;
 mod supervisor;
 mod sys;
 
-use std::sync::Arc;
-
 pub use supervisor::Supervisor;
 pub use sys::Errno;
 
@@ -69,14 +67,11 @@ impl Default for LaunchOptions {
     }
 }
 
-/// The answer to one notified system call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Let the call run (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`).
-    Continue,
-    /// Do not run it; it returns `-errno` (errno in `1..=4095`, e.g. `libc::EPERM`).
-    Deny(i32),
-}
+/// The answer to one notified system call (`Continue`: answered with
+/// `SECCOMP_USER_NOTIF_FLAG_CONTINUE`); the same type as the ptrace front end's.
+pub use homeostat_proc::Action;
+/// What a notified call reports, shared with the ptrace front end.
+pub use homeostat_proc::Call;
 
 /// How the direct child ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,26 +113,21 @@ pub enum Event {
     TreeGone,
 }
 
-/// One notified system call.
+/// One notified system call: the [`Call`] (its fields read through `Deref`) and the
+/// notification id to answer it by.
 #[derive(Clone, Debug)]
 pub struct SyscallEvent {
     /// Notification id: pass it to [`Supervisor::respond`].
     pub id: u64,
-    /// Thread id of the caller.
-    pub tid: i32,
-    /// Process (thread group) id of the caller.
-    pub pid: i32,
-    /// `AUDIT_ARCH_X86_64` (0xc000003e) or `AUDIT_ARCH_I386` (0x40000003): the same number
-    /// means different calls in the two ABIs.
-    pub arch: u32,
-    /// System call number (x32 calls keep their 0x40000000 bit).
-    pub nr: u32,
-    pub args: [u64; 6],
-    /// The executable the task runs now, before this call.
-    pub exe: Arc<Exe>,
-    /// First event from this task: a new process or thread, or the launched program's
-    /// first call after its exec.
-    pub new_task: bool,
+    /// The call.
+    pub call: Call,
+}
+
+impl std::ops::Deref for SyscallEvent {
+    type Target = Call;
+    fn deref(&self) -> &Call {
+        &self.call
+    }
 }
 
 pub use homeostat_proc::Exe;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crate::inflight::InFlight;
 use crate::keeper;
 use crate::sys::{self, Errno, Msg, Notif, NotifBuf};
-use crate::{Action, ChildStatus, Event, FailMode, LaunchError, SyscallEvent};
+use crate::{Action, Call, ChildStatus, Event, FailMode, LaunchError, SyscallEvent};
 use tasks::Task;
 
 /// After the listener reports the tree gone, how long to wait for the keeper's report of
@@ -187,8 +187,10 @@ impl Supervisor {
     pub fn respond(&mut self, id: u64, action: Action) -> Result<bool, LaunchError> {
         let (error, flags) = match action {
             Action::Continue => (0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32),
-            Action::Deny(e) if (1..=4095).contains(&e) => (-e, 0),
-            Action::Deny(e) => return Err(LaunchError::BadErrno(e)),
+            Action::Deny(e) => match action.checked() {
+                Ok(_) => (-e, 0),
+                Err(e) => return Err(LaunchError::BadErrno(e)),
+            },
         };
         let r = sys::notif_send(self.listener.as_raw_fd(), &mut self.buf, id, error, flags);
         let pending = self.pending.remove(&id);
@@ -354,13 +356,15 @@ impl Supervisor {
         );
         Ok(Some(SyscallEvent {
             id: n.id,
-            tid: n.tid,
-            pid: tgid,
-            arch: n.arch,
-            nr: n.nr,
-            args: n.args,
-            exe,
-            new_task,
+            call: Call {
+                tid: n.tid,
+                pid: tgid,
+                arch: n.arch,
+                nr: n.nr,
+                args: n.args,
+                exe,
+                new_task,
+            },
         }))
     }
 }
