@@ -38,27 +38,29 @@ pub(crate) const EVF_STOPPED: u32 = 1;
 /// Entries of the per-CPU `hs_stats` array (`HS_NSTATS`), in `HS_STAT_*` order.
 pub(crate) const NSTATS: usize = 5;
 
-// SAFETY (all impls below): each type is #[repr(C)], made only of integers and arrays
-// of integers, with explicit `pad` fields where C would pad (the sizes are checked
-// below), so it has no padding bytes and every bit pattern is a valid value.
-unsafe impl Zeroable for hs_key {}
-unsafe impl Pod for hs_key {}
-unsafe impl Zeroable for hs_row_key {}
-unsafe impl Pod for hs_row_key {}
-unsafe impl Zeroable for hs_row {}
-unsafe impl Pod for hs_row {}
-unsafe impl Zeroable for hs_profile {}
-unsafe impl Pod for hs_profile {}
-unsafe impl Zeroable for hs_task {}
-unsafe impl Pod for hs_task {}
-unsafe impl Zeroable for hs_config {}
-unsafe impl Pod for hs_config {}
-unsafe impl Zeroable for hs_event {}
-unsafe impl Pod for hs_event {}
-unsafe impl Zeroable for hs_exec_event {}
-unsafe impl Pod for hs_exec_event {}
-unsafe impl Zeroable for hs_stop {}
-unsafe impl Pod for hs_stop {}
+/// Marks the generated types as plain data for bytemuck.
+macro_rules! plain {
+    ($($t:ty),* $(,)?) => {$(
+        // SAFETY: the type is #[repr(C)], made only of integers and arrays of integers,
+        // with explicit `pad` fields where C would pad (the sizes are checked below), so
+        // it has no padding bytes and every bit pattern is a valid value.
+        unsafe impl Zeroable for $t {}
+        // SAFETY: as for Zeroable; it is also Copy and 'static (no references).
+        unsafe impl Pod for $t {}
+    )*};
+}
+
+plain!(
+    hs_key,
+    hs_row_key,
+    hs_row,
+    hs_profile,
+    hs_task,
+    hs_config,
+    hs_event,
+    hs_exec_event,
+    hs_stop,
+);
 
 // The sizes the C compiler gives these types (docs/ebpf.md lists them): a generated
 // type with implicit padding would differ from its field sum, and so fail here.

@@ -21,6 +21,7 @@
 //!
 //! Needs Linux 5.3 or later (`PTRACE_GET_SYSCALL_INFO`) on x86_64; 32-bit (i386) programs
 //! are traced too and reported with their own architecture.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod proc;
 mod sys;

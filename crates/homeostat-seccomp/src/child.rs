@@ -84,7 +84,7 @@ fn fail(status_w: RawFd, stage: i32, errno: i32) -> ! {
 /// # Safety
 /// Must be called only in a freshly forked child; `plan`'s pointers must be valid in it.
 pub(crate) unsafe fn child_main(plan: &ChildPlan) -> ! {
-    // SAFETY (whole block): raw system calls on stack data and on the plan's pointers,
+    // SAFETY: (whole block) raw system calls on stack data and on the plan's pointers,
     // which the caller guarantees are valid in this process image.
     unsafe {
         // A program expects the signal state a shell gives it: nothing blocked (the

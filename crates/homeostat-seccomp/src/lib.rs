@@ -27,6 +27,7 @@
 //! `POLLHUP` on a listener no task uses any more); uses
 //! `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (6.6) and `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`
 //! (5.19) when present.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod child;
 mod inflight;

@@ -1,5 +1,6 @@
 //! The `homeostat` command: a thin layer that parses arguments and hands the work to
 //! the library crates (core models, trace readers, evaluation).
+#![forbid(unsafe_code)]
 
 mod cli;
 mod commands;
