@@ -122,8 +122,7 @@ impl Supervisor {
             });
         }
         let map = SharedMap::new().map_err(sys_err("mmap (in-flight table)"))?;
-        // SAFETY: getpid cannot fail.
-        let me = unsafe { libc::getpid() };
+        let me = std::process::id() as i32;
         let sup_pidfd = sys::pidfd_open(me).map_err(sys_err("pidfd_open (needs Linux 5.3)"))?;
         let (status_r, status_w) = sys::pipe_cloexec().map_err(sys_err("pipe2"))?;
         let (sock, sock_k) = sys::seqpacket_pair().map_err(sys_err("socketpair"))?;
@@ -170,10 +169,7 @@ impl Supervisor {
         }
         drop(status_w);
         drop(sock_k);
-        let mut st = 0;
-        // SAFETY: waiting for our own child with a valid status pointer.
-        while unsafe { libc::waitpid(inter, &mut st, 0) } < 0 && sys::last_errno() == libc::EINTR {}
-        if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 1 {
+        if sys::wait_exit_code(inter) == Some(1) {
             return Err(LaunchError::Sys {
                 call: "fork (keeper)",
                 errno: Errno(libc::EAGAIN),
@@ -229,7 +225,7 @@ impl Boot {
             );
         }
         if let Some(pidfd) = &self.child_pidfd {
-            let _ = sys::pidfd_send_signal(pidfd.as_raw_fd(), libc::SIGKILL);
+            let _ = sys::pidfd_kill(pidfd);
         }
     }
 
@@ -344,8 +340,11 @@ impl Boot {
         let listener = {
             let mut pause = Duration::from_micros(20);
             loop {
-                let pidfd = self.child_pidfd.as_ref().map_or(-1, |f| f.as_raw_fd());
-                match sys::pidfd_getfd(pidfd, target_fd) {
+                let got = match &self.child_pidfd {
+                    Some(pidfd) => sys::pidfd_getfd(pidfd, target_fd),
+                    None => Err(Errno(libc::EBADF)),
+                };
+                match got {
                     Ok(fd) => break fd,
                     Err(Errno(libc::EBADF)) => {}
                     Err(errno @ Errno(libc::ENOSYS)) => {
@@ -445,7 +444,7 @@ impl Boot {
                 // Put the handles back so abort() can reach the keeper and the child.
                 self.sock = sup.sock.take();
                 sup.shut = true;
-                let _ = sys::pidfd_send_signal(sup.child_pidfd.as_raw_fd(), libc::SIGKILL);
+                let _ = sys::pidfd_kill(&sup.child_pidfd);
                 Err(e)
             }
         }
