@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
+use homeostat_testsupport::{is_root, spawn};
 use serde_json::Value;
 
 fn daemon(state: &Path, events: &Path, extra: &[&str]) -> (Child, Receiver<String>) {
@@ -63,21 +64,6 @@ fn ready(child: &mut Child, rx: &Receiver<String>) -> Option<Vec<String>> {
     panic!("daemon not ready after 20 s");
 }
 
-/// Spawns, retrying while the executable is "busy": a private copy written by one test
-/// can still be open for writing in a child another test thread forked meanwhile
-/// (until that child's exec closes it), which makes exec fail with ETXTBSY.
-fn spawn(cmd: &mut Command) -> std::process::Child {
-    for _ in 0..100 {
-        match cmd.spawn() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            r => return r.unwrap(),
-        }
-    }
-    panic!("executable still busy after 2 s")
-}
-
 fn output(cmd: &mut Command) -> std::process::Output {
     spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()))
         .wait_with_output()
@@ -98,7 +84,7 @@ fn has(evs: &[Value], f: impl Fn(&Value) -> bool) -> bool {
 
 #[test]
 fn learns_detects_saves_and_reloads() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("skipping: homeostat daemon needs root");
         return;
     }
@@ -286,7 +272,7 @@ fn learns_detects_saves_and_reloads() {
 }
 
 fn root_and_btf() -> bool {
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("skipping: homeostat daemon needs root");
         return false;
     }
