@@ -59,6 +59,23 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether a signal interrupted the operation (EINTR): the caller retries, it is
+    /// not a failure.
+    pub fn is_interrupted(&self) -> bool {
+        matches!(
+            self,
+            Error::Map {
+                kind: ErrorKind::Interrupted,
+                ..
+            } | Error::Load {
+                kind: ErrorKind::Interrupted,
+                ..
+            }
+        )
+    }
+}
+
 /// Classifies a failed open/load/attach.
 pub(crate) fn load_error(stage: &str, e: libbpf_rs::Error) -> Error {
     let rejected = VERIFIER_LOG.swap(false, Ordering::Relaxed);
@@ -131,5 +148,44 @@ fn libbpf_tail() -> String {
         String::new()
     } else {
         format!(" ({})", tail.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(errno: i32) -> libbpf_rs::Error {
+        libbpf_rs::Error::from_raw_os_error(errno)
+    }
+
+    #[test]
+    fn failures_are_classified_by_kind_not_text() {
+        assert!(map_err("hs_events", "poll")(os(libc::EINTR)).is_interrupted());
+        assert!(!map_err("hs_events", "poll")(os(libc::EBADF)).is_interrupted());
+        // EACCES/EPERM with no verifier log: the kernel refused to load at all.
+        capture_libbpf_log();
+        assert!(matches!(
+            load_error("load", os(libc::EPERM)),
+            Error::PermissionDenied
+        ));
+        // The same errno after libbpf printed a verifier log: a rejected program.
+        libbpf_print(
+            PrintLevel::Warn,
+            "prog 'x': -- BEGIN PROG LOAD LOG --\nR1 invalid mem access\n-- END PROG LOAD LOG --"
+                .into(),
+        );
+        assert!(matches!(
+            load_error("load", os(libc::EACCES)),
+            Error::Rejected { .. }
+        ));
+        // The flag is consumed: the next failure is judged on its own.
+        assert!(matches!(
+            load_error("attach", os(libc::ENOENT)),
+            Error::Load {
+                kind: ErrorKind::NotFound,
+                ..
+            }
+        ));
     }
 }
