@@ -7,7 +7,7 @@
 //! n-grams add order), L2-normalised; a trace's score is the cosine distance to its
 //! `k` nearest normal training traces (`distance`). A second score, `relative`,
 //! divides the distance to the nearest training trace by that trace's own distance
-//! to its nearest other training trace (plus the median of those, which keeps it
+//! to its nearest other training trace (plus the mean of those, which keeps it
 //! finite for duplicated traces), as the local outlier factor does: normal
 //! behaviour is dense in some regions (short service traces) and sparse in others,
 //! and a fixed distance means more in a dense region.
@@ -23,7 +23,9 @@
 //! bounded whatever a process does; beyond that cap each further unseen n-gram counts
 //! as a distinct singleton, which whole-trace scoring does identically.
 
-use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap as StdHashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +36,11 @@ use crate::detector::{
 };
 use crate::model::Scratch;
 use crate::registry::Entry;
+
+/// Maps with a fixed hash seed: floating-point sums over a trace's n-grams follow the
+/// map's order, and a per-process random seed made scores (and AUC ties) differ in
+/// the last bits from run to run.
+type HashMap<K, V> = StdHashMap<K, V, BuildHasherDefault<DefaultHasher>>;
 
 /// Largest n-gram order.
 pub const MAX_ORDER: usize = 5;
@@ -207,9 +214,10 @@ pub struct Knn {
     unseen_idf: f64,
     /// Each training trace's distance to its nearest other training trace.
     own: Vec<f64>,
-    /// Median of `own`: the scale that keeps `relative` finite when a training trace
-    /// has an exact duplicate (distance 0).
-    own_median: f64,
+    /// Mean of `own`: the scale that keeps `relative` finite when a training trace
+    /// has an exact duplicate (distance 0). Not the median: in real data most
+    /// traces can have a duplicate, and the median is then 0.
+    own_scale: f64,
     /// Postings per vocabulary term: (training trace, normalised weight).
     postings: Vec<Vec<(u32, f64)>>,
 }
@@ -223,7 +231,7 @@ impl Knn {
             return Err("no training traces".into());
         }
         let vocab_len = stored.vocab.len();
-        let mut index = HashMap::with_capacity(vocab_len);
+        let mut index = HashMap::with_capacity_and_hasher(vocab_len, Default::default());
         for (i, &(key, df)) in stored.vocab.iter().enumerate() {
             if df == 0 || df as usize > nt || index.insert(key, i as u32).is_some() {
                 return Err(format!("invalid vocabulary entry {i}"));
@@ -283,13 +291,11 @@ impl Knn {
                 }
             })
             .collect();
-        let mut sorted = own.clone();
-        sorted.sort_by(f64::total_cmp);
-        let own_median = sorted[sorted.len() / 2];
+        let own_scale = (own.iter().sum::<f64>() / nt as f64).max(1e-6);
         Ok(Knn {
             unseen_idf: idf_of(0.0),
             own,
-            own_median,
+            own_scale,
             stored,
             index,
             idf,
@@ -343,7 +349,7 @@ impl Knn {
             let mean: f64 = dots[..k].iter().sum::<f64>() / k as f64;
             vec![
                 (1.0 - mean / norm).max(0.0),
-                nearest / (self.own[nn] + self.own_median + 1e-9),
+                nearest / (self.own[nn] + self.own_scale),
             ]
         };
         TraceResult {
@@ -459,7 +465,7 @@ impl KnnBuilder {
                 msg: "no training traces".into(),
             });
         }
-        let mut df: HashMap<u64, u32> = HashMap::new();
+        let mut df: HashMap<u64, u32> = HashMap::default();
         for b in &self.bags {
             for &key in b.keys() {
                 *df.entry(key).or_default() += 1;
@@ -559,7 +565,7 @@ mod tests {
         let mean = 1.0 - (0.5 + 0.5f64.sqrt()) / 2.0;
         assert!((d[0] - mean).abs() < 1e-9, "{d:?}");
         // relative: nearest distance over (the neighbour's own nearest-neighbour
-        // distance + their median). A and B are orthogonal: both own distances are 1.
+        // distance + their mean). A and B are orthogonal: both own distances are 1.
         assert!(
             (d[1] - (1.0 - 0.5f64.sqrt()) / 2.0).abs() < 1e-6,
             "relative {d:?}"
