@@ -16,12 +16,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use homeostat_ptrace::{arch, Action, AttachError, AttachOptions, SyscallStop, TraceEvent, Tracer};
+use homeostat_ptrace::{Action, AttachError, AttachOptions, SyscallStop, TraceEvent, Tracer};
+use homeostat_syscalls::AUDIT_ARCH_X86_64;
+use homeostat_testsupport::nr::{EXECVE as NR_EXECVE, MKDIR as NR_MKDIR, MKDIRAT as NR_MKDIRAT};
+use homeostat_testsupport::serial;
 
 /// Upper bound for any one wait in these tests.
 const LIMIT: Duration = Duration::from_secs(30);
-use homeostat_testsupport::nr::{EXECVE as NR_EXECVE, MKDIR as NR_MKDIR, MKDIRAT as NR_MKDIRAT};
-use homeostat_testsupport::serial;
 
 /// A monitored program, run under a small `sh` parent of its own so that it is *not* a
 /// child of this process: a tracer thread in the real parent's process is treated as the
@@ -224,7 +225,7 @@ fn follows_a_running_shell_and_its_children_then_detaches() {
     assert!(own
         .iter()
         .all(|s| s.pid == pid && s.exe.path == real("/bin/sh")));
-    assert!(stops.iter().all(|s| s.arch == arch::AUDIT_ARCH_X86_64));
+    assert!(stops.iter().all(|s| s.arch == AUDIT_ARCH_X86_64));
 
     // new_task exactly on each tid's first stop.
     let mut seen = HashSet::new();
@@ -363,7 +364,7 @@ fn deny_mkdir_with_eperm() {
     ));
     let (stops, all_gone) = traced(sh.pid(), |t| {
         serve(t, LIMIT, |s| {
-            if s.arch == arch::AUDIT_ARCH_X86_64 && (s.nr == NR_MKDIR || s.nr == NR_MKDIRAT) {
+            if s.arch == AUDIT_ARCH_X86_64 && (s.nr == NR_MKDIR || s.nr == NR_MKDIRAT) {
                 Action::Deny(libc::EPERM)
             } else {
                 Action::Continue

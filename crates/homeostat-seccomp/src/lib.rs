@@ -151,11 +151,3 @@ pub enum LaunchError {
     #[error("launcher mode supports x86_64 only")]
     UnsupportedArch,
 }
-
-/// The syscall facts the supervisor's bookkeeping needs (they live in
-/// `homeostat_syscalls`; re-exported under the names the launcher's callers use).
-pub mod nr {
-    pub use homeostat_syscalls::{
-        call_kind as kind, CallKind as Kind, AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, X32_BIT,
-    };
-}

@@ -18,14 +18,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use homeostat_seccomp::{
-    nr, Action, ChildStatus, Event, Exe, FailMode, LaunchError, LaunchOptions, Supervisor,
-    SyscallEvent,
+    Action, ChildStatus, Event, Exe, FailMode, LaunchError, LaunchOptions, Supervisor, SyscallEvent,
 };
-
-const LIMIT: Duration = Duration::from_secs(60);
+use homeostat_syscalls::AUDIT_ARCH_X86_64;
 use homeostat_testsupport::nr::{EXECVE as NR_EXECVE, MKDIR as NR_MKDIR};
 use homeostat_testsupport::nr::{MKDIRAT as NR_MKDIRAT, OPENAT as NR_OPENAT};
 use homeostat_testsupport::serial;
+
+const LIMIT: Duration = Duration::from_secs(60);
 
 fn argv(parts: &[&str]) -> Vec<OsString> {
     parts.iter().map(OsString::from).collect()
@@ -131,7 +131,7 @@ fn traces_a_shell_pipeline() {
     assert!(
         run.events
             .iter()
-            .any(|e| e.arch == nr::AUDIT_ARCH_X86_64 && e.nr == NR_EXECVE),
+            .any(|e| e.arch == AUDIT_ARCH_X86_64 && e.nr == NR_EXECVE),
         "no execve seen"
     );
     let tids: HashSet<i32> = run.events.iter().map(|e| e.tid).collect();
@@ -188,7 +188,7 @@ fn deny_mkdir_with_eperm() {
     let run = run_with(
         &mut sup,
         |e| {
-            if e.arch == nr::AUDIT_ARCH_X86_64 && (e.nr == NR_MKDIR || e.nr == NR_MKDIRAT) {
+            if e.arch == AUDIT_ARCH_X86_64 && (e.nr == NR_MKDIR || e.nr == NR_MKDIRAT) {
                 denied += 1;
                 Some(Action::Deny(libc::EPERM))
             } else {
