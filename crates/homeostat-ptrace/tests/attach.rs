@@ -5,8 +5,9 @@
 //! also the real parent would collect the program's exit status itself.
 //!
 //! Tests that need a tracer in another process (to SIGKILL it), or a particular program
-//! to trace, re-run this test binary with `--exact <helper>` and an environment variable
-//! saying what to do; without that variable the helper "tests" do nothing.
+//! to trace, re-run this test binary with `--ignored --exact <helper>` and an environment
+//! variable saying what to do. The helpers are `#[ignore]`d so that they do not count as
+//! tests; run on their own (`--ignored`), without the variable, they do nothing.
 //!
 //! All tests take one lock: several use wall-clock time, and the machine has two CPUs.
 
@@ -600,6 +601,7 @@ fn tracer_death_leaves_the_program_running() {
     let exe = std::env::current_exe().unwrap();
     let helper = Command::new(exe)
         .args([
+            "--ignored",
             "--exact",
             "helper_tracer",
             "--nocapture",
@@ -653,6 +655,7 @@ impl Drop for KillOnDrop {
 /// Helper for `tracer_death_leaves_the_program_running`: attaches, serves some calls,
 /// then holds one and waits to be killed.
 #[test]
+#[ignore = "helper process, run by tracer_death_leaves_the_program_running"]
 fn helper_tracer() {
     let Ok(pid) = std::env::var("HOMEOSTAT_PTRACE_HELPER_PID") else {
         return;
@@ -691,6 +694,7 @@ fn multithreaded_exec_moves_to_the_leader_tid() {
     let mut child = Proc::spawn(
         &[
             exe,
+            "--ignored",
             "--exact",
             "helper_mt_exec",
             "--nocapture",
@@ -758,6 +762,7 @@ fn multithreaded_exec_moves_to_the_leader_tid() {
 /// Helper for `multithreaded_exec_moves_to_the_leader_tid`: start three threads that keep
 /// making calls, then exec from this (non-leader: libtest's) thread.
 #[test]
+#[ignore = "helper process, run by multithreaded_exec_moves_to_the_leader_tid"]
 fn helper_mt_exec() {
     if std::env::var_os("HOMEOSTAT_PTRACE_MT_EXEC").is_none() {
         return;

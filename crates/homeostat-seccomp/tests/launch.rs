@@ -1,9 +1,10 @@
 //! Real-process tests of the launcher (run as root; no mocks).
 //!
 //! Tests that need a supervisor in another process (to SIGKILL it) re-run this test
-//! binary with `--exact helper_supervisor` and an environment variable saying what to do;
-//! without that variable the helper "test" does nothing. The threads test does the same
-//! with `thread_helper` as the *monitored* program.
+//! binary with `--ignored --exact helper_supervisor` and an environment variable saying
+//! what to do. The threads test does the same with `thread_helper` as the *monitored*
+//! program. The helpers are `#[ignore]`d so that they do not count as tests; run on their
+//! own (`--ignored`), without the variable, they do nothing.
 //!
 //! All tests take one lock: several use wall-clock time or count processes, and the
 //! machine has two CPUs.
@@ -93,8 +94,8 @@ fn run_all(argv: &[OsString]) -> Run {
 /// Why: a notified call waits interruptibly until the supervisor has received it, and a
 /// signal landing in that window (SIGCHLD from the shell's previous child: dash's handler
 /// has no SA_RESTART) makes even fork fail with EINTR. That is the kernel's behaviour
-/// (see docs/launcher.md, "Known limits"); the supervisor narrows the window but cannot
-/// close it, and on a loaded two-CPU machine a debug build hits it now and then.
+/// (see docs/seccomp-supervisor.md, "Known limits"); the supervisor narrows the window but
+/// cannot close it, and on a loaded two-CPU machine a debug build hits it now and then.
 fn shell_run<T>(script: &str, mut go: impl FnMut(Vec<OsString>) -> (Run, T)) -> (Run, T) {
     for attempt in 1.. {
         let err = tempfile::NamedTempFile::new().unwrap();
@@ -319,6 +320,7 @@ fn deny_rejects_a_non_errno() {
 
 /// The monitored side of `threads_are_followed`: four threads making calls.
 #[test]
+#[ignore = "helper process, run by threads_are_followed"]
 fn thread_helper() {
     if std::env::var_os("HOMEOSTAT_SECCOMP_THREADS").is_none() {
         return;
@@ -344,7 +346,7 @@ fn threads_are_followed() {
     // Through sh and env (one process, three execs), quietly: the inner libtest's summary
     // line must not pass for ours.
     let mut cmd = sh(
-        "exec env HOMEOSTAT_SECCOMP_THREADS=1 \"$0\" --exact thread_helper --test-threads=1 -q >/dev/null",
+        "exec env HOMEOSTAT_SECCOMP_THREADS=1 \"$0\" --ignored --exact thread_helper --test-threads=1 -q >/dev/null",
     );
     cmd.push(exe.into_os_string());
     let run = {
@@ -428,6 +430,7 @@ fn normal_shutdown_fail_closed_kills_the_program() {
 /// monitored script writes when done. Serves calls, then holds one (never answering it)
 /// and prints `HOLDING child=PID keeper=PID`, then waits to be killed.
 #[test]
+#[ignore = "helper process, run by the supervisor-death tests"]
 fn helper_supervisor() {
     let Some(mode) = std::env::var_os("HOMEOSTAT_SECCOMP_HELPER") else {
         return;
@@ -553,6 +556,7 @@ fn kill_supervisor_mid_run(mode: &str) -> Helper {
     let stderr = dir.path().join("stderr");
     let mut helper = Command::new(std::env::current_exe().unwrap())
         .args([
+            "--ignored",
             "--exact",
             "helper_supervisor",
             "--nocapture",
