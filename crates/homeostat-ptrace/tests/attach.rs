@@ -17,10 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use homeostat_proc::{stat_field, status_field};
 use homeostat_ptrace::{Action, AttachError, AttachOptions, SyscallStop, TraceEvent, Tracer};
 use homeostat_syscalls::AUDIT_ARCH_X86_64;
 use homeostat_testsupport::nr::{EXECVE as NR_EXECVE, MKDIR as NR_MKDIR, MKDIRAT as NR_MKDIRAT};
-use homeostat_testsupport::serial;
+use homeostat_testsupport::{real, serial};
 
 /// Upper bound for any one wait in these tests.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -107,19 +108,13 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
-fn real(path: &str) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path))
-}
-
 fn proc_exe(pid: i32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/exe")).ok()
 }
 
 /// State letter of /proc/PID/stat.
 fn proc_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let close = stat.rfind(')')?;
-    stat[close + 1..].trim_start().chars().next()
+    stat_field(pid, 3)?.chars().next()
 }
 
 /// Samples the state a few times: never stopped (T) or in a ptrace stop (t). Sleeping
@@ -133,13 +128,7 @@ fn assert_running(pid: i32) {
 }
 
 fn tracer_pid(pid: i32) -> Option<i32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("TracerPid:"))?
-        .trim()
-        .parse()
-        .ok()
+    i32::try_from(status_field(pid, "TracerPid:")?).ok()
 }
 
 /// Runs `body` with a tracer attached to `pid`, on a thread of its own, then detaches
@@ -337,13 +326,7 @@ fn children(pid: i32) -> Vec<i32> {
         let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        if stat[close + 1..].split_whitespace().nth(1) == Some(&pid.to_string()) {
+        if stat_field(p, 4) == Some(pid.to_string()) {
             out.push(p);
         }
     }

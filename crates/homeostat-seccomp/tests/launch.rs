@@ -18,13 +18,14 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use homeostat_proc::stat_field;
 use homeostat_seccomp::{
     Action, ChildStatus, Event, Exe, FailMode, LaunchError, LaunchOptions, Supervisor, SyscallEvent,
 };
 use homeostat_syscalls::AUDIT_ARCH_X86_64;
 use homeostat_testsupport::nr::{EXECVE as NR_EXECVE, MKDIR as NR_MKDIR};
 use homeostat_testsupport::nr::{MKDIRAT as NR_MKDIRAT, OPENAT as NR_OPENAT};
-use homeostat_testsupport::serial;
+use homeostat_testsupport::{real, serial};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -115,10 +116,6 @@ fn shell_run<T>(script: &str, mut go: impl FnMut(Vec<OsString>) -> (Run, T)) -> 
         return out;
     }
     unreachable!()
-}
-
-fn real(path: &str) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path))
 }
 
 #[test]
@@ -490,15 +487,11 @@ fn read(path: &Path) -> String {
 
 /// State letter from /proc/PID/stat (`None`: no such process).
 fn state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.chars().next()
+    stat_field(pid, 3)?.chars().next()
 }
 
 fn ppid(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    stat_field(pid, 4)?.parse().ok()
 }
 
 /// Alive = exists and is not a zombie (an exited keeper may stay a zombie under an init
