@@ -31,6 +31,7 @@
 mod child;
 mod inflight;
 mod keeper;
+pub mod load;
 mod supervisor;
 mod sys;
 
