@@ -421,8 +421,11 @@ fn delay_holds_one_call_and_serves_the_rest() {
         (served_during, held_for)
     });
     assert!(sh.wait_for(LIMIT).is_some());
+    // The lower bound is the property under test; the upper one only says the hold
+    // ended, with room for a loaded machine to wake the tracer late (it once took
+    // more than 100 ms at load 14).
     assert!(
-        held_for >= hold && held_for < hold + Duration::from_millis(100),
+        held_for >= hold && held_for < hold + Duration::from_secs(2),
         "{held_for:?}"
     );
     assert!(served_during > 0, "nothing served while one call was held");
