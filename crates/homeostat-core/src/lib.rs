@@ -10,6 +10,7 @@
 //!
 //! - [`model`]: the [`Model`] trait, [`ModelSpec`] and [`AnyModel`];
 //! - [`stide`], [`pairs`], [`markov`]: the detectors;
+//! - [`hmm`]: a hidden Markov model trained by Baum-Welch (Warrender et al. 1999);
 //! - [`locality`]: LFC, per-trace scores;
 //! - [`profile`]: the versioned, checksummed profile format;
 //! - [`alphabet`], [`table`]: the dense symbol ids and packed-window tables that make
@@ -18,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod alphabet;
+pub mod hmm;
 pub mod locality;
 pub mod markov;
 pub mod model;
