@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use homeostat_core::profile::MAX_PAYLOAD;
-use homeostat_core::Profile;
+use homeostat_core::{DetectorProfile, Registry};
 
 /// Writes `bytes` to `path` atomically (the state directory's writer: temporary file,
 /// fsync, rename, fsync of the directory).
@@ -12,8 +12,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(homeostat_monitor::write_atomic(path, bytes)?)
 }
 
-/// Reads and validates a profile, naming the file in every error.
-pub fn read_profile(path: &Path) -> Result<Profile> {
+/// Reads and validates a profile of any model `reg` knows, naming the file in every
+/// error.
+pub fn read_profile(path: &Path, reg: &Registry) -> Result<DetectorProfile> {
     let what = || format!("reading profile {}", path.display());
     let len = std::fs::metadata(path).with_context(what)?.len();
     if len > MAX_PAYLOAD + 24 {
@@ -23,13 +24,13 @@ pub fn read_profile(path: &Path) -> Result<Profile> {
         );
     }
     let bytes = std::fs::read(path).with_context(what)?;
-    Profile::from_bytes(&bytes).with_context(what)
+    reg.load_profile(&bytes).with_context(what)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use homeostat_core::{AnyModel, Model, ModelKind, ModelSpec, ProfileMeta};
+    use homeostat_core::{AnyModel, Model, ModelKind, ModelSpec, Profile, ProfileMeta};
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp() {
@@ -46,9 +47,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("bad.profile");
         std::fs::write(&p, b"HMSTPROF\x01\x00").unwrap();
-        let e = format!("{:#}", read_profile(&p).unwrap_err());
+        let e = format!("{:#}", read_profile(&p, &Registry::builtin()).unwrap_err());
         assert!(e.contains("bad.profile") && e.contains("truncated"), "{e}");
-        let missing = format!("{:#}", read_profile(&dir.path().join("nope")).unwrap_err());
+        let missing = format!(
+            "{:#}",
+            read_profile(&dir.path().join("nope"), &Registry::builtin()).unwrap_err()
+        );
         assert!(
             missing.contains("nope") && missing.contains("No such file"),
             "{missing}"
@@ -58,6 +62,12 @@ mod tests {
         m.train_trace(&[1, 2, 3]);
         let good = Profile::new(ProfileMeta::default(), m);
         write_atomic(&p, &good.to_bytes()).unwrap();
-        assert_eq!(read_profile(&p).unwrap().model.profile_size(), 3);
+        assert_eq!(
+            read_profile(&p, &Registry::builtin())
+                .unwrap()
+                .detector
+                .profile_size(),
+            3
+        );
     }
 }
