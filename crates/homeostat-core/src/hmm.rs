@@ -50,8 +50,16 @@ use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::alphabet::{Alphabet, UNKNOWN};
+use crate::classic::decode_all;
+use crate::detector::{
+    Detector, DetectorBuilder, DetectorError, Params, Progress, TraceResult, TraceStream,
+};
 use crate::locality::{Anomaly, LocalityFrame, TraceScore};
+use crate::model::Scratch;
+use crate::registry::Entry;
 
 /// Largest state count accepted (a 1024-state model is 8 MiB of transitions; beyond
 /// that training a system call model is not sensible on one machine).
@@ -1206,6 +1214,187 @@ fn m_step(hmm: &mut Hmm, acc: &Accum) {
     hmm.transpose();
 }
 
+// ---------------------------------------------------------------------------------
+// The `hmm` entry of the model registry: `--model hmm` in train, scan and eval.
+
+/// Trace scores, in [`Detector::score_names`] order: the mean negative log-likelihood
+/// first (the HMM's own measure, and on ADFA-LD its best; docs/models.md), then the
+/// locality frame count and the rate of calls below the threshold.
+pub const SCORE_NAMES: [&str; 3] = ["mean_nll", "max_lfc", "rate"];
+
+/// Parameters read from `-P name=value`.
+pub const PARAMS: [&str; 7] = [
+    "states",
+    "iterations",
+    "tolerance",
+    "seed",
+    "threshold",
+    "floor",
+    "locality",
+];
+
+/// Payload version, the first field of the stored form.
+const PAYLOAD_VERSION: u16 = 1;
+
+impl HmmSpec {
+    /// A spec from registry parameters (defaults for those absent).
+    pub fn from_params(p: &Params) -> Result<Self, DetectorError> {
+        let d = HmmSpec::default();
+        let spec = HmmSpec {
+            states: p.get("hmm", "states", d.states)?,
+            iterations: p.get("hmm", "iterations", d.iterations)?,
+            tolerance: p.get("hmm", "tolerance", d.tolerance)?,
+            seed: p.get("hmm", "seed", d.seed)?,
+            threshold: p.get("hmm", "threshold", d.threshold)?,
+            floor: p.get("hmm", "floor", d.floor)?,
+            locality: p.get("hmm", "locality", d.locality)?,
+        };
+        spec.validate().map_err(|e| DetectorError::Param {
+            model: "hmm".into(),
+            msg: e
+                .to_string()
+                .trim_start_matches("invalid hmm model: ")
+                .into(),
+        })?;
+        Ok(spec)
+    }
+}
+
+fn trace_result(s: &HmmTraceScore) -> TraceResult {
+    TraceResult {
+        calls: s.score.calls,
+        anomalies: Some(s.score.mismatches),
+        scores: vec![s.mean_nll(), f64::from(s.score.max_lfc), s.score.rate()],
+    }
+}
+
+impl Detector for Hmm {
+    fn kind(&self) -> &str {
+        "hmm"
+    }
+    fn describe(&self) -> String {
+        format!(
+            "states={} iters={} threshold={} L={}",
+            self.n,
+            self.history.len(),
+            self.spec.threshold,
+            self.spec.locality
+        )
+    }
+    fn score_names(&self) -> Vec<String> {
+        SCORE_NAMES.iter().map(|s| s.to_string()).collect()
+    }
+    fn score_trace(&self, calls: &[u32], scratch: &mut Scratch) -> TraceResult {
+        let mut own = HmmScratch {
+            state: None,
+            anomalies: std::mem::take(&mut scratch.anomalies),
+        };
+        let s = Hmm::score_trace(self, calls, &mut own);
+        scratch.anomalies = own.anomalies;
+        trace_result(&s)
+    }
+    fn stream(&self) -> Box<dyn TraceStream + '_> {
+        Box::new(DetectorStream {
+            hmm: self,
+            inner: HmmStream::new(self),
+        })
+    }
+    fn trained_calls(&self) -> u64 {
+        self.trained_calls
+    }
+    fn profile_size(&self) -> usize {
+        self.n * self.n + self.n * self.k + self.n
+    }
+    fn size_unit(&self) -> &'static str {
+        "parameters"
+    }
+    fn symbols(&self) -> Vec<u32> {
+        self.alphabet.symbols().to_vec()
+    }
+    fn save(&self) -> Vec<u8> {
+        postcard::to_allocvec(&(PAYLOAD_VERSION, self.to_stored()))
+            .expect("serialising plain data into a Vec cannot fail")
+    }
+}
+
+/// The registry's streaming form: per-call score = `-ln P(call | before)`.
+struct DetectorStream<'a> {
+    hmm: &'a Hmm,
+    inner: HmmStream,
+}
+
+impl TraceStream for DetectorStream<'_> {
+    fn call(&mut self, call: u32) -> f64 {
+        -self.inner.call(self.hmm, call).0.ln()
+    }
+    fn finish(self: Box<Self>) -> TraceResult {
+        trace_result(&self.inner.score())
+    }
+}
+
+/// Training through the registry: buffers the traces (Baum-Welch makes many passes).
+#[derive(Debug)]
+pub struct HmmBuilder {
+    spec: HmmSpec,
+    traces: Vec<Vec<u32>>,
+}
+
+impl HmmBuilder {
+    /// An empty training set for `spec`.
+    pub fn new(spec: HmmSpec) -> Self {
+        HmmBuilder {
+            spec,
+            traces: Vec::new(),
+        }
+    }
+}
+
+impl DetectorBuilder for HmmBuilder {
+    fn add_trace(&mut self, calls: &[u32]) {
+        self.traces.push(calls.to_vec());
+    }
+    fn build(self: Box<Self>, progress: Progress<'_>) -> Result<Box<dyn Detector>, DetectorError> {
+        let refs: Vec<&[u32]> = self.traces.iter().map(Vec::as_slice).collect();
+        let total = self.spec.iterations as u64;
+        let (hmm, _) =
+            Hmm::train(self.spec, &refs, |it, _| progress(it as u64, total)).map_err(|e| {
+                DetectorError::Train {
+                    model: "hmm".into(),
+                    msg: e.to_string(),
+                }
+            })?;
+        progress(total, total);
+        Ok(Box::new(hmm))
+    }
+}
+
+/// The registry entry: `--model hmm`, `-P states=64,iterations=50,...`.
+pub fn entry() -> Entry {
+    Entry {
+        name: "hmm".into(),
+        aliases: vec!["warrender".into()],
+        about: "hidden Markov model, Baum-Welch (Warrender et al. 1999)".into(),
+        params: PARAMS.iter().map(|s| s.to_string()).collect(),
+        build: Arc::new(|p| {
+            Ok(Box::new(HmmBuilder::new(HmmSpec::from_params(p)?)) as Box<dyn DetectorBuilder>)
+        }),
+        load: Arc::new(|payload| {
+            let corrupt = |msg: String| DetectorError::Corrupt {
+                model: "hmm".into(),
+                msg,
+            };
+            let (version, stored): (u16, StoredHmm) = decode_all(payload).map_err(corrupt)?;
+            if version != PAYLOAD_VERSION {
+                return Err(corrupt(format!(
+                    "payload version {version} is not supported (this build reads {PAYLOAD_VERSION})"
+                )));
+            }
+            let hmm = Hmm::from_stored(stored).map_err(|e| corrupt(e.to_string()))?;
+            Ok(Box::new(hmm) as Box<dyn Detector>)
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1524,6 +1713,49 @@ mod tests {
         let bad = m.score_trace(&[1, 2, 3, 1, 3, 2, 1, 2], &mut scratch);
         assert!(bad.score.mismatches >= 1);
         assert!(bad.mean_nll() > good.mean_nll());
+    }
+
+    #[test]
+    fn registry_entry_trains_streams_and_round_trips() {
+        let traces = lcg_traces(5, 40, 6);
+        let mut reg = crate::registry::Registry::new();
+        reg.register(entry());
+        let p = Params::parse("states=5,iterations=4,threshold=0.05,locality=4").unwrap();
+        let e = entry();
+        let mut b = (e.build)(&p).unwrap();
+        for t in &traces {
+            b.add_trace(t);
+        }
+        let calls = std::sync::Mutex::new(vec![]);
+        let d = b
+            .build(&|done, total| calls.lock().unwrap().push((done, total)))
+            .unwrap();
+        assert_eq!(calls.lock().unwrap().last(), Some(&(4, 4)));
+        assert_eq!(d.score_names(), ["mean_nll", "max_lfc", "rate"]);
+        let test = [0u32, 1, 2, 3, 4, 5, 77, 5, 4, 3];
+        let mut scratch = Scratch::default();
+        let whole = d.score_trace(&test, &mut scratch);
+        let mut s = d.stream();
+        let mut nll = 0.0;
+        for &c in &test {
+            nll += s.call(c);
+        }
+        let streamed = s.finish();
+        assert_eq!(whole, streamed);
+        assert!((whole.scores[0] - nll / 10.0).abs() < 1e-12);
+        assert_eq!(whole.anomalies, Some(scratch.anomalies.len() as u64));
+        let loaded = (e.load)(&d.save()).unwrap();
+        assert_eq!(loaded.score_trace(&test, &mut scratch), whole);
+        // Damaged payloads are errors, never panics.
+        let bytes = d.save();
+        for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+            assert!((e.load)(&bytes[..cut]).is_err());
+        }
+        let mut bad = bytes.clone();
+        bad[0] = 9;
+        assert!((e.load)(&bad).is_err());
+        assert!((e.build)(&Params::parse("states=0").unwrap()).is_err());
+        assert!((e.build)(&Params::parse("states=x").unwrap()).is_err());
     }
 
     proptest::proptest! {
