@@ -100,8 +100,8 @@ impl Default for HmmSpec {
     /// The defaults chosen on ADFA-LD's training traces only (docs/models.md, "hmm").
     fn default() -> Self {
         HmmSpec {
-            states: 64,
-            iterations: 50,
+            states: 150,
+            iterations: 40,
             tolerance: 1e-4,
             seed: 1,
             threshold: 1e-3,
