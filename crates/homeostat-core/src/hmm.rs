@@ -1759,7 +1759,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
         /// EM never lowers the likelihood of its training data.
         #[test]
         fn baum_welch_never_decreases_the_likelihood(
