@@ -2,6 +2,7 @@
 //! models, trace readers, evaluation, the monitor, the daemon) and prints what they
 //! return. Work that is not argument handling or printing belongs in a library crate
 //! (ARCHITECTURE.md).
+#![forbid(unsafe_code)]
 
 mod cli;
 mod commands;

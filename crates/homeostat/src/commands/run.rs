@@ -76,7 +76,8 @@ pub fn run(a: RunArgs) -> Result<()> {
         },
         ..LaunchOptions::default()
     };
-    let status = launch::run(&a.command, &opts, &mut consumer);
+    let command = super::analyze::seccomp_command(&a.command, a.seccomp.as_deref())?;
+    let status = launch::run(&command, &opts, &mut consumer);
     consumer.save();
     let status = status?;
     report(a.monitor.quiet, &anomalies);
