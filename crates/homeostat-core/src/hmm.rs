@@ -1754,6 +1754,16 @@ mod tests {
         let mut bad = bytes.clone();
         bad[0] = 9;
         assert!((e.load)(&bad).is_err());
+        // Every byte flipped in turn: Ok or Err, and a model that loads scores.
+        for i in 0..bytes.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut p = bytes.clone();
+                p[i] ^= bit;
+                if let Ok(m) = (e.load)(&p) {
+                    m.score_trace(&test, &mut scratch);
+                }
+            }
+        }
         assert!((e.build)(&Params::parse("states=0").unwrap()).is_err());
         assert!((e.build)(&Params::parse("states=x").unwrap()).is_err());
     }
