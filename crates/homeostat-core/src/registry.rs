@@ -116,7 +116,7 @@ impl Registry {
         Registry::default()
     }
 
-    /// This crate's models: stide, tstide, pairs, markov, knn (and the ensemble,
+    /// This crate's models: stide, tstide, pairs, markov, knn, hmm (and the ensemble,
     /// which every registry understands).
     pub fn builtin() -> Self {
         let mut r = Registry::new();
@@ -124,6 +124,7 @@ impl Registry {
             r.register(classic_entry(kind));
         }
         r.register(knn::entry());
+        r.register(crate::hmm::entry());
         r
     }
 
