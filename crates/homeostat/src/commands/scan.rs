@@ -42,8 +42,11 @@ impl<W: Write> Scanner<'_, W> {
             return self.out.write_all(b"\n");
         }
         write!(self.out, "{id:<40} {:>9}", r.calls)?;
-        if let Some(m) = r.anomalies {
-            write!(self.out, " {m:>10}")?;
+        // The column is always there, so the header lines up for every model; "-" is a
+        // model without a per-call verdict (knn, ensemble).
+        match r.anomalies {
+            Some(m) => write!(self.out, " {m:>10}")?,
+            None => write!(self.out, " {:>10}", "-")?,
         }
         for (n, &v) in self.names.iter().zip(&r.scores) {
             if n == "max_lfc" {
@@ -95,9 +98,7 @@ pub fn run(a: ScanArgs) -> Result<()> {
     };
     if !a.json {
         write!(s.out, "{:<40} {:>9}", "id", "calls")?;
-        if model.as_classic().is_some() {
-            write!(s.out, " {:>10}", "mismatches")?;
-        }
+        write!(s.out, " {:>10}", "mismatches")?;
         for n in &s.names {
             if n == "max_lfc" {
                 write!(s.out, " {n:>7}")?;
