@@ -33,6 +33,8 @@ use crate::model::{Cursor, Model, ModelKind, ModelSpec};
 use crate::pairs::Pairs;
 use crate::profile::{frame, unframe, ProfileError};
 
+mod merge;
+
 /// What a monitor does: only learn, also detect, or also respond.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -11,4 +11,6 @@ pub mod engine;
 pub mod store;
 
 pub use engine::{Call, Engine, EventRecord, TaskInfo};
-pub use store::{default_state_dir, write_atomic, ProfileStore, StoreError};
+pub use store::{
+    default_state_dir, read_capped, read_framed, write_atomic, ProfileStore, ReadError, StoreError,
+};

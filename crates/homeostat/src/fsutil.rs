@@ -1,9 +1,10 @@
-//! File-system edges of the CLI: atomic profile writes and defended profile reads.
+//! File-system edges of the CLI: atomic profile writes (never over a special file)
+//! and defended profile reads (bounded by the header).
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use homeostat_core::profile::MAX_PAYLOAD;
+use anyhow::{Context, Result};
+use homeostat_core::profile::MAGIC;
 use homeostat_core::Profile;
 
 /// Writes `bytes` to `path` atomically (the state directory's writer: temporary file,
@@ -12,17 +13,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(homeostat_monitor::write_atomic(path, bytes)?)
 }
 
-/// Reads and validates a profile, naming the file in every error.
+/// Reads and validates a profile, naming the file in every error. Only as many bytes
+/// as the header announces are read, and only from a regular file: `/dev/zero` or a
+/// huge foreign file is refused after its first 24 bytes.
 pub fn read_profile(path: &Path) -> Result<Profile> {
     let what = || format!("reading profile {}", path.display());
-    let len = std::fs::metadata(path).with_context(what)?.len();
-    if len > MAX_PAYLOAD + 24 {
-        bail!(
-            "reading profile {}: file is {len} bytes, larger than any profile",
-            path.display()
-        );
-    }
-    let bytes = std::fs::read(path).with_context(what)?;
+    let bytes = homeostat_monitor::read_framed(path, MAGIC).with_context(what)?;
     Profile::from_bytes(&bytes).with_context(what)
 }
 

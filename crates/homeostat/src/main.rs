@@ -12,8 +12,27 @@ mod sample;
 
 use clap::Parser;
 
+/// Commands that only read and print. When their reader goes away (`homeostat profile
+/// list | head -1`) they end as `cat` does, killed quietly by SIGPIPE, instead of
+/// panicking in `println!` (Rust ignores SIGPIPE, so a closed stdout is an error there).
+/// Monitors (`run`, `attach`, `daemon`, ...) keep SIGPIPE ignored: a control-socket
+/// client that hangs up must never kill the monitor of a running program.
+fn prints_only(c: &cli::Command) -> bool {
+    use cli::Command::*;
+    matches!(
+        c,
+        Train(_) | Scan(_) | Eval(_) | Inspect { .. } | Ps { .. } | Profile(_) | Status { .. }
+    )
+}
+
 fn main() {
     let cli = cli::Cli::parse();
+    if prints_only(&cli.command) {
+        // SAFETY: called before any thread is started; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     if let Err(e) = commands::run(cli) {
         // One line, outermost context first: "reading profile p.hsp: profile is damaged: ..."
         eprintln!("homeostat: error: {e:#}");
