@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use homeostat_core::ph::{ExeKey, Verdict};
 use homeostat_seccomp::nr::{self, Kind};
 use homeostat_seccomp::{ChildStatus, LaunchOptions, Supervisor};
@@ -238,8 +238,11 @@ pub fn run(
     opts: &LaunchOptions,
     consumer: &mut dyn Consumer,
 ) -> Result<ChildStatus> {
-    let sup = Supervisor::spawn(argv, opts)
-        .with_context(|| format!("cannot run {}", argv[0].to_string_lossy()))?;
+    let sup = Supervisor::spawn(argv, opts).map_err(|e| match e {
+        // Already "cannot run X: <errno>"; main turns it into the shell's 127/126.
+        e @ homeostat_seccomp::LaunchError::Exec { .. } => anyhow::Error::new(e),
+        e => anyhow::Error::new(e).context(format!("cannot run {}", argv[0].to_string_lossy())),
+    })?;
     let status = drive(&mut Launcher(sup), consumer, &AtomicBool::new(false))?;
     Ok(status.unwrap_or(ChildStatus::Unknown))
 }

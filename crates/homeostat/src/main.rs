@@ -25,6 +25,17 @@ fn prints_only(c: &cli::Command) -> bool {
     )
 }
 
+/// 1, except when the monitored command could not be started: then what a shell
+/// gives, 127 when it was not found and 126 when it was found but could not run.
+fn exit_code(e: &anyhow::Error) -> i32 {
+    use homeostat_seccomp::LaunchError;
+    match e.chain().find_map(|c| c.downcast_ref::<LaunchError>()) {
+        Some(LaunchError::Exec { errno, .. }) if errno.0 == libc::ENOENT => 127,
+        Some(LaunchError::Exec { .. }) => 126,
+        _ => 1,
+    }
+}
+
 fn main() {
     let cli = cli::Cli::parse();
     if prints_only(&cli.command) {
@@ -36,6 +47,6 @@ fn main() {
     if let Err(e) = commands::run(cli) {
         // One line, outermost context first: "reading profile p.hsp: profile is damaged: ..."
         eprintln!("homeostat: error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(exit_code(&e));
     }
 }

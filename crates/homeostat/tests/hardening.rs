@@ -228,3 +228,221 @@ fn profiles_are_read_no_further_than_their_header() {
         started.elapsed()
     );
 }
+
+/// `(pairs, trained)` of the profile of the executable whose path ends with `exe`, from
+/// `homeostat profile list`.
+fn listed(state: &Path, exe: &str) -> (u64, u64) {
+    let out = ok(bin().args(["profile", "list", "--state-dir"]).arg(state));
+    let line = out
+        .lines()
+        .find(|l| {
+            l.split_whitespace()
+                .nth(5)
+                .is_some_and(|p| p.ends_with(exe))
+        })
+        .unwrap_or_else(|| panic!("no {exe} profile in:\n{out}"));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[1].parse().unwrap(), f[2].parse().unwrap())
+}
+
+fn learn(state: &Path, script: &str) -> std::process::Child {
+    bin()
+        .args(["run", "--learn", "--quiet", "--state-dir"])
+        .arg(state)
+        .args(["--", "/bin/sh", "-c", script])
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn concurrent_learners_of_one_program_add_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two different uses of the shell, so each run learns pairs the other does not.
+    let a = "ls / >/dev/null; sleep 1";
+    let b = "i=0; while [ $i -lt 20 ]; do i=$((i+1)); done; read x </etc/hostname; sleep 1";
+    let alone = |name: &str, script: &str| {
+        let state = dir.path().join(name);
+        assert!(learn(&state, script).wait().unwrap().success());
+        listed(&state, "sh")
+    };
+    let (pa, ta) = alone("a", a);
+    let (pb, tb) = alone("b", b);
+    // Both load the (missing) profile, learn for a second side by side, and save.
+    let both = dir.path().join("both");
+    let (mut ca, mut cb) = (learn(&both, a), learn(&both, b));
+    assert!(ca.wait().unwrap().success() && cb.wait().unwrap().success());
+    let (pc, tc) = listed(&both, "sh");
+    // The last writer alone would keep one run's pairs and calls (542/256 of 576/678).
+    assert!(pc > pa.max(pb), "pairs {pc} vs alone {pa} and {pb}");
+    assert!(
+        tc * 10 >= (ta + tb) * 9,
+        "trained {tc} vs alone {ta} + {tb}"
+    );
+}
+
+#[test]
+fn temporary_files_of_killed_saves_are_cleaned() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    ok(bin().args(["profile", "list", "--state-dir"]).arg(&state));
+    // A save killed by SIGKILL: the process that owned the temporary file is gone.
+    let mut victim = Command::new("sleep").arg("60").spawn().unwrap();
+    let stale = state.join(format!("profiles/.homeostat-{}-k1LLed.tmp", victim.id()));
+    std::fs::write(&stale, b"half a profile").unwrap();
+    ok(bin().args(["profile", "list", "--state-dir"]).arg(&state));
+    assert!(stale.exists(), "kept while its process lives");
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    ok(bin().args(["profile", "list", "--state-dir"]).arg(&state));
+    assert!(!stale.exists(), "removed once its process is gone");
+}
+
+/// A user created for one test and removed after it (`useradd`/`userdel`).
+struct ThrowawayUser {
+    name: String,
+    uid: u32,
+}
+
+impl ThrowawayUser {
+    /// `None` (with the reason printed) when not root.
+    fn create() -> Option<ThrowawayUser> {
+        if !is_root() {
+            println!("skipping the other-user cases: creating a user needs root");
+            return None;
+        }
+        let name = format!("hmst9-{}", std::process::id());
+        let st = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg(&name)
+            .status()
+            .expect("useradd runs");
+        assert!(st.success(), "useradd {name}");
+        let id = Command::new("id").args(["-u", &name]).output().unwrap();
+        let uid = String::from_utf8(id.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        Some(ThrowawayUser { name, uid })
+    }
+
+    /// The homeostat binary, run as this user.
+    fn homeostat(&self) -> Command {
+        let mut c = Command::new("runuser");
+        c.args(["-u", &self.name, "--", env!("CARGO_BIN_EXE_homeostat")]);
+        c
+    }
+}
+
+impl Drop for ThrowawayUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).status();
+    }
+}
+
+#[test]
+fn state_and_processes_of_other_users() {
+    use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+    let Some(user) = ThrowawayUser::create() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // The user's state dir, whose `profiles` links to a root-owned folder: root must
+    // neither follow the link nor chmod or fill the folder.
+    let theirs = dir.path().join("theirs");
+    let target = dir.path().join("root-owned");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::create_dir(&target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(&target, theirs.join("profiles")).unwrap();
+    chown(&theirs, Some(user.uid), None).unwrap();
+    std::os::unix::fs::lchown(theirs.join("profiles"), Some(user.uid), None).unwrap();
+    let train = |state: &Path| {
+        bin()
+            .args(["run", "--learn", "--quiet", "--state-dir"])
+            .arg(state)
+            .args(["--", "true"])
+            .output()
+            .unwrap()
+    };
+    let out = train(&theirs);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("owned by uid {}", user.uid)) && err.contains("uid 0"),
+        "{err}"
+    );
+    // Even when the state dir is root's own, a symlinked folder is refused.
+    chown(&theirs, Some(0), None).unwrap();
+    let out = train(&theirs);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&target).unwrap().count(),
+        0,
+        "nothing written"
+    );
+    let m = std::fs::metadata(&target).unwrap();
+    assert_eq!(m.mode() & 0o777, 0o755, "the target is not chmodded");
+
+    // `status` (and `ps`) by a user who does not own root's state dir: a clear error,
+    // not a failed chmod.
+    let mine = dir.path().join("mine");
+    ok(bin().args(["profile", "list", "--state-dir"]).arg(&mine));
+    for cmd in ["status", "ps"] {
+        let err = fails(user.homeostat().args([cmd, "--state-dir"]).arg(&mine));
+        assert!(
+            err.contains("owned by uid 0") && err.contains(&format!("uid {}", user.uid)),
+            "{cmd}: {err}"
+        );
+        assert!(!err.contains("Operation not permitted"), "{err}");
+    }
+
+    // `attach` to root's process as the user: a permission problem, said so.
+    let userstate = dir.path().join("userstate");
+    std::fs::create_dir(&userstate).unwrap();
+    chown(&userstate, Some(user.uid), None).unwrap();
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let err = fails(
+        user.homeostat()
+            .args(["attach", "--quiet", "--state-dir"])
+            .arg(&userstate)
+            .arg(sleeper.id().to_string()),
+    );
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    assert!(!err.contains("kernel thread"), "{err}");
+    assert!(err.contains("same user or CAP_SYS_PTRACE"), "{err}");
+}
+
+#[test]
+fn commands_that_cannot_start_exit_like_a_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let notexec = dir.path().join("data.txt");
+    std::fs::write(&notexec, "not a program\n").unwrap();
+    for (cmd, code) in [
+        (dir.path().join("missing"), 127),
+        (notexec, 126),
+        (dir.path().to_path_buf(), 126),
+    ] {
+        let out = bin()
+            .args(["run", "--quiet", "--state-dir"])
+            .arg(&state)
+            .arg("--")
+            .arg(&cmd)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{}: {err}", cmd.display());
+        assert_eq!(err.matches("cannot run").count(), 1, "said once: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
