@@ -446,3 +446,69 @@ fn commands_that_cannot_start_exit_like_a_shell() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+#[test]
+fn text_from_files_cannot_drive_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    // The trace's file name becomes the profile's `source`; make it hostile.
+    let hostile = dir
+        .path()
+        .join("x\u{1b}]0;pwned\u{7}\u{1b}[2J\nsource    fake.unm");
+    std::fs::copy(sample("training/ls-01.unm"), &hostile).unwrap();
+    let profile = dir.path().join("p.profile");
+    ok(bin()
+        .args(["train", "--format", "unm", "-o"])
+        .arg(&profile)
+        .arg(&hostile));
+    let info = ok(bin().arg("inspect").arg(&profile));
+    assert!(
+        !info.contains('\u{1b}') && !info.contains('\u{7}'),
+        "{info:?}"
+    );
+    let source_lines = info.lines().filter(|l| l.starts_with("source")).count();
+    assert_eq!(source_lines, 1, "no forged line: {info}");
+    assert!(
+        info.contains("x\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\nsource"),
+        "{info}"
+    );
+    let table = ok(bin().args(["scan", "-p"]).arg(&profile).arg(&hostile));
+    assert!(!table.contains('\u{1b}'), "{table:?}");
+    assert_eq!(table.lines().count(), 2, "{table}");
+
+    // A profile for an architecture homeostat does not know is refused.
+    use homeostat_core::{AnyModel, Model, ModelKind, ModelSpec, Profile, ProfileMeta};
+    let mut m = AnyModel::new(ModelSpec::new(ModelKind::Stide)).unwrap();
+    m.train_trace(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    let meta = ProfileMeta {
+        arch: "pdp11".into(),
+        ..ProfileMeta::default()
+    };
+    std::fs::write(&profile, Profile::new(meta, m).to_bytes()).unwrap();
+    let err = fails(bin().arg("inspect").arg(&profile));
+    assert!(err.contains("unknown architecture \"pdp11\""), "{err}");
+    let err = fails(bin().args(["scan", "-p"]).arg(&profile).arg(&hostile));
+    assert!(err.contains("unknown architecture"), "{err}");
+}
+
+#[test]
+fn empty_training_input_writes_no_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.unm");
+    std::fs::write(&empty, "").unwrap();
+    let blank = dir.path().join("blank.unm");
+    std::fs::write(&blank, "\n\n").unwrap();
+    let out = dir.path().join("p.profile");
+    for input in [&empty, &blank] {
+        let err = fails(
+            bin()
+                .args(["train", "--format", "unm", "-o"])
+                .arg(&out)
+                .arg(input),
+        );
+        assert!(
+            err.contains("no system calls in the training input"),
+            "{err}"
+        );
+        assert!(!out.exists(), "no profile trained on nothing");
+    }
+}

@@ -6,7 +6,7 @@ use anyhow::Result;
 use homeostat_core::Model;
 use homeostat_syscalls::Arch;
 
-use crate::fsutil::read_profile;
+use crate::fsutil::{printable, read_profile};
 
 pub fn run(path: &Path) -> Result<()> {
     let p = read_profile(path)?;
@@ -16,7 +16,7 @@ pub fn run(path: &Path) -> Result<()> {
         "model     {} (window {}, locality {})",
         spec.kind, spec.window, spec.locality
     );
-    println!("arch      {}", p.meta.arch);
+    println!("arch      {}", printable(&p.meta.arch));
     println!("created   {} (unix seconds)", p.meta.created_unix);
     println!(
         "trained   {} traces, {} calls",
@@ -40,6 +40,6 @@ pub fn run(path: &Path) -> Result<()> {
         .map(|&n| arch.map_or(n.to_string(), |a| a.display(n).into_owned()))
         .collect();
     println!("calls     {} distinct: {}", names.len(), names.join(" "));
-    println!("source    {}", p.meta.source);
+    println!("source    {}", printable(&p.meta.source));
     Ok(())
 }

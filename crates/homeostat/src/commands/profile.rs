@@ -14,6 +14,7 @@ use homeostat_monitor::ProfileStore;
 
 use crate::cli::{ProfileCmd, ProfileTarget, StateFlags};
 use crate::control::{broadcast, Request};
+use crate::fsutil::printable;
 
 use super::run::open_store;
 
@@ -88,7 +89,7 @@ fn line(p: &PhProfile) -> String {
         p.train_count,
         p.anomalies,
         p.key.to_string(),
-        p.path
+        printable(&p.path)
     )
 }
 
@@ -125,7 +126,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                             d.train_count,
                             d.anomalies,
                             d.key().to_string(),
-                            d.path
+                            printable(&d.path)
                         ),
                         Err(e) => eprintln!("homeostat: warning: {}: {e}", path.display()),
                     }
@@ -139,7 +140,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                     p["train_count"],
                     p["anomalies"],
                     p["key"].as_str().unwrap_or("?"),
-                    p["path"].as_str().unwrap_or("?")
+                    printable(p["path"].as_str().unwrap_or("?"))
                 );
             }
             Ok(())
@@ -153,7 +154,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                     let Some((file, d)) = daemon_file(&store, &t.exe)? else {
                         return Err(e);
                     };
-                    println!("exe            {}", d.path);
+                    println!("exe            {}", printable(&d.path));
                     println!("key            {}", d.key());
                     println!("file           {} (homeostat daemon)", file.display());
                     println!("state          {}", d.state);
@@ -164,7 +165,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                     return Ok(());
                 }
             };
-            println!("exe            {}", p.path);
+            println!("exe            {}", printable(&p.path));
             println!("key            {}", p.key);
             println!("file           {}", store.path_for(p.key).display());
             println!("state          {}", p.state);
@@ -204,7 +205,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
             store.remove(p.key)?;
             println!(
                 "reset: {} ({}) will be learnt from nothing{}",
-                p.path,
+                printable(&p.path),
                 p.key,
                 if live.iter().any(|(_, v)| v["ok"] == true) {
                     " (also in the running monitor)"
@@ -314,7 +315,7 @@ fn edit_daemon_file(
             std::fs::remove_file(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             println!(
                 "reset: {} ({}) will be learnt from nothing",
-                d.path,
+                printable(&d.path),
                 d.key()
             );
             return Ok(());
@@ -339,7 +340,7 @@ fn edit_daemon_file(
     println!(
         "{} {}: {} (daemon file {})",
         d.key(),
-        d.path,
+        printable(&d.path),
         d.state,
         file.display()
     );
@@ -378,7 +379,7 @@ pub fn ps(json: bool, state: &StateFlags) -> Result<()> {
                 t["delay_ms"].as_f64().unwrap_or(0.0),
                 t["anomalies"].as_u64().unwrap_or(0),
                 t["calls"].as_u64().unwrap_or(0),
-                t["exe"].as_str().unwrap_or("?")
+                printable(t["exe"].as_str().unwrap_or("?"))
             );
         }
     }

@@ -61,7 +61,11 @@ impl<W: Write> Visitor for Scanner<'_, W> {
             writeln!(
                 self.out,
                 "{:<40} {:>9} {:>10} {:>7} {:>8.4}",
-                line.id, line.calls, line.mismatches, line.max_lfc, line.rate
+                crate::fsutil::printable(line.id),
+                line.calls,
+                line.mismatches,
+                line.max_lfc,
+                line.rate
             )
         };
         if let (Err(e), None) = (r, &self.error) {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use homeostat_core::{AnyModel, Cursor, Model, Profile, ProfileMeta};
 use homeostat_traces::{expand_inputs, read_file, Visitor};
 
@@ -55,6 +55,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
         pb.inc(1);
     }
     pb.finish_and_clear();
+    if t.model.trained_calls() == 0 {
+        // A profile of nothing flags every call of every program as anomalous.
+        bail!(
+            "no system calls in the training input ({} traces in {} files); refusing to write an empty profile",
+            t.traces,
+            files.len()
+        );
+    }
     let meta = ProfileMeta {
         arch,
         created_unix: super::now_unix(),
