@@ -55,7 +55,13 @@ impl DaemonProfile {
     /// names the file).
     pub fn load(path: &Path) -> Result<DaemonProfile, String> {
         let bytes = crate::store::read_capped(path, MAX_FILE).map_err(|e| e.to_string())?;
-        let p: DaemonProfile = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// Parses and checks file contents (the decoder [`load`](Self::load) uses, exposed
+    /// for fuzzing); the error is one line.
+    pub fn from_bytes(bytes: &[u8]) -> Result<DaemonProfile, String> {
+        let p: DaemonProfile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if p.version != VERSION {
             return Err(format!("format version {} (want {VERSION})", p.version));
         }
