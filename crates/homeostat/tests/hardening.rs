@@ -512,3 +512,178 @@ fn empty_training_input_writes_no_profile() {
         assert!(!out.exists(), "no profile trained on nothing");
     }
 }
+
+/// Pids (other than this test's) whose command line contains `marker`.
+fn pids_with(marker: &str) -> Vec<i32> {
+    let mut v = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if pid != std::process::id() as i32 && String::from_utf8_lossy(&cmd).contains(marker) {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// Waits until `cond` holds, for up to `secs` seconds.
+fn wait_until(secs: f64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    cond()
+}
+
+fn sockets(state: &Path) -> usize {
+    std::fs::read_dir(state.join("run")).map_or(0, |d| d.count())
+}
+
+/// A monitor started by a test, killed (with its program) if the test fails midway.
+struct Running {
+    child: std::process::Child,
+    marker: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in pids_with(&self.marker) {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// `homeostat run --learn` of a long `sleep` (its argument is `marker`), once its
+/// control socket is up: the program runs and the monitor serves.
+fn monitored_sleep(state: &Path, marker: &str, group: bool) -> Running {
+    use std::os::unix::process::CommandExt;
+    let mut c = bin();
+    c.args(["run", "--learn", "--quiet", "--state-dir"])
+        .arg(state)
+        .args(["--", "sleep", marker]);
+    if group {
+        // Its own process group, as a shell job would be: a "terminal" Ctrl-C goes
+        // to the whole group.
+        c.process_group(0);
+    }
+    let child = c.spawn().unwrap();
+    assert!(
+        wait_until(10.0, || sockets(state) == 1
+            && !pids_with(marker).is_empty()),
+        "monitor up"
+    );
+    child
+}
+
+#[test]
+fn signals_to_run_are_forwarded_and_the_learning_saved() {
+    for (sig, name, group) in [
+        (libc::SIGINT, "INT", false),
+        (libc::SIGTERM, "TERM", false),
+        (libc::SIGHUP, "HUP", false),
+        (libc::SIGINT, "INT to the group", true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        // A unique duration marks the monitored program.
+        let marker = format!("{}.{}{}", 600 + sig, std::process::id(), u8::from(group));
+        let mut running = monitored_sleep(&state, &marker, group);
+        let monitor = &mut running.child;
+        let target = if group {
+            -(monitor.id() as i32)
+        } else {
+            monitor.id() as i32
+        };
+        // SAFETY: kill has no memory effects; the target is our child (or its group).
+        assert_eq!(unsafe { libc::kill(target, sig) }, 0);
+        let st = wait_until(10.0, || matches!(monitor.try_wait(), Ok(Some(_))));
+        assert!(st, "SIG{name}: the monitor ends once its program does");
+        let status = monitor.wait().unwrap();
+        // The program got the signal and died of it; the monitor says so, as a shell.
+        assert_eq!(status.code(), Some(128 + sig), "SIG{name}: {status:?}");
+        assert!(
+            pids_with(&marker).is_empty(),
+            "SIG{name}: program left running"
+        );
+        assert_eq!(sockets(&state), 0, "SIG{name}: control socket removed");
+        let profiles = std::fs::read_dir(state.join("profiles"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".phprof"))
+            .count();
+        assert!(profiles >= 1, "SIG{name}: the learning was saved");
+    }
+}
+
+/// Connects to the only control socket in `state`.
+fn control_socket(state: &Path) -> PathBuf {
+    let entry = std::fs::read_dir(state.join("run"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap();
+    entry.path()
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn slow_or_huge_clients_cannot_stall_the_control_socket() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let marker = format!("700.{}", std::process::id());
+    let running = monitored_sleep(&state, &marker, false);
+    let monitor = running.child.id();
+    let socket = control_socket(&state);
+
+    // A client that sends a byte every half second and never ends its line.
+    let slow = UnixStream::connect(&socket).unwrap();
+    let dripping = std::thread::spawn(move || {
+        let mut w = &slow;
+        for _ in 0..12 {
+            if w.write_all(b" ").is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Meanwhile `ps` is answered at once (it reported "no running monitor" before).
+    let t = std::time::Instant::now();
+    let ps = ok(bin().args(["ps", "--state-dir"]).arg(&state));
+    assert!(ps.contains("sleep"), "{ps}");
+    assert!(t.elapsed().as_secs_f64() < 3.0, "ps took {:?}", t.elapsed());
+
+    // A client sending an endless line: cut off early, the monitor's memory stays put.
+    let before = rss_kb(monitor);
+    let mut huge = UnixStream::connect(&socket).unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    let mut sent = 0usize;
+    while sent < 300 << 20 {
+        if huge.write_all(&chunk).is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let grown = rss_kb(monitor).saturating_sub(before);
+    assert!(sent < 300 << 20, "the server read a 300 MiB line");
+    assert!(grown < 16 << 10, "monitor grew by {grown} KiB");
+    let ps = ok(bin().args(["ps", "--state-dir"]).arg(&state));
+    assert!(ps.contains("sleep"), "{ps}");
+
+    dripping.join().unwrap();
+}
