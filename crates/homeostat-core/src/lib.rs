@@ -8,25 +8,39 @@
 //! code, so it is tested by replaying recorded traces and runs unchanged wherever the
 //! calls come from.
 //!
-//! - [`model`]: the [`Model`] trait, [`ModelSpec`] and [`AnyModel`];
-//! - [`stide`], [`pairs`], [`markov`]: the detectors;
+//! - [`model`]: the [`Model`] trait and [`ModelSpec`]; [`classic`]: [`AnyModel`];
+//! - [`stide`], [`pairs`], [`markov`]: the classic detectors, which share a
+//!   per-task [`Cursor`];
+//! - [`detector`]: the trace-level [`Detector`] every model offers (classic ones
+//!   through their tuned loops), [`knn`] and [`ensemble`], and the [`registry`]
+//!   that maps `--model` names and profile kind tags to them;
 //! - [`locality`]: LFC, per-trace scores;
 //! - [`profile`]: the versioned, checksummed profile format;
+//! - [`window`]: the window database stide, t-stide and Markov share;
 //! - [`alphabet`], [`table`]: the dense symbol ids and packed-window tables that make
 //!   testing cost a few nanoseconds a call.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod alphabet;
+pub mod classic;
+pub mod detector;
+pub mod ensemble;
+pub mod knn;
 pub mod locality;
 pub mod markov;
 pub mod model;
 pub mod pairs;
 pub mod ph;
 pub mod profile;
+pub mod registry;
 pub mod stide;
 pub mod table;
+pub mod window;
 
+pub use classic::{AnyModel, ClassicDetector};
+pub use detector::{Detector, DetectorBuilder, DetectorError, Params, TraceResult, TraceStream};
 pub use locality::{Anomaly, LocalityFrame, TraceScore};
-pub use model::{AnyModel, Cursor, Model, ModelKind, ModelSpec, Scratch, SpecError, StreamScorer};
+pub use model::{Cursor, Model, ModelKind, ModelSpec, Scratch, SpecError, StreamScorer};
 pub use profile::{Profile, ProfileError, ProfileMeta};
+pub use registry::{DetectorProfile, Registry};

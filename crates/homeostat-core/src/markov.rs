@@ -15,8 +15,8 @@
 use crate::alphabet::Alphabet;
 use crate::locality::{Anomaly, TraceScore};
 use crate::model::{Cursor, Model, ModelSpec, Scratch};
-use crate::stide::{both, roll, Width, WindowDb};
 use crate::table::{CountTable, Key, KeySet};
+use crate::window::{both, roll, Width, WindowDb};
 
 /// A Markov / n-gram profile.
 #[derive(Debug, Clone)]
@@ -199,7 +199,8 @@ impl Model for Markov {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AnyModel, ModelKind};
+    use crate::classic::AnyModel;
+    use crate::model::ModelKind;
 
     fn model(n: usize, threshold: f64, traces: &[&[u32]]) -> AnyModel {
         let mut spec = ModelSpec::new(ModelKind::Markov).with_window(n);

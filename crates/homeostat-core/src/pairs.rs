@@ -371,7 +371,8 @@ impl Model for Pairs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AnyModel, ModelKind};
+    use crate::classic::AnyModel;
+    use crate::model::ModelKind;
 
     fn trained(w: usize, traces: &[&[u32]]) -> AnyModel {
         let mut m = AnyModel::new(ModelSpec::new(ModelKind::Pairs).with_window(w)).unwrap();

@@ -13,26 +13,33 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `HMSTPROF` |
-//! | 8 | 2 | format version (1) |
+//! | 8 | 2 | format version (2; 1 is still read) |
 //! | 10 | 2 | reserved, 0 |
 //! | 12 | 4 | CRC-32 (IEEE) of the payload |
 //! | 16 | 8 | payload length in bytes |
-//! | 24 | n | payload: postcard of [`StoredProfile`] |
+//! | 24 | n | payload: postcard of [`StoredProfileV2`] (version 1: [`StoredProfile`]) |
+//!
+//! Version 2 stores any model as a kind tag and an opaque payload ([`StoredModel`]),
+//! so models defined outside this crate (registered in a
+//! [`crate::registry::Registry`]) save into the same checksummed file.
 
 use serde::{Deserialize, Serialize};
 
-use crate::markov::Markov;
-use crate::model::{AnyModel, Model, ModelKind, ModelSpec};
-use crate::pairs::Pairs;
-use crate::stide::Stide;
+use crate::classic::{decode_all, AnyModel, ClassicParts};
+use crate::model::{Model, ModelKind, ModelSpec};
 
 /// First bytes of every profile file.
 pub const MAGIC: &[u8; 8] = b"HMSTPROF";
-/// The format version this build writes and reads.
+/// The frame version of homeostat's other checksummed files (pH profiles), written
+/// and read by [`frame`] and [`unframe`].
 pub const FORMAT_VERSION: u16 = 1;
+/// The profile format version this build writes: 2 stores any model as a kind tag
+/// and a payload. Version 1 (classic models only) is still read.
+pub const PROFILE_VERSION: u16 = 2;
 const HEADER_LEN: usize = 24;
-/// Largest payload accepted (a w = 33 pairs table of 510 calls is about 1 MiB; the
-/// cap keeps a damaged length field from asking for gigabytes).
+/// Largest payload accepted (a w = 33 pairs table of 510 calls is about 1 MiB, a
+/// neural model a few MiB; the cap keeps a damaged length field from asking for
+/// gigabytes).
 pub const MAX_PAYLOAD: u64 = 1 << 30;
 
 /// Why bytes are not a usable profile.
@@ -42,9 +49,7 @@ pub enum ProfileError {
     #[error("not a homeostat profile (bad magic number)")]
     NotAProfile,
     /// Written by a format version this build does not read.
-    #[error(
-        "profile format version {0} is not supported (this build reads version {FORMAT_VERSION})"
-    )]
+    #[error("profile format version {0} is not supported by this build")]
     UnsupportedVersion(u16),
     /// Shorter than its header says.
     #[error("profile is truncated: expected {expected} bytes, found {found}")]
@@ -70,6 +75,14 @@ pub enum ProfileError {
     /// The payload decodes but does not describe a valid model.
     #[error("profile is corrupt: {0}")]
     Corrupt(String),
+    /// The profile holds a model kind this build (or this front end) cannot run.
+    #[error("profile holds a {kind} model, which {why}")]
+    UnsupportedModel {
+        /// The stored kind tag.
+        kind: String,
+        /// Why it cannot be used here.
+        why: String,
+    },
 }
 
 /// What a profile was trained on, for display and provenance.
@@ -85,8 +98,9 @@ pub struct ProfileMeta {
     pub source: String,
 }
 
-/// The payload as stored: the model's trained state, not its derived test tables
-/// (those are rebuilt on load, so they can never disagree with the training data).
+/// A classic profile's content, and the payload layout of format version 1: the
+/// model's trained state, not its derived test tables (those are rebuilt on load, so
+/// they can never disagree with the training data).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredProfile {
     /// Provenance.
@@ -103,7 +117,71 @@ pub struct StoredProfile {
     pub pairs: Vec<(u16, u16, u32)>,
 }
 
-/// A trained model with its provenance.
+/// Any model as stored in a version 2 profile: the registry name of its kind and a
+/// payload only that kind's `load` decodes (postcard for the models in this crate;
+/// an external crate chooses its own encoding, covered by the file's CRC all the
+/// same).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredModel {
+    /// Kind tag: `stide`, `tstide`, `pairs`, `markov`, `knn`, `ensemble`, or a name an
+    /// external crate registered.
+    pub kind: String,
+    /// The model's own encoding.
+    pub payload: Vec<u8>,
+}
+
+/// The payload of a version 2 profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredProfileV2 {
+    /// Provenance.
+    pub meta: ProfileMeta,
+    /// The model.
+    pub model: StoredModel,
+}
+
+/// Decodes a profile file into provenance and the stored model, whatever its version
+/// (version 1 holds classic models only and is converted).
+pub fn decode_profile(bytes: &[u8]) -> Result<StoredProfileV2, ProfileError> {
+    let (version, payload) = unframe_versions(MAGIC, bytes, &[1, PROFILE_VERSION])?;
+    decode_payload(version, payload)
+}
+
+fn decode_payload(version: u16, payload: &[u8]) -> Result<StoredProfileV2, ProfileError> {
+    if version == 1 {
+        let s: StoredProfile = decode_all(payload).map_err(ProfileError::Corrupt)?;
+        let kind = s.spec.kind.name().to_string();
+        let parts = ClassicParts {
+            spec: s.spec,
+            symbols: s.symbols,
+            calls: s.calls,
+            windows: s.windows,
+            pairs: s.pairs,
+        };
+        return Ok(StoredProfileV2 {
+            meta: s.meta,
+            model: StoredModel {
+                kind,
+                payload: postcard::to_allocvec(&parts)
+                    .expect("serialising plain data into a Vec cannot fail"),
+            },
+        });
+    }
+    decode_all(payload).map_err(ProfileError::Corrupt)
+}
+
+/// Encodes provenance and a stored model as a complete version 2 profile file.
+pub fn encode_profile(meta: &ProfileMeta, model: StoredModel) -> Vec<u8> {
+    let payload = postcard::to_allocvec(&StoredProfileV2 {
+        meta: meta.clone(),
+        model,
+    })
+    .expect("serialising plain data into a Vec cannot fail");
+    frame_version(MAGIC, PROFILE_VERSION, &payload)
+}
+
+/// A trained classic model with its provenance: what the launcher and the daemon
+/// load, since they keep a [`crate::Cursor`] per task. Other models load through
+/// [`crate::registry::Registry::load_profile`].
 #[derive(Debug, Clone)]
 pub struct Profile {
     /// Provenance.
@@ -121,85 +199,91 @@ impl Profile {
 
     /// The stored form of this profile.
     pub fn to_stored(&self) -> StoredProfile {
-        let spec = self.model.spec().clone();
-        let (windows, pairs) = match &self.model {
-            AnyModel::Stide(m) => (m.windows(), vec![]),
-            AnyModel::Markov(m) => (m.windows(), vec![]),
-            AnyModel::Pairs(m) => (vec![], m.entries()),
-        };
+        let p = self.model.to_parts();
         StoredProfile {
             meta: self.meta.clone(),
-            spec,
-            symbols: self.model.symbols().to_vec(),
-            calls: self.model.trained_calls(),
-            windows,
-            pairs,
+            spec: p.spec,
+            symbols: p.symbols,
+            calls: p.calls,
+            windows: p.windows,
+            pairs: p.pairs,
         }
     }
 
     /// Rebuilds a profile from its stored form, validating every field.
     pub fn from_stored(s: StoredProfile) -> Result<Self, ProfileError> {
-        s.spec
-            .validate()
-            .map_err(|e| ProfileError::Corrupt(e.to_string()))?;
-        if s.symbols.len() > 4096 {
-            return Err(ProfileError::Corrupt(format!(
-                "{} distinct calls (at most 4096 expected)",
-                s.symbols.len()
-            )));
-        }
-        let bad = |what: &str| ProfileError::Corrupt(format!("invalid {what} entry"));
-        let model = match s.spec.kind {
-            ModelKind::Stide | ModelKind::TStide => AnyModel::Stide(
-                Stide::from_parts(s.spec, &s.symbols, &s.windows, s.calls)
-                    .ok_or_else(|| bad("window"))?,
-            ),
-            ModelKind::Markov => AnyModel::Markov(
-                Markov::from_parts(s.spec, &s.symbols, &s.windows, s.calls)
-                    .ok_or_else(|| bad("n-gram"))?,
-            ),
-            ModelKind::Pairs => AnyModel::Pairs(
-                Pairs::from_parts(s.spec, &s.symbols, &s.pairs, s.calls)
-                    .ok_or_else(|| bad("pair"))?,
-            ),
-        };
+        let model = AnyModel::from_parts(ClassicParts {
+            spec: s.spec,
+            symbols: s.symbols,
+            calls: s.calls,
+            windows: s.windows,
+            pairs: s.pairs,
+        })
+        .map_err(ProfileError::Corrupt)?;
         Ok(Profile {
             meta: s.meta,
             model,
         })
     }
 
-    /// The complete file contents.
+    /// The complete file contents (format version 2).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let payload = postcard::to_allocvec(&self.to_stored())
-            .expect("serialising plain data into a Vec cannot fail");
-        frame(MAGIC, &payload)
+        let model = StoredModel {
+            kind: self.model.spec().kind.name().to_string(),
+            payload: postcard::to_allocvec(&self.model.to_parts())
+                .expect("serialising plain data into a Vec cannot fail"),
+        };
+        encode_profile(&self.meta, model)
     }
 
-    /// Parses and validates file contents.
+    /// Parses and validates file contents (format version 1 or 2).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProfileError> {
-        let payload = unframe(MAGIC, bytes)?;
-        Self::from_payload(payload)
+        Self::from_v2(decode_profile(bytes)?)
     }
 
-    /// Decodes a payload whose checksum has been verified (exposed for fuzzing the
-    /// decoder behind the checksum).
+    /// Decodes a version 2 payload whose checksum has been verified (exposed for
+    /// fuzzing the decoder behind the checksum).
     pub fn from_payload(payload: &[u8]) -> Result<Self, ProfileError> {
-        let (stored, rest): (StoredProfile, &[u8]) = postcard::take_from_bytes(payload)
-            .map_err(|e| ProfileError::Corrupt(format!("payload does not decode: {e}")))?;
-        if !rest.is_empty() {
-            return Err(ProfileError::TrailingData(rest.len() as u64));
+        Self::from_v2(decode_payload(PROFILE_VERSION, payload)?)
+    }
+
+    fn from_v2(s: StoredProfileV2) -> Result<Self, ProfileError> {
+        let kind: ModelKind = s
+            .model
+            .kind
+            .parse()
+            .ok()
+            .filter(|k: &ModelKind| k.name() == s.model.kind)
+            .ok_or_else(|| ProfileError::UnsupportedModel {
+                kind: s.model.kind.clone(),
+                why: "this front end cannot run (it runs stide, tstide, pairs and markov)".into(),
+            })?;
+        let parts: ClassicParts = decode_all(&s.model.payload).map_err(ProfileError::Corrupt)?;
+        if parts.spec.kind != kind {
+            return Err(ProfileError::Corrupt(format!(
+                "kind tag {kind} but the payload holds a {} model",
+                parts.spec.kind
+            )));
         }
-        Self::from_stored(stored)
+        let model = AnyModel::from_parts(parts).map_err(ProfileError::Corrupt)?;
+        Ok(Profile {
+            meta: s.meta,
+            model,
+        })
     }
 }
 
-/// Wraps a payload in the header: magic, version, CRC-32, length. Shared by every
-/// file kind homeostat persists (each with its own magic).
+/// Wraps a payload in the header: magic, version [`FORMAT_VERSION`], CRC-32, length.
+/// Shared by every file kind homeostat persists (each with its own magic).
 pub fn frame(magic: &[u8; 8], payload: &[u8]) -> Vec<u8> {
+    frame_version(magic, FORMAT_VERSION, payload)
+}
+
+/// [`frame`] with an explicit format version.
+pub fn frame_version(magic: &[u8; 8], version: u16, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(magic);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
@@ -207,8 +291,18 @@ pub fn frame(magic: &[u8; 8], payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Checks magic, version, length and checksum; returns the payload.
+/// Checks magic, version ([`FORMAT_VERSION`]), length and checksum; returns the
+/// payload.
 pub fn unframe<'a>(magic: &[u8; 8], bytes: &'a [u8]) -> Result<&'a [u8], ProfileError> {
+    unframe_versions(magic, bytes, &[FORMAT_VERSION]).map(|(_, p)| p)
+}
+
+/// [`unframe`] accepting any of `versions`; returns the version and the payload.
+pub fn unframe_versions<'a>(
+    magic: &[u8; 8],
+    bytes: &'a [u8],
+    versions: &[u16],
+) -> Result<(u16, &'a [u8]), ProfileError> {
     if bytes.len() < magic.len() || &bytes[..magic.len()] != magic {
         return Err(ProfileError::NotAProfile);
     }
@@ -220,7 +314,7 @@ pub fn unframe<'a>(magic: &[u8; 8], bytes: &'a [u8]) -> Result<&'a [u8], Profile
     }
     let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
     let version = u16_at(8);
-    if version != FORMAT_VERSION {
+    if !versions.contains(&version) {
         return Err(ProfileError::UnsupportedVersion(version));
     }
     let stored = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
@@ -243,7 +337,7 @@ pub fn unframe<'a>(magic: &[u8; 8], bytes: &'a [u8]) -> Result<&'a [u8], Profile
     if computed != stored {
         return Err(ProfileError::Checksum { stored, computed });
     }
-    Ok(payload)
+    Ok((version, payload))
 }
 
 #[cfg(test)]
@@ -328,26 +422,58 @@ mod tests {
         );
     }
 
+    /// A version 2 payload holding a (possibly invalid) classic model.
+    fn v2_payload(s: &StoredProfile) -> Vec<u8> {
+        let parts = ClassicParts {
+            spec: s.spec.clone(),
+            symbols: s.symbols.clone(),
+            calls: s.calls,
+            windows: s.windows.clone(),
+            pairs: s.pairs.clone(),
+        };
+        postcard::to_allocvec(&StoredProfileV2 {
+            meta: s.meta.clone(),
+            model: StoredModel {
+                kind: s.spec.kind.name().into(),
+                payload: postcard::to_allocvec(&parts).unwrap(),
+            },
+        })
+        .unwrap()
+    }
+
     #[test]
     fn invalid_payload_is_corrupt_not_a_panic() {
         let mut s = sample(ModelKind::Stide).to_stored();
         s.windows.push((u128::MAX - 1, 1));
-        let bytes = postcard::to_allocvec(&s).unwrap();
         assert!(matches!(
-            Profile::from_payload(&bytes).unwrap_err(),
+            Profile::from_payload(&v2_payload(&s)).unwrap_err(),
             ProfileError::Corrupt(_)
         ));
         let mut s = sample(ModelKind::Pairs).to_stored();
         s.pairs.push((400, 1, 1));
-        let bytes = postcard::to_allocvec(&s).unwrap();
-        assert!(Profile::from_payload(&bytes).is_err());
+        assert!(Profile::from_payload(&v2_payload(&s)).is_err());
         let mut s = sample(ModelKind::Stide).to_stored();
         s.spec.window = 0;
-        let bytes = postcard::to_allocvec(&s).unwrap();
-        assert!(Profile::from_payload(&bytes)
+        assert!(Profile::from_payload(&v2_payload(&s))
             .unwrap_err()
             .to_string()
             .contains("window 0"));
+        // A kind tag that disagrees with the payload is corrupt, not silently used.
+        let s = sample(ModelKind::Markov).to_stored();
+        let mut v2: StoredProfileV2 = postcard::from_bytes(&v2_payload(&s)).unwrap();
+        v2.model.kind = "stide".into();
+        let e = Profile::from_payload(&postcard::to_allocvec(&v2).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("kind tag stide"), "{e}");
+    }
+
+    #[test]
+    fn version_1_files_still_load() {
+        let p = sample(ModelKind::Markov);
+        let v1 = frame_version(MAGIC, 1, &postcard::to_allocvec(&p.to_stored()).unwrap());
+        let q = Profile::from_bytes(&v1).unwrap();
+        assert_eq!(q.to_stored(), p.to_stored());
+        // Saving writes version 2.
+        assert_eq!(u16::from_le_bytes([q.to_bytes()[8], q.to_bytes()[9]]), 2);
     }
 }
 
@@ -358,7 +484,8 @@ pub const FRAME_HEADER_LEN: usize = HEADER_LEN;
 /// before anything else is read: a reader on disk caps its read by it, so a device, a
 /// foreign file or a huge sparse file is refused after [`FRAME_HEADER_LEN`] bytes
 /// instead of being read whole. `header` is the file's first bytes (all of them if the
-/// file is shorter than the header).
+/// file is shorter than the header). The version is left to the decoder (each file
+/// kind reads its own set of versions).
 pub fn framed_len(magic: &[u8; 8], header: &[u8]) -> Result<u64, ProfileError> {
     if header.len() < magic.len() || &header[..magic.len()] != magic {
         return Err(ProfileError::NotAProfile);
@@ -368,10 +495,6 @@ pub fn framed_len(magic: &[u8; 8], header: &[u8]) -> Result<u64, ProfileError> {
             expected: HEADER_LEN as u64,
             found: header.len() as u64,
         });
-    }
-    let version = u16::from_le_bytes([header[8], header[9]]);
-    if version != FORMAT_VERSION {
-        return Err(ProfileError::UnsupportedVersion(version));
     }
     let mut len8 = [0u8; 8];
     len8.copy_from_slice(&header[16..24]);

@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use crate::run::ModelReport;
 
-const W: f64 = 800.0;
+const W: f64 = 1000.0;
 const H: f64 = 520.0;
 const LEFT: f64 = 70.0;
 const TOP: f64 = 50.0;
@@ -23,17 +23,20 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// An SVG document with the ROC curve of each model: solid for the max-LFC score,
-/// dashed for the mismatch-rate score.
+/// An SVG document with the ROC curve of each model: solid for its primary score,
+/// dashed for the others.
 pub fn roc_svg(title: &str, models: &[ModelReport]) -> String {
     let mut s = String::new();
+    // Room for every legend line (18 px each) below the top margin.
+    let entries: usize = models.iter().map(|m| m.score_names.len()).sum();
+    let h = H.max(TOP + 30.0 + 18.0 * entries as f64);
     let x = |far: f64| LEFT + far * SIDE;
     let y = |dr: f64| TOP + (1.0 - dr) * SIDE;
     let _ = writeln!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="sans-serif" font-size="12">"#
     );
-    let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+    let _ = writeln!(s, r#"<rect width="{W}" height="{h}" fill="white"/>"#);
     let _ = writeln!(
         s,
         r#"<text x="{}" y="25" font-size="15" text-anchor="middle">{}</text>"#,
@@ -90,7 +93,12 @@ pub fn roc_svg(title: &str, models: &[ModelReport]) -> String {
     let mut legend_y = TOP + 10.0;
     for (i, m) in models.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
-        for (score, dash) in [("max_lfc", ""), ("rate", r#" stroke-dasharray="6,4""#)] {
+        for (j, score) in m.score_names.iter().enumerate() {
+            let dash = if j == 0 {
+                ""
+            } else {
+                r#" stroke-dasharray="6,4""#
+            };
             let Some(r) = m.scores.get(score) else {
                 continue;
             };
@@ -105,7 +113,7 @@ pub fn roc_svg(title: &str, models: &[ModelReport]) -> String {
                 pts.join(" ")
             );
             let auc = r.auc.map_or("n/a".to_string(), |a| format!("{a:.3}"));
-            let label = format!("{} w={} {score} AUC {auc}", m.model, m.window);
+            let label = format!("{} {} {score} AUC {auc}", m.model, m.config);
             let lx = x(1.0) + 15.0;
             let _ = writeln!(
                 s,

@@ -46,8 +46,19 @@ fn score_cells(r: &ScoreReport, fars: &[String]) -> String {
     s
 }
 
+fn far_head(fars: &[String]) -> String {
+    fars.iter()
+        .map(|f| {
+            format!(
+                " {:>6}",
+                format!("DR@{}%", f.parse::<f64>().unwrap_or(0.0) * 100.0)
+            )
+        })
+        .collect()
+}
+
 impl EvalReport {
-    /// The human-readable table.
+    /// The human-readable table: one row per model and trace score.
     pub fn to_table(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
@@ -68,37 +79,57 @@ impl EvalReport {
         let Some(first) = self.models.first() else {
             return s;
         };
-        let fars: Vec<String> = first.scores["max_lfc"].dr_at_far.keys().cloned().collect();
-        let far_head: String = fars
+        let fars: Vec<String> = first.primary().dr_at_far.keys().cloned().collect();
+        let head = far_head(&fars);
+        let mw = self
+            .models
             .iter()
-            .map(|f| {
-                format!(
-                    " {:>6}",
-                    format!("DR@{}%", f.parse::<f64>().unwrap_or(0.0) * 100.0)
-                )
-            })
-            .collect();
+            .map(|m| m.model.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let cw = self
+            .models
+            .iter()
+            .map(|m| m.config.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
         let _ = writeln!(
             s,
-            "\n{:<7} {:>3} {:>4} | max LFC: {:>6}{far_head} | rate: {:>6}{far_head} | {:>8} {:>8} {:>8} | {:>6}",
-            "model", "w", "L", "AUC", "AUC", "train ms", "test ms", "Mcalls/s", "delay"
+            "\n{:<mw$} {:<cw$} {:<9} {:>6}{head} | {:>8} {:>8} {:>8} | {:>6}",
+            "model", "config", "score", "AUC", "train s", "test ms", "Mcalls/s", "delay"
         );
         for m in &self.models {
-            let _ = writeln!(
-                s,
-                "{:<7} {:>3} {:>4} |          {} |       {} | {:>8.1} {:>8.1} {:>8.1} | {:>6}",
-                m.model,
-                m.window,
-                m.locality,
-                score_cells(&m.scores["max_lfc"], &fars),
-                score_cells(&m.scores["rate"], &fars),
-                m.train_seconds * 1e3,
-                m.test_seconds * 1e3,
-                m.calls_per_second / 1e6,
-                m.detection_delay
-                    .median_calls
-                    .map_or("-".into(), |d| format!("{d:.0}")),
-            );
+            for (i, name) in m.score_names.iter().enumerate() {
+                let r = &m.scores[name];
+                if i == 0 {
+                    let _ = writeln!(
+                        s,
+                        "{:<mw$} {:<cw$} {:<9} {} | {:>8.2} {:>8.1} {:>8.2} | {:>6}",
+                        m.model,
+                        m.config,
+                        name,
+                        score_cells(r, &fars),
+                        m.train_seconds,
+                        m.test_seconds * 1e3,
+                        m.calls_per_second / 1e6,
+                        m.detection_delay
+                            .as_ref()
+                            .and_then(|d| d.median_calls)
+                            .map_or("-".into(), |d| format!("{d:.0}")),
+                    );
+                } else {
+                    let _ = writeln!(
+                        s,
+                        "{:<mw$} {:<cw$} {:<9} {} |",
+                        "",
+                        "",
+                        name,
+                        score_cells(r, &fars)
+                    );
+                }
+            }
         }
         let _ = writeln!(
             s,
@@ -106,45 +137,54 @@ impl EvalReport {
             first.threads
         );
         if !self.attack_types.is_empty() {
-            let _ = writeln!(
-                s,
-                "\nper attack type (max LFC score: AUC{})",
-                fars.iter()
-                    .map(|f| format!(", DR@{}%", f.parse::<f64>().unwrap_or(0.0) * 100.0))
-                    .collect::<String>()
-            );
-            let _ = write!(s, "{:<20} {:>6}", "attack", "traces");
-            for m in &self.models {
-                let _ = write!(s, " | {:^27}", m.model);
+            let _ = writeln!(s, "\nper attack type (AUC and DR@1% per trace score)");
+            let _ = write!(s, "{:<mw$} {:<9}", "model", "score");
+            for (ty, n) in &self.attack_types {
+                let _ = write!(s, " | {:^13}", format!("{ty} ({n})"));
             }
             s.push('\n');
-            for (ty, n) in &self.attack_types {
-                let _ = write!(s, "{ty:<20} {n:>6}");
-                for m in &self.models {
-                    match m.per_attack.get(ty) {
-                        Some(r) => {
-                            let _ = write!(s, " | {}", score_cells(&r.max_lfc, &fars));
-                        }
-                        None => {
-                            let _ = write!(s, " | {:^27}", "-");
+            for m in &self.models {
+                for name in &m.score_names {
+                    let _ = write!(s, "{:<mw$} {:<9}", m.model, name);
+                    for (ty, _) in &self.attack_types {
+                        match m.per_attack.get(ty).and_then(|r| r.scores.get(name)) {
+                            Some(r) => {
+                                let _ = write!(
+                                    s,
+                                    " | {} {}",
+                                    r.auc.map_or("   n/a".into(), |a| format!("{a:6.3}")),
+                                    pct(r.dr_at_far.get("0.01").copied())
+                                );
+                            }
+                            None => {
+                                let _ = write!(s, " | {:^13}", "-");
+                            }
                         }
                     }
+                    s.push('\n');
                 }
-                s.push('\n');
             }
         }
         for m in &self.models {
             if let Some(fixed) = &m.fixed_threshold {
+                let cells: Vec<String> = m
+                    .score_names
+                    .iter()
+                    .filter_map(|n| fixed.get(n).map(|f| (n, f)))
+                    .map(|(n, f)| {
+                        format!(
+                            "{n} > {:.4} -> DR {:.1}% FAR {:.2}%",
+                            f.threshold,
+                            f.dr * 100.0,
+                            f.far * 100.0
+                        )
+                    })
+                    .collect();
                 let _ = writeln!(
                     s,
-                    "\n{} at the threshold fixed on held-out normals (alarm when score > threshold): max LFC > {} -> DR {:.1}% FAR {:.2}%; rate > {:.4} -> DR {:.1}% FAR {:.2}%",
+                    "\n{} at the threshold fixed on held-out normals (alarm when score > threshold): {}",
                     m.model,
-                    fixed["max_lfc"].threshold,
-                    fixed["max_lfc"].dr * 100.0,
-                    fixed["max_lfc"].far * 100.0,
-                    fixed["rate"].threshold,
-                    fixed["rate"].dr * 100.0,
-                    fixed["rate"].far * 100.0,
+                    cells.join("; ")
                 );
             }
         }

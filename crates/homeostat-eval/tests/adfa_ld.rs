@@ -10,9 +10,9 @@
 
 use std::path::PathBuf;
 
-use homeostat_core::{ModelKind, ModelSpec};
+use homeostat_core::{ModelKind, Params, Registry};
 use homeostat_eval::datasets::{adfa_ld, ValidationSplit};
-use homeostat_eval::{evaluate, Options};
+use homeostat_eval::{evaluate, Dataset, ModelReport, Options};
 
 fn adfa_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("HOMEOSTAT_ADFA_DIR")
@@ -29,6 +29,19 @@ fn adfa_dir() -> Option<PathBuf> {
         );
         None
     }
+}
+
+fn eval(ds: &Dataset, model: &str, params: &str) -> ModelReport {
+    evaluate(
+        ds,
+        &Registry::builtin(),
+        model,
+        &Params::parse(params).unwrap(),
+        &Options::default(),
+        &|_, _| {},
+        &|_| {},
+    )
+    .unwrap()
 }
 
 fn near(what: &str, got: Option<f64>, want: f64) {
@@ -54,7 +67,7 @@ fn standard_protocol_aucs() {
         (ModelKind::Markov, 0.577, 0.670, 10_735),
     ];
     for (kind, lfc, rate, size) in expect {
-        let r = evaluate(&ds, &ModelSpec::new(kind), &Options::default(), &|_| {}).unwrap();
+        let r = eval(&ds, kind.name(), "");
         near(&format!("{kind} max_lfc"), r.scores["max_lfc"].auc, lfc);
         near(&format!("{kind} rate"), r.scores["rate"].auc, rate);
         assert_eq!(r.profile_size, size, "{kind} profile size");
@@ -79,13 +92,7 @@ fn lidds_split_improves_stide() {
     assert_eq!(ds.train.len(), 2833);
     assert_eq!(ds.threshold.len(), 20);
     assert_eq!(ds.test.len(), 4372 - 2020 + 746);
-    let r = evaluate(
-        &ds,
-        &ModelSpec::new(ModelKind::Stide),
-        &Options::default(),
-        &|_| {},
-    )
-    .unwrap();
+    let r = eval(&ds, "stide", "");
     // More normal training data makes fewer normal windows foreign: measured 0.831.
     near(
         "stide max_lfc (LID-DS split)",

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use homeostat_core::ModelKind;
 use homeostat_syscalls::Arch;
 use homeostat_traces::Format;
 
@@ -217,7 +216,8 @@ pub struct DemoArgs {
     pub daemon: bool,
 }
 
-/// Model configuration flags shared by train and eval.
+/// Model configuration flags shared by train and eval. Each model reads the
+/// parameters it knows; a parameter no model reads is an error.
 #[derive(Debug, Clone, Args)]
 pub struct ModelFlags {
     /// Window length (stide/t-stide k, lookahead-pairs w, Markov n-gram length);
@@ -227,15 +227,22 @@ pub struct ModelFlags {
     /// Locality frame size L; default 20 (stide, tstide, markov) or 128 (pairs).
     #[arg(long, global = true)]
     pub locality: Option<usize>,
-    /// t-stide: windows rarer than this share of training windows are mismatches.
-    #[arg(long, default_value_t = 0.00001, global = true)]
-    pub rare_fraction: f64,
-    /// Markov: a call with conditional probability below this is anomalous.
-    #[arg(long, default_value_t = 0.001, global = true)]
-    pub threshold: f64,
-    /// Markov: additive smoothing constant.
-    #[arg(long, default_value_t = 0.01, global = true)]
-    pub smoothing: f64,
+    /// t-stide: windows rarer than this share of training windows are mismatches
+    /// [default: 0.00001].
+    #[arg(long, global = true)]
+    pub rare_fraction: Option<f64>,
+    /// Markov: a call with conditional probability below this is anomalous
+    /// [default: 0.001].
+    #[arg(long, global = true)]
+    pub threshold: Option<f64>,
+    /// Markov: additive smoothing constant [default: 0.01].
+    #[arg(long, global = true)]
+    pub smoothing: Option<f64>,
+    /// Other model parameters, name=value (repeat or comma-separate): knn k, n, tf
+    /// (raw|log|bool), idf (true|false); ensemble holdout (1 in N training traces
+    /// fits the normalisation). See docs/models.md.
+    #[arg(long = "param", short = 'P', global = true)]
+    pub param: Vec<String>,
 }
 
 /// How to read trace files.
@@ -251,9 +258,10 @@ pub struct InputFlags {
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Model to train.
+    /// Model to train: stide, tstide, pairs, markov, knn, or
+    /// ensemble:MODEL[.SCORE],MODEL[.SCORE]...
     #[arg(long, short = 'm', default_value = "stide")]
-    pub model: ModelKind,
+    pub model: String,
     #[command(flatten)]
     pub model_flags: ModelFlags,
     #[command(flatten)]
@@ -291,7 +299,9 @@ pub struct EvalArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct EvalCommon {
-    /// Models to evaluate, comma separated.
+    /// Models to evaluate, comma separated: stide, tstide, pairs, markov, knn,
+    /// ensemble:MODEL[.SCORE],... (an ensemble takes the items after it; join its
+    /// members with + to list models after it).
     #[arg(
         long,
         short = 'm',
@@ -299,7 +309,7 @@ pub struct EvalCommon {
         default_value = "stide,tstide,pairs,markov",
         global = true
     )]
-    pub model: Vec<ModelKind>,
+    pub model: Vec<String>,
     #[command(flatten)]
     pub model_flags: ModelFlags,
     /// One JSON object instead of tables.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use homeostat_core::profile::MAGIC;
-use homeostat_core::Profile;
+use homeostat_core::{DetectorProfile, Registry};
 
 /// Writes `bytes` to `path` atomically (the state directory's writer: temporary file,
 /// fsync, rename, fsync of the directory).
@@ -14,13 +14,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(homeostat_monitor::write_atomic(path, bytes)?)
 }
 
-/// Reads and validates a profile, naming the file in every error. Only as many bytes
-/// as the header announces are read, and only from a regular file: `/dev/zero` or a
-/// huge foreign file is refused after its first 24 bytes.
-pub fn read_profile(path: &Path) -> Result<Profile> {
+/// Reads and validates a profile of any model `reg` knows, naming the file in every
+/// error. Only as many bytes as the header announces are read, and only from a regular
+/// file: `/dev/zero` or a huge foreign file is refused after its first 24 bytes.
+pub fn read_profile(path: &Path, reg: &Registry) -> Result<DetectorProfile> {
     let what = || format!("reading profile {}", path.display());
     let bytes = homeostat_monitor::read_framed(path, MAGIC).with_context(what)?;
-    let p = Profile::from_bytes(&bytes).with_context(what)?;
+    let p = reg.load_profile(&bytes).with_context(what)?;
     // Call numbers mean nothing without their architecture: testing with a profile of
     // an unknown one would compare numbers of different tables.
     p.meta
@@ -54,7 +54,7 @@ pub fn printable(s: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use homeostat_core::{AnyModel, Model, ModelKind, ModelSpec, ProfileMeta};
+    use homeostat_core::{AnyModel, Model, ModelKind, ModelSpec, Profile, ProfileMeta};
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp() {
@@ -71,9 +71,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("bad.profile");
         std::fs::write(&p, b"HMSTPROF\x01\x00").unwrap();
-        let e = format!("{:#}", read_profile(&p).unwrap_err());
+        let e = format!("{:#}", read_profile(&p, &Registry::builtin()).unwrap_err());
         assert!(e.contains("bad.profile") && e.contains("truncated"), "{e}");
-        let missing = format!("{:#}", read_profile(&dir.path().join("nope")).unwrap_err());
+        let missing = format!(
+            "{:#}",
+            read_profile(&dir.path().join("nope"), &Registry::builtin()).unwrap_err()
+        );
         assert!(
             missing.contains("nope") && missing.contains("No such file"),
             "{missing}"
@@ -87,11 +90,17 @@ mod tests {
         };
         let good = Profile::new(meta.clone(), m.clone());
         write_atomic(&p, &good.to_bytes()).unwrap();
-        assert_eq!(read_profile(&p).unwrap().model.profile_size(), 3);
+        assert_eq!(
+            read_profile(&p, &Registry::builtin())
+                .unwrap()
+                .detector
+                .profile_size(),
+            3
+        );
 
         meta.arch = "pdp11".into();
         write_atomic(&p, &Profile::new(meta, m).to_bytes()).unwrap();
-        let e = format!("{:#}", read_profile(&p).unwrap_err());
+        let e = format!("{:#}", read_profile(&p, &Registry::builtin()).unwrap_err());
         assert!(
             e.contains("bad.profile") && e.contains("unknown architecture \"pdp11\""),
             "{e}"

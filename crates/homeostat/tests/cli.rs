@@ -52,7 +52,7 @@ fn default_eval_uses_the_embedded_sample() {
     for m in models {
         for key in [
             "model",
-            "window",
+            "config",
             "train_seconds",
             "test_seconds",
             "threads",
@@ -87,7 +87,7 @@ fn train_then_scan_the_sample() {
         String::from_utf8_lossy(&out.stderr)
     );
     let info = ok(bin().arg("inspect").arg(&profile));
-    assert!(info.contains("pairs (window 9, locality 128)"), "{info}");
+    assert!(info.contains("pairs (w=9 L=128)"), "{info}");
     assert!(info.contains("execve"), "{info}");
 
     // Scanning the training data finds nothing; an attack is found.
@@ -203,7 +203,7 @@ fn eval_traces_with_labelled_lists_and_plot() {
         "{out}"
     );
     let plot = std::fs::read_to_string(&svg).unwrap();
-    assert!(plot.starts_with("<svg") && plot.contains("pairs w=4 max_lfc AUC"));
+    assert!(plot.starts_with("<svg") && plot.contains("pairs w=4 L=128 max_lfc AUC"));
 }
 
 #[test]

@@ -574,13 +574,16 @@ fn monitored_sleep(state: &Path, marker: &str, group: bool) -> Running {
         // to the whole group.
         c.process_group(0);
     }
-    let child = c.spawn().unwrap();
+    let running = Running {
+        child: c.spawn().unwrap(),
+        marker: marker.to_string(),
+    };
     assert!(
         wait_until(10.0, || sockets(state) == 1
             && !pids_with(marker).is_empty()),
         "monitor up"
     );
-    child
+    running
 }
 
 #[test]
@@ -671,6 +674,9 @@ fn slow_or_huge_clients_cannot_stall_the_control_socket() {
     // A client sending an endless line: cut off early, the monitor's memory stays put.
     let before = rss_kb(monitor);
     let mut huge = UnixStream::connect(&socket).unwrap();
+    // A server that stops reading without hanging up fails the test, not hangs it.
+    huge.set_write_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
     let chunk = vec![b'x'; 1 << 20];
     let mut sent = 0usize;
     while sent < 300 << 20 {

@@ -61,14 +61,15 @@ fn load(dataset: Option<Dataset>) -> Result<Data> {
 pub fn run(a: EvalArgs) -> Result<()> {
     let start = Instant::now();
     let c = a.common;
-    if c.model.is_empty() {
-        bail!("no model given (--model stide,tstide,pairs,markov)");
+    let reg = super::models::registry();
+    let names = super::models::model_names(&c.model);
+    if names.is_empty() {
+        bail!("no model given (--model stide,tstide,pairs,markov,knn,...)");
     }
-    let specs = c
-        .model
-        .iter()
-        .map(|&k| super::spec(k, &c.model_flags))
-        .collect::<Result<Vec<_>>>()?;
+    let params = super::models::params(&c.model_flags, &reg)?;
+    for n in &names {
+        reg.canonical(n).context("--model")?;
+    }
     let ds = load(a.dataset)?;
     let load_seconds = start.elapsed().as_secs_f64();
     let normal = ds.test.iter().filter(|t| t.attack.is_none()).count();
@@ -87,10 +88,25 @@ pub fn run(a: EvalArgs) -> Result<()> {
     };
     let mut models = vec![];
     let test_calls = ds.test_calls();
-    for spec in &specs {
+    for name in &names {
+        let fit = progress::bar(0, "steps");
+        fit.set_message(format!("train {name}"));
         let pb = progress::bar(test_calls, "calls");
-        pb.set_message(spec.kind.name());
-        let r = evaluate(&ds, spec, &opts, &|n| pb.inc(n))?;
+        pb.set_message(name.clone());
+        let r = evaluate(
+            &ds,
+            &reg,
+            name,
+            &params,
+            &opts,
+            &|done, total| {
+                fit.set_length(total);
+                fit.set_position(done);
+            },
+            &|n| pb.inc(n),
+        )
+        .with_context(|| format!("evaluating {name}"))?;
+        fit.finish_and_clear();
         pb.finish_and_clear();
         models.push(r);
     }

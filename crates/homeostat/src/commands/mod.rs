@@ -5,16 +5,16 @@ mod demo;
 mod demo_daemon;
 mod eval;
 mod inspect;
+mod models;
 mod profile;
 mod run;
 mod scan;
 mod train;
 
-use anyhow::{Context, Result};
-use homeostat_core::{ModelKind, ModelSpec};
+use anyhow::Result;
 use homeostat_traces::ReadOptions;
 
-use crate::cli::{Cli, Command, InputFlags, ModelFlags};
+use crate::cli::{Cli, Command, InputFlags};
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
@@ -33,22 +33,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status { json, state } => daemon::status(json, &state),
         Command::DaemonKeeper { map_id } => daemon::keeper::run(map_id),
     }
-}
-
-/// The model configuration: the core's defaults, overridden by flags.
-pub fn spec(kind: ModelKind, f: &ModelFlags) -> Result<ModelSpec> {
-    let mut s = ModelSpec::new(kind);
-    if let Some(w) = f.window {
-        s.window = w;
-    }
-    if let Some(l) = f.locality {
-        s.locality = l;
-    }
-    s.rare_fraction = f.rare_fraction;
-    s.threshold = f.threshold;
-    s.smoothing = f.smoothing;
-    s.validate().context("model options")?;
-    Ok(s)
 }
 
 /// Reader options from the input flags.

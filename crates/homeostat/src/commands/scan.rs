@@ -4,94 +4,109 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use anyhow::Result;
-use homeostat_core::{AnyModel, StreamScorer};
+use homeostat_core::{Detector, TraceStream};
 use homeostat_traces::{expand_inputs, read_file, Visitor};
-use serde::Serialize;
 
 use crate::cli::ScanArgs;
-use crate::fsutil::read_profile;
 
-/// One output line.
-#[derive(Serialize)]
-struct Line<'a> {
-    id: &'a str,
-    calls: u64,
-    mismatches: u64,
-    max_lfc: u32,
-    rate: f64,
-}
-
-/// Streams each trace through a [`StreamScorer`] and prints it when it ends, so a scan
-/// of a huge interleaved file holds only the live traces' state.
+/// Streams each trace through its model's [`TraceStream`] and prints it when it
+/// ends, so a scan of a huge interleaved file holds only the live traces' state
+/// (a cursor, a count vector, a hidden state: bounded per trace).
 struct Scanner<'a, W: Write> {
-    model: &'a AnyModel,
-    open: HashMap<u64, (String, StreamScorer)>,
+    model: &'a dyn Detector,
+    names: Vec<String>,
+    open: HashMap<u64, (String, Box<dyn TraceStream + 'a>)>,
     out: W,
     json: bool,
     error: Option<std::io::Error>,
 }
 
-impl<W: Write> Visitor for Scanner<'_, W> {
+impl<W: Write> Scanner<'_, W> {
+    fn line(&mut self, id: &str, r: &homeostat_core::TraceResult) -> std::io::Result<()> {
+        if self.json {
+            let mut obj = serde_json::Map::new();
+            obj.insert("id".into(), id.into());
+            obj.insert("calls".into(), r.calls.into());
+            if let Some(m) = r.anomalies {
+                obj.insert("mismatches".into(), m.into());
+            }
+            for (n, &v) in self.names.iter().zip(&r.scores) {
+                let value = if n == "max_lfc" {
+                    serde_json::Value::from(v as u64)
+                } else {
+                    serde_json::Value::from(v)
+                };
+                obj.insert(n.clone(), value);
+            }
+            serde_json::to_writer(&mut self.out, &obj).map_err(std::io::Error::from)?;
+            return self.out.write_all(b"\n");
+        }
+        let id = crate::fsutil::printable(id);
+        write!(self.out, "{id:<40} {:>9}", r.calls)?;
+        if let Some(m) = r.anomalies {
+            write!(self.out, " {m:>10}")?;
+        }
+        for (n, &v) in self.names.iter().zip(&r.scores) {
+            if n == "max_lfc" {
+                write!(self.out, " {:>7}", v as u64)?;
+            } else {
+                write!(self.out, " {:>w$.4}", v, w = n.len().max(8))?;
+            }
+        }
+        writeln!(self.out)
+    }
+}
+
+impl<'a, W: Write> Visitor for Scanner<'a, W> {
     fn begin(&mut self, key: u64, name: &str) {
         self.open
-            .insert(key, (name.to_string(), StreamScorer::new(self.model)));
+            .insert(key, (name.to_string(), self.model.stream()));
     }
     fn call(&mut self, key: u64, syscall: u32) {
         if let Some((_, s)) = self.open.get_mut(&key) {
-            s.call(self.model, syscall);
+            s.call(syscall);
         }
     }
     fn end(&mut self, key: u64) {
         let Some((id, s)) = self.open.remove(&key) else {
             return;
         };
-        let score = s.finish(self.model);
-        let line = Line {
-            id: &id,
-            calls: score.calls,
-            mismatches: score.mismatches,
-            max_lfc: score.max_lfc,
-            rate: score.rate(),
-        };
-        let r = if self.json {
-            serde_json::to_writer(&mut self.out, &line)
-                .map_err(std::io::Error::from)
-                .and_then(|_| self.out.write_all(b"\n"))
-        } else {
-            writeln!(
-                self.out,
-                "{:<40} {:>9} {:>10} {:>7} {:>8.4}",
-                crate::fsutil::printable(line.id),
-                line.calls,
-                line.mismatches,
-                line.max_lfc,
-                line.rate
-            )
-        };
-        if let (Err(e), None) = (r, &self.error) {
+        let r = s.finish();
+        let res = self.line(&id, &r);
+        if let (Err(e), None) = (res, &self.error) {
             self.error = Some(e);
         }
     }
 }
 
 pub fn run(a: ScanArgs) -> Result<()> {
-    let profile = read_profile(&a.profile)?;
+    let reg = super::models::registry();
+    let profile = crate::fsutil::read_profile(&a.profile, &reg)?;
     let opts = super::read_options(&a.input);
     let files = expand_inputs(&a.inputs)?;
     let stdout = std::io::stdout().lock();
+    let model = profile.detector.as_ref();
     let mut s = Scanner {
-        model: &profile.model,
+        model,
+        names: model.score_names(),
         open: HashMap::new(),
         out: std::io::BufWriter::new(stdout),
         json: a.json,
         error: None,
     };
     if !a.json {
-        writeln!(
-            s.out,
-            "{:<40} {:>9} {:>10} {:>7} {:>8}",
-            "id", "calls", "mismatches", "max_lfc", "rate"
-        )?;
+        write!(s.out, "{:<40} {:>9}", "id", "calls")?;
+        if model.as_classic().is_some() {
+            write!(s.out, " {:>10}", "mismatches")?;
+        }
+        for n in &s.names {
+            if n == "max_lfc" {
+                write!(s.out, " {n:>7}")?;
+            } else {
+                write!(s.out, " {n:>8}")?;
+            }
+        }
+        writeln!(s.out)?;
     }
     for f in &files {
         read_file(f, &opts, &mut s)?;

@@ -3,49 +3,73 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
-use homeostat_core::{AnyModel, Cursor, Model, Profile, ProfileMeta};
+use homeostat_core::{Cursor, DetectorBuilder, DetectorProfile, ProfileMeta};
 use homeostat_traces::{expand_inputs, read_file, Visitor};
 
 use crate::cli::TrainArgs;
 use crate::fsutil::write_atomic;
 use crate::progress;
 
-/// Trains call by call with one cursor per open trace, so memory is bounded by the
-/// number of interleaved processes, not by file size.
+/// What one open trace has so far: a classic model's cursor (trained call by call,
+/// so memory is bounded by the number of interleaved processes, not by file size),
+/// or the calls themselves for models that train on whole traces.
+enum Open {
+    Cursor(Cursor),
+    Calls(Vec<u32>),
+}
+
 struct Trainer {
-    model: AnyModel,
-    open: HashMap<u64, Cursor>,
+    builder: Box<dyn DetectorBuilder>,
+    open: HashMap<u64, Open>,
     traces: u64,
 }
 
 impl Visitor for Trainer {
     fn begin(&mut self, key: u64, _name: &str) {
-        self.open.insert(key, self.model.cursor());
+        let o = match self.builder.as_classic_mut() {
+            Some(m) => Open::Cursor(homeostat_core::Model::cursor(m)),
+            None => Open::Calls(vec![]),
+        };
+        self.open.insert(key, o);
         self.traces += 1;
     }
     fn call(&mut self, key: u64, syscall: u32) {
-        if let Some(c) = self.open.get_mut(&key) {
-            self.model.train_call(c, syscall);
+        match self.open.get_mut(&key) {
+            Some(Open::Cursor(c)) => {
+                if let Some(m) = self.builder.as_classic_mut() {
+                    homeostat_core::Model::train_call(m, c, syscall);
+                }
+            }
+            Some(Open::Calls(v)) => v.push(syscall),
+            None => {}
         }
     }
     fn end(&mut self, key: u64) {
-        if let Some(mut c) = self.open.remove(&key) {
-            self.model.train_end(&mut c);
+        match self.open.remove(&key) {
+            Some(Open::Cursor(mut c)) => {
+                if let Some(m) = self.builder.as_classic_mut() {
+                    homeostat_core::Model::train_end(m, &mut c);
+                }
+            }
+            Some(Open::Calls(v)) => self.builder.add_trace(&v),
+            None => {}
         }
     }
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let spec = super::spec(a.model, &a.model_flags)?;
+    let reg = super::models::registry();
+    let params = super::models::params(&a.model_flags, &reg)?;
+    let builder = reg.builder(&a.model, &params).context("model options")?;
     let opts = super::read_options(&a.input);
     let files = expand_inputs(&a.inputs)?;
     let mut t = Trainer {
-        model: AnyModel::new(spec)?,
+        builder,
         open: HashMap::new(),
         traces: 0,
     };
     let pb = progress::bar(files.len() as u64, "files");
-    pb.set_message("training");
+    pb.set_message("reading");
     let mut arch = opts.arch.as_str().to_string();
     for f in &files {
         read_file(f, &opts, &mut t)?;
@@ -55,7 +79,17 @@ pub fn run(a: TrainArgs) -> Result<()> {
         pb.inc(1);
     }
     pb.finish_and_clear();
-    if t.model.trained_calls() == 0 {
+    let fit = progress::bar(0, "steps");
+    fit.set_message("training");
+    let detector = t
+        .builder
+        .build(&|done, total| {
+            fit.set_length(total);
+            fit.set_position(done);
+        })
+        .with_context(|| format!("training {}", a.model))?;
+    fit.finish_and_clear();
+    if detector.trained_calls() == 0 {
         // A profile of nothing flags every call of every program as anomalous.
         bail!(
             "no system calls in the training input ({} traces in {} files); refusing to write an empty profile",
@@ -74,19 +108,21 @@ pub fn run(a: TrainArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" "),
     };
-    let profile = Profile::new(meta, t.model);
+    let profile = DetectorProfile { meta, detector };
     write_atomic(&a.output, &profile.to_bytes())
         .with_context(|| format!("writing profile {}", a.output.display()))?;
+    let d = &profile.detector;
     eprintln!(
-        "trained {} on {} traces ({} calls): {} distinct {}; wrote {}",
-        profile.model.spec().kind,
+        "trained {} ({}) on {} traces ({} calls): {} {}; wrote {}",
+        d.kind(),
+        d.describe(),
         profile.meta.traces,
-        profile.model.trained_calls(),
-        profile.model.profile_size(),
-        if profile.model.spec().kind == homeostat_core::ModelKind::Pairs {
-            "pairs"
+        d.trained_calls(),
+        d.profile_size(),
+        if d.size_unit() == "windows" || d.size_unit() == "pairs" {
+            format!("distinct {}", d.size_unit())
         } else {
-            "windows"
+            d.size_unit().to_string()
         },
         a.output.display()
     );

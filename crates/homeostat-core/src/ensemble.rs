@@ -1,0 +1,490 @@
+//! An ensemble: several detectors' trace scores combined into one.
+//!
+//! The models see different things (kNN the mix of calls, stide rare windows, an HMM
+//! or a language model improbable sequences), and their scores live on different
+//! scales (a cosine distance, an LFC count, a rate), so they are put on one scale
+//! before they are combined. The scale is fitted on normal behaviour the members did
+//! not train on: every `holdout`-th training trace is held out, copies of the members
+//! are trained on the rest and score the held-out traces, and each member's held-out
+//! scores give its normalisation. The members are then retrained on every training
+//! trace (so the ensemble's members are as good as the same models alone). Nothing
+//! is fitted on test or attack traces.
+//!
+//! Scores: `mean_z` averages z-scores (score minus the held-out mean, over the
+//! held-out standard deviation); `mean_rank` averages each score's rank among the
+//! held-out scores (0 to 1, ties counting half); `max_rank` takes the largest rank.
+//! A member is written `name` (its primary score) or `name.score`, e.g.
+//! `ensemble:knn,stide.rate`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::classic::decode_all;
+use crate::detector::{
+    Detector, DetectorBuilder, DetectorError, Params, Progress, TraceResult, TraceStream,
+};
+use crate::model::Scratch;
+use crate::profile::StoredModel;
+use crate::registry::{Registry, ENSEMBLE};
+
+/// Parameters the ensemble reads.
+pub const PARAMS: [&str; 1] = ["holdout"];
+/// Default: every 5th training trace (20%) fits the normalisation.
+pub const DEFAULT_HOLDOUT: usize = 5;
+
+/// One member: a registered model and which of its trace scores to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Canonical model name.
+    pub model: String,
+    /// Trace score name; `None` for the model's primary score.
+    pub score: Option<String>,
+}
+
+/// The member list of an ensemble name (`ensemble:a,b` or `ensemble:a+b`), if it
+/// is one.
+pub fn members_of(name: &str) -> Option<&str> {
+    let (head, rest) = name.split_once(':')?;
+    head.eq_ignore_ascii_case(ENSEMBLE).then_some(rest)
+}
+
+/// Parses and checks a member list.
+pub fn parse_members(reg: &Registry, list: &str) -> Result<Vec<Member>, DetectorError> {
+    let err = |msg: String| DetectorError::Param {
+        model: ENSEMBLE.into(),
+        msg,
+    };
+    let mut out = vec![];
+    for item in list
+        .split([',', '+'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let (model, score) = match item.split_once('.') {
+            Some((m, s)) => (m, Some(s.to_string())),
+            None => (item, None),
+        };
+        if members_of(model).is_some() || model.eq_ignore_ascii_case(ENSEMBLE) {
+            return Err(err("ensembles do not nest".into()));
+        }
+        let e = reg.get(model).ok_or_else(|| DetectorError::Unknown {
+            name: model.to_string(),
+            known: reg
+                .entries()
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+        out.push(Member {
+            model: e.name.clone(),
+            score,
+        });
+    }
+    if out.len() < 2 {
+        return Err(err(format!(
+            "needs at least two members (got {:?}; write ensemble:knn,stide)",
+            list
+        )));
+    }
+    Ok(out)
+}
+
+/// The canonical name of an ensemble of `members`.
+pub fn name_of(members: &[Member]) -> String {
+    let list: Vec<String> = members
+        .iter()
+        .map(|m| match &m.score {
+            Some(s) => format!("{}.{s}", m.model),
+            None => m.model.clone(),
+        })
+        .collect();
+    format!("{ENSEMBLE}:{}", list.join(","))
+}
+
+/// A member's fitted normalisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Norm {
+    mean: f64,
+    std: f64,
+    /// Held-out scores, sorted.
+    held: Vec<f64>,
+}
+
+impl Norm {
+    fn fit(mut held: Vec<f64>) -> Self {
+        held.sort_by(f64::total_cmp);
+        let n = held.len().max(1) as f64;
+        let mean = held.iter().sum::<f64>() / n;
+        let var = held.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+        Norm {
+            mean,
+            std: var.sqrt(),
+            held,
+        }
+    }
+
+    fn z(&self, s: f64) -> f64 {
+        // A member whose held-out scores are all equal (stide's LFC is often 0 on
+        // normal traces) would divide by zero; a floor keeps its step finite.
+        (s - self.mean) / self.std.max(1e-3 * self.mean.abs()).max(1e-9)
+    }
+
+    fn rank(&self, s: f64) -> f64 {
+        if self.held.is_empty() {
+            return 0.5;
+        }
+        let below = self.held.partition_point(|&x| x < s);
+        let upto = self.held.partition_point(|&x| x <= s);
+        (below + upto) as f64 / (2 * self.held.len()) as f64
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MemberStored {
+    model: StoredModel,
+    score: String,
+    norm: Norm,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    holdout: usize,
+    members: Vec<MemberStored>,
+}
+
+#[derive(Debug)]
+struct Part {
+    detector: Box<dyn Detector>,
+    score: String,
+    index: usize,
+    norm: Norm,
+}
+
+/// A trained ensemble.
+#[derive(Debug)]
+pub struct Ensemble {
+    holdout: usize,
+    parts: Vec<Part>,
+}
+
+fn score_index(d: &dyn Detector, score: Option<&str>) -> Result<(usize, String), DetectorError> {
+    let names = d.score_names();
+    match score {
+        None => names
+            .first()
+            .map(|s| (0, s.clone()))
+            .ok_or_else(|| DetectorError::Param {
+                model: ENSEMBLE.into(),
+                msg: format!("{} has no trace score", d.kind()),
+            }),
+        Some(s) => names
+            .iter()
+            .position(|n| n == s)
+            .map(|i| (i, s.to_string()))
+            .ok_or_else(|| DetectorError::Param {
+                model: ENSEMBLE.into(),
+                msg: format!(
+                    "{} has no score {s:?} (it has {})",
+                    d.kind(),
+                    names.join(", ")
+                ),
+            }),
+    }
+}
+
+impl Ensemble {
+    fn combine(&self, picked: &[f64]) -> Vec<f64> {
+        let n = self.parts.len() as f64;
+        let (mut z, mut r, mut rmax) = (0.0, 0.0, f64::MIN);
+        for (p, &s) in self.parts.iter().zip(picked) {
+            z += p.norm.z(s);
+            let rank = p.norm.rank(s);
+            r += rank;
+            rmax = rmax.max(rank);
+        }
+        vec![z / n, r / n, rmax]
+    }
+}
+
+struct EnsembleStream<'a> {
+    model: &'a Ensemble,
+    streams: Vec<Box<dyn TraceStream + 'a>>,
+}
+
+impl TraceStream for EnsembleStream<'_> {
+    fn call(&mut self, call: u32) -> f64 {
+        self.streams
+            .iter_mut()
+            .map(|s| s.call(call))
+            .fold(0.0, f64::max)
+    }
+    fn finish(self: Box<Self>) -> TraceResult {
+        let m = self.model;
+        let mut calls = 0;
+        let picked: Vec<f64> = self
+            .streams
+            .into_iter()
+            .zip(&m.parts)
+            .map(|(s, p)| {
+                let r = s.finish();
+                calls = r.calls;
+                r.scores.get(p.index).copied().unwrap_or(0.0)
+            })
+            .collect();
+        TraceResult {
+            calls,
+            anomalies: None,
+            scores: m.combine(&picked),
+        }
+    }
+}
+
+impl Detector for Ensemble {
+    fn kind(&self) -> &str {
+        ENSEMBLE
+    }
+    fn describe(&self) -> String {
+        let m: Vec<String> = self
+            .parts
+            .iter()
+            .map(|p| format!("{}.{}", p.detector.kind(), p.score))
+            .collect();
+        format!("{} holdout 1/{}", m.join("+"), self.holdout)
+    }
+    fn score_names(&self) -> Vec<String> {
+        vec!["mean_z".into(), "mean_rank".into(), "max_rank".into()]
+    }
+    fn score_trace(&self, calls: &[u32], scratch: &mut Scratch) -> TraceResult {
+        let picked: Vec<f64> = self
+            .parts
+            .iter()
+            .map(|p| {
+                let r = p.detector.score_trace(calls, scratch);
+                r.scores.get(p.index).copied().unwrap_or(0.0)
+            })
+            .collect();
+        scratch.anomalies.clear();
+        TraceResult {
+            calls: calls.len() as u64,
+            anomalies: None,
+            scores: self.combine(&picked),
+        }
+    }
+    fn stream(&self) -> Box<dyn TraceStream + '_> {
+        Box::new(EnsembleStream {
+            model: self,
+            streams: self.parts.iter().map(|p| p.detector.stream()).collect(),
+        })
+    }
+    fn trained_calls(&self) -> u64 {
+        self.parts.first().map_or(0, |p| p.detector.trained_calls())
+    }
+    fn profile_size(&self) -> usize {
+        self.parts.len()
+    }
+    fn size_unit(&self) -> &'static str {
+        "member models"
+    }
+    fn save(&self) -> Vec<u8> {
+        let stored = Stored {
+            holdout: self.holdout,
+            members: self
+                .parts
+                .iter()
+                .map(|p| MemberStored {
+                    model: StoredModel {
+                        kind: p.detector.kind().to_string(),
+                        payload: p.detector.save(),
+                    },
+                    score: p.score.clone(),
+                    norm: p.norm.clone(),
+                })
+                .collect(),
+        };
+        postcard::to_allocvec(&stored).expect("serialising plain data into a Vec cannot fail")
+    }
+}
+
+struct EnsembleBuilder {
+    members: Vec<Member>,
+    holdout: usize,
+    /// Members trained on the traces not held out, to fit the normalisation.
+    fit: Vec<Box<dyn DetectorBuilder>>,
+    /// Members trained on every trace.
+    full: Vec<Box<dyn DetectorBuilder>>,
+    held: Vec<Vec<u32>>,
+    seen: usize,
+}
+
+/// An untrained ensemble of the members in `list`.
+pub fn builder(
+    reg: &Registry,
+    list: &str,
+    params: &Params,
+) -> Result<Box<dyn DetectorBuilder>, DetectorError> {
+    let members = parse_members(reg, list)?;
+    let holdout = params.get(ENSEMBLE, "holdout", DEFAULT_HOLDOUT)?;
+    if !(2..=100).contains(&holdout) {
+        return Err(DetectorError::Param {
+            model: ENSEMBLE.into(),
+            msg: format!("holdout={holdout} out of range 2..=100 (1 in N traces held out)"),
+        });
+    }
+    let make = || {
+        members
+            .iter()
+            .map(|m| reg.builder(&m.model, params))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(Box::new(EnsembleBuilder {
+        fit: make()?,
+        full: make()?,
+        members,
+        holdout,
+        held: vec![],
+        seen: 0,
+    }))
+}
+
+impl DetectorBuilder for EnsembleBuilder {
+    fn add_trace(&mut self, calls: &[u32]) {
+        for b in &mut self.full {
+            b.add_trace(calls);
+        }
+        if self.seen % self.holdout == self.holdout - 1 {
+            self.held.push(calls.to_vec());
+        } else {
+            for b in &mut self.fit {
+                b.add_trace(calls);
+            }
+        }
+        self.seen += 1;
+    }
+
+    fn build(self: Box<Self>, progress: Progress<'_>) -> Result<Box<dyn Detector>, DetectorError> {
+        if self.held.is_empty() {
+            return Err(DetectorError::Train {
+                model: ENSEMBLE.into(),
+                msg: format!(
+                    "needs at least {} training traces to hold some out",
+                    self.holdout
+                ),
+            });
+        }
+        let mut parts = vec![];
+        let mut scratch = Scratch::default();
+        for ((m, fit), full) in self.members.iter().zip(self.fit).zip(self.full) {
+            let fitted = fit.build(progress)?;
+            let (index, score) = score_index(fitted.as_ref(), m.score.as_deref())?;
+            let held: Vec<f64> = self
+                .held
+                .iter()
+                .map(|t| {
+                    let r = fitted.score_trace(t, &mut scratch);
+                    r.scores.get(index).copied().unwrap_or(0.0)
+                })
+                .collect();
+            drop(fitted);
+            parts.push(Part {
+                detector: full.build(progress)?,
+                score,
+                index,
+                norm: Norm::fit(held),
+            });
+        }
+        Ok(Box::new(Ensemble {
+            holdout: self.holdout,
+            parts,
+        }))
+    }
+}
+
+/// Rebuilds a trained ensemble, loading each member through the registry.
+pub fn load(reg: &Registry, payload: &[u8]) -> Result<Box<dyn Detector>, DetectorError> {
+    let corrupt = |msg: String| DetectorError::Corrupt {
+        model: ENSEMBLE.into(),
+        msg,
+    };
+    let stored: Stored = decode_all(payload).map_err(corrupt)?;
+    if stored.members.len() < 2 {
+        return Err(corrupt("fewer than two members".into()));
+    }
+    let mut parts = vec![];
+    for m in stored.members {
+        if m.model.kind == ENSEMBLE {
+            return Err(corrupt("nested ensemble".into()));
+        }
+        let detector = reg.load(&m.model)?;
+        let (index, score) =
+            score_index(detector.as_ref(), Some(&m.score)).map_err(|e| corrupt(e.to_string()))?;
+        if m.norm.held.iter().any(|x| !x.is_finite()) || !m.norm.std.is_finite() {
+            return Err(corrupt("non-finite normalisation".into()));
+        }
+        parts.push(Part {
+            detector,
+            score,
+            index,
+            norm: m.norm,
+        });
+    }
+    Ok(Box::new(Ensemble {
+        holdout: stored.holdout,
+        parts,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_and_z_scores_by_hand() {
+        let n = Norm::fit(vec![3.0, 1.0, 2.0, 2.0]);
+        assert_eq!(n.held, vec![1.0, 2.0, 2.0, 3.0]);
+        assert_eq!(n.mean, 2.0);
+        assert!((n.std - 0.5f64.sqrt()).abs() < 1e-12);
+        assert_eq!(n.rank(0.0), 0.0);
+        assert_eq!(n.rank(2.0), 0.5); // one below, two tied: (1 + 3) / 8
+        assert_eq!(n.rank(9.0), 1.0);
+        assert!((n.z(3.0) - 2f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn members_parse_and_are_checked() {
+        let r = Registry::builtin();
+        let m = parse_members(&r, "knn,t-stide.rate").unwrap();
+        assert_eq!(name_of(&m), "ensemble:knn,tstide.rate");
+        assert_eq!(parse_members(&r, "knn+stide").unwrap().len(), 2);
+        assert!(parse_members(&r, "knn").is_err());
+        assert!(parse_members(&r, "knn,bogus").is_err());
+        assert!(parse_members(&r, "knn,ensemble:knn").is_err());
+    }
+
+    #[test]
+    fn a_held_out_fit_that_separates_a_foreign_trace() {
+        let r = Registry::builtin();
+        let mut b = r
+            .builder("ensemble:knn,stide.rate", &Params::new())
+            .unwrap();
+        for i in 0..20u32 {
+            let t: Vec<u32> = (0..60).map(|j| (i + j) % 5 + 1).collect();
+            b.add_trace(&t);
+        }
+        let e = b.build(&|_, _| {}).unwrap();
+        let mut s = Scratch::default();
+        let normal: Vec<u32> = (0..60).map(|j| (j + 2) % 5 + 1).collect();
+        let foreign: Vec<u32> = (0..60).map(|j| (j * 7) % 11 + 1).collect();
+        let a = e.score_trace(&normal, &mut s).scores;
+        let f = e.score_trace(&foreign, &mut s).scores;
+        for i in 0..3 {
+            assert!(f[i] > a[i], "score {i}: normal {a:?} foreign {f:?}");
+        }
+        // Bad member score names are named.
+        let mut b = r.builder("ensemble:knn,stide.nll", &Params::new()).unwrap();
+        for _ in 0..10 {
+            b.add_trace(&[1, 2, 3]);
+        }
+        let err = b.build(&|_, _| {}).unwrap_err().to_string();
+        assert!(err.contains("no score \"nll\""), "{err}");
+    }
+}
