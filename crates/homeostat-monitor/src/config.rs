@@ -17,7 +17,7 @@
 
 use std::path::Path;
 
-use homeostat_core::ph::PhConfig;
+use homeostat_core::ph::{Mode, PhConfig};
 use serde::Deserialize;
 
 /// The whole file.
@@ -30,7 +30,7 @@ pub struct ConfigFile {
     /// Per-executable modes (by path), overriding `ph.mode`; used by the daemon,
     /// which watches many programs at once.
     #[serde(default)]
-    pub modes: std::collections::BTreeMap<String, homeostat_core::ph::Mode>,
+    pub modes: std::collections::BTreeMap<String, Mode>,
 }
 
 /// Reads and validates a configuration file; errors name the file.
@@ -44,10 +44,33 @@ pub fn load(path: &Path) -> Result<ConfigFile, String> {
     Ok(file)
 }
 
+/// The whole configuration of a monitor: the file at `path` (or the defaults when there
+/// is none), with the mode and normal_wait given on the command line on top,
+/// validated. Read once, so pH's parameters and `[modes]` come from the same file.
+pub fn settings(
+    path: Option<&Path>,
+    mode: Option<Mode>,
+    normal_wait_secs: Option<f64>,
+) -> Result<ConfigFile, String> {
+    let mut file = match path {
+        Some(p) => load(p)?,
+        None => ConfigFile::default(),
+    };
+    if let Some(mode) = mode {
+        file.ph.mode = mode;
+    }
+    if let Some(w) = normal_wait_secs {
+        file.ph.normal_wait_secs = w;
+    }
+    file.ph
+        .validate()
+        .map_err(|e| format!("configuration: {e}"))?;
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use homeostat_core::ph::Mode;
 
     #[test]
     fn partial_files_keep_defaults_and_typos_are_errors() {
@@ -67,5 +90,18 @@ mod tests {
         assert!(load(&p).unwrap_err().contains("c.toml"));
         std::fs::write(&p, "[ph]\nwindow = 1\n").unwrap();
         assert!(load(&p).unwrap_err().contains("window 1"));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[ph]\nnormal_wait_secs = 5\nmode = \"detect\"\n").unwrap();
+        let c = settings(Some(&p), Some(Mode::Learn), None).unwrap();
+        assert_eq!((c.ph.mode, c.ph.normal_wait_secs), (Mode::Learn, 5.0));
+        let c = settings(None, None, Some(0.5)).unwrap();
+        assert_eq!((c.ph.mode, c.ph.normal_wait_secs), (Mode::Enforce, 0.5));
+        let e = settings(None, None, Some(f64::NAN)).unwrap_err();
+        assert!(e.starts_with("configuration: normal_wait_secs"), "{e}");
     }
 }

@@ -37,9 +37,44 @@ pub struct DaemonProfile {
     pub pairs: Vec<(u16, u16, u8)>,
 }
 
+/// `daemon/` under `state_dir`: the daemon's profile folder.
+pub fn dir_in(state_dir: &Path) -> PathBuf {
+    state_dir.join("daemon")
+}
+
 /// `daemon/<key>.json` under `state_dir`.
 pub fn path_in(state_dir: &Path, key: ExeKey) -> PathBuf {
-    state_dir.join("daemon").join(format!("{key}.json"))
+    dir_in(state_dir).join(format!("{key}.json"))
+}
+
+/// What [`scan`] found: the files read, and the files that could not be read with a
+/// one-line reason.
+pub type Scan = (Vec<(PathBuf, DaemonProfile)>, Vec<(PathBuf, String)>);
+
+/// Every profile file of the daemon's folder `dir` (`*.json`), read and checked, with
+/// the files that could not be read as `(path, one-line reason)`. The one scan of the
+/// folder, shared by the daemon's start and the profile commands, so both see the
+/// same files and skip the same ones. A missing folder is an empty one.
+pub fn scan(dir: &Path) -> Scan {
+    let (mut found, mut bad) = (vec![], vec![]);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (found, bad);
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    // Directory order is the file system's; a sorted scan lists and loads the same
+    // way on every machine.
+    paths.sort();
+    for path in paths {
+        match DaemonProfile::load(&path) {
+            Ok(d) => found.push((path, d)),
+            Err(e) => bad.push((path, e)),
+        }
+    }
+    (found, bad)
 }
 
 impl DaemonProfile {
@@ -173,5 +208,23 @@ mod tests {
         assert!(DaemonProfile::load(&f).unwrap_err().contains("version 7"));
         std::fs::write(&f, b"{\"version\": 1, \"dev\"").unwrap();
         assert!(DaemonProfile::load(&f).is_err());
+    }
+
+    #[test]
+    fn one_scan_finds_good_files_and_names_bad_ones() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = dir_in(state.path());
+        assert_eq!(scan(&dir).0.len() + scan(&dir).1.len(), 0, "missing folder");
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = sample();
+        std::fs::write(path_in(state.path(), good.key()), good.to_bytes()).unwrap();
+        std::fs::write(dir.join("broken.json"), b"{").unwrap();
+        std::fs::write(dir.join("notes.txt"), b"not a profile").unwrap();
+        let (found, bad) = scan(&dir);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].1, good);
+        assert_eq!(found[0].0, path_in(state.path(), good.key()));
+        assert_eq!(bad.len(), 1);
+        assert!(bad[0].0.ends_with("broken.json"), "{bad:?}");
     }
 }

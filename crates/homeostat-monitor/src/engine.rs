@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use homeostat_core::ph::{ExeKey, PhConfig, PhEvent, PhProfile, PhTask, ProfileState, Verdict};
 use homeostat_syscalls::Arch;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::store::{ProfileStore, StoreError};
 
@@ -77,7 +77,7 @@ struct Task {
 }
 
 /// A live task, as `homeostat ps` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskInfo {
     /// Process id.
     pub pid: i32,
@@ -97,6 +97,9 @@ pub struct TaskInfo {
     pub anomalies: u64,
     /// Calls seen.
     pub calls: u64,
+    /// Whether the process is under response (the daemon only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<bool>,
 }
 
 /// Per-executable profiles and per-task state.
@@ -257,6 +260,7 @@ impl Engine {
                     delay_ms: t.delay_ns as f64 / 1e6,
                     anomalies: p.anomalies,
                     calls: t.ph.calls(),
+                    response: None,
                 }
             })
             .collect();

@@ -64,9 +64,9 @@ pub enum Command {
         state: StateFlags,
     },
     /// Started by `homeostat daemon`: resumes the processes the kernel stopped if the
-    /// daemon dies.
-    #[command(hide = true)]
-    DaemonKeeper {
+    /// daemon dies (`homeostat_daemon::stop_guard`; `daemon-keeper` is its old name).
+    #[command(hide = true, alias = "daemon-keeper")]
+    DaemonStopGuard {
         /// The kernel's id of the stop map.
         #[arg(long)]
         map_id: u32,
@@ -80,7 +80,7 @@ pub struct StateFlags {
     /// else $XDG_STATE_HOME/homeostat).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// TOML configuration file (see docs/launcher-mode.md).
+    /// TOML configuration file (see docs/homeostat-run.md).
     #[arg(long)]
     pub config: Option<PathBuf>,
 }

@@ -1,12 +1,12 @@
-//! The `homeostat` command: a thin layer that parses arguments and hands the work to
-//! the library crates (core models, trace readers, evaluation).
+//! The `homeostat` command: it parses arguments, calls the library crates (core
+//! models, trace readers, evaluation, the monitor, the daemon) and prints what they
+//! return. Work that is not argument handling or printing belongs in a library crate
+//! (ARCHITECTURE.md).
 
 mod cli;
 mod commands;
-mod control;
 mod fsutil;
-mod launch;
-mod metrics;
+mod logging;
 mod progress;
 mod sample;
 

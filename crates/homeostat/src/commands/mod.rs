@@ -2,13 +2,13 @@
 
 mod daemon;
 mod demo;
-mod demo_daemon;
 mod eval;
 mod inspect;
 mod models;
 mod profile;
 mod run;
 mod scan;
+mod state;
 mod train;
 
 use anyhow::Result;
@@ -18,6 +18,9 @@ use crate::cli::{Cli, Command, InputFlags};
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    if !matches!(cli.command, Command::Daemon(_)) {
+        crate::logging::init_plain();
+    }
     match cli.command {
         Command::Train(a) => train::run(a),
         Command::Scan(a) => scan::run(a),
@@ -31,7 +34,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => demo::run(a),
         Command::Daemon(a) => daemon::run(a),
         Command::Status { json, state } => daemon::status(json, &state),
-        Command::DaemonKeeper { map_id } => daemon::keeper::run(map_id),
+        Command::DaemonStopGuard { map_id } => daemon::stop_guard(map_id),
     }
 }
 

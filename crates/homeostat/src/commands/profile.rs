@@ -9,14 +9,30 @@ use std::os::unix::fs::MetadataExt;
 use anyhow::{bail, Result};
 use homeostat_core::ph::{ExeKey, PhProfile, ProfileState};
 use homeostat_core::Model;
-use homeostat_monitor::daemon_profile::DaemonProfile;
+use homeostat_monitor::control::{
+    broadcast, AdminReply, ProfileEntry, ProfilesReply, PsReply, Reply, Request, SaveReply,
+};
+use homeostat_monitor::daemon_profile::{self, DaemonProfile};
 use homeostat_monitor::ProfileStore;
+use tracing::warn;
 
+use super::state::open_store;
 use crate::cli::{ProfileCmd, ProfileTarget, StateFlags};
-use crate::control::{broadcast, Request};
 use crate::fsutil::printable;
 
-use super::run::open_store;
+/// The daemon's profile files, the unreadable ones reported.
+fn daemon_files(store: &ProfileStore) -> Vec<(std::path::PathBuf, DaemonProfile)> {
+    let (found, bad) = daemon_profile::scan(&daemon_profile::dir_in(store.dir()));
+    for (path, e) in bad {
+        warn!("{}: {e}", path.display());
+    }
+    found
+}
+
+/// Has every running monitor save its profiles, so the files are its live state.
+fn save_live(store: &ProfileStore) {
+    broadcast::<SaveReply>(store.dir(), &Request::Save);
+}
 
 /// Whether a profile with this path and key is what the user named `exe` (a path, a
 /// key, or a file name).
@@ -42,20 +58,10 @@ fn daemon_file(
     exe: &str,
 ) -> Result<Option<(std::path::PathBuf, DaemonProfile)>> {
     let by_file = key_of_file(exe);
-    let Ok(dir) = std::fs::read_dir(store.dir().join("daemon")) else {
-        return Ok(None);
-    };
-    let mut found = vec![];
-    for path in dir.flatten().map(|e| e.path()) {
-        if path.extension().is_none_or(|x| x != "json") {
-            continue;
-        }
-        match DaemonProfile::load(&path) {
-            Ok(d) if names(exe, by_file, &d.path, d.key()) => found.push((path, d)),
-            Ok(_) => {}
-            Err(e) => eprintln!("homeostat: warning: {}: {e}", path.display()),
-        }
-    }
+    let mut found: Vec<_> = daemon_files(store)
+        .into_iter()
+        .filter(|(_, d)| names(exe, by_file, &d.path, d.key()))
+        .collect();
     match found.len() {
         0 | 1 => Ok(found.pop()),
         n => bail!("{exe} matches {n} daemon profiles; name it by key"),
@@ -64,10 +70,10 @@ fn daemon_file(
 
 fn find(store: &ProfileStore, exe: &str) -> Result<PhProfile> {
     // Running monitors hold newer state than their last save: have them save first.
-    broadcast(store.dir(), &Request::Save);
+    save_live(store);
     let (all, errors) = store.load_all();
     for e in errors {
-        eprintln!("homeostat: warning: profile set aside: {e}");
+        warn!("profile set aside: {e}");
     }
     let by_file = key_of_file(exe);
     let matches: Vec<PhProfile> = all
@@ -97,10 +103,10 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
     match cmd {
         ProfileCmd::List { state } => {
             let store = open_store(&state)?;
-            broadcast(store.dir(), &Request::Save);
+            save_live(&store);
             let (mut all, errors) = store.load_all();
             for e in errors {
-                eprintln!("homeostat: warning: profile set aside: {e}");
+                warn!("profile set aside: {e}");
             }
             all.sort_by(|a, b| a.path.cmp(&b.path));
             println!(
@@ -113,34 +119,27 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
             let live = daemon_profiles(store.dir());
             if live.is_empty() {
                 // No daemon running: its files.
-                let dir = std::fs::read_dir(store.dir().join("daemon"));
-                for path in dir.into_iter().flatten().flatten().map(|e| e.path()) {
-                    if path.extension().is_none_or(|x| x != "json") {
-                        continue;
-                    }
-                    match DaemonProfile::load(&path) {
-                        Ok(d) => println!(
-                            "{:<9} {:>7} {:>10} {:>9}  {:<16} {}  (daemon file)",
-                            d.state.to_string(),
-                            d.pair_count(),
-                            d.train_count,
-                            d.anomalies,
-                            d.key().to_string(),
-                            printable(&d.path)
-                        ),
-                        Err(e) => eprintln!("homeostat: warning: {}: {e}", path.display()),
-                    }
+                for (_, d) in daemon_files(&store) {
+                    println!(
+                        "{:<9} {:>7} {:>10} {:>9}  {:<16} {}  (daemon file)",
+                        d.state.to_string(),
+                        d.pair_count(),
+                        d.train_count,
+                        d.anomalies,
+                        d.key().to_string(),
+                        printable(&d.path)
+                    );
                 }
             }
             for (pid, p) in live {
                 println!(
                     "{:<9} {:>7} {:>10} {:>9}  {:<16} {}  (daemon {pid})",
-                    p["state"].as_str().unwrap_or("?"),
+                    p.state.to_string(),
                     "-",
-                    p["train_count"],
-                    p["anomalies"],
-                    p["key"].as_str().unwrap_or("?"),
-                    printable(p["path"].as_str().unwrap_or("?"))
+                    p.train_count,
+                    p.anomalies,
+                    p.key,
+                    printable(&p.path)
                 );
             }
             Ok(())
@@ -196,7 +195,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                 Ok(p) => p,
                 Err(e) => return daemon_edit(&store, &t.exe, |key| Request::Reset { key }, e),
             };
-            let live = broadcast(
+            let live = broadcast::<AdminReply>(
                 store.dir(),
                 &Request::Reset {
                     key: p.key.to_string(),
@@ -207,7 +206,10 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                 "reset: {} ({}) will be learnt from nothing{}",
                 printable(&p.path),
                 p.key,
-                if live.iter().any(|(_, v)| v["ok"] == true) {
+                if live
+                    .iter()
+                    .any(|(_, r)| matches!(r, Reply::Ok(AdminReply { ok: true, .. })))
+                {
                     " (also in the running monitor)"
                 } else {
                     ""
@@ -230,8 +232,11 @@ fn edit(
         Ok(p) => p,
         Err(e) => return daemon_edit(&store, &t.exe, request, e),
     };
-    let live = broadcast(store.dir(), &request(p.key.to_string()));
-    if let Some((pid, _)) = live.iter().find(|(_, v)| v["ok"] == true) {
+    let live = broadcast::<AdminReply>(store.dir(), &request(p.key.to_string()));
+    if let Some((pid, _)) = live
+        .iter()
+        .find(|(_, r)| matches!(r, Reply::Ok(AdminReply { ok: true, .. })))
+    {
         let p = store.load_file(&store.path_for(p.key))?;
         println!("{}  (applied by the monitor, pid {pid})", line(&p));
         return Ok(());
@@ -243,14 +248,11 @@ fn edit(
 }
 
 /// The profiles of running daemons: (daemon pid, profile as the daemon reports it).
-fn daemon_profiles(dir: &std::path::Path) -> Vec<(u32, serde_json::Value)> {
-    broadcast(dir, &Request::Profiles)
+fn daemon_profiles(dir: &std::path::Path) -> Vec<(u32, ProfileEntry)> {
+    broadcast::<ProfilesReply>(dir, &Request::Profiles)
         .into_iter()
-        .filter(|(_, v)| v["daemon"] == true)
-        .flat_map(|(pid, v)| {
-            let list = v["profiles"].as_array().cloned().unwrap_or_default();
-            list.into_iter().map(move |p| (pid, p))
-        })
+        .filter_map(|(pid, r)| Some((pid, r.ok().filter(|r| r.daemon)?)))
+        .flat_map(|(pid, r)| r.profiles.into_iter().map(move |p| (pid, p)))
         .collect()
 }
 
@@ -265,11 +267,11 @@ fn daemon_edit(
 ) -> Result<()> {
     let by_file = key_of_file(exe);
     let all = daemon_profiles(store.dir());
-    let matches: Vec<&(u32, serde_json::Value)> = all
+    let matches: Vec<&(u32, ProfileEntry)> = all
         .iter()
         .filter(|(_, p)| {
-            let key = p["key"].as_str().and_then(|k| k.parse::<ExeKey>().ok());
-            key.is_some_and(|k| names(exe, by_file, p["path"].as_str().unwrap_or(""), k))
+            let key = p.key.parse::<ExeKey>().ok();
+            key.is_some_and(|k| names(exe, by_file, &p.path, k))
         })
         .collect();
     let (pid, p) = match matches.as_slice() {
@@ -280,21 +282,19 @@ fn daemon_edit(
             matches.len()
         ),
     };
-    let key = p["key"].as_str().unwrap_or("").to_string();
-    let reply = broadcast(store.dir(), &request(key.clone()))
+    let key = p.key.clone();
+    let reply = broadcast::<AdminReply>(store.dir(), &request(key.clone()))
         .into_iter()
         .find(|(monitor, _)| monitor == pid)
-        .map(|(_, v)| v)
-        .unwrap_or_default();
-    if reply["ok"] != true {
-        bail!(
-            "daemon {pid}: {}",
-            reply["error"].as_str().unwrap_or("no answer")
-        );
+        .map(|(_, r)| r);
+    match reply {
+        Some(Reply::Ok(AdminReply { ok: true, .. })) => {}
+        Some(Reply::Error(e)) => bail!("daemon {pid}: {}", e.error),
+        _ => bail!("daemon {pid}: no answer"),
     }
     println!(
         "{key} {}: done by the daemon (pid {pid})",
-        p["path"].as_str().unwrap_or("?")
+        printable(&p.path)
     );
     Ok(())
 }
@@ -350,11 +350,15 @@ fn edit_daemon_file(
 /// `homeostat ps`: asks every running monitor for its tasks.
 pub fn ps(json: bool, state: &StateFlags) -> Result<()> {
     let store = open_store(state)?;
-    let replies = broadcast(store.dir(), &Request::Ps);
+    // A monitor that answers with an error (busy) is listed without tasks.
+    let replies: Vec<(u32, Option<PsReply>)> = broadcast::<PsReply>(store.dir(), &Request::Ps)
+        .into_iter()
+        .map(|(pid, r)| (pid, r.ok()))
+        .collect();
     if json {
         let all: Vec<serde_json::Value> = replies
             .iter()
-            .map(|(pid, v)| serde_json::json!({ "monitor": pid, "tasks": v["tasks"] }))
+            .map(|(pid, r)| serde_json::json!({ "monitor": pid, "tasks": r.as_ref().map(|r| &r.tasks) }))
             .collect();
         println!("{}", serde_json::to_string(&all)?);
         return Ok(());
@@ -367,19 +371,19 @@ pub fn ps(json: bool, state: &StateFlags) -> Result<()> {
         "{:>7} {:>7} {:>7} {:<9} {:>4} {:>9} {:>9} {:>9}  exe",
         "monitor", "pid", "tid", "state", "lfc", "delay_ms", "anomalies", "calls"
     );
-    for (monitor, v) in &replies {
-        for t in v["tasks"].as_array().into_iter().flatten() {
+    for (monitor, r) in &replies {
+        for t in r.iter().flat_map(|r| &r.tasks) {
             println!(
                 "{:>7} {:>7} {:>7} {:<9} {:>4} {:>9.1} {:>9} {:>9}  {}",
                 monitor,
-                t["pid"].as_i64().unwrap_or(0),
-                t["tid"].as_i64().unwrap_or(0),
-                t["state"].as_str().unwrap_or("?"),
-                t["lfc"].as_u64().unwrap_or(0),
-                t["delay_ms"].as_f64().unwrap_or(0.0),
-                t["anomalies"].as_u64().unwrap_or(0),
-                t["calls"].as_u64().unwrap_or(0),
-                printable(t["exe"].as_str().unwrap_or("?"))
+                t.pid,
+                t.tid,
+                t.state.to_string(),
+                t.lfc,
+                t.delay_ms,
+                t.anomalies,
+                t.calls,
+                printable(&t.exe)
             );
         }
     }

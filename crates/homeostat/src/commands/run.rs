@@ -3,240 +3,21 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
-use homeostat_core::ph::{ExeKey, Mode, PhConfig, Verdict};
-use homeostat_monitor::config::ConfigFile;
-use homeostat_monitor::{default_state_dir, Call, Engine, EventRecord, ProfileStore};
+use anyhow::{Context, Result};
+use homeostat_core::ph::{ExeKey, Mode, Verdict};
+use homeostat_monitor::monitor_loop::{self as launch, Attached, CallEvent, Consumer};
+use homeostat_monitor::sink::{describe, open_events, write_event};
+use homeostat_monitor::{now_ns, Engine, EventRecord, PhConsumer};
 use homeostat_seccomp::{FailMode, LaunchOptions};
 use homeostat_syscalls::Arch;
 use homeostat_traces::recording::{Header, Writer};
+use tracing::{info, warn};
 
-use crate::cli::{AttachArgs, MonitorFlags, RecordArgs, RunArgs, StateFlags};
-use crate::control::{Request, Server};
-use crate::launch::{self, Attached, CallEvent, Consumer};
-
-/// The configuration file (`--config`), or the defaults when there is none.
-fn config_file(state: &StateFlags) -> Result<ConfigFile> {
-    match &state.config {
-        Some(p) => homeostat_monitor::config::load(p).map_err(|e| anyhow!(e)),
-        None => Ok(ConfigFile::default()),
-    }
-}
-
-/// The pH parameters: the config file's, with the mode and normal_wait flags (when
-/// given) on top, validated.
-pub fn config_from_flags(
-    state: &StateFlags,
-    mode: Option<Mode>,
-    normal_wait: Option<f64>,
-) -> Result<PhConfig> {
-    Ok(settings_from_flags(state, mode, normal_wait)?.ph)
-}
-
-/// The whole configuration (pH parameters as [`config_from_flags`] gives them, and the
-/// per-executable `[modes]`), from one read of the file.
-pub fn settings_from_flags(
-    state: &StateFlags,
-    mode: Option<Mode>,
-    normal_wait: Option<f64>,
-) -> Result<ConfigFile> {
-    let mut file = config_file(state)?;
-    let config = &mut file.ph;
-    if let Some(mode) = mode {
-        config.mode = mode;
-    }
-    if let Some(w) = normal_wait {
-        config.normal_wait_secs = w;
-    }
-    config
-        .validate()
-        .map_err(|e| anyhow!("configuration: {e}"))?;
-    Ok(file)
-}
-
-/// The `--events` sink: appended JSON lines to a file, `-` for standard output.
-pub fn open_events(path: Option<&Path>) -> Result<Option<Box<dyn Write + Send>>> {
-    Ok(match path {
-        None => None,
-        Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
-        Some(p) => Some(Box::new(BufWriter::new(
-            File::options()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("opening events file {}", p.display()))?,
-        ))),
-    })
-}
-
-/// Opens the state directory named by the flags (or the default one).
-pub fn open_store(state: &StateFlags) -> Result<ProfileStore> {
-    let dir = state.state_dir.clone().unwrap_or_else(default_state_dir);
-    Ok(ProfileStore::open(&dir)?)
-}
-
-/// Wall-clock time in ns: pH's normal_wait spans monitor restarts.
-pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-/// Feeds calls to the pH engine, saves profiles now and then, answers the control
-/// channel.
-pub struct PhConsumer {
-    pub engine: Engine,
-    last_save: Instant,
-    control: Option<Server>,
-}
-
-impl PhConsumer {
-    pub fn new(engine: Engine) -> Self {
-        PhConsumer {
-            engine,
-            last_save: Instant::now(),
-            control: None,
-        }
-    }
-
-    /// Serves `homeostat ps` and profile commands from the state directory's socket.
-    pub fn serve_control(&mut self, state_dir: &std::path::Path) {
-        match Server::start(state_dir) {
-            Ok(s) => self.control = Some(s),
-            Err(e) => eprintln!("homeostat: warning: no control channel: {e:#}"),
-        }
-    }
-
-    /// Saves changed profiles, reporting failures on stderr (the program goes on).
-    pub fn save(&mut self) {
-        for e in self.engine.save() {
-            eprintln!("homeostat: warning: cannot save profile: {e}");
-        }
-        self.last_save = Instant::now();
-    }
-}
-
-impl Consumer for PhConsumer {
-    fn call(&mut self, ev: &CallEvent) -> Verdict {
-        let path = ev.path.to_string_lossy();
-        self.engine.on_syscall(
-            &Call {
-                tid: ev.tid,
-                pid: ev.pid,
-                exe: ev.exe,
-                path: &path,
-                arch: ev.arch,
-                nr: ev.nr,
-                parent: ev.parent,
-            },
-            now_ns(),
-        )
-    }
-
-    fn exit(&mut self, pid: i32, tid: i32, group: bool) {
-        if group {
-            self.engine.on_process_exit(pid);
-        } else {
-            self.engine.on_task_exit(tid);
-        }
-    }
-
-    fn tick(&mut self) {
-        if self.last_save.elapsed() >= Duration::from_secs(30) {
-            self.save();
-        }
-    }
-
-    fn poll(&mut self) {
-        let Some(server) = &self.control else {
-            return;
-        };
-        let engine = &mut self.engine;
-        server.poll(|req| handle(engine, req));
-    }
-}
-
-/// Answers one control request against the live engine.
-fn handle(engine: &mut Engine, req: Request) -> serde_json::Value {
-    use serde_json::json;
-    let key = match &req {
-        Request::Ps => return json!({ "tasks": engine.tasks() }),
-        Request::Status | Request::Profiles => {
-            return json!({ "error": "not a daemon (homeostat run keeps its profiles in profiles/)" })
-        }
-        Request::Save => {
-            let errors: Vec<String> = engine.save().iter().map(|e| e.to_string()).collect();
-            return json!({ "ok": errors.is_empty(), "errors": errors });
-        }
-        Request::Normalize { key }
-        | Request::Sensitize { key }
-        | Request::Tolerize { key }
-        | Request::Reset { key } => match key.parse::<ExeKey>() {
-            Ok(k) => k,
-            Err(e) => return json!({ "error": e }),
-        },
-    };
-    if let Request::Reset { .. } = req {
-        return match engine.reset(key) {
-            Ok(found) => json!({ "ok": found }),
-            Err(e) => json!({ "error": e.to_string() }),
-        };
-    }
-    let Some(p) = engine.profile_mut(key) else {
-        return json!({ "ok": false });
-    };
-    match req {
-        Request::Normalize { .. } => p.normalize(&mut |_| {}),
-        Request::Sensitize { .. } => p.sensitize("sensitized", &mut |_| {}),
-        Request::Tolerize { .. } => p.tolerize(),
-        Request::Ps
-        | Request::Save
-        | Request::Status
-        | Request::Profiles
-        | Request::Reset { .. } => {}
-    }
-    p.dirty = true;
-    let state = p.state;
-    let errors = engine.save();
-    match errors.first() {
-        Some(e) => json!({ "error": e.to_string() }),
-        None => json!({ "ok": true, "state": state }),
-    }
-}
-
-/// A one-line human account of an event, or `None` for events too frequent to print.
-pub fn describe(r: &EventRecord) -> Option<String> {
-    let who = format!("{} [{}]", r.exe, r.pid);
-    Some(match r.event {
-        "state_change" => format!(
-            "profile {} ({}): {} -> {} ({})",
-            r.profile,
-            r.exe,
-            r.detail["from"].as_str()?,
-            r.detail["to"].as_str()?,
-            r.detail["reason"].as_str()?
-        ),
-        "delay_start" => format!(
-            "{who}: anomalous (LFC {}): delaying its calls, {:.0} ms for {}",
-            r.lfc,
-            r.detail["delay_ms"].as_f64()?,
-            r.syscall
-        ),
-        "delay_stop" => format!("{who}: LFC back to 0, delays stop"),
-        "exec_refused" => format!("{who}: execve refused (LFC {})", r.lfc),
-        "tolerized" => format!(
-            "{who}: LFC {} above the tolerize limit: training data of {} wiped",
-            r.lfc, r.exe
-        ),
-        _ => return None,
-    })
-}
+use super::state::{open_store, settings};
+use crate::cli::{AttachArgs, MonitorFlags, RecordArgs, RunArgs};
 
 /// A pH consumer set up from the monitoring flags: config, state directory, events
 /// sink, control channel. Returns it with a counter of anomalous calls.
@@ -248,7 +29,7 @@ fn monitor(m: &MonitorFlags) -> Result<(PhConsumer, Arc<Mutex<u64>>)> {
     ]
     .into_iter()
     .find_map(|(set, mode)| set.then_some(mode));
-    let config = config_from_flags(&m.state, mode, m.normal_wait)?;
+    let config = settings(&m.state, mode, m.normal_wait)?.ph;
     let store = open_store(&m.state)?;
     let state_dir = store.dir().to_path_buf();
 
@@ -258,23 +39,20 @@ fn monitor(m: &MonitorFlags) -> Result<(PhConsumer, Arc<Mutex<u64>>)> {
     let count = anomalies.clone();
     let sink = Box::new(move |r: &EventRecord| {
         if let Some(w) = json.as_mut() {
-            // Events must not stop the program: a full disk loses events, not calls.
-            let _ = serde_json::to_writer(&mut *w, r)
-                .map(|_| w.write_all(b"\n"))
-                .map(|_| w.flush());
+            write_event(w, r);
         }
         if r.event == "anomaly" {
             *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         }
         if !quiet {
             if let Some(line) = describe(r) {
-                eprintln!("homeostat: {line}");
+                info!("{line}");
             }
         }
     });
     let (engine, errors) = Engine::new(config, Some(store), sink);
     for e in errors {
-        eprintln!("homeostat: warning: profile set aside: {e}");
+        warn!("profile set aside: {e}");
     }
     let mut consumer = PhConsumer::new(engine);
     consumer.serve_control(&state_dir);
@@ -284,7 +62,7 @@ fn monitor(m: &MonitorFlags) -> Result<(PhConsumer, Arc<Mutex<u64>>)> {
 fn report(quiet: bool, anomalies: &Mutex<u64>) {
     let n = *anomalies.lock().unwrap_or_else(|e| e.into_inner());
     if !quiet && n > 0 {
-        eprintln!("homeostat: {n} anomalous calls");
+        info!("{n} anomalous calls");
     }
 }
 
@@ -319,8 +97,8 @@ pub fn attach(a: AttachArgs) -> Result<()> {
     };
     let tracer = homeostat_ptrace::Tracer::attach(a.pid, &opts)?;
     if !a.monitor.quiet {
-        eprintln!(
-            "homeostat: attached to {}; Ctrl-C detaches and leaves it running",
+        info!(
+            "attached to {}; Ctrl-C detaches and leaves it running",
             a.pid
         );
     }
@@ -333,7 +111,7 @@ pub fn attach(a: AttachArgs) -> Result<()> {
     detached?;
     report(a.monitor.quiet, &anomalies);
     if !a.monitor.quiet {
-        eprintln!("homeostat: detached from {}", a.pid);
+        info!("detached from {}", a.pid);
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use homeostat_core::ph::ExeKey;
 use serde_json::Value;
 
-use super::demo::{exploit, normal_requests, report_answer, setup, Setup};
+use super::{exploit, normal_requests, report_answer, setup, Setup};
 use crate::cli::DemoArgs;
 
 /// The daemon child; stopped (SIGTERM, then waited for) when dropped.

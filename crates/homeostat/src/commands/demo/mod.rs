@@ -7,6 +7,8 @@
 //! the exploit. It prints what pH sees and does: the anomalous calls, the locality
 //! frame count climbing, delays growing as 2^LFC, and the shell's execve refused.
 
+mod daemon;
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -14,12 +16,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use homeostat_core::ph::{Mode, PhConfig, ProfileState};
-use homeostat_monitor::{Engine, EventRecord, ProfileStore};
+use homeostat_monitor::monitor_loop as launch;
+use homeostat_monitor::sink::describe;
+use homeostat_monitor::{Engine, EventRecord, PhConsumer, ProfileStore};
 use homeostat_seccomp::LaunchOptions;
 
-use super::run::{describe, PhConsumer};
 use crate::cli::DemoArgs;
-use crate::launch;
 
 fn service_binary() -> Result<PathBuf> {
     let me = std::env::current_exe().context("locating the homeostat binary")?;
@@ -136,7 +138,7 @@ pub(super) fn setup(a: &DemoArgs) -> Result<Setup> {
 
 pub fn run(a: DemoArgs) -> Result<()> {
     if a.daemon {
-        return super::demo_daemon::run(a);
+        return daemon::run(a);
     }
     let started = Instant::now();
     let Setup {

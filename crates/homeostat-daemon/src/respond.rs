@@ -13,8 +13,8 @@
 //!
 //! The process comes first: if the takeover fails it is resumed at once; the tracer
 //! does not set EXITKILL, so if the daemon dies its tracees are detached and run on;
-//! and a process stopped but not yet taken over is resumed by the keeper
-//! (`keeper.rs`).
+//! and a process stopped but not yet taken over is resumed by the stop guard
+//! (`stop_guard.rs`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};

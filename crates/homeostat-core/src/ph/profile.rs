@@ -1,191 +1,13 @@
-//! pH, process homeostasis (Somayaji & Forrest 2000): per-executable lookahead-pair
-//! profiles that learn by themselves, and a graduated response to anomalies.
-//!
-//! This module is the whole policy, free of any OS: a front end (the seccomp launcher,
-//! the eBPF daemon, a replayed recording) calls [`PhProfile::on_syscall`] before each
-//! system call with the task's state and the time, and gets back what to do with the
-//! call (continue, delay, refuse) plus the events to report. Time is an argument, so
-//! the state machine is tested by replay with a fake clock.
-//!
-//! The life of a profile, with pH's defaults:
-//! - **training**: every call trains the profile's pairs. `train_count` counts calls,
-//!   `last_mod_count` the calls since the profile last changed. When
-//!   `train_count * normal_factor_den > normal_count * normal_factor` (128/32: the
-//!   profile has gone unchanged for three quarters of its training life), where
-//!   `normal_count = train_count - last_mod_count`, it **freezes**.
-//! - **frozen**: still training; any new pair unfreezes it. After `normal_wait`
-//!   frozen, it becomes **normal** and the training pairs are copied to testing.
-//! - **normal**: every call is also tested; a task's locality frame counts anomalies
-//!   among its last `locality` calls (LFC). An LFC above `tolerize_limit` wipes the
-//!   training data, and the task stops training until its LFC is back to 0, so the
-//!   attack is not learned. Other anomalies count against the profile; more than
-//!   `anomaly_limit` send it back to training. (pH counted every anomaly; then a dense
-//!   attack would exceed the limit and switch off its own response, which we saw in
-//!   the demo, so anomalies inside a tolerized episode do not count.)
-//! - **response** (mode enforce, profile normal): a call of a task with LFC > 0 is
-//!   delayed `delay_factor * 2^LFC` (capped at `max_delay`); an execve while
-//!   LFC >= `suspend_execve` is refused with EPERM.
+//! The per-call state machine: what a profile and a task do with each system call
+//! (train, test, tolerize, respond), with the events to report.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use super::lifecycle::{self, TrainCounts};
+use super::{ExeKey, Mode, PhConfig, ProfileState};
 use crate::locality::LocalityFrame;
-use crate::model::{Cursor, Model, ModelKind, ModelSpec};
+use crate::model::{Cursor, Model};
 use crate::pairs::Pairs;
-use crate::profile::{frame, unframe, ProfileError};
-
-mod merge;
-
-/// What a monitor does: only learn, also detect, or also respond.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Train profiles; never test, never respond.
-    Learn,
-    /// Train, and once a profile is normal test and report anomalies; no response.
-    Detect,
-    /// What pH did: train, test once normal, delay and refuse execve.
-    #[default]
-    Enforce,
-}
-
-/// pH's parameters. Defaults are pH's / ebpH's, with units chosen for today's clocks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PhConfig {
-    /// Lookahead window (current call plus `window - 1` predecessors).
-    pub window: usize,
-    /// Locality frame size, in calls.
-    pub locality: usize,
-    /// Freeze when train_count / normal_count exceeds normal_factor / normal_factor_den.
-    pub normal_factor: u64,
-    /// See `normal_factor`.
-    pub normal_factor_den: u64,
-    /// Time frozen before a profile becomes normal, in seconds (pH: 7 days).
-    pub normal_wait_secs: f64,
-    /// Anomalies a normal profile tolerates before it returns to training.
-    pub anomaly_limit: u64,
-    /// An LFC above this wipes the profile's training data.
-    pub tolerize_limit: u32,
-    /// Base delay in milliseconds: a call is delayed `delay_factor * 2^LFC`. pH used 4
-    /// jiffies; 4 ms is that at HZ = 1000.
-    pub delay_factor_ms: f64,
-    /// Cap on one call's delay, in milliseconds (2^LFC grows without bound).
-    pub max_delay_ms: f64,
-    /// An execve while the LFC is at least this is refused.
-    pub suspend_execve: u32,
-    /// Learn, detect or enforce.
-    pub mode: Mode,
-}
-
-impl Default for PhConfig {
-    fn default() -> Self {
-        PhConfig {
-            window: 9,
-            locality: 128,
-            normal_factor: 128,
-            normal_factor_den: 32,
-            normal_wait_secs: 7.0 * 24.0 * 3600.0,
-            anomaly_limit: 30,
-            tolerize_limit: 12,
-            delay_factor_ms: 4.0,
-            max_delay_ms: 2000.0,
-            suspend_execve: 10,
-            mode: Mode::Enforce,
-        }
-    }
-}
-
-impl PhConfig {
-    /// Checks ranges, so a bad config file is an error and not a panic.
-    pub fn validate(&self) -> Result<(), String> {
-        self.spec().validate().map_err(|e| e.to_string())?;
-        if self.normal_factor_den == 0 || self.normal_factor == 0 {
-            return Err("normal_factor and normal_factor_den must be positive".into());
-        }
-        for (name, v) in [
-            ("normal_wait_secs", self.normal_wait_secs),
-            ("delay_factor_ms", self.delay_factor_ms),
-            ("max_delay_ms", self.max_delay_ms),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(format!("{name} must be a finite number >= 0, not {v}"));
-            }
-        }
-        Ok(())
-    }
-
-    /// The lookahead-pairs model spec these parameters describe.
-    pub fn spec(&self) -> ModelSpec {
-        ModelSpec::new(ModelKind::Pairs)
-            .with_window(self.window)
-            .with_locality(self.locality)
-    }
-
-    /// The delay for a call of a task at `lfc`, in nanoseconds (0 when lfc is 0).
-    pub fn delay_ns(&self, lfc: u32) -> u64 {
-        if lfc == 0 {
-            return 0;
-        }
-        let ms = self.delay_factor_ms * 2f64.powi(lfc.min(1023) as i32);
-        (ms.min(self.max_delay_ms) * 1e6) as u64
-    }
-
-    fn normal_wait_ns(&self) -> u64 {
-        (self.normal_wait_secs * 1e9) as u64
-    }
-}
-
-/// Identity of an executable: pH keys profiles by file, not by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ExeKey {
-    /// Device of the file.
-    pub dev: u64,
-    /// Inode of the file.
-    pub ino: u64,
-}
-
-impl std::str::FromStr for ExeKey {
-    type Err = String;
-    /// Parses the `<dev>-<ino>` hex form that `Display` prints.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (d, i) = s
-            .split_once('-')
-            .ok_or_else(|| format!("{s:?} is not a profile key (<dev>-<ino> in hex)"))?;
-        let hex = |v: &str| u64::from_str_radix(v, 16).map_err(|e| format!("{s:?}: {e}"));
-        Ok(ExeKey {
-            dev: hex(d)?,
-            ino: hex(i)?,
-        })
-    }
-}
-
-impl std::fmt::Display for ExeKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:x}-{:x}", self.dev, self.ino)
-    }
-}
-
-/// Where a profile is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProfileState {
-    /// Learning; not tested.
-    Training,
-    /// Stable, waiting out `normal_wait`; still learning.
-    Frozen,
-    /// Tested; anomalies get a response.
-    Normal,
-}
-
-impl std::fmt::Display for ProfileState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ProfileState::Training => "training",
-            ProfileState::Frozen => "frozen",
-            ProfileState::Normal => "normal",
-        })
-    }
-}
 
 /// What to do with the call that is about to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,7 +118,7 @@ pub struct PhProfile {
     pub path: String,
     /// Training, frozen or normal.
     pub state: ProfileState,
-    model: Pairs,
+    pub(super) model: Pairs,
     /// Calls trained.
     pub train_count: u64,
     /// Calls trained since the profile last changed.
@@ -385,7 +207,7 @@ impl PhProfile {
         emit: &mut dyn FnMut(PhEvent),
     ) -> Step {
         task.calls += 1;
-        if self.state == ProfileState::Frozen && now_ns >= self.normal_time_ns {
+        if lifecycle::due_normal(self.state, self.normal_time_ns, now_ns) {
             self.model.finish();
             self.anomalies = 0;
             self.set_state(ProfileState::Normal, "normal_wait elapsed", emit);
@@ -439,27 +261,21 @@ impl PhProfile {
         config: &PhConfig,
         emit: &mut dyn FnMut(PhEvent),
     ) {
-        self.train_count += 1;
+        let changed = self.model.train_call(&mut task.train, call);
         // Counters are part of the profile too: a restart must not lose progress.
         self.dirty = true;
-        if self.model.train_call(&mut task.train, call) {
-            self.last_mod_count = 0;
-            if self.state == ProfileState::Frozen {
-                self.set_state(ProfileState::Training, "new behaviour", emit);
+        let mut counts = TrainCounts {
+            train_count: self.train_count,
+            last_mod_count: self.last_mod_count,
+        };
+        let change = counts.record(self.state, 1, changed, config);
+        self.train_count = counts.train_count;
+        self.last_mod_count = counts.last_mod_count;
+        if let Some((to, reason)) = change {
+            if to == ProfileState::Frozen {
+                self.normal_time_ns = lifecycle::normal_at(now_ns, config);
             }
-            return;
-        }
-        self.last_mod_count += 1;
-        if self.state != ProfileState::Training {
-            return;
-        }
-        let normal_count = self.train_count - self.last_mod_count;
-        if normal_count > 0
-            && u128::from(self.train_count) * u128::from(config.normal_factor_den)
-                > u128::from(normal_count) * u128::from(config.normal_factor)
-        {
-            self.normal_time_ns = now_ns.saturating_add(config.normal_wait_ns());
-            self.set_state(ProfileState::Frozen, "stable", emit);
+            self.set_state(to, reason, emit);
         }
     }
 
@@ -499,162 +315,13 @@ impl PhProfile {
         }
         Verdict::Delay(delay)
     }
-
-    /// A profile made from pairs over raw call numbers (`(cur, prev, mask)`, bit d-1 of
-    /// `mask` = prev came d calls before cur), e.g. learnt by the daemon's kernel side:
-    /// its training and testing data are both these pairs. `None` if a mask has bits
-    /// beyond the configured window or there are more than 4095 distinct calls.
-    pub fn from_raw_pairs(
-        key: ExeKey,
-        path: impl Into<String>,
-        config: &PhConfig,
-        state: ProfileState,
-        pairs: &[(u32, u32, u32)],
-    ) -> Option<Self> {
-        let mut symbols: Vec<u32> = pairs.iter().flat_map(|&(c, p, _)| [c, p]).collect();
-        symbols.sort_unstable();
-        symbols.dedup();
-        if symbols.len() > 4095 {
-            return None;
-        }
-        let id = |raw: u32| symbols.binary_search(&raw).map(|i| i as u16 + 1).ok();
-        let entries: Vec<(u16, u16, u32)> = pairs
-            .iter()
-            .filter(|&&(_, _, m)| m != 0)
-            .map(|&(c, p, m)| Some((id(c)?, id(p)?, m)))
-            .collect::<Option<_>>()?;
-        let model = Pairs::from_parts(config.spec(), &symbols, &entries, 0)?;
-        Some(PhProfile {
-            key,
-            path: path.into(),
-            state,
-            model,
-            train_count: 0,
-            last_mod_count: 0,
-            normal_time_ns: 0,
-            anomalies: 0,
-            dirty: true,
-        })
-    }
-
-    /// The pairs the profile acts on, over raw call numbers (`(cur, prev, mask)`): the
-    /// testing data once normal, else the training data.
-    pub fn raw_pairs(&self) -> Vec<(u32, u32, u32)> {
-        let entries = if self.state == ProfileState::Normal {
-            self.model.test_entries()
-        } else {
-            self.model.entries()
-        };
-        let a = self.model.alphabet();
-        entries
-            .into_iter()
-            .filter_map(|(c, p, m)| Some((a.raw(c)?, a.raw(p)?, m)))
-            .collect()
-    }
-
-    /// The profile as file contents (versioned, checksummed; write atomically).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let stored = StoredPhProfile {
-            key: self.key,
-            path: self.path.clone(),
-            state: self.state,
-            spec: self.model.spec().clone(),
-            symbols: self.model.alphabet().symbols().to_vec(),
-            train_count: self.train_count,
-            last_mod_count: self.last_mod_count,
-            normal_time_ns: self.normal_time_ns,
-            anomalies: self.anomalies,
-            calls: self.model.trained_calls(),
-            train: self.model.entries(),
-            test: self.model.test_entries(),
-        };
-        let payload =
-            postcard::to_allocvec(&stored).expect("serialising plain data into a Vec cannot fail");
-        frame(PH_MAGIC, &payload)
-    }
-
-    /// Parses and validates file contents.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProfileError> {
-        let payload = unframe(PH_MAGIC, bytes)?;
-        let (s, rest): (StoredPhProfile, &[u8]) = postcard::take_from_bytes(payload)
-            .map_err(|e| ProfileError::Corrupt(format!("payload does not decode: {e}")))?;
-        if !rest.is_empty() {
-            return Err(ProfileError::TrailingData(rest.len() as u64));
-        }
-        s.spec
-            .validate()
-            .map_err(|e| ProfileError::Corrupt(e.to_string()))?;
-        if s.spec.kind != ModelKind::Pairs || s.symbols.len() > 4096 {
-            return Err(ProfileError::Corrupt(
-                "not a lookahead-pairs profile".into(),
-            ));
-        }
-        let bad = || ProfileError::Corrupt("invalid pair entry".into());
-        let mut model = Pairs::from_parts(s.spec, &s.symbols, &s.train, s.calls).ok_or_else(bad)?;
-        model.restore_test(&s.test).ok_or_else(bad)?;
-        Ok(PhProfile {
-            key: s.key,
-            path: s.path,
-            state: s.state,
-            model,
-            train_count: s.train_count,
-            last_mod_count: s.last_mod_count.min(s.train_count),
-            normal_time_ns: s.normal_time_ns,
-            anomalies: s.anomalies,
-            dirty: false,
-        })
-    }
-}
-
-/// First bytes of a pH profile file.
-pub const PH_MAGIC: &[u8; 8] = b"HMSTPHPF";
-
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredPhProfile {
-    key: ExeKey,
-    path: String,
-    state: ProfileState,
-    spec: ModelSpec,
-    symbols: Vec<u32>,
-    train_count: u64,
-    last_mod_count: u64,
-    normal_time_ns: u64,
-    anomalies: u64,
-    calls: u64,
-    train: Vec<(u16, u16, u32)>,
-    test: Vec<(u16, u16, u32)>,
-}
-
-#[cfg(test)]
-mod raw_pair_tests {
-    use super::*;
-
-    #[test]
-    fn raw_pairs_round_trip_and_test_like_the_original() {
-        let config = PhConfig::default();
-        let key = ExeKey { dev: 1, ino: 2 };
-        let pairs = vec![(3, 5, 0b1), (3, 7, 0b10), (9, 3, 0b101)];
-        let p =
-            PhProfile::from_raw_pairs(key, "/x", &config, ProfileState::Normal, &pairs).unwrap();
-        let mut got = p.raw_pairs();
-        got.sort_unstable();
-        assert_eq!(got, pairs);
-        assert_eq!(p.pairs(), 4);
-        // A mask beyond the window (9: distances 1..=8) is refused.
-        assert!(PhProfile::from_raw_pairs(
-            key,
-            "/x",
-            &config,
-            ProfileState::Training,
-            &[(1, 2, 1 << 8)]
-        )
-        .is_none());
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{ModelKind, ModelSpec};
+    use crate::profile::ProfileError;
 
     const SEC: u64 = 1_000_000_000;
 

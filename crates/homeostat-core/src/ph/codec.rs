@@ -1,0 +1,162 @@
+//! A pH profile as bytes: the versioned, checksummed file of `homeostat run`, and the
+//! raw-pair form the daemon's kernel side learns and loads.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ExeKey, PhConfig, PhProfile, ProfileState};
+use crate::model::{Model, ModelKind, ModelSpec};
+use crate::pairs::Pairs;
+use crate::profile::{frame, unframe, ProfileError};
+
+impl PhProfile {
+    /// A profile made from pairs over raw call numbers (`(cur, prev, mask)`, bit d-1 of
+    /// `mask` = prev came d calls before cur), e.g. learnt by the daemon's kernel side:
+    /// its training and testing data are both these pairs. `None` if a mask has bits
+    /// beyond the configured window or there are more than 4095 distinct calls.
+    pub fn from_raw_pairs(
+        key: ExeKey,
+        path: impl Into<String>,
+        config: &PhConfig,
+        state: ProfileState,
+        pairs: &[(u32, u32, u32)],
+    ) -> Option<Self> {
+        let mut symbols: Vec<u32> = pairs.iter().flat_map(|&(c, p, _)| [c, p]).collect();
+        symbols.sort_unstable();
+        symbols.dedup();
+        if symbols.len() > 4095 {
+            return None;
+        }
+        let id = |raw: u32| symbols.binary_search(&raw).map(|i| i as u16 + 1).ok();
+        let entries: Vec<(u16, u16, u32)> = pairs
+            .iter()
+            .filter(|&&(_, _, m)| m != 0)
+            .map(|&(c, p, m)| Some((id(c)?, id(p)?, m)))
+            .collect::<Option<_>>()?;
+        let model = Pairs::from_parts(config.spec(), &symbols, &entries, 0)?;
+        Some(PhProfile {
+            key,
+            path: path.into(),
+            state,
+            model,
+            train_count: 0,
+            last_mod_count: 0,
+            normal_time_ns: 0,
+            anomalies: 0,
+            dirty: true,
+        })
+    }
+
+    /// The pairs the profile acts on, over raw call numbers (`(cur, prev, mask)`): the
+    /// testing data once normal, else the training data.
+    pub fn raw_pairs(&self) -> Vec<(u32, u32, u32)> {
+        let entries = if self.state == ProfileState::Normal {
+            self.model.test_entries()
+        } else {
+            self.model.entries()
+        };
+        let a = self.model.alphabet();
+        entries
+            .into_iter()
+            .filter_map(|(c, p, m)| Some((a.raw(c)?, a.raw(p)?, m)))
+            .collect()
+    }
+
+    /// The profile as file contents (versioned, checksummed; write atomically).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let stored = StoredPhProfile {
+            key: self.key,
+            path: self.path.clone(),
+            state: self.state,
+            spec: self.model.spec().clone(),
+            symbols: self.model.alphabet().symbols().to_vec(),
+            train_count: self.train_count,
+            last_mod_count: self.last_mod_count,
+            normal_time_ns: self.normal_time_ns,
+            anomalies: self.anomalies,
+            calls: self.model.trained_calls(),
+            train: self.model.entries(),
+            test: self.model.test_entries(),
+        };
+        let payload =
+            postcard::to_allocvec(&stored).expect("serialising plain data into a Vec cannot fail");
+        frame(PH_MAGIC, &payload)
+    }
+
+    /// Parses and validates file contents.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProfileError> {
+        let payload = unframe(PH_MAGIC, bytes)?;
+        let (s, rest): (StoredPhProfile, &[u8]) = postcard::take_from_bytes(payload)
+            .map_err(|e| ProfileError::Corrupt(format!("payload does not decode: {e}")))?;
+        if !rest.is_empty() {
+            return Err(ProfileError::TrailingData(rest.len() as u64));
+        }
+        s.spec
+            .validate()
+            .map_err(|e| ProfileError::Corrupt(e.to_string()))?;
+        if s.spec.kind != ModelKind::Pairs || s.symbols.len() > 4096 {
+            return Err(ProfileError::Corrupt(
+                "not a lookahead-pairs profile".into(),
+            ));
+        }
+        let bad = || ProfileError::Corrupt("invalid pair entry".into());
+        let mut model = Pairs::from_parts(s.spec, &s.symbols, &s.train, s.calls).ok_or_else(bad)?;
+        model.restore_test(&s.test).ok_or_else(bad)?;
+        Ok(PhProfile {
+            key: s.key,
+            path: s.path,
+            state: s.state,
+            model,
+            train_count: s.train_count,
+            last_mod_count: s.last_mod_count.min(s.train_count),
+            normal_time_ns: s.normal_time_ns,
+            anomalies: s.anomalies,
+            dirty: false,
+        })
+    }
+}
+
+/// First bytes of a pH profile file.
+pub const PH_MAGIC: &[u8; 8] = b"HMSTPHPF";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredPhProfile {
+    key: ExeKey,
+    path: String,
+    state: ProfileState,
+    spec: ModelSpec,
+    symbols: Vec<u32>,
+    train_count: u64,
+    last_mod_count: u64,
+    normal_time_ns: u64,
+    anomalies: u64,
+    calls: u64,
+    train: Vec<(u16, u16, u32)>,
+    test: Vec<(u16, u16, u32)>,
+}
+
+#[cfg(test)]
+mod raw_pair_tests {
+    use super::*;
+
+    #[test]
+    fn raw_pairs_round_trip_and_test_like_the_original() {
+        let config = PhConfig::default();
+        let key = ExeKey { dev: 1, ino: 2 };
+        let pairs = vec![(3, 5, 0b1), (3, 7, 0b10), (9, 3, 0b101)];
+        let p =
+            PhProfile::from_raw_pairs(key, "/x", &config, ProfileState::Normal, &pairs).unwrap();
+        let mut got = p.raw_pairs();
+        got.sort_unstable();
+        assert_eq!(got, pairs);
+        assert_eq!(p.pairs(), 4);
+        // A mask beyond the window (9: distances 1..=8) is refused.
+        assert!(PhProfile::from_raw_pairs(
+            key,
+            "/x",
+            &config,
+            ProfileState::Training,
+            &[(1, 2, 1 << 8)]
+        )
+        .is_none());
+    }
+}

@@ -1,0 +1,105 @@
+//! pH's parameters (`[ph]` in the configuration file) and the monitor's mode.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ModelKind, ModelSpec};
+
+/// What a monitor does: only learn, also detect, or also respond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Train profiles; never test, never respond.
+    Learn,
+    /// Train, and once a profile is normal test and report anomalies; no response.
+    Detect,
+    /// What pH did: train, test once normal, delay and refuse execve.
+    #[default]
+    Enforce,
+}
+
+/// pH's parameters. Defaults are pH's / ebpH's, with units chosen for today's clocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PhConfig {
+    /// Lookahead window (current call plus `window - 1` predecessors).
+    pub window: usize,
+    /// Locality frame size, in calls.
+    pub locality: usize,
+    /// Freeze when train_count / normal_count exceeds normal_factor / normal_factor_den.
+    pub normal_factor: u64,
+    /// See `normal_factor`.
+    pub normal_factor_den: u64,
+    /// Time frozen before a profile becomes normal, in seconds (pH: 7 days).
+    pub normal_wait_secs: f64,
+    /// Anomalies a normal profile tolerates before it returns to training.
+    pub anomaly_limit: u64,
+    /// An LFC above this wipes the profile's training data.
+    pub tolerize_limit: u32,
+    /// Base delay in milliseconds: a call is delayed `delay_factor * 2^LFC`. pH used 4
+    /// jiffies; 4 ms is that at HZ = 1000.
+    pub delay_factor_ms: f64,
+    /// Cap on one call's delay, in milliseconds (2^LFC grows without bound).
+    pub max_delay_ms: f64,
+    /// An execve while the LFC is at least this is refused.
+    pub suspend_execve: u32,
+    /// Learn, detect or enforce.
+    pub mode: Mode,
+}
+
+impl Default for PhConfig {
+    fn default() -> Self {
+        PhConfig {
+            window: 9,
+            locality: 128,
+            normal_factor: 128,
+            normal_factor_den: 32,
+            normal_wait_secs: 7.0 * 24.0 * 3600.0,
+            anomaly_limit: 30,
+            tolerize_limit: 12,
+            delay_factor_ms: 4.0,
+            max_delay_ms: 2000.0,
+            suspend_execve: 10,
+            mode: Mode::Enforce,
+        }
+    }
+}
+
+impl PhConfig {
+    /// Checks ranges, so a bad config file is an error and not a panic.
+    pub fn validate(&self) -> Result<(), String> {
+        self.spec().validate().map_err(|e| e.to_string())?;
+        if self.normal_factor_den == 0 || self.normal_factor == 0 {
+            return Err("normal_factor and normal_factor_den must be positive".into());
+        }
+        for (name, v) in [
+            ("normal_wait_secs", self.normal_wait_secs),
+            ("delay_factor_ms", self.delay_factor_ms),
+            ("max_delay_ms", self.max_delay_ms),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{name} must be a finite number >= 0, not {v}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The lookahead-pairs model spec these parameters describe.
+    pub fn spec(&self) -> ModelSpec {
+        ModelSpec::new(ModelKind::Pairs)
+            .with_window(self.window)
+            .with_locality(self.locality)
+    }
+
+    /// The delay for a call of a task at `lfc`, in nanoseconds (0 when lfc is 0).
+    pub fn delay_ns(&self, lfc: u32) -> u64 {
+        if lfc == 0 {
+            return 0;
+        }
+        let ms = self.delay_factor_ms * 2f64.powi(lfc.min(1023) as i32);
+        (ms.min(self.max_delay_ms) * 1e6) as u64
+    }
+
+    pub(crate) fn normal_wait_ns(&self) -> u64 {
+        (self.normal_wait_secs * 1e9) as u64
+    }
+}

@@ -1,0 +1,257 @@
+//! The daemon's side of the control channel (`homeostat ps`, `status`, `profile ...`):
+//! each request answered with its typed reply (`homeostat_monitor::control`).
+
+use homeostat_core::ph::{ExeKey, ProfileState};
+use homeostat_ebpf::Kernel;
+use homeostat_monitor::control::{
+    AdminReply, Losses, ProfileCounts, ProfileEntry, ProfilesReply, PsReply, Request, Response,
+    SaveReply, StatusReply,
+};
+use homeostat_monitor::TaskInfo;
+
+use crate::daemon::Daemon;
+
+impl Daemon {
+    /// Answers a control request (`homeostat ps`, `status`, `profile ...`).
+    pub(crate) fn answer(&mut self, kernel: &Kernel, req: Request) -> Response {
+        let done = Response::Admin(AdminReply {
+            ok: true,
+            state: None,
+        });
+        let key = match &req {
+            Request::Ps => {
+                return Response::Ps(PsReply {
+                    tasks: self.tasks(kernel),
+                })
+            }
+            Request::Status => return Response::Status(Box::new(self.status())),
+            Request::Save => {
+                let (saved, failed) = self.save(kernel);
+                return Response::Save(SaveReply {
+                    ok: failed == 0,
+                    errors: None,
+                    saved: Some(saved),
+                });
+            }
+            Request::Profiles => return Response::Profiles(self.profile_list()),
+            Request::Normalize { key }
+            | Request::Sensitize { key }
+            | Request::Tolerize { key }
+            | Request::Reset { key } => match self.resolve(key) {
+                Ok(k) => k,
+                Err(e) => return e,
+            },
+        };
+        match req {
+            Request::Normalize { .. } => {
+                self.set_state(kernel, key, ProfileState::Normal, "normalized")
+            }
+            Request::Sensitize { .. } => {
+                if let Some(p) = self.profiles.get_mut(&key) {
+                    p.wipe_training();
+                }
+                self.set_state(kernel, key, ProfileState::Training, "sensitized");
+            }
+            Request::Tolerize { .. } => {
+                if let Some(p) = self.profiles.get_mut(&key) {
+                    p.wipe_training();
+                }
+            }
+            Request::Reset { .. } => {
+                if let Err(e) = kernel.remove_profile(key) {
+                    return Response::error(e.to_string());
+                }
+                self.profiles.remove(&key);
+                let _ = std::fs::remove_file(self.dir.join(format!("{key}.json")));
+                return done;
+            }
+            _ => unreachable!("answered above"),
+        }
+        self.save(kernel);
+        done
+    }
+
+    /// The profile an admin request names, or the error reply.
+    pub(crate) fn resolve(&self, key: &str) -> Result<ExeKey, Response> {
+        match key.parse::<ExeKey>() {
+            Ok(k) if self.profiles.contains_key(&k) => Ok(k),
+            Ok(_) => Err(Response::error("no such profile in the daemon")),
+            Err(e) => Err(Response::error(e)),
+        }
+    }
+
+    /// Every profile, for `homeostat profile list`.
+    pub(crate) fn profile_list(&self) -> ProfilesReply {
+        let profiles = self
+            .profiles
+            .iter()
+            .map(|(k, p)| ProfileEntry {
+                key: k.to_string(),
+                path: p.path.to_string(),
+                state: p.state,
+                train_count: p.train_count,
+                anomalies: p.anomalies,
+            })
+            .collect();
+        ProfilesReply {
+            daemon: true,
+            profiles,
+        }
+    }
+
+    pub(crate) fn status(&self) -> StatusReply {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let c = &self.counts;
+        StatusReply {
+            daemon: true,
+            pid: std::process::id(),
+            uptime_s: secs,
+            mode: self.config.mode,
+            respond: self.respond,
+            events: c.events_total,
+            events_per_s: c.events_total as f64 / secs,
+            anomalies: c.anomalies_total,
+            responses: c.responses_total,
+            under_response: self.responders.active(),
+            delays: c.delays_total,
+            execve_refused: c.execve_refused_total,
+            losses: Losses {
+                lost_events: self.stats.lost_events,
+                rows_full: self.stats.rows_full,
+                tasks_full: self.stats.tasks_full,
+                profiles_full: self.stats.profiles_full,
+                stops_failed: self.stats.stops_failed,
+            },
+            profiles: ProfileCounts {
+                training: c.profiles_training,
+                frozen: c.profiles_frozen,
+                normal: c.profiles_normal,
+            },
+        }
+    }
+
+    /// Every task the kernel follows under a profile, from /proc and the kernel's task
+    /// states, in `homeostat ps`'s form.
+    pub(crate) fn tasks(&self, kernel: &Kernel) -> Vec<TaskInfo> {
+        let active = self.responders.active();
+        let mut out = vec![];
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return out;
+        };
+        for pid in entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        {
+            let Ok(tids) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for tid in tids
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            {
+                let Ok(Some(t)) = kernel.task(tid) else {
+                    continue;
+                };
+                let Some(p) = self.profiles.get(&t.exe) else {
+                    continue;
+                };
+                let under = active.contains(&pid);
+                out.push(TaskInfo {
+                    pid: pid as i32,
+                    tid: tid as i32,
+                    exe: p.path.to_string(),
+                    profile: t.exe.to_string(),
+                    state: p.state,
+                    lfc: t.lfc,
+                    delay_ms: if under {
+                        self.config.delay_ns(t.lfc) as f64 / 1e6
+                    } else {
+                        0.0
+                    },
+                    anomalies: p.anomalies,
+                    calls: p.train_count,
+                    response: Some(under),
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use homeostat_core::ph::{Mode, PhConfig};
+    use homeostat_monitor::control::{ErrorReply, Reply};
+
+    use super::*;
+    use crate::lifecycle::Prof;
+
+    fn daemon() -> Daemon {
+        let mut d = Daemon::new(
+            PhConfig::default(),
+            Default::default(),
+            std::env::temp_dir(),
+            None,
+            true,
+            false,
+        );
+        let mut p = Prof::new(Arc::from("/usr/bin/x"));
+        p.state = ProfileState::Normal;
+        p.train_count = 12;
+        p.anomalies = 2;
+        d.profiles.insert(ExeKey { dev: 1, ino: 0x2a }, p);
+        d
+    }
+
+    /// A reply as a client reads it off the socket.
+    fn wire<T: serde::de::DeserializeOwned>(r: &Response) -> Reply<T> {
+        serde_json::from_str(&serde_json::to_string(r).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn admin_requests_name_a_profile_of_the_daemon() {
+        let d = daemon();
+        assert_eq!(d.resolve("1-2a").unwrap(), ExeKey { dev: 1, ino: 0x2a });
+        let error = |r: Result<ExeKey, Response>| match wire::<AdminReply>(&r.unwrap_err()) {
+            Reply::Error(ErrorReply { error }) => error,
+            Reply::Ok(r) => panic!("not an error: {r:?}"),
+        };
+        assert_eq!(error(d.resolve("1-2b")), "no such profile in the daemon");
+        assert!(!error(d.resolve("not a key")).is_empty());
+    }
+
+    #[test]
+    fn profile_list_and_status_cross_the_wire() {
+        let mut d = daemon();
+        d.counts.events_total = 40;
+        d.counts.anomalies_total = 3;
+        d.counts.profiles_normal = 1;
+        d.stats.rows_full = 5;
+        let list = wire::<ProfilesReply>(&Response::Profiles(d.profile_list()))
+            .ok()
+            .unwrap();
+        assert!(list.daemon);
+        assert_eq!(
+            list.profiles,
+            vec![ProfileEntry {
+                key: "1-2a".into(),
+                path: "/usr/bin/x".into(),
+                state: ProfileState::Normal,
+                train_count: 12,
+                anomalies: 2,
+            }]
+        );
+        let s = wire::<StatusReply>(&Response::Status(Box::new(d.status())))
+            .ok()
+            .unwrap();
+        assert!(s.daemon && !s.respond);
+        assert_eq!(s.pid, std::process::id());
+        assert_eq!((s.events, s.anomalies), (40, 3));
+        assert_eq!(s.mode, Mode::Enforce);
+        assert_eq!(s.losses.rows_full, 5);
+        assert_eq!(s.profiles.normal, 1);
+        assert!(s.events_per_s > 0.0 && s.under_response.is_empty());
+    }
+}

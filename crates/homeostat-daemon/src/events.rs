@@ -1,0 +1,280 @@
+//! What the daemon hears and says: kernel events (exec, anomaly, execve refused by the
+//! LSM), the response threads' reports, pH's tolerize and anomaly limits on each
+//! anomaly, and the event records written to the events sink (docs/events.md) and the
+//! log.
+
+use std::sync::Arc;
+
+use homeostat_core::ph::{ExeKey, ProfileState};
+use homeostat_ebpf::{Event, EventKind, Kernel};
+use homeostat_monitor::sink::{describe, write_event};
+use homeostat_monitor::EventRecord;
+use homeostat_syscalls::Arch;
+use tracing::{info, warn};
+
+use crate::daemon::Daemon;
+use crate::lifecycle::Prof;
+use crate::now_ns;
+use crate::respond::Report;
+
+impl Daemon {
+    /// Writes an event to the events sink and, unless quiet, its line to the log.
+    pub(crate) fn emit(&mut self, r: &EventRecord) {
+        if let Some(w) = self.json.as_mut() {
+            write_event(w, r);
+        }
+        if !self.quiet {
+            let line = match r.event {
+                "anomaly" => Some(format!(
+                    "{} [{}]: anomaly at {} ({} missing pairs, LFC {})",
+                    r.exe, r.pid, r.syscall, r.detail["misses"], r.lfc
+                )),
+                _ => describe(r),
+            };
+            if let Some(line) = line {
+                info!("{line}");
+            }
+        }
+    }
+
+    /// An event about profile `key`, with the profile's path and state as known now.
+    pub(crate) fn record(
+        &self,
+        event: &'static str,
+        key: ExeKey,
+        (pid, tid): (u32, u32),
+        syscall: String,
+        lfc: u32,
+        detail: serde_json::Value,
+    ) -> EventRecord {
+        let p = self.profiles.get(&key);
+        EventRecord {
+            ts: now_ns() as f64 / 1e9,
+            event,
+            pid: pid as i32,
+            tid: tid as i32,
+            exe: p.map(|p| p.path.clone()).unwrap_or_else(|| Arc::from("?")),
+            profile: key.to_string(),
+            state: p.map(|p| p.state).unwrap_or(ProfileState::Training),
+            syscall,
+            lfc,
+            action: "none",
+            detail,
+        }
+    }
+
+    pub(crate) fn on_event(&mut self, kernel: &Kernel, e: Event) {
+        self.counts.events_total += 1;
+        match e.kind {
+            EventKind::Exec => {
+                let path = e.path.unwrap_or_default();
+                let path = if path.starts_with('/') {
+                    path
+                } else {
+                    std::fs::read_link(format!("/proc/{}/exe", e.pid))
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or(path)
+                };
+                let p = self
+                    .profiles
+                    .entry(e.exe)
+                    .or_insert_with(|| Prof::new(Arc::from(path.as_str())));
+                if &*p.path != path.as_str() {
+                    p.path = Arc::from(path.as_str());
+                    p.dirty = true;
+                    // Its mode may depend on the path, now known.
+                    let normal = p.state == ProfileState::Normal;
+                    let on = normal && self.responds(e.exe);
+                    if normal {
+                        let _ = kernel.set_respond(e.exe, on);
+                    }
+                }
+            }
+            EventKind::NewPairs => {}
+            EventKind::ExecRefused => {
+                self.counts.execve_refused_total += 1;
+                let r = self.record(
+                    "exec_refused",
+                    e.exe,
+                    (e.pid, e.tid),
+                    "execve".into(),
+                    e.lfc,
+                    serde_json::json!({ "by": "lsm" }),
+                );
+                self.emit(&EventRecord {
+                    action: "refuse_exec",
+                    ..r
+                });
+            }
+            EventKind::Anomaly => {
+                self.counts.anomalies_total += 1;
+                if e.stopped {
+                    self.resp_keys.insert(e.pid, e.exe);
+                    self.responders.start(kernel, e.pid);
+                }
+                let r = self.record(
+                    "anomaly",
+                    e.exe,
+                    (e.pid, e.tid),
+                    Arch::X86_64.display(e.nr).into_owned(),
+                    e.lfc,
+                    serde_json::json!({ "misses": e.misses }),
+                );
+                let r = EventRecord {
+                    action: if e.stopped { "stop" } else { "none" },
+                    ..r
+                };
+                self.emit(&r);
+                self.limits(kernel, &e);
+            }
+        }
+    }
+
+    /// pH's tolerize_limit and anomaly_limit, for an anomaly event. An LFC above
+    /// tolerize_limit starts a tolerized episode for the process (until its response
+    /// ends): the profile's training counters are wiped (the kernel keeps one pair set,
+    /// so there is no separate training data to wipe) and its anomalies stop counting
+    /// toward anomaly_limit; more than anomaly_limit counted anomalies send the profile
+    /// back to training, as in `homeostat run` (docs/homeostat-run.md).
+    pub(crate) fn limits(&mut self, kernel: &Kernel, e: &Event) {
+        let c = &self.config;
+        if e.lfc > c.tolerize_limit && self.tolerized.insert(e.pid) {
+            if self.tolerized.len() > 4096 {
+                // Bounded: pids of long-gone processes.
+                self.tolerized.clear();
+                self.tolerized.insert(e.pid);
+            }
+            if let Some(p) = self.profiles.get_mut(&e.exe) {
+                p.wipe_training();
+            }
+            let r = self.record(
+                "tolerized",
+                e.exe,
+                (e.pid, e.tid),
+                Arch::X86_64.display(e.nr).into_owned(),
+                e.lfc,
+                serde_json::json!({}),
+            );
+            self.emit(&r);
+        }
+        if self.tolerized.contains(&e.pid) {
+            return;
+        }
+        let limit = self.config.anomaly_limit;
+        let Some(p) = self.profiles.get_mut(&e.exe) else {
+            return;
+        };
+        p.anomalies += 1;
+        p.dirty = true;
+        if p.state == ProfileState::Normal && p.anomalies > limit {
+            p.wipe_training();
+            self.set_state(kernel, e.exe, ProfileState::Training, "anomaly_limit");
+        }
+    }
+
+    /// What the response threads reported: events and counters.
+    pub(crate) fn on_reports(&mut self, kernel: &Kernel) {
+        for r in self.responders.reports() {
+            match r {
+                Report::Started => self.counts.responses_total += 1,
+                Report::Delayed {
+                    pid,
+                    tid,
+                    nr,
+                    lfc,
+                    delay_ns,
+                } => {
+                    self.counts.delays_total += 1;
+                    if self.delaying.insert(pid) {
+                        let key = self.key_of(pid);
+                        let r = self.record(
+                            "delay_start",
+                            key,
+                            (pid, tid),
+                            Arch::X86_64.display(nr).into_owned(),
+                            lfc,
+                            serde_json::json!({ "delay_ms": delay_ns as f64 / 1e6 }),
+                        );
+                        self.emit(&EventRecord {
+                            action: "delay",
+                            ..r
+                        });
+                    }
+                }
+                Report::ExecRefused { pid, tid, lfc } => {
+                    self.counts.execve_refused_total += 1;
+                    let key = self.key_of(pid);
+                    let r = self.record(
+                        "exec_refused",
+                        key,
+                        (pid, tid),
+                        "execve".into(),
+                        lfc,
+                        serde_json::json!({}),
+                    );
+                    self.emit(&EventRecord {
+                        action: "refuse_exec",
+                        ..r
+                    });
+                }
+                Report::Finished {
+                    pid,
+                    delays,
+                    refused,
+                    why,
+                } => {
+                    self.delaying.remove(&pid);
+                    self.tolerized.remove(&pid);
+                    let key = self.key_of(pid);
+                    let r = self.record(
+                        "delay_stop",
+                        key,
+                        (pid, pid),
+                        String::new(),
+                        0,
+                        serde_json::json!({ "delays": delays, "exec_refused": refused, "why": why }),
+                    );
+                    self.emit(&r);
+                    self.resp_keys.remove(&pid);
+                }
+                Report::Failed { pid, error } => {
+                    warn!("no response to {pid} (resumed): {error}");
+                    let key = self.key_of(pid);
+                    let r = self.record(
+                        "response_failed",
+                        key,
+                        (pid, pid),
+                        String::new(),
+                        0,
+                        serde_json::json!({ "error": error }),
+                    );
+                    self.emit(&r);
+                    self.resp_keys.remove(&pid);
+                }
+            }
+        }
+        // A stop whose event was lost (full ring buffer) is found here.
+        let active = self.responders.active();
+        for (pid, _, _) in kernel.stopped() {
+            if !active.contains(&pid) {
+                if self.respond {
+                    self.responders.start(kernel, pid);
+                } else {
+                    kernel.release(pid);
+                }
+            }
+        }
+    }
+
+    /// The profile of process `pid` as the kernel knows it (for response events).
+    pub(crate) fn key_of(&self, pid: u32) -> ExeKey {
+        if let Some(&k) = self.resp_keys.get(&pid) {
+            return k;
+        }
+        let e = homeostat_proc::exe(pid as i32);
+        ExeKey {
+            dev: e.dev,
+            ino: e.ino,
+        }
+    }
+}

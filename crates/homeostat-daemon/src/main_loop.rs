@@ -1,0 +1,207 @@
+//! The daemon's main loop: load the BPF programs, start the stop guard, the metrics
+//! endpoint and the control channel, load the saved profiles, then poll the kernel's
+//! events, sample its counters every tick, save now and then, answer admin requests;
+//! on stop, end every response, save, and let the stop guard resume what is left.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use homeostat_core::ph::Mode;
+use homeostat_ebpf::{Event, ExecLsm, Kernel, Options};
+use homeostat_monitor::config::ConfigFile;
+use homeostat_monitor::control::Server;
+use homeostat_monitor::daemon_profile;
+use homeostat_monitor::sink::EventSink;
+use homeostat_monitor::ProfileStore;
+use tracing::{info, warn};
+
+use crate::daemon::Daemon;
+use crate::prometheus::{MetricsServer, Snapshot};
+use crate::stop_guard::StopGuard;
+
+/// How often the kernel's counters are sampled.
+pub(crate) const TICK: Duration = Duration::from_secs(1);
+/// How often profiles are saved (and on exit).
+const SAVE_EVERY: Duration = Duration::from_secs(60);
+/// Ring buffer poll timeout.
+const POLL: Duration = Duration::from_millis(200);
+
+/// What the daemon is to do, from the command line and the configuration file.
+pub struct DaemonOptions {
+    /// pH's parameters and the per-executable `[modes]`.
+    pub settings: ConfigFile,
+    /// The state directory (the daemon's profiles go to its `daemon/` folder).
+    pub store: ProfileStore,
+    /// Where events go as JSON lines, if anywhere.
+    pub events: Option<EventSink>,
+    /// No event summary in the log (losses are still reported).
+    pub quiet: bool,
+    /// Serve Prometheus metrics on this loopback address.
+    pub metrics: Option<SocketAddr>,
+    /// Stop after this long (default: when `stop` is set).
+    pub duration: Option<Duration>,
+}
+
+/// Runs the daemon until `stop` is set (a signal handler's flag) or the duration is
+/// over. Needs root, BPF and BTF; the error says what is missing.
+pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
+    let DaemonOptions {
+        settings,
+        store,
+        events: json,
+        quiet,
+        metrics: metrics_addr,
+        duration,
+    } = opts;
+    let (config, modes) = (settings.ph, settings.modes);
+    let state_dir = store.dir().to_path_buf();
+    let dir = daemon_profile::dir_in(&state_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+
+    let enforce = config.mode == Mode::Enforce || modes.values().any(|&m| m == Mode::Enforce);
+    let kernel = Kernel::load(&Options {
+        auto_create: true,
+        // Where BPF LSM loads, execve is refused in the kernel too (else reported why).
+        exec_lsm_at: if enforce { config.suspend_execve } else { 0 },
+        ..Options::default()
+    })?;
+    match kernel.exec_lsm() {
+        ExecLsm::NotRequested => {}
+        ExecLsm::Active => info!("daemon: execve refusal in the kernel (BPF LSM): on"),
+        ExecLsm::Unconfirmed => info!(
+            "daemon: execve refusal in the kernel (BPF LSM): loaded, but whether the bpf LSM is active is unknown (securityfs not mounted)"
+        ),
+        ExecLsm::Unavailable(why) => info!(
+            "daemon: execve refusal in the kernel (BPF LSM): unavailable ({why}); execve is refused by the ptrace response only"
+        ),
+    }
+    // No response without a stop guard: a process stopped by the kernel must never be
+    // left stopped if this process dies.
+    if enforce && !homeostat_ebpf::thread_pidfds_supported() {
+        warn!(
+            "this kernel has no thread pidfds (PIDFD_THREAD, Linux 6.9), \
+             so the response cannot follow LFCs: detect only"
+        );
+    }
+    let guard = if enforce && homeostat_ebpf::thread_pidfds_supported() {
+        match kernel
+            .stopped_map_id()
+            .map_err(anyhow::Error::from)
+            .and_then(StopGuard::start)
+        {
+            Ok(k) => Some(k),
+            Err(e) => {
+                warn!("no stop guard, so no response (detect only): {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let metrics_shared = Arc::new(Mutex::new(Snapshot::default()));
+    let metrics = match metrics_addr {
+        Some(addr) => {
+            let m = MetricsServer::start(addr, metrics_shared.clone())?;
+            info!("daemon: metrics on http://{}/metrics", m.local_addr());
+            Some(m)
+        }
+        None => None,
+    };
+    let mut d = Daemon::new(config, modes, dir, json, quiet, guard.is_some());
+    let loaded = d.load(&kernel, &store);
+    let control = match Server::start(&state_dir) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!("no control channel: {e:#}");
+            None
+        }
+    };
+    let queue: Rc<RefCell<Vec<Event>>> = Rc::default();
+    let q = queue.clone();
+    let events = kernel.events(move |e| q.borrow_mut().push(e))?;
+    info!(
+        "daemon: watching ({:?} hook, {loaded} profiles loaded from {}, mode {:?}{})",
+        kernel.hook(),
+        d.dir.display(),
+        d.config.mode,
+        match &guard {
+            Some(g) => format!(", stop guard pid {}", g.pid()),
+            None => String::new(),
+        }
+    );
+
+    let start = Instant::now();
+    let deadline = duration;
+    let mut last_tick = Instant::now();
+    let mut last_save = Instant::now();
+    let mut result = Ok(());
+    while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| start.elapsed() < d) {
+        // Short while responses run: their reports (and lost stops) are handled here.
+        let poll = if d.responders.active().is_empty() {
+            POLL
+        } else {
+            POLL / 4
+        };
+        if let Err(e) = events.poll(poll) {
+            // A signal (the stop signal, whose handler runs on another thread) is not
+            // an error.
+            let msg = e.to_string();
+            if !msg.contains("nterrupted") && !msg.contains("EINTR") {
+                result = Err(anyhow!(e));
+                break;
+            }
+        }
+        let batch = std::mem::take(&mut *queue.borrow_mut());
+        for e in batch {
+            d.on_event(&kernel, e);
+        }
+        d.on_reports(&kernel);
+        if last_tick.elapsed() >= TICK {
+            d.tick(&kernel);
+            if let Ok(mut m) = metrics_shared.lock() {
+                *m = d.counts.clone();
+            }
+            last_tick = Instant::now();
+        }
+        if last_save.elapsed() >= SAVE_EVERY {
+            d.save(&kernel);
+            last_save = Instant::now();
+        }
+        if let Some(server) = &control {
+            server.poll(|req| d.answer(&kernel, req));
+        }
+    }
+    // Let every response go (their processes run on), then the last events and
+    // counters, then save; then whatever the kernel stopped meanwhile is resumed.
+    d.respond = false;
+    d.responders.shutdown();
+    let _ = events.poll(Duration::ZERO);
+    let batch = std::mem::take(&mut *queue.borrow_mut());
+    for e in batch {
+        d.on_event(&kernel, e);
+    }
+    d.on_reports(&kernel);
+    d.tick(&kernel);
+    let (saved, failed) = d.save(&kernel);
+    info!(
+        "daemon: stopped; {saved} profiles saved in {}{}",
+        d.dir.display(),
+        if failed > 0 {
+            format!(", {failed} not saved")
+        } else {
+            String::new()
+        }
+    );
+    drop(events);
+    drop(control);
+    drop(metrics);
+    drop(kernel);
+    // The stop guard resumes any process stopped between the shutdown and the detach.
+    drop(guard);
+    result
+}

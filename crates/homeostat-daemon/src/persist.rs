@@ -1,0 +1,219 @@
+//! The daemon's profiles on disk: `daemon/<dev>-<ino>.json` in the state directory
+//! (format in `homeostat_monitor::daemon_profile`, docs/daemon.md). Saving writes the
+//! changed profiles atomically; loading scans the folder once, then seeds executables
+//! it has no file for from `homeostat run`'s profiles.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use homeostat_core::ph::{ExeKey, Mode, ProfileState};
+use homeostat_ebpf::Kernel;
+use homeostat_monitor::daemon_profile::{self, DaemonProfile};
+use homeostat_monitor::sink::write_event;
+use homeostat_monitor::{write_atomic, ProfileStore};
+use tracing::warn;
+
+use crate::daemon::Daemon;
+use crate::lifecycle::{kernel_state, Prof};
+
+impl Prof {
+    /// The profile's file, with the pairs the kernel holds for it.
+    pub fn to_file(&self, key: ExeKey, pairs: Vec<(u16, u16, u8)>) -> DaemonProfile {
+        DaemonProfile {
+            version: daemon_profile::VERSION,
+            dev: key.dev,
+            ino: key.ino,
+            path: self.path.to_string(),
+            state: self.state,
+            train_count: self.train_count,
+            last_mod_count: self.last_mod_count,
+            normal_time_ns: self.normal_time_ns,
+            anomalies: self.anomalies,
+            pairs,
+        }
+    }
+
+    /// The profile a file describes, as loaded. A normal profile of an executable in
+    /// learn mode comes back frozen: learn mode never tests. The kernel's counters
+    /// start from 0, as the kernel's copy of the profile does.
+    pub fn from_file(d: &DaemonProfile, learn: bool) -> Prof {
+        Prof {
+            path: Arc::from(d.path.as_str()),
+            state: match d.state {
+                ProfileState::Normal if learn => ProfileState::Frozen,
+                st => st,
+            },
+            train_count: d.train_count,
+            last_mod_count: d.last_mod_count.min(d.train_count),
+            normal_time_ns: d.normal_time_ns,
+            anomalies: d.anomalies,
+            seen_calls: 0,
+            seen_new: 0,
+            dirty: false,
+        }
+    }
+}
+
+impl Daemon {
+    /// Saves every changed profile; returns (saved, failed).
+    pub(crate) fn save(&mut self, kernel: &Kernel) -> (usize, usize) {
+        let pairs = match kernel.all_pairs() {
+            Ok(p) => p,
+            Err(e) => {
+                warn!("cannot read pairs: {e}");
+                return (0, 1);
+            }
+        };
+        let (mut saved, mut failed) = (0, 0);
+        for (key, p) in self.profiles.iter_mut().filter(|(_, p)| p.dirty) {
+            let Some(pairs) = pairs.get(key) else {
+                // Nothing learnt yet: nothing worth a file.
+                continue;
+            };
+            let s = p.to_file(*key, pairs.clone());
+            match write_atomic(&self.dir.join(format!("{key}.json")), &s.to_bytes()) {
+                Ok(()) => {
+                    p.dirty = false;
+                    saved += 1;
+                }
+                Err(e) => {
+                    failed += 1;
+                    warn!("cannot save profile: {e}");
+                }
+            }
+        }
+        (saved, failed)
+    }
+
+    /// Loads `daemon/*.json` into the kernel, then seeds the executables it has no file
+    /// for from `homeostat run`'s profiles (`profiles/*.phprof`, converted: x86_64
+    /// calls only); bad files are reported and skipped. Returns how many were loaded.
+    pub(crate) fn load(&mut self, kernel: &Kernel, store: &ProfileStore) -> usize {
+        let mut n = 0;
+        let (found, bad) = daemon_profile::scan(&self.dir);
+        for (path, e) in bad {
+            warn!("profile {} skipped: {e}", path.display());
+        }
+        for (path, d) in found {
+            match self.adopt(kernel, d, "daemon") {
+                Ok(()) => n += 1,
+                Err(e) => warn!("profile {} skipped: {e}", path.display()),
+            }
+        }
+        let (run_profiles, errors) = store.load_all();
+        for e in errors {
+            warn!("{e}");
+        }
+        for p in run_profiles {
+            if self.profiles.contains_key(&p.key) {
+                continue;
+            }
+            let d = DaemonProfile::from_ph(&p);
+            if d.pairs.is_empty() {
+                continue;
+            }
+            match self.adopt(kernel, d, "homeostat run") {
+                Ok(()) => {
+                    // Not ours on disk yet: written to daemon/ at the next save.
+                    if let Some(q) = self.profiles.get_mut(&p.key) {
+                        q.dirty = true;
+                    }
+                    n += 1;
+                }
+                Err(e) => warn!(
+                    "profile {} not seeded: {e}",
+                    store.path_for(p.key).display()
+                ),
+            }
+        }
+        n
+    }
+
+    /// Puts a loaded profile into the kernel and the daemon's table.
+    pub(crate) fn adopt(&mut self, kernel: &Kernel, d: DaemonProfile, from: &str) -> Result<()> {
+        let key = d.key();
+        kernel.add_pairs(key, &d.pairs)?;
+        let learn = self.mode_for(&d.path) == Mode::Learn;
+        let prof = Prof::from_file(&d, learn);
+        let state = prof.state;
+        kernel.set_state(key, kernel_state(state))?;
+        self.profiles.insert(key, prof);
+        if state == ProfileState::Normal {
+            let on = self.responds(key);
+            kernel.set_respond(key, on)?;
+        }
+        let r = self.record(
+            "profile_loaded",
+            key,
+            (0, 0),
+            String::new(),
+            0,
+            serde_json::json!({ "pairs": d.pairs.len(), "from": from }),
+        );
+        if let Some(w) = self.json.as_mut() {
+            write_event(w, &r);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prof() -> Prof {
+        Prof {
+            path: Arc::from("/usr/sbin/sshd"),
+            state: ProfileState::Normal,
+            train_count: 5000,
+            last_mod_count: 4000,
+            normal_time_ns: 77,
+            anomalies: 3,
+            seen_calls: 123,
+            seen_new: 4,
+            dirty: true,
+        }
+    }
+
+    #[test]
+    fn a_profile_survives_its_file() {
+        let key = ExeKey {
+            dev: 0xfd01,
+            ino: 9,
+        };
+        let pairs = vec![(0, 1, 0b1), (257, 0, 0b101)];
+        let d = prof().to_file(key, pairs.clone());
+        assert_eq!((d.key(), &d.pairs), (key, &pairs));
+        // Through the bytes and the folder scan the daemon starts with.
+        let state = tempfile::tempdir().unwrap();
+        let dir = daemon_profile::dir_in(state.path());
+        std::fs::create_dir_all(&dir).unwrap();
+        write_atomic(&daemon_profile::path_in(state.path(), key), &d.to_bytes()).unwrap();
+        let (found, bad) = daemon_profile::scan(&dir);
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(found.len(), 1);
+        let back = Prof::from_file(&found[0].1, false);
+        // What is saved comes back; the kernel's counters start again from 0.
+        let want = Prof {
+            seen_calls: 0,
+            seen_new: 0,
+            dirty: false,
+            ..prof()
+        };
+        assert_eq!(back, want);
+    }
+
+    #[test]
+    fn learn_mode_loads_a_normal_profile_frozen_and_bad_counters_are_clamped() {
+        let key = ExeKey { dev: 1, ino: 2 };
+        let mut d = prof().to_file(key, vec![]);
+        assert_eq!(
+            Prof::from_file(&d, true).state,
+            ProfileState::Frozen,
+            "learn mode never tests"
+        );
+        assert_eq!(Prof::from_file(&d, false).state, ProfileState::Normal);
+        d.last_mod_count = d.train_count + 10;
+        assert_eq!(Prof::from_file(&d, false).last_mod_count, d.train_count);
+    }
+}

@@ -1,0 +1,435 @@
+//! The control channel of a running monitor: a Unix socket in the state directory,
+//! `run/<pid>.sock`, owner-only (the directory is 0700 and the socket 0600), speaking
+//! one JSON request line and one JSON reply line per connection.
+//!
+//! The engine belongs to the monitor loop, so a listener thread only forwards requests
+//! over a channel; the loop answers them between calls ([`Server::poll`]), which keeps
+//! every profile change on the one thread that owns the profiles.
+//!
+//! Replies are typed: each request has its reply struct, and any request may be
+//! answered with an [`ErrorReply`] instead (an unknown profile, a busy monitor, a
+//! request this kind of monitor does not serve). Clients read a [`Reply<T>`], so a
+//! field renamed on one side is a compile error or a parse error, never a silent
+//! `null` from a lookup by string.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use homeostat_core::ph::{Mode, ProfileState};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::TaskInfo;
+
+/// A request to a running monitor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    /// The monitored tasks.
+    Ps,
+    /// Save every profile now (so admin commands see the live state on disk).
+    Save,
+    /// Counters (the daemon; a `homeostat run` monitor answers an error).
+    Status,
+    /// The daemon's profiles (a `homeostat run` monitor answers an error).
+    Profiles,
+    /// Profile administration, by profile key (`<dev>-<ino>`).
+    Normalize { key: String },
+    /// Back to training.
+    Sensitize { key: String },
+    /// Forget the training data.
+    Tolerize { key: String },
+    /// Forget the profile.
+    Reset { key: String },
+}
+
+/// `{"error": ...}`: the request failed or is not served by this monitor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// What went wrong, for people.
+    pub error: String,
+}
+
+/// What a client reads back: an error, or the request's own reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply<T> {
+    /// `{"error": ...}` (tried first: no reply type has an `error` field).
+    Error(ErrorReply),
+    /// The reply proper.
+    Ok(T),
+}
+
+impl<T> Reply<T> {
+    /// The reply proper, if it is not an error.
+    pub fn ok(self) -> Option<T> {
+        match self {
+            Reply::Ok(t) => Some(t),
+            Reply::Error(_) => None,
+        }
+    }
+}
+
+/// The reply to [`Request::Ps`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PsReply {
+    /// The monitored tasks.
+    pub tasks: Vec<TaskInfo>,
+}
+
+/// The reply to [`Request::Save`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SaveReply {
+    /// Every changed profile was saved.
+    pub ok: bool,
+    /// What could not be saved (`homeostat run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<String>>,
+    /// How many profiles were written (the daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved: Option<usize>,
+}
+
+/// The reply to an admin request (normalize, sensitize, tolerize, reset).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AdminReply {
+    /// The change was made (false: the monitor does not have the profile).
+    pub ok: bool,
+    /// The profile's state afterwards (`homeostat run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ProfileState>,
+}
+
+/// One of the daemon's profiles, as [`Request::Profiles`] lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileEntry {
+    /// `<dev>-<ino>`.
+    pub key: String,
+    /// The executable's path.
+    pub path: String,
+    /// Its state.
+    pub state: ProfileState,
+    /// Calls trained (pH's train_count).
+    pub train_count: u64,
+    /// Anomalies counted toward anomaly_limit.
+    pub anomalies: u64,
+}
+
+/// The reply to [`Request::Profiles`] (the daemon only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProfilesReply {
+    /// Always true: marks a daemon's reply.
+    pub daemon: bool,
+    /// Its profiles.
+    pub profiles: Vec<ProfileEntry>,
+}
+
+/// The kernel's loss counters, in [`StatusReply`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Losses {
+    /// Events the ring buffer could not take.
+    pub lost_events: u64,
+    /// Pairs not learnt: the rows map was full.
+    pub rows_full: u64,
+    /// Tasks not followed: the task map was full.
+    pub tasks_full: u64,
+    /// Executables without a profile: the profile map was full.
+    pub profiles_full: u64,
+    /// Stops the kernel could not make.
+    pub stops_failed: u64,
+}
+
+/// Profiles by state, in [`StatusReply`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProfileCounts {
+    /// In training.
+    pub training: u64,
+    /// Frozen.
+    pub frozen: u64,
+    /// Normal.
+    pub normal: u64,
+}
+
+/// The reply to [`Request::Status`] (the daemon only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// Always true: marks a daemon's reply.
+    pub daemon: bool,
+    /// The daemon's pid.
+    pub pid: u32,
+    /// Seconds since it started.
+    pub uptime_s: f64,
+    /// Its host-wide mode.
+    pub mode: Mode,
+    /// Whether it can respond (it has a stop guard).
+    pub respond: bool,
+    /// Events received from the kernel.
+    pub events: u64,
+    /// `events / uptime_s`.
+    pub events_per_s: f64,
+    /// Anomalous calls.
+    pub anomalies: u64,
+    /// Responses started.
+    pub responses: u64,
+    /// Pids under response now.
+    pub under_response: Vec<u32>,
+    /// Calls delayed.
+    pub delays: u64,
+    /// execve calls refused.
+    pub execve_refused: u64,
+    /// The kernel's loss counters.
+    pub losses: Losses,
+    /// Profiles by state.
+    pub profiles: ProfileCounts,
+}
+
+/// What a monitor answers: one of the reply types, or an error.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Response {
+    /// See [`PsReply`].
+    Ps(PsReply),
+    /// See [`SaveReply`].
+    Save(SaveReply),
+    /// See [`AdminReply`].
+    Admin(AdminReply),
+    /// See [`ProfilesReply`].
+    Profiles(ProfilesReply),
+    /// See [`StatusReply`].
+    Status(Box<StatusReply>),
+    /// See [`ErrorReply`].
+    Error(ErrorReply),
+}
+
+impl Response {
+    /// An error reply.
+    pub fn error(msg: impl Into<String>) -> Response {
+        Response::Error(ErrorReply { error: msg.into() })
+    }
+}
+
+/// The directory of control sockets.
+pub fn run_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("run")
+}
+
+/// The serving side, owned by the monitor loop.
+pub struct Server {
+    path: PathBuf,
+    rx: Receiver<(Request, Sender<Response>)>,
+}
+
+impl Server {
+    /// Binds `run/<pid>.sock` and starts the listener thread.
+    pub fn start(state_dir: &Path) -> Result<Server> {
+        let dir = run_dir(state_dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("securing {}", dir.display()))?;
+        let path = dir.join(format!("{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener =
+            UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("securing {}", path.display()))?;
+        let (tx, rx) = channel();
+        std::thread::Builder::new()
+            .name("homeostat-control".into())
+            .spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let _ = serve(conn, &tx);
+                }
+            })
+            .context("starting the control thread")?;
+        Ok(Server { path, rx })
+    }
+
+    /// Answers pending requests with `handle`; never blocks.
+    pub fn poll(&self, mut handle: impl FnMut(Request) -> Response) {
+        while let Ok((req, reply)) = self.rx.try_recv() {
+            let _ = reply.send(handle(req));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve(conn: UnixStream, tx: &Sender<(Request, Sender<Response>)>) -> Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new(&conn).read_line(&mut line)?;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => {
+            let (rtx, rrx) = channel();
+            tx.send((req, rtx))?;
+            rrx.recv_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|_| Response::error("monitor busy"))
+        }
+        Err(e) => Response::error(format!("bad request: {e}")),
+    };
+    let mut w = &conn;
+    serde_json::to_writer(&mut w, &reply)?;
+    w.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Sends `req` to every running monitor; returns (monitor pid, reply) pairs, `T` being
+/// the request's reply type. Sockets of monitors that died are removed; a reply that is
+/// neither `T` nor an error is left out, like a monitor that does not answer.
+pub fn broadcast<T: DeserializeOwned>(state_dir: &Path, req: &Request) -> Vec<(u32, Reply<T>)> {
+    let Ok(entries) = std::fs::read_dir(run_dir(state_dir)) else {
+        return vec![];
+    };
+    let mut out = vec![];
+    for e in entries.flatten() {
+        let path = e.path();
+        let Some(pid) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".sock"))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        match ask(&path, req) {
+            Ok(v) => out.push((pid, v)),
+            Err(_) if !Path::new(&format!("/proc/{pid}")).exists() => {
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(_) => {}
+        }
+    }
+    out.sort_by_key(|(p, _)| *p);
+    out
+}
+
+fn ask<T: DeserializeOwned>(path: &Path, req: &Request) -> Result<Reply<T>> {
+    let conn = UnixStream::connect(path)?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut w = &conn;
+    serde_json::to_writer(&mut w, req)?;
+    w.write_all(b"\n")?;
+    let mut line = String::new();
+    BufReader::new(&conn).read_line(&mut line)?;
+    Ok(serde_json::from_str(&line)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reply as it crosses the socket: serialized by the monitor, read by a client.
+    fn wire<T: DeserializeOwned>(r: &Response) -> Reply<T> {
+        serde_json::from_str(&serde_json::to_string(r).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn requests_keep_their_wire_form() {
+        let r = Request::Normalize { key: "1-2".into() };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"cmd":"normalize","key":"1-2"}"#);
+        assert!(matches!(
+            serde_json::from_str::<Request>(r#"{"cmd":"ps"}"#).unwrap(),
+            Request::Ps
+        ));
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"rm -rf"}"#).is_err());
+    }
+
+    #[test]
+    fn errors_and_replies_are_told_apart() {
+        let e: Reply<AdminReply> = wire(&Response::error("no such profile"));
+        assert!(matches!(e, Reply::Error(ErrorReply { ref error }) if error == "no such profile"));
+        let ok: Reply<AdminReply> = wire(&Response::Admin(AdminReply {
+            ok: true,
+            state: Some(ProfileState::Normal),
+        }));
+        assert_eq!(
+            ok.ok(),
+            Some(AdminReply {
+                ok: true,
+                state: Some(ProfileState::Normal)
+            })
+        );
+        // A reply of another request is not mistaken for this one.
+        let ps = serde_json::to_string(&Response::Ps(PsReply { tasks: vec![] })).unwrap();
+        assert!(serde_json::from_str::<Reply<StatusReply>>(&ps).is_err());
+    }
+
+    #[test]
+    fn status_round_trips() {
+        let s = StatusReply {
+            daemon: true,
+            pid: 7,
+            uptime_s: 2.5,
+            mode: Mode::Detect,
+            respond: false,
+            events: 10,
+            events_per_s: 4.0,
+            anomalies: 1,
+            responses: 0,
+            under_response: vec![42],
+            delays: 3,
+            execve_refused: 0,
+            losses: Losses {
+                rows_full: 9,
+                ..Losses::default()
+            },
+            profiles: ProfileCounts {
+                training: 1,
+                frozen: 2,
+                normal: 3,
+            },
+        };
+        let back = wire::<StatusReply>(&Response::Status(Box::new(s.clone())))
+            .ok()
+            .unwrap();
+        assert_eq!(back.under_response, vec![42]);
+        assert_eq!(back.losses, s.losses);
+        assert_eq!(back.profiles, s.profiles);
+        assert_eq!(back.mode, Mode::Detect);
+    }
+
+    #[test]
+    fn a_live_server_answers_and_removes_its_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(dir.path()).unwrap();
+        let me = std::process::id();
+        let asker = {
+            let d = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                broadcast::<AdminReply>(&d, &Request::Tolerize { key: "1-2".into() })
+            })
+        };
+        let t0 = std::time::Instant::now();
+        let mut served = false;
+        while !asker.is_finished() && t0.elapsed() < Duration::from_secs(10) {
+            server.poll(|req| {
+                served = matches!(req, Request::Tolerize { ref key } if key == "1-2");
+                Response::Admin(AdminReply {
+                    ok: true,
+                    state: None,
+                })
+            });
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let replies = asker.join().unwrap();
+        assert!(served);
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].0, me);
+        assert!(matches!(
+            replies[0].1,
+            Reply::Ok(AdminReply { ok: true, .. })
+        ));
+        drop(server);
+        assert!(!run_dir(dir.path()).join(format!("{me}.sock")).exists());
+    }
+}

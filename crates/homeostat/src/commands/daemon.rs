@@ -1,0 +1,95 @@
+//! `homeostat daemon` and `homeostat status`: the arguments turned into
+//! `homeostat_daemon` options, and a running daemon's counters printed. The daemon
+//! itself (lifecycle, response, persistence, admin, metrics) is the `homeostat-daemon`
+//! crate.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use homeostat_core::ph::Mode;
+use homeostat_daemon::DaemonOptions;
+use homeostat_monitor::control::{broadcast, Request, StatusReply};
+use homeostat_monitor::sink::open_events;
+
+use super::state::{open_store, settings};
+use crate::cli::{DaemonArgs, StateFlags};
+
+/// `homeostat daemon`.
+pub fn run(a: DaemonArgs) -> Result<()> {
+    crate::logging::init_daemon();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
+        .context("installing the Ctrl-C handler")?;
+    let mode = if a.learn {
+        Some(Mode::Learn)
+    } else if a.detect {
+        Some(Mode::Detect)
+    } else if a.enforce {
+        Some(Mode::Enforce)
+    } else {
+        None
+    };
+    let opts = DaemonOptions {
+        settings: settings(&a.state, mode, a.normal_wait)?,
+        store: open_store(&a.state)?,
+        events: open_events(a.events.as_deref())?,
+        quiet: a.quiet,
+        metrics: a.metrics,
+        duration: a.duration.map(Duration::from_secs_f64),
+    };
+    homeostat_daemon::run(opts, &stop)
+}
+
+/// `homeostat daemon-stop-guard` (started by the daemon, never by hand).
+pub fn stop_guard(map_id: u32) -> Result<()> {
+    // Ignored: only the daemon's exit ends the guard.
+    ctrlc::set_handler(|| {}).context("ignoring termination signals")?;
+    homeostat_daemon::stop_guard::serve(map_id)
+}
+
+/// `homeostat status`: a running daemon's counters.
+pub fn status(json: bool, state: &StateFlags) -> Result<()> {
+    let store = open_store(state)?;
+    let replies: Vec<(u32, StatusReply)> = broadcast::<StatusReply>(store.dir(), &Request::Status)
+        .into_iter()
+        .filter_map(|(pid, r)| Some((pid, r.ok().filter(|s| s.daemon)?)))
+        .collect();
+    if json {
+        // Through a JSON value, whose keys print sorted: the output of earlier versions.
+        let all = replies
+            .iter()
+            .map(|(_, s)| serde_json::to_value(s))
+            .collect::<serde_json::Result<Vec<_>>>()?;
+        println!("{}", serde_json::to_string(&all)?);
+        return Ok(());
+    }
+    if replies.is_empty() {
+        anyhow::bail!("no running daemon in {}", store.dir().display());
+    }
+    for (pid, s) in &replies {
+        let (l, p) = (&s.losses, &s.profiles);
+        println!(
+            "daemon pid {pid}: mode {}, up {:.0} s, response {}",
+            serde_json::to_string(&s.mode)?,
+            s.uptime_s,
+            if s.respond { "on" } else { "off" }
+        );
+        println!(
+            "  events {} ({:.1}/s), anomalies {}, responses {} ({} now), delayed calls {}, execve refused {}",
+            s.events, s.events_per_s, s.anomalies, s.responses,
+            s.under_response.len(), s.delays, s.execve_refused
+        );
+        println!(
+            "  profiles: {} training, {} frozen, {} normal",
+            p.training, p.frozen, p.normal
+        );
+        println!(
+            "  losses: {} events, {} pairs (rows full), {} tasks, {} profiles, {} stops",
+            l.lost_events, l.rows_full, l.tasks_full, l.profiles_full, l.stops_failed
+        );
+    }
+    Ok(())
+}
