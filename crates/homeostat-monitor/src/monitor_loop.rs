@@ -238,11 +238,23 @@ pub fn run(
     opts: &LaunchOptions,
     consumer: &mut dyn Consumer,
 ) -> Result<ChildStatus> {
+    run_with(argv, opts, consumer, &mut |_| {})
+}
+
+/// [`run`], calling `started` with the direct child's pid once it runs (before any of
+/// its calls is served): for the caller to forward signals to it, for example.
+pub fn run_with(
+    argv: &[OsString],
+    opts: &LaunchOptions,
+    consumer: &mut dyn Consumer,
+    started: &mut dyn FnMut(i32),
+) -> Result<ChildStatus> {
     let sup = Supervisor::spawn(argv, opts).map_err(|e| match e {
         // Already "cannot run X: <errno>"; main turns it into the shell's 127/126.
         e @ homeostat_seccomp::LaunchError::Exec { .. } => anyhow::Error::new(e),
         e => anyhow::Error::new(e).context(format!("cannot run {}", argv[0].to_string_lossy())),
     })?;
+    started(sup.child_pid());
     let status = drive(&mut Launcher(sup), consumer, &AtomicBool::new(false))?;
     Ok(status.unwrap_or(ChildStatus::Unknown))
 }

@@ -513,6 +513,15 @@ fn empty_training_input_writes_no_profile() {
     }
 }
 
+/// Whether a `sleep` with argument `marker` runs (the monitor's own command line holds
+/// the marker too, so argv[0] tells them apart).
+fn sleeping(marker: &str) -> bool {
+    pids_with(marker).into_iter().any(|pid| {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        cmd.starts_with(b"sleep\0")
+    })
+}
+
 /// Pids (other than this test's) whose command line contains `marker`.
 fn pids_with(marker: &str) -> Vec<i32> {
     let mut v = vec![];
@@ -579,8 +588,7 @@ fn monitored_sleep(state: &Path, marker: &str, group: bool) -> Running {
         marker: marker.to_string(),
     };
     assert!(
-        wait_until(10.0, || sockets(state) == 1
-            && !pids_with(marker).is_empty()),
+        wait_until(10.0, || sockets(state) == 1 && sleeping(marker)),
         "monitor up"
     );
     running

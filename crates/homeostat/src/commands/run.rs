@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -18,6 +18,63 @@ use tracing::{info, warn};
 
 use super::state::{open_store, settings};
 use crate::cli::{AttachArgs, MonitorFlags, RecordArgs, RunArgs};
+
+/// The monitored program's pid, for [`forward`] (0 until it runs).
+static PROGRAM: AtomicI32 = AtomicI32::new(0);
+/// A signal that came before the program ran, passed on once it does.
+static PENDING: AtomicI32 = AtomicI32::new(0);
+
+/// Passes a signal on to the monitored program (or keeps it for when the program
+/// runs). Only `kill` and atomics, which are async-signal-safe, run in the handler.
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = PROGRAM.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill has no memory effects and may be called from a signal handler.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    } else {
+        PENDING.store(sig, Ordering::SeqCst);
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP go to the monitored program, as strace passes them on,
+/// instead of killing the monitor: it then sees the program end, saves what it learnt,
+/// removes its control socket and exits with the program's status (killed: 128 + the
+/// signal, as a shell reports it). Installed before the program starts, so no signal
+/// is lost; the launcher's keeper resets every handler, and the program's exec does.
+fn forward_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: a zeroed sigaction is a valid starting value; the handler only calls
+        // kill and touches atomics.
+        let failed = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = forward as *const () as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0
+        };
+        if failed {
+            warn!(
+                "cannot forward signal {sig}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// The program runs: signals go to it from now on, and one that came before is
+/// passed on now.
+fn program_started(pid: i32) {
+    PROGRAM.store(pid, Ordering::SeqCst);
+    let sig = PENDING.swap(0, Ordering::SeqCst);
+    if sig != 0 {
+        // SAFETY: kill has no memory effects.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
 
 /// A pH consumer set up from the monitoring flags: config, state directory, events
 /// sink, control channel. Returns it with a counter of anomalous calls.
@@ -67,6 +124,7 @@ fn report(quiet: bool, anomalies: &Mutex<u64>) {
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
+    forward_signals();
     let (mut consumer, anomalies) = monitor(&a.monitor)?;
     let opts = LaunchOptions {
         fail_mode: if a.fail_closed {
@@ -76,7 +134,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         },
         ..LaunchOptions::default()
     };
-    let status = launch::run(&a.command, &opts, &mut consumer);
+    let status = launch::run_with(&a.command, &opts, &mut consumer, &mut program_started);
     consumer.save();
     let status = status?;
     report(a.monitor.quiet, &anomalies);
@@ -184,6 +242,7 @@ impl Consumer for Recorder {
 }
 
 pub fn record(a: RecordArgs) -> Result<()> {
+    forward_signals();
     let file = File::create(&a.output)
         .with_context(|| format!("creating recording {}", a.output.display()))?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -201,7 +260,12 @@ pub fn record(a: RecordArgs) -> Result<()> {
         task_exe: HashMap::new(),
         error: None,
     };
-    let status = launch::run(&a.command, &LaunchOptions::default(), &mut rec)?;
+    let status = launch::run_with(
+        &a.command,
+        &LaunchOptions::default(),
+        &mut rec,
+        &mut program_started,
+    )?;
     let what = || format!("writing recording {}", a.output.display());
     if let Some(e) = rec.error {
         return Err(e).with_context(what);
