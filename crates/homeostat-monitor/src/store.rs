@@ -91,8 +91,9 @@ fn kind(m: &std::fs::Metadata) -> &'static str {
 }
 
 /// Refuses to replace anything but a regular file (or a missing path): renaming over
-/// a device node or FIFO would silently turn it into a regular file.
-fn check_replaceable(path: &Path) -> Result<(), StoreError> {
+/// a device node or FIFO would silently turn it into a regular file, and writing into
+/// one would write to the device. For every output file, atomic or not.
+pub fn check_replaceable(path: &Path) -> Result<(), StoreError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
         Ok(m) => Err(err(

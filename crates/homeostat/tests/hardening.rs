@@ -155,6 +155,15 @@ fn outputs_never_replace_special_files() {
         );
         assert!(err.contains(kind) && err.contains("refusing"), "{err}");
     }
+    for (target, kind) in &targets {
+        let err = fails(
+            bin()
+                .args(["record", "-o"])
+                .arg(target)
+                .args(["--", "true"]),
+        );
+        assert!(err.contains(kind) && err.contains("refusing"), "{err}");
+    }
     assert!(file_type(&fifo).is_fifo(), "the FIFO is still a FIFO");
     if let Some((node, _)) = targets.get(1) {
         assert!(

@@ -243,6 +243,7 @@ impl Consumer for Recorder {
 
 pub fn record(a: RecordArgs) -> Result<()> {
     forward_signals();
+    homeostat_monitor::store::check_replaceable(&a.output)?;
     let file = File::create(&a.output)
         .with_context(|| format!("creating recording {}", a.output.display()))?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
