@@ -25,6 +25,7 @@
 //! (docs/daemon.md). One module per concern: [`main_loop`] (start, loop, shutdown),
 //! `daemon` (the state), `events`, `lifecycle`, `admin` (control requests), `persist`,
 //! [`prometheus`] (the metrics endpoint), [`respond`], [`stop_guard`].
+#![forbid(unsafe_code)]
 
 mod admin;
 mod daemon;

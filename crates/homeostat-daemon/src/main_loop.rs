@@ -150,8 +150,7 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         if let Err(e) = events.poll(poll) {
             // A signal (the stop signal, whose handler runs on another thread) is not
             // an error.
-            let msg = e.to_string();
-            if !msg.contains("nterrupted") && !msg.contains("EINTR") {
+            if !e.is_interrupted() {
                 result = Err(anyhow!(e));
                 break;
             }

@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use homeostat_core::ph::ExeKey;
 use homeostat_ebpf::{Error, Event, EventKind, ExecLsm, Hook, Kernel, KernelState, Options};
+use homeostat_testsupport::{is_root, spawn};
 
 fn kernel() -> Option<Kernel> {
     kernel_with(&Options::default())
 }
 
 fn kernel_with(opts: &Options) -> Option<Kernel> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("skipped: needs root to load BPF programs");
         return None;
     }
@@ -45,21 +45,6 @@ fn private_copy(dir: &Path, bin: &str) -> (PathBuf, ExeKey) {
             ino: m.ino(),
         },
     )
-}
-
-/// Spawns, retrying while the executable is "busy": a private copy written by one test
-/// can still be open for writing in a child another test thread forked meanwhile
-/// (until that child's exec closes it), which makes exec fail with ETXTBSY.
-fn spawn(cmd: &mut Command) -> std::process::Child {
-    for _ in 0..100 {
-        match cmd.spawn() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            r => return r.unwrap(),
-        }
-    }
-    panic!("executable still busy after 2 s")
 }
 
 fn run(bin: &Path, args: &[&str]) -> u32 {

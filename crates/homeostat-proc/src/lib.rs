@@ -1,8 +1,13 @@
 //! What every capture mechanism (seccomp launcher, ptrace attach) needs to know about a
 //! task beyond its call number: which executable it runs (the key of its pH profile),
 //! its thread group and parent, its state; and errno values that print like the shell's.
-//! Read once per task (and once per exec), never per call.
+//! Read once per task (and once per exec), never per call. Also the type both front
+//! ends report a held call as, and the answer they apply (`call`).
 #![forbid(unsafe_code)]
+
+mod call;
+
+pub use call::{Action, Call};
 
 use std::fmt;
 use std::os::unix::fs::MetadataExt;

@@ -21,12 +21,12 @@
 //!
 //! Needs Linux 5.3 or later (`PTRACE_GET_SYSCALL_INFO`) on x86_64; 32-bit (i386) programs
 //! are traced too and reported with their own architecture.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod proc;
 mod sys;
 mod tracer;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 pub use sys::Errno;
@@ -59,14 +59,10 @@ impl Default for AttachOptions {
     }
 }
 
-/// The answer to one system-call entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Let the call run.
-    Continue,
-    /// Do not run it; it returns `-errno` (errno in `1..=4095`, e.g. `libc::EPERM`).
-    Deny(i32),
-}
+/// The answer to one system-call entry; the same type as the seccomp front end's.
+pub use homeostat_proc::Action;
+/// What a syscall-entry stop reports, shared with the seccomp front end.
+pub use homeostat_proc::Call;
 
 /// What [`Tracer::next`] reports.
 #[derive(Clone, Debug)]
@@ -81,26 +77,22 @@ pub enum TraceEvent {
     AllGone,
 }
 
-/// One system call about to run.
+/// One system call about to run: the [`Call`] (its fields read through `Deref`; its
+/// `tid` is what [`Tracer::respond`] takes) and where the task came from.
 #[derive(Clone, Debug)]
 pub struct SyscallStop {
-    /// Thread id of the caller (what [`Tracer::respond`] takes).
-    pub tid: i32,
-    /// Process (thread group) id of the caller.
-    pub pid: i32,
-    /// `AUDIT_ARCH_X86_64` (0xc000003e) or `AUDIT_ARCH_I386` (0x40000003): the same
-    /// number means different calls in the two ABIs.
-    pub arch: u32,
-    /// System call number (x32 calls keep their 0x40000000 bit).
-    pub nr: u32,
-    pub args: [u64; 6],
-    /// The executable the task runs now, before this call.
-    pub exe: Arc<Exe>,
-    /// First call reported for this tid: a task present at attach, or one created since.
-    pub new_task: bool,
+    /// The call.
+    pub call: Call,
     /// For a process or thread created under tracing: the tid that forked or cloned it.
     /// `None` for the tasks found at attach.
     pub parent: Option<i32>,
+}
+
+impl std::ops::Deref for SyscallStop {
+    type Target = Call;
+    fn deref(&self) -> &Call {
+        &self.call
+    }
 }
 
 pub use homeostat_proc::Exe;
@@ -141,10 +133,8 @@ pub enum AttachError {
     Unsupported(Errno),
 }
 
-/// Architecture tokens reported in [`SyscallStop::arch`].
+/// Architecture tokens reported in [`SyscallStop::arch`] (they live in
+/// `homeostat_syscalls`, with what each call is: `homeostat_syscalls::call_kind`).
 pub mod arch {
-    pub const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-    pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
-    /// Set in `nr` for x32-ABI calls (which report `AUDIT_ARCH_X86_64`).
-    pub const X32_BIT: u32 = 0x4000_0000;
+    pub use homeostat_syscalls::{AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, X32_BIT};
 }

@@ -1,4 +1,6 @@
-//! Thin wrappers over `ptrace(2)`, `waitpid(2)` and friends: the crate's unsafe edge.
+//! Thin wrappers over `ptrace(2)` and `waitpid(2)` (through rustix): the crate's
+//! unsafe edge. The ptrace requests stay hand-written: nix lacks `PTRACE_LISTEN`, and its
+//! `PTRACE_GET_SYSCALL_INFO` returns a C union that would need unsafe to read anyway.
 //!
 //! The raw `syscall(SYS_ptrace, ..)` is used rather than glibc's variadic `ptrace()`
 //! wrapper, whose `PEEK*` requests change the calling convention; none of the requests
@@ -171,26 +173,26 @@ pub(crate) fn get_syscall_info(tid: i32) -> Result<SyscallInfo, Errno> {
 /// `waitpid(-1, .., __WALL | __WNOTHREAD [| WNOHANG])`: the next state change of a tracee
 /// of *this thread* (tracees belong to the thread that attached; `__WNOTHREAD` keeps
 /// other threads' children and tracees out of it). `Ok(None)`: nothing yet (WNOHANG).
+/// The status is the raw wait status, which carries the ptrace event in its high bits.
 pub(crate) fn wait_any(nohang: bool) -> Result<Option<(i32, c_int)>, Errno> {
-    let mut status: c_int = 0;
-    let flags = libc::__WALL | libc::__WNOTHREAD | if nohang { libc::WNOHANG } else { 0 };
-    // SAFETY: status is a valid int for the kernel to write.
-    let r = unsafe { libc::waitpid(-1, &mut status, flags) };
-    match r {
-        0 => Ok(None),
-        r if r > 0 => Ok(Some((r, status))),
-        _ => Err(Errno(last_errno())),
+    use rustix::process::WaitOptions;
+    // rustix names neither __WALL nor __WNOTHREAD; it passes unnamed flags through.
+    let mut flags = WaitOptions::from_bits_retain((libc::__WALL | libc::__WNOTHREAD) as u32);
+    if nohang {
+        flags |= WaitOptions::NOHANG;
+    }
+    match rustix::process::wait(flags) {
+        Ok(None) => Ok(None),
+        Ok(Some((pid, status))) => Ok(Some((pid.as_raw_nonzero().get(), status.as_raw()))),
+        Err(e) => Err(Errno(e.raw_os_error())),
     }
 }
 
 pub(crate) fn gettid() -> i32 {
-    // SAFETY: gettid has no arguments and cannot fail.
-    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+    rustix::thread::gettid().as_raw_nonzero().get()
 }
 
 pub(crate) fn sched_yield() {
-    // SAFETY: no arguments; it cannot fail on Linux.
-    unsafe {
-        libc::sched_yield();
-    }
+    // std's yield_now is sched_yield(2) on Linux.
+    std::thread::yield_now();
 }

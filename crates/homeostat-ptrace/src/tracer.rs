@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::sys::{self, Errno, SyscallInfo};
-use crate::{proc, Action, AttachError, AttachOptions, Exe, SyscallStop, TraceEvent};
+use crate::{proc, Action, AttachError, AttachOptions, Call, Exe, SyscallStop, TraceEvent};
 
 /// Upper bound on the sleeps between polls when `next` has a deadline: the most a stop
 /// can wait unnoticed once the spin is over.
@@ -611,13 +611,15 @@ impl Tracer {
                     }
                 };
                 Ok(Some(TraceEvent::Syscall(SyscallStop {
-                    tid,
-                    pid: task.tgid,
-                    arch,
-                    nr: nr as u32,
-                    args,
-                    exe,
-                    new_task,
+                    call: Call {
+                        tid,
+                        pid: task.tgid,
+                        arch,
+                        nr: nr as u32,
+                        args,
+                        exe,
+                        new_task,
+                    },
                     parent: task.parent,
                 })))
             }
@@ -689,11 +691,7 @@ impl Tracer {
     /// `TaskGone` reported or about to be) is answered `Ok`; a live tid that is not at a
     /// reported entry gives [`AttachError::NotHeld`].
     pub fn respond(&mut self, tid: i32, action: Action) -> Result<(), AttachError> {
-        if let Action::Deny(errno) = action {
-            if !(1..=4095).contains(&errno) {
-                return Err(AttachError::BadErrno(errno));
-            }
-        }
+        action.checked().map_err(AttachError::BadErrno)?;
         let Some(task) = self.tasks.get_mut(&tid) else {
             return Ok(());
         };

@@ -14,22 +14,14 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use homeostat_ptrace::{arch, Action, AttachError, AttachOptions, SyscallStop, TraceEvent, Tracer};
 
 /// Upper bound for any one wait in these tests.
 const LIMIT: Duration = Duration::from_secs(30);
-const NR_EXECVE: u32 = 59;
-const NR_MKDIR: u32 = 83;
-const NR_MKDIRAT: u32 = 258;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use homeostat_testsupport::nr::{EXECVE as NR_EXECVE, MKDIR as NR_MKDIR, MKDIRAT as NR_MKDIRAT};
+use homeostat_testsupport::serial;
 
 /// A monitored program, run under a small `sh` parent of its own so that it is *not* a
 /// child of this process: a tracer thread in the real parent's process is treated as the

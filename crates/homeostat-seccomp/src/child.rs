@@ -49,8 +49,7 @@ pub(crate) struct ChildPlan {
 /// The filter: every system call of the x86_64 and i386 ABIs goes to the supervisor;
 /// anything else (no other ABI exists on x86_64 hardware) is allowed.
 pub(crate) fn filter() -> [libc::sock_filter; 5] {
-    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-    const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+    use homeostat_syscalls::{AUDIT_ARCH_I386, AUDIT_ARCH_X86_64};
     const ARCH_OFFSET: u32 = 4; // offsetof(struct seccomp_data, arch)
     let stmt = |code: u32, k: u32| libc::sock_filter {
         code: code as u16,
@@ -85,7 +84,7 @@ fn fail(status_w: RawFd, stage: i32, errno: i32) -> ! {
 /// # Safety
 /// Must be called only in a freshly forked child; `plan`'s pointers must be valid in it.
 pub(crate) unsafe fn child_main(plan: &ChildPlan) -> ! {
-    // SAFETY (whole block): raw system calls on stack data and on the plan's pointers,
+    // SAFETY: (whole block) raw system calls on stack data and on the plan's pointers,
     // which the caller guarantees are valid in this process image.
     unsafe {
         // A program expects the signal state a shell gives it: nothing blocked (the

@@ -103,7 +103,7 @@ fn exit(code: c_int) -> ! {
 /// Must be called only in a freshly forked process; `plan`'s pointers (shared table,
 /// child plan) must be valid in it.
 pub(crate) unsafe fn keeper_main(plan: &KeeperPlan) -> ! {
-    // SAFETY (whole block): raw system calls on stack data, descriptors this process
+    // SAFETY: (whole block) raw system calls on stack data, descriptors this process
     // inherited, and the plan's pointers, valid per the caller's contract.
     unsafe {
         let fail = |errno: c_int| -> ! {
@@ -607,7 +607,7 @@ mod tests {
         let me = std::process::id() as i32;
         let (state, ppid) = stat_state_ppid(me).expect("own stat");
         assert!(state == b'R' || state == b'S');
-        assert_eq!(ppid, unsafe { libc::getppid() });
+        assert_eq!(ppid, std::os::unix::process::parent_id() as i32);
     }
 
     #[test]

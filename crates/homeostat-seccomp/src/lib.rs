@@ -27,14 +27,14 @@
 //! `POLLHUP` on a listener no task uses any more); uses
 //! `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (6.6) and `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`
 //! (5.19) when present.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod child;
 mod inflight;
 mod keeper;
+pub mod signals;
 mod supervisor;
 mod sys;
-
-use std::sync::Arc;
 
 pub use supervisor::Supervisor;
 pub use sys::Errno;
@@ -69,14 +69,11 @@ impl Default for LaunchOptions {
     }
 }
 
-/// The answer to one notified system call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Let the call run (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`).
-    Continue,
-    /// Do not run it; it returns `-errno` (errno in `1..=4095`, e.g. `libc::EPERM`).
-    Deny(i32),
-}
+/// The answer to one notified system call (`Continue`: answered with
+/// `SECCOMP_USER_NOTIF_FLAG_CONTINUE`); the same type as the ptrace front end's.
+pub use homeostat_proc::Action;
+/// What a notified call reports, shared with the ptrace front end.
+pub use homeostat_proc::Call;
 
 /// How the direct child ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,26 +115,21 @@ pub enum Event {
     TreeGone,
 }
 
-/// One notified system call.
+/// One notified system call: the [`Call`] (its fields read through `Deref`) and the
+/// notification id to answer it by.
 #[derive(Clone, Debug)]
 pub struct SyscallEvent {
     /// Notification id: pass it to [`Supervisor::respond`].
     pub id: u64,
-    /// Thread id of the caller.
-    pub tid: i32,
-    /// Process (thread group) id of the caller.
-    pub pid: i32,
-    /// `AUDIT_ARCH_X86_64` (0xc000003e) or `AUDIT_ARCH_I386` (0x40000003): the same number
-    /// means different calls in the two ABIs.
-    pub arch: u32,
-    /// System call number (x32 calls keep their 0x40000000 bit).
-    pub nr: u32,
-    pub args: [u64; 6],
-    /// The executable the task runs now, before this call.
-    pub exe: Arc<Exe>,
-    /// First event from this task: a new process or thread, or the launched program's
-    /// first call after its exec.
-    pub new_task: bool,
+    /// The call.
+    pub call: Call,
+}
+
+impl std::ops::Deref for SyscallEvent {
+    type Target = Call;
+    fn deref(&self) -> &Call {
+        &self.call
+    }
 }
 
 pub use homeostat_proc::Exe;
@@ -161,48 +153,10 @@ pub enum LaunchError {
     UnsupportedArch,
 }
 
-/// System call numbers the supervisor's bookkeeping needs, per ABI.
+/// The syscall facts the supervisor's bookkeeping needs (they live in
+/// `homeostat_syscalls`; re-exported under the names the launcher's callers use).
 pub mod nr {
-    pub const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-    pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
-    /// Set in `nr` for x32-ABI calls (which report `AUDIT_ARCH_X86_64`).
-    pub const X32_BIT: u32 = 0x4000_0000;
-
-    /// The kinds of call the supervisor tracks to keep its per-task caches right.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum Kind {
-        Exec,
-        Exit,
-        ExitGroup,
-        Clone,
-        Other,
-    }
-
-    /// Classifies `(arch, nr)`.
-    pub fn kind(arch: u32, nr: u32) -> Kind {
-        match arch {
-            AUDIT_ARCH_X86_64 if nr & X32_BIT != 0 => match nr & !X32_BIT {
-                520 | 545 => Kind::Exec,
-                60 => Kind::Exit,
-                231 => Kind::ExitGroup,
-                56..=58 | 435 => Kind::Clone,
-                _ => Kind::Other,
-            },
-            AUDIT_ARCH_X86_64 => match nr {
-                59 | 322 => Kind::Exec,
-                60 => Kind::Exit,
-                231 => Kind::ExitGroup,
-                56..=58 | 435 => Kind::Clone,
-                _ => Kind::Other,
-            },
-            AUDIT_ARCH_I386 => match nr {
-                11 | 358 => Kind::Exec,
-                1 => Kind::Exit,
-                252 => Kind::ExitGroup,
-                2 | 120 | 190 | 435 => Kind::Clone,
-                _ => Kind::Other,
-            },
-            _ => Kind::Other,
-        }
-    }
+    pub use homeostat_syscalls::{
+        call_kind as kind, CallKind as Kind, AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, X32_BIT,
+    };
 }

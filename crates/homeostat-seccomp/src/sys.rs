@@ -1,13 +1,21 @@
-//! Thin wrappers over the raw system calls the launcher needs.
+//! The system calls the launcher needs: pidfds, pipes, sockets and descriptor passing
+//! through rustix; the seccomp-notify ioctls, which no crate wraps, by hand.
 //!
 //! This is where the crate's `unsafe` lives. Every wrapper here is also safe to call in a
 //! child between `fork` and `execve` of a multi-threaded parent (the keeper and the
-//! pre-exec child run there): none allocates, takes a lock, or touches Rust's std I/O.
+//! pre-exec child run there): none allocates, takes a lock, or touches Rust's std I/O
+//! (rustix's Linux backend makes the system calls directly, on the caller's buffers).
 //! Errors are returned as [`Errno`] values, never panics.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use libc::{c_int, c_long, c_uint};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, Signal};
 
 pub use homeostat_proc::Errno;
 
@@ -25,36 +33,46 @@ fn cvt(r: c_long) -> Result<c_long, Errno> {
     }
 }
 
-fn cvt_fd(r: c_long) -> Result<OwnedFd, Errno> {
-    let fd = cvt(r)? as RawFd;
-    // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+fn errno(e: rustix::io::Errno) -> Errno {
+    Errno(e.raw_os_error())
+}
+
+/// A descriptor the caller owns and keeps open for the duration of a call. The keeper
+/// and the child hold theirs as plain numbers (inherited across fork, prepared before
+/// it), hence this one conversion.
+fn borrow(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: every caller passes a descriptor of this process that stays open until
+    // the wrapper returns; the borrow does not outlive the wrapper's call.
+    unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
 pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
-    // SAFETY: plain system call with integer arguments.
-    cvt_fd(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as c_uint) })
+    let pid = Pid::from_raw(pid).ok_or(Errno(libc::EINVAL))?;
+    rustix::process::pidfd_open(pid, PidfdFlags::empty()).map_err(errno)
 }
 
 /// Duplicates descriptor `target` of the process behind `pidfd` into this process
 /// (close-on-exec set by the kernel).
-pub(crate) fn pidfd_getfd(pidfd: RawFd, target: RawFd) -> Result<OwnedFd, Errno> {
-    // SAFETY: plain system call with integer arguments.
-    cvt_fd(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, target, 0 as c_uint) })
+pub(crate) fn pidfd_getfd(pidfd: impl AsFd, target: RawFd) -> Result<OwnedFd, Errno> {
+    rustix::process::pidfd_getfd(pidfd, target, PidfdGetfdFlags::empty()).map_err(errno)
 }
 
-pub(crate) fn pidfd_send_signal(pidfd: RawFd, sig: c_int) -> Result<(), Errno> {
-    // SAFETY: a null siginfo pointer is allowed and means "as kill(2) would".
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd,
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0 as c_uint,
-        )
-    })
-    .map(drop)
+pub(crate) fn pidfd_kill(pidfd: impl AsFd) -> Result<(), Errno> {
+    rustix::process::pidfd_send_signal(pidfd, Signal::KILL).map_err(errno)
+}
+
+/// Waits for child `pid` to end (retrying `EINTR`); its exit code, `None` if it was
+/// killed or cannot be waited for.
+pub(crate) fn wait_exit_code(pid: i32) -> Option<i32> {
+    let pid = Pid::from_raw(pid)?;
+    loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Ok(Some((_, st))) => return st.exit_status(),
+            Ok(None) => return None,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return None,
+        }
+    }
 }
 
 /// `poll(2)`; `EINTR` comes back as an error for the caller to retry.
@@ -73,26 +91,17 @@ pub(crate) fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
 }
 
 pub(crate) fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), Errno> {
-    let mut fds = [0 as c_int; 2];
-    // SAFETY: fds has room for the two descriptors pipe2 writes.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as c_long)?;
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(errno)
 }
 
 pub(crate) fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), Errno> {
-    let mut fds = [0 as c_int; 2];
-    // SAFETY: fds has room for the two descriptors socketpair writes.
-    cvt(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    } as c_long)?;
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(errno)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -138,15 +147,12 @@ impl Msg {
 pub(crate) fn write_msg(fd: RawFd, msg: Msg) -> Result<(), Errno> {
     let bytes = msg.to_bytes();
     loop {
-        // SAFETY: bytes is a valid buffer of MSG_LEN bytes.
-        let r = unsafe { libc::write(fd, bytes.as_ptr().cast(), MSG_LEN) };
-        if r == MSG_LEN as isize {
-            return Ok(());
+        match rustix::io::write(borrow(fd), &bytes) {
+            Ok(MSG_LEN) => return Ok(()),
+            Ok(_) => return Err(Errno(libc::EIO)),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(errno(e)),
         }
-        if r < 0 && last_errno() == libc::EINTR {
-            continue;
-        }
-        return Err(Errno(if r < 0 { last_errno() } else { libc::EIO }));
     }
 }
 
@@ -154,24 +160,18 @@ pub(crate) fn write_msg(fd: RawFd, msg: Msg) -> Result<(), Errno> {
 pub(crate) fn read_msg(fd: RawFd) -> Result<Option<Msg>, Errno> {
     let mut bytes = [0u8; MSG_LEN];
     loop {
-        // SAFETY: bytes is a valid writable buffer of MSG_LEN bytes.
-        let r = unsafe { libc::read(fd, bytes.as_mut_ptr().cast(), MSG_LEN) };
-        if r == 0 {
-            return Ok(None);
+        match rustix::io::read(borrow(fd), &mut bytes) {
+            Ok(0) => return Ok(None),
+            Ok(MSG_LEN) => return Ok(Some(Msg::from_bytes(&bytes))),
+            Ok(_) => return Err(Errno(libc::EIO)),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(errno(e)),
         }
-        if r == MSG_LEN as isize {
-            return Ok(Some(Msg::from_bytes(&bytes)));
-        }
-        if r < 0 && last_errno() == libc::EINTR {
-            continue;
-        }
-        return Err(Errno(if r < 0 { last_errno() } else { libc::EIO }));
     }
 }
 
-/// Room for one `cmsghdr` carrying one descriptor, suitably aligned.
-#[repr(C, align(8))]
-struct CmsgBuf([u8; 64]);
+/// Room for the control message of one passed descriptor.
+const CMSG_SPACE: usize = rustix::cmsg_space!(ScmRights(1));
 
 /// Sends one record on a SOCK_SEQPACKET socket, optionally passing a descriptor
 /// (SCM_RIGHTS). Never raises SIGPIPE; `nonblocking` adds MSG_DONTWAIT.
@@ -181,41 +181,26 @@ pub(crate) fn send_msg(
     pass: Option<RawFd>,
     nonblocking: bool,
 ) -> Result<(), Errno> {
-    let mut bytes = msg.to_bytes();
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_mut_ptr().cast(),
-        iov_len: MSG_LEN,
-    };
-    let mut cbuf = CmsgBuf([0; 64]);
-    // SAFETY: msghdr is plain data; zero is a valid "no name, no control" value.
-    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-    hdr.msg_iov = &mut iov;
-    hdr.msg_iovlen = 1;
-    if let Some(fd) = pass {
-        // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic; the control buffer (64 bytes)
-        // is larger than CMSG_SPACE(4) (24 bytes), so CMSG_FIRSTHDR is non-null and the
-        // header plus one int fit inside it.
-        unsafe {
-            hdr.msg_control = cbuf.0.as_mut_ptr().cast();
-            hdr.msg_controllen = libc::CMSG_SPACE(4) as usize;
-            let c = libc::CMSG_FIRSTHDR(&hdr);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<c_int>(), fd);
-        }
+    let bytes = msg.to_bytes();
+    let iov = [std::io::IoSlice::new(&bytes)];
+    let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let passed = pass.map(|fd| [borrow(fd)]);
+    if let Some(fds) = &passed {
+        // The buffer is sized for exactly this message.
+        let fits = control.push(SendAncillaryMessage::ScmRights(fds));
+        debug_assert!(fits);
     }
-    let flags = libc::MSG_NOSIGNAL | if nonblocking { libc::MSG_DONTWAIT } else { 0 };
+    let mut flags = SendFlags::NOSIGNAL;
+    if nonblocking {
+        flags |= SendFlags::DONTWAIT;
+    }
     loop {
-        // SAFETY: hdr points at live iovec and control buffers on this stack frame.
-        let r = unsafe { libc::sendmsg(sock, &hdr, flags) };
-        if r >= 0 {
-            return Ok(());
+        match rustix::net::sendmsg(borrow(sock), &iov, &mut control, flags) {
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(errno(e)),
         }
-        if last_errno() == libc::EINTR {
-            continue;
-        }
-        return Err(Errno(last_errno()));
     }
 }
 
@@ -223,49 +208,36 @@ pub(crate) fn send_msg(
 /// socket. `Ok(None)` is end of file: the peer closed its end.
 pub(crate) fn recv_msg(sock: RawFd) -> Result<Option<(Msg, Option<OwnedFd>)>, Errno> {
     let mut bytes = [0u8; MSG_LEN];
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_mut_ptr().cast(),
-        iov_len: MSG_LEN,
-    };
-    let mut cbuf = CmsgBuf([0; 64]);
-    // SAFETY: msghdr is plain data; zero is a valid starting value.
-    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-    hdr.msg_iov = &mut iov;
-    hdr.msg_iovlen = 1;
-    hdr.msg_control = cbuf.0.as_mut_ptr().cast();
-    hdr.msg_controllen = cbuf.0.len();
+    let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
     let r = loop {
-        // SAFETY: hdr points at live, writable iovec and control buffers.
-        let r = unsafe { libc::recvmsg(sock, &mut hdr, libc::MSG_CMSG_CLOEXEC) };
-        if r < 0 && last_errno() == libc::EINTR {
-            continue;
+        let mut iov = [std::io::IoSliceMut::new(&mut bytes)];
+        match rustix::net::recvmsg(
+            borrow(sock),
+            &mut iov,
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(r) => break r.bytes,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(errno(e)),
         }
-        break r;
     };
-    if r < 0 {
-        return Err(Errno(last_errno()));
-    }
     if r == 0 {
         return Ok(None);
     }
+    // The first descriptor passed is kept; any other is closed as it drops.
     let mut passed = None;
-    // SAFETY: the kernel filled msg_control/msg_controllen; the CMSG_* helpers walk only
-    // within that length, and an SCM_RIGHTS payload holds at least one int.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&hdr);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<c_int>());
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = m {
+            for fd in fds {
                 if passed.is_none() {
-                    passed = Some(OwnedFd::from_raw_fd(fd));
-                } else {
-                    libc::close(fd);
+                    passed = Some(fd);
                 }
             }
-            c = libc::CMSG_NXTHDR(&hdr, c);
         }
     }
-    if r as usize != MSG_LEN {
+    if r != MSG_LEN {
         return Err(Errno(libc::EPROTO));
     }
     Ok(Some((Msg::from_bytes(&bytes), passed)))

@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use homeostat_seccomp::{
@@ -23,16 +23,9 @@ use homeostat_seccomp::{
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
-const NR_EXECVE: u32 = 59;
-const NR_MKDIR: u32 = 83;
-const NR_MKDIRAT: u32 = 258;
-const NR_OPENAT: u32 = 257;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use homeostat_testsupport::nr::{EXECVE as NR_EXECVE, MKDIR as NR_MKDIR};
+use homeostat_testsupport::nr::{MKDIRAT as NR_MKDIRAT, OPENAT as NR_OPENAT};
+use homeostat_testsupport::serial;
 
 fn argv(parts: &[&str]) -> Vec<OsString> {
     parts.iter().map(OsString::from).collect()

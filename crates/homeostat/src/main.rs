@@ -2,6 +2,7 @@
 //! models, trace readers, evaluation, the monitor, the daemon) and prints what they
 //! return. Work that is not argument handling or printing belongs in a library crate
 //! (ARCHITECTURE.md).
+#![forbid(unsafe_code)]
 
 mod cli;
 mod commands;
@@ -30,7 +31,12 @@ fn prints_only(c: &cli::Command) -> bool {
 fn exit_code(e: &anyhow::Error) -> i32 {
     use homeostat_seccomp::LaunchError;
     match e.chain().find_map(|c| c.downcast_ref::<LaunchError>()) {
-        Some(LaunchError::Exec { errno, .. }) if errno.0 == libc::ENOENT => 127,
+        Some(LaunchError::Exec { errno, .. })
+            if std::io::Error::from_raw_os_error(errno.0).kind()
+                == std::io::ErrorKind::NotFound =>
+        {
+            127
+        }
         Some(LaunchError::Exec { .. }) => 126,
         _ => 1,
     }
@@ -39,10 +45,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
 fn main() {
     let cli = cli::Cli::parse();
     if prints_only(&cli.command) {
-        // SAFETY: called before any thread is started; SIG_DFL is a valid disposition.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+        homeostat_seccomp::signals::die_on_broken_pipe();
     }
     if let Err(e) = commands::run(cli) {
         // One line, outermost context first: "reading profile p.hsp: profile is damaged: ..."

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
+use homeostat_testsupport::{is_root, spawn};
 use serde_json::Value;
 
 fn daemon(state: &Path, events: &Path, extra: &[&str]) -> (Child, Receiver<String>) {
@@ -36,18 +37,24 @@ fn daemon(state: &Path, events: &Path, extra: &[&str]) -> (Child, Receiver<Strin
     (child, rx)
 }
 
-/// Waits for "daemon: watching"; None (after printing why) if BPF is unavailable.
-/// Returns the lines printed before.
+/// Waits for "daemon: watching"; None (after printing why) if BPF is unavailable here:
+/// the kernel refused for lack of privilege, or has no BTF (homeostat_ebpf's
+/// `PermissionDenied` and `NoBtf`). Any other start-up error (a program the verifier
+/// rejected, a failed attach) fails the test. Returns the lines printed before.
 fn ready(child: &mut Child, rx: &Receiver<String>) -> Option<Vec<String>> {
+    const UNAVAILABLE: [&str; 2] = ["bpf: permission denied", "bpf: kernel has no BTF"];
     let t = Instant::now();
     let mut seen = vec![];
     while t.elapsed() < Duration::from_secs(20) {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(l) if l.contains("daemon: watching") => return Some(seen),
-            Ok(l) if l.contains("bpf:") => {
-                eprintln!("skipping: {l}");
+            Ok(l) if l.contains("homeostat: error:") => {
                 let _ = child.wait();
-                return None;
+                if UNAVAILABLE.iter().any(|u| l.contains(u)) {
+                    eprintln!("skipping: BPF unavailable: {l}");
+                    return None;
+                }
+                panic!("daemon failed to start: {l}");
             }
             Ok(l) => seen.push(l),
             _ => {}
@@ -55,21 +62,6 @@ fn ready(child: &mut Child, rx: &Receiver<String>) -> Option<Vec<String>> {
     }
     let _ = child.kill();
     panic!("daemon not ready after 20 s");
-}
-
-/// Spawns, retrying while the executable is "busy": a private copy written by one test
-/// can still be open for writing in a child another test thread forked meanwhile
-/// (until that child's exec closes it), which makes exec fail with ETXTBSY.
-fn spawn(cmd: &mut Command) -> std::process::Child {
-    for _ in 0..100 {
-        match cmd.spawn() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            r => return r.unwrap(),
-        }
-    }
-    panic!("executable still busy after 2 s")
 }
 
 fn output(cmd: &mut Command) -> std::process::Output {
@@ -92,7 +84,7 @@ fn has(evs: &[Value], f: impl Fn(&Value) -> bool) -> bool {
 
 #[test]
 fn learns_detects_saves_and_reloads() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("skipping: homeostat daemon needs root");
         return;
     }
@@ -280,7 +272,7 @@ fn learns_detects_saves_and_reloads() {
 }
 
 fn root_and_btf() -> bool {
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("skipping: homeostat daemon needs root");
         return false;
     }

@@ -106,6 +106,10 @@ __u64 event_count = 0;
 /* Profiles created here (auto_create): with hs_config.generation, tells a task that
  * its cached profile entry may be stale. */
 __u32 kernel_generation = 0;
+/* Never read or written: a global of the event type makes libbpf-cargo generate its
+ * #[repr(C)] Rust type (it generates the types of maps and globals only, and the ring
+ * buffer has none), so that the loader decodes events through it. */
+struct hs_exec_event hs_abi_exec_event;
 
 static __always_inline void count(__u32 which)
 {

@@ -1,5 +1,7 @@
-/* Types shared by homeostat.bpf.c and the Rust loader (src/kernel.rs mirrors them with
- * #[repr(C)]; keep the two in step). */
+/* Types shared by homeostat.bpf.c and the Rust loader. libbpf-cargo generates their
+ * #[repr(C)] Rust twins from the object's BTF (the skeleton's `types` module), and
+ * src/abi.rs decodes map values and events through those, so the two cannot drift;
+ * only the constants below are repeated in src/abi.rs. */
 #ifndef __HOMEOSTAT_H__
 #define __HOMEOSTAT_H__
 

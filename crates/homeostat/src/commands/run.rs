@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -11,7 +11,7 @@ use homeostat_core::ph::{ExeKey, Mode, Verdict};
 use homeostat_monitor::monitor_loop::{self as launch, Attached, CallEvent, Consumer};
 use homeostat_monitor::sink::{describe, open_events, write_event};
 use homeostat_monitor::{now_ns, Engine, EventRecord, PhConsumer};
-use homeostat_seccomp::{FailMode, LaunchOptions};
+use homeostat_seccomp::{signals, FailMode, LaunchOptions};
 use homeostat_syscalls::Arch;
 use homeostat_traces::recording::{Header, Writer};
 use tracing::{info, warn};
@@ -19,60 +19,13 @@ use tracing::{info, warn};
 use super::state::{open_store, settings};
 use crate::cli::{AttachArgs, MonitorFlags, RecordArgs, RunArgs};
 
-/// The monitored program's pid, for [`forward`] (0 until it runs).
-static PROGRAM: AtomicI32 = AtomicI32::new(0);
-/// A signal that came before the program ran, passed on once it does.
-static PENDING: AtomicI32 = AtomicI32::new(0);
-
-/// Passes a signal on to the monitored program (or keeps it for when the program
-/// runs). Only `kill` and atomics, which are async-signal-safe, run in the handler.
-extern "C" fn forward(sig: libc::c_int) {
-    let pid = PROGRAM.load(Ordering::SeqCst);
-    if pid > 0 {
-        // SAFETY: kill has no memory effects and may be called from a signal handler.
-        unsafe {
-            libc::kill(pid, sig);
-        }
-    } else {
-        PENDING.store(sig, Ordering::SeqCst);
-    }
-}
-
 /// SIGINT, SIGTERM and SIGHUP go to the monitored program, as strace passes them on,
 /// instead of killing the monitor: it then sees the program end, saves what it learnt,
 /// removes its control socket and exits with the program's status (killed: 128 + the
-/// signal, as a shell reports it). Installed before the program starts, so no signal
-/// is lost; the launcher's keeper resets every handler, and the program's exec does.
+/// signal, as a shell reports it).
 fn forward_signals() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: a zeroed sigaction is a valid starting value; the handler only calls
-        // kill and touches atomics.
-        let failed = unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = forward as *const () as libc::sighandler_t;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0
-        };
-        if failed {
-            warn!(
-                "cannot forward signal {sig}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-}
-
-/// The program runs: signals go to it from now on, and one that came before is
-/// passed on now.
-fn program_started(pid: i32) {
-    PROGRAM.store(pid, Ordering::SeqCst);
-    let sig = PENDING.swap(0, Ordering::SeqCst);
-    if sig != 0 {
-        // SAFETY: kill has no memory effects.
-        unsafe {
-            libc::kill(pid, sig);
-        }
+    if let Err(e) = signals::forward_to_program() {
+        warn!("cannot forward signals to the program: {e}");
     }
 }
 
@@ -134,7 +87,12 @@ pub fn run(a: RunArgs) -> Result<()> {
         },
         ..LaunchOptions::default()
     };
-    let status = launch::run_with(&a.command, &opts, &mut consumer, &mut program_started);
+    let status = launch::run_with(
+        &a.command,
+        &opts,
+        &mut consumer,
+        &mut signals::program_started,
+    );
     consumer.save();
     let status = status?;
     report(a.monitor.quiet, &anomalies);
@@ -265,7 +223,7 @@ pub fn record(a: RecordArgs) -> Result<()> {
         &a.command,
         &LaunchOptions::default(),
         &mut rec,
-        &mut program_started,
+        &mut signals::program_started,
     )?;
     let what = || format!("writing recording {}", a.output.display());
     if let Some(e) = rec.error {

@@ -1,87 +1,26 @@
-//! The supervisor: spawns the command (with its keeper), turns notifications into
-//! [`Event`]s with the task's identity attached, and sends the caller's answers.
-//!
-//! Per-task identity (thread group, executable) comes from /proc and is cached per
-//! thread id, because reading /proc on every call would cost more than the notification
-//! itself. The cache is kept honest by the calls the supervisor sees go by: an answered
-//! `execve` marks the thread group's executable stale, `exit`/`exit_group` drop entries,
-//! and after any `clone`/`fork` each cached tid is re-checked once (start time) in case
-//! the kernel recycled it for a new task. After reading /proc for a task, the
-//! notification id is checked still valid, so the data read is known to belong to the
-//! task that made the call and not to a successor that took its tid.
+//! Spawn: build everything the forked processes need (they may not allocate), fork the
+//! keeper (which forks the child), then take the listener and serve the child's calls
+//! up to its exec. `Boot` holds the state between fork and exec and cleans up a
+//! failed start.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libc::c_char;
 
+use super::{remaining_ms, sys_err, Supervisor};
 use crate::child::{self, ChildPlan};
 use crate::inflight::{InFlight, SharedMap};
 use crate::keeper::{self, KeeperPlan};
-use crate::nr::{self, Kind};
-use crate::sys::{self, Errno, Msg, Notif, NotifBuf};
-use crate::{Action, ChildStatus, Event, Exe, FailMode, LaunchError, LaunchOptions, SyscallEvent};
+use crate::sys::{self, Errno, Msg, NotifBuf};
+use crate::{ChildStatus, LaunchError, LaunchOptions};
 
 /// How long spawn waits for the child and keeper to get through their set-up steps.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
-/// After the listener reports the tree gone, how long to wait for the keeper's report of
-/// the child's exit status before reporting it as unknown.
-const EXIT_REPORT_GRACE: Duration = Duration::from_secs(2);
-
-struct Pending {
-    tid: i32,
-    tgid: i32,
-    arch: u32,
-    nr: u32,
-    slot: Option<u32>,
-}
-
-struct Task {
-    tgid: i32,
-    /// Start time (clock ticks since boot), to tell a recycled tid from the same task.
-    start: u64,
-    /// `fork_gen` when the entry was last known right.
-    gen: u64,
-    /// `None` after an `execve` was let through: re-read at the next event.
-    exe: Option<Arc<Exe>>,
-}
-
-/// A running, monitored command. See the crate docs.
-///
-/// Dropping it (or [`Supervisor::shutdown`]) hands the still-running programs to the
-/// keeper: fail-open, they keep running unmonitored (the calls this supervisor was
-/// holding are let through); fail-closed, they are killed.
-pub struct Supervisor {
-    cmd: String,
-    listener: OwnedFd,
-    /// Command socket to the keeper; `None` once the keeper is known dead.
-    sock: Option<OwnedFd>,
-    child_pid: i32,
-    child_pidfd: OwnedFd,
-    keeper_pid: i32,
-    fail_mode: FailMode,
-    inflight: InFlight,
-    pending: HashMap<u64, Pending>,
-    /// Received but not yet reported (see `drain`).
-    queue: VecDeque<(Notif, Option<u32>)>,
-    tasks: HashMap<i32, Task>,
-    fork_gen: u64,
-    prune_at: usize,
-    child_status: Option<ChildStatus>,
-    exit_delivered: bool,
-    gone_since: Option<Instant>,
-    shut: bool,
-    buf: NotifBuf,
-}
-
-fn sys_err(call: &'static str) -> impl Fn(Errno) -> LaunchError {
-    move |errno| LaunchError::Sys { call, errno }
-}
 
 fn cstring(s: &OsStr) -> Option<CString> {
     CString::new(s.as_bytes()).ok()
@@ -118,34 +57,6 @@ fn resolve(cmd: &OsStr) -> Result<PathBuf, Errno> {
         err = libc::EACCES;
     }
     Err(Errno(err))
-}
-
-fn remaining_ms(deadline: Option<Instant>) -> i32 {
-    match deadline {
-        None => -1,
-        Some(d) => {
-            let left = d.saturating_duration_since(Instant::now());
-            // Round up so a short wait does not become a busy poll of 0 ms.
-            (left.as_micros().div_ceil(1000)).min(i32::MAX as u128) as i32
-        }
-    }
-}
-
-/// /proc readers. Allocation is fine here (supervisor side only).
-mod proc {
-    pub(super) use homeostat_proc::exe;
-    use homeostat_proc::{stat_field, status_field};
-
-    /// (Tgid, start time) of a task, or `None` if it is gone.
-    pub(super) fn tgid_and_start(tid: i32) -> Option<(i32, u64)> {
-        let tgid = i32::try_from(status_field(tid, "Tgid:")?).ok()?;
-        Some((tgid, start_time(tid)?))
-    }
-
-    /// Field 22 of /proc/TID/stat (start time in clock ticks since boot).
-    pub(super) fn start_time(tid: i32) -> Option<u64> {
-        stat_field(tid, 22)?.parse().ok()
-    }
 }
 
 impl Supervisor {
@@ -211,8 +122,7 @@ impl Supervisor {
             });
         }
         let map = SharedMap::new().map_err(sys_err("mmap (in-flight table)"))?;
-        // SAFETY: getpid cannot fail.
-        let me = unsafe { libc::getpid() };
+        let me = std::process::id() as i32;
         let sup_pidfd = sys::pidfd_open(me).map_err(sys_err("pidfd_open (needs Linux 5.3)"))?;
         let (status_r, status_w) = sys::pipe_cloexec().map_err(sys_err("pipe2"))?;
         let (sock, sock_k) = sys::seqpacket_pair().map_err(sys_err("socketpair"))?;
@@ -259,10 +169,7 @@ impl Supervisor {
         }
         drop(status_w);
         drop(sock_k);
-        let mut st = 0;
-        // SAFETY: waiting for our own child with a valid status pointer.
-        while unsafe { libc::waitpid(inter, &mut st, 0) } < 0 && sys::last_errno() == libc::EINTR {}
-        if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 1 {
+        if sys::wait_exit_code(inter) == Some(1) {
             return Err(LaunchError::Sys {
                 call: "fork (keeper)",
                 errno: Errno(libc::EAGAIN),
@@ -283,390 +190,6 @@ impl Supervisor {
                 Err(e)
             }
         }
-    }
-
-    /// Process id of the launched program.
-    pub fn child_pid(&self) -> i32 {
-        self.child_pid
-    }
-
-    /// Process id of the keeper (see the crate docs).
-    pub fn keeper_pid(&self) -> i32 {
-        self.keeper_pid
-    }
-
-    pub fn fail_mode(&self) -> FailMode {
-        self.fail_mode
-    }
-
-    /// Number of notifications received and not yet answered.
-    pub fn pending(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// Waits up to `timeout` (`None`: no limit) for the next event. `Ok(None)` means the
-    /// timeout passed. After the tree is gone every call returns [`Event::TreeGone`].
-    pub fn next(&mut self, timeout: Option<Duration>) -> Result<Option<Event>, LaunchError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            if !self.queue.is_empty() {
-                if let Some(ev) = self.receive()? {
-                    return Ok(Some(Event::Syscall(ev)));
-                }
-                continue;
-            }
-            if let Some(st) = self.child_status {
-                if !self.exit_delivered {
-                    self.exit_delivered = true;
-                    return Ok(Some(Event::ChildExited(st)));
-                }
-            }
-            if let Some(since) = self.gone_since {
-                if self.exit_delivered {
-                    return Ok(Some(Event::TreeGone));
-                }
-                if since.elapsed() >= EXIT_REPORT_GRACE {
-                    self.child_status = Some(ChildStatus::Unknown);
-                    continue;
-                }
-            }
-
-            let mut fds = [sys::pollfd(-1, 0); 3];
-            let gone = self.gone_since.is_some();
-            if !gone {
-                fds[0] = sys::pollfd(self.listener.as_raw_fd(), libc::POLLIN);
-            }
-            if let Some(sock) = &self.sock {
-                fds[1] = sys::pollfd(sock.as_raw_fd(), libc::POLLIN);
-            } else if self.child_status.is_none() {
-                // Without the keeper's report, notice the exit ourselves.
-                fds[2] = sys::pollfd(self.child_pidfd.as_raw_fd(), libc::POLLIN);
-            }
-            let mut wait = remaining_ms(deadline);
-            if let Some(since) = self.gone_since {
-                let grace = EXIT_REPORT_GRACE.saturating_sub(since.elapsed());
-                let g = grace.as_millis() as i32 + 1;
-                wait = if wait < 0 { g } else { wait.min(g) };
-            }
-            match sys::poll(&mut fds, wait) {
-                Ok(0) => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Ok(None);
-                    }
-                    continue;
-                }
-                Ok(_) => {}
-                Err(Errno(libc::EINTR)) => continue,
-                Err(errno) => {
-                    return Err(LaunchError::Sys {
-                        call: "poll",
-                        errno,
-                    })
-                }
-            }
-            if fds[0].revents & libc::POLLIN != 0 {
-                if let Some(ev) = self.receive()? {
-                    return Ok(Some(Event::Syscall(ev)));
-                }
-                continue;
-            }
-            // POLLHUP: no task uses the filter any more. (POLLERR alone only means the
-            // kernel's poll was interrupted; poll again.)
-            if fds[0].revents & libc::POLLHUP != 0 {
-                self.gone_since = Some(Instant::now());
-            }
-            if fds[1].revents != 0 {
-                self.read_keeper();
-            }
-            if fds[2].revents != 0 {
-                self.child_status = Some(ChildStatus::Unknown);
-            }
-        }
-    }
-
-    /// Answers notification `id`. `Ok(false)` if the kernel no longer waits for an answer
-    /// to it: the task died, a signal cut its wait short (the call is then notified
-    /// again under a new id), or it was already answered.
-    pub fn respond(&mut self, id: u64, action: Action) -> Result<bool, LaunchError> {
-        let (error, flags) = match action {
-            Action::Continue => (0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32),
-            Action::Deny(e) if (1..=4095).contains(&e) => (-e, 0),
-            Action::Deny(e) => return Err(LaunchError::BadErrno(e)),
-        };
-        let r = sys::notif_send(self.listener.as_raw_fd(), &mut self.buf, id, error, flags);
-        let pending = self.pending.remove(&id);
-        match r {
-            Ok(()) => {
-                if let Some(p) = pending {
-                    self.inflight.clear(p.slot);
-                    if action == Action::Continue {
-                        self.after_continue(&p);
-                    }
-                }
-                Ok(true)
-            }
-            // ENOENT: the task is gone (or a signal cut its wait short, and the call will
-            // be notified afresh); EINPROGRESS: already answered.
-            Err(Errno(libc::ENOENT | libc::EINPROGRESS)) => {
-                if let Some(p) = pending {
-                    self.inflight.clear(p.slot);
-                }
-                Ok(false)
-            }
-            Err(errno) => {
-                if let Some(p) = pending {
-                    self.pending.insert(id, p);
-                }
-                Err(LaunchError::Sys {
-                    call: "seccomp NOTIF_SEND",
-                    errno,
-                })
-            }
-        }
-    }
-
-    /// Hands over to the keeper now (what dropping does): fail-open, the calls held here
-    /// are let through and the programs run on unmonitored; fail-closed, they are killed.
-    pub fn shutdown(mut self) {
-        self.hand_over();
-    }
-
-    /// Test hook: pretend this process died between receiving `id` and recording it
-    /// in the shared in-flight table, so the keeper's recovery of such a call can be
-    /// exercised. Not for production use.
-    #[doc(hidden)]
-    pub fn debug_forget_in_flight(&mut self, id: u64) {
-        if let Some(p) = self.pending.get_mut(&id) {
-            let slot = p.slot.take();
-            self.inflight.forget(slot, id);
-        }
-    }
-
-    fn hand_over(&mut self) {
-        if self.shut {
-            return;
-        }
-        self.shut = true;
-        if self.fail_mode == FailMode::Open {
-            let queued: Vec<u64> = self.queue.iter().map(|(n, _)| n.id).collect();
-            for id in queued {
-                let _ = sys::notif_send(
-                    self.listener.as_raw_fd(),
-                    &mut self.buf,
-                    id,
-                    0,
-                    libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
-                );
-            }
-            let ids: Vec<u64> = self.pending.keys().copied().collect();
-            for id in ids {
-                let _ = self.respond(id, Action::Continue);
-            }
-        }
-        if let Some(sock) = &self.sock {
-            let _ = sys::send_msg(
-                sock.as_raw_fd(),
-                Msg::new(keeper::S_SHUTDOWN, 0, 0),
-                None,
-                false,
-            );
-        }
-    }
-
-    fn read_keeper(&mut self) {
-        let Some(sock) = &self.sock else { return };
-        match sys::recv_msg(sock.as_raw_fd()) {
-            Ok(Some((m, _))) if m.kind == keeper::K_EXIT && m.a == self.child_pid => {
-                self.child_status = Some(ChildStatus::from_wait(m.b));
-            }
-            Ok(Some(_)) => {}
-            Err(Errno(libc::EINTR | libc::EAGAIN)) => {}
-            // The keeper is gone: the program's exit is then noticed through its pidfd.
-            Ok(None) | Err(_) => self.sock = None,
-        }
-    }
-
-    /// Receives one notification and dresses it as an event. `Ok(None)`: it vanished
-    /// (the task died before we could look at it).
-    /// Takes one notification off the listener (`NOTIF_RECV`) and records it in the
-    /// in-flight table. `Ok(None)`: it vanished between poll and receive.
-    fn recv_one(&mut self) -> Result<Option<(Notif, Option<u32>)>, LaunchError> {
-        match sys::notif_recv(self.listener.as_raw_fd(), &mut self.buf) {
-            Ok(n) => {
-                let slot = self.inflight.record(n.id, n.tid);
-                Ok(Some((n, slot)))
-            }
-            Err(Errno(libc::ENOENT | libc::EINTR)) => Ok(None),
-            Err(errno) => Err(LaunchError::Sys {
-                call: "seccomp NOTIF_RECV",
-                errno,
-            }),
-        }
-    }
-
-    /// Receives every notification already waiting, into `queue`.
-    ///
-    /// Why: until it is received, a notified task waits *interruptibly*, and a signal
-    /// arriving then (say SIGCHLD to a shell whose handler lacks SA_RESTART) makes the
-    /// call fail with EINTR — even calls that never fail so, like fork ("sh: Cannot
-    /// fork"). Once received, the task waits killably only
-    /// (SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV). So after any slow step (reading /proc
-    /// for a new task) the supervisor first moves whatever queued up meanwhile out of
-    /// that window.
-    fn drain(&mut self) -> Result<(), LaunchError> {
-        for _ in 0..1024 {
-            let mut fds = [sys::pollfd(self.listener.as_raw_fd(), libc::POLLIN)];
-            if !matches!(sys::poll(&mut fds, 0), Ok(1)) || fds[0].revents & libc::POLLIN == 0 {
-                return Ok(());
-            }
-            if let Some(q) = self.recv_one()? {
-                self.queue.push_back(q);
-            }
-        }
-        Ok(())
-    }
-
-    /// The next notification (queued first, else from the listener), dressed as an
-    /// event. `Ok(None)`: it vanished (its task died before we could look at it).
-    fn receive(&mut self) -> Result<Option<SyscallEvent>, LaunchError> {
-        let (n, slot) = match self.queue.pop_front() {
-            Some(q) => q,
-            None => match self.recv_one()? {
-                Some(q) => q,
-                None => return Ok(None),
-            },
-        };
-        let slow = self.needs_proc(n.tid);
-        let info = self.task_info(n.tid, n.id);
-        if slow {
-            self.drain()?;
-        }
-        let Some((tgid, exe, new_task)) = info? else {
-            self.inflight.clear(slot);
-            return Ok(None);
-        };
-        self.pending.insert(
-            n.id,
-            Pending {
-                tid: n.tid,
-                tgid,
-                arch: n.arch,
-                nr: n.nr,
-                slot,
-            },
-        );
-        Ok(Some(SyscallEvent {
-            id: n.id,
-            tid: n.tid,
-            pid: tgid,
-            arch: n.arch,
-            nr: n.nr,
-            args: n.args,
-            exe,
-            new_task,
-        }))
-    }
-
-    /// Will dressing an event from `tid` need /proc reads?
-    fn needs_proc(&self, tid: i32) -> bool {
-        match self.tasks.get(&tid) {
-            Some(t) => t.gen != self.fork_gen || t.exe.is_none(),
-            None => true,
-        }
-    }
-
-    fn id_valid(&self, id: u64) -> Result<bool, LaunchError> {
-        sys::notif_id_valid(self.listener.as_raw_fd(), id).map_err(|errno| LaunchError::Sys {
-            call: "seccomp NOTIF_ID_VALID",
-            errno,
-        })
-    }
-
-    fn task_info(
-        &mut self,
-        tid: i32,
-        id: u64,
-    ) -> Result<Option<(i32, Arc<Exe>, bool)>, LaunchError> {
-        let gen = self.fork_gen;
-        if let Some(t) = self.tasks.get_mut(&tid) {
-            if t.gen != gen {
-                if proc::start_time(tid) == Some(t.start) {
-                    t.gen = gen;
-                } else {
-                    self.tasks.remove(&tid);
-                }
-            }
-        }
-        match self.tasks.get_mut(&tid) {
-            Some(t) => {
-                let exe = match &t.exe {
-                    Some(e) => e.clone(),
-                    None => {
-                        let e = Arc::new(proc::exe(tid));
-                        t.exe = Some(e.clone());
-                        e
-                    }
-                };
-                Ok(Some((t.tgid, exe, false)))
-            }
-            None => {
-                let info = proc::tgid_and_start(tid);
-                let exe = Arc::new(proc::exe(tid));
-                // Only if the notification is still pending is the task we read the
-                // task that made the call.
-                if !self.id_valid(id)? {
-                    return Ok(None);
-                }
-                let (tgid, start) = info.unwrap_or((tid, 0));
-                self.maybe_prune();
-                self.tasks.insert(
-                    tid,
-                    Task {
-                        tgid,
-                        start,
-                        gen,
-                        exe: Some(exe.clone()),
-                    },
-                );
-                Ok(Some((tgid, exe, true)))
-            }
-        }
-    }
-
-    /// Drops cache entries of tasks that died without an exit call (killed by a signal),
-    /// when the cache has doubled since the last look.
-    fn maybe_prune(&mut self) {
-        if self.tasks.len() < self.prune_at {
-            return;
-        }
-        self.tasks
-            .retain(|tid, _| Path::new(&format!("/proc/{tid}")).exists());
-        self.prune_at = (self.tasks.len() * 2).max(1024);
-    }
-
-    fn after_continue(&mut self, p: &Pending) {
-        match nr::kind(p.arch, p.nr) {
-            // Every thread of the group runs the new image if the exec succeeds (the
-            // caller's tid may even become the group id); if it fails, re-reading finds
-            // the old image. Either way: re-read at the next event.
-            Kind::Exec => {
-                for t in self.tasks.values_mut().filter(|t| t.tgid == p.tgid) {
-                    t.exe = None;
-                }
-            }
-            Kind::Exit => {
-                self.tasks.remove(&p.tid);
-            }
-            Kind::ExitGroup => self.tasks.retain(|_, t| t.tgid != p.tgid),
-            Kind::Clone => self.fork_gen += 1,
-            Kind::Other => {}
-        }
-    }
-}
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        self.hand_over();
     }
 }
 
@@ -702,7 +225,7 @@ impl Boot {
             );
         }
         if let Some(pidfd) = &self.child_pidfd {
-            let _ = sys::pidfd_send_signal(pidfd.as_raw_fd(), libc::SIGKILL);
+            let _ = sys::pidfd_kill(pidfd);
         }
     }
 
@@ -817,8 +340,11 @@ impl Boot {
         let listener = {
             let mut pause = Duration::from_micros(20);
             loop {
-                let pidfd = self.child_pidfd.as_ref().map_or(-1, |f| f.as_raw_fd());
-                match sys::pidfd_getfd(pidfd, target_fd) {
+                let got = match &self.child_pidfd {
+                    Some(pidfd) => sys::pidfd_getfd(pidfd, target_fd),
+                    None => Err(Errno(libc::EBADF)),
+                };
+                match got {
                     Ok(fd) => break fd,
                     Err(Errno(libc::EBADF)) => {}
                     Err(errno @ Errno(libc::ENOSYS)) => {
@@ -918,7 +444,7 @@ impl Boot {
                 // Put the handles back so abort() can reach the keeper and the child.
                 self.sock = sup.sock.take();
                 sup.shut = true;
-                let _ = sys::pidfd_send_signal(sup.child_pidfd.as_raw_fd(), libc::SIGKILL);
+                let _ = sys::pidfd_kill(&sup.child_pidfd);
                 Err(e)
             }
         }
@@ -992,17 +518,5 @@ impl Boot {
                 return Err(self.launch_err("the child died before its exec"));
             }
         }
-    }
-}
-
-impl std::fmt::Debug for Supervisor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Supervisor")
-            .field("cmd", &self.cmd)
-            .field("child_pid", &self.child_pid)
-            .field("keeper_pid", &self.keeper_pid)
-            .field("fail_mode", &self.fail_mode)
-            .field("pending", &self.pending.len())
-            .finish()
     }
 }

@@ -1,0 +1,132 @@
+//! The byte layout shared with the BPF programs, in one place.
+//!
+//! The structs are the `#[repr(C)]` types libbpf-cargo generates from the object's BTF
+//! (so a field added in `src/bpf/homeostat.h` changes them too, and code using a moved
+//! field stops compiling instead of reading the wrong bytes); map keys and values are
+//! encoded and decoded through them with bytemuck. Only the `#define`s of the header
+//! are repeated here, because BTF does not carry them.
+
+use std::mem::size_of;
+
+use bytemuck::{Pod, Zeroable};
+use homeostat_core::ph::ExeKey;
+
+pub(crate) use crate::skel::types::{
+    hs_config, hs_event, hs_exec_event, hs_key, hs_profile, hs_row, hs_row_key, hs_stop, hs_task,
+};
+
+/// Rows (current call) and columns (previous call) of pH's table in the kernel
+/// (`HS_ROW`).
+pub const ROW: usize = 512;
+/// Locality frame size in the kernel (`HS_LOCALITY`).
+pub const LOCALITY: u32 = 128;
+/// Predecessors kept per task (`HS_SEQ`).
+pub(crate) const SEQ: usize = 8;
+
+/// `hs_profile.state`.
+pub(crate) const TRAINING: u32 = 0;
+pub(crate) const NORMAL: u32 = 1;
+
+/// `hs_event.kind`.
+pub(crate) const EV_ANOMALY: u32 = 1;
+pub(crate) const EV_NEW_PAIRS: u32 = 2;
+pub(crate) const EV_EXEC: u32 = 3;
+pub(crate) const EV_EXEC_REFUSED: u32 = 4;
+/// `hs_event.flags`: the process was sent SIGSTOP for a response.
+pub(crate) const EVF_STOPPED: u32 = 1;
+
+/// Entries of the per-CPU `hs_stats` array (`HS_NSTATS`), in `HS_STAT_*` order.
+pub(crate) const NSTATS: usize = 5;
+
+/// Marks the generated types as plain data for bytemuck.
+macro_rules! plain {
+    ($($t:ty),* $(,)?) => {$(
+        // SAFETY: the type is #[repr(C)], made only of integers and arrays of integers,
+        // with explicit `pad` fields where C would pad (the sizes are checked below), so
+        // it has no padding bytes and every bit pattern is a valid value.
+        unsafe impl Zeroable for $t {}
+        // SAFETY: as for Zeroable; it is also Copy and 'static (no references).
+        unsafe impl Pod for $t {}
+    )*};
+}
+
+plain!(
+    hs_key,
+    hs_row_key,
+    hs_row,
+    hs_profile,
+    hs_task,
+    hs_config,
+    hs_event,
+    hs_exec_event,
+    hs_stop,
+);
+
+// The sizes the C compiler gives these types (docs/ebpf.md lists them): a generated
+// type with implicit padding would differ from its field sum, and so fail here.
+const _: () = {
+    assert!(size_of::<hs_key>() == 16);
+    assert!(size_of::<hs_row_key>() == 24);
+    assert!(size_of::<hs_row>() == ROW);
+    assert!(size_of::<hs_profile>() == 32);
+    assert!(size_of::<hs_task>() == 80);
+    assert!(size_of::<hs_config>() == 24);
+    assert!(size_of::<hs_event>() == 48);
+    assert!(size_of::<hs_exec_event>() == 48 + 256);
+    assert!(size_of::<hs_stop>() == 16);
+};
+
+/// A value of `T` from a map's bytes; `None` if they are not exactly one `T` (a map
+/// of another layout: a stale pinned map, or a kernel/loader mismatch).
+pub(crate) fn decode<T: Pod>(b: &[u8]) -> Option<T> {
+    (b.len() == size_of::<T>()).then(|| bytemuck::pod_read_unaligned(b))
+}
+
+/// A value of `T` from the start of `b` (ring buffer records may be longer).
+pub(crate) fn decode_prefix<T: Pod>(b: &[u8]) -> Option<T> {
+    b.get(..size_of::<T>()).map(bytemuck::pod_read_unaligned)
+}
+
+pub(crate) fn key(k: ExeKey) -> hs_key {
+    hs_key {
+        dev: k.dev,
+        ino: k.ino,
+    }
+}
+
+pub(crate) fn exe(k: &hs_key) -> ExeKey {
+    ExeKey {
+        dev: k.dev,
+        ino: k.ino,
+    }
+}
+
+pub(crate) fn row_key(k: ExeKey, cur: u16) -> hs_row_key {
+    hs_row_key {
+        dev: k.dev,
+        ino: k.ino,
+        cur: u32::from(cur),
+        pad: 0,
+    }
+}
+
+pub(crate) fn row_exe(k: &hs_row_key) -> ExeKey {
+    ExeKey {
+        dev: k.dev,
+        ino: k.ino,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_through_their_bytes() {
+        let k = row_key(ExeKey { dev: 7, ino: 9 }, 300);
+        let back: hs_row_key = decode(bytemuck::bytes_of(&k)).unwrap();
+        assert_eq!(row_exe(&back), ExeKey { dev: 7, ino: 9 });
+        assert_eq!(back.cur, 300);
+        assert!(decode::<hs_row_key>(&bytemuck::bytes_of(&k)[..20]).is_none());
+    }
+}

@@ -1,0 +1,166 @@
+//! What the programs report: events from the ring buffer (anomalies, learnt pairs,
+//! execs, refused execs) and the per-CPU loss counters.
+
+use std::time::Duration;
+
+use libbpf_rs::{MapCore, MapFlags, RingBuffer};
+
+use crate::abi::{self, hs_event, hs_exec_event, NSTATS};
+use crate::error::{map_err, Error};
+use crate::Kernel;
+use homeostat_core::ph::ExeKey;
+
+/// What an event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A call of a normal profile's task with missing pairs.
+    Anomaly,
+    /// A training profile learnt `misses` pairs at this call.
+    NewPairs,
+    /// A task started an executable (nr, misses, lfc are 0).
+    Exec,
+    /// The LSM program refused an execve (`lfc`: the task's).
+    ExecRefused,
+}
+
+/// One event from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// Process id (thread group).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// The executable's profile key.
+    pub exe: ExeKey,
+    /// The call number (x86_64 numbering; i386 calls are not told apart yet).
+    pub nr: u32,
+    /// Anomaly: missing pairs. NewPairs: pairs learnt.
+    pub misses: u32,
+    /// The task's locality frame count after this call.
+    pub lfc: u32,
+    /// Exec: the path as passed to execve (may be relative; cut at 255 bytes).
+    pub path: Option<String>,
+    /// Anomaly: this call sent the process SIGSTOP for a response ([`Kernel::stopped`]
+    /// lists it until [`Kernel::unstop`]).
+    pub stopped: bool,
+}
+
+/// Counters of what the kernel side could not do; none is ever silent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events dropped because the ring buffer was full.
+    pub lost_events: u64,
+    /// Rows of pairs not created (pairs not learnt) because the rows map was full.
+    pub rows_full: u64,
+    /// Tasks not followed because task storage or the fork map could not be written.
+    pub tasks_full: u64,
+    /// Profiles not created (auto_create) because the profiles map was full.
+    pub profiles_full: u64,
+    /// Responses due but not started: the stop map was full or SIGSTOP failed.
+    pub stops_failed: u64,
+}
+
+fn decode_event(b: &[u8]) -> Option<Event> {
+    let e: hs_event = abi::decode_prefix(b)?;
+    let kind = match e.kind {
+        abi::EV_ANOMALY => EventKind::Anomaly,
+        abi::EV_NEW_PAIRS => EventKind::NewPairs,
+        abi::EV_EXEC => EventKind::Exec,
+        abi::EV_EXEC_REFUSED => EventKind::ExecRefused,
+        _ => return None,
+    };
+    let path = if kind == EventKind::Exec {
+        // A short record is not an exec event of these programs; drop it as any other
+        // unknown record is dropped.
+        let x: hs_exec_event = abi::decode_prefix(b)?;
+        let p = bytemuck::cast_slice::<i8, u8>(&x.path);
+        let end = p.iter().position(|&c| c == 0).unwrap_or(p.len());
+        Some(String::from_utf8_lossy(&p[..end]).into_owned())
+    } else {
+        None
+    };
+    Some(Event {
+        kind,
+        pid: e.pid,
+        tid: e.tid,
+        nr: e.nr,
+        exe: ExeKey {
+            dev: e.dev,
+            ino: e.ino,
+        },
+        misses: e.misses,
+        lfc: e.lfc,
+        stopped: e.flags & abi::EVF_STOPPED != 0,
+        path,
+    })
+}
+
+impl Kernel {
+    /// The loss counters, summed over CPUs.
+    pub fn stats(&self) -> Result<Stats, Error> {
+        let mut sums = [0u64; NSTATS];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let per_cpu = self
+                .stats
+                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_err("hs_stats", "lookup"))?
+                .unwrap_or_default();
+            *sum = per_cpu
+                .iter()
+                .filter_map(|v| abi::decode_prefix::<u64>(v))
+                .sum();
+        }
+        // In HS_STAT_* order.
+        let [lost_events, rows_full, tasks_full, profiles_full, stops_failed] = sums;
+        Ok(Stats {
+            lost_events,
+            rows_full,
+            tasks_full,
+            profiles_full,
+            stops_failed,
+        })
+    }
+
+    /// A reader of the event ring buffer that hands each event to `f`.
+    pub fn events<'a, F>(&'a self, mut f: F) -> Result<Events<'a>, Error>
+    where
+        F: FnMut(Event) + 'a,
+    {
+        let mut b = libbpf_rs::RingBufferBuilder::new();
+        b.add(&self.events, move |data: &[u8]| {
+            if let Some(e) = decode_event(data) {
+                f(e);
+            }
+            0
+        })
+        .map_err(map_err("hs_events", "ring buffer"))?;
+        let rb = b.build().map_err(map_err("hs_events", "ring buffer"))?;
+        Ok(Events { rb })
+    }
+}
+
+/// Reads events; see [`Kernel::events`].
+pub struct Events<'a> {
+    rb: RingBuffer<'a>,
+}
+
+impl Events<'_> {
+    /// Waits up to `timeout` for a wakeup, then drains everything pending (the
+    /// programs wake the reader only every `wakeup_every` events).
+    pub fn poll(&self, timeout: Duration) -> Result<(), Error> {
+        self.rb
+            .poll(timeout)
+            .map_err(map_err("hs_events", "poll"))?;
+        self.rb.consume().map_err(map_err("hs_events", "consume"))
+    }
+
+    /// The epoll fd, to wait on it with other fds.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // The ring buffer's epoll fd lives as long as `self.rb`.
+        let fd = self.rb.epoll_fd();
+        // SAFETY: fd is owned by self.rb and valid while the borrow lasts.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+    }
+}

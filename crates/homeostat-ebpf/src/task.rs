@@ -1,0 +1,178 @@
+//! Per-task state in the kernel (`hs_tasks`, task storage): what a tracer needs to
+//! know a thread's LFC before its next call runs, and [`Probe`], the handle that reads
+//! it from the response threads.
+
+use std::os::fd::AsRawFd;
+
+use bytemuck::bytes_of;
+use homeostat_core::ph::ExeKey;
+use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle};
+
+use crate::abi::{self, hs_row, hs_task, LOCALITY, ROW, SEQ};
+use crate::error::{map_err, Error};
+use crate::Kernel;
+
+/// What the kernel keeps for a task (`hs_task` in `src/bpf/homeostat.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskState {
+    /// The executable's profile key.
+    pub exe: ExeKey,
+    /// The last calls, `seq[0]` the most recent (9-bit numbers).
+    pub seq: [u16; SEQ],
+    /// How many of `seq` are valid.
+    pub nseq: u32,
+    /// The next slot of the locality frame.
+    pub fpos: u32,
+    /// The locality frame count.
+    pub lfc: u32,
+    /// The locality frame, one bit per call of the last 128.
+    pub frame: [u64; 2],
+}
+
+impl TaskState {
+    fn decode(v: &[u8]) -> Option<TaskState> {
+        let t: hs_task = abi::decode(v)?;
+        // Storage is created zeroed; `valid` is set once the programs filled it.
+        (t.valid != 0).then(|| TaskState {
+            exe: abi::exe(&t.key),
+            seq: t.seq,
+            nseq: t.nseq,
+            fpos: t.fpos,
+            lfc: t.lfc,
+            frame: t.frame,
+        })
+    }
+
+    /// What the kernel will make of this task's next call `nr` against its profile's
+    /// row for `nr` (`None`: no row), in a normal profile: (missing pairs, LFC after
+    /// the call). The same arithmetic as the BPF program, so that a tracer stopped at
+    /// the call's entry (before the tracepoint runs) knows its LFC, as pH did.
+    pub fn after_call(&self, row: Option<&[u8]>, nr: u32) -> (u32, u32) {
+        let _ = nr; // the row is already the one of `nr`
+        let mut misses = 0;
+        for d in 1..=self.nseq.min(8) as usize {
+            let prev = usize::from(self.seq[d - 1]) & (ROW - 1);
+            let bit = 1u8 << (d - 1);
+            if row.is_none_or(|r| r.get(prev).is_none_or(|m| m & bit == 0)) {
+                misses += 1;
+            }
+        }
+        let pos = self.fpos & (LOCALITY - 1);
+        let old = (self.frame[((pos >> 6) & 1) as usize] >> (pos & 63)) & 1;
+        let mut lfc = self.lfc;
+        if old != 0 && lfc > 0 {
+            lfc -= 1;
+        }
+        if misses > 0 {
+            lfc += 1;
+        }
+        (misses, lfc)
+    }
+}
+
+/// Task states and rows, for threads other than the one driving [`Kernel`] (the
+/// response); from [`Kernel::probe`].
+#[derive(Debug)]
+pub struct Probe {
+    tasks: MapHandle,
+    rows: MapHandle,
+    pub(crate) stopped: MapHandle,
+}
+
+impl Probe {
+    /// See [`Kernel::task`].
+    pub fn task(&self, tid: u32) -> Result<Option<TaskState>, Error> {
+        task_in(&self.tasks, tid)
+    }
+
+    /// The LFC thread `tid` will have after its next call `nr` (see
+    /// [`TaskState::after_call`]); `None` when the kernel does not follow it.
+    pub fn lfc_after(&self, tid: u32, nr: u32) -> Result<Option<u32>, Error> {
+        let Some(t) = self.task(tid)? else {
+            return Ok(None);
+        };
+        let cur = (nr as usize).min(ROW - 1) as u16;
+        let row: Option<hs_row> = self
+            .rows
+            .lookup(bytes_of(&abi::row_key(t.exe, cur)), MapFlags::ANY)
+            .map_err(map_err("hs_rows", "lookup"))?
+            .and_then(|r| abi::decode(&r));
+        Ok(Some(t.after_call(row.as_ref().map(|r| &r.mask[..]), nr).1))
+    }
+}
+
+fn task_in(tasks: &MapHandle, tid: u32) -> Result<Option<TaskState>, Error> {
+    // Task storage is keyed by a pidfd from userspace; PIDFD_THREAD names a
+    // thread rather than a process (Linux 6.9+).
+    let Some(fd) = crate::sys::pidfd_thread(tid as i32) else {
+        return Ok(None);
+    };
+    match tasks.lookup(&fd.as_raw_fd().to_ne_bytes(), MapFlags::ANY) {
+        Ok(v) => Ok(v.and_then(|v| TaskState::decode(&v))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(map_err("hs_tasks", "lookup")(e)),
+    }
+}
+
+/// Whether this kernel gives pidfds for threads (`PIDFD_THREAD`, Linux 6.9), which
+/// reading a task's state from userspace ([`Kernel::task`]) needs.
+pub fn thread_pidfds_supported() -> bool {
+    let tid = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|l| l.file_name()?.to_str()?.parse::<i32>().ok());
+    tid.is_some_and(|t| crate::sys::pidfd_thread(t).is_some())
+}
+
+impl Kernel {
+    /// What the kernel keeps for thread `tid` (`None`: no such thread, or one the
+    /// programs have not seen make a call).
+    pub fn task(&self, tid: u32) -> Result<Option<TaskState>, Error> {
+        task_in(&self.tasks, tid)
+    }
+
+    /// A handle for other threads: task states and rows, for the response.
+    pub fn probe(&self) -> Result<Probe, Error> {
+        Ok(Probe {
+            tasks: MapHandle::try_from(&self.tasks).map_err(map_err("hs_tasks", "dup fd"))?,
+            rows: MapHandle::try_from(&self.rows).map_err(map_err("hs_rows", "dup fd"))?,
+            stopped: MapHandle::try_from(&self.stopped).map_err(map_err("hs_stopped", "dup fd"))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(seq: [u16; 8], nseq: u32, lfc: u32, frame: [u64; 2], fpos: u32) -> TaskState {
+        TaskState {
+            exe: ExeKey { dev: 1, ino: 2 },
+            seq,
+            nseq,
+            fpos,
+            lfc,
+            frame,
+        }
+    }
+
+    #[test]
+    fn after_call_mirrors_the_bpf_test_and_locality_frame() {
+        // seq[0] = 3 (one call back), seq[1] = 4 (two back).
+        let t = task([3, 4, 0, 0, 0, 0, 0, 0], 2, 0, [0, 0], 0);
+        let mut row = vec![0u8; ROW];
+        row[3] = 0b01;
+        row[4] = 0b10;
+        assert_eq!(t.after_call(Some(&row), 7), (0, 0));
+        row[4] = 0b01; // 4 seen one back only: the distance-2 pair is missing
+        assert_eq!(t.after_call(Some(&row), 7), (1, 1));
+        assert_eq!(t.after_call(None, 7), (2, 1));
+        // The slot leaving the frame (pos 65, set) gives its anomaly back.
+        let t = task([3, 4, 0, 0, 0, 0, 0, 0], 2, 5, [0, 1 << 1], 65);
+        assert_eq!(t.after_call(None, 7), (2, 5));
+        row[4] = 0b10;
+        assert_eq!(t.after_call(Some(&row), 7), (0, 4));
+        // Only nseq predecessors count.
+        let t = task([3, 9, 9, 9, 9, 9, 9, 9], 1, 0, [0, 0], 0);
+        assert_eq!(t.after_call(Some(&row), 7), (0, 0));
+    }
+}
