@@ -300,6 +300,44 @@ mod tests {
     }
 
     #[test]
+    fn damaged_payloads_are_errors_not_panics() {
+        // Every byte of each model's payload flipped in turn, and truncations: the
+        // loaders must answer Ok or Err (the fuzz target covers random bytes).
+        let r = Registry::builtin();
+        let train: Vec<Vec<u32>> = (0..10u32)
+            .map(|i| (0..30).map(|j| (i * j) % 6 + 1).collect())
+            .collect();
+        for name in ["knn", "ensemble:knn,stide.rate", "markov"] {
+            let mut b = r.builder(name, &Params::parse("n=2").unwrap()).unwrap();
+            for t in &train {
+                b.add_trace(t);
+            }
+            let d = b.build(&no_progress).unwrap();
+            let kind = d.kind().to_string();
+            let payload = d.save();
+            for i in 0..payload.len() {
+                for bit in [0x01u8, 0x80] {
+                    let mut p = payload.clone();
+                    p[i] ^= bit;
+                    if let Ok(m) = r.load(&StoredModel {
+                        kind: kind.clone(),
+                        payload: p,
+                    }) {
+                        m.score_trace(&[1, 2, 3, 99], &mut Scratch::default());
+                    }
+                }
+            }
+            for n in 0..payload.len() {
+                let cut = StoredModel {
+                    kind: kind.clone(),
+                    payload: payload[..n].to_vec(),
+                };
+                assert!(r.load(&cut).is_err(), "{name}: truncated at {n} loads");
+            }
+        }
+    }
+
+    #[test]
     fn classic_front_ends_name_what_they_cannot_run() {
         let r = Registry::builtin();
         let mut b = r.builder("knn", &Params::new()).unwrap();

@@ -161,6 +161,9 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                     println!("train_count    {}", d.train_count);
                     println!("last_mod_count {}", d.last_mod_count);
                     println!("anomalies      {}", d.anomalies);
+                    if let Some(p) = d.to_ph(&homeostat_core::ph::PhConfig::default()) {
+                        println!("tightness      {}", super::analyze::tightness_line(&p));
+                    }
                     return Ok(());
                 }
             };
@@ -176,6 +179,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                 println!("normal at      {} (unix ns)", p.normal_time_ns);
             }
             println!("calls trained  {}", p.model().trained_calls());
+            println!("tightness      {}", super::analyze::tightness_line(&p));
             Ok(())
         }
         ProfileCmd::Normalize(t) => edit(
@@ -189,6 +193,21 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
             |p| p.sensitize("sensitized", &mut |_| {}),
         ),
         ProfileCmd::Tolerize(t) => edit(t, |key| Request::Tolerize { key }, |p| p.tolerize()),
+        ProfileCmd::ExportSeccomp(a) => {
+            let store = open_store(&a.target.state)?;
+            let p = match find(&store, &a.target.exe) {
+                Ok(p) => p,
+                Err(e) => match daemon_file(&store, &a.target.exe)? {
+                    Some((_, d)) => d
+                        .to_ph(&homeostat_core::ph::PhConfig::default())
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("daemon profile does not fit a window of 9")
+                        })?,
+                    None => return Err(e),
+                },
+            };
+            super::analyze::export_seccomp(&a, &p.path, p.model().alphabet().symbols())
+        }
         ProfileCmd::Reset(t) => {
             let store = open_store(&t.state)?;
             let p = match find(&store, &t.exe) {

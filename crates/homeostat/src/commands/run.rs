@@ -87,8 +87,9 @@ pub fn run(a: RunArgs) -> Result<()> {
         },
         ..LaunchOptions::default()
     };
+    let command = super::analyze::seccomp_command(&a.command, a.seccomp.as_deref())?;
     let status = launch::run_with(
-        &a.command,
+        &command,
         &opts,
         &mut consumer,
         &mut signals::program_started,
