@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use homeostat_core::ph::{ExeKey, Verdict};
-use homeostat_seccomp::nr::{self, Kind};
 use homeostat_seccomp::{ChildStatus, LaunchOptions, Supervisor};
-use homeostat_syscalls::Arch;
+use homeostat_syscalls::{call_kind, Arch, CallKind};
 
 /// One captured call, whatever captured it.
 #[derive(Debug, Clone)]
@@ -72,11 +71,10 @@ pub trait Consumer {
     fn poll(&mut self) {}
 }
 
+/// The profile ABI of a call: anything but i386 counts as x86_64 (the filter lets only
+/// those two through, and x32 calls report `AUDIT_ARCH_X86_64`).
 fn arch_of(audit_arch: u32) -> Arch {
-    match audit_arch {
-        nr::AUDIT_ARCH_I386 => Arch::I386,
-        _ => Arch::X86_64,
-    }
+    Arch::from_audit_arch(audit_arch).unwrap_or(Arch::X86_64)
 }
 
 /// The seccomp launcher as a source.
@@ -219,9 +217,9 @@ pub fn drive(
                         timers.push(Reverse((Instant::now() + Duration::from_nanos(ns), ev.id)))
                     }
                 }
-                match nr::kind(ev.audit_arch, ev.nr) {
-                    Kind::Exit => consumer.exit(ev.pid, ev.tid, false),
-                    Kind::ExitGroup => consumer.exit(ev.pid, ev.tid, true),
+                match call_kind(ev.audit_arch, ev.nr) {
+                    CallKind::Exit => consumer.exit(ev.pid, ev.tid, false),
+                    CallKind::ExitGroup => consumer.exit(ev.pid, ev.tid, true),
                     _ => {}
                 }
             }
