@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use homeostat_core::ph::{ExeKey, Verdict};
 use homeostat_seccomp::{ChildStatus, LaunchOptions, Supervisor};
 use homeostat_syscalls::{call_kind, Arch, CallKind};
@@ -236,8 +236,23 @@ pub fn run(
     opts: &LaunchOptions,
     consumer: &mut dyn Consumer,
 ) -> Result<ChildStatus> {
-    let sup = Supervisor::spawn(argv, opts)
-        .with_context(|| format!("cannot run {}", argv[0].to_string_lossy()))?;
+    run_with(argv, opts, consumer, &mut |_| {})
+}
+
+/// [`run`], calling `started` with the direct child's pid once it runs (before any of
+/// its calls is served): for the caller to forward signals to it, for example.
+pub fn run_with(
+    argv: &[OsString],
+    opts: &LaunchOptions,
+    consumer: &mut dyn Consumer,
+    started: &mut dyn FnMut(i32),
+) -> Result<ChildStatus> {
+    let sup = Supervisor::spawn(argv, opts).map_err(|e| match e {
+        // Already "cannot run X: <errno>"; main turns it into the shell's 127/126.
+        e @ homeostat_seccomp::LaunchError::Exec { .. } => anyhow::Error::new(e),
+        e => anyhow::Error::new(e).context(format!("cannot run {}", argv[0].to_string_lossy())),
+    })?;
+    started(sup.child_pid());
     let status = drive(&mut Launcher(sup), consumer, &AtomicBool::new(false))?;
     Ok(status.unwrap_or(ChildStatus::Unknown))
 }

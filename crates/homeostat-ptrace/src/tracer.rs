@@ -904,8 +904,7 @@ fn permission_error(pid: i32, tid: i32) -> AttachError {
     if let Some(tracer) = proc::tracer(tid).filter(|&t| t != 0) {
         return AttachError::AlreadyTraced { pid, tracer };
     }
-    let exe = proc::exe(pid);
-    let hint = if exe.ino == 0 && proc::exists(pid) {
+    let hint = if proc::is_kernel_thread(pid) {
         "it looks like a kernel thread, which cannot be traced".to_string()
     } else {
         // SAFETY: geteuid cannot fail.

@@ -32,6 +32,7 @@ mod child;
 mod inflight;
 mod keeper;
 pub mod load;
+pub mod signals;
 mod supervisor;
 mod sys;
 

@@ -41,6 +41,7 @@ impl<W: Write> Scanner<'_, W> {
             serde_json::to_writer(&mut self.out, &obj).map_err(std::io::Error::from)?;
             return self.out.write_all(b"\n");
         }
+        let id = crate::fsutil::printable(id);
         write!(self.out, "{id:<40} {:>9}", r.calls)?;
         // The column is always there, so the header lines up for every model; "-" is a
         // model without a per-call verdict (knn, ensemble).
