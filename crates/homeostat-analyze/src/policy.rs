@@ -10,10 +10,8 @@
 
 use std::collections::BTreeSet;
 
-/// `AUDIT_ARCH_X86_64`.
-pub const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-/// `AUDIT_ARCH_I386`.
-pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+/// The architecture words the filter checks come from the one table of syscall facts.
+pub use homeostat_syscalls::{AUDIT_ARCH_I386, AUDIT_ARCH_X86_64};
 /// `SECCOMP_RET_ALLOW`.
 pub const RET_ALLOW: u32 = 0x7fff_0000;
 /// `SECCOMP_RET_ERRNO | EPERM`.

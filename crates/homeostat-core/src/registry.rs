@@ -116,7 +116,7 @@ impl Registry {
         Registry::default()
     }
 
-    /// This crate's models: stide, tstide, pairs, markov, knn (and the ensemble,
+    /// This crate's models: stide, tstide, pairs, markov, knn, hmm (and the ensemble,
     /// which every registry understands).
     pub fn builtin() -> Self {
         let mut r = Registry::new();
@@ -124,6 +124,7 @@ impl Registry {
             r.register(classic_entry(kind));
         }
         r.register(knn::entry());
+        r.register(crate::hmm::entry());
         r
     }
 
@@ -275,8 +276,12 @@ mod tests {
             .map(|i| (0..40).map(|j| (i + j) % 7 + 1).collect())
             .collect();
         let probe = [1u32, 2, 3, 9, 4, 5, 6, 7, 3, 3];
+        // A small HMM: the default 150 states would take tens of seconds in a debug build.
+        let mut params = Params::new();
+        params.set("states", 4);
+        params.set("iterations", 5);
         for e in r.entries() {
-            let mut b = r.builder(&e.name, &Params::new()).unwrap();
+            let mut b = r.builder(&e.name, &params).unwrap();
             for t in &train {
                 b.add_trace(t);
             }

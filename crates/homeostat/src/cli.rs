@@ -255,8 +255,9 @@ pub struct ModelFlags {
     #[arg(long, global = true)]
     pub smoothing: Option<f64>,
     /// Other model parameters, name=value (repeat or comma-separate): knn k, n, tf
-    /// (raw|log|bool), idf (true|false); ensemble holdout (1 in N training traces
-    /// fits the normalisation). See docs/models.md.
+    /// (raw|log|bool), idf (true|false); hmm states, iterations, tolerance, seed,
+    /// threshold, floor, locality; ensemble holdout (1 in N training traces fits the
+    /// normalisation). See docs/models.md.
     #[arg(long = "param", short = 'P', global = true)]
     pub param: Vec<String>,
 }
@@ -274,7 +275,7 @@ pub struct InputFlags {
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Model to train: stide, tstide, pairs, markov, knn, or
+    /// Model to train: stide, tstide, pairs, markov, knn, hmm, or
     /// ensemble:MODEL[.SCORE],MODEL[.SCORE]...
     #[arg(long, short = 'm', default_value = "stide")]
     pub model: String,
@@ -315,7 +316,7 @@ pub struct EvalArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct EvalCommon {
-    /// Models to evaluate, comma separated: stide, tstide, pairs, markov, knn,
+    /// Models to evaluate, comma separated: stide, tstide, pairs, markov, knn, hmm,
     /// ensemble:MODEL[.SCORE],... (an ensemble takes the items after it; join its
     /// members with + to list models after it).
     #[arg(

@@ -18,6 +18,7 @@ use tracing::warn;
 
 use super::state::open_store;
 use crate::cli::{ProfileCmd, ProfileTarget, StateFlags};
+use crate::fsutil::printable;
 
 /// The daemon's profile files, the unreadable ones reported.
 fn daemon_files(store: &ProfileStore) -> Vec<(std::path::PathBuf, DaemonProfile)> {
@@ -94,7 +95,7 @@ fn line(p: &PhProfile) -> String {
         p.train_count,
         p.anomalies,
         p.key.to_string(),
-        p.path
+        printable(&p.path)
     )
 }
 
@@ -126,7 +127,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                         d.train_count,
                         d.anomalies,
                         d.key().to_string(),
-                        d.path
+                        printable(&d.path)
                     );
                 }
             }
@@ -138,7 +139,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                     p.train_count,
                     p.anomalies,
                     p.key,
-                    p.path
+                    printable(&p.path)
                 );
             }
             Ok(())
@@ -152,7 +153,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                     let Some((file, d)) = daemon_file(&store, &t.exe)? else {
                         return Err(e);
                     };
-                    println!("exe            {}", d.path);
+                    println!("exe            {}", printable(&d.path));
                     println!("key            {}", d.key());
                     println!("file           {} (homeostat daemon)", file.display());
                     println!("state          {}", d.state);
@@ -166,7 +167,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                     return Ok(());
                 }
             };
-            println!("exe            {}", p.path);
+            println!("exe            {}", printable(&p.path));
             println!("key            {}", p.key);
             println!("file           {}", store.path_for(p.key).display());
             println!("state          {}", p.state);
@@ -222,7 +223,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
             store.remove(p.key)?;
             println!(
                 "reset: {} ({}) will be learnt from nothing{}",
-                p.path,
+                printable(&p.path),
                 p.key,
                 if live
                     .iter()
@@ -310,7 +311,10 @@ fn daemon_edit(
         Some(Reply::Error(e)) => bail!("daemon {pid}: {}", e.error),
         _ => bail!("daemon {pid}: no answer"),
     }
-    println!("{key} {}: done by the daemon (pid {pid})", p.path);
+    println!(
+        "{key} {}: done by the daemon (pid {pid})",
+        printable(&p.path)
+    );
     Ok(())
 }
 
@@ -330,7 +334,7 @@ fn edit_daemon_file(
             std::fs::remove_file(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             println!(
                 "reset: {} ({}) will be learnt from nothing",
-                d.path,
+                printable(&d.path),
                 d.key()
             );
             return Ok(());
@@ -355,7 +359,7 @@ fn edit_daemon_file(
     println!(
         "{} {}: {} (daemon file {})",
         d.key(),
-        d.path,
+        printable(&d.path),
         d.state,
         file.display()
     );
@@ -398,7 +402,7 @@ pub fn ps(json: bool, state: &StateFlags) -> Result<()> {
                 t.delay_ms,
                 t.anomalies,
                 t.calls,
-                t.exe
+                printable(&t.exe)
             );
         }
     }
