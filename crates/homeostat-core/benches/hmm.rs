@@ -6,21 +6,13 @@
 //! states as distinct calls" on ADFA-LD). Skips with a message when ADFA-LD is absent
 //! (set HOMEOSTAT_ADFA_DIR, or keep it at ../shared/datasets/ADFA-LD beside the checkout).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use homeostat_core::hmm::{Hmm, HmmScratch, HmmSpec, Trainer};
 use homeostat_traces::adfa;
 
-fn adfa_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("HOMEOSTAT_ADFA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/ADFA-LD")
-        });
-    dir.join("Training_Data_Master").is_dir().then_some(dir)
-}
+use homeostat_testsupport::adfa_dir;
 
 fn benches(c: &mut Criterion) {
     let Some(dir) = adfa_dir() else {

@@ -7,27 +7,10 @@
 //! absent (set HOMEOSTAT_ADFA_DIR, or keep it at ../shared/datasets/ADFA-LD beside the
 //! checkout).
 
-use std::path::PathBuf;
-
 use homeostat_core::hmm::{Hmm, HmmScratch, HmmSpec};
 use homeostat_traces::adfa;
 
-fn adfa_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("HOMEOSTAT_ADFA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/ADFA-LD")
-        });
-    if dir.join("Training_Data_Master").is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "skipping: ADFA-LD not found at {} (set HOMEOSTAT_ADFA_DIR)",
-            dir.display()
-        );
-        None
-    }
-}
+use homeostat_testsupport::adfa_dir;
 
 /// P(attack score > normal score), ties counted half.
 fn auc(neg: &[f64], pos: &[f64]) -> f64 {

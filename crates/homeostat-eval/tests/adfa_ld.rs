@@ -8,28 +8,11 @@
 //! nothing gives 0.5, a reader that drops or reorders calls moves stide by far more.
 //! Skips with a message when the dataset is absent (a fresh clone).
 
-use std::path::PathBuf;
-
 use homeostat_core::{ModelKind, Params, Registry};
 use homeostat_eval::datasets::{adfa_ld, ValidationSplit};
 use homeostat_eval::{evaluate, Dataset, ModelReport, Options};
 
-fn adfa_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("HOMEOSTAT_ADFA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/ADFA-LD")
-        });
-    if dir.join("Training_Data_Master").is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "skipping: ADFA-LD not found at {} (set HOMEOSTAT_ADFA_DIR)",
-            dir.display()
-        );
-        None
-    }
-}
+use homeostat_testsupport::adfa_dir;
 
 // Measured 2026-11-30 (standard split).
 const KNN_DISTANCE: f64 = 0.746;

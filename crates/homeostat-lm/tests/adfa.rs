@@ -9,28 +9,11 @@
 //! a model that learnt nothing (AUC near 0.5) or a broken reader or label.
 //! Skips with a message when the dataset is absent.
 
-use std::path::PathBuf;
-
 use homeostat_eval::datasets::adfa_ld;
 use homeostat_eval::metrics::auc;
 use homeostat_lm::{train, LmConfig, Progress};
 
-fn adfa_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("HOMEOSTAT_ADFA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/ADFA-LD")
-        });
-    if dir.join("Training_Data_Master").is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "skipping: ADFA-LD not found at {} (set HOMEOSTAT_ADFA_DIR)",
-            dir.display()
-        );
-        None
-    }
-}
+use homeostat_testsupport::adfa_dir;
 
 /// The reduced configuration of this test (the full one is `LmConfig::default()`).
 fn reduced() -> LmConfig {

@@ -54,6 +54,26 @@ pub mod nr {
     pub const OPENAT: u32 = Sysno::openat as u32;
 }
 
+/// Where ADFA-LD is: `$HOMEOSTAT_ADFA_DIR`, else `../shared/datasets/ADFA-LD` beside the
+/// checkout. `None`, with the reason printed, when it is absent, so a test that needs
+/// it says that it skips instead of passing silently.
+pub fn adfa_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("HOMEOSTAT_ADFA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/ADFA-LD")
+        });
+    if dir.join("Training_Data_Master").is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "skipping: ADFA-LD not found at {} (set HOMEOSTAT_ADFA_DIR)",
+            dir.display()
+        );
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
