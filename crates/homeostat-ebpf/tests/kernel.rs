@@ -87,9 +87,41 @@ fn pairs_round_trip_through_the_kernel() {
         k.add_pairs(exe, &[(1, 512, 1)]),
         Err(Error::OutOfRange(512))
     ));
+    // i386 rows (512 + the i386 number) are rows of their own.
+    k.add_pairs(exe, &[(512 + 1, 0, 0b100)]).unwrap();
+    assert_eq!(
+        k.pairs(exe).unwrap(),
+        vec![(1, 0, 0b1), (2, 1, 0b11), (513, 0, 0b100)]
+    );
+    assert!(matches!(
+        k.add_pairs(exe, &[(1024, 0, 1)]),
+        Err(Error::OutOfRange(1024))
+    ));
     k.remove_profile(exe).unwrap();
     assert_eq!(k.profile(exe).unwrap(), None);
     assert!(k.pairs(exe).unwrap().is_empty());
+    // Its slot and rows were freed cleared: a new profile starts empty, and every
+    // slot can be taken and given back.
+    let others: Vec<ExeKey> = (0..4096)
+        .map(|i| ExeKey {
+            dev: u64::MAX - 1,
+            ino: i,
+        })
+        .collect();
+    for &o in &others {
+        k.set_state(o, KernelState::Training).unwrap();
+    }
+    assert!(k.pairs(others[4095]).unwrap().is_empty());
+    assert!(
+        k.set_state(exe, KernelState::Training).is_err(),
+        "4097th profile"
+    );
+    for &o in &others {
+        k.remove_profile(o).unwrap();
+    }
+    k.add_pairs(exe, &[(7, 7, 1)]).unwrap();
+    assert_eq!(k.pairs(exe).unwrap(), vec![(7, 7, 1)]);
+    k.remove_profile(exe).unwrap();
 }
 
 #[test]

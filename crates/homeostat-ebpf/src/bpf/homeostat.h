@@ -32,15 +32,23 @@ struct hs_key {
 	__u64 ino;
 };
 
-/* Call numbers are rows and columns of pH's table: 9 bits. Larger numbers (x32
- * calls) all land on the last row / column. */
+/* Call numbers are columns of pH's table: 9 bits. Larger numbers (x32 calls) all land
+ * on the last column. */
 #define HS_ROW 512
+/* Rows per profile: x86_64 calls 0..511, then i386 (compat) calls at 512 + their
+ * number, so that a 32-bit program's calls have rows of their own. */
+#define HS_TABLE 1024
+#define HS_COMPAT HS_ROW
+/* Profiles (slots of hs_index) and rows of the pool (row 0: the all-zero row, never
+ * written, which "no row" points to). */
+#define HS_SLOTS 4096
+#define HS_ROWS 65536
 
-struct hs_row_key {
-	__u64 dev;
-	__u64 ino;
-	__u32 cur;
-	__u32 pad;
+/* A profile's index into the row pool: row[cur] is the pool index of the row of call
+ * cur (0: none). Written with compare-and-swap, by the programs and by userspace (the
+ * map is mmapped). */
+struct hs_index {
+	__u32 row[HS_TABLE];
 };
 
 /* One row of pH's table: mask[prev] has bit d-1 set when prev was seen d calls
@@ -55,6 +63,8 @@ struct hs_profile {
 	__u64 calls;     /* calls seen (either state) */
 	__u64 new_pairs; /* pairs learnt in the kernel */
 	__u64 anomalies; /* anomalous calls while normal */
+	__u32 slot;      /* its hs_index entry, for life (from hs_free_slots) */
+	__u32 pad;
 };
 
 struct hs_task {
@@ -70,7 +80,7 @@ struct hs_task {
 	__u32 gen;
 	__u32 cached;
 	__u32 pending;
-	__u32 pad;
+	__u32 slot;        /* the profile's slot, valid with HS_CACHE_PROFILE */
 };
 
 /* hs_task.cached */
