@@ -67,6 +67,7 @@
 #                   (default: `cargo build --release -p homeostat` into
 #                   $CARGO_TARGET_DIR, or target/, copied to the working directory)
 #   HOMEOSTAT_FLOOR_BIN=F  the floor build (default: built with --features floor)
+#   HOMEOSTAT_PROGSTATS_BIN=F  the bpf_prog_stats example (default: built)
 #   HOMEOSTAT_BEFORE_BIN=F another build to compare (conditions old-training,
 #                   old-normal); unset: those conditions are not run
 #   CONDS="..."     the conditions to run (default: none floor training normal, plus
@@ -123,9 +124,13 @@ else
     cp "$tdir/release/homeostat" "$work/homeostat-floor"
     hs_floor="$work/homeostat-floor"
 fi
-echo "== building the run-time reader (example bpf_prog_stats)" >&2
-(. scripts/lib/ensure-deps.sh && cargo build --release --quiet -p homeostat-ebpf --example bpf_prog_stats)
-progstats="$tdir/release/examples/bpf_prog_stats"
+if [ -n "${HOMEOSTAT_PROGSTATS_BIN:-}" ]; then
+    progstats="$HOMEOSTAT_PROGSTATS_BIN"
+else
+    echo "== building the run-time reader (example bpf_prog_stats)" >&2
+    (. scripts/lib/ensure-deps.sh && cargo build --release --quiet -p homeostat-ebpf --example bpf_prog_stats)
+    progstats="$tdir/release/examples/bpf_prog_stats"
+fi
 hs_before="${HOMEOSTAT_BEFORE_BIN:-}"
 for b in "$hs" "$hs_floor" $hs_before; do
     [ -x "$b" ] || { echo "bench-daemon: no executable at $b" >&2; exit 1; }
@@ -165,7 +170,8 @@ trap 'exit 143' TERM
 start_daemon() {
     local bin="$1" log="$2" i
     shift 2
-    "$bin" daemon "$@" 2>"$log" &
+    : >"$log"
+    "$bin" daemon "$@" 2>>"$log" &
     daemon_pid=$!
     for ((i = 0; i < 600; i++)); do
         if grep -q 'daemon: watching (' "$log"; then
