@@ -12,7 +12,8 @@ use bytemuck::{Pod, Zeroable};
 use homeostat_core::ph::ExeKey;
 
 pub(crate) use crate::skel::types::{
-    hs_config, hs_event, hs_exec_event, hs_index, hs_key, hs_profile, hs_row, hs_stop, hs_task,
+    hs_config, hs_event, hs_exec_event, hs_index, hs_key, hs_ok, hs_profile, hs_row, hs_stop,
+    hs_task,
 };
 
 /// Columns (previous call) of pH's table in the kernel, and the rows of x86_64 calls
@@ -44,8 +45,9 @@ pub(crate) const EV_EXEC_REFUSED: u32 = 4;
 /// `hs_event.flags`: the process was sent SIGSTOP for a response.
 pub(crate) const EVF_STOPPED: u32 = 1;
 
-/// Entries of the per-CPU `hs_stats` array (`HS_NSTATS`), in `HS_STAT_*` order.
-pub(crate) const NSTATS: usize = 5;
+/// Entries of the per-CPU `hs_stats` array (`HS_NSTATS`), in `HS_STAT_*` order: the
+/// five loss counters, then events submitted (for wakeup batching, not a loss).
+pub(crate) const NSTATS: usize = 6;
 
 /// Marks the generated types as plain data for bytemuck.
 macro_rules! plain {
@@ -61,6 +63,7 @@ macro_rules! plain {
 
 plain!(
     hs_key,
+    hs_ok,
     hs_index,
     hs_row,
     hs_profile,
@@ -78,7 +81,7 @@ const _: () = {
     assert!(size_of::<hs_index>() == 4 * TABLE);
     assert!(size_of::<hs_row>() == ROW);
     assert!(size_of::<hs_profile>() == 40);
-    assert!(size_of::<hs_task>() == 80);
+    assert!(size_of::<hs_task>() == 144);
     assert!(size_of::<hs_config>() == 24);
     assert!(size_of::<hs_event>() == 48);
     assert!(size_of::<hs_exec_event>() == 48 + 256);

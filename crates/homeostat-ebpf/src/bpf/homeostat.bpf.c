@@ -118,8 +118,6 @@ struct {
 	__type(value, __u64);
 } hs_stats SEC(".maps");
 
-/* Events reserved so far, to wake the consumer every wakeup_every events only. */
-__u64 event_count = 0;
 /* Profiles created here (auto_create): with hs_config.generation, tells a task that
  * its cached profile entry may be stale. */
 __u32 kernel_generation = 0;
@@ -147,10 +145,15 @@ static __always_inline struct hs_config *get_config(void)
  * consumer also drains on a timeout, so a quiet tail is not stranded. */
 static __always_inline __u64 wakeup_flags(struct hs_config *cfg)
 {
-	__u64 n = __sync_fetch_and_add(&event_count, 1);
+	/* Counted per CPU: a global counter was an atomic add on the cache line every
+	 * task reads kernel_generation from, on every event of every CPU. */
+	__u32 which = HS_STAT_EVENTS;
+	__u64 *n = bpf_map_lookup_elem(&hs_stats, &which);
 	__u64 every = cfg->wakeup_every ? cfg->wakeup_every : 1;
 
-	return (n % every == 0) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	if (!n)
+		return BPF_RB_FORCE_WAKEUP;
+	return ((*n)++ % every == 0) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
 static __always_inline void fill(struct hs_event *e, __u32 kind, __u32 pid, __u32 tid,
@@ -207,6 +210,14 @@ static __always_inline __u64 user_dev(__u32 kdev)
 	return (minor & 0xff) | (major << 8) | ((minor & ~0xffULL) << 12);
 }
 
+static __always_inline void ok_clear(struct hs_task *t)
+{
+	t->ok[0].w1 = 0;
+	t->ok[1].w1 = 0;
+	t->ok[2].w1 = 0;
+	t->ok[3].w1 = 0;
+}
+
 /* Initialises `task`'s entry for running `file`; creates a training profile when
  * auto_create is on; reports the exec when `bprm` is given. Returns the entry or
  * NULL. */
@@ -239,6 +250,7 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 	t->cached = 0;
 	t->pending = 0;
 	t->slot = 0;
+	ok_clear(t);
 	t->valid = 1;
 	if (cfg->auto_create && !bpf_map_lookup_elem(&hs_profiles, &t->key)) {
 		struct hs_profile p = {};
@@ -318,11 +330,15 @@ static __always_inline __u32 row_new(struct hs_index *ix, __u32 cur)
 	return r;
 }
 
+/* 1 if the pair (cur, the call in bits `sh` of word `w`, distance bit+1) is in `row`. */
+#define HIT(w, sh, bit) ((row->mask[((w) >> (sh)) & (HS_ROW - 1)] >> (bit)) & 1)
+
 /* One distance: test (normal) or learn (training) the pair (cur, seq[d-1], d). */
 #define PAIR(d)                                                                  \
 	if ((d) <= t->nseq) {                                                    \
 		__u8 bit = 1 << ((d) - 1);                                       \
-		__u32 prev = t->seq[(d) - 1] & (HS_ROW - 1);                     \
+		__u32 prev = (((d) <= 4 ? s0 >> (16 * ((d) - 1))                  \
+				       : s1 >> (16 * ((d) - 5)))) & (HS_ROW - 1); \
 		if (!row || !(row->mask[prev] & bit)) {                          \
 			if (!training)                                           \
 				misses++;                                        \
@@ -345,6 +361,9 @@ static __always_inline int on_sys_enter(long id, bool compat)
 	struct hs_profile *p = NULL;
 	struct hs_task *t;
 	__u32 misses = 0, learnt = 0, pos, old, gen, r;
+	__u64 *sw, s0, s1, okw;
+	struct hs_ok *okc;
+	bool full;
 	bool training;
 	__u16 cur;
 
@@ -382,12 +401,25 @@ static __always_inline int on_sys_enter(long id, bool compat)
 		t->cached = p ? HS_CACHE_PROFILE | (p->state == HS_NORMAL ? HS_CACHE_NORMAL : 0) : 0;
 		t->slot = p ? p->slot : 0;
 		t->gen = gen;
+		ok_clear(t);
 	}
 	if (!(t->cached & HS_CACHE_PROFILE))
 		return 0;
 	training = !(t->cached & HS_CACHE_NORMAL);
 	t->pending++;
 
+	/* seq[] as two little-endian words (seq[0] in the low bits of the first). */
+	sw = (__u64 *)t->seq;
+	s0 = sw[0];
+	s1 = sw[1];
+	full = t->nseq >= HS_SEQ;
+	/* A window seen complete before needs neither index nor row: on a busy machine
+	 * their cache lines are the cost of a call (measured with perf: the first row
+	 * load was the hottest instruction). */
+	okw = s1 | ((__u64)(cur & 0x3f) << 10) | ((__u64)(cur >> 6) << 26) | (1ULL << 63);
+	okc = &t->ok[cur & (HS_OK - 1)];
+	if (full && okc->w0 == s0 && okc->w1 == okw)
+		goto tested;
 	ix = bpf_map_lookup_elem(&hs_index, &t->slot);
 	if (!ix)
 		return 0;
@@ -396,16 +428,19 @@ static __always_inline int on_sys_enter(long id, bool compat)
 		r = row_new(ix, cur);
 	if (r)
 		row = bpf_map_lookup_elem(&hs_rows, &r);
+	/* A full window whose eight pairs are all known: branch-free, and remembered. */
+	if (row && full &&
+	    (HIT(s0, 0, 0) + HIT(s0, 16, 1) + HIT(s0, 32, 2) + HIT(s0, 48, 3) +
+	     HIT(s1, 0, 4) + HIT(s1, 16, 5) + HIT(s1, 32, 6) + HIT(s1, 48, 7)) == HS_SEQ) {
+		okc->w0 = s0;
+		okc->w1 = okw;
+		goto tested;
+	}
 	PAIR(1) PAIR(2) PAIR(3) PAIR(4) PAIR(5) PAIR(6) PAIR(7) PAIR(8)
-
-	t->seq[7] = t->seq[6];
-	t->seq[6] = t->seq[5];
-	t->seq[5] = t->seq[4];
-	t->seq[4] = t->seq[3];
-	t->seq[3] = t->seq[2];
-	t->seq[2] = t->seq[1];
-	t->seq[1] = t->seq[0];
-	t->seq[0] = cur;
+tested:
+	/* Shifting the window by one call is two stores. */
+	sw[1] = (s1 << 16) | (s0 >> 48);
+	sw[0] = (s0 << 16) | cur;
 	if (t->nseq < HS_SEQ)
 		t->nseq++;
 

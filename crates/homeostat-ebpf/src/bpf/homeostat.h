@@ -25,7 +25,8 @@
 #define HS_STAT_TASKS_FULL 2    /* task storage or fork map insert failed */
 #define HS_STAT_PROFILES_FULL 3 /* profiles map insert failed (auto_create) */
 #define HS_STAT_STOPS_FAILED 4  /* a response was due but the stop could not be made */
-#define HS_NSTATS 5
+#define HS_STAT_EVENTS 5        /* events submitted on this CPU (wakeup batching) */
+#define HS_NSTATS 6
 
 struct hs_key {
 	__u64 dev; /* st_dev encoding, as stat(2) reports it */
@@ -67,9 +68,17 @@ struct hs_profile {
 	__u32 pad;
 };
 
+/* A window known to be all present: the seq words as in hs_task, with the current
+ * call in the unused bits 10-15 and 26-29 of the second and bit 63 set (valid). */
+struct hs_ok {
+	__u64 w0;
+	__u64 w1;
+};
+#define HS_OK 4
+
 struct hs_task {
 	struct hs_key key;
-	__u16 seq[HS_SEQ]; /* seq[0] is the previous call */
+	__u16 seq[HS_SEQ]; /* seq[0] is the previous call; 8-aligned: read as two u64 */
 	__u32 nseq;        /* valid entries of seq */
 	__u32 fpos;        /* next slot of the locality frame */
 	__u32 lfc;
@@ -81,6 +90,11 @@ struct hs_task {
 	__u32 cached;
 	__u32 pending;
 	__u32 slot;        /* the profile's slot, valid with HS_CACHE_PROFILE */
+	/* Windows (the last 8 calls and the current one, HS_OK_KEY) whose eight pairs
+	 * were all found in the profile, by current call mod HS_OK: such a window needs
+	 * no row at all. Pairs are only ever added to a profile while it exists, so an
+	 * entry stays true until the generation moves (cleared then). */
+	struct hs_ok ok[HS_OK];
 };
 
 /* hs_task.cached */
