@@ -19,3 +19,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== fuzz (30 s per target)"
+scripts/fuzz.sh 30

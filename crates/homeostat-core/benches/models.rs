@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use homeostat_core::{AnyModel, Model, ModelKind, ModelSpec, Scratch};
+use homeostat_core::{AnyModel, Model, ModelKind, ModelSpec, Params, Registry, Scratch};
 use homeostat_traces::adfa;
 
 fn adfa_dir() -> Option<PathBuf> {
@@ -50,6 +50,31 @@ fn benches(c: &mut Criterion) {
                 let mut sum = 0u64;
                 for t in &test {
                     sum += m.test_trace(t, &mut scratch).mismatches;
+                }
+                sum
+            })
+        });
+    }
+    g.finish();
+
+    // Through the trace-level Detector interface: the classic models must cost the
+    // same as above (one virtual call per trace), and kNN's scoring speed.
+    let reg = Registry::builtin();
+    let mut g = c.benchmark_group("detector");
+    g.throughput(Throughput::Elements(test_calls));
+    g.measurement_time(Duration::from_secs(4));
+    for name in ["stide", "knn"] {
+        let mut b = reg.builder(name, &Params::new()).unwrap();
+        for t in &train {
+            b.add_trace(t);
+        }
+        let d = b.build(&|_, _| {}).unwrap();
+        let mut scratch = Scratch::default();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut sum = 0.0;
+                for t in &test {
+                    sum += d.score_trace(t, &mut scratch).scores[0];
                 }
                 sum
             })

@@ -5,7 +5,12 @@
 //! windows in uncommon proportions. Here each trace is a bag of its call n-grams
 //! (orders 1..=`n`), weighted TF-IDF style (Liao and Vemuri 2002 used calls alone;
 //! n-grams add order), L2-normalised; a trace's score is the cosine distance to its
-//! `k` nearest normal training traces.
+//! `k` nearest normal training traces (`distance`). A second score, `relative`,
+//! divides the distance to the nearest training trace by that trace's own distance
+//! to its nearest other training trace (plus the mean of those, which keeps it
+//! finite for duplicated traces), as the local outlier factor does: normal
+//! behaviour is dense in some regions (short service traces) and sparse in others,
+//! and a fixed distance means more in a dense region.
 //!
 //! Weights: term frequency raw, sub-linear `1 + ln tf`, or binary; inverse document
 //! frequency `ln((1 + N) / (1 + df)) + 1` over the `N` training traces (an n-gram no
@@ -18,7 +23,9 @@
 //! bounded whatever a process does; beyond that cap each further unseen n-gram counts
 //! as a distinct singleton, which whole-trace scoring does identically.
 
-use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap as StdHashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +36,11 @@ use crate::detector::{
 };
 use crate::model::Scratch;
 use crate::registry::Entry;
+
+/// Maps with a fixed hash seed: floating-point sums over a trace's n-grams follow the
+/// map's order, and a per-process random seed made scores (and AUC ties) differ in
+/// the last bits from run to run.
+type HashMap<K, V> = StdHashMap<K, V, BuildHasherDefault<DefaultHasher>>;
 
 /// Largest n-gram order.
 pub const MAX_ORDER: usize = 5;
@@ -94,8 +106,8 @@ impl Default for KnnConfig {
     fn default() -> Self {
         KnnConfig {
             k: 1,
-            n: 3,
-            tf: Tf::Log,
+            n: 1,
+            tf: Tf::Bool,
             idf: true,
         }
     }
@@ -200,6 +212,12 @@ pub struct Knn {
     index: HashMap<u64, u32>,
     idf: Vec<f64>,
     unseen_idf: f64,
+    /// Each training trace's distance to its nearest other training trace.
+    own: Vec<f64>,
+    /// Mean of `own`: the scale that keeps `relative` finite when a training trace
+    /// has an exact duplicate (distance 0). Not the median: in real data most
+    /// traces can have a duplicate, and the median is then 0.
+    own_scale: f64,
     /// Postings per vocabulary term: (training trace, normalised weight).
     postings: Vec<Vec<(u32, f64)>>,
 }
@@ -213,7 +231,7 @@ impl Knn {
             return Err("no training traces".into());
         }
         let vocab_len = stored.vocab.len();
-        let mut index = HashMap::with_capacity(vocab_len);
+        let mut index = HashMap::with_capacity_and_hasher(vocab_len, Default::default());
         for (i, &(key, df)) in stored.vocab.iter().enumerate() {
             if df == 0 || df as usize > nt || index.insert(key, i as u32).is_some() {
                 return Err(format!("invalid vocabulary entry {i}"));
@@ -231,7 +249,8 @@ impl Knn {
             .iter()
             .map(|&(_, df)| idf_of(df.into()))
             .collect();
-        let mut postings = vec![vec![]; vocab_len];
+        let mut postings: Vec<Vec<(u32, f64)>> = vec![vec![]; vocab_len];
+        let mut weighted: Vec<Vec<(u32, f64)>> = Vec::with_capacity(nt);
         for (t, terms) in stored.traces.iter().enumerate() {
             let mut norm = 0.0;
             for &(i, c) in terms {
@@ -242,13 +261,41 @@ impl Knn {
                 norm += w * w;
             }
             let norm = norm.sqrt().max(f64::MIN_POSITIVE);
+            let mut ws = Vec::with_capacity(terms.len());
             for &(i, c) in terms {
                 let w = cfg.tf.weight(c) * idf[i as usize] / norm;
                 postings[i as usize].push((t as u32, w));
+                ws.push((i, w));
             }
+            weighted.push(ws);
         }
+        // Leave-one-out nearest-neighbour distances of the training traces: how far
+        // apart normal traces are in each region of the space.
+        let mut dots = vec![0.0; nt];
+        let own: Vec<f64> = weighted
+            .iter()
+            .enumerate()
+            .map(|(t, ws)| {
+                dots.iter_mut().for_each(|d| *d = 0.0);
+                for &(i, w) in ws {
+                    for &(u, uw) in &postings[i as usize] {
+                        dots[u as usize] += w * uw;
+                    }
+                }
+                dots[t] = f64::MIN;
+                let best = dots.iter().copied().fold(f64::MIN, f64::max);
+                if nt == 1 {
+                    1.0
+                } else {
+                    (1.0 - best).max(0.0)
+                }
+            })
+            .collect();
+        let own_scale = (own.iter().sum::<f64>() / nt as f64).max(1e-6);
         Ok(Knn {
             unseen_idf: idf_of(0.0),
+            own,
+            own_scale,
             stored,
             index,
             idf,
@@ -290,14 +337,19 @@ impl Knn {
             vec![0.0, 0.0]
         } else {
             let norm = norm.sqrt().max(f64::MIN_POSITIVE);
+            let (nn, best) = dots
+                .iter()
+                .copied()
+                .enumerate()
+                .fold((0, f64::MIN), |a, (i, d)| if d > a.1 { (i, d) } else { a });
+            let nearest = (1.0 - best / norm).max(0.0);
             // Distance = 1 - cosine; the k nearest are the k largest dot products.
             let k = cfg.k.min(dots.len());
             dots.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-            let nearest = dots[..k].iter().copied().fold(f64::MIN, f64::max);
             let mean: f64 = dots[..k].iter().sum::<f64>() / k as f64;
             vec![
                 (1.0 - mean / norm).max(0.0),
-                (1.0 - nearest / norm).max(0.0),
+                nearest / (self.own[nn] + self.own_scale),
             ]
         };
         TraceResult {
@@ -339,7 +391,7 @@ impl Detector for Knn {
         )
     }
     fn score_names(&self) -> Vec<String> {
-        vec!["distance".into(), "nearest".into()]
+        vec!["distance".into(), "relative".into()]
     }
     fn score_trace(&self, calls: &[u32], scratch: &mut Scratch) -> TraceResult {
         scratch.anomalies.clear();
@@ -413,7 +465,7 @@ impl KnnBuilder {
                 msg: "no training traces".into(),
             });
         }
-        let mut df: HashMap<u64, u32> = HashMap::new();
+        let mut df: HashMap<u64, u32> = HashMap::default();
         for b in &self.bags {
             for &key in b.keys() {
                 *df.entry(key).or_default() += 1;
@@ -512,7 +564,12 @@ mod tests {
         let d = score(&m2, &[1, 3]);
         let mean = 1.0 - (0.5 + 0.5f64.sqrt()) / 2.0;
         assert!((d[0] - mean).abs() < 1e-9, "{d:?}");
-        assert!((d[1] - (1.0 - 0.5f64.sqrt())).abs() < 1e-9, "nearest {d:?}");
+        // relative: nearest distance over (the neighbour's own nearest-neighbour
+        // distance + their mean). A and B are orthogonal: both own distances are 1.
+        assert!(
+            (d[1] - (1.0 - 0.5f64.sqrt()) / 2.0).abs() < 1e-6,
+            "relative {d:?}"
+        );
     }
 
     #[test]

@@ -476,3 +476,55 @@ mod tests {
         assert_eq!(u16::from_le_bytes([q.to_bytes()[8], q.to_bytes()[9]]), 2);
     }
 }
+
+/// Bytes of the header that [`framed_len`] needs.
+pub const FRAME_HEADER_LEN: usize = HEADER_LEN;
+
+/// The whole file's length (header and payload) as the header announces it, checked
+/// before anything else is read: a reader on disk caps its read by it, so a device, a
+/// foreign file or a huge sparse file is refused after [`FRAME_HEADER_LEN`] bytes
+/// instead of being read whole. `header` is the file's first bytes (all of them if the
+/// file is shorter than the header). The version is left to the decoder (each file
+/// kind reads its own set of versions).
+pub fn framed_len(magic: &[u8; 8], header: &[u8]) -> Result<u64, ProfileError> {
+    if header.len() < magic.len() || &header[..magic.len()] != magic {
+        return Err(ProfileError::NotAProfile);
+    }
+    if header.len() < HEADER_LEN {
+        return Err(ProfileError::Truncated {
+            expected: HEADER_LEN as u64,
+            found: header.len() as u64,
+        });
+    }
+    let mut len8 = [0u8; 8];
+    len8.copy_from_slice(&header[16..24]);
+    let len = u64::from_le_bytes(len8);
+    if len > MAX_PAYLOAD {
+        return Err(ProfileError::Corrupt(format!(
+            "header announces a {len}-byte payload, more than the {MAX_PAYLOAD}-byte limit"
+        )));
+    }
+    Ok(HEADER_LEN as u64 + len)
+}
+
+#[cfg(test)]
+mod framed_len_tests {
+    use super::*;
+
+    #[test]
+    fn header_announces_the_length_and_refuses_foreign_bytes() {
+        let bytes = frame(MAGIC, b"payload");
+        assert_eq!(framed_len(MAGIC, &bytes[..HEADER_LEN]), Ok(31));
+        assert_eq!(framed_len(MAGIC, &[0; 24]), Err(ProfileError::NotAProfile));
+        assert!(matches!(
+            framed_len(MAGIC, &bytes[..10]),
+            Err(ProfileError::Truncated { .. })
+        ));
+        let mut huge = bytes[..HEADER_LEN].to_vec();
+        huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            framed_len(MAGIC, &huge),
+            Err(ProfileError::Corrupt(_))
+        ));
+    }
+}

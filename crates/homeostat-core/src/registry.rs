@@ -116,7 +116,7 @@ impl Registry {
         Registry::default()
     }
 
-    /// This crate's models: stide, tstide, pairs, markov, knn (and the ensemble,
+    /// This crate's models: stide, tstide, pairs, markov, knn, hmm (and the ensemble,
     /// which every registry understands).
     pub fn builtin() -> Self {
         let mut r = Registry::new();
@@ -124,6 +124,7 @@ impl Registry {
             r.register(classic_entry(kind));
         }
         r.register(knn::entry());
+        r.register(crate::hmm::entry());
         r
     }
 
@@ -275,8 +276,12 @@ mod tests {
             .map(|i| (0..40).map(|j| (i + j) % 7 + 1).collect())
             .collect();
         let probe = [1u32, 2, 3, 9, 4, 5, 6, 7, 3, 3];
+        // A small HMM: the default 150 states would take tens of seconds in a debug build.
+        let mut params = Params::new();
+        params.set("states", 4);
+        params.set("iterations", 5);
         for e in r.entries() {
-            let mut b = r.builder(&e.name, &Params::new()).unwrap();
+            let mut b = r.builder(&e.name, &params).unwrap();
             for t in &train {
                 b.add_trace(t);
             }
@@ -296,6 +301,44 @@ mod tests {
                 st.call(c);
             }
             assert_eq!(st.finish(), a, "{}", e.name);
+        }
+    }
+
+    #[test]
+    fn damaged_payloads_are_errors_not_panics() {
+        // Every byte of each model's payload flipped in turn, and truncations: the
+        // loaders must answer Ok or Err (the fuzz target covers random bytes).
+        let r = Registry::builtin();
+        let train: Vec<Vec<u32>> = (0..10u32)
+            .map(|i| (0..30).map(|j| (i * j) % 6 + 1).collect())
+            .collect();
+        for name in ["knn", "ensemble:knn,stide.rate", "markov"] {
+            let mut b = r.builder(name, &Params::parse("n=2").unwrap()).unwrap();
+            for t in &train {
+                b.add_trace(t);
+            }
+            let d = b.build(&no_progress).unwrap();
+            let kind = d.kind().to_string();
+            let payload = d.save();
+            for i in 0..payload.len() {
+                for bit in [0x01u8, 0x80] {
+                    let mut p = payload.clone();
+                    p[i] ^= bit;
+                    if let Ok(m) = r.load(&StoredModel {
+                        kind: kind.clone(),
+                        payload: p,
+                    }) {
+                        m.score_trace(&[1, 2, 3, 99], &mut Scratch::default());
+                    }
+                }
+            }
+            for n in 0..payload.len() {
+                let cut = StoredModel {
+                    kind: kind.clone(),
+                    payload: payload[..n].to_vec(),
+                };
+                assert!(r.load(&cut).is_err(), "{name}: truncated at {n} loads");
+            }
         }
     }
 

@@ -146,12 +146,7 @@ impl Responders {
 const IDLE: Duration = Duration::from_millis(50);
 
 fn is_execve(arch: u32, nr: u32) -> bool {
-    const AUDIT_ARCH_I386: u32 = 0x4000_0003;
-    if arch == AUDIT_ARCH_I386 {
-        nr == 11 || nr == 358
-    } else {
-        nr == 59 || nr == 322
-    }
+    homeostat_syscalls::call_kind(arch, nr) == homeostat_syscalls::CallKind::Exec
 }
 
 /// One response, on its own thread (ptrace requests must come from the thread that

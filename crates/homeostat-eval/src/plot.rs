@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use crate::run::ModelReport;
 
-const W: f64 = 1000.0;
+const W: f64 = 1100.0;
 const H: f64 = 520.0;
 const LEFT: f64 = 70.0;
 const TOP: f64 = 50.0;

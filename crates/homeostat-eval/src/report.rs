@@ -139,27 +139,29 @@ impl EvalReport {
         if !self.attack_types.is_empty() {
             let _ = writeln!(s, "\nper attack type (AUC and DR@1% per trace score)");
             let _ = write!(s, "{:<mw$} {:<9}", "model", "score");
-            for (ty, n) in &self.attack_types {
-                let _ = write!(s, " | {:^13}", format!("{ty} ({n})"));
+            let heads: Vec<String> = self
+                .attack_types
+                .iter()
+                .map(|(ty, n)| format!("{ty} ({n})"))
+                .collect();
+            for h in &heads {
+                let _ = write!(s, " | {h:^w$}", w = h.len().max(13));
             }
             s.push('\n');
             for m in &self.models {
                 for name in &m.score_names {
                     let _ = write!(s, "{:<mw$} {:<9}", m.model, name);
-                    for (ty, _) in &self.attack_types {
-                        match m.per_attack.get(ty).and_then(|r| r.scores.get(name)) {
-                            Some(r) => {
-                                let _ = write!(
-                                    s,
-                                    " | {} {}",
-                                    r.auc.map_or("   n/a".into(), |a| format!("{a:6.3}")),
-                                    pct(r.dr_at_far.get("0.01").copied())
-                                );
-                            }
-                            None => {
-                                let _ = write!(s, " | {:^13}", "-");
-                            }
-                        }
+                    for ((ty, _), h) in self.attack_types.iter().zip(&heads) {
+                        let w = h.len().max(13);
+                        let cell = match m.per_attack.get(ty).and_then(|r| r.scores.get(name)) {
+                            Some(r) => format!(
+                                "{} {}",
+                                r.auc.map_or("   n/a".into(), |a| format!("{a:6.3}")),
+                                pct(r.dr_at_far.get("0.01").copied())
+                            ),
+                            None => "-".into(),
+                        };
+                        let _ = write!(s, " | {cell:>w$}");
                     }
                     s.push('\n');
                 }

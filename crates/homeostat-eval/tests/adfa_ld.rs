@@ -31,6 +31,12 @@ fn adfa_dir() -> Option<PathBuf> {
     }
 }
 
+// Measured 2026-11-30 (standard split).
+const KNN_DISTANCE: f64 = 0.746;
+const KNN_RELATIVE: f64 = 0.594;
+const ENS_Z: f64 = 0.849;
+const ENS_RANK: f64 = 0.858;
+
 fn eval(ds: &Dataset, model: &str, params: &str) -> ModelReport {
     evaluate(
         ds,
@@ -103,4 +109,24 @@ fn lidds_split_improves_stide() {
         .fixed_threshold
         .expect("threshold traces give a fixed threshold");
     assert!(fixed["rate"].threshold > 0.0);
+}
+
+/// kNN (settings chosen by cross-validation on the training traces, docs/models.md)
+/// and the ensemble of kNN with stide's rate, normalised on held-out training traces.
+#[test]
+fn knn_and_ensemble_aucs() {
+    let Some(dir) = adfa_dir() else { return };
+    let ds = adfa_ld(&dir, None).unwrap();
+    let knn = eval(&ds, "knn", "");
+    assert_eq!(knn.config, "k=1 n=1..1 tf=bool idf");
+    assert_eq!(knn.score_names, ["distance", "relative"]);
+    assert_eq!(knn.profile_size, 833);
+    near("knn distance", knn.scores["distance"].auc, KNN_DISTANCE);
+    near("knn relative", knn.scores["relative"].auc, KNN_RELATIVE);
+    let e = eval(&ds, "ensemble:knn,stide.rate", "");
+    assert_eq!(e.model, "ensemble:knn,stide.rate");
+    near("ensemble mean_z", e.scores["mean_z"].auc, ENS_Z);
+    near("ensemble mean_rank", e.scores["mean_rank"].auc, ENS_RANK);
+    // The ensemble beats both members alone (stide rate 0.827, knn 0.746).
+    assert!(e.scores["mean_rank"].auc.unwrap() > 0.84);
 }

@@ -4,7 +4,9 @@
 //!
 //! The engine belongs to the monitor loop, so a listener thread only forwards requests
 //! over a channel; the loop answers them between calls ([`Server::poll`]), which keeps
-//! every profile change on the one thread that owns the profiles.
+//! every profile change on the one thread that owns the profiles. Each client is read
+//! on its own thread with a deadline and a length cap, so a slow or endless client can
+//! never make the monitor look absent to `homeostat ps` or grow its memory.
 //!
 //! Replies are typed: each request has its reply struct, and any request may be
 //! answered with an [`ErrorReply`] instead (an unknown profile, a busy monitor, a
@@ -16,8 +18,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use homeostat_core::ph::{Mode, ProfileState};
@@ -255,11 +259,7 @@ impl Server {
         let (tx, rx) = channel();
         std::thread::Builder::new()
             .name("homeostat-control".into())
-            .spawn(move || {
-                for conn in listener.incoming().flatten() {
-                    let _ = serve(conn, &tx);
-                }
-            })
+            .spawn(move || accept_loop(&listener, &tx))
             .context("starting the control thread")?;
         Ok(Server { path, rx })
     }
@@ -278,11 +278,77 @@ impl Drop for Server {
     }
 }
 
+/// Clients served at once. Each has [`REQUEST_DEADLINE`] to send its request, so a
+/// slow or silent client holds its slot for at most that long, and never the others'.
+const MAX_CLIENTS: usize = 16;
+/// How long a client has to send its whole request line (not per read: a client
+/// sending a byte a second would otherwise never time out).
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// The longest request line read; requests are a few dozen bytes, so anything longer
+/// is hostile or broken and is cut off before it costs memory.
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// Serves each client on its own thread (up to [`MAX_CLIENTS`]; more are hung up on),
+/// so one slow client never makes the monitor look absent to the others.
+fn accept_loop(listener: &UnixListener, tx: &Sender<(Request, Sender<Response>)>) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming().flatten() {
+        if active.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+            active.fetch_sub(1, Ordering::AcqRel);
+            continue;
+        }
+        let (tx, slot) = (tx.clone(), active.clone());
+        let spawned = std::thread::Builder::new()
+            .name("homeostat-client".into())
+            .spawn(move || {
+                let _ = serve(conn, &tx);
+                slot.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Reads one request line within [`REQUEST_DEADLINE`] and [`MAX_REQUEST`] bytes.
+fn read_request(conn: &UnixStream) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let mut line = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| Error::new(ErrorKind::TimedOut, "request not sent in time"))?;
+        conn.set_read_timeout(Some(left))?;
+        let n = match (&*conn).read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(line);
+        }
+        if let Some(end) = buf[..n].iter().position(|&b| b == b'\n') {
+            line.extend_from_slice(&buf[..end]);
+            return Ok(line);
+        }
+        line.extend_from_slice(&buf[..n]);
+        if line.len() > MAX_REQUEST {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                format!("request longer than {MAX_REQUEST} bytes"),
+            ));
+        }
+    }
+}
+
 fn serve(conn: UnixStream, tx: &Sender<(Request, Sender<Response>)>) -> Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = String::new();
-    BufReader::new(&conn).read_line(&mut line)?;
-    let reply = match serde_json::from_str::<Request>(&line) {
+    // A client that does not read its reply must not hold the thread either.
+    conn.set_write_timeout(Some(REQUEST_DEADLINE))?;
+    let line = read_request(&conn)?;
+    let reply = match serde_json::from_slice::<Request>(&line) {
         Ok(req) => {
             let (rtx, rrx) = channel();
             tx.send((req, rtx))?;

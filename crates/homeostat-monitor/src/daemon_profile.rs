@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 /// Format version of the JSON files.
 pub const VERSION: u32 = 1;
+/// Largest file read: every possible pair (1024 x 512 calls, about 15 bytes each in
+/// JSON) fits with room to spare, and a device or a huge file is refused unread.
+pub const MAX_FILE: u64 = 16 << 20;
 /// Call numbers the kernel table holds (x86_64, 9 bits): its columns (previous call).
 pub const KERNEL_CALLS: u32 = 512;
 /// Rows (current call) of the kernel table: x86_64 calls, then i386 calls at
@@ -91,8 +94,14 @@ impl DaemonProfile {
     /// Reads and checks a file; the error is one line without the path (the caller
     /// names the file).
     pub fn load(path: &Path) -> Result<DaemonProfile, String> {
-        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-        let p: DaemonProfile = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        let bytes = crate::store::read_capped(path, MAX_FILE).map_err(|e| e.to_string())?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// Parses and checks file contents (the decoder [`load`](Self::load) uses, exposed
+    /// for fuzzing); the error is one line.
+    pub fn from_bytes(bytes: &[u8]) -> Result<DaemonProfile, String> {
+        let p: DaemonProfile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if p.version != VERSION {
             return Err(format!("format version {} (want {VERSION})", p.version));
         }

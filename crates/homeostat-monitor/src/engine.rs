@@ -193,10 +193,11 @@ impl Engine {
             );
         }
         let task = self.tasks.get_mut(&c.tid).expect("inserted above");
-        let (call, is_execve) = match c.arch {
-            Arch::X86_64 => (c.nr, c.nr == 59 || c.nr == 322),
-            Arch::I386 => (I386_OFFSET + c.nr, c.nr == 11 || c.nr == 358),
+        let call = match c.arch {
+            Arch::X86_64 => c.nr,
+            Arch::I386 => I386_OFFSET + c.nr,
         };
+        let is_execve = c.arch.is_execve(c.nr);
         let mut pending: Vec<PhEvent> = vec![];
         let step = profile.on_syscall(&mut task.ph, call, is_execve, now_ns, config, &mut |e| {
             pending.push(e)

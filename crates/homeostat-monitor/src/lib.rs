@@ -22,7 +22,9 @@ pub mod store;
 
 pub use engine::{Call, Engine, EventRecord, TaskInfo};
 pub use ph_consumer::PhConsumer;
-pub use store::{default_state_dir, write_atomic, ProfileStore, StoreError};
+pub use store::{
+    default_state_dir, read_capped, read_framed, write_atomic, ProfileStore, ReadError, StoreError,
+};
 
 /// Wall-clock time in ns since the Unix epoch (0 if the clock is before it): pH's
 /// normal_wait spans monitor restarts, so it is not a monotonic clock.

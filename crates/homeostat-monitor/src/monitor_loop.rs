@@ -11,11 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use homeostat_core::ph::{ExeKey, Verdict};
-use homeostat_seccomp::nr::{self, Kind};
 use homeostat_seccomp::{ChildStatus, LaunchOptions, Supervisor};
-use homeostat_syscalls::Arch;
+use homeostat_syscalls::{call_kind, Arch, CallKind};
 
 /// One captured call, whatever captured it.
 #[derive(Debug, Clone)]
@@ -72,11 +71,10 @@ pub trait Consumer {
     fn poll(&mut self) {}
 }
 
+/// The profile ABI of a call: anything but i386 counts as x86_64 (the filter lets only
+/// those two through, and x32 calls report `AUDIT_ARCH_X86_64`).
 fn arch_of(audit_arch: u32) -> Arch {
-    match audit_arch {
-        nr::AUDIT_ARCH_I386 => Arch::I386,
-        _ => Arch::X86_64,
-    }
+    Arch::from_audit_arch(audit_arch).unwrap_or(Arch::X86_64)
 }
 
 /// The seccomp launcher as a source.
@@ -219,9 +217,9 @@ pub fn drive(
                         timers.push(Reverse((Instant::now() + Duration::from_nanos(ns), ev.id)))
                     }
                 }
-                match nr::kind(ev.audit_arch, ev.nr) {
-                    Kind::Exit => consumer.exit(ev.pid, ev.tid, false),
-                    Kind::ExitGroup => consumer.exit(ev.pid, ev.tid, true),
+                match call_kind(ev.audit_arch, ev.nr) {
+                    CallKind::Exit => consumer.exit(ev.pid, ev.tid, false),
+                    CallKind::ExitGroup => consumer.exit(ev.pid, ev.tid, true),
                     _ => {}
                 }
             }
@@ -238,8 +236,23 @@ pub fn run(
     opts: &LaunchOptions,
     consumer: &mut dyn Consumer,
 ) -> Result<ChildStatus> {
-    let sup = Supervisor::spawn(argv, opts)
-        .with_context(|| format!("cannot run {}", argv[0].to_string_lossy()))?;
+    run_with(argv, opts, consumer, &mut |_| {})
+}
+
+/// [`run`], calling `started` with the direct child's pid once it runs (before any of
+/// its calls is served): for the caller to forward signals to it, for example.
+pub fn run_with(
+    argv: &[OsString],
+    opts: &LaunchOptions,
+    consumer: &mut dyn Consumer,
+    started: &mut dyn FnMut(i32),
+) -> Result<ChildStatus> {
+    let sup = Supervisor::spawn(argv, opts).map_err(|e| match e {
+        // Already "cannot run X: <errno>"; main turns it into the shell's 127/126.
+        e @ homeostat_seccomp::LaunchError::Exec { .. } => anyhow::Error::new(e),
+        e => anyhow::Error::new(e).context(format!("cannot run {}", argv[0].to_string_lossy())),
+    })?;
+    started(sup.child_pid());
     let status = drive(&mut Launcher(sup), consumer, &AtomicBool::new(false))?;
     Ok(status.unwrap_or(ChildStatus::Unknown))
 }

@@ -3,14 +3,33 @@
 //! One file per executable, `profiles/<dev>-<ino>.phprof`, written atomically
 //! (temporary file, fsync, rename, fsync of the directory) so a crash leaves the old
 //! profile or the new one. A profile that does not load is reported, moved aside as
-//! `<name>.corrupt-<unix time>` and never silently overwritten. The directory is
-//! created 0700: profiles describe what programs do, which is nobody else's business.
+//! `<name>.corrupt-<unix time>` and never silently overwritten.
+//!
+//! The directory is private (0700): profiles describe what programs do, which is
+//! nobody else's business, and whoever can write into it decides what is "normal". So
+//! a state directory or sub-folder that belongs to another user, is writable by group or
+//! others, or (for sub-folders) is a symbolic link, is refused rather than repaired:
+//! root following another user's `profiles` link would chmod and fill a folder of the
+//! attacker's choosing.
+//!
+//! Several monitors may learn the same executable at once (two `homeostat run --learn`
+//! sharing the directory). Saves are serialised by a lock on the `profiles` folder
+//! (flock), and a save that finds the file rewritten by someone else since this store
+//! last read or wrote it merges the two (union of pairs, trained calls added up), so
+//! concurrent runs add up instead of the last writer winning.
+//!
+//! Temporary files are named `.homeostat-<pid>-*.tmp`; one whose process is gone (a
+//! save killed by SIGKILL) is deleted when the store is opened.
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use homeostat_core::ph::{ExeKey, PhProfile};
+use homeostat_core::ph::{ExeKey, PhProfile, PH_MAGIC};
+use homeostat_core::profile::{framed_len, ProfileError, FRAME_HEADER_LEN};
 
 /// A state-directory problem, naming the path.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +48,11 @@ fn err(path: &Path, msg: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// The running user (effective uid), who must own the state directory.
+fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
 /// The state directory: `--state-dir`, else `$HOMEOSTAT_STATE_DIR`, else
 /// `/var/lib/homeostat` for root, else `$XDG_STATE_HOME/homeostat`, else
 /// `~/.local/state/homeostat`.
@@ -36,16 +60,7 @@ pub fn default_state_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("HOMEOSTAT_STATE_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
-    // The effective uid from /proc keeps this crate free of unsafe libc calls.
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false);
-    if root {
+    if euid() == 0 {
         return PathBuf::from("/var/lib/homeostat");
     }
     if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
@@ -55,14 +70,54 @@ pub fn default_state_dir() -> PathBuf {
     PathBuf::from(home).join(".local/state/homeostat")
 }
 
+/// What kind of file `m` describes, for error messages.
+fn kind(m: &std::fs::Metadata) -> &'static str {
+    let t = m.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a regular file"
+    }
+}
+
+/// Refuses to replace anything but a regular file (or a missing path): renaming over
+/// a device node or FIFO would silently turn it into a regular file, and writing into
+/// one would write to the device. For every output file, atomic or not.
+pub fn check_replaceable(path: &Path) -> Result<(), StoreError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(m) => Err(err(
+            path,
+            format!(
+                "is {}, not a regular file; refusing to replace it",
+                kind(&m)
+            ),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(err(path, e)),
+    }
+}
+
 /// Writes `bytes` to `path` so readers see the old file or the new one, never a mix.
+/// `path` must be a regular file or not exist.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    check_replaceable(path)?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     let mut tmp = tempfile::Builder::new()
-        .prefix(".homeostat-")
+        .prefix(&format!(".homeostat-{}-", std::process::id()))
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(|e| err(dir, format!("cannot create a temporary file: {e}")))?;
@@ -78,23 +133,232 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Why [`read_framed`] returned no bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The file cannot be opened or read, or is not a regular file.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The header is not that of a file of the expected kind.
+    #[error("{0}")]
+    Format(#[from] ProfileError),
+}
+
+/// Reads a framed file (a profile: magic, version, checksum, length) without ever
+/// reading more than its header announces: the header is checked first, so a device
+/// (`/dev/zero`), a FIFO or a huge sparse file costs a few bytes, not memory without
+/// bound. The caller decodes the bytes (which checks the checksum).
+pub fn read_framed(path: &Path, magic: &[u8; 8]) -> Result<Vec<u8>, ReadError> {
+    // Non-blocking, so opening a FIFO with no writer does not hang; regular files
+    // ignore the flag.
+    let file = File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    let m = file.metadata()?;
+    if !m.is_file() {
+        return Err(ReadError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("is {}, not a regular file", kind(&m)),
+        )));
+    }
+    let mut header = Vec::with_capacity(FRAME_HEADER_LEN);
+    (&file)
+        .take(FRAME_HEADER_LEN as u64)
+        .read_to_end(&mut header)?;
+    let total = framed_len(magic, &header)?;
+    if m.len() < total {
+        return Err(ProfileError::Truncated {
+            expected: total,
+            found: m.len(),
+        }
+        .into());
+    }
+    if m.len() > total {
+        return Err(ProfileError::TrailingData(m.len() - total).into());
+    }
+    // `total` is at most the payload cap plus the header, and the file is that long.
+    let mut bytes = header;
+    bytes.reserve_exact(total as usize - bytes.len());
+    (&file)
+        .take(total - FRAME_HEADER_LEN as u64)
+        .read_to_end(&mut bytes)?;
+    if (bytes.len() as u64) < total {
+        // Shrunk while being read.
+        return Err(ProfileError::Truncated {
+            expected: total,
+            found: bytes.len() as u64,
+        }
+        .into());
+    }
+    Ok(bytes)
+}
+
+/// Reads a whole file of at most `max` bytes, refusing anything but a regular file:
+/// for files without a length header (the daemon's JSON profiles), so a device or a
+/// huge file never costs more than `max` bytes of memory.
+pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let file = File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    let m = file.metadata()?;
+    let refuse = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg);
+    if !m.is_file() {
+        return Err(refuse(format!("is {}, not a regular file", kind(&m))));
+    }
+    if m.len() > max {
+        return Err(refuse(format!(
+            "file is {} bytes, more than the {max}-byte limit",
+            m.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(m.len() as usize);
+    (&file).take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(refuse(format!("file grew past the {max}-byte limit")));
+    }
+    Ok(bytes)
+}
+
+/// Checks (creating it, mode 0700, when missing) one directory of the state: owned by
+/// the running user, not writable by group or others, and, for a sub-folder, not a
+/// symbolic link. A directory readable by others is made private (its owner is us).
+fn private_dir(path: &Path, sub: bool, create: bool) -> Result<(), StoreError> {
+    let uid = euid();
+    let lm = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            if !sub {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|e| err(parent, e))?;
+                }
+            }
+            match std::fs::DirBuilder::new().mode(0o700).create(path) {
+                Ok(()) => {}
+                // Created meanwhile by another monitor: checked below like any other.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(err(path, e)),
+            }
+            std::fs::symlink_metadata(path).map_err(|e| err(path, e))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err(path, e)),
+    };
+    let m = if lm.file_type().is_symlink() {
+        if sub {
+            return Err(err(
+                path,
+                "is a symbolic link; refusing to follow it (the state directory's folders must be real folders)",
+            ));
+        }
+        if lm.uid() != uid && lm.uid() != 0 {
+            return Err(err(
+                path,
+                format!(
+                    "is a symbolic link owned by uid {}, not by the running user (uid {uid}); refusing to follow it",
+                    lm.uid()
+                ),
+            ));
+        }
+        std::fs::metadata(path).map_err(|e| err(path, e))?
+    } else {
+        lm
+    };
+    let what = if sub {
+        "state folder"
+    } else {
+        "state directory"
+    };
+    if !m.is_dir() {
+        return Err(err(path, format!("is {}, not a directory", kind(&m))));
+    }
+    if m.uid() != uid {
+        return Err(err(
+            path,
+            format!(
+                "{what} owned by uid {}, not by the running user (uid {uid}); refusing to use it (run as its owner, or choose another --state-dir)",
+                m.uid()
+            ),
+        ));
+    }
+    let mode = m.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(err(
+            path,
+            format!(
+                "{what} is writable by group or others (mode {mode:04o}); refusing to use it (chmod 700 it if its contents are trusted)"
+            ),
+        ));
+    }
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| err(path, e))?;
+    }
+    Ok(())
+}
+
+/// Deletes `.homeostat-<pid>-*.tmp` files in `dir` whose process is gone (a save
+/// interrupted by SIGKILL); returns how many. A live pid (even a reused one) keeps its
+/// files: they are cleaned once it is gone.
+fn clean_stale_temps(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".homeostat-"))
+            .filter(|n| n.ends_with(".tmp"))
+        else {
+            continue;
+        };
+        let owner = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        let alive = owner.is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists());
+        if !alive
+            && e.file_type().is_ok_and(|t| t.is_file())
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// What this store last read or wrote for one executable, to tell whether someone else
+/// wrote the file since, and what this process learnt since.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// Inode of the file (every atomic write makes a new one).
+    ino: u64,
+    /// `train_count` of the profile read or written.
+    train_count: u64,
+}
+
 /// Profiles on disk.
 #[derive(Debug, Clone)]
 pub struct ProfileStore {
     dir: PathBuf,
+    seen: Arc<Mutex<HashMap<ExeKey, Seen>>>,
 }
 
 impl ProfileStore {
-    /// Opens (creating, mode 0700) the state directory.
+    /// Opens (creating, mode 0700) the state directory, refusing one that is not the
+    /// running user's own (see the module docs), and deletes stale temporary files.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let profiles = dir.join("profiles");
-        std::fs::create_dir_all(&profiles).map_err(|e| err(&profiles, e))?;
-        for d in [dir, profiles.as_path()] {
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| err(d, e))?;
+        private_dir(dir, false, true)?;
+        private_dir(&dir.join("profiles"), true, true)?;
+        for sub in ["daemon", "run"] {
+            private_dir(&dir.join(sub), true, false)?;
+        }
+        for sub in ["profiles", "daemon"] {
+            clean_stale_temps(&dir.join(sub));
         }
         Ok(ProfileStore {
             dir: dir.to_path_buf(),
+            seen: Arc::default(),
         })
     }
 
@@ -108,9 +372,55 @@ impl ProfileStore {
         self.dir.join("profiles").join(format!("{key}.phprof"))
     }
 
-    /// Saves one profile atomically.
+    fn remember(&self, key: ExeKey, path: &Path, train_count: u64) {
+        if let Ok(m) = std::fs::metadata(path) {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.insert(
+                key,
+                Seen {
+                    ino: m.ino(),
+                    train_count,
+                },
+            );
+        }
+    }
+
+    /// Saves one profile atomically. If another process wrote the file since this
+    /// store last read or wrote it, the two are merged (pairs united, trained calls
+    /// added up); otherwise `p` is written as it is (so an admin's edit that removes
+    /// pairs stays removed).
     pub fn save(&self, p: &PhProfile) -> Result<(), StoreError> {
-        write_atomic(&self.path_for(p.key), &p.to_bytes())
+        let folder = self.dir.join("profiles");
+        let lock = File::open(&folder).map_err(|e| err(&folder, e))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| err(&folder, format!("cannot lock: {e}")))?;
+        let path = self.path_for(p.key);
+        let seen = {
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.get(&p.key).copied()
+        };
+        let on_disk = std::fs::metadata(&path).ok().map(|m| m.ino());
+        let rewritten = on_disk.is_some() && on_disk != seen.map(|s| s.ino);
+        let mut out = None;
+        if rewritten {
+            // Loaded under the lock: nobody can rewrite it meanwhile. A damaged file
+            // is moved aside by load (and ours replaces it).
+            if let Ok(theirs) = self.read(&path) {
+                if let Some(mut merged) = p.merged_with(&theirs) {
+                    let before = seen.map_or(0, |s| s.train_count);
+                    merged.train_count = theirs
+                        .train_count
+                        .saturating_add(p.train_count.saturating_sub(before));
+                    merged.last_mod_count = merged.last_mod_count.min(merged.train_count);
+                    out = Some(merged.to_bytes());
+                }
+            }
+        }
+        write_atomic(&path, &out.unwrap_or_else(|| p.to_bytes()))?;
+        self.remember(p.key, &path, p.train_count);
+        // The lock is released when `lock` is closed.
+        drop(lock);
+        Ok(())
     }
 
     /// Removes a profile's file (admin "reset").
@@ -123,10 +433,14 @@ impl ProfileStore {
         }
     }
 
-    /// Loads one profile file; a damaged one is moved aside and reported.
-    pub fn load_file(&self, path: &Path) -> Result<PhProfile, StoreError> {
-        let bytes = std::fs::read(path).map_err(|e| err(path, e))?;
-        PhProfile::from_bytes(&bytes).map_err(|e| {
+    /// Reads one profile file; a damaged one is moved aside and reported.
+    fn read(&self, path: &Path) -> Result<PhProfile, StoreError> {
+        let decoded = match read_framed(path, PH_MAGIC) {
+            Ok(bytes) => PhProfile::from_bytes(&bytes),
+            Err(ReadError::Format(e)) => Err(e),
+            Err(ReadError::Io(e)) => return Err(err(path, e)),
+        };
+        decoded.map_err(|e| {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -137,6 +451,13 @@ impl ProfileStore {
                 .unwrap_or_default();
             err(path, format!("{e}{moved}"))
         })
+    }
+
+    /// Loads one profile file; a damaged one is moved aside and reported.
+    pub fn load_file(&self, path: &Path) -> Result<PhProfile, StoreError> {
+        let p = self.read(path)?;
+        self.remember(p.key, path, p.train_count);
+        Ok(p)
     }
 
     /// Every profile that loads, and one error per file that does not.
@@ -201,5 +522,202 @@ mod tests {
             .collect();
         assert_eq!(aside.len(), 1);
         assert!(aside[0].file_name().to_string_lossy().contains("corrupt"));
+    }
+}
+
+#[cfg(test)]
+mod hardening_tests {
+    use super::*;
+    use homeostat_core::ph::{PhConfig, PhTask};
+
+    fn learnt(key: ExeKey, calls: &[u32]) -> PhProfile {
+        let config = PhConfig::default();
+        let mut p = PhProfile::new(key, "/bin/x", &config);
+        let mut task = PhTask::new(&p);
+        for &c in calls {
+            p.on_syscall(&mut task, c, false, 0, &config, &mut |_| {});
+        }
+        p
+    }
+
+    fn mkfifo(path: &Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn writes_refuse_special_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        mkfifo(&fifo);
+        let e = write_atomic(&fifo, b"x").unwrap_err().to_string();
+        assert!(e.contains("is a FIFO") && e.contains("refusing"), "{e}");
+        assert!(std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        let e = write_atomic(dir.path(), b"x").unwrap_err().to_string();
+        assert!(e.contains("is a directory"), "{e}");
+        // Nothing left behind by the refused writes.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn framed_reads_stop_at_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        // /dev/zero is read whole by fs::read (without end); here it is refused at once.
+        let e = read_framed(Path::new("/dev/zero"), PH_MAGIC).unwrap_err();
+        assert!(e.to_string().contains("character device"), "{e}");
+        let fifo = dir.path().join("fifo");
+        mkfifo(&fifo);
+        let e = read_framed(&fifo, PH_MAGIC).unwrap_err();
+        assert!(e.to_string().contains("FIFO"), "{e}");
+        // A 2 GiB sparse file: refused after its header, not read.
+        let sparse = dir.path().join("big.phprof");
+        File::create(&sparse).unwrap().set_len(2 << 30).unwrap();
+        let t = std::time::Instant::now();
+        let e = read_framed(&sparse, PH_MAGIC).unwrap_err();
+        assert!(
+            matches!(e, ReadError::Format(ProfileError::NotAProfile)),
+            "{e}"
+        );
+        assert!(t.elapsed().as_millis() < 500, "{:?}", t.elapsed());
+        // A valid header whose file is longer than announced.
+        let p = learnt(ExeKey { dev: 1, ino: 1 }, &[1, 2, 3]);
+        let mut bytes = p.to_bytes();
+        bytes.extend_from_slice(&[0; 10]);
+        std::fs::write(&sparse, &bytes).unwrap();
+        let e = read_framed(&sparse, PH_MAGIC).unwrap_err().to_string();
+        assert!(e.contains("10 unexpected bytes"), "{e}");
+        std::fs::write(&sparse, p.to_bytes()).unwrap();
+        assert_eq!(read_framed(&sparse, PH_MAGIC).unwrap(), p.to_bytes());
+    }
+
+    #[test]
+    fn stale_temporary_files_are_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        ProfileStore::open(&state).unwrap();
+        // A process that is gone (reaped): its pid names no live process.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let profiles = state.join("profiles");
+        let stale = profiles.join(format!(".homeostat-{dead}-AbCdEf.tmp"));
+        let live = profiles.join(format!(".homeostat-{}-AbCdEf.tmp", std::process::id()));
+        let other = profiles.join("notes.tmp");
+        for f in [&stale, &live, &other] {
+            std::fs::write(f, b"partial").unwrap();
+        }
+        ProfileStore::open(&state).unwrap();
+        assert!(
+            !stale.exists(),
+            "a dead process's temporary file is removed"
+        );
+        assert!(live.exists(), "a live process's temporary file is kept");
+        assert!(other.exists(), "files not ours are left alone");
+    }
+
+    #[test]
+    fn unsafe_state_directories_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // profiles is a symlink to a folder elsewhere.
+        let state = dir.path().join("linked");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir(&state).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, state.join("profiles")).unwrap();
+        let e = ProfileStore::open(&state).unwrap_err().to_string();
+        assert!(e.contains("symbolic link") && e.contains("profiles"), "{e}");
+        let mode = std::fs::metadata(&elsewhere).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755, "the link's target is not chmodded");
+
+        // A pre-existing world-writable state dir (or sub-folder) is refused, not fixed.
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = ProfileStore::open(&open).unwrap_err().to_string();
+        assert!(
+            e.contains("writable by group or others") && e.contains("0777"),
+            "{e}"
+        );
+        assert_eq!(std::fs::metadata(&open).unwrap().mode() & 0o777, 0o777);
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir(open.join("daemon")).unwrap();
+        std::fs::set_permissions(open.join("daemon"), std::fs::Permissions::from_mode(0o775))
+            .unwrap();
+        let e = ProfileStore::open(&open).unwrap_err().to_string();
+        assert!(e.contains("daemon") && e.contains("0775"), "{e}");
+        std::fs::set_permissions(open.join("daemon"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        // Readable by others but ours: made private.
+        ProfileStore::open(&open).unwrap();
+        assert_eq!(std::fs::metadata(&open).unwrap().mode() & 0o777, 0o700);
+
+        // Owned by someone else: needs root to set up.
+        if euid() != 0 {
+            println!(
+                "skipping the foreign-owner case: needs root to chown (uid {})",
+                euid()
+            );
+            return;
+        }
+        let foreign = dir.path().join("foreign");
+        std::fs::create_dir(&foreign).unwrap();
+        std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+        let e = ProfileStore::open(&foreign).unwrap_err().to_string();
+        assert!(
+            e.contains("owned by uid 65534") && e.contains("uid 0"),
+            "{e}"
+        );
+        assert!(
+            !foreign.join("profiles").exists(),
+            "nothing written into it"
+        );
+    }
+
+    #[test]
+    fn concurrent_learners_add_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let key = ExeKey { dev: 5, ino: 7 };
+        // Two monitors open the store and load the (missing) profile before either saves.
+        let (a_store, b_store) = (
+            ProfileStore::open(&state).unwrap(),
+            ProfileStore::open(&state).unwrap(),
+        );
+        let a = learnt(key, &[1, 2, 3, 4, 1, 2, 3, 4]);
+        let b = learnt(key, &[9, 3, 7, 9, 3, 7, 9]);
+        a_store.save(&a).unwrap();
+        b_store.save(&b).unwrap();
+        let (all, errors) = ProfileStore::open(&state).unwrap().load_all();
+        assert!(errors.is_empty(), "{errors:?}");
+        let union = a.merged_with(&b).unwrap();
+        assert_eq!(all[0].pairs(), union.pairs());
+        assert_eq!(all[0].train_count, a.train_count + b.train_count);
+
+        // A further save by `a` (after learning more) keeps `b`'s work and counts.
+        let mut a2 = learnt(key, &[1, 2, 3, 4, 1, 2, 3, 4, 5, 6]);
+        a2.train_count = a.train_count + 2;
+        a_store.save(&a2).unwrap();
+        let (all, _) = ProfileStore::open(&state).unwrap().load_all();
+        assert_eq!(all[0].pairs(), a2.merged_with(&b).unwrap().pairs());
+        assert_eq!(all[0].train_count, a.train_count + b.train_count + 2);
+
+        // A save with no concurrent writer is written as is: an edit that drops pairs
+        // (sensitize) is not undone by a merge.
+        let store = ProfileStore::open(&state).unwrap();
+        let (mut all, _) = store.load_all();
+        all[0].sensitize("test", &mut |_| {});
+        store.save(&all[0]).unwrap();
+        let (reloaded, _) = store.load_all();
+        assert_eq!(reloaded[0].raw_pairs(), all[0].raw_pairs());
     }
 }

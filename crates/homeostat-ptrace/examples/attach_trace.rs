@@ -9,7 +9,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use homeostat_ptrace::{arch, Action, AttachOptions, TraceEvent, Tracer};
+use homeostat_ptrace::{Action, AttachOptions, TraceEvent, Tracer};
+use homeostat_syscalls::AUDIT_ARCH_I386;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -55,7 +56,7 @@ fn main() {
     while !STOP.load(Ordering::SeqCst) {
         match tracer.next(Some(Duration::from_millis(200))) {
             Ok(Some(TraceEvent::Syscall(s))) => {
-                let abi = if s.arch == arch::AUDIT_ARCH_I386 {
+                let abi = if s.arch == AUDIT_ARCH_I386 {
                     "i386:"
                 } else {
                     ""

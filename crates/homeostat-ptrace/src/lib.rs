@@ -132,9 +132,3 @@ pub enum AttachError {
     #[error("this kernel lacks PTRACE_GET_SYSCALL_INFO (needs Linux 5.3): {0}")]
     Unsupported(Errno),
 }
-
-/// Architecture tokens reported in [`SyscallStop::arch`] (they live in
-/// `homeostat_syscalls`, with what each call is: `homeostat_syscalls::call_kind`).
-pub mod arch {
-    pub use homeostat_syscalls::{AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, X32_BIT};
-}

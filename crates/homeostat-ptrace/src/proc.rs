@@ -19,6 +19,16 @@ pub(crate) fn state(tid: i32) -> Option<char> {
     stat_field(tid, 3)?.chars().next()
 }
 
+/// Whether TID is a kernel thread: PF_KTHREAD in the flags of /proc/TID/stat, which
+/// anyone may read (the executable link of another user's process is unreadable too,
+/// so it cannot tell the two apart).
+pub(crate) fn is_kernel_thread(tid: i32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    stat_field(tid, 9)
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_some_and(|f| f & PF_KTHREAD != 0)
+}
+
 pub(crate) fn exists(tid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{tid}")).exists()
 }

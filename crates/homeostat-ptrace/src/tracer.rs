@@ -747,18 +747,7 @@ impl Tracer {
                 State::Running | State::Listening => None,
             };
             match sig {
-                Some(sig) => match sys::detach(tid, sig) {
-                    Ok(()) => {
-                        done.insert(tid);
-                    }
-                    // Killed while stopped: collect its exit below.
-                    Err(Errno(libc::ESRCH)) => {
-                        waiting.insert(tid, None);
-                    }
-                    Err(errno) => {
-                        first_err.get_or_insert(ptrace_err("PTRACE_DETACH", tid)(errno));
-                    }
-                },
+                Some(sig) => detach_stopped(tid, sig, &mut done, &mut waiting, &mut first_err),
                 None => {
                     // Running or listening: make it stop, then detach it at that stop.
                     // ESRCH: dying; its exit status is collected below all the same.
@@ -838,17 +827,7 @@ impl Tracer {
                 Stop::Event(_, _) => 0,
                 Stop::Signal(sig) => sig,
             };
-            match sys::detach(tid, sig) {
-                Ok(()) => {
-                    done.insert(tid);
-                }
-                Err(Errno(libc::ESRCH)) => {
-                    waiting.insert(tid, None);
-                }
-                Err(errno) => {
-                    first_err.get_or_insert(ptrace_err("PTRACE_DETACH", tid)(errno));
-                }
-            }
+            detach_stopped(tid, sig, &mut done, &mut waiting, &mut first_err);
         }
         if !waiting.is_empty() {
             let mut tids: Vec<i32> = waiting.into_keys().collect();
@@ -860,6 +839,29 @@ impl Tracer {
             });
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// `PTRACE_DETACH(sig)` of a tracee in a ptrace-stop, for `detach_all`: on success it
+/// is `done`; killed while stopped (ESRCH), it goes back to `waiting` so that its exit
+/// is collected; any other error is kept (the first one) and the others still go on.
+fn detach_stopped(
+    tid: i32,
+    sig: i32,
+    done: &mut HashSet<i32>,
+    waiting: &mut HashMap<i32, Option<i32>>,
+    first_err: &mut Option<AttachError>,
+) {
+    match sys::detach(tid, sig) {
+        Ok(()) => {
+            done.insert(tid);
+        }
+        Err(Errno(libc::ESRCH)) => {
+            waiting.insert(tid, None);
+        }
+        Err(errno) => {
+            first_err.get_or_insert(ptrace_err("PTRACE_DETACH", tid)(errno));
+        }
     }
 }
 
@@ -902,8 +904,7 @@ fn permission_error(pid: i32, tid: i32) -> AttachError {
     if let Some(tracer) = proc::tracer(tid).filter(|&t| t != 0) {
         return AttachError::AlreadyTraced { pid, tracer };
     }
-    let exe = proc::exe(pid);
-    let hint = if exe.ino == 0 && proc::exists(pid) {
+    let hint = if proc::is_kernel_thread(pid) {
         "it looks like a kernel thread, which cannot be traced".to_string()
     } else {
         // SAFETY: geteuid cannot fail.

@@ -5,8 +5,9 @@
 //! also the real parent would collect the program's exit status itself.
 //!
 //! Tests that need a tracer in another process (to SIGKILL it), or a particular program
-//! to trace, re-run this test binary with `--exact <helper>` and an environment variable
-//! saying what to do; without that variable the helper "tests" do nothing.
+//! to trace, re-run this test binary with `--ignored --exact <helper>` and an environment
+//! variable saying what to do. The helpers are `#[ignore]`d so that they do not count as
+//! tests; run on their own (`--ignored`), without the variable, they do nothing.
 //!
 //! All tests take one lock: several use wall-clock time, and the machine has two CPUs.
 
@@ -16,12 +17,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use homeostat_ptrace::{arch, Action, AttachError, AttachOptions, SyscallStop, TraceEvent, Tracer};
+use homeostat_proc::{stat_field, status_field};
+use homeostat_ptrace::{Action, AttachError, AttachOptions, SyscallStop, TraceEvent, Tracer};
+use homeostat_syscalls::AUDIT_ARCH_X86_64;
+use homeostat_testsupport::nr::{EXECVE as NR_EXECVE, MKDIR as NR_MKDIR, MKDIRAT as NR_MKDIRAT};
+use homeostat_testsupport::{real, serial};
 
 /// Upper bound for any one wait in these tests.
 const LIMIT: Duration = Duration::from_secs(30);
-use homeostat_testsupport::nr::{EXECVE as NR_EXECVE, MKDIR as NR_MKDIR, MKDIRAT as NR_MKDIRAT};
-use homeostat_testsupport::serial;
 
 /// A monitored program, run under a small `sh` parent of its own so that it is *not* a
 /// child of this process: a tracer thread in the real parent's process is treated as the
@@ -105,19 +108,13 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
-fn real(path: &str) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path))
-}
-
 fn proc_exe(pid: i32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/exe")).ok()
 }
 
 /// State letter of /proc/PID/stat.
 fn proc_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let close = stat.rfind(')')?;
-    stat[close + 1..].trim_start().chars().next()
+    stat_field(pid, 3)?.chars().next()
 }
 
 /// Samples the state a few times: never stopped (T) or in a ptrace stop (t). Sleeping
@@ -131,13 +128,7 @@ fn assert_running(pid: i32) {
 }
 
 fn tracer_pid(pid: i32) -> Option<i32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("TracerPid:"))?
-        .trim()
-        .parse()
-        .ok()
+    i32::try_from(status_field(pid, "TracerPid:")?).ok()
 }
 
 /// Runs `body` with a tracer attached to `pid`, on a thread of its own, then detaches
@@ -224,7 +215,7 @@ fn follows_a_running_shell_and_its_children_then_detaches() {
     assert!(own
         .iter()
         .all(|s| s.pid == pid && s.exe.path == real("/bin/sh")));
-    assert!(stops.iter().all(|s| s.arch == arch::AUDIT_ARCH_X86_64));
+    assert!(stops.iter().all(|s| s.arch == AUDIT_ARCH_X86_64));
 
     // new_task exactly on each tid's first stop.
     let mut seen = HashSet::new();
@@ -335,13 +326,7 @@ fn children(pid: i32) -> Vec<i32> {
         let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        if stat[close + 1..].split_whitespace().nth(1) == Some(&pid.to_string()) {
+        if stat_field(p, 4) == Some(pid.to_string()) {
             out.push(p);
         }
     }
@@ -363,7 +348,7 @@ fn deny_mkdir_with_eperm() {
     ));
     let (stops, all_gone) = traced(sh.pid(), |t| {
         serve(t, LIMIT, |s| {
-            if s.arch == arch::AUDIT_ARCH_X86_64 && (s.nr == NR_MKDIR || s.nr == NR_MKDIRAT) {
+            if s.arch == AUDIT_ARCH_X86_64 && (s.nr == NR_MKDIR || s.nr == NR_MKDIRAT) {
                 Action::Deny(libc::EPERM)
             } else {
                 Action::Continue
@@ -436,8 +421,11 @@ fn delay_holds_one_call_and_serves_the_rest() {
         (served_during, held_for)
     });
     assert!(sh.wait_for(LIMIT).is_some());
+    // The lower bound is the property under test; the upper one only says the hold
+    // ended, with room for a loaded machine to wake the tracer late (it once took
+    // more than 100 ms at load 14).
     assert!(
-        held_for >= hold && held_for < hold + Duration::from_millis(100),
+        held_for >= hold && held_for < hold + Duration::from_secs(2),
         "{held_for:?}"
     );
     assert!(served_during > 0, "nothing served while one call was held");
@@ -599,6 +587,7 @@ fn tracer_death_leaves_the_program_running() {
     let exe = std::env::current_exe().unwrap();
     let helper = Command::new(exe)
         .args([
+            "--ignored",
             "--exact",
             "helper_tracer",
             "--nocapture",
@@ -652,6 +641,7 @@ impl Drop for KillOnDrop {
 /// Helper for `tracer_death_leaves_the_program_running`: attaches, serves some calls,
 /// then holds one and waits to be killed.
 #[test]
+#[ignore = "helper process, run by tracer_death_leaves_the_program_running"]
 fn helper_tracer() {
     let Ok(pid) = std::env::var("HOMEOSTAT_PTRACE_HELPER_PID") else {
         return;
@@ -690,6 +680,7 @@ fn multithreaded_exec_moves_to_the_leader_tid() {
     let mut child = Proc::spawn(
         &[
             exe,
+            "--ignored",
             "--exact",
             "helper_mt_exec",
             "--nocapture",
@@ -739,12 +730,16 @@ fn multithreaded_exec_moves_to_the_leader_tid() {
     );
     // The exec'ing thread's old tid and the old leader are reported gone ...
     assert!(gone.iter().any(|&(t, _)| t == execer), "{gone:?}");
-    assert!(
-        gone.iter().any(|&(t, at)| t == pid && at > exec),
-        "{gone:?}"
-    );
-    // ... and the new program runs as the leader tid, a new task, exe refreshed.
-    let after = stops[exec + 1..]
+    let leader_gone = gone
+        .iter()
+        .find(|&&(t, at)| t == pid && at > exec)
+        .unwrap_or_else(|| panic!("old leader not reported gone after the exec: {gone:?}"))
+        .1;
+    // ... and the new program runs as the leader tid, a new task, exe refreshed. Its
+    // first call is the first one after the old leader's end, not after the execve
+    // entry: until the kernel has killed them, the other old threads still make calls
+    // (their sleeps) in between.
+    let after = stops[leader_gone..]
         .iter()
         .find(|s| s.pid == pid)
         .expect("no calls after the exec");
@@ -757,6 +752,7 @@ fn multithreaded_exec_moves_to_the_leader_tid() {
 /// Helper for `multithreaded_exec_moves_to_the_leader_tid`: start three threads that keep
 /// making calls, then exec from this (non-leader: libtest's) thread.
 #[test]
+#[ignore = "helper process, run by multithreaded_exec_moves_to_the_leader_tid"]
 fn helper_mt_exec() {
     if std::env::var_os("HOMEOSTAT_PTRACE_MT_EXEC").is_none() {
         return;

@@ -6,7 +6,8 @@
 use std::ffi::OsString;
 use std::io::Write;
 
-use homeostat_seccomp::{nr, Action, Event, LaunchOptions, Supervisor};
+use homeostat_seccomp::{Action, Event, LaunchOptions, Supervisor};
+use homeostat_syscalls::AUDIT_ARCH_I386;
 
 fn main() {
     let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -27,7 +28,7 @@ fn main() {
     loop {
         match sup.next(None) {
             Ok(Some(Event::Syscall(ev))) => {
-                let abi = if ev.arch == nr::AUDIT_ARCH_I386 {
+                let abi = if ev.arch == AUDIT_ARCH_I386 {
                     "i386:"
                 } else {
                     ""

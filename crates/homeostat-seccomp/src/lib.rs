@@ -5,19 +5,18 @@
 //!
 //! Why seccomp user notification rather than ptrace: cost and semantics. A notified call
 //! costs one round trip to the supervisor (on `dd bs=1`, nothing but calls, about a
-//! quarter of what `strace -f` costs; figures in `docs/launcher.md`), the kernel follows
-//! forks and threads for us
-//! (the filter is inherited and cannot be removed), and a call can be held without
-//! stopping the task in a ptrace stop that other tools or the program could observe.
+//! quarter of what `strace -f` costs; figures in `docs/seccomp-supervisor.md`), the
+//! kernel follows forks and threads for us (the filter is inherited and cannot be
+//! removed), and a call can be held without stopping the task in a ptrace stop that
+//! other tools or the program could observe.
 //! What it cannot do is see a call's result: homeostat only needs the sequence of call
 //! numbers, which is exactly what it gets, before each call runs.
 //!
-//! Why the extra process (the *keeper*; the design is in `docs/launcher.md`): if the
-//! supervisor dies, a plain listener closes and every
-//! monitored program breaks (`ENOSYS` from every later call) or hangs (a call it was
-//! delaying is never answered). The keeper holds a second copy of the listener and
-//! answers for the supervisor — continuing everything ([`FailMode::Open`]) or killing
-//! the tree ([`FailMode::Closed`]).
+//! Why the extra process (the *keeper*; the design is in `docs/seccomp-supervisor.md`):
+//! if the supervisor dies, a plain listener closes and every monitored program breaks
+//! (`ENOSYS` from every later call) or hangs (a call it was delaying is never answered).
+//! The keeper holds a second copy of the listener and answers for the supervisor —
+//! continuing everything ([`FailMode::Open`]) or killing the tree ([`FailMode::Closed`]).
 //!
 //! Modules: `child` (the pre-exec child: filter, then exec), `keeper`, `inflight` (the
 //! shared table of received-but-unanswered notifications), `supervisor` (spawn, the event
@@ -32,6 +31,8 @@
 mod child;
 mod inflight;
 mod keeper;
+pub mod load;
+pub mod signals;
 mod supervisor;
 mod sys;
 
@@ -150,12 +151,4 @@ pub enum LaunchError {
     BadErrno(i32),
     #[error("launcher mode supports x86_64 only")]
     UnsupportedArch,
-}
-
-/// The syscall facts the supervisor's bookkeeping needs (they live in
-/// `homeostat_syscalls`; re-exported under the names the launcher's callers use).
-pub mod nr {
-    pub use homeostat_syscalls::{
-        call_kind as kind, CallKind as Kind, AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, X32_BIT,
-    };
 }

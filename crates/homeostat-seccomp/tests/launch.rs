@@ -1,9 +1,10 @@
 //! Real-process tests of the launcher (run as root; no mocks).
 //!
 //! Tests that need a supervisor in another process (to SIGKILL it) re-run this test
-//! binary with `--exact helper_supervisor` and an environment variable saying what to do;
-//! without that variable the helper "test" does nothing. The threads test does the same
-//! with `thread_helper` as the *monitored* program.
+//! binary with `--ignored --exact helper_supervisor` and an environment variable saying
+//! what to do. The threads test does the same with `thread_helper` as the *monitored*
+//! program. The helpers are `#[ignore]`d so that they do not count as tests; run on their
+//! own (`--ignored`), without the variable, they do nothing.
 //!
 //! All tests take one lock: several use wall-clock time or count processes, and the
 //! machine has two CPUs.
@@ -17,15 +18,16 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use homeostat_proc::stat_field;
 use homeostat_seccomp::{
-    nr, Action, ChildStatus, Event, Exe, FailMode, LaunchError, LaunchOptions, Supervisor,
-    SyscallEvent,
+    Action, ChildStatus, Event, Exe, FailMode, LaunchError, LaunchOptions, Supervisor, SyscallEvent,
 };
-
-const LIMIT: Duration = Duration::from_secs(60);
+use homeostat_syscalls::AUDIT_ARCH_X86_64;
 use homeostat_testsupport::nr::{EXECVE as NR_EXECVE, MKDIR as NR_MKDIR};
 use homeostat_testsupport::nr::{MKDIRAT as NR_MKDIRAT, OPENAT as NR_OPENAT};
-use homeostat_testsupport::serial;
+use homeostat_testsupport::{real, serial};
+
+const LIMIT: Duration = Duration::from_secs(60);
 
 fn argv(parts: &[&str]) -> Vec<OsString> {
     parts.iter().map(OsString::from).collect()
@@ -93,8 +95,8 @@ fn run_all(argv: &[OsString]) -> Run {
 /// Why: a notified call waits interruptibly until the supervisor has received it, and a
 /// signal landing in that window (SIGCHLD from the shell's previous child: dash's handler
 /// has no SA_RESTART) makes even fork fail with EINTR. That is the kernel's behaviour
-/// (see docs/launcher.md, "Known limits"); the supervisor narrows the window but cannot
-/// close it, and on a loaded two-CPU machine a debug build hits it now and then.
+/// (see docs/seccomp-supervisor.md, "Known limits"); the supervisor narrows the window but
+/// cannot close it, and on a loaded two-CPU machine a debug build hits it now and then.
 fn shell_run<T>(script: &str, mut go: impl FnMut(Vec<OsString>) -> (Run, T)) -> (Run, T) {
     for attempt in 1.. {
         let err = tempfile::NamedTempFile::new().unwrap();
@@ -116,10 +118,6 @@ fn shell_run<T>(script: &str, mut go: impl FnMut(Vec<OsString>) -> (Run, T)) -> 
     unreachable!()
 }
 
-fn real(path: &str) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path))
-}
-
 #[test]
 fn traces_a_shell_pipeline() {
     let _g = serial();
@@ -131,7 +129,7 @@ fn traces_a_shell_pipeline() {
     assert!(
         run.events
             .iter()
-            .any(|e| e.arch == nr::AUDIT_ARCH_X86_64 && e.nr == NR_EXECVE),
+            .any(|e| e.arch == AUDIT_ARCH_X86_64 && e.nr == NR_EXECVE),
         "no execve seen"
     );
     let tids: HashSet<i32> = run.events.iter().map(|e| e.tid).collect();
@@ -188,7 +186,7 @@ fn deny_mkdir_with_eperm() {
     let run = run_with(
         &mut sup,
         |e| {
-            if e.arch == nr::AUDIT_ARCH_X86_64 && (e.nr == NR_MKDIR || e.nr == NR_MKDIRAT) {
+            if e.arch == AUDIT_ARCH_X86_64 && (e.nr == NR_MKDIR || e.nr == NR_MKDIRAT) {
                 denied += 1;
                 Some(Action::Deny(libc::EPERM))
             } else {
@@ -319,6 +317,7 @@ fn deny_rejects_a_non_errno() {
 
 /// The monitored side of `threads_are_followed`: four threads making calls.
 #[test]
+#[ignore = "helper process, run by threads_are_followed"]
 fn thread_helper() {
     if std::env::var_os("HOMEOSTAT_SECCOMP_THREADS").is_none() {
         return;
@@ -344,7 +343,7 @@ fn threads_are_followed() {
     // Through sh and env (one process, three execs), quietly: the inner libtest's summary
     // line must not pass for ours.
     let mut cmd = sh(
-        "exec env HOMEOSTAT_SECCOMP_THREADS=1 \"$0\" --exact thread_helper --test-threads=1 -q >/dev/null",
+        "exec env HOMEOSTAT_SECCOMP_THREADS=1 \"$0\" --ignored --exact thread_helper --test-threads=1 -q >/dev/null",
     );
     cmd.push(exe.into_os_string());
     let run = {
@@ -428,6 +427,7 @@ fn normal_shutdown_fail_closed_kills_the_program() {
 /// monitored script writes when done. Serves calls, then holds one (never answering it)
 /// and prints `HOLDING child=PID keeper=PID`, then waits to be killed.
 #[test]
+#[ignore = "helper process, run by the supervisor-death tests"]
 fn helper_supervisor() {
     let Some(mode) = std::env::var_os("HOMEOSTAT_SECCOMP_HELPER") else {
         return;
@@ -487,15 +487,11 @@ fn read(path: &Path) -> String {
 
 /// State letter from /proc/PID/stat (`None`: no such process).
 fn state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.chars().next()
+    stat_field(pid, 3)?.chars().next()
 }
 
 fn ppid(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    stat_field(pid, 4)?.parse().ok()
 }
 
 /// Alive = exists and is not a zombie (an exited keeper may stay a zombie under an init
@@ -553,6 +549,7 @@ fn kill_supervisor_mid_run(mode: &str) -> Helper {
     let stderr = dir.path().join("stderr");
     let mut helper = Command::new(std::env::current_exe().unwrap())
         .args([
+            "--ignored",
             "--exact",
             "helper_supervisor",
             "--nocapture",

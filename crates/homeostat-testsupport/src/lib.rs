@@ -3,6 +3,7 @@
 //! file. Used as a dev-dependency only.
 #![forbid(unsafe_code)]
 
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -34,6 +35,12 @@ pub fn serial() -> MutexGuard<'static, ()> {
 /// Whether this process runs as root (the BPF and ptrace tests need it).
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
+}
+
+/// `path` with its links resolved (as /proc/PID/exe names it), or as given if it
+/// cannot be resolved.
+pub fn real(path: &str) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path))
 }
 
 /// x86_64 call numbers the tests look for, from the kernel's table (the `syscalls`

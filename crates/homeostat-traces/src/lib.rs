@@ -50,6 +50,15 @@ pub const DETECT_BYTES: usize = 4096;
 /// beats filling memory with one bogus trace.
 pub const MAX_ADFA_FILE_BYTES: u64 = 256 << 20;
 
+/// Most traces one file may hold open at once. UNM, strace and recording files
+/// interleave processes, and a trace stays open until its process's exit event, which
+/// UNM files do not have: every pid stays open to the end of the file. The reader's
+/// and its visitor's memory (a scan or a training holds state per open trace) grow
+/// with the open traces, so a file with more open at once is refused with this reason
+/// instead of growing without bound (20 M pids took 16.9 GB to scan). Real datasets
+/// are far below it (the UNM files have hundreds of processes).
+pub const MAX_OPEN_TRACES: usize = 65_536;
+
 /// A trace file format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -407,6 +416,26 @@ pub(crate) fn check_trace_len(
             format!(
                 "trace {trace} has more than {} calls (max_trace_calls)",
                 opts.max_trace_calls
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a new trace when [`MAX_OPEN_TRACES`] are open already.
+pub(crate) fn check_open_traces(
+    open: usize,
+    path: &Path,
+    line: Option<u64>,
+) -> Result<(), TraceError> {
+    if open >= MAX_OPEN_TRACES {
+        return Err(TraceError::too_large(
+            path,
+            line,
+            format!(
+                "more than {MAX_OPEN_TRACES} traces open at once (MAX_OPEN_TRACES): \
+                 each process stays open until its exit event, and UNM files have none; \
+                 split the file by process"
             ),
         ));
     }

@@ -603,6 +603,9 @@ pub(crate) fn read(
                 syscall,
                 ..
             } => {
+                if tasks.len() >= crate::MAX_OPEN_TRACES && !tasks.contains_key(&(pid, tid)) {
+                    crate::check_open_traces(tasks.len(), path, None)?;
+                }
                 let t = match tasks.entry((pid, tid)) {
                     Entry::Occupied(o) if o.get().exe_id == exe_id => o.into_mut(),
                     // A different program without an EXEC: never mix programs in a trace.
@@ -624,6 +627,7 @@ pub(crate) fn read(
                 if let Some(t) = tasks.remove(&(pid, tid)) {
                     v.end(t.key);
                 }
+                crate::check_open_traces(tasks.len(), path, None)?;
                 let t = start(v, &reader, pid, tid, exe_id);
                 tasks.insert((pid, tid), t);
             }

@@ -272,6 +272,9 @@ pub(crate) fn read(
                 (pid, name, !matched, false)
             }
         };
+        if open.len() >= crate::MAX_OPEN_TRACES && !open.contains_key(&pid) {
+            crate::check_open_traces(open.len(), path, Some(lineno))?;
+        }
         let t = open.entry(pid).or_insert_with(|| {
             let base = match pid {
                 Some(p) => format!("{file}:{p}"),

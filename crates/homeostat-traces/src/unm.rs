@@ -4,14 +4,17 @@
 //! Each line is `pid syscall`, two decimal integers. One file holds several processes
 //! whose lines interleave; each pid is one trace, in the order its lines appear. The
 //! files carry no exit events, so every trace stays open until end of file, and memory
-//! is bounded by the number of distinct pids.
+//! is bounded by the number of distinct pids, itself capped by
+//! [`MAX_OPEN_TRACES`](crate::MAX_OPEN_TRACES).
 
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::Path;
 
 use crate::lines::{excerpt, tokens, LineReader};
-use crate::{check_trace_len, Namer, ReadOptions, TraceError, Visitor};
+use crate::{
+    check_open_traces, check_trace_len, Namer, ReadOptions, TraceError, Visitor, MAX_OPEN_TRACES,
+};
 
 struct Open {
     key: u64,
@@ -60,6 +63,9 @@ pub(crate) fn read(
                 ))
             }
         };
+        if open.len() >= MAX_OPEN_TRACES && !open.contains_key(&pid) {
+            check_open_traces(open.len(), path, Some(lineno))?;
+        }
         let t = open.entry(pid).or_insert_with(|| {
             let (key, name) = namer.next(format!("{file}:{pid}"));
             v.begin(key, &name);
@@ -153,6 +159,64 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn open_traces_are_capped() {
+        use crate::{Visitor, MAX_OPEN_TRACES};
+        use std::io::Read;
+
+        /// Lines `pid 1` for distinct pids, generated as they are read: the input is
+        /// never in memory, so only the reader's own state could grow.
+        struct Pids(u64, Vec<u8>);
+        impl Read for Pids {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.1.is_empty() {
+                    self.0 += 1;
+                    self.1 = format!("{} 1\n", self.0).into_bytes();
+                }
+                let n = buf.len().min(self.1.len());
+                buf[..n].copy_from_slice(&self.1[..n]);
+                self.1.drain(..n);
+                Ok(n)
+            }
+        }
+        #[derive(Default)]
+        struct Count(usize, usize);
+        impl Visitor for Count {
+            fn begin(&mut self, _: u64, _: &str) {
+                self.0 += 1;
+            }
+            fn call(&mut self, _: u64, _: u32) {}
+            fn end(&mut self, _: u64) {
+                self.1 += 1;
+            }
+        }
+        // An endless stream of new pids ends with an error at the cap, not out of memory.
+        let mut v = Count::default();
+        let r = std::io::BufReader::new(Pids(0, vec![]));
+        let e = read_from("many", r, Format::Unm, &ReadOptions::default(), &mut v).unwrap_err();
+        assert!(matches!(e.kind, TraceErrorKind::TooLarge(_)));
+        assert_eq!(e.line, Some(MAX_OPEN_TRACES as u64 + 1));
+        assert!(e.to_string().contains("MAX_OPEN_TRACES"), "{e}");
+        assert_eq!(v.0, MAX_OPEN_TRACES);
+
+        // Up to the cap, and any number of lines of open pids, is fine.
+        let mut text = String::new();
+        for pid in 1..=MAX_OPEN_TRACES {
+            text.push_str(&format!("{pid} 1\n"));
+        }
+        text.push_str("1 2\n");
+        let mut v = Count::default();
+        read_from(
+            "full",
+            text.as_bytes(),
+            Format::Unm,
+            &ReadOptions::default(),
+            &mut v,
+        )
+        .unwrap();
+        assert_eq!((v.0, v.1), (MAX_OPEN_TRACES, MAX_OPEN_TRACES));
     }
 
     #[test]

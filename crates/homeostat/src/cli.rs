@@ -24,6 +24,9 @@ pub enum Command {
     Scan(ScanArgs),
     /// Evaluate detectors on a labelled dataset (ROC AUC, detection rates, speed).
     Eval(EvalArgs),
+    /// The attacker's view of a profile: minimal foreign sequences, mimicry, tightness.
+    #[command(subcommand)]
+    Analyze(crate::commands::analyze::AnalyzeCmd),
     /// Describe a profile file.
     Inspect {
         /// The profile.
@@ -62,6 +65,14 @@ pub enum Command {
         json: bool,
         #[command(flatten)]
         state: StateFlags,
+    },
+    /// Started by `homeostat run --seccomp`: loads the filter, then executes the command.
+    #[command(hide = true)]
+    SeccompExec {
+        #[arg(long)]
+        filter: PathBuf,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<std::ffi::OsString>,
     },
     /// Started by `homeostat daemon`: resumes the processes the kernel stopped if the
     /// daemon dies (`homeostat_daemon::stop_guard`; `daemon-keeper` is its old name).
@@ -117,6 +128,9 @@ pub struct RunArgs {
     /// If the monitor dies, kill the monitored programs (default: they run on).
     #[arg(long)]
     pub fail_closed: bool,
+    /// Also run the command under this seccomp allow-list (profile export-seccomp).
+    #[arg(long)]
+    pub seccomp: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<std::ffi::OsString>,
@@ -192,6 +206,8 @@ pub enum ProfileCmd {
     Tolerize(ProfileTarget),
     /// Delete a profile: the executable is learnt again from nothing.
     Reset(ProfileTarget),
+    /// The calls a profile has seen as a seccomp allow-list (OCI JSON or BPF).
+    ExportSeccomp(crate::commands::analyze::ExportSeccompArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -239,8 +255,9 @@ pub struct ModelFlags {
     #[arg(long, global = true)]
     pub smoothing: Option<f64>,
     /// Other model parameters, name=value (repeat or comma-separate): knn k, n, tf
-    /// (raw|log|bool), idf (true|false); ensemble holdout (1 in N training traces
-    /// fits the normalisation). See docs/models.md.
+    /// (raw|log|bool), idf (true|false); hmm states, iterations, tolerance, seed,
+    /// threshold, floor, locality; ensemble holdout (1 in N training traces fits the
+    /// normalisation). See docs/models.md.
     #[arg(long = "param", short = 'P', global = true)]
     pub param: Vec<String>,
 }
@@ -258,7 +275,7 @@ pub struct InputFlags {
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Model to train: stide, tstide, pairs, markov, knn, or
+    /// Model to train: stide, tstide, pairs, markov, knn, hmm, or
     /// ensemble:MODEL[.SCORE],MODEL[.SCORE]...
     #[arg(long, short = 'm', default_value = "stide")]
     pub model: String,
@@ -299,7 +316,7 @@ pub struct EvalArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct EvalCommon {
-    /// Models to evaluate, comma separated: stide, tstide, pairs, markov, knn,
+    /// Models to evaluate, comma separated: stide, tstide, pairs, markov, knn, hmm,
     /// ensemble:MODEL[.SCORE],... (an ensemble takes the items after it; join its
     /// members with + to list models after it).
     #[arg(

@@ -231,3 +231,55 @@ fn eval_adfa_ld_json_fields() {
         assert!(m["per_attack"]["Hydra_SSH"]["max_lfc"]["auc"].is_number());
     }
 }
+
+#[test]
+fn knn_and_ensemble_train_scan_and_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    for (model, scores) in [
+        ("knn", &["distance", "relative"][..]),
+        (
+            "ensemble:knn,stide.rate",
+            &["mean_z", "mean_rank", "max_rank"][..],
+        ),
+    ] {
+        let profile = dir.path().join("m.profile");
+        let out = run(bin()
+            .args(["train", "-P", "k=2", "--model", model, "-o"])
+            .arg(&profile)
+            .arg(sample("training")));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let info = ok(bin().arg("inspect").arg(&profile));
+        assert!(
+            info.contains(&format!("scores    {}", scores.join(", "))),
+            "{info}"
+        );
+        if model == "knn" {
+            assert!(info.contains("knn (k=2 n=1..1 tf=bool idf)"), "{info}");
+        }
+        let lines: Vec<serde_json::Value> = ok(bin()
+            .args(["scan", "--json", "-p"])
+            .arg(&profile)
+            .arg(sample("attack/shell_escape")))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+        assert!(!lines.is_empty());
+        for s in scores {
+            assert!(lines[0][s].is_number(), "{model}: missing {s}");
+        }
+    }
+    // A parameter no model reads is named, as is an unknown model.
+    let err = fails(bin().args(["eval", "--model", "knn", "-P", "kk=3"]));
+    assert!(err.contains("\"kk\""), "{err}");
+    let err = fails(bin().args(["eval", "--model", "hmm9"]));
+    assert!(err.contains("unknown model \"hmm9\""), "{err}");
+    let out = ok(bin().args(["eval", "--model", "stide,knn,ensemble:knn,stide.rate"]));
+    assert!(
+        out.contains("ensemble:knn,stide.rate") && out.contains("mean_rank"),
+        "{out}"
+    );
+}

@@ -33,6 +33,7 @@
 pub mod codec;
 pub mod config;
 pub mod lifecycle;
+mod merge;
 pub mod profile;
 
 use serde::{Deserialize, Serialize};

@@ -63,8 +63,8 @@ impl Supervisor {
     /// Starts `argv` (`argv[0]` searched in `$PATH`) under the filter. Returns once the
     /// program has been exec'd: its first call is the first event.
     ///
-    /// The sequence (details in `docs/launcher.md`): a double fork creates the keeper,
-    /// which forks the child; the child announces the descriptor number its listener will
+    /// The sequence (details in `docs/seccomp-supervisor.md`): a double fork creates the
+    /// keeper, which forks the child; the child announces the descriptor number its listener will
     /// get, installs the filter, and execs; this process copies the listener out of the
     /// child with `pidfd_getfd`, gives the keeper a copy, and answers the child's calls
     /// up to the exec (unreported) until the close-on-exec status pipe says how the exec

@@ -5,8 +5,9 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
+use homeostat_syscalls::{call_kind, CallKind as Kind};
+
 use super::{Pending, Supervisor};
-use crate::nr::{self, Kind};
 use crate::sys;
 use crate::{Exe, LaunchError};
 
@@ -115,7 +116,7 @@ impl Supervisor {
     }
 
     pub(super) fn after_continue(&mut self, p: &Pending) {
-        match nr::kind(p.arch, p.nr) {
+        match call_kind(p.arch, p.nr) {
             // Every thread of the group runs the new image if the exec succeeds (the
             // caller's tid may even become the group id); if it fails, re-reading finds
             // the old image. Either way: re-read at the next event.

@@ -5,6 +5,8 @@ use std::path::Path;
 use anyhow::Result;
 use homeostat_syscalls::Arch;
 
+use crate::fsutil::printable;
+
 pub fn run(path: &Path) -> Result<()> {
     let reg = super::models::registry();
     let p = crate::fsutil::read_profile(path, &reg)?;
@@ -12,7 +14,7 @@ pub fn run(path: &Path) -> Result<()> {
     println!("profile   {}", path.display());
     println!("model     {} ({})", d.kind(), d.describe());
     println!("scores    {}", d.score_names().join(", "));
-    println!("arch      {}", p.meta.arch);
+    println!("arch      {}", printable(&p.meta.arch));
     println!("created   {} (unix seconds)", p.meta.created_unix);
     println!(
         "trained   {} traces, {} calls",
@@ -34,6 +36,6 @@ pub fn run(path: &Path) -> Result<()> {
             .collect();
         println!("calls     {} distinct: {}", names.len(), names.join(" "));
     }
-    println!("source    {}", p.meta.source);
+    println!("source    {}", printable(&p.meta.source));
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand; each turns parsed arguments into library calls.
 
+pub mod analyze;
 mod daemon;
 mod demo;
 mod eval;
@@ -23,6 +24,8 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Train(a) => train::run(a),
+        Command::Analyze(c) => analyze::run(c),
+        Command::SeccompExec { filter, command } => analyze::seccomp_exec(&filter, &command),
         Command::Scan(a) => scan::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Inspect { profile } => inspect::run(&profile),

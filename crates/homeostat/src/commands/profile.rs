@@ -18,6 +18,7 @@ use tracing::warn;
 
 use super::state::open_store;
 use crate::cli::{ProfileCmd, ProfileTarget, StateFlags};
+use crate::fsutil::printable;
 
 /// The daemon's profile files, the unreadable ones reported.
 fn daemon_files(store: &ProfileStore) -> Vec<(std::path::PathBuf, DaemonProfile)> {
@@ -94,7 +95,7 @@ fn line(p: &PhProfile) -> String {
         p.train_count,
         p.anomalies,
         p.key.to_string(),
-        p.path
+        printable(&p.path)
     )
 }
 
@@ -126,7 +127,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                         d.train_count,
                         d.anomalies,
                         d.key().to_string(),
-                        d.path
+                        printable(&d.path)
                     );
                 }
             }
@@ -138,7 +139,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                     p.train_count,
                     p.anomalies,
                     p.key,
-                    p.path
+                    printable(&p.path)
                 );
             }
             Ok(())
@@ -152,7 +153,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                     let Some((file, d)) = daemon_file(&store, &t.exe)? else {
                         return Err(e);
                     };
-                    println!("exe            {}", d.path);
+                    println!("exe            {}", printable(&d.path));
                     println!("key            {}", d.key());
                     println!("file           {} (homeostat daemon)", file.display());
                     println!("state          {}", d.state);
@@ -160,10 +161,13 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                     println!("train_count    {}", d.train_count);
                     println!("last_mod_count {}", d.last_mod_count);
                     println!("anomalies      {}", d.anomalies);
+                    if let Some(p) = d.to_ph(&homeostat_core::ph::PhConfig::default()) {
+                        println!("tightness      {}", super::analyze::tightness_line(&p));
+                    }
                     return Ok(());
                 }
             };
-            println!("exe            {}", p.path);
+            println!("exe            {}", printable(&p.path));
             println!("key            {}", p.key);
             println!("file           {}", store.path_for(p.key).display());
             println!("state          {}", p.state);
@@ -175,6 +179,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                 println!("normal at      {} (unix ns)", p.normal_time_ns);
             }
             println!("calls trained  {}", p.model().trained_calls());
+            println!("tightness      {}", super::analyze::tightness_line(&p));
             Ok(())
         }
         ProfileCmd::Normalize(t) => edit(
@@ -188,6 +193,21 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
             |p| p.sensitize("sensitized", &mut |_| {}),
         ),
         ProfileCmd::Tolerize(t) => edit(t, |key| Request::Tolerize { key }, |p| p.tolerize()),
+        ProfileCmd::ExportSeccomp(a) => {
+            let store = open_store(&a.target.state)?;
+            let p = match find(&store, &a.target.exe) {
+                Ok(p) => p,
+                Err(e) => match daemon_file(&store, &a.target.exe)? {
+                    Some((_, d)) => d
+                        .to_ph(&homeostat_core::ph::PhConfig::default())
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("daemon profile does not fit a window of 9")
+                        })?,
+                    None => return Err(e),
+                },
+            };
+            super::analyze::export_seccomp(&a, &p.path, p.model().alphabet().symbols())
+        }
         ProfileCmd::Reset(t) => {
             let store = open_store(&t.state)?;
             let p = match find(&store, &t.exe) {
@@ -203,7 +223,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
             store.remove(p.key)?;
             println!(
                 "reset: {} ({}) will be learnt from nothing{}",
-                p.path,
+                printable(&p.path),
                 p.key,
                 if live
                     .iter()
@@ -291,7 +311,10 @@ fn daemon_edit(
         Some(Reply::Error(e)) => bail!("daemon {pid}: {}", e.error),
         _ => bail!("daemon {pid}: no answer"),
     }
-    println!("{key} {}: done by the daemon (pid {pid})", p.path);
+    println!(
+        "{key} {}: done by the daemon (pid {pid})",
+        printable(&p.path)
+    );
     Ok(())
 }
 
@@ -311,7 +334,7 @@ fn edit_daemon_file(
             std::fs::remove_file(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             println!(
                 "reset: {} ({}) will be learnt from nothing",
-                d.path,
+                printable(&d.path),
                 d.key()
             );
             return Ok(());
@@ -336,7 +359,7 @@ fn edit_daemon_file(
     println!(
         "{} {}: {} (daemon file {})",
         d.key(),
-        d.path,
+        printable(&d.path),
         d.state,
         file.display()
     );
@@ -379,7 +402,7 @@ pub fn ps(json: bool, state: &StateFlags) -> Result<()> {
                 t.delay_ms,
                 t.anomalies,
                 t.calls,
-                t.exe
+                printable(&t.exe)
             );
         }
     }

@@ -11,13 +11,23 @@ use homeostat_core::ph::{ExeKey, Mode, Verdict};
 use homeostat_monitor::monitor_loop::{self as launch, Attached, CallEvent, Consumer};
 use homeostat_monitor::sink::{describe, open_events, write_event};
 use homeostat_monitor::{now_ns, Engine, EventRecord, PhConsumer};
-use homeostat_seccomp::{FailMode, LaunchOptions};
+use homeostat_seccomp::{signals, FailMode, LaunchOptions};
 use homeostat_syscalls::Arch;
 use homeostat_traces::recording::{Header, Writer};
 use tracing::{info, warn};
 
 use super::state::{open_store, settings};
 use crate::cli::{AttachArgs, MonitorFlags, RecordArgs, RunArgs};
+
+/// SIGINT, SIGTERM and SIGHUP go to the monitored program, as strace passes them on,
+/// instead of killing the monitor: it then sees the program end, saves what it learnt,
+/// removes its control socket and exits with the program's status (killed: 128 + the
+/// signal, as a shell reports it).
+fn forward_signals() {
+    if let Err(e) = signals::forward_to_program() {
+        warn!("cannot forward signals to the program: {e}");
+    }
+}
 
 /// A pH consumer set up from the monitoring flags: config, state directory, events
 /// sink, control channel. Returns it with a counter of anomalous calls.
@@ -67,6 +77,7 @@ fn report(quiet: bool, anomalies: &Mutex<u64>) {
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
+    forward_signals();
     let (mut consumer, anomalies) = monitor(&a.monitor)?;
     let opts = LaunchOptions {
         fail_mode: if a.fail_closed {
@@ -76,7 +87,13 @@ pub fn run(a: RunArgs) -> Result<()> {
         },
         ..LaunchOptions::default()
     };
-    let status = launch::run(&a.command, &opts, &mut consumer);
+    let command = super::analyze::seccomp_command(&a.command, a.seccomp.as_deref())?;
+    let status = launch::run_with(
+        &command,
+        &opts,
+        &mut consumer,
+        &mut signals::program_started,
+    );
     consumer.save();
     let status = status?;
     report(a.monitor.quiet, &anomalies);
@@ -184,6 +201,8 @@ impl Consumer for Recorder {
 }
 
 pub fn record(a: RecordArgs) -> Result<()> {
+    forward_signals();
+    homeostat_monitor::store::check_replaceable(&a.output)?;
     let file = File::create(&a.output)
         .with_context(|| format!("creating recording {}", a.output.display()))?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -201,7 +220,12 @@ pub fn record(a: RecordArgs) -> Result<()> {
         task_exe: HashMap::new(),
         error: None,
     };
-    let status = launch::run(&a.command, &LaunchOptions::default(), &mut rec)?;
+    let status = launch::run_with(
+        &a.command,
+        &LaunchOptions::default(),
+        &mut rec,
+        &mut signals::program_started,
+    )?;
     let what = || format!("writing recording {}", a.output.display());
     if let Some(e) = rec.error {
         return Err(e).with_context(what);

@@ -41,9 +41,13 @@ impl<W: Write> Scanner<'_, W> {
             serde_json::to_writer(&mut self.out, &obj).map_err(std::io::Error::from)?;
             return self.out.write_all(b"\n");
         }
+        let id = crate::fsutil::printable(id);
         write!(self.out, "{id:<40} {:>9}", r.calls)?;
-        if let Some(m) = r.anomalies {
-            write!(self.out, " {m:>10}")?;
+        // The column is always there, so the header lines up for every model; "-" is a
+        // model without a per-call verdict (knn, ensemble).
+        match r.anomalies {
+            Some(m) => write!(self.out, " {m:>10}")?,
+            None => write!(self.out, " {:>10}", "-")?,
         }
         for (n, &v) in self.names.iter().zip(&r.scores) {
             if n == "max_lfc" {
@@ -95,9 +99,7 @@ pub fn run(a: ScanArgs) -> Result<()> {
     };
     if !a.json {
         write!(s.out, "{:<40} {:>9}", "id", "calls")?;
-        if model.as_classic().is_some() {
-            write!(s.out, " {:>10}", "mismatches")?;
-        }
+        write!(s.out, " {:>10}", "mismatches")?;
         for n in &s.names {
             if n == "max_lfc" {
                 write!(s.out, " {n:>7}")?;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use homeostat_core::{Cursor, DetectorBuilder, DetectorProfile, ProfileMeta};
 use homeostat_traces::{expand_inputs, read_file, Visitor};
 
@@ -89,6 +89,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
         })
         .with_context(|| format!("training {}", a.model))?;
     fit.finish_and_clear();
+    if detector.trained_calls() == 0 {
+        // A profile of nothing flags every call of every program as anomalous.
+        bail!(
+            "no system calls in the training input ({} traces in {} files); refusing to write an empty profile",
+            t.traces,
+            files.len()
+        );
+    }
     let meta = ProfileMeta {
         arch,
         created_unix: super::now_unix(),
