@@ -256,8 +256,9 @@ pub struct ModelFlags {
     pub smoothing: Option<f64>,
     /// Other model parameters, name=value (repeat or comma-separate): knn k, n, tf
     /// (raw|log|bool), idf (true|false); hmm states, iterations, tolerance, seed,
-    /// threshold, floor, locality; ensemble holdout (1 in N training traces fits the
-    /// normalisation). See docs/models.md.
+    /// threshold, floor, locality; lm hidden, epochs, seed, lr, batch, chunk, patience,
+    /// quantile, holdout_every, time_limit; ensemble holdout (1 in N training traces
+    /// fits the normalisation). See docs/models.md.
     #[arg(long = "param", short = 'P', global = true)]
     pub param: Vec<String>,
 }
@@ -275,7 +276,7 @@ pub struct InputFlags {
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Model to train: stide, tstide, pairs, markov, knn, hmm, or
+    /// Model to train: stide, tstide, pairs, markov, knn, hmm, lm, or
     /// ensemble:MODEL[.SCORE],MODEL[.SCORE]...
     #[arg(long, short = 'm', default_value = "stide")]
     pub model: String,
@@ -316,7 +317,7 @@ pub struct EvalArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct EvalCommon {
-    /// Models to evaluate, comma separated: stide, tstide, pairs, markov, knn, hmm,
+    /// Models to evaluate, comma separated: stide, tstide, pairs, markov, knn, hmm, lm,
     /// ensemble:MODEL[.SCORE],... (an ensemble takes the items after it; join its
     /// members with + to list models after it).
     #[arg(

@@ -11,7 +11,9 @@ use crate::cli::ModelFlags;
 
 /// Every model this build knows.
 pub fn registry() -> Registry {
-    Registry::builtin()
+    let mut r = Registry::builtin();
+    r.register(homeostat_lm::entry());
+    r
 }
 
 /// Model parameters from the flags; a parameter name no model reads is an error

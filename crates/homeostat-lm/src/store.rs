@@ -1,0 +1,193 @@
+//! The lm profile: the project's profile file (format version 2: magic, version,
+//! CRC-32, length, then provenance and a model stored as kind tag `lm` plus payload).
+//! The payload is postcard of [`StoredLm`], led by its own version number, with the
+//! weights as named `f32` tensors.
+//!
+//! Every field is checked on load (names, shapes against the hidden size and
+//! alphabet, finite values, configuration ranges) so damaged bytes become an error,
+//! never a panic or a model that computes garbage.
+
+use homeostat_core::alphabet::{Alphabet, MAX_ID};
+use homeostat_core::profile::{decode_profile, encode_profile, StoredModel};
+use homeostat_core::{ProfileError, ProfileMeta};
+use serde::{Deserialize, Serialize};
+
+use crate::{Lm, LmConfig, LmError, TrainStats, Weights};
+
+/// The profile kind tag and registry name.
+pub const KIND: &str = "lm";
+/// Version of the [`StoredLm`] layout this build writes and reads.
+pub const PAYLOAD_VERSION: u16 = 1;
+
+/// One named tensor: shape and row-major values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredTensor {
+    /// Name (`emb`, `w_hh`, `b_hh`, `out_w`, `out_b`).
+    pub name: String,
+    /// Dimensions.
+    pub shape: Vec<u64>,
+    /// Values, row-major.
+    pub data: Vec<f32>,
+}
+
+/// The payload of an lm profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredLm {
+    /// Layout version ([`PAYLOAD_VERSION`]).
+    pub version: u16,
+    /// Hyper-parameters (hidden size, locality frame, ...).
+    pub config: LmConfig,
+    /// What training did.
+    pub stats: TrainStats,
+    /// Raw call numbers in id order (id = index + 1).
+    pub symbols: Vec<u32>,
+    /// Per-call NLL threshold for the LFC.
+    pub threshold: f32,
+    /// The weights.
+    pub tensors: Vec<StoredTensor>,
+}
+
+fn corrupt(msg: String) -> LmError {
+    LmError::Profile(ProfileError::Corrupt(msg))
+}
+
+impl Lm {
+    /// The stored form.
+    pub fn to_stored(&self) -> StoredLm {
+        let w = &self.weights;
+        let tensors = w
+            .shapes()
+            .iter()
+            .zip(w.tensors())
+            .map(|((name, shape), data)| StoredTensor {
+                name: (*name).into(),
+                shape: shape.iter().map(|&d| d as u64).collect(),
+                data: data.clone(),
+            })
+            .collect();
+        StoredLm {
+            version: PAYLOAD_VERSION,
+            config: self.config.clone(),
+            stats: self.stats.clone(),
+            symbols: self.alphabet.symbols().to_vec(),
+            threshold: self.threshold,
+            tensors,
+        }
+    }
+
+    /// Rebuilds a model from its stored form, validating every field.
+    pub fn from_stored(s: StoredLm) -> Result<Lm, LmError> {
+        if s.version != PAYLOAD_VERSION {
+            return Err(corrupt(format!(
+                "lm payload version {} (this build reads {PAYLOAD_VERSION})",
+                s.version
+            )));
+        }
+        s.config.validate().map_err(|e| corrupt(e.to_string()))?;
+        if s.symbols.len() > usize::from(MAX_ID) {
+            return Err(corrupt(format!("{} distinct calls", s.symbols.len())));
+        }
+        let alphabet = Alphabet::from_symbols(&s.symbols);
+        if alphabet.len() != s.symbols.len() {
+            return Err(corrupt("repeated call numbers in the alphabet".into()));
+        }
+        if !s.threshold.is_finite() {
+            return Err(corrupt(format!("threshold {}", s.threshold)));
+        }
+        let n = s.symbols.len();
+        let mut w = Weights {
+            hidden: s.config.hidden,
+            vocab_in: n + 2,
+            vocab_out: n + 1,
+            emb: vec![],
+            w_hh: vec![],
+            b_hh: vec![],
+            out_w: vec![],
+            out_b: vec![],
+        };
+        let shapes = w.shapes();
+        if s.tensors.len() != shapes.len() {
+            return Err(corrupt(format!(
+                "{} tensors, expected {}",
+                s.tensors.len(),
+                shapes.len()
+            )));
+        }
+        let mut data = Vec::with_capacity(shapes.len());
+        for (t, (name, shape)) in s.tensors.into_iter().zip(shapes) {
+            let want: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+            if t.name != name || t.shape != want {
+                return Err(corrupt(format!(
+                    "tensor {} {:?} where {name} {want:?} was expected",
+                    t.name, t.shape
+                )));
+            }
+            if t.data.len() != shape[0] * shape[1] {
+                return Err(corrupt(format!(
+                    "tensor {name} holds {} values, its shape needs {}",
+                    t.data.len(),
+                    shape[0] * shape[1]
+                )));
+            }
+            if t.data.iter().any(|v| !v.is_finite()) {
+                return Err(corrupt(format!("tensor {name} holds a non-finite value")));
+            }
+            data.push(t.data);
+        }
+        let mut it = data.into_iter();
+        let mut next = || it.next().unwrap_or_default();
+        w.emb = next();
+        w.w_hh = next();
+        w.b_hh = next();
+        w.out_w = next();
+        w.out_b = next();
+        Ok(Lm {
+            alphabet,
+            weights: w,
+            threshold: s.threshold,
+            config: s.config,
+            stats: s.stats,
+        })
+    }
+
+    /// The profile payload (what the registry stores under kind [`KIND`]).
+    pub fn save_payload(&self) -> Vec<u8> {
+        postcard::to_allocvec(&self.to_stored())
+            .expect("serialising plain data into a Vec cannot fail")
+    }
+
+    /// Decodes and validates a payload.
+    pub fn from_payload(payload: &[u8]) -> Result<Lm, LmError> {
+        let (stored, rest): (StoredLm, &[u8]) = postcard::take_from_bytes(payload)
+            .map_err(|e| corrupt(format!("payload does not decode: {e}")))?;
+        if !rest.is_empty() {
+            return Err(LmError::Profile(ProfileError::TrailingData(
+                rest.len() as u64
+            )));
+        }
+        Self::from_stored(stored)
+    }
+
+    /// The complete profile file contents.
+    pub fn to_bytes(&self, meta: &ProfileMeta) -> Vec<u8> {
+        encode_profile(
+            meta,
+            StoredModel {
+                kind: KIND.into(),
+                payload: self.save_payload(),
+            },
+        )
+    }
+
+    /// Parses and validates a profile file holding an lm model.
+    pub fn from_bytes(bytes: &[u8]) -> Result<(Lm, ProfileMeta), LmError> {
+        let s = decode_profile(bytes)?;
+        if s.model.kind != KIND {
+            return Err(corrupt(format!(
+                "profile holds a {} model, not lm",
+                s.model.kind
+            )));
+        }
+        Ok((Self::from_payload(&s.model.payload)?, s.meta))
+    }
+}

@@ -1,0 +1,278 @@
+//! The lm model on hand-made traces: it learns what it is shown, its two scoring paths
+//! agree, and its profile survives a round trip and refuses damage.
+
+use homeostat_core::profile::StoredModel;
+use homeostat_core::{ProfileError, ProfileMeta};
+use homeostat_lm::{train, Lm, LmConfig, LmError, Progress, StoredLm, KIND};
+
+const CYCLE: [u32; 6] = [3, 5, 7, 11, 13, 17];
+
+/// Traces that walk the cycle from different starting points.
+fn cyclic_traces() -> Vec<Vec<u32>> {
+    (0..24)
+        .map(|i| (0..60 + i).map(|k| CYCLE[(i + k) % CYCLE.len()]).collect())
+        .collect()
+}
+
+fn tiny() -> LmConfig {
+    LmConfig {
+        hidden: 16,
+        chunk: 16,
+        batch: 4,
+        epochs: 40,
+        patience: 40,
+        lr: 0.02,
+        holdout_every: 6,
+        time_limit_secs: 0,
+        ..LmConfig::default()
+    }
+}
+
+fn trained() -> Lm {
+    let traces = cyclic_traces();
+    let refs: Vec<&[u32]> = traces.iter().map(Vec::as_slice).collect();
+    train(&refs, &tiny(), Progress::Quiet).unwrap()
+}
+
+fn meta() -> ProfileMeta {
+    ProfileMeta {
+        arch: "x86_64".into(),
+        created_unix: 1_800_000_000,
+        traces: 24,
+        source: "unit test".into(),
+    }
+}
+
+#[test]
+fn learns_a_cycle_and_flags_foreign_calls() {
+    let lm = trained();
+    assert_eq!(lm.alphabet().len(), CYCLE.len());
+    let mut s = lm.start();
+    let mut late = vec![];
+    for k in 0..30 {
+        let nll = lm.push(&mut s, CYCLE[k % CYCLE.len()]);
+        if k >= 2 {
+            late.push(nll);
+        }
+    }
+    let worst = late.iter().copied().fold(0.0f32, f32::max);
+    assert!(
+        worst < 0.2,
+        "a learnt cycle should be predictable, worst NLL {worst}"
+    );
+    let mut known_wrong = s.clone();
+    // Next expected is CYCLE[0]; a call never seen, and a known call out of place.
+    let foreign = lm.push(&mut s, 99);
+    let misplaced = lm.push(&mut known_wrong, CYCLE[3]);
+    assert!(foreign > 5.0, "foreign call NLL {foreign}");
+    assert!(misplaced > 3.0, "misplaced call NLL {misplaced}");
+    assert!(foreign > lm.threshold() && misplaced > lm.threshold());
+    assert!(lm.stats().holdout_traces == 4 && lm.stats().best_epoch >= 1);
+    // A trace with a burst of wrong calls outscores a clean one on every score.
+    let clean: Vec<u32> = (0..60).map(|k| CYCLE[k % 6]).collect();
+    let mut dirty = clean.clone();
+    dirty[30..36].copy_from_slice(&[99, 3, 3, 98, 17, 3]);
+    let (c, d) = (lm.score_stream(&clean), lm.score_stream(&dirty));
+    assert!(d.mean_nll > c.mean_nll + 0.3);
+    assert!(d.max_frame_nll > c.max_frame_nll + 1.0);
+    assert!(d.max_lfc >= 3 && c.max_lfc == 0, "{d:?} {c:?}");
+}
+
+#[test]
+fn streaming_equals_batched() {
+    let lm = trained();
+    let mut probes = cyclic_traces();
+    probes.push(vec![3, 5, 99, 7, 11, 3, 3, 3]);
+    probes.push(vec![]);
+    probes.push(vec![42]);
+    let refs: Vec<&[u32]> = probes.iter().map(Vec::as_slice).collect();
+    for lanes in [1, 3, 256] {
+        let batched = lm.nll_traces(&refs, lanes).unwrap();
+        for (t, b) in probes.iter().zip(&batched) {
+            let mut s = lm.start();
+            let streamed: Vec<f32> = t.iter().map(|&c| lm.push(&mut s, c)).collect();
+            assert_eq!(streamed.len(), b.len());
+            for (x, y) in streamed.iter().zip(b) {
+                assert!((x - y).abs() <= 1e-4 * (1.0 + x.abs()), "{x} vs {y}");
+            }
+        }
+    }
+    let scores = lm.score_traces(&refs, 2);
+    for (t, b) in probes.iter().zip(&scores) {
+        let s = lm.score_stream(t);
+        assert_eq!(s.calls, b.calls);
+        assert!((s.mean_nll - b.mean_nll).abs() < 1e-4);
+        assert!((s.max_frame_nll - b.max_frame_nll).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn same_seed_same_model() {
+    let traces = cyclic_traces();
+    let refs: Vec<&[u32]> = traces.iter().map(Vec::as_slice).collect();
+    let cfg = LmConfig {
+        epochs: 3,
+        ..tiny()
+    };
+    let a = train(&refs, &cfg, Progress::Quiet).unwrap();
+    let b = train(&refs, &cfg, Progress::Quiet).unwrap();
+    assert_eq!(a.weights(), b.weights());
+    let c = train(&refs, &LmConfig { seed: 2, ..cfg }, Progress::Quiet).unwrap();
+    assert_ne!(a.weights(), c.weights());
+}
+
+#[test]
+fn round_trip_gives_identical_scores() {
+    let lm = trained();
+    let bytes = lm.to_bytes(&meta());
+    let (back, m) = Lm::from_bytes(&bytes).unwrap();
+    assert_eq!(m, meta());
+    assert_eq!(back.weights(), lm.weights());
+    assert_eq!(back.config(), lm.config());
+    assert_eq!(back.stats(), lm.stats());
+    assert_eq!(back.threshold(), lm.threshold());
+    let probe = [3, 5, 7, 99, 11, 13, 17, 3, 3, 5];
+    assert_eq!(back.score_stream(&probe), lm.score_stream(&probe));
+    let refs: Vec<&[u32]> = vec![&probe];
+    assert_eq!(
+        back.nll_traces(&refs, 2).unwrap(),
+        lm.nll_traces(&refs, 2).unwrap()
+    );
+}
+
+fn profile_err(bytes: &[u8]) -> ProfileError {
+    match Lm::from_bytes(bytes) {
+        Err(LmError::Profile(e)) => e,
+        Err(e) => panic!("unexpected error kind: {e}"),
+        Ok(_) => panic!("damaged profile accepted"),
+    }
+}
+
+#[test]
+fn damaged_profile_is_refused() {
+    let lm = trained();
+    let bytes = lm.to_bytes(&meta());
+    assert_eq!(profile_err(b"#!/bin/sh\n"), ProfileError::NotAProfile);
+    for cut in [10, 30, bytes.len() / 2, bytes.len() - 1] {
+        assert!(matches!(
+            profile_err(&bytes[..cut]),
+            ProfileError::Truncated { .. }
+        ));
+    }
+    for at in [30, bytes.len() / 2, bytes.len() - 1] {
+        let mut b = bytes.clone();
+        b[at] ^= 0x10;
+        assert!(matches!(profile_err(&b), ProfileError::Checksum { .. }));
+    }
+    // Behind a valid checksum: wrong shapes, non-finite weights, bad config.
+    let stored = lm.to_stored();
+    let damage: [fn(&mut StoredLm); 6] = [
+        |s| {
+            s.tensors[1].data.pop();
+        },
+        |s| s.tensors[3].shape[1] += 1,
+        |s| s.tensors[0].data[0] = f32::NAN,
+        |s| s.config.hidden = 0,
+        |s| s.symbols.push(s.symbols[0]),
+        |s| s.version = 9,
+    ];
+    for (i, d) in damage.iter().enumerate() {
+        let mut s = stored.clone();
+        d(&mut s);
+        let payload = postcard::to_allocvec(&s).unwrap();
+        let framed = homeostat_core::profile::encode_profile(
+            &meta(),
+            StoredModel {
+                kind: KIND.into(),
+                payload,
+            },
+        );
+        assert!(
+            matches!(profile_err(&framed), ProfileError::Corrupt(_)),
+            "damage {i} accepted"
+        );
+    }
+    // Every truncation of the payload itself decodes to an error, never a panic.
+    let payload = postcard::to_allocvec(&stored).unwrap();
+    for cut in (0..payload.len()).step_by(97) {
+        assert!(Lm::from_payload(&payload[..cut]).is_err());
+    }
+}
+
+#[test]
+fn bad_config_and_empty_input_are_errors() {
+    let refs: Vec<&[u32]> = vec![&[1, 2, 3]];
+    for cfg in [
+        LmConfig {
+            hidden: 0,
+            ..tiny()
+        },
+        LmConfig {
+            lr: f64::NAN,
+            ..tiny()
+        },
+        LmConfig {
+            quantile: 1.0,
+            ..tiny()
+        },
+        LmConfig {
+            epochs: 0,
+            ..tiny()
+        },
+    ] {
+        assert!(matches!(
+            train(&refs, &cfg, Progress::Quiet),
+            Err(LmError::Config(_))
+        ));
+    }
+    let empty: Vec<&[u32]> = vec![&[], &[]];
+    assert!(matches!(
+        train(&empty, &tiny(), Progress::Quiet),
+        Err(LmError::Empty)
+    ));
+}
+
+#[test]
+fn registry_entry_trains_streams_and_loads() {
+    use homeostat_core::{Params, Registry, Scratch};
+    let mut reg = Registry::builtin();
+    reg.register(homeostat_lm::entry());
+    let mut p = Params::new();
+    p.set("hidden", 16);
+    p.set("epochs", 5);
+    p.set("chunk", 16);
+    p.set("batch", 4);
+    let mut b = reg.builder("lm", &p).unwrap();
+    for t in cyclic_traces() {
+        b.add_trace(&t);
+    }
+    let calls = std::sync::atomic::AtomicU64::new(0);
+    let det = b
+        .build(&|done, _| calls.store(done, std::sync::atomic::Ordering::Relaxed))
+        .unwrap();
+    assert!(calls.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert_eq!(det.score_names()[0], "mean_nll");
+    let probe = [3, 5, 7, 99, 11, 13];
+    let whole = det.score_trace(&probe, &mut Scratch::default());
+    let mut s = det.stream();
+    for &c in &probe {
+        s.call(c);
+    }
+    assert_eq!(s.finish(), whole);
+    let bytes = homeostat_core::registry::DetectorProfile {
+        meta: meta(),
+        detector: det,
+    }
+    .to_bytes();
+    let back = reg.load_profile(&bytes).unwrap();
+    assert_eq!(
+        back.detector.score_trace(&probe, &mut Scratch::default()),
+        whole
+    );
+    let (lm, m) = Lm::from_bytes(&bytes).unwrap();
+    assert_eq!(m, meta());
+    assert_eq!(lm.config().hidden, 16);
+    let mut bad = p.clone();
+    bad.set("hidden", "many");
+    assert!(reg.builder("lm", &bad).is_err());
+}
