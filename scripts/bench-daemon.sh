@@ -9,12 +9,28 @@
 #
 # Conditions:
 #   none      no daemon;
+#   floor     the daemon built with `--features floor` (its sys_enter program returns
+#             at once; everything else the same), run as `training` below: the price
+#             of the sys_enter tracepoint itself, which every eBPF syscall monitor
+#             pays. real / floor is homeostat's own per-call cost;
 #   training  `homeostat daemon --learn` on a fresh state directory (every program
 #             gets a new profile at exec and learns; --learn: never normal);
 #   normal    `homeostat daemon --detect` on a copy of a state directory in which the
 #             workloads' programs (dd, find, tar, wc, sh, true) were made normal
 #             beforehand (see "Preparation"). --detect measures the monitoring cost:
-#             any response (delays, stops) costs per anomaly, not per call.
+#             any response (delays, stops) costs per anomaly, not per call;
+#   old-training, old-normal  the same with another build (HOMEOSTAT_BEFORE_BIN, e.g.
+#             main's), to compare a change in the same run (its own normal profiles
+#             are prepared from the same preparation's saved state, which both builds
+#             read).
+#
+# Per-call cost measured directly: after the rounds, each daemon condition runs once
+# more with `kernel.bpf_stats_enabled=1` (off during the timed rounds: the accounting
+# costs two clock reads per run) around one run of the dd and find workloads; the
+# kernel's run_time_ns / run_cnt of the daemon's own programs (found by the prog ids
+# of its BPF link fds in /proc/PID/fdinfo) give ns per run of sys_enter, fork, exec
+# and exit. These counters cover every call on the machine during the run, not dd's
+# only.
 #
 # Preparation: a daemon with a fresh state directory, `--normal-wait 0` and `--events`
 # runs while small versions of the workloads are repeated (the daemon decides freezing
@@ -49,7 +65,13 @@
 #   PREP_TIMEOUT=S  seconds allowed for the profiles to become normal (default 120)
 #   HOMEOSTAT_BIN=F use this homeostat binary instead of building one
 #                   (default: `cargo build --release -p homeostat` into
-#                   $CARGO_TARGET_DIR, or target/)
+#                   $CARGO_TARGET_DIR, or target/, copied to the working directory)
+#   HOMEOSTAT_FLOOR_BIN=F  the floor build (default: built with --features floor)
+#   HOMEOSTAT_PROGSTATS_BIN=F  the bpf_prog_stats example (default: built)
+#   HOMEOSTAT_BEFORE_BIN=F another build to compare (conditions old-training,
+#                   old-normal); unset: those conditions are not run
+#   CONDS="..."     the conditions to run (default: none floor training normal, plus
+#                   old-training old-normal with HOMEOSTAT_BEFORE_BIN)
 #   KEEP=1          keep the working directory (daemon logs, events, samples)
 set -Eeuo pipefail
 export LC_ALL=C
@@ -77,23 +99,57 @@ fi
 prep_dd_count=20000
 forks=300
 
-# --- the binary ---------------------------------------------------------------
+# --- the binaries --------------------------------------------------------------
+work="$(mktemp -d /tmp/bench-daemon.XXXXXX)"
+if [ -z "${HOMEOSTAT_BIN:-}" ] || [ -z "${HOMEOSTAT_FLOOR_BIN:-}" ]; then
+    # shellcheck source=scripts/lib/ensure-deps.sh
+    . scripts/lib/ensure-deps.sh
+fi
+tdir="${CARGO_TARGET_DIR:-$PWD/target}"
 if [ -n "${HOMEOSTAT_BIN:-}" ]; then
     hs="$HOMEOSTAT_BIN"
 else
-    # shellcheck source=scripts/lib/ensure-deps.sh
-    . scripts/lib/ensure-deps.sh
     echo "== building (cargo build --release -p homeostat)" >&2
     cargo build --release --quiet -p homeostat
-    hs="${CARGO_TARGET_DIR:-$PWD/target}/release/homeostat"
+    cp "$tdir/release/homeostat" "$work/homeostat"
+    hs="$work/homeostat"
 fi
-[ -x "$hs" ] || { echo "bench-daemon: no executable at $hs" >&2; exit 1; }
+if [ -n "${HOMEOSTAT_FLOOR_BIN:-}" ]; then
+    hs_floor="$HOMEOSTAT_FLOOR_BIN"
+else
+    # Same target directory: cargo keeps both feature sets' artefacts apart, only the
+    # final binary is overwritten, hence the copies.
+    echo "== building the floor (cargo build --release -p homeostat --features floor)" >&2
+    cargo build --release --quiet -p homeostat --features floor
+    cp "$tdir/release/homeostat" "$work/homeostat-floor"
+    hs_floor="$work/homeostat-floor"
+fi
+if [ -n "${HOMEOSTAT_PROGSTATS_BIN:-}" ]; then
+    progstats="$HOMEOSTAT_PROGSTATS_BIN"
+else
+    echo "== building the run-time reader (example bpf_prog_stats)" >&2
+    (. scripts/lib/ensure-deps.sh && cargo build --release --quiet -p homeostat-ebpf --example bpf_prog_stats)
+    progstats="$tdir/release/examples/bpf_prog_stats"
+fi
+hs_before="${HOMEOSTAT_BEFORE_BIN:-}"
+for b in "$hs" "$hs_floor" $hs_before; do
+    [ -x "$b" ] || { echo "bench-daemon: no executable at $b" >&2; exit 1; }
+done
 hs="$(readlink -f "$hs")"
+hs_floor="$(readlink -f "$hs_floor")"
+[ -z "$hs_before" ] || hs_before="$(readlink -f "$hs_before")"
+if [ -n "${CONDS:-}" ]; then
+    read -r -a conds <<<"$CONDS"
+elif [ -n "$hs_before" ]; then
+    conds=(none floor training normal old-training old-normal)
+else
+    conds=(none floor training normal)
+fi
 
 # --- working directory, daemons, cleanup ----------------------------------------
-work="$(mktemp -d /tmp/bench-daemon.XXXXXX)"
 daemon_pid=""
 cleanup() {
+    [ -z "${stats_before:-}" ] || echo "$stats_before" >/proc/sys/kernel/bpf_stats_enabled 2>/dev/null || true
     if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
         kill -TERM "$daemon_pid" 2>/dev/null || true
         wait "$daemon_pid" 2>/dev/null || true
@@ -109,12 +165,13 @@ trap 'echo "bench-daemon: failed (line $LINENO: $BASH_COMMAND)" >&2' ERR
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# start_daemon LOG ARGS...: starts `homeostat daemon ARGS` with stderr to LOG and
+# start_daemon BIN LOG ARGS...: starts `BIN daemon ARGS` with stderr to LOG and
 # returns once it prints its "watching" line (and one more second for its first tick).
 start_daemon() {
-    local log="$1" i
-    shift
-    "$hs" daemon "$@" 2>"$log" &
+    local bin="$1" log="$2" i
+    shift 2
+    : >"$log"
+    "$bin" daemon "$@" 2>>"$log" &
     daemon_pid=$!
     for ((i = 0; i < 600; i++)); do
         if grep -q 'daemon: watching (' "$log"; then
@@ -177,7 +234,8 @@ declare -A label=(
     [tar]="\`tar c $tar_dir \\| wc -c\`"
     [forkexec]="$forks fork+exec (\`/bin/true\` from sh)"
 )
-declare -A target=([dd1]=1.10 [dd4]=1.25 [find]=1.03 [tar]=1.03 [forkexec]=1.03)
+# Targets for real / floor (issue 12).
+declare -A target=([dd1]=1.10 [dd4]=1.10 [find]=1.02 [tar]=1.02 [forkexec]=1.02)
 # The programs whose profiles a workload exercises (keys of `progs` below).
 declare -A uses=([dd1]="dd" [dd4]="dd" [find]="find" [tar]="tar wc" [forkexec]="sh true")
 
@@ -233,7 +291,8 @@ prog_names=(dd find tar wc sh true)
 echo "# homeostat daemon overhead"
 echo
 echo "- $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)); kernel $(uname -r); load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
-echo "- binary: $hs"
+echo "- binaries: real $hs; floor $hs_floor${hs_before:+; old (before) $hs_before}"
+echo "- conditions: ${conds[*]}"
 echo "- ROUNDS=$rounds REPS=$reps QUICK=$quick; clock: $([ -n "${EPOCHREALTIME:-}" ] && echo 'bash EPOCHREALTIME' || echo 'date +%s.%N')"
 echo "- programs: $(for p in "${prog_names[@]}"; do printf '%s=%s (%s) ' "$p" "${path[$p]}" "${key[$p]}"; done | sed 's/ $//')"
 if others="$(pgrep -x homeostat)"; then
@@ -248,7 +307,7 @@ mkdir -p "$prep_state"
 echo "== preparation: profiles of ${prog_names[*]} to normal (timeout ${prep_timeout} s)" >&2
 # Warm the page cache first, with no daemon.
 for w in "${workloads[@]}"; do "w_$w" || true; done
-start_daemon "$work/prep.log" --state-dir "$prep_state" --normal-wait 0 --detect -q \
+start_daemon "$hs" "$work/prep.log" --state-dir "$prep_state" --normal-wait 0 --detect -q \
     --events "$prep_events"
 
 # Programs whose profile has been reported as becoming normal, by key or exe path.
@@ -302,7 +361,6 @@ fi
 echo "- normal condition: daemon in --detect mode (the monitoring cost; a response costs per anomaly, not per call)"
 
 # --- rounds ----------------------------------------------------------------------
-conds=(none training normal)
 : >"$work/samples"
 : >"$work/cpu"
 : >"$work/foreign"
@@ -313,36 +371,94 @@ run_cond() {
     # daemon would profile).
     others="$(foreign_bpf | tr '\n' ' ')"
     [ -z "$others" ] || echo "$cond: ${others% }" >>"$work/foreign"
+    start_cond "$cond" "$r"
+    measure "$cond"
+    [ "$cond" = none ] || stop_daemon "$cond"
+}
+# start_cond COND R: starts COND's daemon (nothing for none).
+start_cond() {
+    local cond="$1" r="$2" bin="$hs" kind
     case "$cond" in
-    none) measure none ;;
-    training)
-        mkdir -p "$work/train-$r"
-        start_daemon "$work/train-$r.log" --state-dir "$work/train-$r" --learn -q
-        measure training
-        stop_daemon training
+    old-*) bin="$hs_before" ;;
+    floor) bin="$hs_floor" ;;
+    esac
+    kind="${cond#old-}"
+    case "$kind" in
+    none) ;;
+    training | floor)
+        rm -rf "$work/train-$cond-$r"
+        mkdir -p "$work/train-$cond-$r"
+        start_daemon "$bin" "$work/$cond-$r.log" --state-dir "$work/train-$cond-$r" --learn -q
         ;;
     normal)
-        cp -a "$prep_state" "$work/normal-$r"
-        rm -rf "$work/normal-$r/run"
-        start_daemon "$work/normal-$r.log" --state-dir "$work/normal-$r" --detect -q \
-            --events "$work/normal-$r.jsonl"
-        measure normal
-        stop_daemon normal
+        rm -rf "$work/normal-$cond-$r"
+        cp -a "$prep_state" "$work/normal-$cond-$r"
+        rm -rf "$work/normal-$cond-$r/run"
+        start_daemon "$bin" "$work/$cond-$r.log" --state-dir "$work/normal-$cond-$r" --detect -q \
+            --events "$work/$cond-$r.jsonl"
+        ;;
+    *)
+        echo "bench-daemon: unknown condition $cond" >&2
+        exit 1
         ;;
     esac
 }
 for ((r = 0; r < rounds; r++)); do
-    order=("${conds[@]:r%3}" "${conds[@]:0:r%3}")
+    n=${#conds[@]}
+    order=("${conds[@]:r%n}" "${conds[@]:0:r%n}")
     echo "== round $((r + 1))/$rounds: ${order[*]}" >&2
     for c in "${order[@]}"; do run_cond "$c" "$r"; done
 done
 bench_secs=$((SECONDS - bench_start))
 
+# --- per-call cost, measured by the kernel --------------------------------------------
+# The prog ids of a daemon's programs: its BPF link fds name them in fdinfo.
+daemon_prog_ids() {
+    grep -h '^prog_id:' /proc/"$daemon_pid"/fdinfo/* 2>/dev/null | awk '{print $2}' | sort -un
+}
+: >"$work/runstats"
+stats_before="$(cat /proc/sys/kernel/bpf_stats_enabled 2>/dev/null || echo 0)"
+restore_stats() { echo "$stats_before" >/proc/sys/kernel/bpf_stats_enabled 2>/dev/null || true; }
+if echo 1 >/proc/sys/kernel/bpf_stats_enabled 2>/dev/null; then
+    echo 0 >/proc/sys/kernel/bpf_stats_enabled
+    for c in "${conds[@]}"; do
+        [ "$c" != none ] || continue
+        echo "== run time per call: $c" >&2
+        start_cond "$c" stats
+        ids="$(daemon_prog_ids | tr '\n' ' ')"
+        "$progstats" $ids >"$work/rs0" 2>/dev/null
+        echo 1 >/proc/sys/kernel/bpf_stats_enabled
+        w_dd1 || true
+        w_find || true
+        echo 0 >/proc/sys/kernel/bpf_stats_enabled
+        "$progstats" $ids >"$work/rs1" 2>/dev/null
+        stop_daemon "stats-$c"
+        # id name run_cnt run_time_ns: the difference over the run.
+        awk -v c="$c" 'NR == FNR { n0[$1] = $3; t0[$1] = $4; next }
+            { dn = $3 - n0[$1]; dt = $4 - t0[$1]
+              printf "%s %s %d %d\n", c, $2, dn, dt }' "$work/rs0" "$work/rs1" >>"$work/runstats"
+    done
+    restore_stats
+else
+    echo "bench-daemon: cannot set kernel.bpf_stats_enabled: no per-call run times" >&2
+fi
+
+
 # --- report ------------------------------------------------------------------------
 echo "- rounds took $bench_secs s (preparation $prep_secs s)"
 echo
-echo "| workload | none (s) | training (s, ratio) | normal (s, ratio) | target | met (training / normal) |"
-echo "|---|---|---|---|---|---|"
+head="| workload |"
+sep="|---|"
+for c in "${conds[@]}"; do
+    case "$c" in
+    none) head+=" none (s) |" ;;
+    floor) head+=" floor (s, / none) |" ;;
+    *) head+=" $c (s, / none, / floor) |" ;;
+    esac
+    sep+="---|"
+done
+echo "$head target real / floor | met (training / normal) |"
+echo "$sep---|---|"
 for w in "${workloads[@]}"; do
     mark=""
     for p in ${uses[$w]}; do
@@ -351,7 +467,8 @@ for w in "${workloads[@]}"; do
         done
     done
     [ -z "$mark" ] || mark=" (not normal: $mark)"
-    awk -v w="$w" -v label="${label[$w]}" -v tgt="${target[$w]}" -v mark="$mark" '
+    awk -v w="$w" -v label="${label[$w]}" -v tgt="${target[$w]}" -v mark="$mark" \
+        -v conds="${conds[*]}" '
         function median(c,   n, i, j, t, v) {
             n = 0
             for (i = 1; i <= cnt[c]; i++) v[++n] = s[c, i]
@@ -363,20 +480,34 @@ for w in "${workloads[@]}"; do
             if (n == 0) return -1
             return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
         }
+        function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2fx", a / b) : "?" }
         $1 == w { c = $2; s[c, ++cnt[c]] = $4 - $3 }
         END {
-            b = median("none"); t = median("training"); n = median("normal")
-            rt = t / b; rn = n / b
-            printf "| %s | %.3f | %.3f (%.2fx) | %.3f (%.2fx)%s | <= %.2fx | %s / %s |\n",
-                label, b, t, rt, n, rn, mark, tgt,
-                (rt <= tgt ? "yes" : "no"), (rn <= tgt ? "yes" : "no")
+            nc = split(conds, cs, " ")
+            none = median("none"); floor = median("floor")
+            line = "| " label " |"
+            for (i = 1; i <= nc; i++) {
+                c = cs[i]; m = median(c)
+                if (c == "none") line = line sprintf(" %.3f |", m)
+                else if (c == "floor") line = line sprintf(" %.3f (%s) |", m, ratio(m, none))
+                else line = line sprintf(" %.3f (%s, %s)%s |", m, ratio(m, none), ratio(m, floor),
+                                         c ~ /normal/ ? mark : "")
+            }
+            met = ""
+            split("training normal", rc, " ")
+            for (i = 1; i <= 2; i++) {
+                m = median(rc[i])
+                r = (m > 0 && floor > 0) ? m / floor : -1
+                met = met (i > 1 ? " / " : "") (r < 0 ? "?" : (r <= tgt ? "yes" : "no"))
+            }
+            printf "%s <= %.2fx | %s |\n", line, tgt, met
         }' "$work/samples"
 done
 echo
 echo "Medians of $((rounds * reps)) runs per cell (${rounds} rounds x ${reps})."
 
 # Daemon CPU time, kernel losses, anomalies seen in the normal condition.
-awk '$1 != "prep" && $2 != "?" { cpu[$1] += $2; n[$1]++ }
+awk '$1 != "prep" && $1 !~ /^stats-/ && $2 != "?" { cpu[$1] += $2; n[$1]++ }
      END { for (c in cpu) printf "- daemon CPU (user+sys), %s: %.2f s over %d runs of the block\n", c, cpu[c], n[c] }' \
     "$work/cpu" | sort
 losses="$(grep -h 'kernel losses' "$work"/*.log 2>/dev/null || true)"
@@ -398,4 +529,14 @@ echo "- anomaly events during the normal condition: ${anom}all profiles $total"
 if [ -s "$work/foreign" ]; then
     echo "- WARNING: other processes held BPF links at the start of $(wc -l <"$work/foreign") blocks (their programs slow every condition):"
     sort "$work/foreign" | uniq -c | sed 's/^ */  - /'
+fi
+if [ -s "$work/runstats" ]; then
+    echo
+    echo "Run time per call of the daemon's programs (kernel.bpf_stats_enabled=1 during one"
+    echo "dd and one find run, every call on the machine; ns = run_time_ns / run_cnt):"
+    echo
+    echo "| condition | program | runs | ns per run |"
+    echo "|---|---|---|---|"
+    awk '{ printf "| %s | %s | %d | %s |\n", $1, $2, $3, ($3 > 0 ? sprintf("%.1f", $4 / $3) : "-") }' \
+        "$work/runstats"
 fi

@@ -20,9 +20,15 @@ mod bpf {
     pub fn build() {
         let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
             .join("homeostat.skel.rs");
+        // v3: 32-bit atomics (the row index is set with compare-and-swap).
+        let mut args = vec!["-Isrc/bpf", "-mcpu=v3", "-Wall", "-Wno-unused-function"];
+        // Feature `floor`: sys_enter returns at once (the hook's own price).
+        if env::var_os("CARGO_FEATURE_FLOOR").is_some() {
+            args.push("-DHS_FLOOR");
+        }
         if let Err(e) = SkeletonBuilder::new()
             .source(SRC)
-            .clang_args(["-Isrc/bpf", "-Wall", "-Wno-unused-function"])
+            .clang_args(args)
             .build_and_generate(&out)
         {
             // A build script reports failure by panicking; say what is missing.

@@ -4,8 +4,8 @@
 use homeostat_core::ph::{ExeKey, ProfileState};
 use homeostat_ebpf::Kernel;
 use homeostat_monitor::control::{
-    AdminReply, Losses, ProfileCounts, ProfileEntry, ProfilesReply, PsReply, Request, Response,
-    SaveReply, StatusReply,
+    AdminReply, Losses, ProfileCounts, ProfileEntry, ProfilesReply, ProgRunTime, PsReply, Request,
+    Response, SaveReply, StatusReply,
 };
 use homeostat_monitor::TaskInfo;
 
@@ -24,7 +24,22 @@ impl Daemon {
                     tasks: self.tasks(kernel),
                 })
             }
-            Request::Status => return Response::Status(Box::new(self.status())),
+            Request::Status => {
+                let mut s = self.status();
+                // The direct per-call cost (docs/ebpf.md), when the kernel counts it.
+                s.bpf_run_time = homeostat_ebpf::bpf_stats_enabled().then(|| {
+                    kernel
+                        .prog_stats()
+                        .into_iter()
+                        .map(|p| ProgRunTime {
+                            name: p.name,
+                            run_cnt: p.run_cnt,
+                            run_time_ns: p.run_time_ns,
+                        })
+                        .collect()
+                });
+                return Response::Status(Box::new(s));
+            }
             Request::Save => {
                 let (saved, failed) = self.save(kernel);
                 return Response::Save(SaveReply {
@@ -127,6 +142,7 @@ impl Daemon {
                 frozen: c.profiles_frozen,
                 normal: c.profiles_normal,
             },
+            bpf_run_time: None,
         }
     }
 

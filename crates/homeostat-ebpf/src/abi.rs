@@ -12,12 +12,22 @@ use bytemuck::{Pod, Zeroable};
 use homeostat_core::ph::ExeKey;
 
 pub(crate) use crate::skel::types::{
-    hs_config, hs_event, hs_exec_event, hs_key, hs_profile, hs_row, hs_row_key, hs_stop, hs_task,
+    hs_config, hs_event, hs_exec_event, hs_index, hs_key, hs_ok, hs_profile, hs_row, hs_stop,
+    hs_task,
 };
 
-/// Rows (current call) and columns (previous call) of pH's table in the kernel
+/// Columns (previous call) of pH's table in the kernel, and the rows of x86_64 calls
 /// (`HS_ROW`).
 pub const ROW: usize = 512;
+/// Rows of a profile's table (`HS_TABLE`): x86_64 calls, then i386 (compat) calls at
+/// [`COMPAT`] + their number.
+pub const TABLE: usize = 1024;
+/// Where i386 calls' rows start (`HS_COMPAT`).
+pub const COMPAT: usize = 512;
+/// Profiles, i.e. slots of the row index (`HS_SLOTS`).
+pub(crate) const SLOTS: u32 = 4096;
+/// Rows of the pool, row 0 the all-zero one (`HS_ROWS`).
+pub(crate) const ROWS: u32 = 65536;
 /// Locality frame size in the kernel (`HS_LOCALITY`).
 pub const LOCALITY: u32 = 128;
 /// Predecessors kept per task (`HS_SEQ`).
@@ -35,8 +45,9 @@ pub(crate) const EV_EXEC_REFUSED: u32 = 4;
 /// `hs_event.flags`: the process was sent SIGSTOP for a response.
 pub(crate) const EVF_STOPPED: u32 = 1;
 
-/// Entries of the per-CPU `hs_stats` array (`HS_NSTATS`), in `HS_STAT_*` order.
-pub(crate) const NSTATS: usize = 5;
+/// Entries of the per-CPU `hs_stats` array (`HS_NSTATS`), in `HS_STAT_*` order: the
+/// five loss counters, then events submitted (for wakeup batching, not a loss).
+pub(crate) const NSTATS: usize = 6;
 
 /// Marks the generated types as plain data for bytemuck.
 macro_rules! plain {
@@ -52,7 +63,8 @@ macro_rules! plain {
 
 plain!(
     hs_key,
-    hs_row_key,
+    hs_ok,
+    hs_index,
     hs_row,
     hs_profile,
     hs_task,
@@ -66,10 +78,10 @@ plain!(
 // type with implicit padding would differ from its field sum, and so fail here.
 const _: () = {
     assert!(size_of::<hs_key>() == 16);
-    assert!(size_of::<hs_row_key>() == 24);
+    assert!(size_of::<hs_index>() == 4 * TABLE);
     assert!(size_of::<hs_row>() == ROW);
-    assert!(size_of::<hs_profile>() == 32);
-    assert!(size_of::<hs_task>() == 80);
+    assert!(size_of::<hs_profile>() == 40);
+    assert!(size_of::<hs_task>() == 144);
     assert!(size_of::<hs_config>() == 24);
     assert!(size_of::<hs_event>() == 48);
     assert!(size_of::<hs_exec_event>() == 48 + 256);
@@ -101,32 +113,15 @@ pub(crate) fn exe(k: &hs_key) -> ExeKey {
     }
 }
 
-pub(crate) fn row_key(k: ExeKey, cur: u16) -> hs_row_key {
-    hs_row_key {
-        dev: k.dev,
-        ino: k.ino,
-        cur: u32::from(cur),
-        pad: 0,
-    }
-}
-
-pub(crate) fn row_exe(k: &hs_row_key) -> ExeKey {
-    ExeKey {
-        dev: k.dev,
-        ino: k.ino,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn keys_round_trip_through_their_bytes() {
-        let k = row_key(ExeKey { dev: 7, ino: 9 }, 300);
-        let back: hs_row_key = decode(bytemuck::bytes_of(&k)).unwrap();
-        assert_eq!(row_exe(&back), ExeKey { dev: 7, ino: 9 });
-        assert_eq!(back.cur, 300);
-        assert!(decode::<hs_row_key>(&bytemuck::bytes_of(&k)[..20]).is_none());
+        let k = key(ExeKey { dev: 7, ino: 9 });
+        let back: hs_key = decode(bytemuck::bytes_of(&k)).unwrap();
+        assert_eq!(exe(&back), ExeKey { dev: 7, ino: 9 });
+        assert!(decode::<hs_key>(&bytemuck::bytes_of(&k)[..12]).is_none());
     }
 }

@@ -113,7 +113,7 @@ impl Kernel {
                 .sum();
         }
         // In HS_STAT_* order.
-        let [lost_events, rows_full, tasks_full, profiles_full, stops_failed] = sums;
+        let [lost_events, rows_full, tasks_full, profiles_full, stops_failed, _events] = sums;
         Ok(Stats {
             lost_events,
             rows_full,

@@ -8,13 +8,16 @@
 //! (ring buffer and loss counters), `task` (task storage), `stop` (the stop map).
 
 use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::Arc;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
 
-use crate::abi::{self, hs_config};
+use crate::abi::{self, hs_config, ROWS, SLOTS};
 use crate::error::{capture_libbpf_log, load_error, map_err, Error, BTF_PATH};
+use crate::index::Index;
 use crate::skel::HomeostatSkelBuilder;
 
 /// How to load the programs.
@@ -78,11 +81,16 @@ pub enum Hook {
 /// The loaded and attached programs and their maps.
 pub struct Kernel {
     _links: Vec<Link>,
+    /// The attached programs' ids, for their run-time counters (`runstats`).
+    pub(crate) prog_ids: Vec<u32>,
     hook: Hook,
     exec_lsm: ExecLsm,
     pub(crate) config: MapHandle,
     pub(crate) profiles: MapHandle,
     pub(crate) rows: MapHandle,
+    pub(crate) index: Arc<Index>,
+    pub(crate) free_slots: MapHandle,
+    pub(crate) free_rows: MapHandle,
     pub(crate) events: MapHandle,
     pub(crate) stats: MapHandle,
     pub(crate) stopped: MapHandle,
@@ -193,11 +201,20 @@ impl Kernel {
         };
         let kernel = Kernel {
             _links: vec![],
+            prog_ids: vec![],
             hook,
             exec_lsm: ExecLsm::NotRequested,
             config: dup(&skel.maps.hs_config, "hs_config")?,
             profiles: dup(&skel.maps.hs_profiles, "hs_profiles")?,
             rows: dup(&skel.maps.hs_rows, "hs_rows")?,
+            index: Index::map(skel.maps.hs_index.as_fd()).map_err(|e| Error::Map {
+                map: "hs_index",
+                what: "mmap",
+                kind: libbpf_rs::ErrorKind::Other,
+                err: e.to_string(),
+            })?,
+            free_slots: dup(&skel.maps.hs_free_slots, "hs_free_slots")?,
+            free_rows: dup(&skel.maps.hs_free_rows, "hs_free_rows")?,
             events: dup(&skel.maps.hs_events, "hs_events")?,
             stats: dup(&skel.maps.hs_stats, "hs_stats")?,
             stopped: dup(&skel.maps.hs_stopped, "hs_stopped")?,
@@ -235,13 +252,38 @@ impl Kernel {
                     .map_err(|e| load_error("attach lsm/bprm_check_security", e))?,
             );
         }
+        let mut progs = vec![
+            &skel.progs.sched_fork,
+            &skel.progs.sched_exec,
+            &skel.progs.sched_exit,
+            sys_enter,
+        ];
+        if lsm {
+            progs.push(&skel.progs.exec_check);
+        }
+        let prog_ids = progs
+            .into_iter()
+            .filter_map(|p| libbpf_rs::Program::id_from_fd(p.as_fd()).ok())
+            .collect();
         Ok(Kernel {
             _links: links,
+            prog_ids,
             ..kernel
         })
     }
 
     fn configure(&self, opts: &Options) -> Result<(), Error> {
+        // Every slot and every row but the zero row is free (before any program runs).
+        for slot in 0..SLOTS {
+            self.free_slots
+                .update(&[], &slot.to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_err("hs_free_slots", "push"))?;
+        }
+        for row in 1..ROWS {
+            self.free_rows
+                .update(&[], &row.to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_err("hs_free_rows", "push"))?;
+        }
         let c = hs_config {
             ignore_tgid: opts.ignore_pid.unwrap_or(0),
             auto_create: u32::from(opts.auto_create),

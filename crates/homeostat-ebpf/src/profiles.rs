@@ -1,5 +1,7 @@
 //! Profiles in the kernel: each executable's entry in `hs_profiles` (state, respond,
-//! counters) and its rows of pH's table in `hs_rows` (pairs in and out).
+//! counters, slot) and its rows of pH's table: the slot's `hs_index` entry maps each
+//! call to a row of the pool `hs_rows` (pairs in and out). Slots and rows are taken
+//! from and given back to the free queues the programs use too.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +9,7 @@ use bytemuck::bytes_of;
 use homeostat_core::ph::ExeKey;
 use libbpf_rs::{ErrorKind, MapCore, MapFlags};
 
-use crate::abi::{self, hs_key, hs_profile, hs_row, hs_row_key, ROW};
+use crate::abi::{self, hs_key, hs_profile, hs_row, ROW, SLOTS, TABLE};
 use crate::error::{map_err, Error};
 use crate::Kernel;
 
@@ -36,7 +38,8 @@ pub struct KernelProfile {
 }
 
 /// A profile's pairs: (current call, previous call, distance mask), as
-/// [`Kernel::pairs`] returns them.
+/// [`Kernel::pairs`] returns them. Current calls below [`ROW`] are x86_64's; from
+/// [`crate::COMPAT`] on, i386's (number + 512).
 pub type PairList = Vec<(u16, u16, u8)>;
 
 /// The (current, previous, mask) triples of one row, non-zero masks only.
@@ -57,55 +60,94 @@ impl Kernel {
                 KernelState::Normal => abi::NORMAL,
             }
         })
+        .map(|_| ())
     }
 
     /// Whether the profile's anomalous processes are stopped for a response (only
     /// while it is normal). Creates the profile (training) if absent.
     pub fn set_respond(&self, exe: ExeKey, on: bool) -> Result<(), Error> {
         self.update_profile(exe, |p| p.respond = u32::from(on))
+            .map(|_| ())
     }
 
-    /// Changes a profile's entry, creating it (counters at 0) if absent, and tells the
-    /// tasks.
+    fn lookup_profile(&self, k: &hs_key) -> Result<Option<hs_profile>, Error> {
+        Ok(self
+            .profiles
+            .lookup(bytes_of(k), MapFlags::ANY)
+            .map_err(map_err("hs_profiles", "lookup"))?
+            .and_then(|v| abi::decode(&v)))
+    }
+
+    /// Changes a profile's entry, creating it (counters at 0, a free slot) if absent,
+    /// and tells the tasks. Returns the entry as written.
     fn update_profile(
         &self,
         exe: ExeKey,
-        change: impl FnOnce(&mut hs_profile),
-    ) -> Result<(), Error> {
+        change: impl Fn(&mut hs_profile),
+    ) -> Result<hs_profile, Error> {
         let k = abi::key(exe);
-        let mut p: hs_profile = self
-            .profiles
-            .lookup(bytes_of(&k), MapFlags::ANY)
-            .map_err(map_err("hs_profiles", "lookup"))?
-            .and_then(|v| abi::decode(&v))
-            .unwrap_or_default();
-        change(&mut p);
-        // Counters may move between lookup and update; they are statistics only.
-        self.profiles
-            .update(bytes_of(&k), bytes_of(&p), MapFlags::ANY)
-            .map_err(map_err("hs_profiles", "update"))?;
-        // The entry may be new, or its state changed: cached states are stale.
-        self.bump_generation()
+        // Twice at most: the programs may create the entry between our lookup and our
+        // insert (auto_create at an exec).
+        for _ in 0..2 {
+            if let Some(mut p) = self.lookup_profile(&k)? {
+                change(&mut p);
+                // Counters may move between lookup and update; they are statistics only.
+                // The slot is the profile's for life: written back unchanged.
+                self.profiles
+                    .update(bytes_of(&k), bytes_of(&p), MapFlags::EXIST)
+                    .map_err(map_err("hs_profiles", "update"))?;
+                self.bump_generation()?;
+                return Ok(p);
+            }
+            let slot = pop(&self.free_slots, "hs_free_slots")?.ok_or(Error::Map {
+                map: "hs_profiles",
+                what: "create",
+                kind: ErrorKind::Other,
+                err: format!("full ({SLOTS} profiles)"),
+            })?;
+            let mut p = hs_profile {
+                slot,
+                ..Default::default()
+            };
+            change(&mut p);
+            match self
+                .profiles
+                .update(bytes_of(&k), bytes_of(&p), MapFlags::NO_EXIST)
+            {
+                Ok(()) => {
+                    // The entry is new: cached states are stale.
+                    self.bump_generation()?;
+                    return Ok(p);
+                }
+                Err(e) => {
+                    push(&self.free_slots, "hs_free_slots", slot)?;
+                    if e.kind() != ErrorKind::AlreadyExists {
+                        return Err(map_err("hs_profiles", "create")(e));
+                    }
+                }
+            }
+        }
+        Err(Error::Map {
+            map: "hs_profiles",
+            what: "update",
+            kind: ErrorKind::Other,
+            err: "created and removed concurrently".into(),
+        })
     }
 
     /// A profile's entry, if the kernel has one.
     pub fn profile(&self, exe: ExeKey) -> Result<Option<KernelProfile>, Error> {
-        let v = self
-            .profiles
-            .lookup(bytes_of(&abi::key(exe)), MapFlags::ANY)
-            .map_err(map_err("hs_profiles", "lookup"))?;
-        Ok(v.and_then(|v| abi::decode::<hs_profile>(&v))
-            .map(|p| KernelProfile {
-                state: if p.state == abi::NORMAL {
-                    KernelState::Normal
-                } else {
-                    KernelState::Training
-                },
-                calls: p.calls,
-                new_pairs: p.new_pairs,
-                anomalies: p.anomalies,
-                respond: p.respond != 0,
-            }))
+        Ok(self.lookup_profile(&abi::key(exe))?.map(|p| KernelProfile {
+            state: if p.state == abi::NORMAL {
+                KernelState::Normal
+            } else {
+                KernelState::Training
+            },
+            calls: p.calls,
+            new_pairs: p.new_pairs,
+            anomalies: p.anomalies,
+            respond: p.respond != 0,
+        }))
     }
 
     /// Every profile key the kernel has (with auto_create, every executable seen).
@@ -117,99 +159,152 @@ impl Kernel {
             .collect()
     }
 
-    /// Removes a profile and its pairs; its tasks stop being followed.
+    /// Removes a profile and its pairs; its tasks stop being followed. Its rows and
+    /// slot go back to the free queues, cleared.
     pub fn remove_profile(&self, exe: ExeKey) -> Result<(), Error> {
-        match self.profiles.delete(bytes_of(&abi::key(exe))) {
+        let k = abi::key(exe);
+        let Some(p) = self.lookup_profile(&k)? else {
+            return Ok(());
+        };
+        match self.profiles.delete(bytes_of(&k)) {
             Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            // Removed meanwhile by another caller, who frees the slot.
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(map_err("hs_profiles", "delete")(e)),
         }
         self.bump_generation()?;
-        for k in self.row_keys(exe) {
-            match self.rows.delete(bytes_of(&k)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(map_err("hs_rows", "delete")(e)),
+        let zero = hs_row::default();
+        for cur in 0..TABLE {
+            let r = self.index.take(p.slot, cur);
+            if r != 0 {
+                self.rows
+                    .update(&r.to_ne_bytes(), bytes_of(&zero), MapFlags::ANY)
+                    .map_err(map_err("hs_rows", "clear"))?;
+                push(&self.free_rows, "hs_free_rows", r)?;
+            }
+        }
+        push(&self.free_slots, "hs_free_slots", p.slot)
+    }
+
+    /// Row `r` of the pool.
+    fn row(&self, r: u32) -> Result<Option<hs_row>, Error> {
+        Ok(self
+            .rows
+            .lookup(&r.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("hs_rows", "lookup"))?
+            .and_then(|r| abi::decode(&r)))
+    }
+
+    /// The pairs of the profile in `slot`, appended to `out`.
+    fn slot_pairs(&self, slot: u32, out: &mut PairList) -> Result<(), Error> {
+        for cur in 0..TABLE {
+            let r = self.index.get(slot, cur);
+            if r != 0 {
+                if let Some(row) = self.row(r)? {
+                    row_pairs(cur as u16, &row, out);
+                }
             }
         }
         Ok(())
-    }
-
-    /// Every row key, decoded. Walks the whole map.
-    fn all_row_keys(&self) -> impl Iterator<Item = hs_row_key> + '_ {
-        self.rows.keys().filter_map(|k| abi::decode(&k))
-    }
-
-    /// The keys of a profile's rows. Walks the whole map.
-    fn row_keys(&self, exe: ExeKey) -> Vec<hs_row_key> {
-        self.all_row_keys()
-            .filter(|k| abi::row_exe(k) == exe)
-            .collect()
-    }
-
-    /// A row, if it is (still) there: one deleted since a walk saw its key is `None`.
-    fn row(&self, k: &hs_row_key) -> Result<Option<hs_row>, Error> {
-        Ok(self
-            .rows
-            .lookup(bytes_of(k), MapFlags::ANY)
-            .map_err(map_err("hs_rows", "lookup"))?
-            .and_then(|r| abi::decode(&r)))
     }
 
     /// A profile's pairs: (current call, previous call, distance mask), bit d-1 of
     /// the mask meaning "previous came d calls before current"; only non-zero masks.
     pub fn pairs(&self, exe: ExeKey) -> Result<PairList, Error> {
         let mut out = vec![];
-        for k in self.row_keys(exe) {
-            if let Some(row) = self.row(&k)? {
-                row_pairs(k.cur as u16, &row, &mut out);
-            }
+        if let Some(p) = self.lookup_profile(&abi::key(exe))? {
+            self.slot_pairs(p.slot, &mut out)?;
         }
         out.sort_unstable();
         Ok(out)
     }
 
-    /// Every profile's pairs in one walk of the rows map (what [`Kernel::pairs`] gives
-    /// for one profile), for saving many profiles at once.
+    /// Every profile's pairs (what [`Kernel::pairs`] gives for one profile), for
+    /// saving many profiles at once; profiles without pairs are left out.
     pub fn all_pairs(&self) -> Result<BTreeMap<ExeKey, PairList>, Error> {
         let mut out: BTreeMap<ExeKey, PairList> = BTreeMap::new();
-        for k in self.all_row_keys() {
-            if let Some(row) = self.row(&k)? {
-                row_pairs(k.cur as u16, &row, out.entry(abi::row_exe(&k)).or_default());
+        for exe in self.profiles() {
+            let v = self.pairs(exe)?;
+            if !v.is_empty() {
+                out.insert(exe, v);
             }
-        }
-        for v in out.values_mut() {
-            v.sort_unstable();
         }
         Ok(out)
     }
 
     /// Loads pairs into a profile (ORed into what the kernel has), e.g. a saved
-    /// profile at start-up. Call numbers must be below [`ROW`].
+    /// profile at start-up; creates the profile (training) if absent. Current calls
+    /// must be below [`TABLE`] (i386 calls at 512 + number), previous calls below
+    /// [`ROW`].
     pub fn add_pairs(&self, exe: ExeKey, pairs: &[(u16, u16, u8)]) -> Result<(), Error> {
         let mut rows: BTreeMap<u16, hs_row> = BTreeMap::new();
         for &(cur, prev, mask) in pairs {
-            for n in [cur, prev] {
-                if usize::from(n) >= ROW {
-                    return Err(Error::OutOfRange(n));
-                }
+            if usize::from(cur) >= TABLE {
+                return Err(Error::OutOfRange(cur));
+            }
+            if usize::from(prev) >= ROW {
+                return Err(Error::OutOfRange(prev));
             }
             if mask != 0 {
                 rows.entry(cur).or_default().mask[usize::from(prev)] |= mask;
             }
         }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let slot = match self.lookup_profile(&abi::key(exe))? {
+            Some(p) => p.slot,
+            None => self.update_profile(exe, |_| {})?.slot,
+        };
         for (cur, add) in rows {
-            let k = abi::row_key(exe, cur);
-            let mut row = self.row(&k)?.unwrap_or_default();
-            for (r, a) in row.mask.iter_mut().zip(add.mask) {
-                *r |= a;
+            let cur = usize::from(cur);
+            let mut r = self.index.get(slot, cur);
+            if r == 0 {
+                let new = pop(&self.free_rows, "hs_free_rows")?.ok_or(Error::Map {
+                    map: "hs_rows",
+                    what: "allocate",
+                    kind: ErrorKind::Other,
+                    err: format!("full ({} rows)", abi::ROWS - 1),
+                })?;
+                // Filled before it is published, so the programs never see it half made.
+                self.rows
+                    .update(&new.to_ne_bytes(), bytes_of(&add), MapFlags::ANY)
+                    .map_err(map_err("hs_rows", "update"))?;
+                r = self.index.set_if_none(slot, cur, new);
+                if r == new {
+                    continue;
+                }
+                // The programs made this row meanwhile: ours goes back.
+                push(&self.free_rows, "hs_free_rows", new)?;
+                if r == 0 {
+                    continue;
+                }
+            }
+            let mut row = self.row(r)?.unwrap_or_default();
+            for (m, a) in row.mask.iter_mut().zip(add.mask) {
+                *m |= a;
             }
             // Bits the kernel learns between lookup and update are lost; they are
             // learnt again at their next occurrence.
             self.rows
-                .update(bytes_of(&k), bytes_of(&row), MapFlags::ANY)
+                .update(&r.to_ne_bytes(), bytes_of(&row), MapFlags::ANY)
                 .map_err(map_err("hs_rows", "update"))?;
         }
         Ok(())
     }
+}
+
+/// Takes a value from a queue map (`None`: empty).
+fn pop(q: &libbpf_rs::MapHandle, name: &'static str) -> Result<Option<u32>, Error> {
+    match q.lookup_and_delete(&[]) {
+        Ok(v) => Ok(v.and_then(|v| Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?)))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(map_err(name, "pop")(e)),
+    }
+}
+
+/// Gives a value back to a queue map.
+fn push(q: &libbpf_rs::MapHandle, name: &'static str, v: u32) -> Result<(), Error> {
+    q.update(&[], &v.to_ne_bytes(), MapFlags::ANY)
+        .map_err(map_err(name, "push"))
 }

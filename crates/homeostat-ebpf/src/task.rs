@@ -3,13 +3,15 @@
 //! it from the response threads.
 
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use bytemuck::bytes_of;
 use homeostat_core::ph::ExeKey;
 use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle};
 
-use crate::abi::{self, hs_row, hs_task, LOCALITY, ROW, SEQ};
+use crate::abi::{self, hs_profile, hs_row, hs_task, COMPAT, LOCALITY, ROW, SEQ};
 use crate::error::{map_err, Error};
+use crate::index::Index;
 use crate::Kernel;
 
 /// What the kernel keeps for a task (`hs_task` in `src/bpf/homeostat.h`).
@@ -17,7 +19,8 @@ use crate::Kernel;
 pub struct TaskState {
     /// The executable's profile key.
     pub exe: ExeKey,
-    /// The last calls, `seq[0]` the most recent (9-bit numbers).
+    /// The last calls, `seq[0]` the most recent (table rows: x86_64 numbers, i386 ones
+    /// at 512 + number).
     pub seq: [u16; SEQ],
     /// How many of `seq` are valid.
     pub nseq: u32,
@@ -75,6 +78,8 @@ impl TaskState {
 #[derive(Debug)]
 pub struct Probe {
     tasks: MapHandle,
+    profiles: MapHandle,
+    index: Arc<Index>,
     rows: MapHandle,
     pub(crate) stopped: MapHandle,
 }
@@ -91,13 +96,31 @@ impl Probe {
         let Some(t) = self.task(tid)? else {
             return Ok(None);
         };
-        let cur = (nr as usize).min(ROW - 1) as u16;
-        let row: Option<hs_row> = self
-            .rows
-            .lookup(bytes_of(&abi::row_key(t.exe, cur)), MapFlags::ANY)
-            .map_err(map_err("hs_rows", "lookup"))?
-            .and_then(|r| abi::decode(&r));
+        let profile: Option<hs_profile> = self
+            .profiles
+            .lookup(bytes_of(&abi::key(t.exe)), MapFlags::ANY)
+            .map_err(map_err("hs_profiles", "lookup"))?
+            .and_then(|p| abi::decode(&p));
+        let r = profile.map_or(0, |p| self.index.get(p.slot, table_row(nr)));
+        let row: Option<hs_row> = if r == 0 {
+            None
+        } else {
+            self.rows
+                .lookup(&r.to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_err("hs_rows", "lookup"))?
+                .and_then(|r| abi::decode(&r))
+        };
         Ok(Some(t.after_call(row.as_ref().map(|r| &r.mask[..]), nr).1))
+    }
+}
+
+/// The kernel table's row of call `nr` as tracers number it: x86_64 numbers as they
+/// are (x32 and beyond on the last row), i386 ones offset by 0x10000
+/// (`homeostat_syscalls`) on rows [`COMPAT`]...
+pub fn table_row(nr: u32) -> usize {
+    match nr.checked_sub(0x10000) {
+        Some(i386) => COMPAT + (i386 as usize).min(ROW - 1),
+        None => (nr as usize).min(ROW - 1),
     }
 }
 
@@ -134,6 +157,9 @@ impl Kernel {
     pub fn probe(&self) -> Result<Probe, Error> {
         Ok(Probe {
             tasks: MapHandle::try_from(&self.tasks).map_err(map_err("hs_tasks", "dup fd"))?,
+            profiles: MapHandle::try_from(&self.profiles)
+                .map_err(map_err("hs_profiles", "dup fd"))?,
+            index: Arc::clone(&self.index),
             rows: MapHandle::try_from(&self.rows).map_err(map_err("hs_rows", "dup fd"))?,
             stopped: MapHandle::try_from(&self.stopped).map_err(map_err("hs_stopped", "dup fd"))?,
         })

@@ -87,9 +87,41 @@ fn pairs_round_trip_through_the_kernel() {
         k.add_pairs(exe, &[(1, 512, 1)]),
         Err(Error::OutOfRange(512))
     ));
+    // i386 rows (512 + the i386 number) are rows of their own.
+    k.add_pairs(exe, &[(512 + 1, 0, 0b100)]).unwrap();
+    assert_eq!(
+        k.pairs(exe).unwrap(),
+        vec![(1, 0, 0b1), (2, 1, 0b11), (513, 0, 0b100)]
+    );
+    assert!(matches!(
+        k.add_pairs(exe, &[(1024, 0, 1)]),
+        Err(Error::OutOfRange(1024))
+    ));
     k.remove_profile(exe).unwrap();
     assert_eq!(k.profile(exe).unwrap(), None);
     assert!(k.pairs(exe).unwrap().is_empty());
+    // Its slot and rows were freed cleared: a new profile starts empty, and every
+    // slot can be taken and given back.
+    let others: Vec<ExeKey> = (0..4096)
+        .map(|i| ExeKey {
+            dev: u64::MAX - 1,
+            ino: i,
+        })
+        .collect();
+    for &o in &others {
+        k.set_state(o, KernelState::Training).unwrap();
+    }
+    assert!(k.pairs(others[4095]).unwrap().is_empty());
+    assert!(
+        k.set_state(exe, KernelState::Training).is_err(),
+        "4097th profile"
+    );
+    for &o in &others {
+        k.remove_profile(o).unwrap();
+    }
+    k.add_pairs(exe, &[(7, 7, 1)]).unwrap();
+    assert_eq!(k.pairs(exe).unwrap(), vec![(7, 7, 1)]);
+    k.remove_profile(exe).unwrap();
 }
 
 #[test]
@@ -387,4 +419,62 @@ fn exec_lsm_is_optional_and_explained() {
     assert_ne!(k.exec_lsm(), &ExecLsm::NotRequested);
     // The rest works as usual.
     assert_eq!(k.stats().unwrap().lost_events, 0);
+}
+
+/// A static i386 program made byte by byte (no 32-bit toolchain needed): getpid,
+/// getpid, exit(0), through int 0x80.
+fn i386_program(dir: &Path) -> (PathBuf, ExeKey) {
+    let code: &[u8] = &[
+        0xb8, 20, 0, 0, 0, 0xcd, 0x80, // mov eax, 20 (getpid); int 0x80
+        0xb8, 20, 0, 0, 0, 0xcd, 0x80, // getpid again
+        0xb8, 1, 0, 0, 0, 0x31, 0xdb, 0xcd, 0x80, // exit(0)
+    ];
+    let base: u32 = 0x0804_8000;
+    let total = (52 + 32 + code.len()) as u32;
+    let mut elf = vec![0x7f, b'E', b'L', b'F', 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    for h in [2u16, 3] {
+        elf.extend(h.to_le_bytes()); // ET_EXEC, EM_386
+    }
+    for w in [1u32, base + 84, 52, 0, 0] {
+        elf.extend(w.to_le_bytes()); // version, entry, phoff, shoff, flags
+    }
+    for h in [52u16, 32, 1, 0, 0, 0] {
+        elf.extend(h.to_le_bytes()); // ehsize, phentsize, phnum, shentsize, shnum, shstrndx
+    }
+    for w in [1u32, 0, base, base, total, total, 5, 0x1000] {
+        elf.extend(w.to_le_bytes()); // PT_LOAD of the whole file, R+X
+    }
+    elf.extend(code);
+    let path = dir.join("i386-getpid");
+    std::fs::write(&path, &elf).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let m = std::fs::metadata(&path).unwrap();
+    (
+        path,
+        ExeKey {
+            dev: m.dev(),
+            ino: m.ino(),
+        },
+    )
+}
+
+#[test]
+fn i386_calls_have_rows_of_their_own() {
+    let Some(k) = kernel() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, exe) = i386_program(dir.path());
+    k.set_state(exe, KernelState::Training).unwrap();
+    let status = Command::new(&bin).status();
+    let Ok(status) = status else {
+        eprintln!("skipped: this kernel runs no i386 programs ({status:?})");
+        return;
+    };
+    assert!(status.success());
+    // getpid (i386 20) after getpid at distance 1; exit (i386 1) after both getpids
+    // at distances 1 and 2: rows 512 + n, columns the 9-bit numbers.
+    assert_eq!(
+        k.pairs(exe).unwrap(),
+        vec![(512 + 1, 20, 0b11), (512 + 20, 20, 0b1)]
+    );
+    k.remove_profile(exe).unwrap();
 }

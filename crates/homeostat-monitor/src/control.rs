@@ -190,6 +190,21 @@ pub struct StatusReply {
     pub losses: Losses,
     /// Profiles by state.
     pub profiles: ProfileCounts,
+    /// The daemon's BPF programs' run time, when `kernel.bpf_stats_enabled` is 1
+    /// (absent otherwise, and from daemons that predate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_run_time: Option<Vec<ProgRunTime>>,
+}
+
+/// One BPF program's run-time counters, in [`StatusReply`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProgRunTime {
+    /// The program's name (`sys_enter_btf`, `sched_fork`, ...).
+    pub name: String,
+    /// Runs counted since the sysctl was on.
+    pub run_cnt: u64,
+    /// Their total run time, ns.
+    pub run_time_ns: u64,
 }
 
 /// What a monitor answers: one of the reply types, or an error.
@@ -454,6 +469,11 @@ mod tests {
                 frozen: 2,
                 normal: 3,
             },
+            bpf_run_time: Some(vec![ProgRunTime {
+                name: "sys_enter_btf".into(),
+                run_cnt: 4,
+                run_time_ns: 100,
+            }]),
         };
         let back = wire::<StatusReply>(&Response::Status(Box::new(s.clone())))
             .ok()
@@ -462,6 +482,7 @@ mod tests {
         assert_eq!(back.losses, s.losses);
         assert_eq!(back.profiles, s.profiles);
         assert_eq!(back.mode, Mode::Detect);
+        assert_eq!(back.bpf_run_time, s.bpf_run_time);
     }
 
     #[test]

@@ -15,11 +15,16 @@ use serde::{Deserialize, Serialize};
 
 /// Format version of the JSON files.
 pub const VERSION: u32 = 1;
-/// Largest file read: every possible pair (512 x 512 calls, about 15 bytes each in
+/// Largest file read: every possible pair (1024 x 512 calls, about 15 bytes each in
 /// JSON) fits with room to spare, and a device or a huge file is refused unread.
 pub const MAX_FILE: u64 = 16 << 20;
-/// Call numbers the kernel table holds (x86_64, 9 bits).
+/// Call numbers the kernel table holds (x86_64, 9 bits): its columns (previous call).
 pub const KERNEL_CALLS: u32 = 512;
+/// Rows (current call) of the kernel table: x86_64 calls, then i386 calls at
+/// [`KERNEL_CALLS`] + their number.
+pub const KERNEL_ROWS: u32 = 1024;
+/// How `homeostat run` numbers i386 calls: this offset + the i386 number.
+const RUN_I386: u32 = 0x10000;
 
 /// One daemon profile file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,7 +108,7 @@ impl DaemonProfile {
         if let Some(&(c, q, _)) = p
             .pairs
             .iter()
-            .find(|&&(c, q, _)| u32::from(c) >= KERNEL_CALLS || u32::from(q) >= KERNEL_CALLS)
+            .find(|&&(c, q, _)| u32::from(c) >= KERNEL_ROWS || u32::from(q) >= KERNEL_CALLS)
         {
             return Err(format!("call number out of range in pair ({c}, {q})"));
         }
@@ -121,13 +126,21 @@ impl DaemonProfile {
     }
 
     /// As a `homeostat run` profile: its pairs become training and testing data, with
-    /// x86_64 call numbers (what `homeostat run` uses for x86_64 programs). `None` if
-    /// the configured window is too small for the distances (window < 9).
+    /// `homeostat run`'s numbers (x86_64 as they are; i386 rows, whose previous calls
+    /// are taken as i386 too, from 0x10000). `None` if the configured window is too
+    /// small for the distances (window < 9).
     pub fn to_ph(&self, config: &PhConfig) -> Option<PhProfile> {
         let raw: Vec<(u32, u32, u32)> = self
             .pairs
             .iter()
-            .map(|&(c, q, m)| (u32::from(c), u32::from(q), u32::from(m)))
+            .map(|&(c, q, m)| {
+                let (c, q) = (u32::from(c), u32::from(q));
+                if c >= KERNEL_CALLS {
+                    (c - KERNEL_CALLS + RUN_I386, q + RUN_I386, u32::from(m))
+                } else {
+                    (c, q, u32::from(m))
+                }
+            })
             .collect();
         let mut p = PhProfile::from_raw_pairs(self.key(), &self.path, config, self.state, &raw)?;
         p.train_count = self.train_count;
@@ -138,14 +151,24 @@ impl DaemonProfile {
     }
 
     /// From a `homeostat run` profile: the pairs it acts on, limited to what the kernel
-    /// table holds (x86_64 calls below 512, distances up to 8); i386 calls (numbered
-    /// from 0x10000) and longer distances are dropped.
+    /// table holds (calls below 512 of one ABI, distances up to 8): i386 pairs (numbered
+    /// from 0x10000) go to the i386 rows; pairs mixing the ABIs and longer distances
+    /// are dropped.
     pub fn from_ph(p: &PhProfile) -> DaemonProfile {
+        let kernel = |c: u32, q: u32| -> Option<(u16, u16)> {
+            if c < KERNEL_CALLS && q < KERNEL_CALLS {
+                Some((c as u16, q as u16))
+            } else {
+                let (c, q) = (c.checked_sub(RUN_I386)?, q.checked_sub(RUN_I386)?);
+                (c < KERNEL_CALLS && q < KERNEL_CALLS)
+                    .then_some(((c + KERNEL_CALLS) as u16, q as u16))
+            }
+        };
         let mut pairs: Vec<(u16, u16, u8)> = p
             .raw_pairs()
             .into_iter()
-            .filter(|&(c, q, m)| c < KERNEL_CALLS && q < KERNEL_CALLS && m & 0xff != 0)
-            .map(|(c, q, m)| (c as u16, q as u16, (m & 0xff) as u8))
+            .filter(|&(_, _, m)| m & 0xff != 0)
+            .filter_map(|(c, q, m)| kernel(c, q).map(|(c, q)| (c, q, (m & 0xff) as u8)))
             .collect();
         pairs.sort_unstable();
         DaemonProfile {
@@ -178,7 +201,12 @@ mod tests {
             last_mod_count: 900,
             normal_time_ns: 5,
             anomalies: 1,
-            pairs: vec![(0, 1, 0b1), (1, 0, 0b11), (59, 1, 0b1000_0000)],
+            pairs: vec![
+                (0, 1, 0b1),
+                (1, 0, 0b11),
+                (59, 1, 0b1000_0000),
+                (523, 5, 0b10),
+            ],
         }
     }
 
@@ -199,9 +227,13 @@ mod tests {
         std::fs::write(&f, sample().to_bytes()).unwrap();
         assert_eq!(DaemonProfile::load(&f).unwrap(), sample());
         let mut bad = sample();
-        bad.pairs.push((600, 1, 1));
+        bad.pairs.push((1100, 1, 1));
         std::fs::write(&f, bad.to_bytes()).unwrap();
-        assert!(DaemonProfile::load(&f).unwrap_err().contains("(600, 1)"));
+        assert!(DaemonProfile::load(&f).unwrap_err().contains("(1100, 1)"));
+        let mut bad = sample();
+        bad.pairs.push((600, 512, 1));
+        std::fs::write(&f, bad.to_bytes()).unwrap();
+        assert!(DaemonProfile::load(&f).unwrap_err().contains("(600, 512)"));
         let mut old = sample();
         old.version = 7;
         std::fs::write(&f, old.to_bytes()).unwrap();

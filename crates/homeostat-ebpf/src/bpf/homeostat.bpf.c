@@ -59,25 +59,42 @@ struct {
 	__type(value, struct hs_task);
 } hs_forks SEC(".maps");
 
-/* Not preallocated: 1<<16 rows of 512 bytes preallocated would pin 32 MB+ for
- * mostly empty space; rows are allocated as they are learnt or loaded (a profile
- * has a row per distinct call it makes, ~100). */
+/* pH's table, found by array index on the per-call path (a hash lookup keyed by
+ * (dev, ino, call) was the largest part of the per-call cost): a profile has a slot
+ * for life, its slot's hs_index entry maps each call to a row of the pool hs_rows.
+ * Both are arrays, whose lookups the verifier inlines: no hashing, no locks, nothing
+ * written on the common call. Preallocated, so bounded and paid at load: 16 MiB of
+ * index (4096 x 1024 x 4 B) and 32 MiB of rows (65536 x 512 B). mmappable: userspace
+ * sets index entries with compare-and-swap as the programs do. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 16);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct hs_row_key);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HS_SLOTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct hs_index);
+} hs_index SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HS_ROWS);
+	__type(key, __u32);
 	__type(value, struct hs_row);
 } hs_rows SEC(".maps");
 
-/* An all-zero row to insert from: a row does not fit the 512-byte BPF stack.
- * Never written. */
+/* Free slots and free rows, filled by userspace at load (slots 0..4095, rows
+ * 1..65535); both sides pop to allocate and push to free, atomically. An empty queue
+ * is a full map: counted (profiles_full, rows_full). */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct hs_row);
-} hs_zero_row SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, HS_SLOTS);
+	__type(value, __u32);
+} hs_free_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, HS_ROWS);
+	__type(value, __u32);
+} hs_free_rows SEC(".maps");
 
 /* Processes stopped for a response and not yet taken over by userspace (tgid ->
  * hs_stop). Also the dedup: one stop per process, however many of its threads are
@@ -101,8 +118,6 @@ struct {
 	__type(value, __u64);
 } hs_stats SEC(".maps");
 
-/* Events reserved so far, to wake the consumer every wakeup_every events only. */
-__u64 event_count = 0;
 /* Profiles created here (auto_create): with hs_config.generation, tells a task that
  * its cached profile entry may be stale. */
 __u32 kernel_generation = 0;
@@ -130,10 +145,15 @@ static __always_inline struct hs_config *get_config(void)
  * consumer also drains on a timeout, so a quiet tail is not stranded. */
 static __always_inline __u64 wakeup_flags(struct hs_config *cfg)
 {
-	__u64 n = __sync_fetch_and_add(&event_count, 1);
+	/* Counted per CPU: a global counter was an atomic add on the cache line every
+	 * task reads kernel_generation from, on every event of every CPU. */
+	__u32 which = HS_STAT_EVENTS;
+	__u64 *n = bpf_map_lookup_elem(&hs_stats, &which);
 	__u64 every = cfg->wakeup_every ? cfg->wakeup_every : 1;
 
-	return (n % every == 0) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	if (!n)
+		return BPF_RB_FORCE_WAKEUP;
+	return ((*n)++ % every == 0) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
 static __always_inline void fill(struct hs_event *e, __u32 kind, __u32 pid, __u32 tid,
@@ -190,6 +210,14 @@ static __always_inline __u64 user_dev(__u32 kdev)
 	return (minor & 0xff) | (major << 8) | ((minor & ~0xffULL) << 12);
 }
 
+static __always_inline void ok_clear(struct hs_task *t)
+{
+	t->ok[0].w1 = 0;
+	t->ok[1].w1 = 0;
+	t->ok[2].w1 = 0;
+	t->ok[3].w1 = 0;
+}
+
 /* Initialises `task`'s entry for running `file`; creates a training profile when
  * auto_create is on; reports the exec when `bprm` is given. Returns the entry or
  * NULL. */
@@ -221,15 +249,25 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 	t->gen = 0;
 	t->cached = 0;
 	t->pending = 0;
+	t->slot = 0;
+	ok_clear(t);
 	t->valid = 1;
-	if (cfg->auto_create) {
+	if (cfg->auto_create && !bpf_map_lookup_elem(&hs_profiles, &t->key)) {
 		struct hs_profile p = {};
-		long err = bpf_map_update_elem(&hs_profiles, &t->key, &p, BPF_NOEXIST);
+		long err;
 
-		if (!err)
-			__sync_fetch_and_add(&kernel_generation, 1);
-		else if (err != -17 /* EEXIST */)
+		if (bpf_map_pop_elem(&hs_free_slots, &p.slot)) {
 			count(HS_STAT_PROFILES_FULL);
+		} else {
+			err = bpf_map_update_elem(&hs_profiles, &t->key, &p, BPF_NOEXIST);
+			if (!err) {
+				__sync_fetch_and_add(&kernel_generation, 1);
+			} else {
+				bpf_map_push_elem(&hs_free_slots, &p.slot, 0);
+				if (err != -17 /* EEXIST: another CPU made it */)
+					count(HS_STAT_PROFILES_FULL);
+			}
+		}
 	}
 	if (bprm)
 		emit_exec(cfg, pid, tid, &t->key, bprm);
@@ -265,11 +303,42 @@ static __always_inline bool respond_stop(struct task_struct *task, __u32 pid, __
 	return true;
 }
 
+/* A new, zeroed row for call `cur` of the profile whose index is `ix`; returns its
+ * pool index (0: none, the pool is empty or another CPU won; counted if empty). */
+static __always_inline __u32 row_new(struct hs_index *ix, __u32 cur)
+{
+	__u32 r, zero = 0, old;
+	struct hs_row *row, *z;
+
+	if (bpf_map_pop_elem(&hs_free_rows, &r)) {
+		count(HS_STAT_ROWS_FULL);
+		return 0;
+	}
+	row = bpf_map_lookup_elem(&hs_rows, &r);
+	z = bpf_map_lookup_elem(&hs_rows, &zero);
+	/* A freed row may hold a bit a racing CPU set after it was cleared. */
+	if (!row || !z || r == 0 || bpf_probe_read_kernel(row, sizeof(*row), z)) {
+		bpf_map_push_elem(&hs_free_rows, &r, 0);
+		return 0;
+	}
+	old = __sync_val_compare_and_swap(&ix->row[cur & (HS_TABLE - 1)], 0, r);
+	if (old) {
+		/* Another CPU (or userspace) made it first. */
+		bpf_map_push_elem(&hs_free_rows, &r, 0);
+		return old;
+	}
+	return r;
+}
+
+/* 1 if the pair (cur, the call in bits `sh` of word `w`, distance bit+1) is in `row`. */
+#define HIT(w, sh, bit) ((row->mask[((w) >> (sh)) & (HS_ROW - 1)] >> (bit)) & 1)
+
 /* One distance: test (normal) or learn (training) the pair (cur, seq[d-1], d). */
 #define PAIR(d)                                                                  \
 	if ((d) <= t->nseq) {                                                    \
 		__u8 bit = 1 << ((d) - 1);                                       \
-		__u32 prev = t->seq[(d) - 1] & (HS_ROW - 1);                     \
+		__u32 prev = (((d) <= 4 ? s0 >> (16 * ((d) - 1))                  \
+				       : s1 >> (16 * ((d) - 5)))) & (HS_ROW - 1); \
 		if (!row || !(row->mask[prev] & bit)) {                          \
 			if (!training)                                           \
 				misses++;                                        \
@@ -281,23 +350,28 @@ static __always_inline bool respond_stop(struct task_struct *task, __u32 pid, __
 		}                                                                \
 	}
 
-static __always_inline int on_sys_enter(long id)
+static __always_inline int on_sys_enter(long id, bool compat)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid, pid = pid_tgid >> 32;
 	struct hs_config *cfg = get_config();
-	struct hs_row_key rk = {};
 	struct task_struct *task;
-	struct hs_row *row;
+	struct hs_index *ix;
+	struct hs_row *row = NULL;
 	struct hs_profile *p = NULL;
 	struct hs_task *t;
-	__u32 misses = 0, learnt = 0, pos, old, gen;
+	__u32 misses = 0, learnt = 0, pos, old, gen, r;
+	__u64 *sw, s0, s1, okw;
+	struct hs_ok *okc;
+	bool full;
 	bool training;
 	__u16 cur;
 
 	if (!cfg || pid == cfg->ignore_tgid || id < 0)
 		return 0;
 	cur = id < HS_ROW ? id : HS_ROW - 1;
+	if (compat)
+		cur += HS_COMPAT;
 	task = bpf_get_current_task_btf();
 	t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
 	if (!t || !t->valid) {
@@ -325,39 +399,48 @@ static __always_inline int on_sys_enter(long id)
 	if (t->gen != gen) {
 		p = bpf_map_lookup_elem(&hs_profiles, &t->key);
 		t->cached = p ? HS_CACHE_PROFILE | (p->state == HS_NORMAL ? HS_CACHE_NORMAL : 0) : 0;
+		t->slot = p ? p->slot : 0;
 		t->gen = gen;
+		ok_clear(t);
 	}
 	if (!(t->cached & HS_CACHE_PROFILE))
 		return 0;
 	training = !(t->cached & HS_CACHE_NORMAL);
 	t->pending++;
 
-	rk.dev = t->key.dev;
-	rk.ino = t->key.ino;
-	rk.cur = cur;
-	row = bpf_map_lookup_elem(&hs_rows, &rk);
-	if (!row && training && t->nseq) {
-		__u32 zero = 0;
-		struct hs_row *z = bpf_map_lookup_elem(&hs_zero_row, &zero);
-
-		if (z) {
-			long err = bpf_map_update_elem(&hs_rows, &rk, z, BPF_NOEXIST);
-
-			if (err && err != -17 /* EEXIST: another CPU made it */)
-				count(HS_STAT_ROWS_FULL);
-			row = bpf_map_lookup_elem(&hs_rows, &rk);
-		}
+	/* seq[] as two little-endian words (seq[0] in the low bits of the first). */
+	sw = (__u64 *)t->seq;
+	s0 = sw[0];
+	s1 = sw[1];
+	full = t->nseq >= HS_SEQ;
+	/* A window seen complete before needs neither index nor row: on a busy machine
+	 * their cache lines are the cost of a call (measured with perf: the first row
+	 * load was the hottest instruction). */
+	okw = s1 | ((__u64)(cur & 0x3f) << 10) | ((__u64)(cur >> 6) << 26) | (1ULL << 63);
+	okc = &t->ok[cur & (HS_OK - 1)];
+	if (full && okc->w0 == s0 && okc->w1 == okw)
+		goto tested;
+	ix = bpf_map_lookup_elem(&hs_index, &t->slot);
+	if (!ix)
+		return 0;
+	r = ix->row[cur & (HS_TABLE - 1)];
+	if (!r && training && t->nseq)
+		r = row_new(ix, cur);
+	if (r)
+		row = bpf_map_lookup_elem(&hs_rows, &r);
+	/* A full window whose eight pairs are all known: branch-free, and remembered. */
+	if (row && full &&
+	    (HIT(s0, 0, 0) + HIT(s0, 16, 1) + HIT(s0, 32, 2) + HIT(s0, 48, 3) +
+	     HIT(s1, 0, 4) + HIT(s1, 16, 5) + HIT(s1, 32, 6) + HIT(s1, 48, 7)) == HS_SEQ) {
+		okc->w0 = s0;
+		okc->w1 = okw;
+		goto tested;
 	}
 	PAIR(1) PAIR(2) PAIR(3) PAIR(4) PAIR(5) PAIR(6) PAIR(7) PAIR(8)
-
-	t->seq[7] = t->seq[6];
-	t->seq[6] = t->seq[5];
-	t->seq[5] = t->seq[4];
-	t->seq[4] = t->seq[3];
-	t->seq[3] = t->seq[2];
-	t->seq[2] = t->seq[1];
-	t->seq[1] = t->seq[0];
-	t->seq[0] = cur;
+tested:
+	/* Shifting the window by one call is two stores. */
+	sw[1] = (s1 << 16) | (s0 >> 48);
+	sw[0] = (s0 << 16) | cur;
 	if (t->nseq < HS_SEQ)
 		t->nseq++;
 
@@ -399,10 +482,19 @@ static __always_inline int on_sys_enter(long id)
 	return 0;
 }
 
+/* A 32-bit task's calls (i386 numbering) enter from the 32-bit user code segment,
+ * whichever entry (int 0x80, sysenter, syscall) they use; in_ia32_syscall() reads a
+ * thread flag set from the same fact. A 64-bit task's int 0x80 is not told apart. */
+#define HS_USER32_CS 0x23
+
 SEC("tp_btf/sys_enter")
 int BPF_PROG(sys_enter_btf, struct pt_regs *regs, long id)
 {
-	return on_sys_enter(id);
+#ifdef HS_FLOOR
+	/* Feature `floor`: the price of the hook alone, for benchmarks. */
+	return 0;
+#endif
+	return on_sys_enter(id, regs->cs == HS_USER32_CS);
 }
 
 /* Fallback when tp_btf cannot be loaded: the same raw_syscalls/sys_enter tracepoint,
@@ -411,7 +503,13 @@ int BPF_PROG(sys_enter_btf, struct pt_regs *regs, long id)
 SEC("raw_tp/sys_enter")
 int sys_enter_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	return on_sys_enter((long)ctx->args[1]);
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+
+#ifdef HS_FLOOR
+	return 0;
+#endif
+
+	return on_sys_enter((long)ctx->args[1], BPF_CORE_READ(regs, cs) == HS_USER32_CS);
 }
 
 /* fork/clone (threads too): the child inherits its parent's sequence and locality

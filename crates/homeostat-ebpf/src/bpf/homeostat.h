@@ -25,22 +25,31 @@
 #define HS_STAT_TASKS_FULL 2    /* task storage or fork map insert failed */
 #define HS_STAT_PROFILES_FULL 3 /* profiles map insert failed (auto_create) */
 #define HS_STAT_STOPS_FAILED 4  /* a response was due but the stop could not be made */
-#define HS_NSTATS 5
+#define HS_STAT_EVENTS 5        /* events submitted on this CPU (wakeup batching) */
+#define HS_NSTATS 6
 
 struct hs_key {
 	__u64 dev; /* st_dev encoding, as stat(2) reports it */
 	__u64 ino;
 };
 
-/* Call numbers are rows and columns of pH's table: 9 bits. Larger numbers (x32
- * calls) all land on the last row / column. */
+/* Call numbers are columns of pH's table: 9 bits. Larger numbers (x32 calls) all land
+ * on the last column. */
 #define HS_ROW 512
+/* Rows per profile: x86_64 calls 0..511, then i386 (compat) calls at 512 + their
+ * number, so that a 32-bit program's calls have rows of their own. */
+#define HS_TABLE 1024
+#define HS_COMPAT HS_ROW
+/* Profiles (slots of hs_index) and rows of the pool (row 0: the all-zero row, never
+ * written, which "no row" points to). */
+#define HS_SLOTS 4096
+#define HS_ROWS 65536
 
-struct hs_row_key {
-	__u64 dev;
-	__u64 ino;
-	__u32 cur;
-	__u32 pad;
+/* A profile's index into the row pool: row[cur] is the pool index of the row of call
+ * cur (0: none). Written with compare-and-swap, by the programs and by userspace (the
+ * map is mmapped). */
+struct hs_index {
+	__u32 row[HS_TABLE];
 };
 
 /* One row of pH's table: mask[prev] has bit d-1 set when prev was seen d calls
@@ -55,11 +64,21 @@ struct hs_profile {
 	__u64 calls;     /* calls seen (either state) */
 	__u64 new_pairs; /* pairs learnt in the kernel */
 	__u64 anomalies; /* anomalous calls while normal */
+	__u32 slot;      /* its hs_index entry, for life (from hs_free_slots) */
+	__u32 pad;
 };
+
+/* A window known to be all present: the seq words as in hs_task, with the current
+ * call in the unused bits 10-15 and 26-29 of the second and bit 63 set (valid). */
+struct hs_ok {
+	__u64 w0;
+	__u64 w1;
+};
+#define HS_OK 4
 
 struct hs_task {
 	struct hs_key key;
-	__u16 seq[HS_SEQ]; /* seq[0] is the previous call */
+	__u16 seq[HS_SEQ]; /* seq[0] is the previous call; 8-aligned: read as two u64 */
 	__u32 nseq;        /* valid entries of seq */
 	__u32 fpos;        /* next slot of the locality frame */
 	__u32 lfc;
@@ -70,7 +89,12 @@ struct hs_task {
 	__u32 gen;
 	__u32 cached;
 	__u32 pending;
-	__u32 pad;
+	__u32 slot;        /* the profile's slot, valid with HS_CACHE_PROFILE */
+	/* Windows (the last 8 calls and the current one, HS_OK_KEY) whose eight pairs
+	 * were all found in the profile, by current call mod HS_OK: such a window needs
+	 * no row at all. Pairs are only ever added to a profile while it exists, so an
+	 * entry stays true until the generation moves (cleared then). */
+	struct hs_ok ok[HS_OK];
 };
 
 /* hs_task.cached */

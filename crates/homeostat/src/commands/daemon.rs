@@ -90,6 +90,14 @@ pub fn status(json: bool, state: &StateFlags) -> Result<()> {
             "  losses: {} events, {} pairs (rows full), {} tasks, {} profiles, {} stops",
             l.lost_events, l.rows_full, l.tasks_full, l.profiles_full, l.stops_failed
         );
+        for r in s.bpf_run_time.iter().flatten() {
+            let per = if r.run_cnt > 0 {
+                format!("{:.1} ns per run", r.run_time_ns as f64 / r.run_cnt as f64)
+            } else {
+                "no runs".to_string()
+            };
+            println!("  bpf {}: {per} ({} runs)", r.name, r.run_cnt);
+        }
     }
     Ok(())
 }
