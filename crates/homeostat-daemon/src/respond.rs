@@ -195,8 +195,15 @@ fn respond(pid: u32, probe: &Probe, config: &PhConfig, stop: &AtomicBool, tx: &S
             .map_or(IDLE, |t| t.0 .0.saturating_duration_since(now).min(IDLE));
         match tracer.next(Some(wait)) {
             Ok(Some(TraceEvent::Syscall(s))) => {
+                // The kernel table numbers i386 calls apart from x86_64's: ask with the
+                // tracers' i386 numbering so a 32-bit tracee's delay uses its own row.
+                let nr = if s.arch == homeostat_syscalls::AUDIT_ARCH_I386 {
+                    s.nr + homeostat_monitor::engine::I386_OFFSET
+                } else {
+                    s.nr
+                };
                 let lfc = probe
-                    .lfc_after(s.tid as u32, s.nr)
+                    .lfc_after(s.tid as u32, nr)
                     .ok()
                     .flatten()
                     .unwrap_or(0);
