@@ -251,30 +251,7 @@ fn evaluate(hmm: &Hmm, data: &adfa::AdfaDataset) {
     for (k, name) in ["mean-nll", "lfc", "rate"].iter().enumerate() {
         let n: Vec<f64> = neg.iter().map(|s| s[k]).collect();
         let p: Vec<f64> = pos.iter().map(|s| s[k]).collect();
-        println!("AUC {name:9} {:.4}", auc(&n, &p));
+        let auc = homeostat_eval::metrics::auc(&n, &p).unwrap_or(f64::NAN);
+        println!("AUC {name:9} {auc:.4}");
     }
-}
-
-/// Area under the ROC curve: P(attack score > normal score), ties counted half.
-fn auc(neg: &[f64], pos: &[f64]) -> f64 {
-    let mut all: Vec<(f64, bool)> = neg
-        .iter()
-        .map(|&x| (x, false))
-        .chain(pos.iter().map(|&x| (x, true)))
-        .collect();
-    all.sort_by(|a, b| a.0.total_cmp(&b.0));
-    // Sum of positive ranks, averaging ranks over ties.
-    let mut rank_sum = 0.0;
-    let mut i = 0;
-    while i < all.len() {
-        let mut j = i;
-        while j < all.len() && all[j].0 == all[i].0 {
-            j += 1;
-        }
-        let avg = (i + j + 1) as f64 / 2.0;
-        rank_sum += avg * all[i..j].iter().filter(|x| x.1).count() as f64;
-        i = j;
-    }
-    let (np, nn) = (pos.len() as f64, neg.len() as f64);
-    (rank_sum - np * (np + 1.0) / 2.0) / (np * nn)
 }
