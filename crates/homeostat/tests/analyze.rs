@@ -7,19 +7,8 @@ use std::process::Command;
 use homeostat_core::ph::{ExeKey, PhConfig, PhProfile, ProfileState};
 use homeostat_monitor::daemon_profile::DaemonProfile;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_homeostat"))
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("homeostat runs");
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+mod common;
+use common::{bin, ok};
 
 /// A stide (k = 3) profile of i386 traces: open read write close, then execve.
 fn train(dir: &Path) -> std::path::PathBuf {

@@ -7,25 +7,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_homeostat"))
-}
-
-fn sample(part: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../data/sample")
-        .join(part)
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("homeostat runs");
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+mod common;
+use common::{bin, ok, sample};
 
 /// Runs a command that must fail with exit 1 and a one-line error; returns the line.
 fn fails(cmd: &mut Command) -> String {

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_homeostat"))
-}
+mod common;
+use common::bin;
 
 fn service() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_homeostat-demo-service"))
