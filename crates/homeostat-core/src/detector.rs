@@ -85,6 +85,15 @@ pub trait Detector: Send + Sync + fmt::Debug {
     fn as_classic(&self) -> Option<&AnyModel> {
         None
     }
+    /// Trace scores (in [`Detector::score_names`] order) of training traces this
+    /// model held out and never fitted on, when its training keeps some (the LM holds
+    /// out traces for early stopping). An ensemble normalises such a member on them
+    /// instead of training a second copy without its own held-out traces, which for
+    /// a model that trains for minutes halves the ensemble's training time. Only a
+    /// freshly trained model has them; a loaded one returns `None`.
+    fn held_out_scores(&self) -> Option<&[Vec<f64>]> {
+        None
+    }
 }
 
 /// Progress of a long training: `(done, total)` in units the model chooses.

@@ -7,8 +7,10 @@
 //! not train on: every `holdout`-th training trace is held out, copies of the members
 //! are trained on the rest and score the held-out traces, and each member's held-out
 //! scores give its normalisation. The members are then retrained on every training
-//! trace (so the ensemble's members are as good as the same models alone). Nothing
-//! is fitted on test or attack traces.
+//! trace (so the ensemble's members are as good as the same models alone). A member
+//! that holds out training traces of its own (the LM, for early stopping) is
+//! normalised on its own held-out scores instead, so it trains once, not twice.
+//! Nothing is fitted on test or attack traces.
 //!
 //! Scores: `mean_z` averages z-scores (score minus the held-out mean, over the
 //! held-out standard deviation); `mean_rank` averages each score's rank among the
@@ -374,19 +376,30 @@ impl DetectorBuilder for EnsembleBuilder {
         let mut parts = vec![];
         let mut scratch = Scratch::default();
         for ((m, fit), full) in self.members.iter().zip(self.fit).zip(self.full) {
-            let fitted = fit.build(progress)?;
-            let (index, score) = score_index(fitted.as_ref(), m.score.as_deref())?;
-            let held: Vec<f64> = self
-                .held
-                .iter()
-                .map(|t| {
-                    let r = fitted.score_trace(t, &mut scratch);
-                    r.scores.get(index).copied().unwrap_or(0.0)
-                })
-                .collect();
-            drop(fitted);
+            let detector = full.build(progress)?;
+            let (index, score) = score_index(detector.as_ref(), m.score.as_deref())?;
+            // A member that held out traces of its own (never fitted on them) is
+            // normalised on those; the others through a copy trained without ours.
+            let own: Option<Vec<f64>> = detector.held_out_scores().map(|rows| {
+                rows.iter()
+                    .map(|r| r.get(index).copied().unwrap_or(0.0))
+                    .collect()
+            });
+            let held = match own {
+                Some(v) if !v.is_empty() => v,
+                _ => {
+                    let fitted = fit.build(progress)?;
+                    self.held
+                        .iter()
+                        .map(|t| {
+                            let r = fitted.score_trace(t, &mut scratch);
+                            r.scores.get(index).copied().unwrap_or(0.0)
+                        })
+                        .collect()
+                }
+            };
             parts.push(Part {
-                detector: full.build(progress)?,
+                detector,
                 score,
                 index,
                 norm: Norm::fit(held),

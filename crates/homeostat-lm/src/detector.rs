@@ -73,8 +73,13 @@ impl Detector for Lm {
     fn describe(&self) -> String {
         let c = &self.config;
         format!(
-            "gru hidden={} epochs={}/{} seed={} L={}",
-            c.hidden, self.stats.best_epoch, self.stats.epochs_run, c.seed, c.locality
+            "gru hidden={} epoch {}/{} held-out nll {:.3} seed={} L={}",
+            c.hidden,
+            self.stats.best_epoch,
+            self.stats.epochs_run,
+            self.stats.holdout_nll,
+            c.seed,
+            c.locality
         )
     }
     fn score_names(&self) -> Vec<String> {
@@ -104,6 +109,9 @@ impl Detector for Lm {
     }
     fn save(&self) -> Vec<u8> {
         self.save_payload()
+    }
+    fn held_out_scores(&self) -> Option<&[Vec<f64>]> {
+        (!self.held_out.is_empty()).then_some(self.held_out.as_slice())
     }
 }
 

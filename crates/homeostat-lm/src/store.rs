@@ -147,6 +147,7 @@ impl Lm {
             threshold: s.threshold,
             config: s.config,
             stats: s.stats,
+            held_out: vec![],
         })
     }
 

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::net::Net;
 use crate::pack::pack;
 use crate::rng::Rng;
-use crate::score::nll_ids;
+use crate::score::{nll_ids, SCORE_NAMES};
 use crate::{Lm, LmConfig, LmError, TrainStats, Weights};
 
 /// Whether training shows a progress bar.
@@ -173,16 +173,26 @@ pub fn train(traces: &[&[u32]], config: &LmConfig, progress: Progress<'_>) -> Re
         threshold: 0.0,
         config: config.clone(),
         stats,
+        held_out: vec![],
     };
     // The threshold from the kept weights' NLLs on the held-out (or training) calls.
     let kept = Net::from_weights(&lm.weights, &dev)?;
-    let mut all: Vec<f32> = nll_ids(&kept, check, EVAL_LANES, bos, &dev)?
-        .into_iter()
-        .flatten()
-        .collect();
+    let per_trace = nll_ids(&kept, check, EVAL_LANES, bos, &dev)?;
+    let mut all: Vec<f32> = per_trace.iter().flatten().copied().collect();
     all.sort_by(f32::total_cmp);
     let at = ((all.len() as f64 * config.quantile) as usize).min(all.len().saturating_sub(1));
     lm.threshold = all.get(at).copied().unwrap_or(0.0);
+    // The held-out traces' trace scores, for an ensemble's normalisation: the model
+    // never fitted them (they only chose the epoch and the threshold).
+    if !hold.is_empty() {
+        lm.held_out = per_trace
+            .iter()
+            .map(|n| {
+                let s = lm.score_nlls(n);
+                SCORE_NAMES.iter().filter_map(|k| s.get(k)).collect()
+            })
+            .collect();
+    }
     lm.stats.seconds = started.elapsed().as_secs_f64();
     Ok(lm)
 }

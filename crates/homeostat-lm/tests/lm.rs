@@ -276,3 +276,53 @@ fn registry_entry_trains_streams_and_loads() {
     bad.set("hidden", "many");
     assert!(reg.builder("lm", &bad).is_err());
 }
+
+/// The held-out traces' scores a fresh model keeps are those its scoring gives them,
+/// and an ensemble uses them: the LM member trains once, not a second time without
+/// the ensemble's own held-out traces.
+#[test]
+fn held_out_scores_serve_the_ensemble() {
+    use homeostat_core::{Detector, Params, Registry, Scratch};
+    use std::sync::Mutex;
+    let lm = trained();
+    let traces = cyclic_traces();
+    let held: Vec<&Vec<u32>> = traces.iter().skip(5).step_by(6).collect();
+    let rows = lm.held_out_scores().expect("a fresh model keeps them");
+    assert_eq!(rows.len(), held.len());
+    for (row, t) in rows.iter().zip(held) {
+        let want = lm.score_trace(t, &mut Scratch::default()).scores;
+        assert_eq!(row.len(), want.len());
+        for (a, b) in row.iter().zip(&want) {
+            assert!(
+                (a - b).abs() < 1e-3 * b.abs().max(1.0),
+                "{row:?} vs {want:?}"
+            );
+        }
+    }
+    let loaded = Lm::from_payload(&lm.save()).unwrap();
+    assert!(loaded.held_out_scores().is_none());
+
+    let mut reg = Registry::builtin();
+    reg.register(homeostat_lm::entry());
+    let mut p = Params::new();
+    for (k, v) in [("hidden", 16), ("epochs", 3), ("chunk", 16), ("batch", 4)] {
+        p.set(k, v);
+    }
+    let mut b = reg.builder("ensemble:lm,stide", &p).unwrap();
+    for t in &traces {
+        b.add_trace(t);
+    }
+    // stide reports no progress, so every report is the LM's; a report whose count
+    // goes down is a second training.
+    let seen = Mutex::new(vec![]);
+    let det = b
+        .build(&|done, total| seen.lock().unwrap().push((done, total)))
+        .unwrap();
+    let seen = seen.into_inner().unwrap();
+    assert!(!seen.is_empty());
+    let restarts = seen.windows(2).filter(|w| w[1].0 < w[0].0).count();
+    assert_eq!(restarts, 0, "the LM trained more than once: {seen:?}");
+    let probe = [3, 5, 7, 99, 11, 13];
+    let s = det.score_trace(&probe, &mut Scratch::default());
+    assert!(s.scores.iter().all(|x| x.is_finite()), "{s:?}");
+}
