@@ -81,8 +81,8 @@ impl Default for LmConfig {
             hidden: 128,
             chunk: 32,
             batch: 64,
-            epochs: 20,
-            patience: 3,
+            epochs: 45,
+            patience: 5,
             lr: 3e-3,
             weight_decay: 0.01,
             clip: 1.0,
@@ -225,6 +225,9 @@ pub struct Lm {
     threshold: f32,
     config: LmConfig,
     stats: TrainStats,
+    /// Trace scores of the held-out training traces under the kept weights (fresh
+    /// training only; not stored in profiles).
+    held_out: Vec<Vec<f64>>,
 }
 
 impl Lm {

@@ -70,3 +70,48 @@ fn adfa_ld_reduced_model_aucs() {
         );
     }
 }
+
+/// The LM as `eval` runs it (through the registry, streaming scores, two threads),
+/// alone and in the rank ensemble with kNN and stide's rate, with a smaller
+/// configuration still (16 hidden units, one epoch). The LM's held-out traces
+/// normalise it inside the ensemble, so it trains once per model. Measured 2026-11-30
+/// (debug test build, lm crate optimised; load average ~11): LM mean-NLL AUC 0.638,
+/// ensemble mean_z 0.841, mean_rank 0.839; 19 s of training per model, 72 s in all.
+/// The band is the same +-0.02.
+#[test]
+fn adfa_ld_lm_in_eval_and_ensemble() {
+    use homeostat_core::{Params, Registry};
+    use homeostat_eval::{evaluate, Options};
+    const LM_EVAL: f64 = 0.638;
+    const ENS_EVAL: [f64; 2] = [0.841, 0.839];
+    let Some(dir) = adfa_dir() else { return };
+    let ds = adfa_ld(&dir, None).unwrap();
+    let mut reg = Registry::builtin();
+    reg.register(homeostat_lm::entry());
+    let params = Params::parse("hidden=16,epochs=1,batch=32,chunk=64,time_limit=0").unwrap();
+    let opts = Options {
+        threads: 2,
+        ..Options::default()
+    };
+    let run = |name: &str| evaluate(&ds, &reg, name, &params, &opts, &|_, _| {}, &|_| {}).unwrap();
+    let lm = run("lm");
+    let ens = run("ensemble:lm,knn,stide.rate");
+    let got = [
+        lm.scores["mean_nll"].auc.unwrap(),
+        ens.scores["mean_z"].auc.unwrap(),
+        ens.scores["mean_rank"].auc.unwrap(),
+    ];
+    eprintln!(
+        "lm {} in eval: mean_nll AUC {:.4}; ensemble mean_z {:.4} mean_rank {:.4}; train {:.1} s + {:.1} s",
+        lm.config, got[0], got[1], got[2], lm.train_seconds, ens.train_seconds
+    );
+    for (name, (a, want)) in ["lm mean_nll", "ensemble mean_z", "ensemble mean_rank"]
+        .iter()
+        .zip(got.iter().zip([LM_EVAL, ENS_EVAL[0], ENS_EVAL[1]]))
+    {
+        assert!(
+            (a - want).abs() <= 0.02,
+            "{name}: AUC {a:.4}, measured {want:.3} +- 0.02"
+        );
+    }
+}
