@@ -143,6 +143,14 @@ pub trait Visitor {
     fn begin(&mut self, key: u64, name: &str);
     /// The trace `key` made system call `syscall`.
     fn call(&mut self, key: u64, syscall: u32);
+    /// The trace `key` made system call `syscall`, and the reader knows the argument
+    /// that matters ([`homeostat_core::symbols`]: recordings with SYSCALL_ARG records,
+    /// strace lines). Visitors of plain call numbers need not care: by default the
+    /// argument is dropped.
+    fn call_arg(&mut self, key: u64, syscall: u32, arg: &homeostat_core::symbols::Arg) {
+        let _ = arg;
+        self.call(key, syscall);
+    }
     /// The trace `key` is complete.
     fn end(&mut self, key: u64);
     /// The program the trace `key` runs, when the format knows it (recordings do; this
