@@ -29,6 +29,7 @@ mod error;
 mod lines;
 pub mod recording;
 pub mod strace;
+mod strace_args;
 mod unm;
 
 use std::collections::HashMap;
