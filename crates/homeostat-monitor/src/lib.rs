@@ -11,6 +11,7 @@
 //! never parses command lines or prints (that is the CLI's job).
 #![forbid(unsafe_code)]
 
+pub mod args;
 pub mod config;
 pub mod control;
 pub mod daemon_profile;

@@ -161,6 +161,37 @@ pub trait Visitor {
     }
 }
 
+/// Feeds `inner` symbols instead of call numbers: plain calls as they are, calls with
+/// an argument as their (call, argument class) symbol
+/// ([`homeostat_core::symbols::Symbolizer`]). Training, scanning and evaluating on the
+/// argument-aware alphabet is reading through this adapter; the models never know.
+pub struct Symbolize<'a> {
+    /// Who gets the symbols.
+    pub inner: &'a mut dyn Visitor,
+    /// Learning (training) or applying (testing) a symbol table, or plain calls.
+    pub symbols: &'a mut homeostat_core::symbols::Symbolizer,
+}
+
+impl Visitor for Symbolize<'_> {
+    fn begin(&mut self, key: u64, name: &str) {
+        self.inner.begin(key, name);
+    }
+    fn call(&mut self, key: u64, syscall: u32) {
+        let s = self.symbols.symbol(syscall, None);
+        self.inner.call(key, s);
+    }
+    fn call_arg(&mut self, key: u64, syscall: u32, arg: &homeostat_core::symbols::Arg) {
+        let s = self.symbols.symbol(syscall, Some(arg));
+        self.inner.call(key, s);
+    }
+    fn end(&mut self, key: u64) {
+        self.inner.end(key);
+    }
+    fn program(&mut self, key: u64, path: &str) {
+        self.inner.program(key, path);
+    }
+}
+
 /// Ends the traces still open at the end of a file, in the order they began (keys grow
 /// in order of `begin`), so output does not depend on hash-map order.
 pub(crate) fn end_remaining(keys: impl IntoIterator<Item = u64>, v: &mut dyn Visitor) {

@@ -287,9 +287,27 @@ pub struct TrainArgs {
     /// Where to write the profile.
     #[arg(long, short = 'o')]
     pub output: PathBuf,
+    #[command(flatten)]
+    pub symbols: SymbolFlags,
     /// Trace files or directories (searched recursively).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
+}
+
+/// The alphabet models learn (docs/arguments.md).
+#[derive(Debug, Clone, Args)]
+pub struct SymbolFlags {
+    /// `calls`: system call numbers; `args`: (call, argument class) symbols, from
+    /// recordings made by `homeostat record` or strace output.
+    #[arg(long, default_value = "calls")]
+    pub symbols: homeostat_core::symbols::SymbolMode,
+    /// With --symbols args: directories of a path's prefix that make its class.
+    #[arg(long, default_value_t = 2)]
+    pub path_depth: u8,
+    /// With --symbols args: most distinct argument classes; later ones share one
+    /// `other` class per call.
+    #[arg(long, default_value_t = 256)]
+    pub max_classes: u32,
 }
 
 #[derive(Debug, Args)]

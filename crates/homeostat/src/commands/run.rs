@@ -119,7 +119,7 @@ pub fn attach(a: AttachArgs) -> Result<()> {
             a.pid
         );
     }
-    let mut source = Attached(Some(tracer));
+    let mut source = Attached(Some(tracer), false);
     let result = launch::drive(&mut source, &mut consumer, &stop);
     // Detach whatever happened: the process must never stay traced or stopped.
     let detached = source.0.take().map(|t| t.detach_all()).transpose();
@@ -166,12 +166,23 @@ impl Recorder {
             Arch::X86_64 => ev.nr,
             Arch::I386 => homeostat_monitor::engine::I386_OFFSET + ev.nr,
         };
-        self.w
-            .syscall(ev.pid as u32, ev.tid as u32, id, nr, now_ns())
+        match &ev.arg {
+            Some(arg) => self
+                .w
+                .syscall_arg(ev.pid as u32, ev.tid as u32, id, nr, now_ns(), arg),
+            None => self
+                .w
+                .syscall(ev.pid as u32, ev.tid as u32, id, nr, now_ns()),
+        }
     }
 }
 
 impl Consumer for Recorder {
+    /// Recordings carry arguments, for training on the argument-aware alphabet.
+    fn wants_args(&self) -> bool {
+        true
+    }
+
     fn call(&mut self, ev: &CallEvent) -> Verdict {
         if self.error.is_none() {
             if let Err(e) = self.try_call(ev) {
