@@ -325,7 +325,7 @@ pub struct ScanArgs {
     pub inputs: Vec<PathBuf>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
     #[command(subcommand)]
     pub dataset: Option<Dataset>,
@@ -359,7 +359,7 @@ pub struct EvalCommon {
     pub threads: usize,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Dataset {
     /// The labelled sample of real traces shipped inside homeostat (the default).
     Sample,
@@ -389,6 +389,10 @@ pub enum Dataset {
         lists: LabelledLists,
         #[command(flatten)]
         input: InputFlags,
+        /// Alphabets to compare on the same data, comma separated: calls, args (one
+        /// report each; docs/arguments.md).
+        #[arg(long, value_delimiter = ',', default_value = "calls")]
+        symbols: Vec<homeostat_core::symbols::SymbolMode>,
     },
 }
 
