@@ -20,6 +20,7 @@ pub mod monitor_loop;
 pub mod ph_consumer;
 pub mod sink;
 pub mod store;
+pub mod throttle;
 
 pub use engine::{Call, Engine, EventRecord, TaskInfo};
 pub use ph_consumer::PhConsumer;

@@ -131,6 +131,13 @@ pub struct RunArgs {
     /// Also run the command under this seccomp allow-list (profile export-seccomp).
     #[arg(long)]
     pub seccomp: Option<PathBuf>,
+    /// Williamson's connection throttle: connects to hosts outside each program's
+    /// working set wait in a queue released at RATE per second (docs/homeostat-run.md).
+    #[arg(long, value_name = "RATE", num_args = 0..=1, default_missing_value = "1")]
+    pub throttle_connect: Option<f64>,
+    /// Hosts each program's throttle working set remembers.
+    #[arg(long, default_value_t = 5, requires = "throttle_connect")]
+    pub throttle_working_set: usize,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<std::ffi::OsString>,
