@@ -191,6 +191,10 @@ pub struct RecordArgs {
     /// The recording to write.
     #[arg(long, short = 'o')]
     pub output: PathBuf,
+    /// Do not read the argument that matters of opens, execs, connects... (plain
+    /// SYSCALL records only; docs/arguments.md).
+    #[arg(long)]
+    pub no_args: bool,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<std::ffi::OsString>,

@@ -186,6 +186,7 @@ struct Recorder {
     exes: HashMap<ExeKey, u64>,
     task_exe: HashMap<i32, u64>,
     error: Option<std::io::Error>,
+    args: bool,
 }
 
 impl Recorder {
@@ -227,7 +228,7 @@ impl Recorder {
 impl Consumer for Recorder {
     /// Recordings carry arguments, for training on the argument-aware alphabet.
     fn wants_args(&self) -> bool {
-        true
+        self.args
     }
 
     fn call(&mut self, ev: &CallEvent) -> Verdict {
@@ -277,6 +278,7 @@ pub fn record(a: RecordArgs) -> Result<()> {
         exes: HashMap::new(),
         task_exe: HashMap::new(),
         error: None,
+        args: !a.no_args,
     };
     let status = launch::run_with(
         &a.command,
