@@ -10,7 +10,9 @@
 #                    helper programs
 #   strace           the trace fixtures and data/sample/record.sh
 #   curl, ca-certificates   rustup, on a machine without Rust
-homeostat_packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev strace curl ca-certificates)
+#   python3          scripts/record-notes-sample.sh (http.server in front of the notes
+#                    service; its CGI handler is Perl, from the Essential perl-base)
+homeostat_packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev strace curl ca-certificates python3)
 
 homeostat_missing_packages() {
     local p

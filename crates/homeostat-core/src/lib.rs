@@ -18,6 +18,7 @@
 //! - [`locality`]: LFC, per-trace scores;
 //! - [`profile`]: the versioned, checksummed profile format;
 //! - [`window`]: the window database stide, t-stide and Markov share;
+//! - [`symbols`]: argument-aware symbols, (call, argument class), for any model;
 //! - [`alphabet`], [`table`]: the dense symbol ids and packed-window tables that make
 //!   testing cost a few nanoseconds a call.
 #![forbid(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod ph;
 pub mod profile;
 pub mod registry;
 pub mod stide;
+pub mod symbols;
 pub mod table;
 pub mod window;
 

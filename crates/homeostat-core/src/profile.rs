@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classic::{decode_all, AnyModel, ClassicParts};
 use crate::model::{Model, ModelKind, ModelSpec};
+use crate::symbols::SymbolTable;
 
 /// First bytes of every profile file.
 pub const MAGIC: &[u8; 8] = b"HMSTPROF";
@@ -36,6 +37,11 @@ pub const FORMAT_VERSION: u16 = 1;
 /// The profile format version this build writes: 2 stores any model as a kind tag
 /// and a payload. Version 1 (classic models only) is still read.
 pub const PROFILE_VERSION: u16 = 2;
+/// The version of a profile trained on the argument-aware alphabet: version 2's
+/// payload followed by the [`SymbolTable`] ([`StoredProfileV3`]). Plain profiles stay
+/// version 2, so older builds still read them and refuse the enriched ones (whose
+/// symbol numbers they would misread as calls).
+pub const PROFILE_VERSION_ARGS: u16 = 3;
 const HEADER_LEN: usize = 24;
 /// Largest payload accepted (a w = 33 pairs table of 510 calls is about 1 MiB, a
 /// neural model a few MiB; the cap keeps a damaged length field from asking for
@@ -139,11 +145,47 @@ pub struct StoredProfileV2 {
     pub model: StoredModel,
 }
 
+/// The payload of a version 3 profile: a model trained on (call, argument class)
+/// symbols and the table that makes them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredProfileV3 {
+    /// Provenance.
+    pub meta: ProfileMeta,
+    /// The model.
+    pub model: StoredModel,
+    /// The learned argument classes.
+    pub symbols: SymbolTable,
+}
+
 /// Decodes a profile file into provenance and the stored model, whatever its version
-/// (version 1 holds classic models only and is converted).
+/// (version 1 holds classic models only and is converted; version 3's symbol table is
+/// read by [`profile_symbols`]).
 pub fn decode_profile(bytes: &[u8]) -> Result<StoredProfileV2, ProfileError> {
-    let (version, payload) = unframe_versions(MAGIC, bytes, &[1, PROFILE_VERSION])?;
+    let (version, payload) =
+        unframe_versions(MAGIC, bytes, &[1, PROFILE_VERSION, PROFILE_VERSION_ARGS])?;
+    if version == PROFILE_VERSION_ARGS {
+        let s: StoredProfileV3 = decode_all(payload).map_err(ProfileError::Corrupt)?;
+        return Ok(StoredProfileV2 {
+            meta: s.meta,
+            model: s.model,
+        });
+    }
     decode_payload(version, payload)
+}
+
+/// The symbol table of a profile trained on the argument-aware alphabet (version 3);
+/// `None` for a plain call-number profile.
+pub fn profile_symbols(bytes: &[u8]) -> Result<Option<SymbolTable>, ProfileError> {
+    let (version, payload) =
+        unframe_versions(MAGIC, bytes, &[1, PROFILE_VERSION, PROFILE_VERSION_ARGS])?;
+    if version != PROFILE_VERSION_ARGS {
+        return Ok(None);
+    }
+    let s: StoredProfileV3 = decode_all(payload).map_err(ProfileError::Corrupt)?;
+    s.symbols
+        .validated()
+        .map(Some)
+        .map_err(|e| ProfileError::Corrupt(e.to_string()))
 }
 
 fn decode_payload(version: u16, payload: &[u8]) -> Result<StoredProfileV2, ProfileError> {
@@ -177,6 +219,25 @@ pub fn encode_profile(meta: &ProfileMeta, model: StoredModel) -> Vec<u8> {
     })
     .expect("serialising plain data into a Vec cannot fail");
     frame_version(MAGIC, PROFILE_VERSION, &payload)
+}
+
+/// [`encode_profile`] with the symbol table of an argument-aware profile (version 3);
+/// without one, the same bytes as [`encode_profile`].
+pub fn encode_profile_with(
+    meta: &ProfileMeta,
+    model: StoredModel,
+    symbols: Option<&SymbolTable>,
+) -> Vec<u8> {
+    let Some(symbols) = symbols else {
+        return encode_profile(meta, model);
+    };
+    let payload = postcard::to_allocvec(&StoredProfileV3 {
+        meta: meta.clone(),
+        model,
+        symbols: symbols.clone(),
+    })
+    .expect("serialising plain data into a Vec cannot fail");
+    frame_version(MAGIC, PROFILE_VERSION_ARGS, &payload)
 }
 
 /// A trained classic model with its provenance: what the launcher and the daemon

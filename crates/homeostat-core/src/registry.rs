@@ -16,7 +16,7 @@ use crate::detector::{Detector, DetectorBuilder, DetectorError, Params};
 use crate::ensemble;
 use crate::knn;
 use crate::model::{ModelKind, ModelSpec};
-use crate::profile::{decode_profile, encode_profile, ProfileError, ProfileMeta, StoredModel};
+use crate::profile::{decode_profile, ProfileError, ProfileMeta, StoredModel};
 
 /// Builds an untrained model from its parameters.
 pub type BuildFn =
@@ -238,12 +238,19 @@ pub struct DetectorProfile {
 impl DetectorProfile {
     /// The complete file contents (format version 2).
     pub fn to_bytes(&self) -> Vec<u8> {
-        encode_profile(
+        self.to_bytes_with(None)
+    }
+
+    /// The complete file contents with the symbol table of an argument-aware profile
+    /// (format version 3; version 2 without one).
+    pub fn to_bytes_with(&self, symbols: Option<&crate::symbols::SymbolTable>) -> Vec<u8> {
+        crate::profile::encode_profile_with(
             &self.meta,
             StoredModel {
                 kind: self.detector.kind().to_string(),
                 payload: self.detector.save(),
             },
+            symbols,
         )
     }
 }
@@ -354,7 +361,7 @@ mod tests {
         let e = Profile::from_bytes(&p.to_bytes()).unwrap_err().to_string();
         assert!(e.contains("holds a knn model"), "{e}");
         // An unknown kind tag is named, not a panic.
-        let bytes = encode_profile(
+        let bytes = crate::profile::encode_profile(
             &ProfileMeta::default(),
             StoredModel {
                 kind: "quantum".into(),

@@ -77,7 +77,7 @@ fn attack_type(name: &str) -> String {
 }
 
 /// The attack type of `file` found under the `--attack` argument `root`.
-fn type_under(root: &Path, file: &Path) -> String {
+pub(crate) fn type_under(root: &Path, file: &Path) -> String {
     let name = |p: &Path| {
         p.file_stem()
             .or(p.file_name())

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod arguments;
 pub mod datasets;
 pub mod metrics;
 pub mod plot;

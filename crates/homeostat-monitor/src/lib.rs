@@ -11,6 +11,7 @@
 //! never parses command lines or prints (that is the CLI's job).
 #![forbid(unsafe_code)]
 
+pub mod args;
 pub mod config;
 pub mod control;
 pub mod daemon_profile;
@@ -19,6 +20,7 @@ pub mod monitor_loop;
 pub mod ph_consumer;
 pub mod sink;
 pub mod store;
+pub mod throttle;
 
 pub use engine::{Call, Engine, EventRecord, TaskInfo};
 pub use ph_consumer::PhConsumer;

@@ -37,6 +37,9 @@ pub struct CallEvent {
     pub path: Arc<Path>,
     /// For a task seen for the first time: the task it came from.
     pub parent: Option<i32>,
+    /// The argument that matters ([`crate::args`]), when the consumer asked for
+    /// arguments and it could be read.
+    pub arg: Option<homeostat_core::symbols::Arg>,
 }
 
 /// What a source reports.
@@ -57,6 +60,10 @@ pub trait Source {
     fn next(&mut self, timeout: Duration) -> Result<Option<SourceEvent>>;
     /// Answers a call: `None` runs it, `Some(errno)` fails it.
     fn respond(&mut self, id: u64, deny: Option<i32>) -> Result<()>;
+    /// Read each call's argument that matters into [`CallEvent::arg`] from now on.
+    fn capture_args(&mut self, on: bool) {
+        let _ = on;
+    }
 }
 
 /// What the loop feeds each call to.
@@ -69,6 +76,11 @@ pub trait Consumer {
     fn tick(&mut self) {}
     /// Called on every turn of the loop (keep it cheap): control requests.
     fn poll(&mut self) {}
+    /// Does it use [`CallEvent::arg`]? Reading arguments costs a few system calls per
+    /// open, exec or connect, so only consumers that use them ask.
+    fn wants_args(&self) -> bool {
+        false
+    }
 }
 
 /// The profile ABI of a call: anything but i386 counts as x86_64 (the filter lets only
@@ -78,7 +90,17 @@ fn arch_of(audit_arch: u32) -> Arch {
 }
 
 /// The seccomp launcher as a source.
-pub struct Launcher(pub Supervisor);
+pub struct Launcher {
+    sup: Supervisor,
+    args: bool,
+}
+
+impl Launcher {
+    /// A source of the calls `sup` is notified of.
+    pub fn new(sup: Supervisor) -> Self {
+        Launcher { sup, args: false }
+    }
+}
 
 /// The parent of a launched task seen for the first time: the thread group leader for
 /// a thread, else the PPid from /proc (a forked child).
@@ -92,11 +114,23 @@ fn parent_from_proc(tid: i32, pid: i32) -> Option<i32> {
 impl Source for Launcher {
     fn next(&mut self, timeout: Duration) -> Result<Option<SourceEvent>> {
         use homeostat_seccomp::Event;
-        Ok(match self.0.next(Some(timeout))? {
+        Ok(match self.sup.next(Some(timeout))? {
             None => None,
             Some(Event::ChildExited(st)) => Some(SourceEvent::ChildExited(st)),
             Some(Event::TreeGone) => Some(SourceEvent::Done),
             Some(Event::Syscall(ev)) => Some(SourceEvent::Call(CallEvent {
+                arg: if self.args {
+                    let arg =
+                        crate::args::capture(ev.pid, ev.tid, arch_of(ev.arch), ev.nr, &ev.args);
+                    // A task that died since the notification may have had its pid
+                    // recycled: what was read may be another process's memory.
+                    match self.sup.id_valid(ev.id) {
+                        Ok(true) => arg,
+                        _ => None,
+                    }
+                } else {
+                    None
+                },
                 id: ev.id,
                 tid: ev.tid,
                 pid: ev.pid,
@@ -120,13 +154,17 @@ impl Source for Launcher {
     fn respond(&mut self, id: u64, deny: Option<i32>) -> Result<()> {
         use homeostat_seccomp::Action;
         let action = deny.map_or(Action::Continue, Action::Deny);
-        self.0.respond(id, action)?;
+        self.sup.respond(id, action)?;
         Ok(())
+    }
+
+    fn capture_args(&mut self, on: bool) {
+        self.args = on;
     }
 }
 
-/// A ptrace attach as a source.
-pub struct Attached(pub Option<homeostat_ptrace::Tracer>);
+/// A ptrace attach as a source (the bool: capture arguments).
+pub struct Attached(pub Option<homeostat_ptrace::Tracer>, pub bool);
 
 impl Source for Attached {
     fn next(&mut self, timeout: Duration) -> Result<Option<SourceEvent>> {
@@ -139,6 +177,12 @@ impl Source for Attached {
             Some(TraceEvent::AllGone) => Some(SourceEvent::Done),
             Some(TraceEvent::TaskGone { tid }) => Some(SourceEvent::TaskGone(tid)),
             Some(TraceEvent::Syscall(s)) => Some(SourceEvent::Call(CallEvent {
+                // A ptrace-stopped task cannot die and be replaced under us.
+                arg: if self.1 {
+                    crate::args::capture(s.pid, s.tid, arch_of(s.arch), s.nr, &s.args)
+                } else {
+                    None
+                },
                 id: s.tid as u64,
                 tid: s.tid,
                 pid: s.pid,
@@ -162,6 +206,10 @@ impl Source for Attached {
         }
         Ok(())
     }
+
+    fn capture_args(&mut self, on: bool) {
+        self.1 = on;
+    }
 }
 
 /// Drives `source` into `consumer` until there is nothing left to watch or `stop` is
@@ -175,6 +223,7 @@ pub fn drive(
     let mut timers: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
     let mut status = None;
     let mut last_tick = Instant::now();
+    source.capture_args(consumer.wants_args());
     loop {
         let now = Instant::now();
         while let Some(Reverse((due, id))) = timers.peek().copied() {
@@ -253,7 +302,7 @@ pub fn run_with(
         e => anyhow::Error::new(e).context(format!("cannot run {}", argv[0].to_string_lossy())),
     })?;
     started(sup.child_pid());
-    let status = drive(&mut Launcher(sup), consumer, &AtomicBool::new(false))?;
+    let status = drive(&mut Launcher::new(sup), consumer, &AtomicBool::new(false))?;
     Ok(status.unwrap_or(ChildStatus::Unknown))
 }
 

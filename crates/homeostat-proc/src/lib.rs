@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod call;
+pub mod mem;
 
 pub use call::{Action, Call};
 

@@ -29,6 +29,7 @@ mod error;
 mod lines;
 pub mod recording;
 pub mod strace;
+mod strace_args;
 mod unm;
 
 use std::collections::HashMap;
@@ -143,12 +144,51 @@ pub trait Visitor {
     fn begin(&mut self, key: u64, name: &str);
     /// The trace `key` made system call `syscall`.
     fn call(&mut self, key: u64, syscall: u32);
+    /// The trace `key` made system call `syscall`, and the reader knows the argument
+    /// that matters ([`homeostat_core::symbols`]: recordings with SYSCALL_ARG records,
+    /// strace lines). Visitors of plain call numbers need not care: by default the
+    /// argument is dropped.
+    fn call_arg(&mut self, key: u64, syscall: u32, arg: &homeostat_core::symbols::Arg) {
+        let _ = arg;
+        self.call(key, syscall);
+    }
     /// The trace `key` is complete.
     fn end(&mut self, key: u64);
     /// The program the trace `key` runs, when the format knows it (recordings do; this
     /// is called right after `begin`). `path` is the executable path, lossily UTF-8.
     fn program(&mut self, key: u64, path: &str) {
         let _ = (key, path);
+    }
+}
+
+/// Feeds `inner` symbols instead of call numbers: plain calls as they are, calls with
+/// an argument as their (call, argument class) symbol
+/// ([`homeostat_core::symbols::Symbolizer`]). Training, scanning and evaluating on the
+/// argument-aware alphabet is reading through this adapter; the models never know.
+pub struct Symbolize<'a> {
+    /// Who gets the symbols.
+    pub inner: &'a mut dyn Visitor,
+    /// Learning (training) or applying (testing) a symbol table, or plain calls.
+    pub symbols: &'a mut homeostat_core::symbols::Symbolizer,
+}
+
+impl Visitor for Symbolize<'_> {
+    fn begin(&mut self, key: u64, name: &str) {
+        self.inner.begin(key, name);
+    }
+    fn call(&mut self, key: u64, syscall: u32) {
+        let s = self.symbols.symbol(syscall, None);
+        self.inner.call(key, s);
+    }
+    fn call_arg(&mut self, key: u64, syscall: u32, arg: &homeostat_core::symbols::Arg) {
+        let s = self.symbols.symbol(syscall, Some(arg));
+        self.inner.call(key, s);
+    }
+    fn end(&mut self, key: u64) {
+        self.inner.end(key);
+    }
+    fn program(&mut self, key: u64, path: &str) {
+        self.inner.program(key, path);
     }
 }
 

@@ -63,6 +63,9 @@ enum Event<'a> {
         pid: Option<u64>,
         name: &'a [u8],
         unfinished: bool,
+        /// The rest of the line after `name(`: the arguments, for
+        /// [`crate::strace_args`].
+        args: &'a [u8],
     },
     /// `<... name resumed>`: the second half of an unfinished call.
     Resumed { pid: Option<u64>, name: &'a [u8] },
@@ -178,6 +181,7 @@ fn classify(line: &[u8]) -> Event<'_> {
             pid,
             name: &s[..name_len],
             unfinished,
+            args: &s[name_len + 1..],
         };
     }
     Event::Unrecognized
@@ -240,6 +244,7 @@ pub(crate) fn read(
     };
     while let Some(line) = lines.next_line()? {
         let lineno = line.no;
+        let mut call_args: &[u8] = &[];
         let (pid, name, counts, pending) = match classify(line.text) {
             Event::Skip => continue,
             Event::Unrecognized if !line.terminated => continue,
@@ -264,7 +269,11 @@ pub(crate) fn read(
                 pid,
                 name,
                 unfinished,
-            } => (pid, name, true, unfinished),
+                args,
+            } => {
+                call_args = args;
+                (pid, name, true, unfinished)
+            }
             Event::Resumed { pid, name } => {
                 let matched = open
                     .get(&pid)
@@ -294,7 +303,15 @@ pub(crate) fn read(
         if counts {
             check_trace_len(t.count, opts, path, Some(lineno), &t.name)?;
             t.count += 1;
-            v.call(t.key, names.number(name));
+            let nr = names.number(name);
+            // Only the few calls arg_spec names are parsed further.
+            let arg = std::str::from_utf8(name)
+                .ok()
+                .and_then(|n| crate::strace_args::parse(n, call_args, pid));
+            match arg {
+                Some(a) => v.call_arg(t.key, nr, &a),
+                None => v.call(t.key, nr),
+            }
         }
     }
     crate::end_remaining(open.into_values().map(|t| t.key), v);
@@ -343,6 +360,7 @@ mod tests {
                 pid,
                 name,
                 unfinished,
+                ..
             } => format!(
                 "call {pid:?} {} {unfinished}",
                 String::from_utf8_lossy(name)

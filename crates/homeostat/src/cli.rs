@@ -131,6 +131,13 @@ pub struct RunArgs {
     /// Also run the command under this seccomp allow-list (profile export-seccomp).
     #[arg(long)]
     pub seccomp: Option<PathBuf>,
+    /// Williamson's connection throttle: connects to hosts outside each program's
+    /// working set wait in a queue released at RATE per second (docs/homeostat-run.md).
+    #[arg(long, value_name = "RATE", num_args = 0..=1, default_missing_value = "1")]
+    pub throttle_connect: Option<f64>,
+    /// Hosts each program's throttle working set remembers.
+    #[arg(long, default_value_t = 5, requires = "throttle_connect")]
+    pub throttle_working_set: usize,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<std::ffi::OsString>,
@@ -184,6 +191,10 @@ pub struct RecordArgs {
     /// The recording to write.
     #[arg(long, short = 'o')]
     pub output: PathBuf,
+    /// Do not read the argument that matters of opens, execs, connects... (plain
+    /// SYSCALL records only; docs/arguments.md).
+    #[arg(long)]
+    pub no_args: bool,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<std::ffi::OsString>,
@@ -287,9 +298,27 @@ pub struct TrainArgs {
     /// Where to write the profile.
     #[arg(long, short = 'o')]
     pub output: PathBuf,
+    #[command(flatten)]
+    pub symbols: SymbolFlags,
     /// Trace files or directories (searched recursively).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
+}
+
+/// The alphabet models learn (docs/arguments.md).
+#[derive(Debug, Clone, Args)]
+pub struct SymbolFlags {
+    /// `calls`: system call numbers; `args`: (call, argument class) symbols, from
+    /// recordings made by `homeostat record` or strace output.
+    #[arg(long, default_value = "calls")]
+    pub symbols: homeostat_core::symbols::SymbolMode,
+    /// With --symbols args: directories of a path's prefix that make its class.
+    #[arg(long, default_value_t = 2)]
+    pub path_depth: u8,
+    /// With --symbols args: most distinct argument classes; later ones share one
+    /// `other` class per call.
+    #[arg(long, default_value_t = 256)]
+    pub max_classes: u32,
 }
 
 #[derive(Debug, Args)]
@@ -307,7 +336,7 @@ pub struct ScanArgs {
     pub inputs: Vec<PathBuf>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
     #[command(subcommand)]
     pub dataset: Option<Dataset>,
@@ -341,7 +370,7 @@ pub struct EvalCommon {
     pub threads: usize,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Dataset {
     /// The labelled sample of real traces shipped inside homeostat (the default).
     Sample,
@@ -371,6 +400,10 @@ pub enum Dataset {
         lists: LabelledLists,
         #[command(flatten)]
         input: InputFlags,
+        /// Alphabets to compare on the same data, comma separated: calls, args (one
+        /// report each; docs/arguments.md).
+        #[arg(long, value_delimiter = ',', default_value = "calls")]
+        symbols: Vec<homeostat_core::symbols::SymbolMode>,
     },
 }
 

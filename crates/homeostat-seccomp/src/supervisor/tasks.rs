@@ -46,7 +46,10 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn id_valid(&self, id: u64) -> Result<bool, LaunchError> {
+    /// Is notification `id` still pending (its task alive, not yet answered)? Checked
+    /// after reading a call's arguments from the task's memory, so a recycled pid is
+    /// never misread.
+    pub fn id_valid(&self, id: u64) -> Result<bool, LaunchError> {
         sys::notif_id_valid(self.listener.as_raw_fd(), id).map_err(|errno| LaunchError::Sys {
             call: "seccomp NOTIF_ID_VALID",
             errno,

@@ -47,18 +47,44 @@ fn load(dataset: Option<Dataset>) -> Result<Data> {
                 ..ReadOptions::default()
             },
         )?,
-        Dataset::Traces { lists, input } => datasets::labelled(
-            "traces",
-            &lists.train,
-            &lists.normal,
-            &lists.attack,
-            lists.train_fraction,
-            &super::read_options(&input),
-        )?,
+        Dataset::Traces {
+            lists,
+            input,
+            symbols,
+        } => {
+            homeostat_eval::arguments::labelled_symbols(
+                "traces",
+                &lists.train,
+                &lists.normal,
+                &lists.attack,
+                lists.train_fraction,
+                &super::read_options(&input),
+                symbols.first().copied().unwrap_or_default(),
+                Default::default(),
+            )?
+            .0
+        }
     })
 }
 
+/// `eval traces --symbols calls,args`: the same data on each alphabet, one report each.
 pub fn run(a: EvalArgs) -> Result<()> {
+    if let Some(Dataset::Traces { symbols, .. }) = &a.dataset {
+        if symbols.len() > 1 {
+            for mode in symbols.clone() {
+                let mut one = a.clone();
+                if let Some(Dataset::Traces { symbols, .. }) = &mut one.dataset {
+                    *symbols = vec![mode];
+                }
+                run_one(one)?;
+            }
+            return Ok(());
+        }
+    }
+    run_one(a)
+}
+
+fn run_one(a: EvalArgs) -> Result<()> {
     let start = Instant::now();
     let c = a.common;
     let reg = super::models::registry();

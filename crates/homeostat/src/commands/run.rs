@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use homeostat_core::ph::{ExeKey, Mode, Verdict};
 use homeostat_monitor::monitor_loop::{self as launch, Attached, CallEvent, Consumer};
 use homeostat_monitor::sink::{describe, open_events, write_event};
+use homeostat_monitor::throttle::{Throttle, ThrottleConfig, ThrottleEvent, Throttled};
 use homeostat_monitor::{now_ns, Engine, EventRecord, PhConsumer};
 use homeostat_seccomp::{signals, FailMode, LaunchOptions};
 use homeostat_syscalls::Arch;
@@ -31,7 +32,7 @@ fn forward_signals() {
 
 /// A pH consumer set up from the monitoring flags: config, state directory, events
 /// sink, control channel. Returns it with a counter of anomalous calls.
-fn monitor(m: &MonitorFlags) -> Result<(PhConsumer, Arc<Mutex<u64>>)> {
+fn monitor(m: &MonitorFlags) -> Result<(PhConsumer, Arc<Mutex<u64>>, SharedSink)> {
     let mode = [
         (m.learn, Mode::Learn),
         (m.detect, Mode::Detect),
@@ -43,12 +44,13 @@ fn monitor(m: &MonitorFlags) -> Result<(PhConsumer, Arc<Mutex<u64>>)> {
     let store = open_store(&m.state)?;
     let state_dir = store.dir().to_path_buf();
 
-    let mut json = open_events(m.events.as_deref())?;
+    let json: SharedSink = Arc::new(Mutex::new(open_events(m.events.as_deref())?));
+    let events = json.clone();
     let quiet = m.quiet;
     let anomalies = Arc::new(Mutex::new(0u64));
     let count = anomalies.clone();
     let sink = Box::new(move |r: &EventRecord| {
-        if let Some(w) = json.as_mut() {
+        if let Some(w) = events.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             write_event(w, r);
         }
         if r.event == "anomaly" {
@@ -66,7 +68,39 @@ fn monitor(m: &MonitorFlags) -> Result<(PhConsumer, Arc<Mutex<u64>>)> {
     }
     let mut consumer = PhConsumer::new(engine);
     consumer.serve_control(&state_dir);
-    Ok((consumer, anomalies))
+    Ok((consumer, anomalies, json))
+}
+
+/// The `--events` writer, shared by the pH engine and the throttle.
+type SharedSink = Arc<Mutex<Option<homeostat_monitor::sink::EventSink>>>;
+
+/// The pH consumer behind Williamson's connection throttle.
+fn throttled(
+    consumer: PhConsumer,
+    a: &RunArgs,
+    rate: f64,
+    json: SharedSink,
+) -> Result<Throttled<PhConsumer>> {
+    let throttle = Throttle::new(ThrottleConfig {
+        rate,
+        working_set: a.throttle_working_set,
+        ..ThrottleConfig::default()
+    })
+    .map_err(anyhow::Error::msg)
+    .context("--throttle-connect")?;
+    let quiet = a.monitor.quiet;
+    let sink = Box::new(move |e: &ThrottleEvent| {
+        if let Some(w) = json.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            write_event(w, e);
+        }
+        if !quiet && e.event == "throttle_alarm" {
+            warn!(
+                "{} [{}]: {} connects to new hosts waiting (throttled)",
+                e.exe, e.pid, e.queue
+            );
+        }
+    });
+    Ok(Throttled::new(consumer, throttle, sink))
 }
 
 fn report(quiet: bool, anomalies: &Mutex<u64>) {
@@ -78,7 +112,7 @@ fn report(quiet: bool, anomalies: &Mutex<u64>) {
 
 pub fn run(a: RunArgs) -> Result<()> {
     forward_signals();
-    let (mut consumer, anomalies) = monitor(&a.monitor)?;
+    let (consumer, anomalies, json) = monitor(&a.monitor)?;
     let opts = LaunchOptions {
         fail_mode: if a.fail_closed {
             FailMode::Closed
@@ -88,12 +122,25 @@ pub fn run(a: RunArgs) -> Result<()> {
         ..LaunchOptions::default()
     };
     let command = super::analyze::seccomp_command(&a.command, a.seccomp.as_deref())?;
-    let status = launch::run_with(
-        &command,
-        &opts,
-        &mut consumer,
-        &mut signals::program_started,
-    );
+    let (status, mut consumer) = match a.throttle_connect {
+        None => {
+            let mut c = consumer;
+            let st = launch::run_with(&command, &opts, &mut c, &mut signals::program_started);
+            (st, c)
+        }
+        Some(rate) => {
+            let mut c = throttled(consumer, &a, rate, json)?;
+            let st = launch::run_with(&command, &opts, &mut c, &mut signals::program_started);
+            if !a.monitor.quiet && c.delayed.0 > 0 {
+                info!(
+                    "throttle: {} connects to new hosts delayed, {:.1} s in all",
+                    c.delayed.0,
+                    c.delayed.1 as f64 / 1e9
+                );
+            }
+            (st, c.inner)
+        }
+    };
     consumer.save();
     let status = status?;
     report(a.monitor.quiet, &anomalies);
@@ -107,7 +154,7 @@ pub fn attach(a: AttachArgs) -> Result<()> {
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
         .context("installing the Ctrl-C handler")?;
-    let (mut consumer, anomalies) = monitor(&a.monitor)?;
+    let (mut consumer, anomalies, _) = monitor(&a.monitor)?;
     let opts = homeostat_ptrace::AttachOptions {
         descendants: a.descendants,
         ..Default::default()
@@ -119,7 +166,7 @@ pub fn attach(a: AttachArgs) -> Result<()> {
             a.pid
         );
     }
-    let mut source = Attached(Some(tracer));
+    let mut source = Attached(Some(tracer), false);
     let result = launch::drive(&mut source, &mut consumer, &stop);
     // Detach whatever happened: the process must never stay traced or stopped.
     let detached = source.0.take().map(|t| t.detach_all()).transpose();
@@ -139,6 +186,7 @@ struct Recorder {
     exes: HashMap<ExeKey, u64>,
     task_exe: HashMap<i32, u64>,
     error: Option<std::io::Error>,
+    args: bool,
 }
 
 impl Recorder {
@@ -166,12 +214,23 @@ impl Recorder {
             Arch::X86_64 => ev.nr,
             Arch::I386 => homeostat_monitor::engine::I386_OFFSET + ev.nr,
         };
-        self.w
-            .syscall(ev.pid as u32, ev.tid as u32, id, nr, now_ns())
+        match &ev.arg {
+            Some(arg) => self
+                .w
+                .syscall_arg(ev.pid as u32, ev.tid as u32, id, nr, now_ns(), arg),
+            None => self
+                .w
+                .syscall(ev.pid as u32, ev.tid as u32, id, nr, now_ns()),
+        }
     }
 }
 
 impl Consumer for Recorder {
+    /// Recordings carry arguments, for training on the argument-aware alphabet.
+    fn wants_args(&self) -> bool {
+        self.args
+    }
+
     fn call(&mut self, ev: &CallEvent) -> Verdict {
         if self.error.is_none() {
             if let Err(e) = self.try_call(ev) {
@@ -219,6 +278,7 @@ pub fn record(a: RecordArgs) -> Result<()> {
         exes: HashMap::new(),
         task_exe: HashMap::new(),
         error: None,
+        args: !a.no_args,
     };
     let status = launch::run_with(
         &a.command,

@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use anyhow::Result;
+use homeostat_core::symbols::Symbolizer;
 use homeostat_core::{Detector, TraceStream};
-use homeostat_traces::{expand_inputs, read_file, Visitor};
+use homeostat_traces::{expand_inputs, read_file, Symbolize, Visitor};
 
 use crate::cli::ScanArgs;
 
@@ -85,6 +86,11 @@ impl<'a, W: Write> Visitor for Scanner<'a, W> {
 pub fn run(a: ScanArgs) -> Result<()> {
     let reg = super::models::registry();
     let profile = crate::fsutil::read_profile(&a.profile, &reg)?;
+    // The profile says which alphabet its model learnt; traces are read into it.
+    let mut symbols = match profile_symbols(&a.profile)? {
+        Some(t) => Symbolizer::Apply(t),
+        None => Symbolizer::Calls,
+    };
     let opts = super::read_options(&a.input);
     let files = expand_inputs(&a.inputs)?;
     let stdout = std::io::stdout().lock();
@@ -110,7 +116,11 @@ pub fn run(a: ScanArgs) -> Result<()> {
         writeln!(s.out)?;
     }
     for f in &files {
-        read_file(f, &opts, &mut s)?;
+        let mut v = Symbolize {
+            inner: &mut s,
+            symbols: &mut symbols,
+        };
+        read_file(f, &opts, &mut v)?;
         if let Some(e) = s.error.take() {
             // A closed pipe (e.g. `| head`) ends the scan quietly.
             if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -123,4 +133,13 @@ pub fn run(a: ScanArgs) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => Ok(r?),
     }
+}
+
+/// The symbol table of an argument-aware profile (`None`: plain calls).
+fn profile_symbols(path: &std::path::Path) -> Result<Option<homeostat_core::symbols::SymbolTable>> {
+    use anyhow::Context;
+    let what = || format!("reading profile {}", path.display());
+    let bytes =
+        homeostat_monitor::read_framed(path, homeostat_core::profile::MAGIC).with_context(what)?;
+    homeostat_core::profile::profile_symbols(&bytes).with_context(what)
 }

@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
+use homeostat_core::symbols::{SymbolConfig, SymbolMode, SymbolTable, Symbolizer};
 use homeostat_core::{Cursor, DetectorBuilder, DetectorProfile, ProfileMeta};
-use homeostat_traces::{expand_inputs, read_file, Visitor};
+use homeostat_traces::{expand_inputs, read_file, Symbolize, Visitor};
 
 use crate::cli::TrainArgs;
 use crate::fsutil::write_atomic;
@@ -68,11 +69,25 @@ pub fn run(a: TrainArgs) -> Result<()> {
         open: HashMap::new(),
         traces: 0,
     };
+    let mut symbols = match a.symbols.symbols {
+        SymbolMode::Calls => Symbolizer::Calls,
+        SymbolMode::Args => Symbolizer::Learn(
+            SymbolTable::new(SymbolConfig {
+                path_depth: a.symbols.path_depth,
+                max_classes: a.symbols.max_classes,
+            })
+            .context("--path-depth / --max-classes")?,
+        ),
+    };
     let pb = progress::bar(files.len() as u64, "files");
     pb.set_message("reading");
     let mut arch = opts.arch.as_str().to_string();
     for f in &files {
-        read_file(f, &opts, &mut t)?;
+        let mut v = Symbolize {
+            inner: &mut t,
+            symbols: &mut symbols,
+        };
+        read_file(f, &opts, &mut v)?;
         if let Some(detected) = recording_arch(f) {
             arch = detected;
         }
@@ -109,8 +124,16 @@ pub fn run(a: TrainArgs) -> Result<()> {
             .join(" "),
     };
     let profile = DetectorProfile { meta, detector };
-    write_atomic(&a.output, &profile.to_bytes())
+    write_atomic(&a.output, &profile.to_bytes_with(symbols.table()))
         .with_context(|| format!("writing profile {}", a.output.display()))?;
+    if let Some(t) = symbols.table() {
+        eprintln!(
+            "argument classes: {} learned (cap {}), {} calls in overflow classes",
+            t.classes().len(),
+            t.config().max_classes,
+            t.overflowed()
+        );
+    }
     let d = &profile.detector;
     eprintln!(
         "trained {} ({}) on {} traces ({} calls): {} {}; wrote {}",

@@ -1,0 +1,380 @@
+//! Williamson's connection throttle ("Throttling viruses", 2002) as a launcher response:
+//! per executable profile, a small working set of recently contacted hosts; a connect
+//! to a host in it runs at once, a connect to any other host waits in a queue released
+//! at a fixed rate (default 1 per second), and a released host joins the working set.
+//! Normal programs talk to few hosts again and again, so they are almost never
+//! delayed; a worm or a scanner contacting many new hosts is slowed to the release
+//! rate however fast it tries, and its growing queue is an alarm of its own.
+//!
+//! [`Throttle`] is the rule, with time as an argument (tested by replay);
+//! [`Throttled`] wraps any [`Consumer`] (the pH engine) and adds the rule's delays to
+//! its verdicts. Destinations are IP addresses from the connect's argument
+//! ([`crate::args`]); Unix sockets and other families are never throttled.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use homeostat_core::ph::{ExeKey, Verdict};
+use homeostat_core::symbols::Arg;
+use homeostat_syscalls::Arch;
+use serde::Serialize;
+
+use crate::monitor_loop::{CallEvent, Consumer};
+
+/// Throttle settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ThrottleConfig {
+    /// New hosts released per second.
+    pub rate: f64,
+    /// Hosts remembered per profile (Williamson used 5).
+    pub working_set: usize,
+    /// Queue length that raises a `throttle_alarm` (once per growth above it).
+    pub alarm_queue: usize,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            rate: 1.0,
+            working_set: 5,
+            alarm_queue: 5,
+        }
+    }
+}
+
+/// What the throttle does with one connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// A host of the working set: runs now.
+    Known,
+    /// A new host: runs after `delay_ns`; `queue` connects (this one included) are
+    /// waiting in this profile's queue; `alarm` when the queue just grew past the limit.
+    Queued {
+        delay_ns: u64,
+        queue: usize,
+        alarm: bool,
+    },
+}
+
+#[derive(Default)]
+struct Profile {
+    /// Most recent last.
+    recent: VecDeque<Vec<u8>>,
+    /// (release time, host), in release order.
+    pending: VecDeque<(u64, Vec<u8>)>,
+    last_release: Option<u64>,
+    alarmed: bool,
+}
+
+/// The throttle of every profile.
+pub struct Throttle {
+    cfg: ThrottleConfig,
+    period_ns: u64,
+    profiles: HashMap<ExeKey, Profile>,
+}
+
+/// A host the queue released (for events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    /// The profile.
+    pub exe: ExeKey,
+    /// The host.
+    pub host: Vec<u8>,
+    /// Connects still waiting after it.
+    pub queue: usize,
+}
+
+impl Throttle {
+    /// A throttle; `rate` must be positive and finite.
+    pub fn new(cfg: ThrottleConfig) -> Result<Throttle, String> {
+        if !(cfg.rate.is_finite() && cfg.rate > 0.0) || cfg.working_set == 0 {
+            return Err(format!(
+                "throttle rate {} and working set {} must be positive",
+                cfg.rate, cfg.working_set
+            ));
+        }
+        Ok(Throttle {
+            cfg,
+            period_ns: (1e9 / cfg.rate).round().max(1.0) as u64,
+            profiles: HashMap::new(),
+        })
+    }
+
+    /// Moves every host whose release time has come into its working set.
+    pub fn release_due(&mut self, now_ns: u64) -> Vec<Release> {
+        let mut out = vec![];
+        let cap = self.cfg.working_set;
+        for (exe, p) in &mut self.profiles {
+            while p.pending.front().is_some_and(|(t, _)| *t <= now_ns) {
+                let Some((_, host)) = p.pending.pop_front() else {
+                    break;
+                };
+                p.recent.retain(|h| *h != host);
+                p.recent.push_back(host.clone());
+                while p.recent.len() > cap {
+                    p.recent.pop_front();
+                }
+                out.push(Release {
+                    exe: *exe,
+                    host,
+                    queue: p.pending.len(),
+                });
+            }
+            if p.pending.len() < self.cfg.alarm_queue {
+                p.alarmed = false;
+            }
+        }
+        out
+    }
+
+    /// A connect by profile `exe` to `host` at `now_ns`.
+    pub fn connect(&mut self, exe: ExeKey, host: &[u8], now_ns: u64) -> Decision {
+        let period = self.period_ns;
+        let alarm_at = self.cfg.alarm_queue;
+        let p = self.profiles.entry(exe).or_default();
+        if let Some(i) = p.recent.iter().position(|h| h == host) {
+            // Most recently used last, so the working set keeps the hosts in use.
+            if let Some(h) = p.recent.remove(i) {
+                p.recent.push_back(h);
+            }
+            return Decision::Known;
+        }
+        // A host already queued leaves with its first connect.
+        let release = match p.pending.iter().find(|(_, h)| h == host) {
+            Some(&(t, _)) => t,
+            None => {
+                let last = p.pending.back().map(|&(t, _)| t).or(p.last_release);
+                let t = match last {
+                    Some(l) => now_ns.max(l.saturating_add(period)),
+                    None => now_ns,
+                };
+                p.pending.push_back((t, host.to_vec()));
+                p.last_release = Some(t);
+                t
+            }
+        };
+        let queue = p.pending.len();
+        let alarm = queue >= alarm_at && !p.alarmed;
+        if alarm {
+            p.alarmed = true;
+        }
+        Decision::Queued {
+            delay_ns: release.saturating_sub(now_ns),
+            queue,
+            alarm,
+        }
+    }
+}
+
+/// One throttle event (docs/events.md): `throttle_queued`, `throttle_release`,
+/// `throttle_alarm`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThrottleEvent {
+    /// Seconds since the Unix epoch.
+    pub ts: f64,
+    /// The event.
+    pub event: &'static str,
+    /// Process id (0 for a release: the queue is the profile's).
+    pub pid: i32,
+    /// Thread id (0 for a release).
+    pub tid: i32,
+    /// Profile key (`<dev>-<ino>`, hex).
+    pub profile: String,
+    /// Executable path.
+    pub exe: Arc<str>,
+    /// The host (address text).
+    pub host: String,
+    /// Connects waiting in the profile's queue.
+    pub queue: usize,
+    /// How long this connect is held (queued), ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<f64>,
+}
+
+fn host_text(h: &[u8]) -> String {
+    match h.len() {
+        4 => std::net::Ipv4Addr::new(h[0], h[1], h[2], h[3]).to_string(),
+        16 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(h);
+            std::net::Ipv6Addr::from(a).to_string()
+        }
+        _ => format!("{h:?}"),
+    }
+}
+
+/// A consumer with the connection throttle in front: its delays are added to the
+/// inner consumer's verdicts (a refusal stays a refusal).
+pub struct Throttled<C: Consumer> {
+    /// The consumer that decides everything else (pH).
+    pub inner: C,
+    throttle: Throttle,
+    paths: HashMap<ExeKey, Arc<str>>,
+    sink: Box<dyn FnMut(&ThrottleEvent) + Send>,
+    /// Connects delayed, and the total delay, ns (for reports).
+    pub delayed: (u64, u64),
+}
+
+impl<C: Consumer> Throttled<C> {
+    /// Wraps `inner`; events go to `sink`.
+    pub fn new(inner: C, throttle: Throttle, sink: Box<dyn FnMut(&ThrottleEvent) + Send>) -> Self {
+        Throttled {
+            inner,
+            throttle,
+            paths: HashMap::new(),
+            sink,
+            delayed: (0, 0),
+        }
+    }
+
+    fn releases(&mut self, now: u64) {
+        for r in self.throttle.release_due(now) {
+            let exe = self
+                .paths
+                .get(&r.exe)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(""));
+            (self.sink)(&ThrottleEvent {
+                ts: now as f64 / 1e9,
+                event: "throttle_release",
+                pid: 0,
+                tid: 0,
+                profile: r.exe.to_string(),
+                exe,
+                host: host_text(&r.host),
+                queue: r.queue,
+                delay_ms: None,
+            });
+        }
+    }
+}
+
+impl<C: Consumer> Consumer for Throttled<C> {
+    fn wants_args(&self) -> bool {
+        true
+    }
+
+    fn call(&mut self, ev: &CallEvent) -> Verdict {
+        let verdict = self.inner.call(ev);
+        let now = crate::now_ns();
+        self.releases(now);
+        let is_connect = ev.arch == Arch::X86_64 && Arch::X86_64.name(ev.nr) == Some("connect");
+        let Some(Arg::Inet { addr, .. }) = ev.arg.as_ref().filter(|_| is_connect) else {
+            return verdict;
+        };
+        let Decision::Queued {
+            delay_ns,
+            queue,
+            alarm,
+        } = self.throttle.connect(ev.exe, addr, now)
+        else {
+            return verdict;
+        };
+        let path: Arc<str> = Arc::from(ev.path.to_string_lossy().as_ref());
+        self.paths.insert(ev.exe, path.clone());
+        let mut event = ThrottleEvent {
+            ts: now as f64 / 1e9,
+            event: "throttle_queued",
+            pid: ev.pid,
+            tid: ev.tid,
+            profile: ev.exe.to_string(),
+            exe: path,
+            host: host_text(addr),
+            queue,
+            delay_ms: Some(delay_ns as f64 / 1e6),
+        };
+        (self.sink)(&event);
+        if alarm {
+            event.event = "throttle_alarm";
+            (self.sink)(&event);
+        }
+        if delay_ns == 0 {
+            return verdict;
+        }
+        self.delayed.0 += 1;
+        self.delayed.1 += delay_ns;
+        match verdict {
+            Verdict::Refuse => Verdict::Refuse,
+            Verdict::Continue => Verdict::Delay(delay_ns),
+            Verdict::Delay(d) => Verdict::Delay(d.max(delay_ns)),
+        }
+    }
+
+    fn exit(&mut self, pid: i32, tid: i32, group: bool) {
+        self.inner.exit(pid, tid, group);
+    }
+
+    fn tick(&mut self) {
+        self.releases(crate::now_ns());
+        self.inner.tick();
+    }
+
+    fn poll(&mut self) {
+        self.inner.poll();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+    const EXE: ExeKey = ExeKey { dev: 1, ino: 2 };
+
+    fn queued(d: &Decision) -> (u64, usize) {
+        match d {
+            Decision::Queued {
+                delay_ns, queue, ..
+            } => (*delay_ns, *queue),
+            Decision::Known => (0, 0),
+        }
+    }
+
+    #[test]
+    fn new_hosts_leave_at_the_rate_known_hosts_never_wait() {
+        let mut t = Throttle::new(ThrottleConfig::default()).unwrap();
+        // Five new hosts at t=0: released at 0, 1, 2, 3, 4 s.
+        let d: Vec<_> = (1..=5u8)
+            .map(|i| queued(&t.connect(EXE, &[10, 0, 0, i], 0)))
+            .collect();
+        assert_eq!(d, vec![(0, 1), (S, 2), (2 * S, 3), (3 * S, 4), (4 * S, 5)]);
+        // The same host again while queued leaves with its first connect.
+        assert_eq!(
+            queued(&t.connect(EXE, &[10, 0, 0, 3], S / 2)),
+            (3 * S / 2, 5)
+        );
+        // Released hosts join the working set and never wait again.
+        assert_eq!(t.release_due(2 * S).len(), 3);
+        assert_eq!(t.connect(EXE, &[10, 0, 0, 1], 2 * S), Decision::Known);
+        assert_eq!(t.connect(EXE, &[10, 0, 0, 3], 2 * S), Decision::Known);
+        // Another profile has its own working set and queue.
+        let other = ExeKey { dev: 9, ino: 9 };
+        assert_eq!(queued(&t.connect(other, &[10, 0, 0, 1], 2 * S)), (0, 1));
+        // After a quiet spell a new host goes at once.
+        t.release_due(100 * S);
+        assert_eq!(queued(&t.connect(EXE, &[10, 0, 0, 9], 100 * S)), (0, 1));
+    }
+
+    #[test]
+    fn the_working_set_is_bounded_and_the_queue_alarms_once() {
+        let cfg = ThrottleConfig {
+            rate: 10.0,
+            working_set: 2,
+            alarm_queue: 3,
+        };
+        let mut t = Throttle::new(cfg).unwrap();
+        let alarms: Vec<bool> = (1..=5u8)
+            .map(|i| match t.connect(EXE, &[i], 0) {
+                Decision::Queued { alarm, .. } => alarm,
+                Decision::Known => panic!(),
+            })
+            .collect();
+        assert_eq!(alarms, vec![false, false, true, false, false]);
+        assert_eq!(t.release_due(S).len(), 5);
+        // Only the two most recent hosts are remembered.
+        assert_eq!(t.connect(EXE, &[5], S), Decision::Known);
+        assert_eq!(t.connect(EXE, &[4], S), Decision::Known);
+        assert!(matches!(t.connect(EXE, &[1], S), Decision::Queued { .. }));
+        assert!(Throttle::new(ThrottleConfig { rate: 0.0, ..cfg }).is_err());
+    }
+}

@@ -1,0 +1,115 @@
+//! Williamson's connection throttle under the real launcher (`homeostat run
+//! --throttle-connect`): a real program (bash, connecting through /dev/tcp) that
+//! contacts many new loopback hosts is held to the release rate; one that keeps
+//! contacting the same host is not delayed at all. Both are measured, beside the
+//! same scan without the throttle.
+
+use std::process::Command;
+use std::time::Instant;
+
+use serde_json::Value;
+
+mod common;
+use common::bin;
+
+/// Connects (refused: nothing listens on port 9) to 127.0.0.2 .. 127.0.0.(N+1), or N
+/// times to 127.0.0.1.
+fn script(new_hosts: bool, n: u32) -> String {
+    let host = if new_hosts {
+        "127.0.0.$((i+1))"
+    } else {
+        "127.0.0.1"
+    };
+    format!("for i in $(seq {n}); do {{ : 3<>/dev/tcp/{host}/9; }} 2>/dev/null; done; exit 0")
+}
+
+/// Runs `script` under the launcher (learning, so pH never delays); returns the wall
+/// time and the throttle's events.
+fn run(
+    dir: &std::path::Path,
+    name: &str,
+    throttle: Option<&str>,
+    script: &str,
+) -> (f64, Vec<Value>) {
+    let events = dir.join(format!("{name}.events"));
+    let mut cmd = bin();
+    cmd.arg("run")
+        .arg("--learn")
+        .arg("--quiet")
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--events")
+        .arg(&events);
+    if let Some(rate) = throttle {
+        cmd.args(["--throttle-connect", rate]);
+    }
+    let t = Instant::now();
+    let st = cmd.args(["--", "bash", "-c", script]).status().unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert!(st.success(), "{name}: {st}");
+    let ev = std::fs::read_to_string(&events)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"].as_str().unwrap_or("").starts_with("throttle_"))
+        .collect();
+    (secs, ev)
+}
+
+#[test]
+fn new_hosts_are_released_at_the_rate_and_known_hosts_never_wait() {
+    assert!(
+        Command::new("bash")
+            .arg("-c")
+            .arg("true")
+            .status()
+            .unwrap()
+            .success(),
+        "bash is needed"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let n = 8;
+    let rate = 4.0;
+    let (plain, _) = run(dir.path(), "plain", None, &script(true, n));
+    let (scan, ev) = run(dir.path(), "scan", Some("4"), &script(true, n));
+    let (reuse, ev_reuse) = run(dir.path(), "reuse", Some("4"), &script(false, n));
+    eprintln!(
+        "{n} connects: to new hosts {scan:.2} s throttled ({plain:.2} s without the throttle), \
+         to one host {reuse:.2} s throttled (load {})",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    // New hosts leave at 0, 1/rate, 2/rate ...: the last after (n-1)/rate.
+    let floor = f64::from(n - 1) / rate;
+    assert!(
+        scan >= floor * 0.95,
+        "scan took {scan} s, expected >= {floor}"
+    );
+    let queued: Vec<&Value> = ev
+        .iter()
+        .filter(|e| e["event"] == "throttle_queued")
+        .collect();
+    assert_eq!(queued.len(), n as usize, "{ev:?}");
+    let max_queue = queued
+        .iter()
+        .map(|e| e["queue"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(max_queue >= 1);
+    let delays: Vec<f64> = queued
+        .iter()
+        .map(|e| e["delay_ms"].as_f64().unwrap())
+        .collect();
+    assert!(delays[1..].iter().all(|&d| d > 0.0), "{delays:?}");
+    assert!(
+        ev.iter().any(|e| e["event"] == "throttle_release"),
+        "{ev:?}"
+    );
+    assert!(ev.iter().any(|e| e["event"] == "throttle_alarm") || max_queue < 5);
+    // One host: its first connect finds the queue empty and leaves at once; after
+    // that it is in the working set. Nothing is ever delayed.
+    let held: f64 = ev_reuse.iter().filter_map(|e| e["delay_ms"].as_f64()).sum();
+    assert_eq!(held, 0.0, "{ev_reuse:?}");
+    assert!(reuse < floor / 2.0, "reuse took {reuse} s");
+}
