@@ -322,3 +322,59 @@ impl Supervisor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::ffi::OsString;
+    use std::time::{Duration, Instant};
+
+    use crate::{Action, Event, LaunchOptions, Supervisor};
+
+    /// A synthesized fork held by the caller holds the parent and the child: neither
+    /// makes a call until it is answered (how a pH delay of a fork still delays).
+    #[test]
+    fn a_held_fork_holds_the_parent_and_the_child() {
+        let argv: Vec<OsString> = ["sh", "-c", "/bin/true; /bin/true | /bin/cat"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let mut sup = Supervisor::spawn(&argv, &LaunchOptions::default()).unwrap();
+        if !sup.forks_unnotified() {
+            println!("skipping: no process-events connector (needs CAP_NET_ADMIN)");
+            return;
+        }
+        let shell = sup.child_pid();
+        let hold = Duration::from_millis(150);
+        let mut seen: HashSet<i32> = HashSet::from([shell]);
+        let mut forks = vec![];
+        let mut held: Option<(u64, Instant)> = None;
+        let start = Instant::now();
+        loop {
+            if let Some((id, since)) = held {
+                if since.elapsed() >= hold {
+                    assert!(sup.respond(id, Action::Continue).unwrap());
+                    held = None;
+                }
+            }
+            let ev = match sup.next(Some(Duration::from_millis(10))).unwrap() {
+                None | Some(Event::ChildExited(_)) => continue,
+                Some(Event::TreeGone) => break,
+                Some(Event::Syscall(ev)) => ev,
+            };
+            let new = seen.insert(ev.tid);
+            if held.is_some() {
+                // Only tasks other than the shell and its new child may go on.
+                assert!(ev.tid != shell && !new, "{:?} during a held fork", ev.call);
+            }
+            if ev.tid == shell && (ev.nr == 56 || ev.nr == 58) {
+                forks.push(ev.nr);
+                held = Some((ev.id, Instant::now()));
+                continue;
+            }
+            sup.respond(ev.id, Action::Continue).unwrap();
+        }
+        assert_eq!(forks, [58, 56, 56], "the shell's vfork and the pipeline's clones");
+        assert!(start.elapsed() >= hold * 3);
+    }
+}
