@@ -374,7 +374,11 @@ mod tests {
             }
             sup.respond(ev.id, Action::Continue).unwrap();
         }
-        assert_eq!(forks, [58, 56, 56], "the shell's vfork and the pipeline's clones");
+        assert_eq!(
+            forks,
+            [58, 56, 56],
+            "the shell's vfork and the pipeline's clones"
+        );
         assert!(start.elapsed() >= hold * 3);
     }
 }
