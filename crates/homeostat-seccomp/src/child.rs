@@ -48,27 +48,59 @@ pub(crate) struct ChildPlan {
 
 /// The filter: every system call of the x86_64 and i386 ABIs goes to the supervisor;
 /// anything else (no other ABI exists on x86_64 hardware) is allowed.
-pub(crate) fn filter() -> [libc::sock_filter; 5] {
+///
+/// With `allow_forks`, two x86_64 calls are let through *without* a notification:
+/// `vfork`, and `clone` without `CLONE_THREAD` or `CLONE_PARENT` (glibc's `fork`).
+/// Why: a task waiting for the supervisor to *receive* its notification can be
+/// interrupted by a signal, and the call then fails with EINTR when the handler lacks
+/// `SA_RESTART` — which a fork natively never does (dash: "Cannot fork"). Not notified,
+/// the fork runs natively; the supervisor learns of it from the kernel's process-events
+/// connector and reports it in its place (`supervisor/forks.rs`). Only these shapes:
+/// the connector names the creating thread exactly for them, and `clone` and `vfork`
+/// can be told apart afterwards; every other clone-family call stays notified.
+pub(crate) fn filter(allow_forks: bool) -> Vec<libc::sock_filter> {
     use homeostat_syscalls::{AUDIT_ARCH_I386, AUDIT_ARCH_X86_64};
     const ARCH_OFFSET: u32 = 4; // offsetof(struct seccomp_data, arch)
+    const NR_OFFSET: u32 = 0; // offsetof(struct seccomp_data, nr)
+    const ARG0_OFFSET: u32 = 16; // low word of args[0] (little-endian)
     let stmt = |code: u32, k: u32| libc::sock_filter {
         code: code as u16,
         jt: 0,
         jf: 0,
         k,
     };
-    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
-        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+    let jump = |op: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | op | libc::BPF_K) as u16,
         jt,
         jf,
         k,
     };
-    [
-        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, ARCH_OFFSET),
-        jeq(AUDIT_ARCH_X86_64, 2, 0),
-        jeq(AUDIT_ARCH_I386, 1, 0),
-        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
-        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_USER_NOTIF),
+    let ld = |off: u32| stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, off);
+    let allow = stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW);
+    let notify = stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_USER_NOTIF);
+    if !allow_forks {
+        return vec![
+            ld(ARCH_OFFSET),
+            jump(libc::BPF_JEQ, AUDIT_ARCH_X86_64, 2, 0),
+            jump(libc::BPF_JEQ, AUDIT_ARCH_I386, 1, 0),
+            allow,
+            notify,
+        ];
+    }
+    // The kernel reads only the low 32 bits of clone's flags.
+    let not_a_fork = (libc::CLONE_THREAD | libc::CLONE_PARENT) as u32;
+    vec![
+        /* 0 */ ld(ARCH_OFFSET),
+        /* 1 */ jump(libc::BPF_JEQ, AUDIT_ARCH_X86_64, 2, 0),
+        /* 2 */ jump(libc::BPF_JEQ, AUDIT_ARCH_I386, 7, 0),
+        /* 3 */ allow,
+        /* 4 */ ld(NR_OFFSET),
+        /* 5 */ jump(libc::BPF_JEQ, libc::SYS_vfork as u32, 3, 0),
+        /* 6 */ jump(libc::BPF_JEQ, libc::SYS_clone as u32, 0, 3),
+        /* 7 */ ld(ARG0_OFFSET),
+        /* 8 */ jump(libc::BPF_JSET, not_a_fork, 1, 0),
+        /* 9 */ allow,
+        /* 10 */ notify,
     ]
 }
 

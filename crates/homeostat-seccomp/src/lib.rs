@@ -20,12 +20,14 @@
 //!
 //! Modules: `child` (the pre-exec child: filter, then exec), `keeper`, `inflight` (the
 //! shared table of received-but-unanswered notifications), `supervisor` (spawn, the event
-//! loop, per-task caches), `sys` (the raw system calls; the crate's unsafe edge).
+//! loop, per-task caches, and the forks the filter lets through unnotified — so that a
+//! signal cannot fail them with EINTR — reported in their place), `sys` (the raw system
+//! calls; the crate's unsafe edge).
 //!
 //! Needs Linux 5.10 or later on x86_64 (`pidfd_getfd`, `SECCOMP_USER_NOTIF_FLAG_CONTINUE`,
 //! `POLLHUP` on a listener no task uses any more); uses
-//! `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (6.6) and `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`
-//! (5.19) when present.
+//! `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (6.6), `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`
+//! (5.19) and the process-events connector (`CAP_NET_ADMIN`) when present.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod child;

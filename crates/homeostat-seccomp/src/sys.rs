@@ -407,3 +407,171 @@ pub(crate) fn close_range(first: c_uint, last: c_uint) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The kernel's process-events connector (netlink `NETLINK_CONNECTOR`, `CN_IDX_PROC`): how
+// the supervisor learns of the forks its filter lets through without a notification (see
+// `supervisor/forks.rs` for why). Subscribing needs CAP_NET_ADMIN in the initial user
+// and pid namespaces.
+
+const CN_IDX_PROC: u32 = 1;
+const CN_VAL_PROC: u32 = 1;
+const PROC_CN_MCAST_LISTEN: u32 = 1;
+const PROC_EVENT_FORK: u32 = 1;
+const NLMSG_HDRLEN: usize = 16;
+/// `struct cn_msg` without its payload.
+const CN_MSG_LEN: usize = 20;
+/// Where `struct proc_event` starts in a received datagram.
+const EVENT_AT: usize = NLMSG_HDRLEN + CN_MSG_LEN;
+
+/// One `PROC_EVENT_FORK`: `parent_tid` is the creating thread (the kernel reports the
+/// child's `real_parent`, which is the caller for a clone without `CLONE_PARENT` or
+/// `CLONE_THREAD`, the only clones the filter lets through).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ForkEvent {
+    pub parent_tid: i32,
+    pub parent_tgid: i32,
+    pub child_tid: i32,
+    pub child_tgid: i32,
+}
+
+/// Opens a non-blocking, close-on-exec socket subscribed to fork events.
+pub(crate) fn proc_events_open() -> Result<OwnedFd, Errno> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket(2); the descriptor is owned at once.
+    let fd = unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            libc::NETLINK_CONNECTOR,
+        );
+        if fd < 0 {
+            return Err(Errno(last_errno()));
+        }
+        OwnedFd::from_raw_fd(fd)
+    };
+    // SAFETY: a zeroed sockaddr_nl is valid; bind reads exactly its size.
+    unsafe {
+        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = CN_IDX_PROC;
+        if libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(Errno(last_errno()));
+        }
+        // Room for a burst of forks elsewhere on the machine (the events are
+        // system-wide); an overflow is reported by recv as ENOBUFS. Best effort.
+        let size: c_int = 4 << 20;
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const c_int).cast(),
+            std::mem::size_of::<c_int>() as libc::socklen_t,
+        );
+    }
+    // nlmsghdr + cn_msg + struct proc_input { mcast_op, event_type }: listen to forks
+    // only (kernels before 6.6 ignore the event type and send every event).
+    let mut msg = [0u8; EVENT_AT + 8];
+    let total = msg.len() as u32;
+    msg[0..4].copy_from_slice(&total.to_ne_bytes());
+    msg[4..6].copy_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes());
+    msg[16..20].copy_from_slice(&CN_IDX_PROC.to_ne_bytes());
+    msg[20..24].copy_from_slice(&CN_VAL_PROC.to_ne_bytes());
+    msg[32..34].copy_from_slice(&8u16.to_ne_bytes());
+    msg[36..40].copy_from_slice(&PROC_CN_MCAST_LISTEN.to_ne_bytes());
+    msg[40..44].copy_from_slice(&PROC_EVENT_FORK.to_ne_bytes());
+    // SAFETY: sending a stack buffer of the given length to the kernel (port 0).
+    let r = unsafe { libc::send(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
+    if r < 0 {
+        return Err(Errno(last_errno()));
+    }
+    Ok(fd)
+}
+
+/// What one non-blocking read of the connector gave.
+pub(crate) enum ProcEvent {
+    /// Nothing queued.
+    Empty,
+    Fork(ForkEvent),
+    /// Some other message (an acknowledgement, another event type).
+    Other,
+}
+
+/// Reads one datagram without blocking. `Err(ENOBUFS)`: events were dropped because the
+/// socket's buffer was full.
+pub(crate) fn proc_events_recv(fd: RawFd) -> Result<ProcEvent, Errno> {
+    let mut buf = [0u8; 256];
+    // SAFETY: receiving into a stack buffer of the given length.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return match last_errno() {
+            libc::EAGAIN => Ok(ProcEvent::Empty),
+            e => Err(Errno(e)),
+        };
+    }
+    let n = n as usize;
+    let word = |at: usize| u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+    if n < EVENT_AT + 32
+        || word(16) != CN_IDX_PROC
+        || word(20) != CN_VAL_PROC
+        || word(EVENT_AT) != PROC_EVENT_FORK
+    {
+        return Ok(ProcEvent::Other);
+    }
+    let data = EVENT_AT + 16;
+    Ok(ProcEvent::Fork(ForkEvent {
+        parent_tid: word(data) as i32,
+        parent_tgid: word(data + 4) as i32,
+        child_tid: word(data + 8) as i32,
+        child_tgid: word(data + 12) as i32,
+    }))
+}
+
+/// Checks that fork events really arrive (the subscription can be refused silently, or
+/// report pids of another namespace): forks a child that exits at once and looks for
+/// its event, which the kernel queues before `fork` returns.
+pub(crate) fn proc_events_probe(fd: RawFd) -> bool {
+    // SAFETY: the child only calls _exit, which is async-signal-safe.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: ends the forked child at once.
+        unsafe { libc::_exit(0) }
+    }
+    if child < 0 {
+        return false;
+    }
+    let me = std::process::id() as i32;
+    let mut seen = false;
+    for _ in 0..4096 {
+        match proc_events_recv(fd) {
+            Ok(ProcEvent::Fork(ev)) if ev.child_tid == child && ev.parent_tgid == me => {
+                seen = true;
+                break;
+            }
+            Ok(ProcEvent::Empty) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    wait_exit_code(child);
+    seen
+}
+
+/// The call a task blocked in the kernel is making, from `/proc/TID/syscall`
+/// (`nr arg1 .. arg6 sp pc`): `None` if it runs in user space, is gone, or is not in a
+/// call.
+pub(crate) fn current_syscall(tid: i32) -> Option<(u32, [u64; 6])> {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/syscall")).ok()?;
+    let mut it = text.split_ascii_whitespace();
+    let nr: u32 = it.next()?.parse().ok()?;
+    let mut args = [0u64; 6];
+    for a in &mut args {
+        let t = it.next()?;
+        *a = u64::from_str_radix(t.trim_start_matches("0x"), 16).ok()?;
+    }
+    Some((nr, args))
+}

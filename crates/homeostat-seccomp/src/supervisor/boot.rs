@@ -126,7 +126,12 @@ impl Supervisor {
         let sup_pidfd = sys::pidfd_open(me).map_err(sys_err("pidfd_open (needs Linux 5.3)"))?;
         let (status_r, status_w) = sys::pipe_cloexec().map_err(sys_err("pipe2"))?;
         let (sock, sock_k) = sys::seqpacket_pair().map_err(sys_err("socketpair"))?;
-        let filter = child::filter();
+        // Forks run unnotified only where the supervisor can learn of them in order
+        // (the process-events connector; see `forks`).
+        let proc_events = sys::proc_events_open()
+            .ok()
+            .filter(|fd| sys::proc_events_probe(fd.as_raw_fd()));
+        let filter = child::filter(proc_events.is_some());
         let plan = KeeperPlan {
             sock: sock_k.as_raw_fd(),
             sock_peer: sock.as_raw_fd(),
@@ -183,7 +188,7 @@ impl Supervisor {
             sock: Some(sock),
             child_pidfd: None,
         };
-        match boot.run(opts, map) {
+        match boot.run(opts, map, proc_events) {
             Ok(sup) => Ok(sup),
             Err(e) => {
                 boot.abort();
@@ -306,7 +311,12 @@ impl Boot {
         }
     }
 
-    fn run(&mut self, opts: &LaunchOptions, map: SharedMap) -> Result<Supervisor, LaunchError> {
+    fn run(
+        &mut self,
+        opts: &LaunchOptions,
+        map: SharedMap,
+        proc_events: Option<OwnedFd>,
+    ) -> Result<Supervisor, LaunchError> {
         // 1. The child's HELLO: its pid and its listener's future descriptor number.
         let (child_pid, target_fd) = loop {
             let mut fds = [
@@ -430,6 +440,7 @@ impl Boot {
             pending: HashMap::new(),
             queue: VecDeque::new(),
             tasks: HashMap::new(),
+            forks: super::forks::Forks::new(proc_events),
             fork_gen: 0,
             prune_at: 1024,
             child_status: None,

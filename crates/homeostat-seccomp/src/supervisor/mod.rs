@@ -11,9 +11,11 @@
 //! task that made the call and not to a successor that took its tid.
 //!
 //! Submodules: `boot` (spawn: the fork, the keeper and the child up to the exec),
-//! `tasks` (the per-task cache). This file is the event loop.
+//! `tasks` (the per-task cache), `forks` (forks the filter lets through unnotified,
+//! reported in their place). This file is the event loop.
 
 mod boot;
+mod forks;
 mod tasks;
 
 use std::collections::{HashMap, VecDeque};
@@ -35,6 +37,8 @@ struct Pending {
     tgid: i32,
     arch: u32,
     nr: u32,
+    /// `args[0]` (clone's flags).
+    flags: u64,
     slot: Option<u32>,
 }
 
@@ -57,6 +61,7 @@ pub struct Supervisor {
     /// Received but not yet reported (see `drain`).
     queue: VecDeque<(Notif, Option<u32>)>,
     tasks: HashMap<i32, Task>,
+    forks: forks::Forks,
     fork_gen: u64,
     prune_at: usize,
     child_status: Option<ChildStatus>,
@@ -101,6 +106,19 @@ impl Supervisor {
         self.pending.len()
     }
 
+    /// True when forks run without a notification and are reported by the supervisor
+    /// in their place (the process-events connector is available; see
+    /// `docs/seccomp-supervisor.md`).
+    pub fn forks_unnotified(&self) -> bool {
+        self.forks.fd() >= 0
+    }
+
+    /// Fork events the kernel dropped (the connector's buffer overflowed): forks that
+    /// may have gone unreported.
+    pub fn fork_events_lost(&self) -> u64 {
+        self.forks.lost()
+    }
+
     /// Waits up to `timeout` (`None`: no limit) for the next event. `Ok(None)` means the
     /// timeout passed. After the tree is gone every call returns [`Event::TreeGone`].
     pub fn next(&mut self, timeout: Option<Duration>) -> Result<Option<Event>, LaunchError> {
@@ -128,10 +146,12 @@ impl Supervisor {
                 }
             }
 
-            let mut fds = [sys::pollfd(-1, 0); 3];
+            let mut fds = [sys::pollfd(-1, 0); 4];
             let gone = self.gone_since.is_some();
             if !gone {
                 fds[0] = sys::pollfd(self.listener.as_raw_fd(), libc::POLLIN);
+                // After the listener: see `forks` for why the order matters.
+                fds[3] = sys::pollfd(self.forks.fd(), libc::POLLIN);
             }
             if let Some(sock) = &self.sock {
                 fds[1] = sys::pollfd(sock.as_raw_fd(), libc::POLLIN);
@@ -161,6 +181,9 @@ impl Supervisor {
                     })
                 }
             }
+            if fds[3].revents != 0 {
+                self.read_fork_events();
+            }
             if fds[0].revents & libc::POLLIN != 0 {
                 if let Some(ev) = self.receive()? {
                     return Ok(Some(Event::Syscall(ev)));
@@ -185,6 +208,14 @@ impl Supervisor {
     /// to it: the task died, a signal cut its wait short (the call is then notified
     /// again under a new id), or it was already answered.
     pub fn respond(&mut self, id: u64, action: Action) -> Result<bool, LaunchError> {
+        // A synthesized fork has run already: any answer releases the calls parked
+        // behind it.
+        if self.forks.is_synth(id) {
+            if let Action::Deny(e) = action {
+                action.checked().map_err(|_| LaunchError::BadErrno(e))?;
+            }
+            return Ok(self.answer_synth(id));
+        }
         let (error, flags) = match action {
             Action::Continue => (0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32),
             Action::Deny(e) => match action.checked() {
@@ -247,7 +278,8 @@ impl Supervisor {
         }
         self.shut = true;
         if self.fail_mode == FailMode::Open {
-            let queued: Vec<u64> = self.queue.iter().map(|(n, _)| n.id).collect();
+            let mut queued: Vec<u64> = self.queue.iter().map(|(n, _)| n.id).collect();
+            queued.extend(self.forks.parked_ids());
             for id in queued {
                 let _ = sys::notif_send(
                     self.listener.as_raw_fd(),
@@ -314,8 +346,17 @@ impl Supervisor {
     /// that window.
     fn drain(&mut self) -> Result<(), LaunchError> {
         for _ in 0..1024 {
-            let mut fds = [sys::pollfd(self.listener.as_raw_fd(), libc::POLLIN)];
-            if !matches!(sys::poll(&mut fds, 0), Ok(1)) || fds[0].revents & libc::POLLIN == 0 {
+            let mut fds = [
+                sys::pollfd(self.listener.as_raw_fd(), libc::POLLIN),
+                sys::pollfd(self.forks.fd(), libc::POLLIN),
+            ];
+            if !matches!(sys::poll(&mut fds, 0), Ok(1..)) {
+                return Ok(());
+            }
+            if fds[1].revents != 0 {
+                self.read_fork_events();
+            }
+            if fds[0].revents & libc::POLLIN == 0 {
                 return Ok(());
             }
             if let Some(q) = self.recv_one()? {
@@ -335,6 +376,16 @@ impl Supervisor {
                 None => return Ok(None),
             },
         };
+        match self.before_dressing(n, slot)? {
+            None => {}
+            Some(None) => return Ok(None),
+            Some(Some(fork)) => {
+                // Dressing it may have read /proc: move what queued meanwhile out of
+                // the receive window (see `drain`).
+                self.drain()?;
+                return Ok(Some(fork));
+            }
+        }
         let slow = self.needs_proc(n.tid);
         let info = self.task_info(n.tid, n.id);
         if slow {
@@ -351,6 +402,7 @@ impl Supervisor {
                 tgid,
                 arch: n.arch,
                 nr: n.nr,
+                flags: n.args[0],
                 slot,
             },
         );

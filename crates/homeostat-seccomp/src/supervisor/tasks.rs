@@ -61,6 +61,23 @@ impl Supervisor {
         tid: i32,
         id: u64,
     ) -> Result<Option<(i32, Arc<Exe>, bool)>, LaunchError> {
+        if let Some(known) = self.cached_task(tid) {
+            return Ok(Some(known));
+        }
+        let info = proc::tgid_and_start(tid);
+        let exe = Arc::new(proc::exe(tid));
+        // Only if the notification is still pending is the task we read the task that
+        // made the call.
+        if !self.id_valid(id)? {
+            return Ok(None);
+        }
+        let tgid = self.insert_task(tid, info, exe.clone());
+        Ok(Some((tgid, exe, true)))
+    }
+
+    /// The cached identity of `tid` (re-checked once after a fork, and the executable
+    /// re-read after an exec), `None` if it is not cached (or was a recycled tid).
+    pub(super) fn cached_task(&mut self, tid: i32) -> Option<(i32, Arc<Exe>, bool)> {
         let gen = self.fork_gen;
         if let Some(t) = self.tasks.get_mut(&tid) {
             if t.gen != gen {
@@ -71,40 +88,40 @@ impl Supervisor {
                 }
             }
         }
-        match self.tasks.get_mut(&tid) {
-            Some(t) => {
-                let exe = match &t.exe {
-                    Some(e) => e.clone(),
-                    None => {
-                        let e = Arc::new(proc::exe(tid));
-                        t.exe = Some(e.clone());
-                        e
-                    }
-                };
-                Ok(Some((t.tgid, exe, false)))
-            }
+        let t = self.tasks.get_mut(&tid)?;
+        let exe = match &t.exe {
+            Some(e) => e.clone(),
             None => {
-                let info = proc::tgid_and_start(tid);
-                let exe = Arc::new(proc::exe(tid));
-                // Only if the notification is still pending is the task we read the
-                // task that made the call.
-                if !self.id_valid(id)? {
-                    return Ok(None);
-                }
-                let (tgid, start) = info.unwrap_or((tid, 0));
-                self.maybe_prune();
-                self.tasks.insert(
-                    tid,
-                    Task {
-                        tgid,
-                        start,
-                        gen,
-                        exe: Some(exe.clone()),
-                    },
-                );
-                Ok(Some((tgid, exe, true)))
+                let e = Arc::new(proc::exe(tid));
+                t.exe = Some(e.clone());
+                e
             }
-        }
+        };
+        Some((t.tgid, exe, false))
+    }
+
+    /// Reads and caches a task no notification vouches for (the creator of a fork the
+    /// filter let through). Returns its thread group and executable.
+    pub(super) fn new_task_entry(&mut self, tid: i32) -> (i32, Arc<Exe>) {
+        let info = proc::tgid_and_start(tid);
+        let exe = Arc::new(proc::exe(tid));
+        let tgid = self.insert_task(tid, info, exe.clone());
+        (tgid, exe)
+    }
+
+    fn insert_task(&mut self, tid: i32, info: Option<(i32, u64)>, exe: Arc<Exe>) -> i32 {
+        let (tgid, start) = info.unwrap_or((tid, 0));
+        self.maybe_prune();
+        self.tasks.insert(
+            tid,
+            Task {
+                tgid,
+                start,
+                gen: self.fork_gen,
+                exe: Some(exe),
+            },
+        );
+        tgid
     }
 
     /// Drops cache entries of tasks that died without an exit call (killed by a signal),
@@ -113,8 +130,9 @@ impl Supervisor {
         if self.tasks.len() < self.prune_at {
             return;
         }
-        self.tasks
-            .retain(|tid, _| Path::new(&format!("/proc/{tid}")).exists());
+        let alive = |tid: i32| Path::new(&format!("/proc/{tid}")).exists();
+        self.tasks.retain(|tid, _| alive(*tid));
+        self.forks.prune(alive);
         self.prune_at = (self.tasks.len() * 2).max(1024);
     }
 
@@ -132,7 +150,10 @@ impl Supervisor {
                 self.tasks.remove(&p.tid);
             }
             Kind::ExitGroup => self.tasks.retain(|_, t| t.tgid != p.tgid),
-            Kind::Clone => self.fork_gen += 1,
+            Kind::Clone => {
+                self.fork_gen += 1;
+                self.note_notified_fork(p);
+            }
             Kind::Other => {}
         }
     }
