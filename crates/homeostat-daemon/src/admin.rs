@@ -4,8 +4,8 @@
 use homeostat_core::ph::{ExeKey, ProfileState};
 use homeostat_ebpf::Kernel;
 use homeostat_monitor::control::{
-    AdminReply, Losses, ProfileCounts, ProfileEntry, ProfilesReply, ProgRunTime, PsReply, Request,
-    Response, SaveReply, StatusReply,
+    AdminReply, Evictions, Losses, ProfileCounts, ProfileEntry, ProfilesReply, ProgRunTime,
+    PsReply, Request, Response, SaveReply, StatusReply,
 };
 use homeostat_monitor::TaskInfo;
 
@@ -63,13 +63,13 @@ impl Daemon {
             }
             Request::Sensitize { .. } => {
                 if let Some(p) = self.profiles.get_mut(&key) {
-                    p.wipe_training();
+                    p.wipe_training("sensitized");
                 }
                 self.set_state(kernel, key, ProfileState::Training, "sensitized");
             }
             Request::Tolerize { .. } => {
                 if let Some(p) = self.profiles.get_mut(&key) {
-                    p.wipe_training();
+                    p.wipe_training("tolerized");
                 }
             }
             Request::Reset { .. } => {
@@ -97,6 +97,7 @@ impl Daemon {
 
     /// Every profile, for `homeostat profile list`.
     pub(crate) fn profile_list(&self) -> ProfilesReply {
+        let now = crate::now_ns();
         let profiles = self
             .profiles
             .iter()
@@ -106,6 +107,9 @@ impl Daemon {
                 state: p.state,
                 train_count: p.train_count,
                 anomalies: p.anomalies,
+                paths: p.paths.iter().map(|s| s.to_string()).collect(),
+                scripts: p.scripts.iter().map(|s| s.to_string()).collect(),
+                progress: p.progress(now, &self.config),
             })
             .collect();
         ProfilesReply {
@@ -142,6 +146,13 @@ impl Daemon {
                 frozen: c.profiles_frozen,
                 normal: c.profiles_normal,
             },
+            max_profiles: self.max_profiles,
+            evicted: Evictions {
+                deleted: c.evicted_deleted_total,
+                lru: c.evicted_lru_total,
+            },
+            calls: c.calls_total,
+            calls_normal: c.calls_normal_total,
             bpf_run_time: None,
         }
     }
@@ -199,7 +210,7 @@ mod tests {
     use std::sync::Arc;
 
     use homeostat_core::ph::{Mode, PhConfig};
-    use homeostat_monitor::control::{ErrorReply, Reply};
+    use homeostat_monitor::control::{ErrorReply, Progress, Reply};
 
     use super::*;
     use crate::lifecycle::Prof;
@@ -257,6 +268,14 @@ mod tests {
                 state: ProfileState::Normal,
                 train_count: 12,
                 anomalies: 2,
+                paths: vec!["/usr/bin/x".into()],
+                scripts: vec![],
+                progress: Progress {
+                    calls_since_new_pair: 0,
+                    calls_to_freeze: None,
+                    normal_in_s: None,
+                    last_reset: None,
+                },
             }]
         );
         let s = wire::<StatusReply>(&Response::Status(Box::new(d.status())))

@@ -30,6 +30,10 @@ impl Prof {
             normal_time_ns: self.normal_time_ns,
             anomalies: self.anomalies,
             pairs,
+            paths: self.paths.iter().map(|p| p.to_string()).collect(),
+            scripts: self.scripts.iter().map(|p| p.to_string()).collect(),
+            last_reset_ns: self.last_reset_ns,
+            last_reset_why: self.last_reset_why.to_string(),
         }
     }
 
@@ -37,8 +41,15 @@ impl Prof {
     /// learn mode comes back frozen: learn mode never tests. The kernel's counters
     /// start from 0, as the kernel's copy of the profile does.
     pub fn from_file(d: &DaemonProfile, learn: bool) -> Prof {
+        let path: Arc<str> = Arc::from(d.path.as_str());
+        let mut paths: Vec<Arc<str>> = d.paths.iter().map(|p| Arc::from(p.as_str())).collect();
+        if path.starts_with('/') && !paths.contains(&path) {
+            paths.insert(0, path.clone());
+        }
         Prof {
-            path: Arc::from(d.path.as_str()),
+            path,
+            paths,
+            scripts: d.scripts.iter().map(|p| Arc::from(p.as_str())).collect(),
             state: match d.state {
                 ProfileState::Normal if learn => ProfileState::Frozen,
                 st => st,
@@ -49,6 +60,9 @@ impl Prof {
             anomalies: d.anomalies,
             seen_calls: 0,
             seen_new: 0,
+            last_used_ns: crate::now_ns(),
+            last_reset_ns: d.last_reset_ns,
+            last_reset_why: Arc::from(d.last_reset_why.as_str()),
             dirty: false,
         }
     }
@@ -164,6 +178,8 @@ mod tests {
     fn prof() -> Prof {
         Prof {
             path: Arc::from("/usr/sbin/sshd"),
+            paths: vec![Arc::from("/usr/sbin/sshd"), Arc::from("/sbin/sshd")],
+            scripts: vec![Arc::from("/etc/x.sh")],
             state: ProfileState::Normal,
             train_count: 5000,
             last_mod_count: 4000,
@@ -171,6 +187,9 @@ mod tests {
             anomalies: 3,
             seen_calls: 123,
             seen_new: 4,
+            last_used_ns: 5,
+            last_reset_ns: 6,
+            last_reset_why: Arc::from("anomaly_limit"),
             dirty: true,
         }
     }
@@ -197,6 +216,7 @@ mod tests {
         let want = Prof {
             seen_calls: 0,
             seen_new: 0,
+            last_used_ns: back.last_used_ns,
             dirty: false,
             ..prof()
         };

@@ -25,7 +25,7 @@ pub const TABLE: usize = 1024;
 /// Where i386 calls' rows start (`HS_COMPAT`).
 pub const COMPAT: usize = 512;
 /// Profiles, i.e. slots of the row index (`HS_SLOTS`).
-pub(crate) const SLOTS: u32 = 4096;
+pub const SLOTS: u32 = 4096;
 /// Rows of the pool, row 0 the all-zero one (`HS_ROWS`).
 pub(crate) const ROWS: u32 = 65536;
 /// Locality frame size in the kernel (`HS_LOCALITY`).
@@ -84,7 +84,7 @@ const _: () = {
     assert!(size_of::<hs_task>() == 144);
     assert!(size_of::<hs_config>() == 24);
     assert!(size_of::<hs_event>() == 48);
-    assert!(size_of::<hs_exec_event>() == 48 + 256);
+    assert!(size_of::<hs_exec_event>() == 48 + 2 * 256);
     assert!(size_of::<hs_stop>() == 16);
 };
 

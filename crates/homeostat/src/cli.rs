@@ -175,6 +175,10 @@ pub struct DaemonArgs {
     /// No event summary on standard error.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Profiles the kernel holds at most (1-4096, default 4096); eviction keeps the
+    /// map below 90% full.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_profiles: Option<u32>,
     #[command(flatten)]
     pub state: StateFlags,
 }
@@ -191,13 +195,23 @@ pub struct RecordArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ProfileCmd {
-    /// One line per profile: state, pairs, calls trained, anomalies, executable.
+    /// One line per profile: state, pairs, calls trained, anomalies, executable, and
+    /// how far from normal.
     List {
+        /// Every field of every profile as a JSON array.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         state: StateFlags,
     },
-    /// Details of one profile.
-    Show(ProfileTarget),
+    /// Details of one profile: paths, state, progress to normal.
+    Show {
+        /// Every field as a JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ProfileTarget,
+    },
     /// Make a profile normal now (testing data = training data).
     Normalize(ProfileTarget),
     /// Send a profile back to training.

@@ -198,6 +198,8 @@ static __always_inline void emit_exec(struct hs_config *cfg, __u32 pid, __u32 ti
 	fill(&e->ev, HS_EV_EXEC, pid, tid, 0, key, 0, 0, 0);
 	if (bpf_probe_read_kernel_str(e->path, sizeof(e->path), BPF_CORE_READ(bprm, filename)) < 0)
 		e->path[0] = 0;
+	if (bpf_probe_read_kernel_str(e->interp, sizeof(e->interp), BPF_CORE_READ(bprm, interp)) < 0)
+		e->interp[0] = 0;
 	bpf_ringbuf_submit(e, wakeup_flags(cfg));
 }
 

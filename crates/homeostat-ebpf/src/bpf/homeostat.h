@@ -138,10 +138,13 @@ struct hs_stop {
 
 #define HS_PATH 256
 
-/* kind HS_EV_EXEC: the path as passed to execve (may be relative), NUL-terminated. */
+/* kind HS_EV_EXEC: the path as passed to execve (may be relative), NUL-terminated;
+ * and the path of the file that runs (the interpreter of a #! script, else the
+ * same path): the profile is the interpreter's, the script is recorded beside it. */
 struct hs_exec_event {
 	struct hs_event ev;
 	char path[HS_PATH];
+	char interp[HS_PATH];
 };
 
 #endif
