@@ -29,6 +29,12 @@
 # mode "responses" are 0 by construction; anomalies are what enforce would have
 # responded to (each anomaly of a normal profile would have stopped its process).
 #
+# Scope: SCOPE=1 (the default with MODE=enforce) runs the work in a cgroup of its own
+# (cgroup v2: /sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid machine) and
+# starts the daemon with `--cgroup` on it, so that it watches, learns from, tests and
+# responds to the soak's own processes only: enforce mode without touching anybody
+# else's work on a shared machine. SCOPE=0 watches the whole machine.
+#
 # Usage: scripts/soak.sh   (root; Linux with BPF and BTF)
 # Environment:
 #   MINUTES      length of the soak (default 30)
@@ -36,6 +42,8 @@
 #   MODE         detect | enforce (default detect)
 #   NORMAL_WAIT  seconds (default 30)
 #   HOMEOSTAT    the binary (default target/release/homeostat, else target/debug)
+#   SCOPE        1: only the soak's cgroup; 0: the whole machine (default: 1 for
+#                enforce, 0 for detect)
 #   OUT          where to keep the events, log and summary (default a temp dir)
 # Output: a markdown summary on stdout (also OUT/summary.md); progress on stderr.
 set -euo pipefail
@@ -55,6 +63,9 @@ fi
 [[ $(id -u) == 0 ]] || { echo "soak: needs root (the daemon loads BPF programs)" >&2; exit 1; }
 [[ -x $HOMEOSTAT ]] || { echo "soak: no binary at $HOMEOSTAT (cargo build --release -p homeostat)" >&2; exit 1; }
 case $MODE in detect | enforce) ;; *) echo "soak: MODE is detect or enforce" >&2; exit 1 ;; esac
+if [[ -z ${SCOPE:-} ]]; then
+    if [[ $MODE == enforce ]]; then SCOPE=1; else SCOPE=0; fi
+fi
 for tool in gcc make git curl xz gzip tar python3 apt-cache dpkg awk sed timeout; do
     command -v "$tool" >/dev/null || { echo "soak: $tool is missing" >&2; exit 1; }
 done
@@ -77,17 +88,31 @@ EOF
 mkdir -p "$work/www"
 head -c 200000 /dev/urandom | base64 >"$work/www/data.txt"
 echo '<html><body>soak</body></html>' >"$work/www/index.html"
+cgroup="" cgroot="" scope_args=()
+if [[ $SCOPE == 1 ]]; then
+    for c in /sys/fs/cgroup/unified /sys/fs/cgroup; do
+        if [[ -e $c/cgroup.procs && -e $c/cgroup.controllers ]]; then cgroot=$c; break; fi
+    done
+    [[ -n $cgroot ]] || { echo "soak: SCOPE=1 needs a cgroup v2 hierarchy" >&2; exit 1; }
+    cgroup=$cgroot/homeostat-soak-$$
+    mkdir "$cgroup"
+    scope_args=(--cgroup "$cgroup")
+fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 python3 -m http.server "$port" --bind 127.0.0.1 --directory "$work/www" >"$OUT/http.log" 2>&1 &
 http_pid=$!
 
 "$HOMEOSTAT" daemon --state-dir "$state" --config "$OUT/ph.toml" --normal-wait "$NORMAL_WAIT" \
-    --events "$events" --quiet >"$log" 2>&1 &
+    --events "$events" --quiet "${scope_args[@]}" >"$log" 2>&1 &
 daemon_pid=$!
 cleanup() {
     kill -TERM "$daemon_pid" 2>/dev/null || true
     kill "$http_pid" 2>/dev/null || true
     wait "$daemon_pid" 2>/dev/null || true
+    if [[ -n $cgroup ]]; then
+        echo $$ >"$cgroot/cgroup.procs" 2>/dev/null || true
+        rmdir "$cgroup" 2>/dev/null || true
+    fi
 }
 trap cleanup EXIT
 for _ in $(seq 1 200); do
@@ -96,7 +121,10 @@ for _ in $(seq 1 200); do
     sleep 0.1
 done
 grep -q "daemon: watching" "$log" || { say "daemon not ready"; cat "$log" >&2; exit 1; }
-say "daemon $daemon_pid watching (mode $MODE, normal_wait $NORMAL_WAIT s); $MINUTES min, warm-up $WARMUP min; output in $OUT"
+say "daemon $daemon_pid watching (mode $MODE, normal_wait $NORMAL_WAIT s${cgroup:+, only cgroup $cgroup}); $MINUTES min, warm-up $WARMUP min; output in $OUT"
+# The work runs in the scope: this shell moves into it, so every task it starts is
+# inside (the daemon and the web server started before stay outside).
+[[ -n $cgroup ]] && echo $$ >"$cgroup/cgroup.procs"
 
 # ---- the work ----
 round=0
@@ -274,15 +302,20 @@ kill -TERM "$daemon_pid"
 wait "$daemon_pid" || say "daemon exited with $?"
 trap - EXIT
 kill "$http_pid" 2>/dev/null || true
+if [[ -n $cgroup ]]; then
+    echo $$ >"$cgroot/cgroup.procs"
+    rmdir "$cgroup" || say "cgroup $cgroup not removed"
+fi
 final_stopped=$(stopped_now)
 
 python3 - "$events" "$OUT/status.json" "$OUT/profiles.json" "$start" "$warm_end" "$end" \
     "$MODE" "$NORMAL_WAIT" "$MINUTES" "$WARMUP" "$ran" "$failed" "$hung" "$max_stopped" \
     "$stayed" "$final_stopped" "$ps_samples" "$ps_tasks" "$ps_normal" "$(uptime)" \
-    "$(declare -p fails 2>/dev/null | sed 's/^declare -A fails=//')" <<'EOF' | tee "$OUT/summary.md"
+    "$(if [[ -n $cgroup ]]; then echo "only the soak's cgroup"; else echo "whole machine"; fi)" \
+    "$(for t in "${!fails[@]}"; do printf '%s %s, ' "$t" "${fails[$t]}"; done)" <<'EOF' | tee "$OUT/summary.md"
 import json, sys, collections
 (ev, status, profiles, start, warm, end, mode, nw, minutes, warmup, ran, failed, hung,
- max_stopped, stayed, final_stopped, ps_n, ps_tasks, ps_normal, load, fails) = sys.argv[1:]
+ max_stopped, stayed, final_stopped, ps_n, ps_tasks, ps_normal, load, scope, fails) = sys.argv[1:]
 start, warm, end = int(start), int(warm), int(end)
 evs = [json.loads(l) for l in open(ev) if l.strip()]
 after = [e for e in evs if e.get("ts", 0) >= warm]
@@ -295,9 +328,9 @@ st = json.load(open(status))
 st = st[0] if st else {}
 profs = json.load(open(profiles))
 states = collections.Counter(p["state"] for p in profs if p.get("source") == "daemon")
-print(f"## Soak: {minutes} min, mode {mode}, normal_wait {nw} s, warm-up {warmup} min\n")
+print(f"## Soak: {minutes} min, mode {mode}, normal_wait {nw} s, warm-up {warmup} min, {scope}\n")
 print(f"- load at the end: {load.strip()}")
-print(f"- tasks run: {ran} ({failed} failed, {hung} hung), failures by task: {fails or '{}'}")
+print(f"- tasks run: {ran} ({failed} failed, {hung} hung), failures by task: {fails.rstrip(', ') or 'none'}")
 print(f"- stopped processes (state T, machine-wide, sampled every 10 s): at most {max_stopped} at once; "
       f"{stayed} seen stopped in two samples in a row; {final_stopped} stopped at the end")
 print(f"- after warm-up ({(end - warm) / 60:.1f} min): {len(anoms)} anomalies "

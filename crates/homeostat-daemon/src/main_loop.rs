@@ -50,6 +50,24 @@ pub struct DaemonOptions {
     /// The kernel's profile map holds at most this many (default and most 4096);
     /// eviction keeps it below 90% (docs/daemon.md).
     pub max_profiles: Option<u32>,
+    /// Watch only the processes of this cgroup (v2 directory, e.g. a systemd scope or a
+    /// container's cgroup): everything else on the machine is left alone.
+    pub cgroup: Option<std::path::PathBuf>,
+}
+
+/// The id of a cgroup v2 directory (its inode number, what
+/// `bpf_get_current_cgroup_id` returns), checked to be one.
+fn cgroup_id(dir: &std::path::Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    if !dir.join("cgroup.procs").exists() || !dir.join("cgroup.controllers").exists() {
+        anyhow::bail!(
+            "--cgroup {}: not a cgroup v2 directory (no cgroup.procs / cgroup.controllers)",
+            dir.display()
+        );
+    }
+    Ok(std::fs::metadata(dir)
+        .with_context(|| format!("--cgroup {}", dir.display()))?
+        .ino())
 }
 
 /// Runs the daemon until `stop` is set (a signal handler's flag) or the duration is
@@ -63,7 +81,9 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         metrics: metrics_addr,
         duration,
         max_profiles,
+        cgroup,
     } = opts;
+    let scope_cgroup = cgroup.as_deref().map(cgroup_id).transpose()?;
     let (config, modes) = (settings.ph, settings.modes);
     let state_dir = store.dir().to_path_buf();
     let dir = daemon_profile::dir_in(&state_dir);
@@ -75,6 +95,7 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         // Where BPF LSM loads, execve is refused in the kernel too (else reported why).
         exec_lsm_at: if enforce { config.suspend_execve } else { 0 },
         max_profiles: max_profiles.unwrap_or(homeostat_ebpf::SLOTS),
+        scope_cgroup,
         ..Options::default()
     })?;
     match kernel.exec_lsm() {
@@ -133,13 +154,17 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
     let q = queue.clone();
     let events = kernel.events(move |e| q.borrow_mut().push(e))?;
     info!(
-        "daemon: watching ({:?} hook, {loaded} profiles loaded from {}, room for {}, mode {:?}{})",
+        "daemon: watching ({:?} hook, {loaded} profiles loaded from {}, room for {}, mode {:?}{}{})",
         kernel.hook(),
         d.dir.display(),
         kernel.max_profiles(),
         d.config.mode,
         match &guard {
             Some(g) => format!(", stop guard pid {}", g.pid()),
+            None => String::new(),
+        },
+        match &cgroup {
+            Some(c) => format!(", only cgroup {}", c.display()),
             None => String::new(),
         }
     );

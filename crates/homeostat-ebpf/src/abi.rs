@@ -82,7 +82,7 @@ const _: () = {
     assert!(size_of::<hs_row>() == ROW);
     assert!(size_of::<hs_profile>() == 40);
     assert!(size_of::<hs_task>() == 144);
-    assert!(size_of::<hs_config>() == 24);
+    assert!(size_of::<hs_config>() == 32);
     assert!(size_of::<hs_event>() == 48);
     assert!(size_of::<hs_exec_event>() == 48 + 2 * 256);
     assert!(size_of::<hs_stop>() == 16);

@@ -43,6 +43,11 @@ pub struct Options {
     /// the default). Smaller maps are for tests and small machines: the memory is
     /// preallocated for 4096 whatever this says.
     pub max_profiles: u32,
+    /// Follow only the tasks of this cgroup (v2 id, the inode number of its directory
+    /// under /sys/fs/cgroup): decided at each exec and at a task's first call seen, and
+    /// inherited by forks. A task outside is not followed at all (no profile, no
+    /// learning, no test, no response). None: every task.
+    pub scope_cgroup: Option<u64>,
 }
 
 impl Default for Options {
@@ -55,6 +60,7 @@ impl Default for Options {
             ring_bytes: 4 << 20,
             exec_lsm_at: 0,
             max_profiles: SLOTS,
+            scope_cgroup: None,
         }
     }
 }
@@ -300,6 +306,7 @@ impl Kernel {
             generation: 1,
             suspend_execve: opts.exec_lsm_at,
             pad: 0,
+            scope_cgroup: opts.scope_cgroup.unwrap_or(0),
         };
         self.config
             .update(&0u32.to_ne_bytes(), bytemuck::bytes_of(&c), MapFlags::ANY)

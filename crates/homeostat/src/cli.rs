@@ -179,6 +179,10 @@ pub struct DaemonArgs {
     /// map below 90% full.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_profiles: Option<u32>,
+    /// Watch only the processes of this cgroup v2 directory (e.g.
+    /// /sys/fs/cgroup/system.slice/x.scope); everything else is left alone.
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
     #[command(flatten)]
     pub state: StateFlags,
 }

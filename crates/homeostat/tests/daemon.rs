@@ -916,9 +916,13 @@ fn ten_thousand_throwaway_executables_are_evicted_and_normal_profiles_survive() 
     let bins = s.dir.path().join("bins");
     std::fs::create_dir(&bins).unwrap();
     let t = Instant::now();
+    // The file system hands a deleted file's inode to the next new file: fewer
+    // distinct profiles than executables (counted here).
+    let mut inodes = std::collections::HashSet::new();
     for i in 0..10_000 {
         let f = bins.join(format!("t{i}"));
         write_and_run(&f, &elf);
+        inodes.insert(std::fs::metadata(&f).unwrap().ino());
         if i % 2 == 0 {
             std::fs::remove_file(&f).unwrap();
         }
@@ -938,7 +942,8 @@ fn ten_thousand_throwaway_executables_are_evicted_and_normal_profiles_survive() 
     );
     let full = st["losses"]["profiles_full"].as_u64().unwrap();
     eprintln!(
-        "10,000 executables in {:.1} s; evicted {deleted} (deleted executables) + {lru} (LRU); {full} execs found the map full",
+        "10,000 executables ({} distinct inodes) in {:.1} s; evicted {deleted} (deleted executables) + {lru} (LRU); {full} execs found the map full",
+        inodes.len(),
         storm.as_secs_f64()
     );
     assert!(deleted > 0, "no deleted executable evicted: {st}");
@@ -1046,4 +1051,68 @@ fn profiles_keep_every_path_and_scripts_beside_their_interpreter() {
     }
     unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
     assert!(d.wait().unwrap().success());
+}
+
+/// The cgroup v2 hierarchy's root (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a
+/// hybrid v1/v2 machine), if there is one.
+fn cgroup2_root() -> Option<std::path::PathBuf> {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists())
+}
+
+/// `--cgroup`: a daemon scoped to one cgroup follows only the processes in it. A
+/// private shell run inside gets a profile; a copy run outside does not, and neither
+/// does anything else on this busy machine.
+#[test]
+fn a_cgroup_scoped_daemon_watches_only_its_cgroup() {
+    if !root_and_btf() {
+        return;
+    }
+    let Some(root) = cgroup2_root() else {
+        eprintln!("skipping: no cgroup v2 hierarchy mounted");
+        return;
+    };
+    let cg = root.join(format!("homeostat-test-{}", std::process::id()));
+    std::fs::create_dir(&cg).unwrap();
+    let s = shell();
+    let outside = s.dir.path().join("sh-outside");
+    std::fs::copy(&s.sh, &outside).unwrap();
+    let ev = s.dir.path().join("ev.jsonl");
+    let conf = shell_config(&s, "", false);
+    let state = s.dir.path().join("state");
+    let args = [
+        "--duration",
+        "60",
+        "--cgroup",
+        cg.to_str().unwrap(),
+        "--config",
+        conf.to_str().unwrap(),
+    ];
+    let (mut d, rx) = daemon(&state, &ev, &args);
+    if ready(&mut d, &rx).is_none() {
+        let _ = std::fs::remove_dir(&cg);
+        return;
+    }
+    let inside = format!(
+        "echo $$ > {}/cgroup.procs && exec {} -c 'exit 0'",
+        cg.display(),
+        s.sh.display()
+    );
+    assert!(output(Command::new("/bin/sh").arg("-c").arg(&inside))
+        .status
+        .success());
+    assert!(output(Command::new(&outside).arg("-c").arg("exit 0"))
+        .status
+        .success());
+    std::thread::sleep(Duration::from_millis(1500));
+    let keys: Vec<String> = daemon_profiles(&state)
+        .iter()
+        .map(|p| p["key"].as_str().unwrap().to_string())
+        .collect();
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    assert!(d.wait().unwrap().success());
+    let _ = std::fs::remove_dir(&cg);
+    assert_eq!(keys, vec![s.key.clone()], "only the shell run inside");
 }

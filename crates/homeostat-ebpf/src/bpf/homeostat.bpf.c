@@ -236,6 +236,11 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 		return NULL;
 	}
 	t->valid = 0;
+	if (cfg->scope_cgroup && bpf_get_current_cgroup_id() != cfg->scope_cgroup) {
+		/* Outside the daemon's scope (its forks inherit this). */
+		t->valid = HS_VALID_OUT;
+		return NULL;
+	}
 	if (!file)
 		return NULL;
 	inode = BPF_CORE_READ(file, f_inode);
@@ -253,7 +258,7 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 	t->pending = 0;
 	t->slot = 0;
 	ok_clear(t);
-	t->valid = 1;
+	t->valid = HS_VALID;
 	if (cfg->auto_create && !bpf_map_lookup_elem(&hs_profiles, &t->key)) {
 		struct hs_profile p = {};
 		long err;
@@ -376,9 +381,12 @@ static __always_inline int on_sys_enter(long id, bool compat)
 		cur += HS_COMPAT;
 	task = bpf_get_current_task_btf();
 	t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
-	if (!t || !t->valid) {
-		struct hs_task *inherited = bpf_map_lookup_elem(&hs_forks, &tid);
+	if (!t || t->valid != HS_VALID) {
+		struct hs_task *inherited;
 
+		if (t && t->valid == HS_VALID_OUT)
+			return 0;
+		inherited = bpf_map_lookup_elem(&hs_forks, &tid);
 		if (inherited) {
 			/* First call of a forked child: its parent's state. */
 			t = bpf_task_storage_get(&hs_tasks, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -393,7 +401,7 @@ static __always_inline int on_sys_enter(long id, bool compat)
 			/* A task that predates us: read its executable now. */
 			t = task_init(cfg, task, pid, tid, BPF_CORE_READ(task, mm, exe_file), NULL);
 		}
-		if (!t || !t->valid)
+		if (!t || t->valid != HS_VALID)
 			return 0;
 	}
 	/* The profile's state, looked up only when some profile changed since. */
@@ -535,7 +543,7 @@ static __always_inline void flush_calls(struct task_struct *task)
 	struct hs_task *t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
 	struct hs_profile *p;
 
-	if (!t || !t->valid || !t->pending)
+	if (!t || t->valid != HS_VALID || !t->pending)
 		return;
 	p = bpf_map_lookup_elem(&hs_profiles, &t->key);
 	if (p)
@@ -586,7 +594,7 @@ int BPF_PROG(exec_check, struct linux_binprm *bprm, int ret)
 	if (ret || !cfg || !cfg->suspend_execve)
 		return ret;
 	t = bpf_task_storage_get(&hs_tasks, bpf_get_current_task_btf(), 0, 0);
-	if (!t || !t->valid || t->lfc < cfg->suspend_execve)
+	if (!t || t->valid != HS_VALID || t->lfc < cfg->suspend_execve)
 		return 0;
 	p = bpf_map_lookup_elem(&hs_profiles, &t->key);
 	if (!p || p->state != HS_NORMAL || !p->respond)

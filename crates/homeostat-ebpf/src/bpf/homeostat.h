@@ -82,7 +82,7 @@ struct hs_task {
 	__u32 nseq;        /* valid entries of seq */
 	__u32 fpos;        /* next slot of the locality frame */
 	__u32 lfc;
-	__u32 valid;       /* 1 once initialised (storage is created zeroed) */
+	__u32 valid;       /* HS_VALID once initialised (storage is created zeroed) */
 	__u64 frame[HS_LOCALITY / 64];
 	/* The profile's entry as of generation `gen` (HS_CACHE_*), so that the common call
 	 * needs no profile lookup; and calls not yet added to the profile's counter. */
@@ -97,6 +97,10 @@ struct hs_task {
 	struct hs_ok ok[HS_OK];
 };
 
+/* hs_task.valid */
+#define HS_VALID 1
+#define HS_VALID_OUT 2 /* outside hs_config.scope_cgroup: not followed until its exec */
+
 /* hs_task.cached */
 #define HS_CACHE_PROFILE 1 /* the executable has a profile */
 #define HS_CACHE_NORMAL 2  /* ... in state normal */
@@ -110,6 +114,10 @@ struct hs_config {
 	__u32 generation;    /* bumped by userspace at every change of hs_profiles */
 	__u32 suspend_execve; /* LSM: refuse execve of a responding task at this LFC (0: off) */
 	__u32 pad;
+	/* Follow only tasks of this cgroup (v2 id; 0: every task), decided at exec and at
+	 * a predating task's first call: an outside task is marked HS_VALID_OUT and costs
+	 * the common path nothing more than today's `valid` test. */
+	__u64 scope_cgroup;
 };
 
 struct hs_event {

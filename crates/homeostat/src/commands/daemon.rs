@@ -40,6 +40,7 @@ pub fn run(a: DaemonArgs) -> Result<()> {
         metrics: a.metrics,
         duration: a.duration.map(Duration::from_secs_f64),
         max_profiles: a.max_profiles,
+        cgroup: a.cgroup,
     };
     homeostat_daemon::run(opts, &stop)
 }
