@@ -7,6 +7,7 @@ use homeostat_monitor::control::{
     AdminReply, Evictions, Losses, ProfileCounts, ProfileEntry, ProfilesReply, ProgRunTime,
     PsReply, Request, Response, SaveReply, StatusReply,
 };
+use homeostat_monitor::daemon_profile::container_id;
 use homeostat_monitor::TaskInfo;
 
 use crate::daemon::Daemon;
@@ -52,7 +53,8 @@ impl Daemon {
             Request::Normalize { key }
             | Request::Sensitize { key }
             | Request::Tolerize { key }
-            | Request::Reset { key } => match self.resolve(key) {
+            | Request::Reset { key }
+            | Request::LearnFrom { key, .. } => match self.resolve(key) {
                 Ok(k) => k,
                 Err(e) => return e,
             },
@@ -80,10 +82,45 @@ impl Daemon {
                 let _ = std::fs::remove_file(self.dir.join(format!("{key}.json")));
                 return done;
             }
+            Request::LearnFrom { uid, cgroup, .. } => {
+                if let Some(c) = &cgroup {
+                    if let Err(e) = crate::main_loop::cgroup_id(std::path::Path::new(c)) {
+                        return Response::error(format!("{e:#}"));
+                    }
+                }
+                if let Some(p) = self.profiles.get_mut(&key) {
+                    p.learn_uid = uid;
+                    p.learn_cgroup = cgroup.as_deref().map(std::sync::Arc::from);
+                    p.dirty = true;
+                }
+                if let Err(e) = self.apply_learn_from(kernel, key) {
+                    return Response::error(format!("{e:#}"));
+                }
+            }
             _ => unreachable!("answered above"),
         }
         self.save(kernel);
         done
+    }
+
+    /// Tells the kernel which tasks a profile learns from (its `learn_uid`,
+    /// `learn_cgroup`). A cgroup that no longer exists matches no task (nobody
+    /// teaches the profile until the filter is changed), said once here.
+    pub(crate) fn apply_learn_from(&self, kernel: &Kernel, key: ExeKey) -> anyhow::Result<()> {
+        let Some(p) = self.profiles.get(&key) else {
+            return Ok(());
+        };
+        let cgroup = match p.learn_cgroup.as_deref() {
+            Some(c) => Some(
+                crate::main_loop::cgroup_id(std::path::Path::new(c)).unwrap_or_else(|e| {
+                    tracing::warn!("profile {key}: learns from nobody: {e:#}");
+                    0
+                }),
+            ),
+            None => None,
+        };
+        kernel.set_learn_from(key, p.learn_uid, cgroup)?;
+        Ok(())
     }
 
     /// The profile an admin request names, or the error reply.
@@ -110,6 +147,16 @@ impl Daemon {
                 paths: p.paths.iter().map(|s| s.to_string()).collect(),
                 scripts: p.scripts.iter().map(|s| s.to_string()).collect(),
                 progress: p.progress(now, &self.config),
+                learn_uid: p.learn_uid,
+                learn_cgroup: p.learn_cgroup.as_deref().map(str::to_string),
+                cgroups: p
+                    .cgroups
+                    .iter()
+                    .map(|c| match container_id(c) {
+                        Some(id) => format!("{c} (container {id})"),
+                        None => c.to_string(),
+                    })
+                    .collect(),
             })
             .collect();
         ProfilesReply {
@@ -276,6 +323,9 @@ mod tests {
                     normal_in_s: None,
                     last_reset: None,
                 },
+                learn_uid: None,
+                learn_cgroup: None,
+                cgroups: vec![],
             }]
         );
         let s = wire::<StatusReply>(&Response::Status(Box::new(d.status())))

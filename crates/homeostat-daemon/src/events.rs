@@ -89,13 +89,19 @@ impl Daemon {
                     self.resp_keys.insert(e.pid, e.exe);
                     self.responders.start(kernel, e.pid);
                 }
+                let detail = if e.foreign {
+                    // Not one of the profile's teachers: reported, not counted.
+                    serde_json::json!({ "misses": e.misses, "counted": false })
+                } else {
+                    serde_json::json!({ "misses": e.misses })
+                };
                 let r = self.record(
                     "anomaly",
                     e.exe,
                     (e.pid, e.tid),
                     Arch::X86_64.display(e.nr).into_owned(),
                     e.lfc,
-                    serde_json::json!({ "misses": e.misses }),
+                    detail,
                 );
                 let r = EventRecord {
                     action: if e.stopped { "stop" } else { "none" },
@@ -141,6 +147,14 @@ impl Daemon {
             };
             p.saw_script(&script);
         }
+        // The cgroup of the process that ran it: a container's shows which one.
+        if let Ok(cg) = std::fs::read_to_string(format!("/proc/{}/cgroup", e.pid)) {
+            if let Some(path) = cg.lines().find_map(|l| l.strip_prefix("0::")) {
+                if path != "/" {
+                    p.saw_cgroup(path);
+                }
+            }
+        }
         if changed && p.state == ProfileState::Normal {
             // Its mode may depend on a path, now known.
             let on = self.responds(e.exe);
@@ -155,6 +169,10 @@ impl Daemon {
     /// toward anomaly_limit; more than anomaly_limit counted anomalies send the profile
     /// back to training, as in `homeostat run` (docs/homeostat-run.md).
     pub(crate) fn limits(&mut self, kernel: &Kernel, e: &Event) {
+        if e.foreign {
+            // A process the profile does not learn from changes nothing in it.
+            return;
+        }
         let c = &self.config;
         if e.lfc > c.tolerize_limit && self.tolerized.insert(e.pid) {
             if self.tolerized.len() > 4096 {

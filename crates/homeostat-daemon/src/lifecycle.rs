@@ -53,6 +53,11 @@ pub(crate) struct Prof {
     /// When its training was last reset (back to training, or wiped), and why.
     pub last_reset_ns: u64,
     pub last_reset_why: Arc<str>,
+    /// Learns only from this user's / this cgroup's processes (`profile learn-from`).
+    pub learn_uid: Option<u32>,
+    pub learn_cgroup: Option<Arc<str>>,
+    /// The cgroups (v2 paths, not the root) of the processes that ran it.
+    pub cgroups: Vec<Arc<str>>,
     pub dirty: bool,
 }
 
@@ -91,6 +96,9 @@ impl Prof {
             last_used_ns: crate::now_ns(),
             last_reset_ns: 0,
             last_reset_why: Arc::from(""),
+            learn_uid: None,
+            learn_cgroup: None,
+            cgroups: vec![],
             dirty: true,
         }
     }
@@ -126,6 +134,14 @@ impl Prof {
         }
         self.dirty = true;
         true
+    }
+
+    /// Records the cgroup of a process that ran it.
+    pub fn saw_cgroup(&mut self, cgroup: &str) {
+        if self.cgroups.len() < MAX_PATHS && !self.cgroups.iter().any(|p| &**p == cgroup) {
+            self.cgroups.push(Arc::from(cgroup));
+            self.dirty = true;
+        }
     }
 
     /// Records a script run through this executable (its interpreter).

@@ -57,16 +57,16 @@ pub struct DaemonOptions {
 
 /// The id of a cgroup v2 directory (its inode number, what
 /// `bpf_get_current_cgroup_id` returns), checked to be one.
-fn cgroup_id(dir: &std::path::Path) -> Result<u64> {
+pub(crate) fn cgroup_id(dir: &std::path::Path) -> Result<u64> {
     use std::os::unix::fs::MetadataExt;
     if !dir.join("cgroup.procs").exists() || !dir.join("cgroup.controllers").exists() {
         anyhow::bail!(
-            "--cgroup {}: not a cgroup v2 directory (no cgroup.procs / cgroup.controllers)",
+            "{}: not a cgroup v2 directory (no cgroup.procs / cgroup.controllers)",
             dir.display()
         );
     }
     Ok(std::fs::metadata(dir)
-        .with_context(|| format!("--cgroup {}", dir.display()))?
+        .with_context(|| format!("{}", dir.display()))?
         .ino())
 }
 
@@ -83,7 +83,11 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         max_profiles,
         cgroup,
     } = opts;
-    let scope_cgroup = cgroup.as_deref().map(cgroup_id).transpose()?;
+    let scope_cgroup = cgroup
+        .as_deref()
+        .map(cgroup_id)
+        .transpose()
+        .context("--cgroup")?;
     let (config, modes) = (settings.ph, settings.modes);
     let state_dir = store.dir().to_path_buf();
     let dir = daemon_profile::dir_in(&state_dir);

@@ -34,6 +34,9 @@ impl Prof {
             scripts: self.scripts.iter().map(|p| p.to_string()).collect(),
             last_reset_ns: self.last_reset_ns,
             last_reset_why: self.last_reset_why.to_string(),
+            learn_uid: self.learn_uid,
+            learn_cgroup: self.learn_cgroup.as_deref().map(str::to_string),
+            cgroups: self.cgroups.iter().map(|p| p.to_string()).collect(),
         }
     }
 
@@ -63,6 +66,9 @@ impl Prof {
             last_used_ns: crate::now_ns(),
             last_reset_ns: d.last_reset_ns,
             last_reset_why: Arc::from(d.last_reset_why.as_str()),
+            learn_uid: d.learn_uid,
+            learn_cgroup: d.learn_cgroup.as_deref().map(Arc::from),
+            cgroups: d.cgroups.iter().map(|p| Arc::from(p.as_str())).collect(),
             dirty: false,
         }
     }
@@ -151,7 +157,11 @@ impl Daemon {
         let prof = Prof::from_file(&d, learn);
         let state = prof.state;
         kernel.set_state(key, kernel_state(state))?;
+        let filter = (prof.learn_uid, prof.learn_cgroup.clone());
         self.profiles.insert(key, prof);
+        if filter.0.is_some() || filter.1.is_some() {
+            self.apply_learn_from(kernel, key)?;
+        }
         if state == ProfileState::Normal {
             let on = self.responds(key);
             kernel.set_respond(key, on)?;
@@ -190,6 +200,9 @@ mod tests {
             last_used_ns: 5,
             last_reset_ns: 6,
             last_reset_why: Arc::from("anomaly_limit"),
+            learn_uid: Some(1000),
+            learn_cgroup: Some(Arc::from("/sys/fs/cgroup/x.scope")),
+            cgroups: vec![Arc::from("/system.slice/sshd.service")],
             dirty: true,
         }
     }

@@ -48,6 +48,9 @@ pub struct Event {
     /// Anomaly: this call sent the process SIGSTOP for a response ([`Kernel::stopped`]
     /// lists it until [`Kernel::unstop`]).
     pub stopped: bool,
+    /// Anomaly: of a task its profile does not learn from
+    /// ([`Kernel::set_learn_from`]): it does not count toward the profile's limits.
+    pub foreign: bool,
 }
 
 /// Counters of what the kernel side could not do; none is ever silent.
@@ -101,6 +104,7 @@ fn decode_event(b: &[u8]) -> Option<Event> {
         misses: e.misses,
         lfc: e.lfc,
         stopped: e.flags & abi::EVF_STOPPED != 0,
+        foreign: e.flags & abi::EVF_FOREIGN != 0,
         path,
         interp,
     })

@@ -50,6 +50,16 @@ pub enum Request {
     Tolerize { key: String },
     /// Forget the profile.
     Reset { key: String },
+    /// Learn only from one user's processes and/or one cgroup's (the daemon only;
+    /// both absent: from every process).
+    #[serde(rename = "learn_from")]
+    LearnFrom {
+        key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cgroup: Option<String>,
+    },
 }
 
 /// `{"error": ...}`: the request failed or is not served by this monitor.
@@ -131,6 +141,16 @@ pub struct ProfileEntry {
     /// How far it is from normal.
     #[serde(default)]
     pub progress: Progress,
+    /// It learns only from this user's processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learn_uid: Option<u32>,
+    /// It learns only from the processes of this cgroup (v2 directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learn_cgroup: Option<String>,
+    /// The cgroups (v2 paths) of the processes that ran it, with the container id when
+    /// the path names one (docker, podman, containerd, CRI-O scopes).
+    #[serde(default)]
+    pub cgroups: Vec<String>,
 }
 
 /// How far a profile is from normal (docs/daemon.md, "Progress to normal").

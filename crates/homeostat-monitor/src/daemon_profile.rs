@@ -54,6 +54,34 @@ pub struct DaemonProfile {
     /// See `last_reset_ns`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub last_reset_why: String,
+    /// Learn only from this user's processes (`homeostat profile learn-from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learn_uid: Option<u32>,
+    /// Learn only from this cgroup's processes (a cgroup v2 directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learn_cgroup: Option<String>,
+    /// The cgroups of the processes that ran it (at most [`MAX_PATHS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroups: Vec<String>,
+}
+
+/// A container's id from a cgroup path, when the path names one: docker
+/// (`docker-<id>.scope`, `/docker/<id>`), podman (`libpod-<id>.scope`), containerd
+/// (`cri-containerd-<id>.scope`), CRI-O (`crio-<id>.scope`); the first 12 hex digits,
+/// as `docker ps` shows them.
+pub fn container_id(cgroup: &str) -> Option<String> {
+    let hex = |s: &str| s.len() >= 12 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    for part in cgroup.rsplit('/') {
+        let part = part.strip_suffix(".scope").unwrap_or(part);
+        let id = ["docker-", "libpod-", "cri-containerd-", "crio-"]
+            .iter()
+            .find_map(|p| part.strip_prefix(p))
+            .unwrap_or(part);
+        if hex(id) && id.len() >= 32 {
+            return Some(id[..12].to_string());
+        }
+    }
+    None
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -143,6 +171,7 @@ impl DaemonProfile {
         let mut p: DaemonProfile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         p.paths.truncate(MAX_PATHS);
         p.scripts.truncate(MAX_PATHS);
+        p.cgroups.truncate(MAX_PATHS);
         if p.version != VERSION {
             return Err(format!("format version {} (want {VERSION})", p.version));
         }
@@ -217,6 +246,9 @@ impl DaemonProfile {
             scripts: vec![],
             last_reset_ns: 0,
             last_reset_why: String::new(),
+            learn_uid: None,
+            learn_cgroup: None,
+            cgroups: vec![],
             version: VERSION,
             dev: p.key.dev,
             ino: p.key.ino,
@@ -241,6 +273,9 @@ mod tests {
             scripts: vec![],
             last_reset_ns: 0,
             last_reset_why: String::new(),
+            learn_uid: None,
+            learn_cgroup: None,
+            cgroups: vec![],
             version: VERSION,
             dev: 0xfe00,
             ino: 42,
@@ -256,6 +291,31 @@ mod tests {
                 (59, 1, 0b1000_0000),
                 (523, 5, 0b10),
             ],
+        }
+    }
+
+    #[test]
+    fn container_ids_come_from_the_runtimes_cgroup_names() {
+        let id = "4f1d2c3b4a5968778695a4b3c2d1e0f94f1d2c3b4a5968778695a4b3c2d1e0f9";
+        for path in [
+            format!("/system.slice/docker-{id}.scope"),
+            format!("/docker/{id}"),
+            format!("/machine.slice/libpod-{id}.scope/container"),
+            format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"),
+            format!("/kubepods/burstable/pod9/crio-{id}.scope"),
+        ] {
+            assert_eq!(
+                container_id(&path).as_deref(),
+                Some("4f1d2c3b4a59"),
+                "{path}"
+            );
+        }
+        for path in [
+            "/",
+            "/user.slice/user-0.slice/session-3.scope",
+            "/system.slice/cron.service",
+        ] {
+            assert_eq!(container_id(path), None, "{path}");
         }
     }
 

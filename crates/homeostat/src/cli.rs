@@ -224,6 +224,19 @@ pub enum ProfileCmd {
     Tolerize(ProfileTarget),
     /// Delete a profile: the executable is learnt again from nothing.
     Reset(ProfileTarget),
+    /// A daemon profile learns only from one user's and/or one cgroup's processes
+    /// (neither flag: from every process); the others are still tested once it is
+    /// normal, but neither teach it nor count toward its limits.
+    LearnFrom {
+        /// Only this user id's processes.
+        #[arg(long)]
+        uid: Option<u32>,
+        /// Only the processes of this cgroup v2 directory (a service, a container).
+        #[arg(long)]
+        cgroup: Option<String>,
+        #[command(flatten)]
+        target: ProfileTarget,
+    },
     /// The calls a profile has seen as a seccomp allow-list (OCI JSON or BPF).
     ExportSeccomp(crate::commands::analyze::ExportSeccompArgs),
 }

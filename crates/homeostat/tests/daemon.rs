@@ -1116,3 +1116,94 @@ fn a_cgroup_scoped_daemon_watches_only_its_cgroup() {
     let _ = std::fs::remove_dir(&cg);
     assert_eq!(keys, vec![s.key.clone()], "only the shell run inside");
 }
+
+/// `profile learn-from`: a profile restricted to one cgroup's processes (then to one
+/// user's) is not trained by the same program run outside it (or by another user).
+#[test]
+fn a_profile_learns_only_from_its_cgroup_or_user() {
+    if !root_and_btf() {
+        return;
+    }
+    let Some(root) = cgroup2_root() else {
+        eprintln!("skipping: no cgroup v2 hierarchy mounted");
+        return;
+    };
+    let cg = root.join(format!("homeostat-learn-{}", std::process::id()));
+    std::fs::create_dir(&cg).unwrap();
+    let s = shell();
+    let ev = s.dir.path().join("ev.jsonl");
+    let conf = shell_config(&s, "", false);
+    let Some((mut d, _rx)) = shell_daemon(&s, &conf, &ev) else {
+        let _ = std::fs::remove_dir(&cg);
+        return;
+    };
+    let state = s.dir.path().join("state");
+    let run_inside = || {
+        let cmd = format!(
+            "echo $$ > {}/cgroup.procs && exec {} -c '{}'",
+            cg.display(),
+            s.sh.display(),
+            s.trained
+        );
+        assert!(output(Command::new("/bin/sh").arg("-c").arg(&cmd))
+            .status
+            .success());
+    };
+    let run_outside = || {
+        for _ in 0..3 {
+            assert!(output(Command::new(&s.sh).arg("-c").arg(&s.trained))
+                .status
+                .success());
+        }
+    };
+    let trained = || {
+        std::thread::sleep(Duration::from_millis(1500));
+        daemon_profiles(&state)
+            .iter()
+            .find(|p| p["key"] == s.key.as_str())
+            .map(|p| p["train_count"].as_u64().unwrap())
+            .expect("no profile for the shell")
+    };
+    run_inside();
+    let first = trained();
+    assert!(first > 0);
+    let set = |args: &[&str]| {
+        let mut a = vec!["profile", "learn-from"];
+        a.extend(args);
+        a.push(s.key.as_str());
+        let o = output(
+            Command::new(env!("CARGO_BIN_EXE_homeostat"))
+                .args(&a)
+                .arg("--state-dir")
+                .arg(&state),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    set(&["--cgroup", cg.to_str().unwrap()]);
+    run_outside();
+    let after_outside = trained();
+    assert_eq!(
+        after_outside, first,
+        "trained by processes outside its cgroup"
+    );
+    run_inside();
+    let after_inside = trained();
+    assert!(after_inside > first, "not trained from inside its cgroup");
+    // Only another user's processes: this test's (root) no longer teach it.
+    set(&["--uid", "65534"]);
+    run_inside();
+    run_outside();
+    assert_eq!(
+        trained(),
+        after_inside,
+        "trained by a user it does not learn from"
+    );
+    let shown = daemon_profiles(&state)
+        .into_iter()
+        .find(|p| p["key"] == s.key.as_str())
+        .unwrap();
+    assert_eq!(shown["learn_uid"], 65534);
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    assert!(d.wait().unwrap().success());
+    let _ = std::fs::remove_dir(&cg);
+}

@@ -310,6 +310,16 @@ static __always_inline bool respond_stop(struct task_struct *task, __u32 pid, __
 	return true;
 }
 
+/* Whether the current task is one the profile learns from (its learn filter). */
+static __always_inline bool learns_from(struct hs_profile *p)
+{
+	if ((p->learn_flags & HS_LEARN_UID) && (__u32)bpf_get_current_uid_gid() != p->learn_uid)
+		return false;
+	if ((p->learn_flags & HS_LEARN_CGROUP) && bpf_get_current_cgroup_id() != p->learn_cgroup)
+		return false;
+	return true;
+}
+
 /* A new, zeroed row for call `cur` of the profile whose index is `ix`; returns its
  * pool index (0: none, the pool is empty or another CPU won; counted if empty). */
 static __always_inline __u32 row_new(struct hs_index *ix, __u32 cur)
@@ -409,6 +419,10 @@ static __always_inline int on_sys_enter(long id, bool compat)
 	if (t->gen != gen) {
 		p = bpf_map_lookup_elem(&hs_profiles, &t->key);
 		t->cached = p ? HS_CACHE_PROFILE | (p->state == HS_NORMAL ? HS_CACHE_NORMAL : 0) : 0;
+		if (p && p->learn_flags && !learns_from(p)) {
+			/* Not one of the profile's teachers: followed only once it is normal. */
+			t->cached = t->cached & HS_CACHE_NORMAL ? t->cached | HS_CACHE_FOREIGN : 0;
+		}
 		t->slot = p ? p->slot : 0;
 		t->gen = gen;
 		ok_clear(t);
@@ -483,6 +497,8 @@ tested:
 		__sync_fetch_and_add(&p->anomalies, 1);
 		if (p->respond && respond_stop(task, pid, tid, cur))
 			flags = HS_EVF_STOPPED;
+		if (t->cached & HS_CACHE_FOREIGN)
+			flags |= HS_EVF_FOREIGN;
 		emit(cfg, HS_EV_ANOMALY, pid, tid, cur, &t->key, misses, t->lfc, flags);
 	}
 	if (learnt && p) {

@@ -65,8 +65,17 @@ struct hs_profile {
 	__u64 new_pairs; /* pairs learnt in the kernel */
 	__u64 anomalies; /* anomalous calls while normal */
 	__u32 slot;      /* its hs_index entry, for life (from hs_free_slots) */
+	/* Learn only from some tasks (HS_LEARN_*; 0: all): a task that does not match
+	 * neither trains the profile nor counts toward its limits, and is still tested
+	 * once it is normal. Decided when the task's cached state is refreshed (exec, any
+	 * profile change), so it costs the common call nothing. */
+	__u32 learn_flags;
+	__u32 learn_uid;    /* with HS_LEARN_UID: this uid only */
 	__u32 pad;
+	__u64 learn_cgroup; /* with HS_LEARN_CGROUP: this cgroup v2 id only */
 };
+#define HS_LEARN_UID 1
+#define HS_LEARN_CGROUP 2
 
 /* A window known to be all present: the seq words as in hs_task, with the current
  * call in the unused bits 10-15 and 26-29 of the second and bit 63 set (valid). */
@@ -104,6 +113,7 @@ struct hs_task {
 /* hs_task.cached */
 #define HS_CACHE_PROFILE 1 /* the executable has a profile */
 #define HS_CACHE_NORMAL 2  /* ... in state normal */
+#define HS_CACHE_FOREIGN 4 /* ... whose learn filter this task does not match */
 /* Calls counted per task before they are added to the profile's `calls`. */
 #define HS_FLUSH_CALLS 64
 
@@ -135,6 +145,7 @@ struct hs_event {
 
 /* event.flags */
 #define HS_EVF_STOPPED 1 /* anomaly: the process was sent SIGSTOP for a response */
+#define HS_EVF_FOREIGN 2 /* anomaly: of a task the profile does not learn from */
 
 /* A process stopped for a response, by tgid, until userspace has taken it over. Its
  * keeper reads this map to resume every process left stopped if the daemon dies. */

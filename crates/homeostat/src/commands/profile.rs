@@ -242,6 +242,17 @@ fn show(json: bool, t: &ProfileTarget) -> Result<()> {
                 Some((_, p)) => (p.paths.clone(), p.scripts.clone()),
                 None => (d.paths.clone(), d.scripts.clone()),
             };
+            let cgroups: Vec<String> = match &live {
+                Some((_, p)) => p.cgroups.clone(),
+                None => d
+                    .cgroups
+                    .iter()
+                    .map(|c| match daemon_profile::container_id(c) {
+                        Some(id) => format!("{c} (container {id})"),
+                        None => c.clone(),
+                    })
+                    .collect(),
+            };
             if json {
                 println!(
                     "{}",
@@ -252,7 +263,8 @@ fn show(json: bool, t: &ProfileTarget) -> Result<()> {
                         "file": file, "state": d.state, "pairs": d.pair_count(),
                         "train_count": d.train_count, "last_mod_count": d.last_mod_count,
                         "anomalies": d.anomalies, "normal_time_ns": d.normal_time_ns,
-                        "progress": progress,
+                        "progress": progress, "cgroups": cgroups,
+                        "learn_uid": d.learn_uid, "learn_cgroup": d.learn_cgroup,
                     }))?
                 );
                 return Ok(());
@@ -263,6 +275,19 @@ fn show(json: bool, t: &ProfileTarget) -> Result<()> {
             }
             for s in &scripts {
                 println!("script         {}", printable(s));
+            }
+            for c in &cgroups {
+                println!("cgroup         {}", printable(c));
+            }
+            if d.learn_uid.is_some() || d.learn_cgroup.is_some() {
+                println!(
+                    "learns from    {}{}",
+                    d.learn_uid.map(|u| format!("uid {u} ")).unwrap_or_default(),
+                    d.learn_cgroup
+                        .as_deref()
+                        .map(|c| format!("cgroup {}", printable(c)))
+                        .unwrap_or_default()
+                );
             }
             println!("key            {}", d.key());
             println!("file           {} (homeostat daemon)", file.display());
@@ -338,6 +363,28 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                 },
             };
             super::analyze::export_seccomp(&a, &p.path, p.model().alphabet().symbols())
+        }
+        ProfileCmd::LearnFrom {
+            uid,
+            cgroup,
+            target,
+        } => {
+            let store = open_store(&target.state)?;
+            let not_found = anyhow::anyhow!(
+                "no daemon profile for {} in {}",
+                target.exe,
+                store.dir().display()
+            );
+            daemon_edit(
+                &store,
+                &target.exe,
+                |key| Request::LearnFrom {
+                    key,
+                    uid,
+                    cgroup: cgroup.clone(),
+                },
+                not_found,
+            )
         }
         ProfileCmd::Reset(t) => {
             let store = open_store(&t.state)?;
@@ -487,6 +534,10 @@ fn edit_daemon_file(
         Request::Tolerize { .. } => {
             d.train_count = 0;
             d.last_mod_count = 0;
+        }
+        Request::LearnFrom { uid, cgroup, .. } => {
+            d.learn_uid = uid;
+            d.learn_cgroup = cgroup;
         }
         _ => {}
     }
