@@ -110,15 +110,12 @@ impl Daemon {
         let Some(p) = self.profiles.get(&key) else {
             return Ok(());
         };
-        let cgroup = match p.learn_cgroup.as_deref() {
-            Some(c) => Some(
-                crate::main_loop::cgroup_id(std::path::Path::new(c)).unwrap_or_else(|e| {
-                    tracing::warn!("profile {key}: learns from nobody: {e:#}");
-                    0
-                }),
-            ),
-            None => None,
-        };
+        let cgroup = p.learn_cgroup.as_deref().map(|c| {
+            crate::main_loop::cgroup_id(std::path::Path::new(c)).unwrap_or_else(|e| {
+                tracing::warn!("profile {key}: learns from nobody: {e:#}");
+                0
+            })
+        });
         kernel.set_learn_from(key, p.learn_uid, cgroup)?;
         Ok(())
     }
