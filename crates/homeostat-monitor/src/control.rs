@@ -196,9 +196,10 @@ impl Progress {
         }
     }
 
-    /// One line for people: `3001 calls to freeze (120 since the last new pair)`,
-    /// `normal in 12 s`, `normal`.
-    pub fn describe(&self, state: ProfileState) -> String {
+    /// One line for people at `now_s` (unix seconds): `3001 calls without a new pair
+    /// to freeze (120 since the last)`, `frozen, normal in 12 s`, `normal`, and the last
+    /// reset's reason and age.
+    pub fn describe(&self, state: ProfileState, now_s: f64) -> String {
         let mut s = match state {
             ProfileState::Normal => "normal".to_string(),
             ProfileState::Frozen => match self.normal_in_s {
@@ -214,7 +215,11 @@ impl Progress {
             },
         };
         if let Some(r) = &self.last_reset {
-            s.push_str(&format!("; last reset: {} at {:.0}", r.why, r.ts));
+            s.push_str(&format!(
+                "; last reset: {}, {:.0} s ago",
+                r.why,
+                (now_s - r.ts).max(0.0)
+            ));
         }
         s
     }
@@ -570,6 +575,38 @@ mod tests {
         // A reply of another request is not mistaken for this one.
         let ps = serde_json::to_string(&Response::Ps(PsReply { tasks: vec![] })).unwrap();
         assert!(serde_json::from_str::<Reply<StatusReply>>(&ps).is_err());
+    }
+
+    #[test]
+    fn progress_follows_the_freeze_rule_and_normal_wait() {
+        let c = PhConfig::default();
+        let sec = 1_000_000_000;
+        // 1000 calls learnt, 200 stable since: 4 x 800 = 3200 < 3201 needed.
+        let p = Progress::of(ProfileState::Training, 1000, 200, 0, None, 0, &c);
+        assert_eq!(p.calls_to_freeze, Some(2201));
+        assert_eq!(
+            p.describe(ProfileState::Training, 0.0),
+            "2201 calls without a new pair to freeze (200 since the last)"
+        );
+        let f = Progress::of(
+            ProfileState::Frozen,
+            1000,
+            900,
+            30 * sec,
+            None,
+            18 * sec,
+            &c,
+        );
+        assert_eq!((f.calls_to_freeze, f.normal_in_s), (None, Some(12.0)));
+        let reset = Some(LastReset {
+            ts: 100.0,
+            why: "anomaly_limit".into(),
+        });
+        let n = Progress::of(ProfileState::Normal, 1, 1, 0, reset, 0, &c);
+        assert_eq!(
+            n.describe(ProfileState::Normal, 160.0),
+            "normal; last reset: anomaly_limit, 60 s ago"
+        );
     }
 
     #[test]

@@ -106,6 +106,10 @@ fn line(p: &PhProfile) -> String {
     )
 }
 
+fn now_s() -> f64 {
+    now_ns() as f64 / 1e9
+}
+
 /// A `homeostat run` profile's progress to normal, with the configuration's rule.
 fn run_progress(p: &PhProfile, config: &PhConfig) -> Progress {
     Progress::of(
@@ -188,7 +192,7 @@ fn list(json: bool, state: &StateFlags) -> Result<()> {
         println!(
             "{}  [{}]",
             line(p),
-            run_progress(p, &config).describe(p.state)
+            run_progress(p, &config).describe(p.state, now_s())
         );
     }
     for (_, d) in &files {
@@ -200,7 +204,7 @@ fn list(json: bool, state: &StateFlags) -> Result<()> {
             d.anomalies,
             d.key().to_string(),
             printable(&d.path),
-            file_progress(d, &config).describe(d.state)
+            file_progress(d, &config).describe(d.state, now_s())
         );
     }
     for (pid, p) in &live {
@@ -212,7 +216,7 @@ fn list(json: bool, state: &StateFlags) -> Result<()> {
             p.anomalies,
             p.key,
             printable(&p.path),
-            p.progress.describe(p.state)
+            p.progress.describe(p.state, now_s())
         );
     }
     Ok(())
@@ -292,7 +296,7 @@ fn show(json: bool, t: &ProfileTarget) -> Result<()> {
             println!("key            {}", d.key());
             println!("file           {} (homeostat daemon)", file.display());
             println!("state          {}", d.state);
-            println!("progress       {}", progress.describe(d.state));
+            println!("progress       {}", progress.describe(d.state, now_s()));
             println!("pairs          {}", d.pair_count());
             println!("train_count    {}", d.train_count);
             println!("last_mod_count {}", d.last_mod_count);
@@ -321,7 +325,7 @@ fn show(json: bool, t: &ProfileTarget) -> Result<()> {
     println!("key            {}", p.key);
     println!("file           {}", store.path_for(p.key).display());
     println!("state          {}", p.state);
-    println!("progress       {}", progress.describe(p.state));
+    println!("progress       {}", progress.describe(p.state, now_s()));
     println!("pairs          {}", p.pairs());
     println!("train_count    {}", p.train_count);
     println!("last_mod_count {}", p.last_mod_count);
