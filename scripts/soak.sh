@@ -126,6 +126,17 @@ say "daemon $daemon_pid watching (mode $MODE, normal_wait $NORMAL_WAIT s${cgroup
 # inside (the daemon and the web server started before stay outside).
 [[ -n $cgroup ]] && echo $$ >"$cgroup/cgroup.procs"
 
+# The soak's own queries to the daemon (ps, status, profile list) run outside the
+# scope: under it they are monitored programs like any other, and a response delays
+# each of their calls by up to max_delay_ms (a first run here took minutes to list
+# profiles once `homeostat` itself had been made normal and then behaved differently).
+admin() {
+    (
+        [[ -n $cgroup ]] && echo $BASHPID >"$cgroot/cgroup.procs"
+        exec "$HOMEOSTAT" "$@" --state-dir "$state"
+    )
+}
+
 # ---- the work ----
 round=0
 task_build() {
@@ -283,7 +294,7 @@ while (($(date +%s) < end)); do
             prev_stopped=$cur
             if ((now >= warm_end)); then
                 # Processes the daemon follows, and how many under normal profiles.
-                read -r a b < <("$HOMEOSTAT" ps --json --state-dir "$state" 2>/dev/null |
+                read -r a b < <(admin ps --json 2>/dev/null |
                     python3 -c 'import json,sys
 t=[x for m in json.load(sys.stdin) for x in (m.get("tasks") or [])]
 print(len(t), sum(1 for x in t if x.get("state")=="normal"))' 2>/dev/null || echo "0 0")
@@ -296,8 +307,8 @@ print(len(t), sum(1 for x in t if x.get("state")=="normal"))' 2>/dev/null || ech
     ((round % 5 == 0)) && say "round $round, $(($(date +%s) - start)) s, $ran tasks ($failed failed, $hung hung)"
 done
 
-"$HOMEOSTAT" status --json --state-dir "$state" >"$OUT/status.json" 2>/dev/null || echo '[]' >"$OUT/status.json"
-"$HOMEOSTAT" profile list --json --state-dir "$state" >"$OUT/profiles.json" 2>/dev/null || echo '[]' >"$OUT/profiles.json"
+admin status --json >"$OUT/status.json" 2>/dev/null || echo '[]' >"$OUT/status.json"
+admin profile list --json >"$OUT/profiles.json" 2>/dev/null || echo '[]' >"$OUT/profiles.json"
 kill -TERM "$daemon_pid"
 wait "$daemon_pid" || say "daemon exited with $?"
 trap - EXIT
@@ -318,7 +329,8 @@ import json, sys, collections
  max_stopped, stayed, final_stopped, ps_n, ps_tasks, ps_normal, load, scope, fails) = sys.argv[1:]
 start, warm, end = int(start), int(warm), int(end)
 evs = [json.loads(l) for l in open(ev) if l.strip()]
-after = [e for e in evs if e.get("ts", 0) >= warm]
+# The work's time after warm-up only (not the daemon's shutdown after it).
+after = [e for e in evs if warm <= e.get("ts", 0) <= end]
 hours = max(end - warm, 1) / 3600
 kinds = collections.Counter(e["event"] for e in after)
 anoms = [e for e in after if e["event"] == "anomaly"]
