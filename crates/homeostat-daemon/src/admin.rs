@@ -4,9 +4,10 @@
 use homeostat_core::ph::{ExeKey, ProfileState};
 use homeostat_ebpf::Kernel;
 use homeostat_monitor::control::{
-    AdminReply, Losses, ProfileCounts, ProfileEntry, ProfilesReply, ProgRunTime, PsReply, Request,
-    Response, SaveReply, StatusReply,
+    AdminReply, Evictions, Losses, ProfileCounts, ProfileEntry, ProfilesReply, ProgRunTime,
+    PsReply, Request, Response, SaveReply, StatusReply,
 };
+use homeostat_monitor::daemon_profile::container_id;
 use homeostat_monitor::TaskInfo;
 
 use crate::daemon::Daemon;
@@ -52,7 +53,8 @@ impl Daemon {
             Request::Normalize { key }
             | Request::Sensitize { key }
             | Request::Tolerize { key }
-            | Request::Reset { key } => match self.resolve(key) {
+            | Request::Reset { key }
+            | Request::LearnFrom { key, .. } => match self.resolve(key) {
                 Ok(k) => k,
                 Err(e) => return e,
             },
@@ -63,13 +65,13 @@ impl Daemon {
             }
             Request::Sensitize { .. } => {
                 if let Some(p) = self.profiles.get_mut(&key) {
-                    p.wipe_training();
+                    p.wipe_training("sensitized");
                 }
                 self.set_state(kernel, key, ProfileState::Training, "sensitized");
             }
             Request::Tolerize { .. } => {
                 if let Some(p) = self.profiles.get_mut(&key) {
-                    p.wipe_training();
+                    p.wipe_training("tolerized");
                 }
             }
             Request::Reset { .. } => {
@@ -80,10 +82,42 @@ impl Daemon {
                 let _ = std::fs::remove_file(self.dir.join(format!("{key}.json")));
                 return done;
             }
+            Request::LearnFrom { uid, cgroup, .. } => {
+                if let Some(c) = &cgroup {
+                    if let Err(e) = crate::main_loop::cgroup_id(std::path::Path::new(c)) {
+                        return Response::error(format!("{e:#}"));
+                    }
+                }
+                if let Some(p) = self.profiles.get_mut(&key) {
+                    p.learn_uid = uid;
+                    p.learn_cgroup = cgroup.as_deref().map(std::sync::Arc::from);
+                    p.dirty = true;
+                }
+                if let Err(e) = self.apply_learn_from(kernel, key) {
+                    return Response::error(format!("{e:#}"));
+                }
+            }
             _ => unreachable!("answered above"),
         }
         self.save(kernel);
         done
+    }
+
+    /// Tells the kernel which tasks a profile learns from (its `learn_uid`,
+    /// `learn_cgroup`). A cgroup that no longer exists matches no task (nobody
+    /// teaches the profile until the filter is changed), said once here.
+    pub(crate) fn apply_learn_from(&self, kernel: &Kernel, key: ExeKey) -> anyhow::Result<()> {
+        let Some(p) = self.profiles.get(&key) else {
+            return Ok(());
+        };
+        let cgroup = p.learn_cgroup.as_deref().map(|c| {
+            crate::main_loop::cgroup_id(std::path::Path::new(c)).unwrap_or_else(|e| {
+                tracing::warn!("profile {key}: learns from nobody: {e:#}");
+                0
+            })
+        });
+        kernel.set_learn_from(key, p.learn_uid, cgroup)?;
+        Ok(())
     }
 
     /// The profile an admin request names, or the error reply.
@@ -97,6 +131,7 @@ impl Daemon {
 
     /// Every profile, for `homeostat profile list`.
     pub(crate) fn profile_list(&self) -> ProfilesReply {
+        let now = crate::now_ns();
         let profiles = self
             .profiles
             .iter()
@@ -106,6 +141,19 @@ impl Daemon {
                 state: p.state,
                 train_count: p.train_count,
                 anomalies: p.anomalies,
+                paths: p.paths.iter().map(|s| s.to_string()).collect(),
+                scripts: p.scripts.iter().map(|s| s.to_string()).collect(),
+                progress: p.progress(now, &self.config),
+                learn_uid: p.learn_uid,
+                learn_cgroup: p.learn_cgroup.as_deref().map(str::to_string),
+                cgroups: p
+                    .cgroups
+                    .iter()
+                    .map(|c| match container_id(c) {
+                        Some(id) => format!("{c} (container {id})"),
+                        None => c.to_string(),
+                    })
+                    .collect(),
             })
             .collect();
         ProfilesReply {
@@ -142,6 +190,13 @@ impl Daemon {
                 frozen: c.profiles_frozen,
                 normal: c.profiles_normal,
             },
+            max_profiles: self.max_profiles,
+            evicted: Evictions {
+                deleted: c.evicted_deleted_total,
+                lru: c.evicted_lru_total,
+            },
+            calls: c.calls_total,
+            calls_normal: c.calls_normal_total,
             bpf_run_time: None,
         }
     }
@@ -199,7 +254,7 @@ mod tests {
     use std::sync::Arc;
 
     use homeostat_core::ph::{Mode, PhConfig};
-    use homeostat_monitor::control::{ErrorReply, Reply};
+    use homeostat_monitor::control::{ErrorReply, Progress, Reply};
 
     use super::*;
     use crate::lifecycle::Prof;
@@ -257,6 +312,17 @@ mod tests {
                 state: ProfileState::Normal,
                 train_count: 12,
                 anomalies: 2,
+                paths: vec!["/usr/bin/x".into()],
+                scripts: vec![],
+                progress: Progress {
+                    calls_since_new_pair: 0,
+                    calls_to_freeze: None,
+                    normal_in_s: None,
+                    last_reset: None,
+                },
+                learn_uid: None,
+                learn_cgroup: None,
+                cgroups: vec![],
             }]
         );
         let s = wire::<StatusReply>(&Response::Status(Box::new(d.status())))

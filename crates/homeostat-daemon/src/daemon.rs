@@ -38,6 +38,10 @@ pub(crate) struct Daemon {
     /// Counters for `homeostat status` and the metrics endpoint.
     pub counts: Snapshot,
     pub started: Instant,
+    /// The kernel's rows_full counter when eviction last looked.
+    pub rows_full_seen: u64,
+    /// The kernel's profile map size (for `status`).
+    pub max_profiles: u64,
 }
 
 impl Daemon {
@@ -65,6 +69,8 @@ impl Daemon {
             delaying: HashSet::new(),
             counts: Snapshot::default(),
             started: Instant::now(),
+            rows_full_seen: 0,
+            max_profiles: 0,
         }
     }
 
@@ -85,6 +91,9 @@ impl Daemon {
         p.dirty = true;
         if to == ProfileState::Normal || to == ProfileState::Training {
             p.anomalies = 0;
+        }
+        if to == ProfileState::Training && from != ProfileState::Training {
+            p.reset_by(reason);
         }
         let ks = kernel_state(to);
         let respond = to == ProfileState::Normal && self.responds(key);
@@ -108,7 +117,11 @@ impl Daemon {
     /// A profile's mode: its `[modes]` entry, else the host's.
     pub(crate) fn mode_of(&self, key: ExeKey) -> Mode {
         match self.profiles.get(&key) {
-            Some(p) => self.mode_for(&p.path),
+            Some(p) => p
+                .paths
+                .iter()
+                .find_map(|x| self.modes.get(&**x).copied())
+                .unwrap_or_else(|| self.mode_for(&p.path)),
             None => self.config.mode,
         }
     }

@@ -66,30 +66,7 @@ impl Daemon {
     pub(crate) fn on_event(&mut self, kernel: &Kernel, e: Event) {
         self.counts.events_total += 1;
         match e.kind {
-            EventKind::Exec => {
-                let path = e.path.unwrap_or_default();
-                let path = if path.starts_with('/') {
-                    path
-                } else {
-                    std::fs::read_link(format!("/proc/{}/exe", e.pid))
-                        .map(|p| p.to_string_lossy().into_owned())
-                        .unwrap_or(path)
-                };
-                let p = self
-                    .profiles
-                    .entry(e.exe)
-                    .or_insert_with(|| Prof::new(Arc::from(path.as_str())));
-                if &*p.path != path.as_str() {
-                    p.path = Arc::from(path.as_str());
-                    p.dirty = true;
-                    // Its mode may depend on the path, now known.
-                    let normal = p.state == ProfileState::Normal;
-                    let on = normal && self.responds(e.exe);
-                    if normal {
-                        let _ = kernel.set_respond(e.exe, on);
-                    }
-                }
-            }
+            EventKind::Exec => self.on_exec(kernel, &e),
             EventKind::NewPairs => {}
             EventKind::ExecRefused => {
                 self.counts.execve_refused_total += 1;
@@ -112,13 +89,19 @@ impl Daemon {
                     self.resp_keys.insert(e.pid, e.exe);
                     self.responders.start(kernel, e.pid);
                 }
+                let detail = if e.foreign {
+                    // Not one of the profile's teachers: reported, not counted.
+                    serde_json::json!({ "misses": e.misses, "counted": false })
+                } else {
+                    serde_json::json!({ "misses": e.misses })
+                };
                 let r = self.record(
                     "anomaly",
                     e.exe,
                     (e.pid, e.tid),
                     Arch::X86_64.display(e.nr).into_owned(),
                     e.lfc,
-                    serde_json::json!({ "misses": e.misses }),
+                    detail,
                 );
                 let r = EventRecord {
                     action: if e.stopped { "stop" } else { "none" },
@@ -130,6 +113,55 @@ impl Daemon {
         }
     }
 
+    /// An exec: the profile is named by the executable's own path (for a `#!` script,
+    /// the interpreter's: its file is what runs), every path it is run by is kept, and
+    /// a script is recorded beside its interpreter's profile.
+    fn on_exec(&mut self, kernel: &Kernel, e: &Event) {
+        let given = e.path.clone().unwrap_or_default();
+        let own = e.interp.clone().unwrap_or_else(|| given.clone());
+        // The file that runs, symbolic links resolved, while the process still runs
+        // it (the same inode: it may have exec'd again or gone).
+        let live = homeostat_proc::exe(e.pid as i32);
+        let resolved = (live.dev == e.exe.dev && live.ino == e.exe.ino)
+            .then(|| live.path.to_string_lossy().into_owned())
+            .filter(|p| p.starts_with('/') && !p.ends_with(" (deleted)"));
+        let own = match (&resolved, own.starts_with('/')) {
+            (Some(r), false) => r.clone(),
+            _ => own,
+        };
+        let name = resolved.clone().unwrap_or_else(|| own.clone());
+        let p = self
+            .profiles
+            .entry(e.exe)
+            .or_insert_with(|| Prof::new(Arc::from(name.as_str())));
+        p.last_used_ns = now_ns();
+        let mut changed = p.saw_path(&name);
+        changed |= p.saw_path(&own);
+        if e.interp.is_some() && !given.is_empty() {
+            let script = if given.starts_with('/') {
+                given
+            } else {
+                std::fs::read_link(format!("/proc/{}/cwd", e.pid))
+                    .map(|cwd| cwd.join(&given).to_string_lossy().into_owned())
+                    .unwrap_or(given)
+            };
+            p.saw_script(&script);
+        }
+        // The cgroup of the process that ran it: a container's shows which one.
+        if let Ok(cg) = std::fs::read_to_string(format!("/proc/{}/cgroup", e.pid)) {
+            if let Some(path) = cg.lines().find_map(|l| l.strip_prefix("0::")) {
+                if path != "/" {
+                    p.saw_cgroup(path);
+                }
+            }
+        }
+        if changed && p.state == ProfileState::Normal {
+            // Its mode may depend on a path, now known.
+            let on = self.responds(e.exe);
+            let _ = kernel.set_respond(e.exe, on);
+        }
+    }
+
     /// pH's tolerize_limit and anomaly_limit, for an anomaly event. An LFC above
     /// tolerize_limit starts a tolerized episode for the process (until its response
     /// ends): the profile's training counters are wiped (the kernel keeps one pair set,
@@ -137,6 +169,10 @@ impl Daemon {
     /// toward anomaly_limit; more than anomaly_limit counted anomalies send the profile
     /// back to training, as in `homeostat run` (docs/homeostat-run.md).
     pub(crate) fn limits(&mut self, kernel: &Kernel, e: &Event) {
+        if e.foreign {
+            // A process the profile does not learn from changes nothing in it.
+            return;
+        }
         let c = &self.config;
         if e.lfc > c.tolerize_limit && self.tolerized.insert(e.pid) {
             if self.tolerized.len() > 4096 {
@@ -145,7 +181,7 @@ impl Daemon {
                 self.tolerized.insert(e.pid);
             }
             if let Some(p) = self.profiles.get_mut(&e.exe) {
-                p.wipe_training();
+                p.wipe_training("tolerize_limit");
             }
             let r = self.record(
                 "tolerized",
@@ -167,7 +203,7 @@ impl Daemon {
         p.anomalies += 1;
         p.dirty = true;
         if p.state == ProfileState::Normal && p.anomalies > limit {
-            p.wipe_training();
+            p.wipe_training("anomaly_limit");
             self.set_state(kernel, e.exe, ProfileState::Training, "anomaly_limit");
         }
     }

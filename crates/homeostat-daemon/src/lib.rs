@@ -23,13 +23,15 @@
 //!
 //! Profiles are saved as `daemon/<dev>-<ino>.json` in the state directory
 //! (docs/daemon.md). One module per concern: [`main_loop`] (start, loop, shutdown),
-//! `daemon` (the state), `events`, `lifecycle`, `admin` (control requests), `persist`,
+//! `daemon` (the state), `events`, `lifecycle`, `evict` (profiles of deleted
+//! executables, and the least valuable when the map is near full), `admin` (control requests), `persist`,
 //! [`prometheus`] (the metrics endpoint), [`respond`], [`stop_guard`].
 #![forbid(unsafe_code)]
 
 mod admin;
 mod daemon;
 mod events;
+mod evict;
 mod lifecycle;
 pub mod main_loop;
 mod persist;

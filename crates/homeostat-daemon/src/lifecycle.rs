@@ -11,6 +11,8 @@ use std::sync::Arc;
 use homeostat_core::ph::lifecycle::{self, Change};
 use homeostat_core::ph::{ExeKey, Mode, PhConfig, ProfileState, TrainCounts};
 use homeostat_ebpf::{Kernel, KernelState};
+use homeostat_monitor::control::{LastReset, Progress};
+use homeostat_monitor::daemon_profile::MAX_PATHS;
 use homeostat_monitor::sink::write_event;
 use tracing::warn;
 
@@ -30,7 +32,12 @@ pub(crate) fn kernel_state(st: ProfileState) -> KernelState {
 /// Userspace's half of a profile.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Prof {
+    /// The executable's own path (for a script run through it: the interpreter's).
     pub path: Arc<str>,
+    /// Every path it was run by, `path` first (at most `MAX_PATHS`).
+    pub paths: Vec<Arc<str>>,
+    /// Scripts run with it as their interpreter (at most `MAX_PATHS`).
+    pub scripts: Vec<Arc<str>>,
     pub state: ProfileState,
     pub train_count: u64,
     pub last_mod_count: u64,
@@ -41,20 +48,43 @@ pub(crate) struct Prof {
     /// The kernel's counters at the last sample.
     pub seen_calls: u64,
     pub seen_new: u64,
+    /// When its calls last moved, or it was exec'd or loaded (eviction's LRU clock).
+    pub last_used_ns: u64,
+    /// When its training was last reset (back to training, or wiped), and why.
+    pub last_reset_ns: u64,
+    pub last_reset_why: Arc<str>,
+    /// Learns only from this user's / this cgroup's processes (`profile learn-from`).
+    pub learn_uid: Option<u32>,
+    pub learn_cgroup: Option<Arc<str>>,
+    /// The cgroups (v2 paths, not the root) of the processes that ran it.
+    pub cgroups: Vec<Arc<str>>,
     pub dirty: bool,
 }
 
 impl Prof {
     /// pH's "training data wiped" (tolerize, sensitize, anomaly_limit): the kernel
     /// keeps one pair set, so what is wiped is the freeze rule's counters.
-    pub fn wipe_training(&mut self) {
+    pub fn wipe_training(&mut self, why: &str) {
         self.train_count = 0;
         self.last_mod_count = 0;
+        self.reset_by(why);
+    }
+
+    /// Records a reset of its training (for `profile show`'s progress).
+    pub fn reset_by(&mut self, why: &str) {
+        self.last_reset_ns = crate::now_ns();
+        self.last_reset_why = Arc::from(why);
         self.dirty = true;
     }
 
     pub fn new(path: Arc<str>) -> Prof {
         Prof {
+            paths: if path.starts_with('/') {
+                vec![path.clone()]
+            } else {
+                vec![]
+            },
+            scripts: vec![],
             path,
             state: ProfileState::Training,
             train_count: 0,
@@ -63,7 +93,62 @@ impl Prof {
             anomalies: 0,
             seen_calls: 0,
             seen_new: 0,
+            last_used_ns: crate::now_ns(),
+            last_reset_ns: 0,
+            last_reset_why: Arc::from(""),
+            learn_uid: None,
+            learn_cgroup: None,
+            cgroups: vec![],
             dirty: true,
+        }
+    }
+
+    /// How far it is from normal at `now_ns`: calls since its last new pair against
+    /// what pH's freeze rule needs, time left of normal_wait, its last reset.
+    pub fn progress(&self, now_ns: u64, config: &PhConfig) -> Progress {
+        Progress::of(
+            self.state,
+            self.train_count,
+            self.last_mod_count,
+            self.normal_time_ns,
+            (self.last_reset_ns > 0).then(|| LastReset {
+                ts: self.last_reset_ns as f64 / 1e9,
+                why: self.last_reset_why.to_string(),
+            }),
+            now_ns,
+            config,
+        )
+    }
+
+    /// Records a path the executable was run by; the first absolute one names it.
+    /// Returns whether it was new.
+    pub fn saw_path(&mut self, path: &str) -> bool {
+        if self.paths.iter().any(|p| &**p == path) {
+            return false;
+        }
+        if !self.path.starts_with('/') && path.starts_with('/') {
+            self.path = Arc::from(path);
+        }
+        if self.paths.len() < MAX_PATHS {
+            self.paths.push(Arc::from(path));
+        }
+        self.dirty = true;
+        true
+    }
+
+    /// Records the cgroup of a process that ran it.
+    pub fn saw_cgroup(&mut self, cgroup: &str) {
+        if self.cgroups.len() < MAX_PATHS && !self.cgroups.iter().any(|p| &**p == cgroup) {
+            self.cgroups.push(Arc::from(cgroup));
+            self.dirty = true;
+        }
+    }
+
+    /// Records a script run through this executable (its interpreter).
+    pub fn saw_script(&mut self, script: &str) {
+        if self.scripts.len() < MAX_PATHS && !self.scripts.iter().any(|p| &**p == script) {
+            self.scripts.push(Arc::from(script));
+            self.dirty = true;
         }
     }
 
@@ -82,6 +167,9 @@ impl Prof {
         let dnew = new_pairs.saturating_sub(self.seen_new);
         self.seen_calls = calls;
         self.seen_new = new_pairs;
+        if dcalls > 0 {
+            self.last_used_ns = self.last_used_ns.max(now_ns);
+        }
         if self.state == ProfileState::Normal || dcalls == 0 {
             return None;
         }
@@ -110,7 +198,12 @@ impl Daemon {
     pub(crate) fn tick(&mut self, kernel: &Kernel) {
         let now = now_ns();
         let mut changes: Vec<(ExeKey, ProfileState, &'static str)> = vec![];
-        for key in kernel.profiles() {
+        let keys = kernel.profiles();
+        // An exec is reported even when the kernel had no room for its profile
+        // (profiles_full): userspace keeps only what the kernel has.
+        let held: std::collections::HashSet<ExeKey> = keys.iter().copied().collect();
+        self.profiles.retain(|k, _| held.contains(k));
+        for key in keys {
             let Ok(Some(kp)) = kernel.profile(key) else {
                 continue;
             };
@@ -118,13 +211,18 @@ impl Daemon {
                 let path = format!("?{key}");
                 Prof::new(Arc::from(path.as_str()))
             });
+            let dcalls = kp.calls.saturating_sub(p.seen_calls);
+            self.counts.calls_total += dcalls;
+            if p.state == ProfileState::Normal {
+                self.counts.calls_normal_total += dcalls;
+            }
             if let Some((to, why)) = p.sample(kp.calls, kp.new_pairs, now, &self.config) {
                 changes.push((key, to, why));
             }
         }
         for (&key, p) in &self.profiles {
             let changing = changes.iter().any(|c| c.0 == key);
-            let learn = self.mode_for(&p.path) == Mode::Learn;
+            let learn = self.mode_of(key) == Mode::Learn;
             if !changing && p.due_normal(now, learn) {
                 changes.push((key, ProfileState::Normal, "normal_wait elapsed"));
             }

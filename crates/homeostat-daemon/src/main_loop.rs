@@ -17,10 +17,12 @@ use homeostat_monitor::config::ConfigFile;
 use homeostat_monitor::control::Server;
 use homeostat_monitor::daemon_profile;
 use homeostat_monitor::sink::EventSink;
+use homeostat_monitor::store::over_watermark;
 use homeostat_monitor::ProfileStore;
 use tracing::{info, warn};
 
 use crate::daemon::Daemon;
+use crate::evict::DELETED_SCAN;
 use crate::prometheus::{MetricsServer, Snapshot};
 use crate::stop_guard::StopGuard;
 
@@ -45,6 +47,27 @@ pub struct DaemonOptions {
     pub metrics: Option<SocketAddr>,
     /// Stop after this long (default: when `stop` is set).
     pub duration: Option<Duration>,
+    /// The kernel's profile map holds at most this many (default and most 4096);
+    /// eviction keeps it below 90% (docs/daemon.md).
+    pub max_profiles: Option<u32>,
+    /// Watch only the processes of this cgroup (v2 directory, e.g. a systemd scope or a
+    /// container's cgroup): everything else on the machine is left alone.
+    pub cgroup: Option<std::path::PathBuf>,
+}
+
+/// The id of a cgroup v2 directory (its inode number, what
+/// `bpf_get_current_cgroup_id` returns), checked to be one.
+pub(crate) fn cgroup_id(dir: &std::path::Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    if !dir.join("cgroup.procs").exists() || !dir.join("cgroup.controllers").exists() {
+        anyhow::bail!(
+            "{}: not a cgroup v2 directory (no cgroup.procs / cgroup.controllers)",
+            dir.display()
+        );
+    }
+    Ok(std::fs::metadata(dir)
+        .with_context(|| format!("{}", dir.display()))?
+        .ino())
 }
 
 /// Runs the daemon until `stop` is set (a signal handler's flag) or the duration is
@@ -57,7 +80,14 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         quiet,
         metrics: metrics_addr,
         duration,
+        max_profiles,
+        cgroup,
     } = opts;
+    let scope_cgroup = cgroup
+        .as_deref()
+        .map(cgroup_id)
+        .transpose()
+        .context("--cgroup")?;
     let (config, modes) = (settings.ph, settings.modes);
     let state_dir = store.dir().to_path_buf();
     let dir = daemon_profile::dir_in(&state_dir);
@@ -68,6 +98,8 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         auto_create: true,
         // Where BPF LSM loads, execve is refused in the kernel too (else reported why).
         exec_lsm_at: if enforce { config.suspend_execve } else { 0 },
+        max_profiles: max_profiles.unwrap_or(homeostat_ebpf::SLOTS),
+        scope_cgroup,
         ..Options::default()
     })?;
     match kernel.exec_lsm() {
@@ -113,6 +145,7 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         None => None,
     };
     let mut d = Daemon::new(config, modes, dir, json, quiet, guard.is_some());
+    d.max_profiles = u64::from(kernel.max_profiles());
     let loaded = d.load(&kernel, &store);
     let control = match Server::start(&state_dir) {
         Ok(s) => Some(s),
@@ -125,12 +158,17 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
     let q = queue.clone();
     let events = kernel.events(move |e| q.borrow_mut().push(e))?;
     info!(
-        "daemon: watching ({:?} hook, {loaded} profiles loaded from {}, mode {:?}{})",
+        "daemon: watching ({:?} hook, {loaded} profiles loaded from {}, room for {}, mode {:?}{}{})",
         kernel.hook(),
         d.dir.display(),
+        kernel.max_profiles(),
         d.config.mode,
         match &guard {
             Some(g) => format!(", stop guard pid {}", g.pid()),
+            None => String::new(),
+        },
+        match &cgroup {
+            Some(c) => format!(", only cgroup {}", c.display()),
             None => String::new(),
         }
     );
@@ -139,6 +177,7 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
     let deadline = duration;
     let mut last_tick = Instant::now();
     let mut last_save = Instant::now();
+    let mut last_scan = Instant::now();
     let mut result = Ok(());
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| start.elapsed() < d) {
         // Short while responses run: their reports (and lost stops) are handled here.
@@ -160,8 +199,18 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
             d.on_event(&kernel, e);
         }
         d.on_reports(&kernel);
+        // New executables arrive faster than ticks on a build machine: look at the
+        // map's fill as soon as the execs say it may be near full.
+        if over_watermark(d.profiles.len(), kernel.max_profiles() as usize) > 0 {
+            d.evict(&kernel, false);
+        }
         if last_tick.elapsed() >= TICK {
             d.tick(&kernel);
+            let scan = last_scan.elapsed() >= DELETED_SCAN;
+            if scan {
+                last_scan = Instant::now();
+            }
+            d.evict(&kernel, scan);
             if let Ok(mut m) = metrics_shared.lock() {
                 *m = d.counts.clone();
             }

@@ -30,6 +30,13 @@ impl Prof {
             normal_time_ns: self.normal_time_ns,
             anomalies: self.anomalies,
             pairs,
+            paths: self.paths.iter().map(|p| p.to_string()).collect(),
+            scripts: self.scripts.iter().map(|p| p.to_string()).collect(),
+            last_reset_ns: self.last_reset_ns,
+            last_reset_why: self.last_reset_why.to_string(),
+            learn_uid: self.learn_uid,
+            learn_cgroup: self.learn_cgroup.as_deref().map(str::to_string),
+            cgroups: self.cgroups.iter().map(|p| p.to_string()).collect(),
         }
     }
 
@@ -37,8 +44,15 @@ impl Prof {
     /// learn mode comes back frozen: learn mode never tests. The kernel's counters
     /// start from 0, as the kernel's copy of the profile does.
     pub fn from_file(d: &DaemonProfile, learn: bool) -> Prof {
+        let path: Arc<str> = Arc::from(d.path.as_str());
+        let mut paths: Vec<Arc<str>> = d.paths.iter().map(|p| Arc::from(p.as_str())).collect();
+        if path.starts_with('/') && !paths.contains(&path) {
+            paths.insert(0, path.clone());
+        }
         Prof {
-            path: Arc::from(d.path.as_str()),
+            path,
+            paths,
+            scripts: d.scripts.iter().map(|p| Arc::from(p.as_str())).collect(),
             state: match d.state {
                 ProfileState::Normal if learn => ProfileState::Frozen,
                 st => st,
@@ -49,6 +63,12 @@ impl Prof {
             anomalies: d.anomalies,
             seen_calls: 0,
             seen_new: 0,
+            last_used_ns: crate::now_ns(),
+            last_reset_ns: d.last_reset_ns,
+            last_reset_why: Arc::from(d.last_reset_why.as_str()),
+            learn_uid: d.learn_uid,
+            learn_cgroup: d.learn_cgroup.as_deref().map(Arc::from),
+            cgroups: d.cgroups.iter().map(|p| Arc::from(p.as_str())).collect(),
             dirty: false,
         }
     }
@@ -137,7 +157,11 @@ impl Daemon {
         let prof = Prof::from_file(&d, learn);
         let state = prof.state;
         kernel.set_state(key, kernel_state(state))?;
+        let filter = (prof.learn_uid, prof.learn_cgroup.clone());
         self.profiles.insert(key, prof);
+        if filter.0.is_some() || filter.1.is_some() {
+            self.apply_learn_from(kernel, key)?;
+        }
         if state == ProfileState::Normal {
             let on = self.responds(key);
             kernel.set_respond(key, on)?;
@@ -164,6 +188,8 @@ mod tests {
     fn prof() -> Prof {
         Prof {
             path: Arc::from("/usr/sbin/sshd"),
+            paths: vec![Arc::from("/usr/sbin/sshd"), Arc::from("/sbin/sshd")],
+            scripts: vec![Arc::from("/etc/x.sh")],
             state: ProfileState::Normal,
             train_count: 5000,
             last_mod_count: 4000,
@@ -171,6 +197,12 @@ mod tests {
             anomalies: 3,
             seen_calls: 123,
             seen_new: 4,
+            last_used_ns: 5,
+            last_reset_ns: 6,
+            last_reset_why: Arc::from("anomaly_limit"),
+            learn_uid: Some(1000),
+            learn_cgroup: Some(Arc::from("/sys/fs/cgroup/x.scope")),
+            cgroups: vec![Arc::from("/system.slice/sshd.service")],
             dirty: true,
         }
     }
@@ -197,6 +229,7 @@ mod tests {
         let want = Prof {
             seen_calls: 0,
             seen_new: 0,
+            last_used_ns: back.last_used_ns,
             dirty: false,
             ..prof()
         };

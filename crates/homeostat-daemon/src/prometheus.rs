@@ -53,6 +53,14 @@ pub struct Snapshot {
     pub profiles_normal: u64,
     /// Processes currently under response (a gauge).
     pub under_response: u64,
+    /// Profiles evicted because their executable no longer exists.
+    pub evicted_deleted_total: u64,
+    /// Profiles evicted because the profile map was near full.
+    pub evicted_lru_total: u64,
+    /// Calls counted under normal profiles (kernel `calls`, summed per tick).
+    pub calls_normal_total: u64,
+    /// Calls counted under any profile.
+    pub calls_total: u64,
 }
 
 impl Snapshot {
@@ -131,6 +139,37 @@ impl Snapshot {
             "gauge",
         );
         let _ = writeln!(out, "homeostat_under_response {}", self.under_response);
+        metric_header(
+            &mut out,
+            "homeostat_profiles_evicted_total",
+            "Profiles evicted: their executable was deleted, or the profile map was near full.",
+            "counter",
+        );
+        for (reason, value) in [
+            ("deleted", self.evicted_deleted_total),
+            ("lru", self.evicted_lru_total),
+        ] {
+            let _ = writeln!(
+                out,
+                "homeostat_profiles_evicted_total{{reason=\"{reason}\"}} {value}"
+            );
+        }
+        metric_header(
+            &mut out,
+            "homeostat_calls_total",
+            "System calls of profiled executables, by the profile's state when counted.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "homeostat_calls_total{{state=\"normal\"}} {}",
+            self.calls_normal_total
+        );
+        let _ = writeln!(
+            out,
+            "homeostat_calls_total{{state=\"learning\"}} {}",
+            self.calls_total.saturating_sub(self.calls_normal_total)
+        );
         out
     }
 }
@@ -314,6 +353,10 @@ mod tests {
             profiles_frozen: 11,
             profiles_normal: 12,
             under_response: 13,
+            evicted_deleted_total: 14,
+            evicted_lru_total: 15,
+            calls_normal_total: 16,
+            calls_total: 20,
         }
     }
 
@@ -355,6 +398,14 @@ homeostat_profiles{state=\"normal\"} 12
 # HELP homeostat_under_response Processes currently under response.
 # TYPE homeostat_under_response gauge
 homeostat_under_response 13
+# HELP homeostat_profiles_evicted_total Profiles evicted: their executable was deleted, or the profile map was near full.
+# TYPE homeostat_profiles_evicted_total counter
+homeostat_profiles_evicted_total{reason=\"deleted\"} 14
+homeostat_profiles_evicted_total{reason=\"lru\"} 15
+# HELP homeostat_calls_total System calls of profiled executables, by the profile's state when counted.
+# TYPE homeostat_calls_total counter
+homeostat_calls_total{state=\"normal\"} 16
+homeostat_calls_total{state=\"learning\"} 4
 ";
         assert_eq!(sample().render(), expected);
     }
@@ -389,8 +440,8 @@ homeostat_under_response 13
             };
             assert_eq!(lines[t], format!("# TYPE {name} {kind}"));
         }
-        assert_eq!(samples, 13);
-        assert_eq!(text.matches("# TYPE").count(), 11);
+        assert_eq!(samples, 17);
+        assert_eq!(text.matches("# TYPE").count(), 13);
     }
 
     #[test]

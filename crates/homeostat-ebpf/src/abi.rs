@@ -25,7 +25,7 @@ pub const TABLE: usize = 1024;
 /// Where i386 calls' rows start (`HS_COMPAT`).
 pub const COMPAT: usize = 512;
 /// Profiles, i.e. slots of the row index (`HS_SLOTS`).
-pub(crate) const SLOTS: u32 = 4096;
+pub const SLOTS: u32 = 4096;
 /// Rows of the pool, row 0 the all-zero one (`HS_ROWS`).
 pub(crate) const ROWS: u32 = 65536;
 /// Locality frame size in the kernel (`HS_LOCALITY`).
@@ -44,6 +44,11 @@ pub(crate) const EV_EXEC: u32 = 3;
 pub(crate) const EV_EXEC_REFUSED: u32 = 4;
 /// `hs_event.flags`: the process was sent SIGSTOP for a response.
 pub(crate) const EVF_STOPPED: u32 = 1;
+/// `hs_event.flags`: the anomaly's task is not one its profile learns from.
+pub(crate) const EVF_FOREIGN: u32 = 2;
+/// `hs_profile.learn_flags`.
+pub(crate) const LEARN_UID: u32 = 1;
+pub(crate) const LEARN_CGROUP: u32 = 2;
 
 /// Entries of the per-CPU `hs_stats` array (`HS_NSTATS`), in `HS_STAT_*` order: the
 /// five loss counters, then events submitted (for wakeup batching, not a loss).
@@ -80,11 +85,11 @@ const _: () = {
     assert!(size_of::<hs_key>() == 16);
     assert!(size_of::<hs_index>() == 4 * TABLE);
     assert!(size_of::<hs_row>() == ROW);
-    assert!(size_of::<hs_profile>() == 40);
+    assert!(size_of::<hs_profile>() == 56);
     assert!(size_of::<hs_task>() == 144);
-    assert!(size_of::<hs_config>() == 24);
+    assert!(size_of::<hs_config>() == 32);
     assert!(size_of::<hs_event>() == 48);
-    assert!(size_of::<hs_exec_event>() == 48 + 256);
+    assert!(size_of::<hs_exec_event>() == 48 + 2 * 256);
     assert!(size_of::<hs_stop>() == 16);
 };
 

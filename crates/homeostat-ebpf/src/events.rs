@@ -42,9 +42,15 @@ pub struct Event {
     pub lfc: u32,
     /// Exec: the path as passed to execve (may be relative; cut at 255 bytes).
     pub path: Option<String>,
+    /// Exec of a `#!` script: the interpreter's path (whose file runs, and whose
+    /// profile `exe` is); `path` is then the script's.
+    pub interp: Option<String>,
     /// Anomaly: this call sent the process SIGSTOP for a response ([`Kernel::stopped`]
     /// lists it until [`Kernel::unstop`]).
     pub stopped: bool,
+    /// Anomaly: of a task its profile does not learn from
+    /// ([`Kernel::set_learn_from`]): it does not count toward the profile's limits.
+    pub foreign: bool,
 }
 
 /// Counters of what the kernel side could not do; none is ever silent.
@@ -71,15 +77,20 @@ fn decode_event(b: &[u8]) -> Option<Event> {
         abi::EV_EXEC_REFUSED => EventKind::ExecRefused,
         _ => return None,
     };
-    let path = if kind == EventKind::Exec {
+    let (path, interp) = if kind == EventKind::Exec {
         // A short record is not an exec event of these programs; drop it as any other
         // unknown record is dropped.
         let x: hs_exec_event = abi::decode_prefix(b)?;
-        let p = bytemuck::cast_slice::<i8, u8>(&x.path);
-        let end = p.iter().position(|&c| c == 0).unwrap_or(p.len());
-        Some(String::from_utf8_lossy(&p[..end]).into_owned())
+        let text = |s: &[i8]| {
+            let p = bytemuck::cast_slice::<i8, u8>(s);
+            let end = p.iter().position(|&c| c == 0).unwrap_or(p.len());
+            String::from_utf8_lossy(&p[..end]).into_owned()
+        };
+        let (path, interp) = (text(&x.path), text(&x.interp));
+        let interp = (!interp.is_empty() && interp != path).then_some(interp);
+        (Some(path), interp)
     } else {
-        None
+        (None, None)
     };
     Some(Event {
         kind,
@@ -93,7 +104,9 @@ fn decode_event(b: &[u8]) -> Option<Event> {
         misses: e.misses,
         lfc: e.lfc,
         stopped: e.flags & abi::EVF_STOPPED != 0,
+        foreign: e.flags & abi::EVF_FOREIGN != 0,
         path,
+        interp,
     })
 }
 

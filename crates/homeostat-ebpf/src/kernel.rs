@@ -39,6 +39,15 @@ pub struct Options {
     /// normal profiles at this LFC or above (0: do not try). Where BPF LSM does not
     /// load, the programs load without it ([`Kernel::exec_lsm`] says why).
     pub exec_lsm_at: u32,
+    /// At most this many profiles (slots handed out), up to [`crate::SLOTS`] (4096,
+    /// the default). Smaller maps are for tests and small machines: the memory is
+    /// preallocated for 4096 whatever this says.
+    pub max_profiles: u32,
+    /// Follow only the tasks of this cgroup (v2 id, the inode number of its directory
+    /// under /sys/fs/cgroup): decided at each exec and at a task's first call seen, and
+    /// inherited by forks. A task outside is not followed at all (no profile, no
+    /// learning, no test, no response). None: every task.
+    pub scope_cgroup: Option<u64>,
 }
 
 impl Default for Options {
@@ -50,6 +59,8 @@ impl Default for Options {
             hook: None,
             ring_bytes: 4 << 20,
             exec_lsm_at: 0,
+            max_profiles: SLOTS,
+            scope_cgroup: None,
         }
     }
 }
@@ -85,6 +96,7 @@ pub struct Kernel {
     pub(crate) prog_ids: Vec<u32>,
     hook: Hook,
     exec_lsm: ExecLsm,
+    max_profiles: u32,
     pub(crate) config: MapHandle,
     pub(crate) profiles: MapHandle,
     pub(crate) rows: MapHandle,
@@ -204,6 +216,7 @@ impl Kernel {
             prog_ids: vec![],
             hook,
             exec_lsm: ExecLsm::NotRequested,
+            max_profiles: opts.max_profiles.clamp(1, SLOTS),
             config: dup(&skel.maps.hs_config, "hs_config")?,
             profiles: dup(&skel.maps.hs_profiles, "hs_profiles")?,
             rows: dup(&skel.maps.hs_rows, "hs_rows")?,
@@ -273,8 +286,9 @@ impl Kernel {
     }
 
     fn configure(&self, opts: &Options) -> Result<(), Error> {
-        // Every slot and every row but the zero row is free (before any program runs).
-        for slot in 0..SLOTS {
+        // Every slot (up to the limit) and every row but the zero row is free (before
+        // any program runs): the free queue of slots is what bounds the profiles.
+        for slot in 0..self.max_profiles {
             self.free_slots
                 .update(&[], &slot.to_ne_bytes(), MapFlags::ANY)
                 .map_err(map_err("hs_free_slots", "push"))?;
@@ -292,6 +306,7 @@ impl Kernel {
             generation: 1,
             suspend_execve: opts.exec_lsm_at,
             pad: 0,
+            scope_cgroup: opts.scope_cgroup.unwrap_or(0),
         };
         self.config
             .update(&0u32.to_ne_bytes(), bytemuck::bytes_of(&c), MapFlags::ANY)
@@ -317,6 +332,11 @@ impl Kernel {
         self.config
             .update(&k, bytemuck::bytes_of(&c), MapFlags::ANY)
             .map_err(map_err("hs_config", "update"))
+    }
+
+    /// How many profiles the kernel can hold ([`Options::max_profiles`]).
+    pub fn max_profiles(&self) -> u32 {
+        self.max_profiles
     }
 
     /// How sys_enter is hooked.

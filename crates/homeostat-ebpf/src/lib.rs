@@ -49,7 +49,7 @@ mod sys;
 mod task;
 
 #[cfg(feature = "bpf")]
-pub use abi::{COMPAT, LOCALITY, ROW, TABLE};
+pub use abi::{COMPAT, LOCALITY, ROW, SLOTS, TABLE};
 #[cfg(feature = "bpf")]
 pub use error::Error;
 #[cfg(feature = "bpf")]

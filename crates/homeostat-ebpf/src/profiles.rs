@@ -70,6 +70,29 @@ impl Kernel {
             .map(|_| ())
     }
 
+    /// Which tasks the profile learns from: only `uid`'s, only those of the cgroup v2
+    /// with id `cgroup`, both, or (both None) every task. A task that does not match
+    /// neither trains the profile nor counts toward its limits; once the profile is
+    /// normal it is tested like any other (its anomalies flagged [`Event::foreign`]).
+    /// Decided per task when its cached state is refreshed (at exec, or when any
+    /// profile changes, as this call does). Creates the profile (training) if absent.
+    ///
+    /// [`Event::foreign`]: crate::Event::foreign
+    pub fn set_learn_from(
+        &self,
+        exe: ExeKey,
+        uid: Option<u32>,
+        cgroup: Option<u64>,
+    ) -> Result<(), Error> {
+        self.update_profile(exe, |p| {
+            p.learn_flags =
+                uid.map_or(0, |_| abi::LEARN_UID) | cgroup.map_or(0, |_| abi::LEARN_CGROUP);
+            p.learn_uid = uid.unwrap_or(0);
+            p.learn_cgroup = cgroup.unwrap_or(0);
+        })
+        .map(|_| ())
+    }
+
     fn lookup_profile(&self, k: &hs_key) -> Result<Option<hs_profile>, Error> {
         Ok(self
             .profiles

@@ -35,8 +35,9 @@ pub struct TaskState {
 impl TaskState {
     fn decode(v: &[u8]) -> Option<TaskState> {
         let t: hs_task = abi::decode(v)?;
-        // Storage is created zeroed; `valid` is set once the programs filled it.
-        (t.valid != 0).then(|| TaskState {
+        // Storage is created zeroed; `valid` is HS_VALID (1) once the programs filled
+        // it, HS_VALID_OUT (2) for a task outside the scope (not followed).
+        (t.valid == 1).then(|| TaskState {
             exe: abi::exe(&t.key),
             seq: t.seq,
             nseq: t.nseq,

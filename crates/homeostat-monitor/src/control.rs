@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use homeostat_core::ph::{Mode, ProfileState};
+use homeostat_core::ph::{Mode, PhConfig, ProfileState};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +50,16 @@ pub enum Request {
     Tolerize { key: String },
     /// Forget the profile.
     Reset { key: String },
+    /// Learn only from one user's processes and/or one cgroup's (the daemon only;
+    /// both absent: from every process).
+    #[serde(rename = "learn_from")]
+    LearnFrom {
+        key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cgroup: Option<String>,
+    },
 }
 
 /// `{"error": ...}`: the request failed or is not served by this monitor.
@@ -122,6 +132,106 @@ pub struct ProfileEntry {
     pub train_count: u64,
     /// Anomalies counted toward anomaly_limit.
     pub anomalies: u64,
+    /// Every path it was run by (the executable's own first).
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Scripts run with it as their interpreter.
+    #[serde(default)]
+    pub scripts: Vec<String>,
+    /// How far it is from normal.
+    #[serde(default)]
+    pub progress: Progress,
+    /// It learns only from this user's processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learn_uid: Option<u32>,
+    /// It learns only from the processes of this cgroup (v2 directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learn_cgroup: Option<String>,
+    /// The cgroups (v2 paths) of the processes that ran it, with the container id when
+    /// the path names one (docker, podman, containerd, CRI-O scopes).
+    #[serde(default)]
+    pub cgroups: Vec<String>,
+}
+
+/// How far a profile is from normal (docs/daemon.md, "Progress to normal").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Calls trained since its last new pair (pH's last_mod_count).
+    pub calls_since_new_pair: u64,
+    /// Training: calls without a new pair it still needs to freeze (pH's rule,
+    /// [`crate::daemon_profile::calls_to_freeze`]); absent when it has learnt nothing
+    /// to be stable about yet, or is not training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls_to_freeze: Option<u64>,
+    /// Frozen: seconds left of normal_wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normal_in_s: Option<f64>,
+    /// When it was last sent back to training or had its training wiped (unix
+    /// seconds), and why (`new behaviour`, `anomaly_limit`, `tolerized`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reset: Option<LastReset>,
+}
+
+impl Progress {
+    /// A profile's progress at `now_ns` from its counters (either monitor's).
+    pub fn of(
+        state: ProfileState,
+        train_count: u64,
+        last_mod_count: u64,
+        normal_time_ns: u64,
+        last_reset: Option<LastReset>,
+        now_ns: u64,
+        config: &PhConfig,
+    ) -> Progress {
+        Progress {
+            calls_since_new_pair: last_mod_count,
+            calls_to_freeze: (state == ProfileState::Training)
+                .then(|| {
+                    crate::daemon_profile::calls_to_freeze(train_count, last_mod_count, config)
+                })
+                .flatten(),
+            normal_in_s: (state == ProfileState::Frozen)
+                .then(|| normal_time_ns.saturating_sub(now_ns) as f64 / 1e9),
+            last_reset,
+        }
+    }
+
+    /// One line for people at `now_s` (unix seconds): `3001 calls without a new pair
+    /// to freeze (120 since the last)`, `frozen, normal in 12 s`, `normal`, and the last
+    /// reset's reason and age.
+    pub fn describe(&self, state: ProfileState, now_s: f64) -> String {
+        let mut s = match state {
+            ProfileState::Normal => "normal".to_string(),
+            ProfileState::Frozen => match self.normal_in_s {
+                Some(t) => format!("frozen, normal in {t:.0} s"),
+                None => "frozen".to_string(),
+            },
+            ProfileState::Training => match self.calls_to_freeze {
+                Some(n) => format!(
+                    "{n} calls without a new pair to freeze ({} since the last)",
+                    self.calls_since_new_pair
+                ),
+                None => "nothing learnt yet".to_string(),
+            },
+        };
+        if let Some(r) = &self.last_reset {
+            s.push_str(&format!(
+                "; last reset: {}, {:.0} s ago",
+                r.why,
+                (now_s - r.ts).max(0.0)
+            ));
+        }
+        s
+    }
+}
+
+/// The last time a profile's training was reset, in [`Progress`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LastReset {
+    /// Unix seconds.
+    pub ts: f64,
+    /// Why.
+    pub why: String,
 }
 
 /// The reply to [`Request::Profiles`] (the daemon only).
@@ -159,6 +269,15 @@ pub struct ProfileCounts {
     pub normal: u64,
 }
 
+/// Profiles evicted, in [`StatusReply`] (docs/daemon.md, "Eviction").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evictions {
+    /// Their executable no longer exists.
+    pub deleted: u64,
+    /// The map was near full: least recently used, few calls, normal last.
+    pub lru: u64,
+}
+
 /// The reply to [`Request::Status`] (the daemon only).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReply {
@@ -190,6 +309,19 @@ pub struct StatusReply {
     pub losses: Losses,
     /// Profiles by state.
     pub profiles: ProfileCounts,
+    /// Profiles the kernel's map holds at most (absent from daemons that predate it).
+    #[serde(default)]
+    pub max_profiles: u64,
+    /// Profiles evicted, by reason.
+    #[serde(default)]
+    pub evicted: Evictions,
+    /// Calls of profiled executables counted since start, and those under normal
+    /// profiles (their share is how much of the machine's work is protected).
+    #[serde(default)]
+    pub calls: u64,
+    /// See `calls`.
+    #[serde(default)]
+    pub calls_normal: u64,
     /// The daemon's BPF programs' run time, when `kernel.bpf_stats_enabled` is 1
     /// (absent otherwise, and from daemons that predate it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -446,6 +578,38 @@ mod tests {
     }
 
     #[test]
+    fn progress_follows_the_freeze_rule_and_normal_wait() {
+        let c = PhConfig::default();
+        let sec = 1_000_000_000;
+        // 1000 calls learnt, 200 stable since: 4 x 800 = 3200 < 3201 needed.
+        let p = Progress::of(ProfileState::Training, 1000, 200, 0, None, 0, &c);
+        assert_eq!(p.calls_to_freeze, Some(2201));
+        assert_eq!(
+            p.describe(ProfileState::Training, 0.0),
+            "2201 calls without a new pair to freeze (200 since the last)"
+        );
+        let f = Progress::of(
+            ProfileState::Frozen,
+            1000,
+            900,
+            30 * sec,
+            None,
+            18 * sec,
+            &c,
+        );
+        assert_eq!((f.calls_to_freeze, f.normal_in_s), (None, Some(12.0)));
+        let reset = Some(LastReset {
+            ts: 100.0,
+            why: "anomaly_limit".into(),
+        });
+        let n = Progress::of(ProfileState::Normal, 1, 1, 0, reset, 0, &c);
+        assert_eq!(
+            n.describe(ProfileState::Normal, 160.0),
+            "normal; last reset: anomaly_limit, 60 s ago"
+        );
+    }
+
+    #[test]
     fn status_round_trips() {
         let s = StatusReply {
             daemon: true,
@@ -469,6 +633,10 @@ mod tests {
                 frozen: 2,
                 normal: 3,
             },
+            max_profiles: 512,
+            evicted: Evictions { deleted: 5, lru: 6 },
+            calls: 100,
+            calls_normal: 60,
             bpf_run_time: Some(vec![ProgRunTime {
                 name: "sys_enter_btf".into(),
                 run_cnt: 4,
@@ -483,6 +651,18 @@ mod tests {
         assert_eq!(back.profiles, s.profiles);
         assert_eq!(back.mode, Mode::Detect);
         assert_eq!(back.bpf_run_time, s.bpf_run_time);
+        assert_eq!(back.evicted, s.evicted);
+        assert_eq!(
+            (back.max_profiles, back.calls, back.calls_normal),
+            (512, 100, 60)
+        );
+        // An older daemon's reply (no eviction or call counts) still reads.
+        let mut old = serde_json::to_value(&s).unwrap();
+        for k in ["max_profiles", "evicted", "calls", "calls_normal"] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        let back: StatusReply = serde_json::from_value(old).unwrap();
+        assert_eq!(back.evicted, Evictions::default());
     }
 
     #[test]

@@ -40,7 +40,74 @@ pub struct DaemonProfile {
     pub anomalies: u64,
     /// (current call, previous call, distance mask: bit d-1 = d calls before).
     pub pairs: Vec<(u16, u16, u8)>,
+    /// Every path the executable was run by (symbolic links resolved by the kernel
+    /// are not: the path given to execve), `path` first; at most [`MAX_PATHS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Scripts run through this executable as their interpreter (`#!`), at most
+    /// [`MAX_PATHS`]: their calls are the interpreter's profile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scripts: Vec<String>,
+    /// When its training was last reset (unix ns; 0: never) and why.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_reset_ns: u64,
+    /// See `last_reset_ns`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_reset_why: String,
+    /// Learn only from this user's processes (`homeostat profile learn-from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learn_uid: Option<u32>,
+    /// Learn only from this cgroup's processes (a cgroup v2 directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learn_cgroup: Option<String>,
+    /// The cgroups of the processes that ran it (at most [`MAX_PATHS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroups: Vec<String>,
 }
+
+/// A container's id from a cgroup path, when the path names one: docker
+/// (`docker-<id>.scope`, `/docker/<id>`), podman (`libpod-<id>.scope`), containerd
+/// (`cri-containerd-<id>.scope`), CRI-O (`crio-<id>.scope`); the first 12 hex digits,
+/// as `docker ps` shows them.
+pub fn container_id(cgroup: &str) -> Option<String> {
+    let hex = |s: &str| s.len() >= 12 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    for part in cgroup.rsplit('/') {
+        let part = part.strip_suffix(".scope").unwrap_or(part);
+        let id = ["docker-", "libpod-", "cri-containerd-", "crio-"]
+            .iter()
+            .find_map(|p| part.strip_prefix(p))
+            .unwrap_or(part);
+        if hex(id) && id.len() >= 32 {
+            return Some(id[..12].to_string());
+        }
+    }
+    None
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// How many more calls without a new pair a training profile needs before pH's
+/// freeze rule (`homeostat_core::ph::lifecycle`) freezes it, given its counters: each
+/// such call adds one to `train_count` and to `last_mod_count`, so `normal_count =
+/// train_count - last_mod_count` stays and the rule `train_count * den > normal_count
+/// * factor` is met after `normal_count * factor / den - train_count + 1` more.
+/// `None` when `normal_count` is 0: the rule needs a learnt call to be stable about.
+pub fn calls_to_freeze(train_count: u64, last_mod_count: u64, config: &PhConfig) -> Option<u64> {
+    let normal = u128::from(train_count.saturating_sub(last_mod_count));
+    if normal == 0 {
+        return None;
+    }
+    let den = u128::from(config.normal_factor_den.max(1));
+    let bound = normal * u128::from(config.normal_factor) / den;
+    let need = (bound + 1).saturating_sub(u128::from(train_count));
+    Some(u64::try_from(need).unwrap_or(u64::MAX))
+}
+
+/// Paths and scripts kept per profile: a program run by thousands of names (a
+/// busybox) keeps the first ones.
+pub const MAX_PATHS: usize = 16;
 
 /// `daemon/` under `state_dir`: the daemon's profile folder.
 pub fn dir_in(state_dir: &Path) -> PathBuf {
@@ -101,7 +168,10 @@ impl DaemonProfile {
     /// Parses and checks file contents (the decoder [`load`](Self::load) uses, exposed
     /// for fuzzing); the error is one line.
     pub fn from_bytes(bytes: &[u8]) -> Result<DaemonProfile, String> {
-        let p: DaemonProfile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let mut p: DaemonProfile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        p.paths.truncate(MAX_PATHS);
+        p.scripts.truncate(MAX_PATHS);
+        p.cgroups.truncate(MAX_PATHS);
         if p.version != VERSION {
             return Err(format!("format version {} (want {VERSION})", p.version));
         }
@@ -172,6 +242,13 @@ impl DaemonProfile {
             .collect();
         pairs.sort_unstable();
         DaemonProfile {
+            paths: vec![],
+            scripts: vec![],
+            last_reset_ns: 0,
+            last_reset_why: String::new(),
+            learn_uid: None,
+            learn_cgroup: None,
+            cgroups: vec![],
             version: VERSION,
             dev: p.key.dev,
             ino: p.key.ino,
@@ -192,6 +269,13 @@ mod tests {
 
     fn sample() -> DaemonProfile {
         DaemonProfile {
+            paths: vec![],
+            scripts: vec![],
+            last_reset_ns: 0,
+            last_reset_why: String::new(),
+            learn_uid: None,
+            learn_cgroup: None,
+            cgroups: vec![],
             version: VERSION,
             dev: 0xfe00,
             ino: 42,
@@ -208,6 +292,69 @@ mod tests {
                 (523, 5, 0b10),
             ],
         }
+    }
+
+    #[test]
+    fn container_ids_come_from_the_runtimes_cgroup_names() {
+        let id = "4f1d2c3b4a5968778695a4b3c2d1e0f94f1d2c3b4a5968778695a4b3c2d1e0f9";
+        for path in [
+            format!("/system.slice/docker-{id}.scope"),
+            format!("/docker/{id}"),
+            format!("/machine.slice/libpod-{id}.scope/container"),
+            format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"),
+            format!("/kubepods/burstable/pod9/crio-{id}.scope"),
+        ] {
+            assert_eq!(
+                container_id(&path).as_deref(),
+                Some("4f1d2c3b4a59"),
+                "{path}"
+            );
+        }
+        for path in [
+            "/",
+            "/user.slice/user-0.slice/session-3.scope",
+            "/system.slice/cron.service",
+        ] {
+            assert_eq!(container_id(path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn calls_to_freeze_is_exactly_what_the_freeze_rule_needs() {
+        use homeostat_core::ph::lifecycle::TrainCounts;
+        for config in [
+            PhConfig::default(),
+            PhConfig {
+                normal_factor: 3,
+                normal_factor_den: 2,
+                ..PhConfig::default()
+            },
+        ] {
+            for (t, l) in [
+                (1000, 0),
+                (1000, 900),
+                (5000, 1000),
+                (1, 0),
+                (7, 3),
+                (10, 10),
+            ] {
+                let Some(n) = calls_to_freeze(t, l, &config) else {
+                    assert_eq!(t, l, "only a profile with nothing learnt has no answer");
+                    continue;
+                };
+                // n stable calls freeze it (or it is already stable with n = 0), and
+                // one fewer does not.
+                let after = |k: u64| TrainCounts {
+                    train_count: t + k,
+                    last_mod_count: l + k,
+                };
+                assert!(after(n).stable(&config), "{t} {l}: {n}");
+                if n > 0 {
+                    assert!(!after(n - 1).stable(&config), "{t} {l}: {n}");
+                }
+            }
+        }
+        assert_eq!(calls_to_freeze(1000, 0, &PhConfig::default()), Some(3001));
     }
 
     #[test]

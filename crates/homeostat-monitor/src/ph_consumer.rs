@@ -99,7 +99,7 @@ pub fn answer(engine: &mut Engine, req: Request) -> Response {
                 tasks: engine.tasks(),
             })
         }
-        Request::Status | Request::Profiles => {
+        Request::Status | Request::Profiles | Request::LearnFrom { .. } => {
             return Response::error("not a daemon (homeostat run keeps its profiles in profiles/)")
         }
         Request::Save => {
@@ -138,6 +138,7 @@ pub fn answer(engine: &mut Engine, req: Request) -> Response {
         | Request::Save
         | Request::Status
         | Request::Profiles
+        | Request::LearnFrom { .. }
         | Request::Reset { .. } => {}
     }
     p.dirty = true;

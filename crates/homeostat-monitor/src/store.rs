@@ -20,15 +20,22 @@
 //!
 //! Temporary files are named `.homeostat-<pid>-*.tmp`; one whose process is gone (a
 //! save killed by SIGKILL) is deleted when the store is opened.
+//!
+//! Eviction (shared with the daemon's kernel map, docs/daemon.md): every freshly built
+//! binary is a new inode and so a new profile that can never become normal, so a build
+//! server fills any bounded store. Profiles of executables that no longer exist (no
+//! path seen for them names their inode, and no process runs it) are evicted; when the
+//! store is near full ([`over_watermark`]), the least recently used training profiles
+//! with few calls go first and normal profiles last ([`eviction_order`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use homeostat_core::ph::{ExeKey, PhProfile, PH_MAGIC};
+use homeostat_core::ph::{ExeKey, PhProfile, ProfileState, PH_MAGIC};
 use homeostat_core::profile::{framed_len, ProfileError, FRAME_HEADER_LEN};
 
 /// A state-directory problem, naming the path.
@@ -337,11 +344,114 @@ struct Seen {
     train_count: u64,
 }
 
+/// A training profile with fewer calls than this is cheap to lose: it has seen
+/// little, and (pH's freeze rule needing its calls to grow to 4 times those up to its
+/// last new pair) is far from normal. Such profiles are evicted first.
+pub const FEW_CALLS: u64 = 10_000;
+
+/// Profiles a store holds before eviction starts: as many as the kernel's map.
+pub const STORE_CAPACITY: usize = 4096;
+
+/// How many profiles to evict when `count` are held of `capacity`: none below 90%
+/// full, else down to 75% (so that eviction runs now and then, not at every new
+/// profile).
+pub fn over_watermark(count: usize, capacity: usize) -> usize {
+    let high = (capacity - capacity / 10).max(1);
+    let low = capacity * 3 / 4;
+    if count >= high {
+        count - low
+    } else {
+        0
+    }
+}
+
+/// One profile as eviction sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvictCandidate {
+    /// The executable.
+    pub key: ExeKey,
+    /// Its state: normal profiles go last.
+    pub state: ProfileState,
+    /// Calls trained: below [`FEW_CALLS`] a training profile goes first.
+    pub train_count: u64,
+    /// When it was last used (ns since the epoch, or any clock shared by all).
+    pub last_used_ns: u64,
+}
+
+impl EvictCandidate {
+    /// The eviction rank: training with few calls, then other training and frozen
+    /// profiles, then normal ones; least recently used first within a rank.
+    fn rank(&self) -> (u8, u64) {
+        let r = match self.state {
+            ProfileState::Training if self.train_count < FEW_CALLS => 0,
+            ProfileState::Training | ProfileState::Frozen => 1,
+            ProfileState::Normal => 2,
+        };
+        (r, self.last_used_ns)
+    }
+}
+
+/// Sorts candidates in the order they are evicted (the first `n` go).
+pub fn eviction_order(c: &mut [EvictCandidate]) {
+    c.sort_by_key(|c| (c.rank(), c.key));
+}
+
+/// The executables processes run now (their `/proc/PID/exe`), so that a profile whose
+/// file was deleted while it still runs is kept.
+pub fn running_exes() -> HashSet<ExeKey> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return HashSet::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let m = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+            Some(ExeKey {
+                dev: m.dev(),
+                ino: m.ino(),
+            })
+        })
+        .collect()
+}
+
+/// Whether the executable `key` no longer exists: none of the paths seen for it
+/// (absolute ones; at least one) names its inode any more, and no process in
+/// `running` runs it. Unknown paths (`?dev-ino`) never count as gone.
+pub fn exe_gone<'a>(
+    key: ExeKey,
+    paths: impl IntoIterator<Item = &'a str>,
+    running: &HashSet<ExeKey>,
+) -> bool {
+    if running.contains(&key) {
+        return false;
+    }
+    let mut known = false;
+    for p in paths.into_iter().filter(|p| p.starts_with('/')) {
+        known = true;
+        if let Ok(m) = std::fs::metadata(p) {
+            if m.dev() == key.dev && m.ino() == key.ino {
+                return false;
+            }
+        }
+    }
+    known
+}
+
+/// What [`ProfileStore::evict`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Evicted {
+    /// Profiles of executables that no longer exist.
+    pub deleted: Vec<ExeKey>,
+    /// Profiles evicted because the store was near full.
+    pub lru: Vec<ExeKey>,
+}
+
 /// Profiles on disk.
 #[derive(Debug, Clone)]
 pub struct ProfileStore {
     dir: PathBuf,
     seen: Arc<Mutex<HashMap<ExeKey, Seen>>>,
+    capacity: usize,
 }
 
 impl ProfileStore {
@@ -359,7 +469,15 @@ impl ProfileStore {
         Ok(ProfileStore {
             dir: dir.to_path_buf(),
             seen: Arc::default(),
+            capacity: STORE_CAPACITY,
         })
+    }
+
+    /// The same store, evicting once it holds about `capacity` profiles (default
+    /// [`STORE_CAPACITY`]).
+    pub fn with_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
     }
 
     /// The state directory.
@@ -418,9 +536,94 @@ impl ProfileStore {
         }
         write_atomic(&path, &out.unwrap_or_else(|| p.to_bytes()))?;
         self.remember(p.key, &path, p.train_count);
+        // A new file is the only way the folder grows: the time to look at its size.
+        if on_disk.is_none() {
+            let n = std::fs::read_dir(&folder)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.path().extension().is_some_and(|x| x == "phprof"))
+                        .count()
+                })
+                .unwrap_or(0);
+            if over_watermark(n, self.capacity) > 0 {
+                let ev = self.evict_locked(Some(p.key));
+                if !ev.deleted.is_empty() || !ev.lru.is_empty() {
+                    tracing::info!(
+                        "profiles evicted from {}: {} of deleted executables, {} least recently used (store near full)",
+                        folder.display(),
+                        ev.deleted.len(),
+                        ev.lru.len()
+                    );
+                }
+            }
+        }
         // The lock is released when `lock` is closed.
         drop(lock);
         Ok(())
+    }
+
+    /// Evicts from the profile folder: profiles of executables that no longer exist,
+    /// then, if the folder is still near full, the least recently used (file
+    /// modification time: a profile is saved when used) in [`eviction_order`].
+    pub fn evict(&self) -> Result<Evicted, StoreError> {
+        let folder = self.dir.join("profiles");
+        let lock = File::open(&folder).map_err(|e| err(&folder, e))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| err(&folder, format!("cannot lock: {e}")))?;
+        Ok(self.evict_locked(None))
+    }
+
+    /// [`ProfileStore::evict`] under the folder's lock, sparing `keep`.
+    fn evict_locked(&self, keep: Option<ExeKey>) -> Evicted {
+        let folder = self.dir.join("profiles");
+        let Ok(rd) = std::fs::read_dir(&folder) else {
+            return Evicted::default();
+        };
+        let running = running_exes();
+        let mut out = Evicted::default();
+        let mut cands = vec![];
+        for path in rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "phprof"))
+        {
+            let Ok(p) = self.read(&path) else {
+                continue;
+            };
+            if Some(p.key) == keep {
+                continue;
+            }
+            if exe_gone(p.key, [p.path.as_str()], &running) {
+                if std::fs::remove_file(&path).is_ok() {
+                    out.deleted.push(p.key);
+                }
+                continue;
+            }
+            let last_used_ns = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos() as u64);
+            cands.push(EvictCandidate {
+                key: p.key,
+                state: p.state,
+                train_count: p.train_count,
+                last_used_ns,
+            });
+        }
+        let held = cands.len() + usize::from(keep.is_some());
+        let n = over_watermark(held, self.capacity).min(cands.len());
+        eviction_order(&mut cands);
+        for c in &cands[..n] {
+            if std::fs::remove_file(self.path_for(c.key)).is_ok() {
+                out.lru.push(c.key);
+            }
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for k in out.deleted.iter().chain(&out.lru) {
+            seen.remove(k);
+        }
+        out
     }
 
     /// Removes a profile's file (admin "reset").
@@ -538,6 +741,83 @@ mod hardening_tests {
             p.on_syscall(&mut task, c, false, 0, &config, &mut |_| {});
         }
         p
+    }
+
+    #[test]
+    fn eviction_takes_few_call_training_profiles_first_and_normal_last() {
+        let c = |ino, state, train_count, last_used_ns| EvictCandidate {
+            key: ExeKey { dev: 1, ino },
+            state,
+            train_count,
+            last_used_ns,
+        };
+        let mut v = vec![
+            c(1, ProfileState::Normal, 50, 1),
+            c(2, ProfileState::Training, FEW_CALLS, 2),
+            c(3, ProfileState::Training, 10, 9),
+            c(4, ProfileState::Frozen, 90_000, 1),
+            c(5, ProfileState::Training, 10, 3),
+        ];
+        eviction_order(&mut v);
+        let order: Vec<u64> = v.iter().map(|c| c.key.ino).collect();
+        // Few calls (least recently used first), then training and frozen by age,
+        // then normal, however old.
+        assert_eq!(order, vec![5, 3, 4, 2, 1]);
+        assert_eq!(over_watermark(56, 64), 0, "below 90%");
+        assert_eq!(over_watermark(58, 64), 10, "at 90%: down to 75% (48)");
+        assert_eq!(over_watermark(1, 1), 1);
+    }
+
+    #[test]
+    fn the_store_evicts_deleted_executables_then_the_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ProfileStore::open(&dir.path().join("state"))
+            .unwrap()
+            .with_capacity(10);
+        let config = PhConfig::default();
+        // An executable that exists, and one deleted after its profile was saved.
+        let bin = dir.path().join("kept");
+        std::fs::copy("/bin/true", &bin).unwrap();
+        let gone = dir.path().join("gone");
+        std::fs::copy("/bin/true", &gone).unwrap();
+        let key_of = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            ExeKey {
+                dev: m.dev(),
+                ino: m.ino(),
+            }
+        };
+        let (kept, deleted) = (key_of(&bin), key_of(&gone));
+        let mut normal = PhProfile::new(kept, bin.to_str().unwrap(), &config);
+        normal.state = ProfileState::Normal;
+        store.save(&normal).unwrap();
+        store
+            .save(&PhProfile::new(deleted, gone.to_str().unwrap(), &config))
+            .unwrap();
+        std::fs::remove_file(&gone).unwrap();
+        // Training profiles of executables that exist, each its own copy, saved one
+        // after the other (their files' times order them).
+        let mut live = vec![];
+        for i in 0..8 {
+            let f = dir.path().join(format!("live{i}"));
+            std::fs::copy("/bin/true", &f).unwrap();
+            live.push(key_of(&f));
+            store
+                .save(&PhProfile::new(key_of(&f), f.to_str().unwrap(), &config))
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // The 9th file (90% of 10) made the store look: the deleted executable went
+        // (8 left, below 90%: nothing else). The 10th save made 9 again: down to 75%
+        // (7), so the two least recently used training profiles went.
+        let held: Vec<ExeKey> = store.load_all().0.iter().map(|p| p.key).collect();
+        assert!(!held.contains(&deleted), "deleted executable evicted");
+        assert!(held.contains(&kept), "the normal profile stays");
+        assert!(!held.contains(&live[0]) && !held.contains(&live[1]));
+        assert!(live[2..].iter().all(|k| held.contains(k)), "{held:?}");
+        assert_eq!(held.len(), 7);
+        // Evicting again finds nothing more to do.
+        assert_eq!(store.evict().unwrap(), Evicted::default());
     }
 
     fn mkfifo(path: &Path) {

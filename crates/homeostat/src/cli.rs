@@ -182,6 +182,14 @@ pub struct DaemonArgs {
     /// No event summary on standard error.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Profiles the kernel holds at most (1-4096, default 4096); eviction keeps the
+    /// map below 90% full.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_profiles: Option<u32>,
+    /// Watch only the processes of this cgroup v2 directory (e.g.
+    /// /sys/fs/cgroup/system.slice/x.scope); everything else is left alone.
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
     #[command(flatten)]
     pub state: StateFlags,
 }
@@ -202,13 +210,23 @@ pub struct RecordArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ProfileCmd {
-    /// One line per profile: state, pairs, calls trained, anomalies, executable.
+    /// One line per profile: state, pairs, calls trained, anomalies, executable, and
+    /// how far from normal.
     List {
+        /// Every field of every profile as a JSON array.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         state: StateFlags,
     },
-    /// Details of one profile.
-    Show(ProfileTarget),
+    /// Details of one profile: paths, state, progress to normal.
+    Show {
+        /// Every field as a JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ProfileTarget,
+    },
     /// Make a profile normal now (testing data = training data).
     Normalize(ProfileTarget),
     /// Send a profile back to training.
@@ -217,6 +235,19 @@ pub enum ProfileCmd {
     Tolerize(ProfileTarget),
     /// Delete a profile: the executable is learnt again from nothing.
     Reset(ProfileTarget),
+    /// A daemon profile learns only from one user's and/or one cgroup's processes
+    /// (neither flag: from every process); the others are still tested once it is
+    /// normal, but neither teach it nor count toward its limits.
+    LearnFrom {
+        /// Only this user id's processes.
+        #[arg(long)]
+        uid: Option<u32>,
+        /// Only the processes of this cgroup v2 directory (a service, a container).
+        #[arg(long)]
+        cgroup: Option<String>,
+        #[command(flatten)]
+        target: ProfileTarget,
+    },
     /// The calls a profile has seen as a seccomp allow-list (OCI JSON or BPF).
     ExportSeccomp(crate::commands::analyze::ExportSeccompArgs),
 }

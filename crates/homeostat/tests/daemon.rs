@@ -808,3 +808,402 @@ fn the_daemon_demo_stops_the_exploit() {
     assert!(out.contains("execve REFUSED"), "{out}");
     assert!(out.contains("attacker got the shell's output: no"), "{out}");
 }
+
+/// A static x86_64 program of 120 header bytes and 23 code bytes: getpid, getpid,
+/// exit_group(0). Each copy is a new inode, so a new profile: a build's throwaway
+/// binary at the least cost.
+fn tiny_elf() -> Vec<u8> {
+    let code: Vec<u8> = vec![
+        0xb8, 39, 0, 0, 0, 0x0f, 0x05, // mov eax, getpid; syscall
+        0xb8, 39, 0, 0, 0, 0x0f, 0x05, // again
+        0xb8, 231, 0, 0, 0, // mov eax, exit_group
+        0x31, 0xff, 0x0f, 0x05, // xor edi, edi; syscall
+    ];
+    let base = 0x40_0000u64;
+    let total = (64 + 56 + code.len()) as u64;
+    let mut f = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    f.extend(2u16.to_le_bytes()); // ET_EXEC
+    f.extend(0x3eu16.to_le_bytes()); // x86_64
+    f.extend(1u32.to_le_bytes());
+    f.extend((base + 120).to_le_bytes()); // entry
+    f.extend(64u64.to_le_bytes()); // program headers
+    f.extend(0u64.to_le_bytes()); // no sections
+    f.extend(0u32.to_le_bytes());
+    for v in [64u16, 56, 1, 64, 0, 0] {
+        f.extend(v.to_le_bytes());
+    }
+    f.extend(1u32.to_le_bytes()); // PT_LOAD
+    f.extend(5u32.to_le_bytes()); // r-x
+    f.extend(0u64.to_le_bytes());
+    f.extend(base.to_le_bytes());
+    f.extend(base.to_le_bytes());
+    f.extend(total.to_le_bytes());
+    f.extend(total.to_le_bytes());
+    f.extend(0x1000u64.to_le_bytes());
+    f.extend(code);
+    f
+}
+
+/// Writes an executable and runs it; retries while another thread of this test
+/// process holds a copy of the file's descriptor across its fork (ETXTBSY).
+fn write_and_run(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, bytes).unwrap();
+    drop(f);
+    for _ in 0..1000 {
+        match Command::new(path).status() {
+            Ok(st) => {
+                assert!(st.success(), "{}: {st}", path.display());
+                return;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("{}: {e}", path.display()),
+        }
+    }
+    panic!("{}: text file busy for 1 s", path.display());
+}
+
+/// The daemon's live profiles (`profile list --json`, source daemon).
+fn daemon_profiles(state: &Path) -> Vec<Value> {
+    match homeostat(&["profile", "list", "--json"], state) {
+        Value::Array(v) => v.into_iter().filter(|p| p["source"] == "daemon").collect(),
+        other => panic!("profile list --json: {other}"),
+    }
+}
+
+fn key_of(p: &Path) -> String {
+    let m = std::fs::metadata(p).unwrap();
+    format!("{:x}-{:x}", m.dev(), m.ino())
+}
+
+/// A build machine's lifetime in small: 10,000 throwaway executables (new inodes: half
+/// deleted after their run, half left on disk) against a daemon whose kernel map holds
+/// 512 profiles. Eviction keeps the map below 90%, reports what it evicts (status,
+/// events), keeps a normal profile, and new executables are still watched after.
+#[test]
+fn ten_thousand_throwaway_executables_are_evicted_and_normal_profiles_survive() {
+    if !root_and_btf() {
+        return;
+    }
+    let s = shell();
+    let ev = s.dir.path().join("ev.jsonl");
+    let conf = shell_config(&s, "", false);
+    let state = s.dir.path().join("state");
+    let args = [
+        "--duration",
+        "900",
+        "--normal-wait",
+        "0.5",
+        "--max-profiles",
+        "512",
+        "--config",
+        conf.to_str().unwrap(),
+    ];
+    let (mut d, rx) = daemon(&state, &ev, &args);
+    if ready(&mut d, &rx).is_none() {
+        return;
+    }
+    train_until_normal(&s, &ev);
+    let elf = tiny_elf();
+    let bins = s.dir.path().join("bins");
+    std::fs::create_dir(&bins).unwrap();
+    let t = Instant::now();
+    // The file system hands a deleted file's inode to the next new file: fewer
+    // distinct profiles than executables (counted here).
+    let mut inodes = std::collections::HashSet::new();
+    for i in 0..10_000 {
+        let f = bins.join(format!("t{i}"));
+        write_and_run(&f, &elf);
+        inodes.insert(std::fs::metadata(&f).unwrap().ino());
+        if i % 2 == 0 {
+            std::fs::remove_file(&f).unwrap();
+        }
+    }
+    let storm = t.elapsed();
+    // The next look for deleted executables (every 10 s), and a tick.
+    std::thread::sleep(Duration::from_secs(12));
+    let st = homeostat(&["status", "--json"], &state);
+    let st = st
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["pid"] == d.id()))
+        .unwrap_or_else(|| panic!("no status from the daemon: {st}"))
+        .clone();
+    let (deleted, lru) = (
+        st["evicted"]["deleted"].as_u64().unwrap(),
+        st["evicted"]["lru"].as_u64().unwrap(),
+    );
+    let full = st["losses"]["profiles_full"].as_u64().unwrap();
+    eprintln!(
+        "10,000 executables ({} distinct inodes) in {:.1} s; evicted {deleted} (deleted executables) + {lru} (LRU); {full} execs found the map full",
+        inodes.len(),
+        storm.as_secs_f64()
+    );
+    assert!(deleted > 0, "no deleted executable evicted: {st}");
+    assert!(lru > 0, "no LRU eviction with 5,000 live throwaways: {st}");
+    let p = &st["profiles"];
+    let held = p["training"].as_u64().unwrap()
+        + p["frozen"].as_u64().unwrap()
+        + p["normal"].as_u64().unwrap();
+    assert!(held <= 512, "{held} profiles in a map of 512");
+    // Every eviction is an event with its reason.
+    let evs = events(&ev);
+    let evicted: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["event"] == "profile_evicted")
+        .collect();
+    assert_eq!(evicted.len() as u64, deleted + lru);
+    assert!(evicted
+        .iter()
+        .all(|e| e["reason"] == "deleted executable" || e["reason"] == "map near full"));
+    // The normal profile survived (never evicted, still normal) and still detects.
+    assert!(!evicted.iter().any(|e| e["profile"] == s.key.as_str()));
+    let weird = format!("umask 077; cd /; kill -0 $$; ulimit -n; {}", s.trained);
+    assert!(output(Command::new(&s.sh).arg("-c").arg(&weird))
+        .status
+        .success());
+    // Watching goes on: a new executable after the storm gets its profile.
+    let fresh = s.dir.path().join("fresh");
+    write_and_run(&fresh, &elf);
+    std::thread::sleep(Duration::from_millis(1500));
+    let live = daemon_profiles(&state);
+    let shell_now = live
+        .iter()
+        .find(|p| p["key"] == s.key.as_str())
+        .expect("the normal profile is gone");
+    assert_eq!(shell_now["state"], "normal");
+    assert!(
+        live.iter().any(|p| p["key"] == key_of(&fresh).as_str()),
+        "the executable run after the storm has no profile"
+    );
+    assert!(has(&events(&ev), |e| e["profile"] == s.key.as_str()
+        && e["event"] == "anomaly"));
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    assert!(d.wait().unwrap().success());
+    let log: Vec<String> = rx.try_iter().collect();
+    assert!(
+        log.iter().any(|l| l.contains("profiles evicted")),
+        "eviction not logged"
+    );
+}
+
+/// Names: a profile is named by the executable's own path; every path it is run by
+/// is kept (a hard link, a symbolic link), and a script run through it as its `#!`
+/// interpreter is recorded as a script of the interpreter's profile, not as its name.
+#[test]
+fn profiles_keep_every_path_and_scripts_beside_their_interpreter() {
+    if !root_and_btf() {
+        return;
+    }
+    let s = shell();
+    let ev = s.dir.path().join("ev.jsonl");
+    let conf = shell_config(&s, "", false);
+    let Some((mut d, _rx)) = shell_daemon(&s, &conf, &ev) else {
+        return;
+    };
+    let dir = s.dir.path();
+    let hard = dir.join("sh-hard");
+    std::fs::hard_link(&s.sh, &hard).unwrap();
+    let sym = dir.join("sh-sym");
+    std::os::unix::fs::symlink(&s.sh, &sym).unwrap();
+    let script = dir.join("script.sh");
+    std::fs::write(&script, format!("#!{}\nexit 0\n", s.sh.display())).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // The script first: its profile must still be named by its interpreter.
+    for exe in [&script, &s.sh, &hard, &sym] {
+        let o = output(Command::new(exe).arg("-c").arg("exit 0"));
+        assert!(o.status.success(), "{}", exe.display());
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let live = daemon_profiles(&s.dir.path().join("state"));
+    let p = live
+        .iter()
+        .find(|p| p["key"] == s.key.as_str())
+        .unwrap_or_else(|| panic!("no profile for the shell: {live:?}"));
+    assert_eq!(p["path"], s.sh.to_str().unwrap(), "{p}");
+    let paths: Vec<&str> = p["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    for want in [&s.sh, &hard, &sym] {
+        assert!(paths.contains(&want.to_str().unwrap()), "{paths:?}");
+    }
+    assert!(!paths.contains(&script.to_str().unwrap()), "{paths:?}");
+    assert_eq!(p["scripts"], serde_json::json!([script.to_str().unwrap()]));
+    // `profile show` finds it by any of its names and shows the same.
+    let state = s.dir.path().join("state");
+    for name in [&hard, &sym] {
+        let shown = homeostat(
+            &["profile", "show", name.to_str().unwrap(), "--json"],
+            &state,
+        );
+        assert_eq!(shown["key"], s.key.as_str(), "{}: {shown}", name.display());
+        assert_eq!(shown["scripts"], p["scripts"]);
+    }
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    assert!(d.wait().unwrap().success());
+}
+
+/// The cgroup v2 hierarchy's root (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a
+/// hybrid v1/v2 machine), if there is one.
+fn cgroup2_root() -> Option<std::path::PathBuf> {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists())
+}
+
+/// `--cgroup`: a daemon scoped to one cgroup follows only the processes in it. A
+/// private shell run inside gets a profile; a copy run outside does not, and neither
+/// does anything else on this busy machine.
+#[test]
+fn a_cgroup_scoped_daemon_watches_only_its_cgroup() {
+    if !root_and_btf() {
+        return;
+    }
+    let Some(root) = cgroup2_root() else {
+        eprintln!("skipping: no cgroup v2 hierarchy mounted");
+        return;
+    };
+    let cg = root.join(format!("homeostat-test-{}", std::process::id()));
+    std::fs::create_dir(&cg).unwrap();
+    let s = shell();
+    let outside = s.dir.path().join("sh-outside");
+    std::fs::copy(&s.sh, &outside).unwrap();
+    let ev = s.dir.path().join("ev.jsonl");
+    let conf = shell_config(&s, "", false);
+    let state = s.dir.path().join("state");
+    let args = [
+        "--duration",
+        "60",
+        "--cgroup",
+        cg.to_str().unwrap(),
+        "--config",
+        conf.to_str().unwrap(),
+    ];
+    let (mut d, rx) = daemon(&state, &ev, &args);
+    if ready(&mut d, &rx).is_none() {
+        let _ = std::fs::remove_dir(&cg);
+        return;
+    }
+    let inside = format!(
+        "echo $$ > {}/cgroup.procs && exec {} -c 'exit 0'",
+        cg.display(),
+        s.sh.display()
+    );
+    assert!(output(Command::new("/bin/sh").arg("-c").arg(&inside))
+        .status
+        .success());
+    assert!(output(Command::new(&outside).arg("-c").arg("exit 0"))
+        .status
+        .success());
+    std::thread::sleep(Duration::from_millis(1500));
+    let keys: Vec<String> = daemon_profiles(&state)
+        .iter()
+        .map(|p| p["key"].as_str().unwrap().to_string())
+        .collect();
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    assert!(d.wait().unwrap().success());
+    let _ = std::fs::remove_dir(&cg);
+    assert_eq!(keys, vec![s.key.clone()], "only the shell run inside");
+}
+
+/// `profile learn-from`: a profile restricted to one cgroup's processes (then to one
+/// user's) is not trained by the same program run outside it (or by another user).
+#[test]
+fn a_profile_learns_only_from_its_cgroup_or_user() {
+    if !root_and_btf() {
+        return;
+    }
+    let Some(root) = cgroup2_root() else {
+        eprintln!("skipping: no cgroup v2 hierarchy mounted");
+        return;
+    };
+    let cg = root.join(format!("homeostat-learn-{}", std::process::id()));
+    std::fs::create_dir(&cg).unwrap();
+    let s = shell();
+    let ev = s.dir.path().join("ev.jsonl");
+    let conf = shell_config(&s, "", false);
+    let Some((mut d, _rx)) = shell_daemon(&s, &conf, &ev) else {
+        let _ = std::fs::remove_dir(&cg);
+        return;
+    };
+    let state = s.dir.path().join("state");
+    let run_inside = || {
+        let cmd = format!(
+            "echo $$ > {}/cgroup.procs && exec {} -c '{}'",
+            cg.display(),
+            s.sh.display(),
+            s.trained
+        );
+        assert!(output(Command::new("/bin/sh").arg("-c").arg(&cmd))
+            .status
+            .success());
+    };
+    let run_outside = || {
+        for _ in 0..3 {
+            assert!(output(Command::new(&s.sh).arg("-c").arg(&s.trained))
+                .status
+                .success());
+        }
+    };
+    let trained = || {
+        std::thread::sleep(Duration::from_millis(1500));
+        daemon_profiles(&state)
+            .iter()
+            .find(|p| p["key"] == s.key.as_str())
+            .map(|p| p["train_count"].as_u64().unwrap())
+            .expect("no profile for the shell")
+    };
+    run_inside();
+    let first = trained();
+    assert!(first > 0);
+    let set = |args: &[&str]| {
+        let mut a = vec!["profile", "learn-from"];
+        a.extend(args);
+        a.push(s.key.as_str());
+        let o = output(
+            Command::new(env!("CARGO_BIN_EXE_homeostat"))
+                .args(&a)
+                .arg("--state-dir")
+                .arg(&state),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    set(&["--cgroup", cg.to_str().unwrap()]);
+    run_outside();
+    let after_outside = trained();
+    assert_eq!(
+        after_outside, first,
+        "trained by processes outside its cgroup"
+    );
+    run_inside();
+    let after_inside = trained();
+    assert!(after_inside > first, "not trained from inside its cgroup");
+    // Only another user's processes: this test's (root) no longer teach it.
+    set(&["--uid", "65534"]);
+    run_inside();
+    run_outside();
+    assert_eq!(
+        trained(),
+        after_inside,
+        "trained by a user it does not learn from"
+    );
+    let shown = daemon_profiles(&state)
+        .into_iter()
+        .find(|p| p["key"] == s.key.as_str())
+        .unwrap();
+    assert_eq!(shown["learn_uid"], 65534);
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    assert!(d.wait().unwrap().success());
+    let _ = std::fs::remove_dir(&cg);
+}

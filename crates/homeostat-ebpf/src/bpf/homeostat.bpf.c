@@ -198,6 +198,8 @@ static __always_inline void emit_exec(struct hs_config *cfg, __u32 pid, __u32 ti
 	fill(&e->ev, HS_EV_EXEC, pid, tid, 0, key, 0, 0, 0);
 	if (bpf_probe_read_kernel_str(e->path, sizeof(e->path), BPF_CORE_READ(bprm, filename)) < 0)
 		e->path[0] = 0;
+	if (bpf_probe_read_kernel_str(e->interp, sizeof(e->interp), BPF_CORE_READ(bprm, interp)) < 0)
+		e->interp[0] = 0;
 	bpf_ringbuf_submit(e, wakeup_flags(cfg));
 }
 
@@ -234,6 +236,11 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 		return NULL;
 	}
 	t->valid = 0;
+	if (cfg->scope_cgroup && bpf_get_current_cgroup_id() != cfg->scope_cgroup) {
+		/* Outside the daemon's scope (its forks inherit this). */
+		t->valid = HS_VALID_OUT;
+		return NULL;
+	}
 	if (!file)
 		return NULL;
 	inode = BPF_CORE_READ(file, f_inode);
@@ -251,7 +258,7 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 	t->pending = 0;
 	t->slot = 0;
 	ok_clear(t);
-	t->valid = 1;
+	t->valid = HS_VALID;
 	if (cfg->auto_create && !bpf_map_lookup_elem(&hs_profiles, &t->key)) {
 		struct hs_profile p = {};
 		long err;
@@ -300,6 +307,16 @@ static __always_inline bool respond_stop(struct task_struct *task, __u32 pid, __
 		count(HS_STAT_STOPS_FAILED);
 		return false;
 	}
+	return true;
+}
+
+/* Whether the current task is one the profile learns from (its learn filter). */
+static __always_inline bool learns_from(struct hs_profile *p)
+{
+	if ((p->learn_flags & HS_LEARN_UID) && (__u32)bpf_get_current_uid_gid() != p->learn_uid)
+		return false;
+	if ((p->learn_flags & HS_LEARN_CGROUP) && bpf_get_current_cgroup_id() != p->learn_cgroup)
+		return false;
 	return true;
 }
 
@@ -374,9 +391,12 @@ static __always_inline int on_sys_enter(long id, bool compat)
 		cur += HS_COMPAT;
 	task = bpf_get_current_task_btf();
 	t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
-	if (!t || !t->valid) {
-		struct hs_task *inherited = bpf_map_lookup_elem(&hs_forks, &tid);
+	if (!t || t->valid != HS_VALID) {
+		struct hs_task *inherited;
 
+		if (t && t->valid == HS_VALID_OUT)
+			return 0;
+		inherited = bpf_map_lookup_elem(&hs_forks, &tid);
 		if (inherited) {
 			/* First call of a forked child: its parent's state. */
 			t = bpf_task_storage_get(&hs_tasks, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -391,7 +411,7 @@ static __always_inline int on_sys_enter(long id, bool compat)
 			/* A task that predates us: read its executable now. */
 			t = task_init(cfg, task, pid, tid, BPF_CORE_READ(task, mm, exe_file), NULL);
 		}
-		if (!t || !t->valid)
+		if (!t || t->valid != HS_VALID)
 			return 0;
 	}
 	/* The profile's state, looked up only when some profile changed since. */
@@ -399,6 +419,10 @@ static __always_inline int on_sys_enter(long id, bool compat)
 	if (t->gen != gen) {
 		p = bpf_map_lookup_elem(&hs_profiles, &t->key);
 		t->cached = p ? HS_CACHE_PROFILE | (p->state == HS_NORMAL ? HS_CACHE_NORMAL : 0) : 0;
+		if (p && p->learn_flags && !learns_from(p)) {
+			/* Not one of the profile's teachers: followed only once it is normal. */
+			t->cached = t->cached & HS_CACHE_NORMAL ? t->cached | HS_CACHE_FOREIGN : 0;
+		}
 		t->slot = p ? p->slot : 0;
 		t->gen = gen;
 		ok_clear(t);
@@ -473,6 +497,8 @@ tested:
 		__sync_fetch_and_add(&p->anomalies, 1);
 		if (p->respond && respond_stop(task, pid, tid, cur))
 			flags = HS_EVF_STOPPED;
+		if (t->cached & HS_CACHE_FOREIGN)
+			flags |= HS_EVF_FOREIGN;
 		emit(cfg, HS_EV_ANOMALY, pid, tid, cur, &t->key, misses, t->lfc, flags);
 	}
 	if (learnt && p) {
@@ -533,7 +559,7 @@ static __always_inline void flush_calls(struct task_struct *task)
 	struct hs_task *t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
 	struct hs_profile *p;
 
-	if (!t || !t->valid || !t->pending)
+	if (!t || t->valid != HS_VALID || !t->pending)
 		return;
 	p = bpf_map_lookup_elem(&hs_profiles, &t->key);
 	if (p)
@@ -584,7 +610,7 @@ int BPF_PROG(exec_check, struct linux_binprm *bprm, int ret)
 	if (ret || !cfg || !cfg->suspend_execve)
 		return ret;
 	t = bpf_task_storage_get(&hs_tasks, bpf_get_current_task_btf(), 0, 0);
-	if (!t || !t->valid || t->lfc < cfg->suspend_execve)
+	if (!t || t->valid != HS_VALID || t->lfc < cfg->suspend_execve)
 		return 0;
 	p = bpf_map_lookup_elem(&hs_profiles, &t->key);
 	if (!p || p->state != HS_NORMAL || !p->respond)

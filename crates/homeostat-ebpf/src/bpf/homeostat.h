@@ -65,8 +65,17 @@ struct hs_profile {
 	__u64 new_pairs; /* pairs learnt in the kernel */
 	__u64 anomalies; /* anomalous calls while normal */
 	__u32 slot;      /* its hs_index entry, for life (from hs_free_slots) */
+	/* Learn only from some tasks (HS_LEARN_*; 0: all): a task that does not match
+	 * neither trains the profile nor counts toward its limits, and is still tested
+	 * once it is normal. Decided when the task's cached state is refreshed (exec, any
+	 * profile change), so it costs the common call nothing. */
+	__u32 learn_flags;
+	__u32 learn_uid;    /* with HS_LEARN_UID: this uid only */
 	__u32 pad;
+	__u64 learn_cgroup; /* with HS_LEARN_CGROUP: this cgroup v2 id only */
 };
+#define HS_LEARN_UID 1
+#define HS_LEARN_CGROUP 2
 
 /* A window known to be all present: the seq words as in hs_task, with the current
  * call in the unused bits 10-15 and 26-29 of the second and bit 63 set (valid). */
@@ -82,7 +91,7 @@ struct hs_task {
 	__u32 nseq;        /* valid entries of seq */
 	__u32 fpos;        /* next slot of the locality frame */
 	__u32 lfc;
-	__u32 valid;       /* 1 once initialised (storage is created zeroed) */
+	__u32 valid;       /* HS_VALID once initialised (storage is created zeroed) */
 	__u64 frame[HS_LOCALITY / 64];
 	/* The profile's entry as of generation `gen` (HS_CACHE_*), so that the common call
 	 * needs no profile lookup; and calls not yet added to the profile's counter. */
@@ -97,9 +106,14 @@ struct hs_task {
 	struct hs_ok ok[HS_OK];
 };
 
+/* hs_task.valid */
+#define HS_VALID 1
+#define HS_VALID_OUT 2 /* outside hs_config.scope_cgroup: not followed until its exec */
+
 /* hs_task.cached */
 #define HS_CACHE_PROFILE 1 /* the executable has a profile */
 #define HS_CACHE_NORMAL 2  /* ... in state normal */
+#define HS_CACHE_FOREIGN 4 /* ... whose learn filter this task does not match */
 /* Calls counted per task before they are added to the profile's `calls`. */
 #define HS_FLUSH_CALLS 64
 
@@ -110,6 +124,10 @@ struct hs_config {
 	__u32 generation;    /* bumped by userspace at every change of hs_profiles */
 	__u32 suspend_execve; /* LSM: refuse execve of a responding task at this LFC (0: off) */
 	__u32 pad;
+	/* Follow only tasks of this cgroup (v2 id; 0: every task), decided at exec and at
+	 * a predating task's first call: an outside task is marked HS_VALID_OUT and costs
+	 * the common path nothing more than today's `valid` test. */
+	__u64 scope_cgroup;
 };
 
 struct hs_event {
@@ -127,6 +145,7 @@ struct hs_event {
 
 /* event.flags */
 #define HS_EVF_STOPPED 1 /* anomaly: the process was sent SIGSTOP for a response */
+#define HS_EVF_FOREIGN 2 /* anomaly: of a task the profile does not learn from */
 
 /* A process stopped for a response, by tgid, until userspace has taken it over. Its
  * keeper reads this map to resume every process left stopped if the daemon dies. */
@@ -138,10 +157,13 @@ struct hs_stop {
 
 #define HS_PATH 256
 
-/* kind HS_EV_EXEC: the path as passed to execve (may be relative), NUL-terminated. */
+/* kind HS_EV_EXEC: the path as passed to execve (may be relative), NUL-terminated;
+ * and the path of the file that runs (the interpreter of a #! script, else the
+ * same path): the profile is the interpreter's, the script is recorded beside it. */
 struct hs_exec_event {
 	struct hs_event ev;
 	char path[HS_PATH];
+	char interp[HS_PATH];
 };
 
 #endif

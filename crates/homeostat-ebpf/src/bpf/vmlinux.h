@@ -84,6 +84,7 @@ struct task_struct {
 struct linux_binprm {
 	struct file *file;
 	const char *filename;
+	const char *interp; /* the interpreter's path for a #! script, else filename */
 };
 
 struct pt_regs {

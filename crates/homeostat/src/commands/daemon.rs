@@ -39,6 +39,8 @@ pub fn run(a: DaemonArgs) -> Result<()> {
         quiet: a.quiet,
         metrics: a.metrics,
         duration: a.duration.map(Duration::from_secs_f64),
+        max_profiles: a.max_profiles,
+        cgroup: a.cgroup,
     };
     homeostat_daemon::run(opts, &stop)
 }
@@ -83,8 +85,17 @@ pub fn status(json: bool, state: &StateFlags) -> Result<()> {
             s.under_response.len(), s.delays, s.execve_refused
         );
         println!(
-            "  profiles: {} training, {} frozen, {} normal",
-            p.training, p.frozen, p.normal
+            "  profiles: {} training, {} frozen, {} normal (room for {}); evicted: {} of deleted executables, {} least recently used",
+            p.training, p.frozen, p.normal, s.max_profiles, s.evicted.deleted, s.evicted.lru
+        );
+        let share = if s.calls > 0 {
+            format!("{:.1}%", 100.0 * s.calls_normal as f64 / s.calls as f64)
+        } else {
+            "-".to_string()
+        };
+        println!(
+            "  calls under normal profiles: {share} ({} of {} since start)",
+            s.calls_normal, s.calls
         );
         println!(
             "  losses: {} events, {} pairs (rows full), {} tasks, {} profiles, {} stops",

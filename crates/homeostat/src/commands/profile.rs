@@ -7,16 +7,19 @@
 use std::os::unix::fs::MetadataExt;
 
 use anyhow::{bail, Result};
+use homeostat_core::ph::PhConfig;
 use homeostat_core::ph::{ExeKey, PhProfile, ProfileState};
 use homeostat_core::Model;
 use homeostat_monitor::control::{
-    broadcast, AdminReply, ProfileEntry, ProfilesReply, PsReply, Reply, Request, SaveReply,
+    broadcast, AdminReply, LastReset, ProfileEntry, ProfilesReply, Progress, PsReply, Reply,
+    Request, SaveReply,
 };
 use homeostat_monitor::daemon_profile::{self, DaemonProfile};
+use homeostat_monitor::now_ns;
 use homeostat_monitor::ProfileStore;
 use tracing::warn;
 
-use super::state::open_store;
+use super::state::{open_store, settings};
 use crate::cli::{ProfileCmd, ProfileTarget, StateFlags};
 use crate::fsutil::printable;
 
@@ -60,7 +63,11 @@ fn daemon_file(
     let by_file = key_of_file(exe);
     let mut found: Vec<_> = daemon_files(store)
         .into_iter()
-        .filter(|(_, d)| names(exe, by_file, &d.path, d.key()))
+        .filter(|(_, d)| {
+            std::iter::once(&d.path)
+                .chain(&d.paths)
+                .any(|path| names(exe, by_file, path, d.key()))
+        })
         .collect();
     match found.len() {
         0 | 1 => Ok(found.pop()),
@@ -99,89 +106,242 @@ fn line(p: &PhProfile) -> String {
     )
 }
 
-pub fn run(cmd: ProfileCmd) -> Result<()> {
-    match cmd {
-        ProfileCmd::List { state } => {
-            let store = open_store(&state)?;
-            save_live(&store);
-            let (mut all, errors) = store.load_all();
-            for e in errors {
-                warn!("profile set aside: {e}");
-            }
-            all.sort_by(|a, b| a.path.cmp(&b.path));
-            println!(
-                "{:<9} {:>7} {:>10} {:>9}  {:<16} exe",
-                "state", "pairs", "trained", "anomalies", "key"
-            );
-            for p in &all {
-                println!("{}", line(p));
-            }
-            let live = daemon_profiles(store.dir());
-            if live.is_empty() {
-                // No daemon running: its files.
-                for (_, d) in daemon_files(&store) {
-                    println!(
-                        "{:<9} {:>7} {:>10} {:>9}  {:<16} {}  (daemon file)",
-                        d.state.to_string(),
-                        d.pair_count(),
-                        d.train_count,
-                        d.anomalies,
-                        d.key().to_string(),
-                        printable(&d.path)
-                    );
-                }
-            }
-            for (pid, p) in live {
+fn now_s() -> f64 {
+    now_ns() as f64 / 1e9
+}
+
+/// A `homeostat run` profile's progress to normal, with the configuration's rule.
+fn run_progress(p: &PhProfile, config: &PhConfig) -> Progress {
+    Progress::of(
+        p.state,
+        p.train_count,
+        p.last_mod_count,
+        p.normal_time_ns,
+        None,
+        now_ns(),
+        config,
+    )
+}
+
+/// A daemon file's progress (no daemon running: its last saved state).
+fn file_progress(d: &DaemonProfile, config: &PhConfig) -> Progress {
+    Progress::of(
+        d.state,
+        d.train_count,
+        d.last_mod_count,
+        d.normal_time_ns,
+        (d.last_reset_ns > 0).then(|| LastReset {
+            ts: d.last_reset_ns as f64 / 1e9,
+            why: d.last_reset_why.clone(),
+        }),
+        now_ns(),
+        config,
+    )
+}
+
+/// `homeostat profile list [--json]`.
+fn list(json: bool, state: &StateFlags) -> Result<()> {
+    let config = settings(state, None, None)?.ph;
+    let store = open_store(state)?;
+    save_live(&store);
+    let (mut all, errors) = store.load_all();
+    for e in errors {
+        warn!("profile set aside: {e}");
+    }
+    all.sort_by(|a, b| a.path.cmp(&b.path));
+    let live = daemon_profiles(store.dir());
+    let files = if live.is_empty() {
+        // No daemon running: its files.
+        daemon_files(&store)
+    } else {
+        vec![]
+    };
+    if json {
+        let mut out: Vec<serde_json::Value> = vec![];
+        for p in &all {
+            out.push(serde_json::json!({
+                "source": "run", "key": p.key.to_string(), "path": p.path,
+                "paths": [p.path], "scripts": [], "state": p.state, "pairs": p.pairs(),
+                "train_count": p.train_count, "last_mod_count": p.last_mod_count,
+                "anomalies": p.anomalies, "progress": run_progress(p, &config),
+            }));
+        }
+        for (_, d) in &files {
+            out.push(serde_json::json!({
+                "source": "daemon file", "key": d.key().to_string(), "path": d.path,
+                "paths": d.paths, "scripts": d.scripts, "state": d.state,
+                "pairs": d.pair_count(), "train_count": d.train_count,
+                "last_mod_count": d.last_mod_count, "anomalies": d.anomalies,
+                "progress": file_progress(d, &config),
+            }));
+        }
+        for (pid, p) in &live {
+            let mut v = serde_json::to_value(p)?;
+            v["source"] = "daemon".into();
+            v["daemon"] = (*pid).into();
+            out.push(v);
+        }
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{:<9} {:>7} {:>10} {:>9}  {:<16} exe",
+        "state", "pairs", "trained", "anomalies", "key"
+    );
+    for p in &all {
+        println!(
+            "{}  [{}]",
+            line(p),
+            run_progress(p, &config).describe(p.state, now_s())
+        );
+    }
+    for (_, d) in &files {
+        println!(
+            "{:<9} {:>7} {:>10} {:>9}  {:<16} {}  (daemon file)  [{}]",
+            d.state.to_string(),
+            d.pair_count(),
+            d.train_count,
+            d.anomalies,
+            d.key().to_string(),
+            printable(&d.path),
+            file_progress(d, &config).describe(d.state, now_s())
+        );
+    }
+    for (pid, p) in &live {
+        println!(
+            "{:<9} {:>7} {:>10} {:>9}  {:<16} {}  (daemon {pid})  [{}]",
+            p.state.to_string(),
+            "-",
+            p.train_count,
+            p.anomalies,
+            p.key,
+            printable(&p.path),
+            p.progress.describe(p.state, now_s())
+        );
+    }
+    Ok(())
+}
+
+/// `homeostat profile show EXE [--json]`.
+fn show(json: bool, t: &ProfileTarget) -> Result<()> {
+    let config = settings(&t.state, None, None)?.ph;
+    let store = open_store(&t.state)?;
+    let p = match find(&store, &t.exe) {
+        Ok(p) => p,
+        Err(e) => {
+            // A daemon profile (saved just now by find's broadcast), with the running
+            // daemon's view of it when there is one.
+            let Some((file, d)) = daemon_file(&store, &t.exe)? else {
+                return Err(e);
+            };
+            let key = d.key().to_string();
+            let live = daemon_profiles(store.dir())
+                .into_iter()
+                .find(|(_, p)| p.key == key);
+            let progress = match &live {
+                Some((_, p)) => p.progress.clone(),
+                None => file_progress(&d, &config),
+            };
+            let (paths, scripts) = match &live {
+                Some((_, p)) => (p.paths.clone(), p.scripts.clone()),
+                None => (d.paths.clone(), d.scripts.clone()),
+            };
+            let cgroups: Vec<String> = match &live {
+                Some((_, p)) => p.cgroups.clone(),
+                None => d
+                    .cgroups
+                    .iter()
+                    .map(|c| match daemon_profile::container_id(c) {
+                        Some(id) => format!("{c} (container {id})"),
+                        None => c.clone(),
+                    })
+                    .collect(),
+            };
+            if json {
                 println!(
-                    "{:<9} {:>7} {:>10} {:>9}  {:<16} {}  (daemon {pid})",
-                    p.state.to_string(),
-                    "-",
-                    p.train_count,
-                    p.anomalies,
-                    p.key,
-                    printable(&p.path)
+                    "{}",
+                    serde_json::to_string(&serde_json::json!({
+                        "source": if live.is_some() { "daemon" } else { "daemon file" },
+                        "daemon": live.as_ref().map(|l| l.0),
+                        "key": key, "path": d.path, "paths": paths, "scripts": scripts,
+                        "file": file, "state": d.state, "pairs": d.pair_count(),
+                        "train_count": d.train_count, "last_mod_count": d.last_mod_count,
+                        "anomalies": d.anomalies, "normal_time_ns": d.normal_time_ns,
+                        "progress": progress, "cgroups": cgroups,
+                        "learn_uid": d.learn_uid, "learn_cgroup": d.learn_cgroup,
+                    }))?
+                );
+                return Ok(());
+            }
+            println!("exe            {}", printable(&d.path));
+            for p in paths.iter().filter(|p| **p != d.path) {
+                println!("also run as    {}", printable(p));
+            }
+            for s in &scripts {
+                println!("script         {}", printable(s));
+            }
+            for c in &cgroups {
+                println!("cgroup         {}", printable(c));
+            }
+            if d.learn_uid.is_some() || d.learn_cgroup.is_some() {
+                println!(
+                    "learns from    {}{}",
+                    d.learn_uid.map(|u| format!("uid {u} ")).unwrap_or_default(),
+                    d.learn_cgroup
+                        .as_deref()
+                        .map(|c| format!("cgroup {}", printable(c)))
+                        .unwrap_or_default()
                 );
             }
-            Ok(())
-        }
-        ProfileCmd::Show(t) => {
-            let store = open_store(&t.state)?;
-            let p = match find(&store, &t.exe) {
-                Ok(p) => p,
-                Err(e) => {
-                    // A daemon profile (saved just now by find's broadcast).
-                    let Some((file, d)) = daemon_file(&store, &t.exe)? else {
-                        return Err(e);
-                    };
-                    println!("exe            {}", printable(&d.path));
-                    println!("key            {}", d.key());
-                    println!("file           {} (homeostat daemon)", file.display());
-                    println!("state          {}", d.state);
-                    println!("pairs          {}", d.pair_count());
-                    println!("train_count    {}", d.train_count);
-                    println!("last_mod_count {}", d.last_mod_count);
-                    println!("anomalies      {}", d.anomalies);
-                    if let Some(p) = d.to_ph(&homeostat_core::ph::PhConfig::default()) {
-                        println!("tightness      {}", super::analyze::tightness_line(&p));
-                    }
-                    return Ok(());
-                }
-            };
-            println!("exe            {}", printable(&p.path));
-            println!("key            {}", p.key);
-            println!("file           {}", store.path_for(p.key).display());
-            println!("state          {}", p.state);
-            println!("pairs          {}", p.pairs());
-            println!("train_count    {}", p.train_count);
-            println!("last_mod_count {}", p.last_mod_count);
-            println!("anomalies      {}", p.anomalies);
-            if p.state == homeostat_core::ph::ProfileState::Frozen {
-                println!("normal at      {} (unix ns)", p.normal_time_ns);
+            println!("key            {}", d.key());
+            println!("file           {} (homeostat daemon)", file.display());
+            println!("state          {}", d.state);
+            println!("progress       {}", progress.describe(d.state, now_s()));
+            println!("pairs          {}", d.pair_count());
+            println!("train_count    {}", d.train_count);
+            println!("last_mod_count {}", d.last_mod_count);
+            println!("anomalies      {}", d.anomalies);
+            if let Some(p) = d.to_ph(&homeostat_core::ph::PhConfig::default()) {
+                println!("tightness      {}", super::analyze::tightness_line(&p));
             }
-            println!("calls trained  {}", p.model().trained_calls());
-            println!("tightness      {}", super::analyze::tightness_line(&p));
-            Ok(())
+            return Ok(());
         }
+    };
+    let progress = run_progress(&p, &config);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({
+                "source": "run", "key": p.key.to_string(), "path": p.path,
+                "paths": [p.path], "scripts": [], "file": store.path_for(p.key),
+                "state": p.state, "pairs": p.pairs(), "train_count": p.train_count,
+                "last_mod_count": p.last_mod_count, "anomalies": p.anomalies,
+                "normal_time_ns": p.normal_time_ns, "progress": progress,
+            }))?
+        );
+        return Ok(());
+    }
+    println!("exe            {}", printable(&p.path));
+    println!("key            {}", p.key);
+    println!("file           {}", store.path_for(p.key).display());
+    println!("state          {}", p.state);
+    println!("progress       {}", progress.describe(p.state, now_s()));
+    println!("pairs          {}", p.pairs());
+    println!("train_count    {}", p.train_count);
+    println!("last_mod_count {}", p.last_mod_count);
+    println!("anomalies      {}", p.anomalies);
+    if p.state == homeostat_core::ph::ProfileState::Frozen {
+        println!("normal at      {} (unix ns)", p.normal_time_ns);
+    }
+    println!("calls trained  {}", p.model().trained_calls());
+    println!("tightness      {}", super::analyze::tightness_line(&p));
+    Ok(())
+}
+
+pub fn run(cmd: ProfileCmd) -> Result<()> {
+    match cmd {
+        ProfileCmd::List { json, state } => list(json, &state),
+        ProfileCmd::Show { json, target } => show(json, &target),
         ProfileCmd::Normalize(t) => edit(
             t,
             |key| Request::Normalize { key },
@@ -207,6 +367,28 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                 },
             };
             super::analyze::export_seccomp(&a, &p.path, p.model().alphabet().symbols())
+        }
+        ProfileCmd::LearnFrom {
+            uid,
+            cgroup,
+            target,
+        } => {
+            let store = open_store(&target.state)?;
+            let not_found = anyhow::anyhow!(
+                "no daemon profile for {} in {}",
+                target.exe,
+                store.dir().display()
+            );
+            daemon_edit(
+                &store,
+                &target.exe,
+                |key| Request::LearnFrom {
+                    key,
+                    uid,
+                    cgroup: cgroup.clone(),
+                },
+                not_found,
+            )
         }
         ProfileCmd::Reset(t) => {
             let store = open_store(&t.state)?;
@@ -290,7 +472,11 @@ fn daemon_edit(
         .iter()
         .filter(|(_, p)| {
             let key = p.key.parse::<ExeKey>().ok();
-            key.is_some_and(|k| names(exe, by_file, &p.path, k))
+            key.is_some_and(|k| {
+                std::iter::once(&p.path)
+                    .chain(&p.paths)
+                    .any(|path| names(exe, by_file, path, k))
+            })
         })
         .collect();
     let (pid, p) = match matches.as_slice() {
@@ -352,6 +538,10 @@ fn edit_daemon_file(
         Request::Tolerize { .. } => {
             d.train_count = 0;
             d.last_mod_count = 0;
+        }
+        Request::LearnFrom { uid, cgroup, .. } => {
+            d.learn_uid = uid;
+            d.learn_cgroup = cgroup;
         }
         _ => {}
     }
