@@ -389,9 +389,14 @@ fn ps_and_profile_admin_talk_to_the_running_monitor() {
     );
     assert!(monitor.wait().unwrap().success());
     // The monitor saved the normalized profile when it exited.
-    let list = admin(&["profile", "list"]);
-    let sleep = list.lines().find(|l| l.ends_with("/sleep")).unwrap();
-    assert!(sleep.starts_with("normal"), "{list}");
+    let list: Value = serde_json::from_str(&admin(&["profile", "list", "--json"])).unwrap();
+    let sleep = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["path"].as_str().is_some_and(|s| s.ends_with("/sleep")))
+        .unwrap_or_else(|| panic!("no sleep profile: {list}"));
+    assert_eq!(sleep["state"], "normal", "{list}");
     admin(&["profile", "reset", "sleep"]);
     assert!(!admin(&["profile", "list"]).contains("/sleep"));
     assert!(

@@ -185,7 +185,7 @@ fn list(json: bool, state: &StateFlags) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<9} {:>7} {:>10} {:>9}  {:<16} exe",
+        "{:<9} {:>7} {:>10} {:>9}  {:<16} exe  [progress to normal]",
         "state", "pairs", "trained", "anomalies", "key"
     );
     for p in &all {
