@@ -6,7 +6,9 @@
 //! The policy is the profile store's (`homeostat_monitor::store`: [`exe_gone`],
 //! [`over_watermark`], [`eviction_order`]), applied to the daemon's profiles:
 //! - every [`DELETED_SCAN`], profiles of executables that no longer exist (no path seen
-//!   for the profile names its inode any more, and no process runs it);
+//!   for the profile names its inode any more, and no process runs it); never judged
+//!   for a profile run in a container (its paths name files in the container's root)
+//!   or whose path names a file on another device here (another mount namespace);
 //! - every tick, when the map is 90% full (or the row pool ran out since the last
 //!   look), down to 75%: least recently used training profiles with few calls first,
 //!   then other training and frozen ones, normal profiles last.
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 use homeostat_core::ph::ExeKey;
 use homeostat_ebpf::Kernel;
+use homeostat_monitor::daemon_profile::container_id;
 use homeostat_monitor::store::{
     eviction_order, exe_gone, over_watermark, running_exes, EvictCandidate,
 };
@@ -70,7 +73,10 @@ impl Daemon {
             let Some(p) = self.profiles.get(&key) else {
                 continue;
             };
-            if exe_gone(key, p.paths.iter().map(|s| &**s), &running) {
+            // A container's paths name files in its own root, which the daemon does
+            // not see: whether they still exist cannot be told from here.
+            let in_container = p.cgroups.iter().any(|c| container_id(c).is_some());
+            if !in_container && exe_gone(key, p.paths.iter().map(|s| &**s), &running) {
                 gone.push(key);
             } else {
                 cands.push(EvictCandidate {

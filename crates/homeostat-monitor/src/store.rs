@@ -417,6 +417,11 @@ pub fn running_exes() -> HashSet<ExeKey> {
 /// Whether the executable `key` no longer exists: none of the paths seen for it
 /// (absolute ones; at least one) names its inode any more, and no process in
 /// `running` runs it. Unknown paths (`?dev-ino`) never count as gone.
+///
+/// A path that names a file on another device than the key's is not evidence either
+/// way: the path was seen in another mount namespace (a container's root, a chroot),
+/// where it names another file than it does here. Such a profile is not gone; only
+/// the near-full rule can evict it.
 pub fn exe_gone<'a>(
     key: ExeKey,
     paths: impl IntoIterator<Item = &'a str>,
@@ -429,7 +434,7 @@ pub fn exe_gone<'a>(
     for p in paths.into_iter().filter(|p| p.starts_with('/')) {
         known = true;
         if let Ok(m) = std::fs::metadata(p) {
-            if m.dev() == key.dev && m.ino() == key.ino {
+            if m.dev() != key.dev || m.ino() == key.ino {
                 return false;
             }
         }
@@ -691,6 +696,41 @@ impl ProfileStore {
 mod tests {
     use super::*;
     use homeostat_core::ph::PhConfig;
+
+    #[test]
+    fn gone_means_deleted_or_replaced_on_the_same_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("tool");
+        std::fs::write(&exe, b"v1").unwrap();
+        let m = std::fs::metadata(&exe).unwrap();
+        let key = ExeKey {
+            dev: m.dev(),
+            ino: m.ino(),
+        };
+        let path = exe.to_str().unwrap();
+        let none = HashSet::new();
+        assert!(!exe_gone(key, [path], &none), "still there");
+        assert!(!exe_gone(key, ["?3-4"], &none), "no absolute path: unknown");
+        // Replaced at the same path on the same device: a new inode, a new program.
+        let other = dir.path().join("tool.new");
+        std::fs::write(&other, b"v2").unwrap();
+        std::fs::rename(&other, &exe).unwrap();
+        assert!(exe_gone(key, [path], &none), "replaced");
+        assert!(
+            !exe_gone(key, [path], &HashSet::from([key])),
+            "still running"
+        );
+        std::fs::remove_file(&exe).unwrap();
+        assert!(exe_gone(key, [path], &none), "deleted");
+        // The same path naming a file on another device: seen in another mount
+        // namespace (a container), so not judged gone from here.
+        let here = std::fs::metadata("/proc/self/exe").unwrap();
+        let elsewhere = ExeKey {
+            dev: here.dev() ^ 1,
+            ino: here.ino(),
+        };
+        assert!(!exe_gone(elsewhere, ["/proc/self/exe"], &none));
+    }
 
     #[test]
     fn save_load_and_corruption_set_aside() {
