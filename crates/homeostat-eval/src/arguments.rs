@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use homeostat_core::symbols::{Arg, SymbolConfig, SymbolMode, SymbolTable, Symbolizer};
 use homeostat_traces::{expand_inputs, read_file, ReadOptions, Trace, TraceError, Visitor};
 
-use crate::datasets::type_under;
+use crate::datasets::{split_labelled, Split};
 use crate::{Dataset, LabelledTrace};
 
 /// A trace with each call's argument, when the format carried one.
@@ -90,22 +90,13 @@ pub fn labelled_symbols(
     mode: SymbolMode,
     config: SymbolConfig,
 ) -> Result<(Dataset, Option<SymbolTable>), TraceError> {
-    let mut normal = read_arg_traces(normal, opts)?;
-    let train = if train.is_empty() {
-        let n = ((normal.len() as f64) * train_fraction.clamp(0.0, 1.0)).round() as usize;
-        normal.drain(..n.min(normal.len())).collect()
-    } else {
-        read_arg_traces(train, opts)?
-    };
-    let mut attacks = vec![];
-    for root in attack {
-        for f in expand_inputs(std::slice::from_ref(root))? {
-            let ty = type_under(root, &f);
-            for t in read_arg_traces(std::slice::from_ref(&f), opts)? {
-                attacks.push((t, ty.clone()));
-            }
-        }
-    }
+    let Split {
+        train,
+        normal,
+        attacks,
+    } = split_labelled(train, normal, attack, train_fraction, |p| {
+        read_arg_traces(p, opts)
+    })?;
     let mut s = match mode {
         SymbolMode::Calls => Symbolizer::Calls,
         SymbolMode::Args => Symbolizer::Learn(

@@ -107,6 +107,46 @@ fn read_all(paths: &[PathBuf], opts: &ReadOptions) -> Result<Vec<Trace>, TraceEr
     Ok(out)
 }
 
+/// Labelled lists of files or folders, each read by `read` (plain traces, or traces
+/// with arguments): the training traces (without `train`, the first
+/// `train_fraction` of the normal traces, in file order), the normal test traces and
+/// the attack traces with their type (see [`type_under`]).
+pub(crate) struct Split<T> {
+    pub train: Vec<T>,
+    pub normal: Vec<T>,
+    pub attacks: Vec<(T, String)>,
+}
+
+pub(crate) fn split_labelled<T>(
+    train: &[PathBuf],
+    normal: &[PathBuf],
+    attack: &[PathBuf],
+    train_fraction: f64,
+    read: impl Fn(&[PathBuf]) -> Result<Vec<T>, TraceError>,
+) -> Result<Split<T>, TraceError> {
+    let mut normal = read(normal)?;
+    let train = if train.is_empty() {
+        let n = ((normal.len() as f64) * train_fraction.clamp(0.0, 1.0)).round() as usize;
+        normal.drain(..n.min(normal.len())).collect()
+    } else {
+        read(train)?
+    };
+    let mut attacks = vec![];
+    for root in attack {
+        for f in expand_inputs(std::slice::from_ref(root))? {
+            let ty = type_under(root, &f);
+            for t in read(std::slice::from_ref(&f))? {
+                attacks.push((t, ty.clone()));
+            }
+        }
+    }
+    Ok(Split {
+        train,
+        normal,
+        attacks,
+    })
+}
+
 /// A dataset from labelled lists of files or folders. Without `train`, the first
 /// `train_fraction` of the normal traces (in file order) train and the rest test.
 pub fn labelled(
@@ -117,33 +157,22 @@ pub fn labelled(
     train_fraction: f64,
     opts: &ReadOptions,
 ) -> Result<Dataset, TraceError> {
-    let mut normal = read_all(normal, opts)?;
-    let train = if train.is_empty() {
-        let n = ((normal.len() as f64) * train_fraction.clamp(0.0, 1.0)).round() as usize;
-        normal.drain(..n.min(normal.len())).collect()
-    } else {
-        read_all(train, opts)?
-    };
-    let mut test: Vec<LabelledTrace> = normal
+    let Split {
+        train,
+        normal,
+        attacks,
+    } = split_labelled(train, normal, attack, train_fraction, |p| read_all(p, opts))?;
+    let test = normal
         .into_iter()
         .map(|trace| LabelledTrace {
             trace,
             attack: None,
         })
+        .chain(attacks.into_iter().map(|(trace, ty)| LabelledTrace {
+            trace,
+            attack: Some(ty),
+        }))
         .collect();
-    for root in attack {
-        for f in expand_inputs(std::slice::from_ref(root))? {
-            let ty = type_under(root, &f);
-            test.extend(
-                read_traces(&f, opts)?
-                    .into_iter()
-                    .map(|trace| LabelledTrace {
-                        trace,
-                        attack: Some(ty.clone()),
-                    }),
-            );
-        }
-    }
     Ok(Dataset {
         name: name.to_string(),
         arch: opts.arch.as_str().to_string(),
