@@ -36,6 +36,7 @@ pub mod model;
 pub mod pairs;
 pub mod ph;
 pub mod profile;
+pub mod rate;
 pub mod registry;
 pub mod stide;
 pub mod symbols;

@@ -1,12 +1,26 @@
 //! A pH profile as bytes: the versioned, checksummed file of `homeostat run`, and the
 //! raw-pair form the daemon's kernel side learns and loads.
+//!
+//! Frame versions: 1 is the pairs, state and counters ([`StoredPhProfile`]); 2 is
+//! version 1's payload followed by [`PhExtras`]: the symbol table of an
+//! argument-aware profile and the rates learned for the rate limits. A profile with
+//! neither is still written as version 1, so older builds keep reading plain
+//! profiles, and refuse the others (whose symbols they would misread as calls). A
+//! version 1 profile loads with plain calls and no rates learned (no limit).
 
 use serde::{Deserialize, Serialize};
 
 use super::{ExeKey, PhConfig, PhProfile, ProfileState};
 use crate::model::{Model, ModelKind, ModelSpec};
 use crate::pairs::Pairs;
-use crate::profile::{frame, unframe, ProfileError};
+use crate::profile::{frame_version, unframe_versions, ProfileError};
+use crate::rate::{LearnedRates, RateState};
+use crate::symbols::SymbolTable;
+
+/// Frame version of a plain pH profile.
+pub const PH_VERSION: u16 = 1;
+/// Frame version of a pH profile with a symbol table or learned rates.
+pub const PH_VERSION_EXTRAS: u16 = 2;
 
 impl PhProfile {
     /// A profile made from pairs over raw call numbers (`(cur, prev, mask)`, bit d-1 of
@@ -43,6 +57,9 @@ impl PhProfile {
             normal_time_ns: 0,
             anomalies: 0,
             dirty: true,
+            symbols: None,
+            rates: None,
+            rate_state: RateState::default(),
         })
     }
 
@@ -77,16 +94,40 @@ impl PhProfile {
             train: self.model.entries(),
             test: self.model.test_entries(),
         };
-        let payload =
+        let mut payload =
             postcard::to_allocvec(&stored).expect("serialising plain data into a Vec cannot fail");
-        frame(PH_MAGIC, &payload)
+        if self.symbols.is_none() && self.rates.is_none() {
+            return frame_version(PH_MAGIC, PH_VERSION, &payload);
+        }
+        let extras = PhExtras {
+            symbols: self.symbols.clone(),
+            rates: self.rates,
+        };
+        payload.extend(
+            postcard::to_allocvec(&extras).expect("serialising plain data into a Vec cannot fail"),
+        );
+        frame_version(PH_MAGIC, PH_VERSION_EXTRAS, &payload)
     }
 
     /// Parses and validates file contents.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProfileError> {
-        let payload = unframe(PH_MAGIC, bytes)?;
-        let (s, rest): (StoredPhProfile, &[u8]) = postcard::take_from_bytes(payload)
+        let (version, payload) =
+            unframe_versions(PH_MAGIC, bytes, &[PH_VERSION, PH_VERSION_EXTRAS])?;
+        let (s, mut rest): (StoredPhProfile, &[u8]) = postcard::take_from_bytes(payload)
             .map_err(|e| ProfileError::Corrupt(format!("payload does not decode: {e}")))?;
+        let mut extras = PhExtras::default();
+        if version == PH_VERSION_EXTRAS {
+            (extras, rest) = postcard::take_from_bytes(rest)
+                .map_err(|e| ProfileError::Corrupt(format!("extras do not decode: {e}")))?;
+        }
+        let symbols = extras
+            .symbols
+            .map(SymbolTable::validated)
+            .transpose()
+            .map_err(|e| ProfileError::Corrupt(format!("symbol table: {e}")))?;
+        if extras.rates.is_some_and(|r| r.window_ns == 0) {
+            return Err(ProfileError::Corrupt("rate window of 0".into()));
+        }
         if !rest.is_empty() {
             return Err(ProfileError::TrailingData(rest.len() as u64));
         }
@@ -111,6 +152,9 @@ impl PhProfile {
             normal_time_ns: s.normal_time_ns,
             anomalies: s.anomalies,
             dirty: false,
+            symbols,
+            rates: extras.rates,
+            rate_state: RateState::default(),
         })
     }
 }
@@ -132,6 +176,13 @@ struct StoredPhProfile {
     calls: u64,
     train: Vec<(u16, u16, u32)>,
     test: Vec<(u16, u16, u32)>,
+}
+
+/// What version 2 adds after version 1's payload.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PhExtras {
+    symbols: Option<SymbolTable>,
+    rates: Option<LearnedRates>,
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ModelKind, ModelSpec};
+use crate::symbols::{SymbolConfig, SymbolMode, MAX_CLASSES_LIMIT};
 
 /// What a monitor does: only learn, also detect, or also respond.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -44,6 +45,37 @@ pub struct PhConfig {
     pub suspend_execve: u32,
     /// Learn, detect or enforce.
     pub mode: Mode,
+    /// The alphabet of new profiles: plain call numbers, or (call, argument class)
+    /// symbols (docs/arguments.md). A loaded profile keeps the alphabet it was saved with.
+    #[serde(with = "symbol_mode")]
+    pub symbols: SymbolMode,
+    /// Directories of a path that make its class (`symbols = "args"`).
+    pub path_depth: u8,
+    /// Most argument classes a profile learns (`symbols = "args"`).
+    pub max_classes: u32,
+    /// Learn fork and file-creation rates, and limit them once normal
+    /// ([`crate::rate`]).
+    pub rate_limit: bool,
+    /// Limit = the peak learned in training times this margin.
+    pub rate_margin: f64,
+    /// The sliding window rates are counted in, seconds (for profiles that start
+    /// learning; a profile keeps the window its peaks were counted in).
+    pub rate_window_secs: f64,
+}
+
+/// `symbols` as its command-line name in TOML.
+mod symbol_mode {
+    use super::SymbolMode;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &SymbolMode, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(m.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SymbolMode, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for PhConfig {
@@ -60,6 +92,12 @@ impl Default for PhConfig {
             max_delay_ms: 2000.0,
             suspend_execve: 10,
             mode: Mode::Enforce,
+            symbols: SymbolMode::Calls,
+            path_depth: SymbolConfig::default().path_depth,
+            max_classes: SymbolConfig::default().max_classes,
+            rate_limit: false,
+            rate_margin: 2.0,
+            rate_window_secs: 1.0,
         }
     }
 }
@@ -80,7 +118,47 @@ impl PhConfig {
                 return Err(format!("{name} must be a finite number >= 0, not {v}"));
             }
         }
+        if !(self.rate_margin.is_finite() && self.rate_margin >= 1.0) {
+            return Err(format!(
+                "rate_margin must be a finite number >= 1, not {}",
+                self.rate_margin
+            ));
+        }
+        if !(self.rate_window_secs.is_finite()
+            && self.rate_window_secs >= 0.001
+            && self.rate_window_secs <= 3600.0)
+        {
+            return Err(format!(
+                "rate_window_secs must be between 0.001 and 3600, not {}",
+                self.rate_window_secs
+            ));
+        }
+        if self.path_depth == 0 || self.path_depth > 16 {
+            return Err(format!(
+                "path_depth must be 1..=16, not {}",
+                self.path_depth
+            ));
+        }
+        if self.max_classes == 0 || self.max_classes > MAX_CLASSES_LIMIT {
+            return Err(format!(
+                "max_classes must be 1..={MAX_CLASSES_LIMIT}, not {}",
+                self.max_classes
+            ));
+        }
         Ok(())
+    }
+
+    /// The symbol table settings of new argument-aware profiles.
+    pub fn symbol_config(&self) -> SymbolConfig {
+        SymbolConfig {
+            path_depth: self.path_depth,
+            max_classes: self.max_classes,
+        }
+    }
+
+    /// The rate window in ns.
+    pub fn rate_window_ns(&self) -> u64 {
+        (self.rate_window_secs * 1e9) as u64
     }
 
     /// The lookahead-pairs model spec these parameters describe.

@@ -19,7 +19,13 @@ impl PhProfile {
     /// when the two cannot be merged: different executables or model settings, or more
     /// distinct calls together than a profile holds.
     pub fn merged_with(&self, other: &PhProfile) -> Option<PhProfile> {
-        if self.key != other.key || self.model.spec() != other.model.spec() {
+        // Symbol numbers of two tables mean different things: only profiles with the
+        // same table (or none) merge; otherwise the caller keeps this one.
+        if self.key != other.key
+            || self.model.spec() != other.model.spec()
+            || self.symbols.as_ref().map(|t| t.classes())
+                != other.symbols.as_ref().map(|t| t.classes())
+        {
             return None;
         }
         let mut symbols = self.model.alphabet().symbols().to_vec();
@@ -60,6 +66,12 @@ impl PhProfile {
             normal_time_ns: self.normal_time_ns,
             anomalies: self.anomalies,
             dirty: true,
+            symbols: self.symbols.clone(),
+            rates: match (self.rates, other.rates) {
+                (Some(a), Some(b)) => Some(a.merged(&b)),
+                (a, b) => a.or(b),
+            },
+            rate_state: self.rate_state.clone(),
         })
     }
 }

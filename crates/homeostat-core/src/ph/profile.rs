@@ -8,6 +8,8 @@ use super::{ExeKey, Mode, PhConfig, ProfileState};
 use crate::locality::LocalityFrame;
 use crate::model::{Cursor, Model};
 use crate::pairs::Pairs;
+use crate::rate::{LearnedRates, RateKind, RateState};
+use crate::symbols::{Arg, SymbolMode, SymbolTable};
 
 /// What to do with the call that is about to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +61,44 @@ pub enum PhEvent {
         /// LFC.
         lfc: u32,
     },
+    /// A call beyond the profile's learned rate waits in its queue (enforce).
+    RateQueued {
+        /// What is counted.
+        kind: RateKind,
+        /// Calls allowed per window.
+        limit: u32,
+        /// Calls waiting, this one included.
+        queue: usize,
+        /// How long this call waits, ns.
+        delay_ns: u64,
+    },
+    /// Queued calls were released.
+    RateRelease {
+        /// What is counted.
+        kind: RateKind,
+        /// Calls released.
+        released: usize,
+        /// Calls still waiting.
+        queue: usize,
+    },
+    /// A profile's queue reached the alarm length (a storm in parallel).
+    RateAlarm {
+        /// What is counted.
+        kind: RateKind,
+        /// Calls allowed per window.
+        limit: u32,
+        /// Calls waiting.
+        queue: usize,
+    },
+    /// A call beyond the profile's learned rate (detect: reported, not held).
+    RateExceeded {
+        /// What is counted.
+        kind: RateKind,
+        /// Calls allowed per window.
+        limit: u32,
+        /// Calls in the window, this one included.
+        count: u32,
+    },
 }
 
 /// One task's pH state: its place in the call stream and its locality frame.
@@ -96,7 +136,15 @@ impl PhTask {
     pub fn calls(&self) -> u64 {
         self.calls
     }
+
+    /// Inside a tolerized episode (it neither trains nor learns classes).
+    pub fn tolerized(&self) -> bool {
+        self.tolerized
+    }
 }
+
+/// A rate-limited queue reaching this length raises a `RateAlarm`.
+pub const RATE_ALARM_QUEUE: usize = 5;
 
 /// The outcome of one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +177,13 @@ pub struct PhProfile {
     pub anomalies: u64,
     /// Whether the profile changed since it was last saved.
     pub dirty: bool,
+    /// The (call, argument class) table of an argument-aware profile; `None`: plain
+    /// call numbers.
+    pub(super) symbols: Option<SymbolTable>,
+    /// The fork and file-creation peaks learned in training; `None`: no limit.
+    pub(super) rates: Option<LearnedRates>,
+    /// The rate meters and queues (not saved).
+    pub(super) rate_state: RateState,
 }
 
 impl PhProfile {
@@ -144,7 +199,135 @@ impl PhProfile {
             normal_time_ns: 0,
             anomalies: 0,
             dirty: true,
+            symbols: match config.symbols {
+                SymbolMode::Calls => None,
+                // validate() checked the settings; a bad one falls back to plain calls.
+                SymbolMode::Args => SymbolTable::new(config.symbol_config()).ok(),
+            },
+            rates: config
+                .rate_limit
+                .then(|| LearnedRates::new(config.rate_window_ns())),
+            rate_state: RateState::default(),
         }
+    }
+
+    /// The symbol table of an argument-aware profile.
+    pub fn symbol_table(&self) -> Option<&SymbolTable> {
+        self.symbols.as_ref()
+    }
+
+    /// The rates learned, if any.
+    pub fn learned_rates(&self) -> Option<&LearnedRates> {
+        self.rates.as_ref()
+    }
+
+    /// The symbol of `call` with its argument in this profile's alphabet: the plain
+    /// number for a plain profile; for an argument-aware one, its class's symbol,
+    /// learned while the profile is not normal and the task trains, else looked up
+    /// (a class never learned is a foreign symbol, [`crate::symbols::UNSEEN`]).
+    pub fn symbol_of(&mut self, task: &PhTask, call: u32, arg: Option<&Arg>) -> u32 {
+        let learning = self.state != ProfileState::Normal && !task.tolerized;
+        match &mut self.symbols {
+            None => call,
+            Some(t) if learning => {
+                let before = t.classes().len();
+                let s = t.learn(call, arg);
+                if t.classes().len() != before {
+                    self.dirty = true;
+                }
+                s
+            }
+            Some(t) => t.symbol(call, arg),
+        }
+    }
+
+    /// Whether the profile reads arguments (argument-aware alphabet).
+    pub fn wants_args(&self) -> bool {
+        self.symbols.is_some()
+    }
+
+    /// Applies the rate rule ([`crate::rate`]) to a call of `kind` at `now_ns`: while
+    /// the profile is not normal, learns the peak (when `rate_limit` is on); once
+    /// normal, a call beyond the limit is delayed (enforce) or reported (detect).
+    /// Returns the call's delay, ns (0: none).
+    pub fn on_rate(
+        &mut self,
+        kind: RateKind,
+        now_ns: u64,
+        config: &PhConfig,
+        emit: &mut dyn FnMut(PhEvent),
+    ) -> u64 {
+        if !config.rate_limit {
+            return 0;
+        }
+        if self.state != ProfileState::Normal {
+            let learned = self
+                .rates
+                .get_or_insert_with(|| LearnedRates::new(config.rate_window_ns()));
+            let window = learned.window_ns;
+            let count = self.rate_state.meter(kind).observe(now_ns, window);
+            if learned.record(kind, count) {
+                self.dirty = true;
+            }
+            return 0;
+        }
+        let Some(learned) = self.rates else {
+            return 0;
+        };
+        let limit = learned.limit(kind, config.rate_margin);
+        match config.mode {
+            Mode::Learn => 0,
+            Mode::Detect => {
+                let count = self
+                    .rate_state
+                    .meter(kind)
+                    .observe(now_ns, learned.window_ns);
+                if count > limit {
+                    emit(PhEvent::RateExceeded { kind, limit, count });
+                }
+                0
+            }
+            Mode::Enforce => {
+                self.rate_releases(now_ns, emit);
+                let slot = self
+                    .rate_state
+                    .limiter(kind)
+                    .admit(now_ns, limit, learned.window_ns);
+                if slot.delay_ns > 0 {
+                    emit(PhEvent::RateQueued {
+                        kind,
+                        limit,
+                        queue: slot.queue,
+                        delay_ns: slot.delay_ns,
+                    });
+                }
+                if self.rate_state.alarm(kind, slot.queue, RATE_ALARM_QUEUE) {
+                    emit(PhEvent::RateAlarm {
+                        kind,
+                        limit,
+                        queue: slot.queue,
+                    });
+                }
+                slot.delay_ns
+            }
+        }
+    }
+
+    /// Reports the queued calls released by `now_ns`; returns how many still wait.
+    pub fn rate_releases(&mut self, now_ns: u64, emit: &mut dyn FnMut(PhEvent)) -> usize {
+        for kind in RateKind::ALL {
+            let l = self.rate_state.limiter(kind);
+            let released = l.release_due(now_ns);
+            if released > 0 {
+                let queue = l.queued();
+                emit(PhEvent::RateRelease {
+                    kind,
+                    released,
+                    queue,
+                });
+            }
+        }
+        self.rate_state.queued()
     }
 
     /// Distinct (call, previous, distance) pairs trained.
@@ -562,5 +745,174 @@ mod tests {
             .unwrap_err(),
             ProfileError::NotAProfile
         );
+    }
+
+    #[test]
+    fn an_argument_aware_profile_sees_the_same_calls_on_another_file() {
+        use crate::symbols::{flags, Arg};
+        let c = PhConfig {
+            symbols: SymbolMode::Args,
+            ..config()
+        };
+        let open = |p: &str| Arg::Path {
+            path: p.as_bytes().to_vec(),
+            flags: 0,
+        };
+        // open, read, close of a note; the attack opens /etc/passwd with the same calls.
+        let session = |p: &mut PhProfile, file: &str| -> Vec<Step> {
+            let mut task = PhTask::new(p);
+            let arg = open(file);
+            [(257u32, Some(&arg)), (0, None), (3, None), (231, None)]
+                .iter()
+                .map(|&(call, a)| {
+                    let s = p.symbol_of(&task, call, a);
+                    p.on_syscall(&mut task, s, false, 0, &c, &mut |_| {})
+                })
+                .collect()
+        };
+        let mut p = PhProfile::new(ExeKey { dev: 1, ino: 2 }, "/bin/x", &c);
+        session(&mut p, "/srv/notes/a.txt");
+        session(&mut p, "/srv/notes/b.txt");
+        assert_eq!(p.symbol_table().unwrap().classes().len(), 1);
+        p.normalize(&mut |_| {});
+        assert!(session(&mut p, "/srv/notes/c.txt")
+            .iter()
+            .all(|s| s.misses == 0));
+        let attack = session(&mut p, "/etc/passwd");
+        // The foreign open shows in the pairs of the calls after it.
+        assert!(attack.iter().any(|s| s.misses > 0), "{attack:?}");
+        // Normal profiles do not learn classes: the table is unchanged.
+        assert_eq!(p.symbol_table().unwrap().classes().len(), 1);
+        // The table survives a save, and plain calls are not affected by it.
+        let back = PhProfile::from_bytes(&p.to_bytes()).unwrap();
+        assert_eq!(back.symbol_table(), p.symbol_table());
+        let plain = PhProfile::new(ExeKey { dev: 1, ino: 2 }, "/bin/x", &config());
+        assert!(plain.symbol_table().is_none());
+        let _ = flags::CREATE;
+    }
+
+    #[test]
+    fn rates_learned_in_training_limit_the_normal_profile() {
+        let c = PhConfig {
+            rate_limit: true,
+            rate_margin: 2.0,
+            ..config()
+        };
+        let mut p = PhProfile::new(ExeKey { dev: 1, ino: 2 }, "/bin/x", &c);
+        let mut none = |_| {};
+        // Training: bursts of 5 forks 10 ms apart, one burst a second.
+        for s in 0..3 {
+            for i in 0..5 {
+                assert_eq!(
+                    p.on_rate(RateKind::Fork, s * SEC + i * SEC / 100, &c, &mut none),
+                    0
+                );
+            }
+        }
+        assert_eq!(p.learned_rates().unwrap().fork_peak, 5);
+        p.normalize(&mut |_| {});
+        // At the trained rate, nothing waits.
+        for s in 10..13 {
+            for i in 0..5 {
+                assert_eq!(
+                    p.on_rate(RateKind::Fork, s * SEC + i * SEC / 100, &c, &mut none),
+                    0
+                );
+            }
+        }
+        // A storm of 30 forks in 30 ms: 10 run, the rest leave every 100 ms.
+        let mut events = vec![];
+        let delays: Vec<u64> = (0..30)
+            .map(|i| {
+                p.on_rate(RateKind::Fork, 20 * SEC + i * SEC / 1000, &c, &mut |e| {
+                    events.push(e)
+                })
+            })
+            .collect();
+        assert!(delays[..10].iter().all(|&d| d == 0), "{delays:?}");
+        assert_eq!(20 * SEC + 10 * SEC / 1000 + delays[10], 21 * SEC);
+        assert_eq!(delays[29] + 29 * SEC / 1000, SEC + 19 * SEC / 10);
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, PhEvent::RateAlarm { queue: 5, .. })));
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, PhEvent::RateQueued { .. }))
+                .count(),
+            20
+        );
+        let mut released = vec![];
+        assert_eq!(
+            p.rate_releases(21 * SEC + SEC / 2, &mut |e| released.push(e)),
+            14
+        );
+        assert_eq!(
+            released,
+            vec![PhEvent::RateRelease {
+                kind: RateKind::Fork,
+                released: 6,
+                queue: 14
+            }]
+        );
+        // File creations have their own limit: nothing created in training, so 1 a
+        // second.
+        assert_eq!(p.on_rate(RateKind::Create, 30 * SEC, &c, &mut none), 0);
+        assert_eq!(p.on_rate(RateKind::Create, 30 * SEC, &c, &mut none), SEC);
+
+        // Detect reports the calls beyond the limit and holds none.
+        let d = PhConfig {
+            mode: Mode::Detect,
+            ..c.clone()
+        };
+        let mut q = PhProfile::from_bytes(&p.to_bytes()).unwrap();
+        assert_eq!(q.learned_rates(), p.learned_rates());
+        let mut events = vec![];
+        let held: u64 = (0..12)
+            .map(|i| q.on_rate(RateKind::Fork, 40 * SEC + i, &d, &mut |e| events.push(e)))
+            .sum();
+        assert_eq!(held, 0);
+        assert_eq!(
+            events,
+            vec![
+                PhEvent::RateExceeded {
+                    kind: RateKind::Fork,
+                    limit: 10,
+                    count: 11
+                },
+                PhEvent::RateExceeded {
+                    kind: RateKind::Fork,
+                    limit: 10,
+                    count: 12
+                }
+            ]
+        );
+        // Without rate_limit, or without rates learned (an older profile), no limit.
+        let off = config();
+        assert_eq!(q.on_rate(RateKind::Fork, 50 * SEC, &off, &mut none), 0);
+        let mut old = normal_profile(&config());
+        assert!(old.learned_rates().is_none());
+        assert!((0..100).all(|i| old.on_rate(RateKind::Fork, 60 * SEC + i, &c, &mut none) == 0));
+    }
+
+    #[test]
+    fn plain_profiles_stay_frame_version_1_and_extras_are_version_2() {
+        let p = normal_profile(&config());
+        assert_eq!(&p.to_bytes()[8..10], &1u16.to_le_bytes());
+        let c = PhConfig {
+            rate_limit: true,
+            ..config()
+        };
+        let q = PhProfile::new(ExeKey { dev: 1, ino: 2 }, "/bin/x", &c);
+        let bytes = q.to_bytes();
+        assert_eq!(&bytes[8..10], &2u16.to_le_bytes());
+        // A damaged extras section is an error, never a panic.
+        let payload_end = bytes.len();
+        let mut cut = bytes[..payload_end - 1].to_vec();
+        let len = (cut.len() - 24) as u64;
+        cut[16..24].copy_from_slice(&len.to_le_bytes());
+        let crc = crc32fast::hash(&cut[24..]);
+        cut[12..16].copy_from_slice(&crc.to_le_bytes());
+        assert!(PhProfile::from_bytes(&cut).is_err());
     }
 }
