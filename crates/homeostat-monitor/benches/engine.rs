@@ -44,6 +44,7 @@ fn bench(c: &mut Criterion) {
                         arch: Arch::X86_64,
                         nr,
                         parent: None,
+                        arg: None,
                     },
                     now,
                 );

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use homeostat_core::ph::{ExeKey, PhConfig, PhEvent, PhProfile, PhTask, ProfileState, Verdict};
+use homeostat_core::rate;
+use homeostat_core::symbols::{Arg, UNSEEN};
 use homeostat_syscalls::Arch;
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +39,9 @@ pub struct Call<'a> {
     /// child inherits its parent's sequence and locality frame, so forking does not
     /// wash an anomaly away.
     pub parent: Option<i32>,
+    /// The argument that matters, when it was captured ([`crate::args`]): the class
+    /// of argument-aware profiles, and what file-creation limits count.
+    pub arg: Option<&'a Arg>,
 }
 
 /// One reported event, in the JSON-lines schema of docs/events.md.
@@ -109,6 +114,8 @@ pub struct Engine {
     tasks: HashMap<i32, Task>,
     store: Option<ProfileStore>,
     sink: Box<dyn FnMut(&EventRecord) + Send>,
+    /// Rate-limited calls still queued, all profiles (0: no release to report).
+    rate_waiting: usize,
 }
 
 impl Engine {
@@ -131,6 +138,7 @@ impl Engine {
                 tasks: HashMap::new(),
                 store,
                 sink,
+                rate_waiting: 0,
             },
             errors,
         )
@@ -141,8 +149,48 @@ impl Engine {
         &self.config
     }
 
+    /// Whether calls must come with their argument: new profiles are argument-aware,
+    /// a loaded one is, or rates are limited (file creation is an open's O_CREAT).
+    pub fn wants_args(&self) -> bool {
+        self.config.symbols == homeostat_core::symbols::SymbolMode::Args
+            || self.config.rate_limit
+            || self.profiles.values().any(PhProfile::wants_args)
+    }
+
+    /// Reports the rate-limited calls released by `now_ns` (events only: the loop's
+    /// timers release them).
+    pub fn rate_releases(&mut self, now_ns: u64) {
+        if self.rate_waiting == 0 {
+            return;
+        }
+        let mut waiting = 0;
+        for p in self.profiles.values_mut() {
+            let mut events = vec![];
+            waiting += p.rate_releases(now_ns, &mut |e| events.push(e));
+            for e in events {
+                let (name, detail) = describe(&e);
+                let rec = EventRecord {
+                    ts: now_ns as f64 / 1e9,
+                    event: name,
+                    pid: 0,
+                    tid: 0,
+                    exe: Arc::from(p.path.as_str()),
+                    profile: p.key.to_string(),
+                    state: p.state,
+                    syscall: String::new(),
+                    lfc: 0,
+                    action: "none",
+                    detail,
+                };
+                (self.sink)(&rec);
+            }
+        }
+        self.rate_waiting = waiting;
+    }
+
     /// Processes a call before it runs and returns what to do with it.
     pub fn on_syscall(&mut self, c: &Call<'_>, now_ns: u64) -> Verdict {
+        self.rate_releases(now_ns);
         let config = &self.config;
         let store = &self.store;
         let profile = self.profiles.entry(c.exe).or_insert_with(|| {
@@ -198,10 +246,30 @@ impl Engine {
             Arch::I386 => I386_OFFSET + c.nr,
         };
         let is_execve = c.arch.is_execve(c.nr);
+        let arg = c.arg.filter(|_| c.arch == Arch::X86_64);
+        let symbol = profile.symbol_of(&task.ph, call, arg);
         let mut pending: Vec<PhEvent> = vec![];
-        let step = profile.on_syscall(&mut task.ph, call, is_execve, now_ns, config, &mut |e| {
-            pending.push(e)
-        });
+        let mut step =
+            profile.on_syscall(&mut task.ph, symbol, is_execve, now_ns, config, &mut |e| {
+                pending.push(e)
+            });
+        let kind = match c.arch {
+            Arch::X86_64 if config.rate_limit => {
+                c.arch.name(c.nr).and_then(|n| rate::kind_of(n, arg))
+            }
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            let held = profile.on_rate(kind, now_ns, config, &mut |e| pending.push(e));
+            if held > 0 {
+                self.rate_waiting += 1;
+                step.verdict = match step.verdict {
+                    Verdict::Refuse => Verdict::Refuse,
+                    Verdict::Continue => Verdict::Delay(held),
+                    Verdict::Delay(d) => Verdict::Delay(d.max(held)),
+                };
+            }
+        }
         task.delay_ns = match step.verdict {
             Verdict::Delay(ns) => ns,
             _ => 0,
@@ -212,7 +280,18 @@ impl Engine {
             Verdict::Refuse => "refuse",
         };
         for e in pending {
-            let (name, detail) = describe(&e);
+            let (name, mut detail) = describe(&e);
+            if let (PhEvent::Anomaly { .. }, Some(t)) = (&e, profile.symbol_table()) {
+                // Which (call, class) was foreign, for argument-aware profiles.
+                let class = match t.describe(symbol) {
+                    Some((_, class)) => class.to_string(),
+                    None if symbol == UNSEEN => "unseen class".to_string(),
+                    None => String::new(),
+                };
+                if !class.is_empty() {
+                    detail["class"] = class.into();
+                }
+            }
             let rec = record(now_ns, name, c, profile, step.lfc, action, detail);
             (self.sink)(&rec);
         }
@@ -303,6 +382,32 @@ fn describe(e: &PhEvent) -> (&'static str, serde_json::Value) {
             json!({ "from": from, "to": to, "reason": reason }),
         ),
         PhEvent::Tolerized { .. } => ("tolerized", json!({})),
+        PhEvent::RateQueued {
+            kind,
+            limit,
+            queue,
+            delay_ns,
+        } => (
+            "rate_queued",
+            json!({ "kind": kind, "limit": limit, "queue": queue,
+                    "delay_ms": *delay_ns as f64 / 1e6 }),
+        ),
+        PhEvent::RateRelease {
+            kind,
+            released,
+            queue,
+        } => (
+            "rate_release",
+            json!({ "kind": kind, "released": released, "queue": queue }),
+        ),
+        PhEvent::RateAlarm { kind, limit, queue } => (
+            "rate_alarm",
+            json!({ "kind": kind, "limit": limit, "queue": queue }),
+        ),
+        PhEvent::RateExceeded { kind, limit, count } => (
+            "rate_exceeded",
+            json!({ "kind": kind, "limit": limit, "count": count }),
+        ),
     }
 }
 
@@ -363,6 +468,7 @@ mod tests {
                         arch: Arch::X86_64,
                         nr,
                         parent: None,
+                        arg: None,
                     },
                     now,
                 )

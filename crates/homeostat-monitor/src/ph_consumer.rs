@@ -63,6 +63,7 @@ impl Consumer for PhConsumer {
                 arch: ev.arch,
                 nr: ev.nr,
                 parent: ev.parent,
+                arg: ev.arg.as_ref(),
             },
             crate::now_ns(),
         )
@@ -76,7 +77,12 @@ impl Consumer for PhConsumer {
         }
     }
 
+    fn wants_args(&self) -> bool {
+        self.engine.wants_args()
+    }
+
     fn tick(&mut self) {
+        self.engine.rate_releases(crate::now_ns());
         if self.last_save.elapsed() >= SAVE_EVERY {
             self.save();
         }

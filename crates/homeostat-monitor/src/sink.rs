@@ -63,6 +63,13 @@ pub fn describe(r: &EventRecord) -> Option<String> {
             "{who}: LFC {} above the tolerize limit: training data of {} wiped",
             r.lfc, r.exe
         ),
+        "rate_alarm" => format!(
+            "{}: {} {} calls waiting (limit {} per window)",
+            r.exe,
+            r.detail["queue"],
+            r.detail["kind"].as_str()?,
+            r.detail["limit"]
+        ),
         _ => return None,
     })
 }

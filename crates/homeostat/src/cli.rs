@@ -138,6 +138,26 @@ pub struct RunArgs {
     /// Hosts each program's throttle working set remembers.
     #[arg(long, default_value_t = 5, requires = "throttle_connect")]
     pub throttle_working_set: usize,
+    /// Alphabet of new profiles: `calls`, or `args` for (call, argument class) symbols
+    /// (docs/arguments.md); a saved profile keeps its own.
+    #[arg(long)]
+    pub symbols: Option<homeostat_core::symbols::SymbolMode>,
+    /// With --symbols args: directories of a path's prefix that make its class.
+    #[arg(long)]
+    pub path_depth: Option<u8>,
+    /// With --symbols args: most distinct argument classes per profile.
+    #[arg(long)]
+    pub max_classes: Option<u32>,
+    /// Learn each program's fork and file-creation rates in training and, once its
+    /// profile is normal, hold calls beyond the peak times --rate-margin.
+    #[arg(long)]
+    pub rate_limit: bool,
+    /// Limit = the peak rate learned in training times this (default 2).
+    #[arg(long, value_name = "M")]
+    pub rate_margin: Option<f64>,
+    /// The sliding window rates are counted in, seconds (default 1).
+    #[arg(long, value_name = "SECS")]
+    pub rate_window: Option<f64>,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<std::ffi::OsString>,

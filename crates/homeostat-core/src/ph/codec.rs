@@ -64,7 +64,10 @@ impl PhProfile {
     }
 
     /// The pairs the profile acts on, over raw call numbers (`(cur, prev, mask)`): the
-    /// testing data once normal, else the training data.
+    /// testing data once normal, else the training data. An argument-aware profile's
+    /// (call, class) symbols fold back to their calls (masks of folded pairs united),
+    /// so the daemon, which sees call numbers only, gets the plain view of what was
+    /// learned; pairs with a class never learned are dropped.
     pub fn raw_pairs(&self) -> Vec<(u32, u32, u32)> {
         let entries = if self.state == ProfileState::Normal {
             self.model.test_entries()
@@ -72,10 +75,23 @@ impl PhProfile {
             self.model.entries()
         };
         let a = self.model.alphabet();
-        entries
+        let call = |s: u32| -> Option<u32> {
+            match &self.symbols {
+                Some(t) if s >= crate::symbols::ENRICHED_BASE => t.describe(s).map(|(c, _)| c),
+                _ => Some(s),
+            }
+        };
+        let raw = entries
             .into_iter()
-            .filter_map(|(c, p, m)| Some((a.raw(c)?, a.raw(p)?, m)))
-            .collect()
+            .filter_map(|(c, p, m)| Some((call(a.raw(c)?)?, call(a.raw(p)?)?, m)));
+        if self.symbols.is_none() {
+            return raw.collect();
+        }
+        let mut folded: std::collections::BTreeMap<(u32, u32), u32> = Default::default();
+        for (c, p, m) in raw {
+            *folded.entry((c, p)).or_default() |= m;
+        }
+        folded.into_iter().map(|((c, p), m)| (c, p, m)).collect()
     }
 
     /// The profile as file contents (versioned, checksummed; write atomically).

@@ -786,6 +786,18 @@ mod tests {
         // The table survives a save, and plain calls are not affected by it.
         let back = PhProfile::from_bytes(&p.to_bytes()).unwrap();
         assert_eq!(back.symbol_table(), p.symbol_table());
+        // The daemon's view folds classes back to calls: the plain pairs.
+        let mut plain_twin = PhProfile::new(ExeKey { dev: 1, ino: 2 }, "/bin/x", &config());
+        let mut t = PhTask::new(&plain_twin);
+        for call in [257, 0, 3, 231] {
+            plain_twin.on_syscall(&mut t, call, false, 0, &config(), &mut |_| {});
+        }
+        plain_twin.normalize(&mut |_| {});
+        let mut got = p.raw_pairs();
+        got.sort_unstable();
+        let mut want = plain_twin.raw_pairs();
+        want.sort_unstable();
+        assert_eq!(got, want);
         let plain = PhProfile::new(ExeKey { dev: 1, ino: 2 }, "/bin/x", &config());
         assert!(plain.symbol_table().is_none());
         let _ = flags::CREATE;

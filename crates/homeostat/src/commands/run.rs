@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use homeostat_core::ph::{ExeKey, Mode, Verdict};
+use homeostat_core::ph::{ExeKey, Mode, PhConfig, Verdict};
 use homeostat_monitor::monitor_loop::{self as launch, Attached, CallEvent, Consumer};
 use homeostat_monitor::sink::{describe, open_events, write_event};
 use homeostat_monitor::throttle::{Throttle, ThrottleConfig, ThrottleEvent, Throttled};
@@ -32,7 +32,10 @@ fn forward_signals() {
 
 /// A pH consumer set up from the monitoring flags: config, state directory, events
 /// sink, control channel. Returns it with a counter of anomalous calls.
-fn monitor(m: &MonitorFlags) -> Result<(PhConsumer, Arc<Mutex<u64>>, SharedSink)> {
+fn monitor(
+    m: &MonitorFlags,
+    overrides: &dyn Fn(&mut PhConfig),
+) -> Result<(PhConsumer, Arc<Mutex<Counts>>, SharedSink)> {
     let mode = [
         (m.learn, Mode::Learn),
         (m.detect, Mode::Detect),
@@ -40,22 +43,32 @@ fn monitor(m: &MonitorFlags) -> Result<(PhConsumer, Arc<Mutex<u64>>, SharedSink)
     ]
     .into_iter()
     .find_map(|(set, mode)| set.then_some(mode));
-    let config = settings(&m.state, mode, m.normal_wait)?.ph;
+    let mut config = settings(&m.state, mode, m.normal_wait)?.ph;
+    overrides(&mut config);
+    config.validate().map_err(anyhow::Error::msg)?;
     let store = open_store(&m.state)?;
     let state_dir = store.dir().to_path_buf();
 
     let json: SharedSink = Arc::new(Mutex::new(open_events(m.events.as_deref())?));
     let events = json.clone();
     let quiet = m.quiet;
-    let anomalies = Arc::new(Mutex::new(0u64));
+    let anomalies = Arc::new(Mutex::new(Counts::default()));
     let count = anomalies.clone();
     let sink = Box::new(move |r: &EventRecord| {
         if let Some(w) = events.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             write_event(w, r);
         }
-        if r.event == "anomaly" {
-            *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        let mut c = count.lock().unwrap_or_else(|e| e.into_inner());
+        match r.event {
+            "anomaly" => c.anomalies += 1,
+            "rate_queued" => {
+                c.rate_delayed += 1;
+                c.rate_delay_ms += r.detail["delay_ms"].as_f64().unwrap_or(0.0);
+            }
+            "rate_exceeded" => c.rate_exceeded += 1,
+            _ => {}
         }
+        drop(c);
         if !quiet {
             if let Some(line) = describe(r) {
                 info!("{line}");
@@ -103,16 +116,59 @@ fn throttled(
     Ok(Throttled::new(consumer, throttle, sink))
 }
 
-fn report(quiet: bool, anomalies: &Mutex<u64>) {
-    let n = *anomalies.lock().unwrap_or_else(|e| e.into_inner());
-    if !quiet && n > 0 {
-        info!("{n} anomalous calls");
+/// What the end-of-run summary reports.
+#[derive(Default)]
+struct Counts {
+    anomalies: u64,
+    rate_delayed: u64,
+    rate_delay_ms: f64,
+    rate_exceeded: u64,
+}
+
+fn report(quiet: bool, counts: &Mutex<Counts>) {
+    let c = counts.lock().unwrap_or_else(|e| e.into_inner());
+    if quiet {
+        return;
+    }
+    if c.anomalies > 0 {
+        info!("{} anomalous calls", c.anomalies);
+    }
+    if c.rate_delayed > 0 {
+        info!(
+            "rate limit: {} calls delayed, {:.1} s in all",
+            c.rate_delayed,
+            c.rate_delay_ms / 1e3
+        );
+    }
+    if c.rate_exceeded > 0 {
+        info!(
+            "rate limit: {} calls beyond the limit (detect: not held)",
+            c.rate_exceeded
+        );
     }
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
     forward_signals();
-    let (consumer, anomalies, json) = monitor(&a.monitor)?;
+    let overrides = |c: &mut PhConfig| {
+        if let Some(s) = a.symbols {
+            c.symbols = s;
+        }
+        if let Some(d) = a.path_depth {
+            c.path_depth = d;
+        }
+        if let Some(m) = a.max_classes {
+            c.max_classes = m;
+        }
+        c.rate_limit |= a.rate_limit;
+        if let Some(m) = a.rate_margin {
+            c.rate_margin = m;
+        }
+        if let Some(w) = a.rate_window {
+            c.rate_window_secs = w;
+        }
+    };
+    let (consumer, anomalies, json) = monitor(&a.monitor, &overrides)?;
     let opts = LaunchOptions {
         fail_mode: if a.fail_closed {
             FailMode::Closed
@@ -154,7 +210,7 @@ pub fn attach(a: AttachArgs) -> Result<()> {
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
         .context("installing the Ctrl-C handler")?;
-    let (mut consumer, anomalies, _) = monitor(&a.monitor)?;
+    let (mut consumer, anomalies, _) = monitor(&a.monitor, &|_| {})?;
     let opts = homeostat_ptrace::AttachOptions {
         descendants: a.descendants,
         ..Default::default()

@@ -1,0 +1,190 @@
+//! Rate limits learned from the profile under the real launcher (`homeostat run
+//! --rate-limit`): a real program (perl) is trained forking and creating files at a
+//! modest rate; once its profile is normal, a storm of forks or file creations by the
+//! same program is slowed to about the learned limit, while the program at its trained
+//! rate is not delayed at all. Every figure is measured beside the same run without
+//! the limit.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use serde_json::Value;
+
+mod common;
+use common::{bin, ok};
+
+/// `fork N MS`: N forks (each child exits at once, the parent waits for it), MS ms
+/// apart; `create N MS DIR`: N files created in DIR, MS ms apart.
+const STORM: &str = r#"
+use POSIX ();
+my ($kind, $n, $ms, $dir) = @ARGV;
+for my $i (1..$n) {
+    if ($kind eq "fork") { my $p = fork; if (!$p) { POSIX::_exit(0) } waitpid($p, 0); }
+    else { open(my $f, ">", "$dir/f$i") or die "$dir/f$i: $!"; close $f; }
+    select(undef, undef, undef, $ms / 1000) if $ms > 0;
+}
+"#;
+
+struct Run {
+    secs: f64,
+    events: Vec<Value>,
+}
+
+fn run(dir: &Path, name: &str, flags: &[&str], args: &[&str]) -> Run {
+    let events = dir.join(format!("{name}.events"));
+    let script = dir.join("storm.pl");
+    let files = dir.join(format!("{name}.files"));
+    std::fs::create_dir_all(&files).unwrap();
+    let mut cmd = bin();
+    cmd.arg("run")
+        .arg("--quiet")
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--events")
+        .arg(&events)
+        .args(flags)
+        .arg("--")
+        .arg("perl")
+        .arg(&script)
+        .args(args);
+    if args[0] == "create" {
+        cmd.arg(&files);
+    }
+    let t = Instant::now();
+    let st = cmd.status().unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert!(st.success(), "{name}: {st}");
+    let events = std::fs::read_to_string(&events)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .collect();
+    Run { secs, events }
+}
+
+fn count(r: &Run, event: &str) -> usize {
+    r.events.iter().filter(|e| e["event"] == event).count()
+}
+
+#[test]
+fn storms_are_slowed_to_the_learned_limit_and_the_trained_rate_never_waits() {
+    assert!(
+        Command::new("perl")
+            .args(["-e", "use POSIX (); exit 0"])
+            .status()
+            .is_ok_and(|s| s.success()),
+        "perl (with POSIX) is needed"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("storm.pl"), STORM).unwrap();
+    let learn = ["--learn", "--rate-limit"];
+    // Training: 20 forks (or files) 50 ms apart, about 20 in a second at most; and
+    // short quick bursts, so the storm's call sequence is one pH knows.
+    for i in 0..2 {
+        for kind in ["fork", "create"] {
+            run(
+                dir,
+                &format!("train-{kind}-slow-{i}"),
+                &learn,
+                &[kind, "20", "50"],
+            );
+            run(
+                dir,
+                &format!("train-{kind}-burst-{i}"),
+                &learn,
+                &[kind, "5", "0"],
+            );
+        }
+    }
+    ok(bin()
+        .args(["profile", "normalize", "perl", "--state-dir"])
+        .arg(dir.join("state")));
+
+    let limited = ["--enforce", "--rate-limit", "--rate-margin", "2"];
+    let plain = ["--enforce"];
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let n = 200u32;
+    for kind in ["fork", "create"] {
+        let ns = n.to_string();
+        let free = run(
+            dir,
+            &format!("{kind}-storm-plain"),
+            &plain,
+            &[kind, &ns, "0"],
+        );
+        let held = run(dir, &format!("{kind}-storm"), &limited, &[kind, &ns, "0"]);
+        // pH itself must see nothing: the delays are the rate limit's alone.
+        for r in [&free, &held] {
+            assert_eq!(count(r, "anomaly"), 0, "{:?}", r.events);
+        }
+        let queued: Vec<&Value> = held
+            .events
+            .iter()
+            .filter(|e| e["event"] == "rate_queued")
+            .collect();
+        assert!(!queued.is_empty(), "{kind}: nothing held");
+        assert!(queued.iter().all(|e| e["kind"] == kind), "{queued:?}");
+        let limit = queued[0]["limit"].as_u64().unwrap();
+        // Learned peak about 20 a second, margin 2.
+        assert!((20..=60).contains(&limit), "{kind}: limit {limit}");
+        assert!(count(&held, "rate_release") > 0);
+        // At most `limit` in any second: the n-th call comes at least
+        // floor((n-1)/limit) seconds after the first.
+        let floor = f64::from((n - 1) / limit as u32);
+        assert!(
+            held.secs >= floor * 0.95,
+            "{kind}: {} s, expected >= {floor}",
+            held.secs
+        );
+        assert!(
+            free.secs < floor / 2.0,
+            "{kind} storm unlimited: {} s",
+            free.secs
+        );
+
+        let trained = run(
+            dir,
+            &format!("{kind}-trained"),
+            &limited,
+            &[kind, "20", "50"],
+        );
+        let trained_plain = run(
+            dir,
+            &format!("{kind}-trained-plain"),
+            &plain,
+            &[kind, "20", "50"],
+        );
+        assert_eq!(count(&trained, "rate_queued"), 0, "{:?}", trained.events);
+        assert_eq!(count(&trained, "anomaly"), 0, "{:?}", trained.events);
+        eprintln!(
+            "{kind}: storm of {n}: {:.2} s limited ({:.0}/s, limit {limit}/s) vs {:.2} s \
+             without ({:.0}/s), {} calls held; trained rate (20, 50 ms apart): {:.2} s \
+             limited vs {:.2} s without, none held (load {})",
+            held.secs,
+            f64::from(n) / held.secs,
+            free.secs,
+            f64::from(n) / free.secs,
+            queued.len(),
+            trained.secs,
+            trained_plain.secs,
+            load.trim()
+        );
+    }
+
+    // Detect reports the calls beyond the limit and holds none.
+    let detect = run(
+        dir,
+        "fork-storm-detect",
+        &["--detect", "--rate-limit"],
+        &["fork", "200", "0"],
+    );
+    assert!(count(&detect, "rate_exceeded") > 0, "{:?}", detect.events);
+    assert_eq!(count(&detect, "rate_queued"), 0);
+    assert!(
+        detect.secs < 3.0,
+        "detect held the storm: {} s",
+        detect.secs
+    );
+}
