@@ -94,6 +94,25 @@ impl PhProfile {
         folded.into_iter().map(|((c, p), m)| (c, p, m)).collect()
     }
 
+    /// The call numbers the profile has seen, sorted: its alphabet, with an
+    /// argument-aware profile's (call, class) symbols folded back to their calls (for
+    /// a seccomp allow-list, which knows calls only).
+    pub fn calls(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .model
+            .alphabet()
+            .symbols()
+            .iter()
+            .filter_map(|&s| match &self.symbols {
+                Some(t) if s >= crate::symbols::ENRICHED_BASE => t.describe(s).map(|(c, _)| c),
+                _ => Some(s),
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// The profile as file contents (versioned, checksummed; write atomically).
     pub fn to_bytes(&self) -> Vec<u8> {
         let stored = StoredPhProfile {

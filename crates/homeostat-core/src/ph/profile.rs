@@ -798,6 +798,7 @@ mod tests {
         let mut want = plain_twin.raw_pairs();
         want.sort_unstable();
         assert_eq!(got, want);
+        assert_eq!(p.calls(), vec![0, 3, 231, 257]);
         let plain = PhProfile::new(ExeKey { dev: 1, ino: 2 }, "/bin/x", &config());
         assert!(plain.symbol_table().is_none());
         let _ = flags::CREATE;

@@ -366,7 +366,7 @@ pub fn run(cmd: ProfileCmd) -> Result<()> {
                     None => return Err(e),
                 },
             };
-            super::analyze::export_seccomp(&a, &p.path, p.model().alphabet().symbols())
+            super::analyze::export_seccomp(&a, &p.path, &p.calls())
         }
         ProfileCmd::LearnFrom {
             uid,
