@@ -43,6 +43,8 @@ fn run(dir: &Path, name: &str, flags: &[&str], args: &[&str]) -> Run {
         .arg(dir.join("state"))
         .arg("--events")
         .arg(&events)
+        .arg("--config")
+        .arg(dir.join("config.toml"))
         .args(flags)
         .arg("--")
         .arg("perl")
@@ -79,6 +81,15 @@ fn storms_are_slowed_to_the_learned_limit_and_the_trained_rate_never_waits() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::write(dir.join("storm.pl"), STORM).unwrap();
+    // pH's own response is off (no delays, and anomalies never send the profile back
+    // to training): which of the parent's next call and the child's first comes first
+    // after a fork varies, so a storm of 200 can show a pair training missed, and the
+    // delays measured here must be the rate limit's alone.
+    std::fs::write(
+        dir.join("config.toml"),
+        "[ph]\ndelay_factor_ms = 0.0\nanomaly_limit = 1000000\n",
+    )
+    .unwrap();
     let learn = ["--learn", "--rate-limit"];
     // Training: 20 forks (or files) 50 ms apart, about 20 in a second at most; and
     // short quick bursts, so the storm's call sequence is one pH knows.
@@ -102,6 +113,23 @@ fn storms_are_slowed_to_the_learned_limit_and_the_trained_rate_never_waits() {
         .args(["profile", "normalize", "perl", "--state-dir"])
         .arg(dir.join("state")));
 
+    // The peaks the profile learned, as `profile show` prints them.
+    let show = ok(bin()
+        .args(["profile", "show", "perl", "--state-dir"])
+        .arg(dir.join("state")));
+    let rates = show
+        .lines()
+        .find(|l| l.starts_with("rates"))
+        .unwrap_or_else(|| panic!("{show}"));
+    let nums: Vec<u64> = rates
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (fork_peak, create_peak) = match nums[..] {
+        [1, f, c] => (f, c),
+        _ => panic!("{rates}"),
+    };
+
     let limited = ["--enforce", "--rate-limit", "--rate-margin", "2"];
     let plain = ["--enforce"];
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -115,9 +143,9 @@ fn storms_are_slowed_to_the_learned_limit_and_the_trained_rate_never_waits() {
             &[kind, &ns, "0"],
         );
         let held = run(dir, &format!("{kind}-storm"), &limited, &[kind, &ns, "0"]);
-        // pH itself must see nothing: the delays are the rate limit's alone.
         for r in [&free, &held] {
-            assert_eq!(count(r, "anomaly"), 0, "{:?}", r.events);
+            assert_eq!(count(r, "delay_start"), 0, "pH delayed");
+            assert_eq!(count(r, "state_change"), 0, "profile left normal");
         }
         let queued: Vec<&Value> = held
             .events
@@ -128,6 +156,12 @@ fn storms_are_slowed_to_the_learned_limit_and_the_trained_rate_never_waits() {
         assert!(queued.iter().all(|e| e["kind"] == kind), "{queued:?}");
         let limit = queued[0]["limit"].as_u64().unwrap();
         // Learned peak about 20 a second, margin 2.
+        let peak = if kind == "fork" {
+            fork_peak
+        } else {
+            create_peak
+        };
+        assert_eq!(limit, 2 * peak, "{kind}: {rates}");
         assert!((20..=60).contains(&limit), "{kind}: limit {limit}");
         assert!(count(&held, "rate_release") > 0);
         // At most `limit` in any second: the n-th call comes at least
@@ -157,11 +191,11 @@ fn storms_are_slowed_to_the_learned_limit_and_the_trained_rate_never_waits() {
             &[kind, "20", "50"],
         );
         assert_eq!(count(&trained, "rate_queued"), 0, "{:?}", trained.events);
-        assert_eq!(count(&trained, "anomaly"), 0, "{:?}", trained.events);
         eprintln!(
             "{kind}: storm of {n}: {:.2} s limited ({:.0}/s, limit {limit}/s) vs {:.2} s \
              without ({:.0}/s), {} calls held; trained rate (20, 50 ms apart): {:.2} s \
-             limited vs {:.2} s without, none held (load {})",
+             limited vs {:.2} s without, none held; pH anomalies (not acted on) {} and {} \
+             in the storms (load {})",
             held.secs,
             f64::from(n) / held.secs,
             free.secs,
@@ -169,6 +203,8 @@ fn storms_are_slowed_to_the_learned_limit_and_the_trained_rate_never_waits() {
             queued.len(),
             trained.secs,
             trained_plain.secs,
+            count(&free, "anomaly"),
+            count(&held, "anomaly"),
             load.trim()
         );
     }

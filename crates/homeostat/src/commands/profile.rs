@@ -334,6 +334,21 @@ fn show(json: bool, t: &ProfileTarget) -> Result<()> {
         println!("normal at      {} (unix ns)", p.normal_time_ns);
     }
     println!("calls trained  {}", p.model().trained_calls());
+    if let Some(t) = p.symbol_table() {
+        println!(
+            "symbols        args ({} argument classes)",
+            t.classes().len()
+        );
+    }
+    match p.learned_rates() {
+        Some(r) => println!(
+            "rates          peaks per {} s: {} forks, {} file creations",
+            r.window_ns as f64 / 1e9,
+            r.fork_peak,
+            r.create_peak
+        ),
+        None => println!("rates          none learned (no limit)"),
+    }
     println!("tightness      {}", super::analyze::tightness_line(&p));
     Ok(())
 }
