@@ -245,4 +245,53 @@ mod raw_pair_tests {
         )
         .is_none());
     }
+
+    #[test]
+    fn damaged_version_2_payloads_are_errors_not_panics() {
+        use crate::symbols::{Arg, SymbolMode};
+        let config = PhConfig {
+            symbols: SymbolMode::Args,
+            rate_limit: true,
+            ..PhConfig::default()
+        };
+        let mut p = PhProfile::new(ExeKey { dev: 1, ino: 2 }, "/x", &config);
+        let mut task = crate::ph::PhTask::new(&p);
+        let arg = Arg::Path {
+            path: b"/srv/a/b".to_vec(),
+            flags: 0,
+        };
+        for call in [257, 0, 3, 257, 0, 3] {
+            let s = p.symbol_of(&task, call, Some(&arg));
+            p.on_syscall(&mut task, s, false, 0, &config, &mut |_| {});
+        }
+        p.on_rate(crate::rate::RateKind::Fork, 0, &config, &mut |_| {});
+        let good = p.to_bytes();
+        let back = PhProfile::from_bytes(&good).unwrap();
+        assert_eq!(back.symbol_table(), p.symbol_table());
+        assert_eq!(back.learned_rates().unwrap().fork_peak, 1);
+        // Every byte of the payload flipped, the checksum redone: Ok or Err, no panic.
+        let payload = &good[24..];
+        for i in 0..payload.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut d = payload.to_vec();
+                d[i] ^= flip;
+                let _ = PhProfile::from_bytes(&frame_version(PH_MAGIC, PH_VERSION_EXTRAS, &d));
+            }
+        }
+        // Pseudo-random payloads.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in 0..300 {
+            let d: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (x >> 56) as u8
+                })
+                .collect();
+            let _ = PhProfile::from_bytes(&frame_version(PH_MAGIC, PH_VERSION_EXTRAS, &d));
+        }
+        // A version this build does not know is refused.
+        assert!(PhProfile::from_bytes(&frame_version(PH_MAGIC, 3, payload)).is_err());
+    }
 }
