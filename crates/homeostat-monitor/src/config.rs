@@ -9,6 +9,10 @@
 //! max_delay_ms = 2000.0
 //! suspend_execve = 10
 //! mode = "enforce"             # learn | detect | enforce
+//! symbols = "calls"            # calls | args: alphabet of new profiles (homeostat run)
+//! rate_limit = false           # fork / file-creation limits learned per profile (run)
+//! rate_margin = 2.0
+//! rate_window_secs = 1.0
 //!
 //! [modes]                        # per executable (homeostat daemon), by path
 //! "/usr/sbin/sshd" = "enforce"
