@@ -24,6 +24,8 @@ const KN_MEAN_NLL: f64 = 0.8427;
 const KN_RATE: f64 = 0.6996;
 const KN3_MEAN_NLL: f64 = 0.8226;
 const ENS4_RANK: f64 = 0.8506;
+const ENS_KN_Z: f64 = 0.8527;
+const ENS_KN_RANK: f64 = 0.8583;
 
 fn eval(ds: &Dataset, model: &str, params: &str) -> ModelReport {
     evaluate(
@@ -175,6 +177,20 @@ fn ensemble_members_with_parameters() {
         "ensemble mean_rank",
         e.scores["mean_rank"].auc,
         ENS4_RANK,
+        0.01,
+    );
+    // The README's fast ensemble: kn, kNN and stide's rate.
+    let e = eval(&ds, "ensemble:kn,knn,stide.rate", "");
+    within(
+        "kn+knn+stide mean_z",
+        e.scores["mean_z"].auc,
+        ENS_KN_Z,
+        0.01,
+    );
+    within(
+        "kn+knn+stide mean_rank",
+        e.scores["mean_rank"].auc,
+        ENS_KN_RANK,
         0.01,
     );
 }
