@@ -187,7 +187,7 @@ impl Kn {
             if count == 0 {
                 return Err("an n-gram with count 0".into());
             }
-            if n < MAX_ORDER && key >> (SYMBOL_BITS as usize * n) != 0 {
+            if key >> (SYMBOL_BITS as usize * n).min(63) != 0 {
                 return Err("an n-gram longer than the order".into());
             }
             // Every position holds a known call or the start pad; only the last (the
