@@ -103,3 +103,33 @@ pub fn cv_auc(
     }
     sum.iter().map(|s| s / k as f64).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folds_hold_out_every_trace_once_with_two_perturbed_copies() {
+        let train: Vec<Vec<u32>> = (0..12u32)
+            .map(|i| (0..40 + i).map(|j| (i + j) % 6 + 1).collect())
+            .collect();
+        let f = folds(&train, 3, 7);
+        assert_eq!(f, folds(&train, 3, 7), "deterministic");
+        let mut seen: Vec<usize> = f.iter().flat_map(|(h, _)| h.clone()).collect();
+        seen.sort();
+        assert_eq!(seen, (0..12).collect::<Vec<_>>());
+        for (held, bad) in &f {
+            assert_eq!(bad.len(), 2 * held.len());
+            for (j, &i) in held.iter().enumerate() {
+                // Splice adds a segment of 10% (at least 10 calls); replace keeps length.
+                assert_eq!(bad[2 * j].len(), train[i].len() + 10);
+                assert_eq!(bad[2 * j + 1].len(), train[i].len());
+            }
+        }
+        // A model that sees the perturbations separates them from the normals.
+        let reg = Registry::builtin();
+        let a = cv_auc(&reg, &train, &f, "kn", &Params::new());
+        assert_eq!(a.len(), 3);
+        assert!(a[0] > 0.5, "{a:?}");
+    }
+}
