@@ -50,15 +50,21 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     // Through the trace-level Detector interface: the classic models must cost the
-    // same as above (one virtual call per trace), and the scoring speed of kNN and of
-    // an ensemble (its members' costs plus one rank lookup per member). The HMM and the
+    // same as above (one virtual call per trace), and the scoring speed of kNN, of the
+    // Kneser-Ney model (one hash lookup per order per call) and of an ensemble (its members' costs plus one rank lookup per member). The HMM and the
     // LM have their own benchmarks (benches/hmm.rs, homeostat-lm's benches/lm.rs):
     // training them here would take minutes.
     let reg = Registry::builtin();
     let mut g = c.benchmark_group("detector");
     g.throughput(Throughput::Elements(test_calls));
     g.measurement_time(Duration::from_secs(4));
-    for name in ["stide", "knn", "ensemble:knn,stide.rate"] {
+    for name in [
+        "stide",
+        "knn",
+        "kn",
+        "ensemble:knn,stide.rate",
+        "ensemble:kn,knn,stide.rate",
+    ] {
         let mut b = reg.builder(name, &Params::new()).unwrap();
         for t in &train {
             b.add_trace(t);

@@ -16,7 +16,14 @@
 //! held-out standard deviation); `mean_rank` averages each score's rank among the
 //! held-out scores (0 to 1, ties counting half); `max_rank` takes the largest rank.
 //! A member is written `name` (its primary score) or `name.score`, e.g.
-//! `ensemble:knn,stide.rate`.
+//! `ensemble:knn,stide.rate`, optionally with parameters of its own that override the
+//! shared ones: `ensemble:lm(seed=1),lm(seed=2,hidden=64),stide.rate`. Several copies
+//! of one model (different seeds or sizes) are what an ensemble of language models
+//! needs (Kim et al. 2016), and the shared `-P` flags cannot tell them apart.
+//!
+//! Besides the combined scores, the ensemble reports each member's own trace score
+//! (named after the member), so one run gives the members' figures without training
+//! them a second time.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,16 +37,73 @@ use crate::registry::{Registry, ENSEMBLE};
 
 /// Parameters the ensemble reads.
 pub const PARAMS: [&str; 1] = ["holdout"];
+/// The combined scores, before the members' own.
+pub const COMBINED: [&str; 3] = ["mean_z", "mean_rank", "max_rank"];
 /// Default: every 5th training trace (20%) fits the normalisation.
 pub const DEFAULT_HOLDOUT: usize = 5;
 
-/// One member: a registered model and which of its trace scores to use.
+/// One member: a registered model, its own parameters, and which of its trace
+/// scores to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     /// Canonical model name.
     pub model: String,
+    /// Parameters of this member only (they override the shared ones).
+    pub params: Params,
     /// Trace score name; `None` for the model's primary score.
     pub score: Option<String>,
+}
+
+impl Member {
+    /// The member as written canonically: `lm(hidden=64,seed=2).mean_nll`.
+    pub fn name(&self) -> String {
+        let mut s = self.model.clone();
+        let own: Vec<String> = self
+            .params
+            .names()
+            .map(|n| format!("{n}={}", self.params.raw(n).unwrap_or_default()))
+            .collect();
+        if !own.is_empty() {
+            s.push('(');
+            s.push_str(&own.join(","));
+            s.push(')');
+        }
+        if let Some(sc) = &self.score {
+            s.push('.');
+            s.push_str(sc);
+        }
+        s
+    }
+
+    /// The shared parameters overridden by the member's own.
+    fn merged(&self, shared: &Params) -> Params {
+        let mut p = shared.clone();
+        for n in self.params.names() {
+            p.set(n, self.params.raw(n).unwrap_or_default());
+        }
+        p
+    }
+}
+
+/// Splits a member list at `,` or `+` outside parentheses; `None` when parentheses
+/// do not balance.
+fn split_items(list: &str) -> Option<Vec<&str>> {
+    let (mut depth, mut start, mut out) = (0usize, 0, vec![]);
+    for (i, ch) in list.char_indices() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth = depth.checked_sub(1)?,
+            ',' | '+' if depth == 0 => {
+                out.push(&list[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    (depth == 0).then(|| {
+        out.push(&list[start..]);
+        out
+    })
 }
 
 /// The member list of an ensemble name (`ensemble:a,b` or `ensemble:a+b`), if it
@@ -56,15 +120,33 @@ pub fn parse_members(reg: &Registry, list: &str) -> Result<Vec<Member>, Detector
         msg,
     };
     let mut out = vec![];
-    for item in list
-        .split([',', '+'])
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        let (model, score) = match item.split_once('.') {
-            Some((m, s)) => (m, Some(s.to_string())),
-            None => (item, None),
+    let items =
+        split_items(list).ok_or_else(|| err(format!("unbalanced parentheses in {list:?}")))?;
+    for item in items.into_iter().map(str::trim).filter(|s| !s.is_empty()) {
+        // `model(params).score`: the parameters may hold dots (lr=0.001), so the
+        // score is what follows the closing parenthesis.
+        let (head, own, tail) = match item.split_once('(') {
+            Some((m, rest)) => {
+                let (inner, after) = rest
+                    .rsplit_once(')')
+                    .ok_or_else(|| err(format!("unbalanced parentheses in {item:?}")))?;
+                (m.trim(), Some(inner), after.trim())
+            }
+            None => match item.split_once('.') {
+                Some((m, _)) => (m, None, &item[m.len()..]),
+                None => (item, None, ""),
+            },
         };
+        let score = match tail.strip_prefix('.') {
+            Some(s) if !s.is_empty() => Some(s.to_string()),
+            None if tail.is_empty() => None,
+            _ => {
+                return Err(err(format!(
+                    "cannot read member {item:?} (write model(p=v).score)"
+                )))
+            }
+        };
+        let model = head;
         if members_of(model).is_some() || model.eq_ignore_ascii_case(ENSEMBLE) {
             return Err(err("ensembles do not nest".into()));
         }
@@ -77,8 +159,23 @@ pub fn parse_members(reg: &Registry, list: &str) -> Result<Vec<Member>, Detector
                 .collect::<Vec<_>>()
                 .join(", "),
         })?;
+        let params = match own {
+            None => Params::new(),
+            Some(inner) => {
+                let p = Params::parse(inner).map_err(|m| err(format!("{item}: {m}")))?;
+                if let Some(bad) = p.names().find(|n| !e.params.iter().any(|k| k == n)) {
+                    return Err(err(format!(
+                        "{} takes no parameter {bad:?} (it takes {})",
+                        e.name,
+                        e.params.join(", ")
+                    )));
+                }
+                p
+            }
+        };
         out.push(Member {
             model: e.name.clone(),
+            params,
             score,
         });
     }
@@ -93,13 +190,7 @@ pub fn parse_members(reg: &Registry, list: &str) -> Result<Vec<Member>, Detector
 
 /// The canonical name of an ensemble of `members`.
 pub fn name_of(members: &[Member]) -> String {
-    let list: Vec<String> = members
-        .iter()
-        .map(|m| match &m.score {
-            Some(s) => format!("{}.{s}", m.model),
-            None => m.model.clone(),
-        })
-        .collect();
+    let list: Vec<String> = members.iter().map(Member::name).collect();
     format!("{ENSEMBLE}:{}", list.join(","))
 }
 
@@ -148,10 +239,25 @@ struct MemberStored {
     norm: Norm,
 }
 
+/// The payload before members had parameters of their own (still loaded).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Stored {
+struct StoredV1 {
     holdout: usize,
     members: Vec<MemberStored>,
+}
+
+/// First field of the current payload: a value no [`StoredV1`] starts with (its
+/// first field, `holdout`, is at most 100), so the two layouts cannot be confused
+/// and a truncated current payload is an error, not an old one.
+const MARK_V2: u32 = 0xE45E_0002;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    mark: u32,
+    holdout: usize,
+    members: Vec<MemberStored>,
+    /// Each member as written (`lm(seed=2).mean_nll`), naming its score column.
+    labels: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -160,6 +266,7 @@ struct Part {
     score: String,
     index: usize,
     norm: Norm,
+    label: String,
 }
 
 /// A trained ensemble.
@@ -204,7 +311,9 @@ impl Ensemble {
             r += rank;
             rmax = rmax.max(rank);
         }
-        vec![z / n, r / n, rmax]
+        let mut out = vec![z / n, r / n, rmax];
+        out.extend_from_slice(picked);
+        out
     }
 }
 
@@ -254,7 +363,9 @@ impl Detector for Ensemble {
         format!("{} holdout 1/{}", m.join("+"), self.holdout)
     }
     fn score_names(&self) -> Vec<String> {
-        vec!["mean_z".into(), "mean_rank".into(), "max_rank".into()]
+        let mut v: Vec<String> = COMBINED.iter().map(|s| s.to_string()).collect();
+        v.extend(self.parts.iter().map(|p| p.label.clone()));
+        v
     }
     fn score_trace(&self, calls: &[u32], scratch: &mut Scratch) -> TraceResult {
         let picked: Vec<f64> = self
@@ -289,6 +400,7 @@ impl Detector for Ensemble {
     }
     fn save(&self) -> Vec<u8> {
         let stored = Stored {
+            mark: MARK_V2,
             holdout: self.holdout,
             members: self
                 .parts
@@ -302,6 +414,7 @@ impl Detector for Ensemble {
                     norm: p.norm.clone(),
                 })
                 .collect(),
+            labels: self.parts.iter().map(|p| p.label.clone()).collect(),
         };
         postcard::to_allocvec(&stored).expect("serialising plain data into a Vec cannot fail")
     }
@@ -335,7 +448,7 @@ pub fn builder(
     let make = || {
         members
             .iter()
-            .map(|m| reg.builder(&m.model, params))
+            .map(|m| reg.builder(&m.model, &m.merged(params)))
             .collect::<Result<Vec<_>, _>>()
     };
     Ok(Box::new(EnsembleBuilder {
@@ -403,6 +516,7 @@ impl DetectorBuilder for EnsembleBuilder {
                 score,
                 index,
                 norm: Norm::fit(held),
+                label: m.name(),
             });
         }
         Ok(Box::new(Ensemble {
@@ -418,12 +532,29 @@ pub fn load(reg: &Registry, payload: &[u8]) -> Result<Box<dyn Detector>, Detecto
         model: ENSEMBLE.into(),
         msg,
     };
-    let stored: Stored = decode_all(payload).map_err(corrupt)?;
-    if stored.members.len() < 2 {
-        return Err(corrupt("fewer than two members".into()));
+    let v2 = matches!(postcard::take_from_bytes::<u32>(payload), Ok((MARK_V2, _)));
+    let stored: Stored = if v2 {
+        decode_all(payload).map_err(corrupt)?
+    } else {
+        let v1: StoredV1 = decode_all(payload).map_err(corrupt)?;
+        Stored {
+            mark: MARK_V2,
+            labels: v1
+                .members
+                .iter()
+                .map(|m| format!("{}.{}", m.model.kind, m.score))
+                .collect(),
+            holdout: v1.holdout,
+            members: v1.members,
+        }
+    };
+    if stored.members.len() < 2 || stored.labels.len() != stored.members.len() {
+        return Err(corrupt(
+            "fewer than two members, or labels not one per member".into(),
+        ));
     }
     let mut parts = vec![];
-    for m in stored.members {
+    for (m, label) in stored.members.into_iter().zip(stored.labels) {
         if m.model.kind == ENSEMBLE {
             return Err(corrupt("nested ensemble".into()));
         }
@@ -438,6 +569,7 @@ pub fn load(reg: &Registry, payload: &[u8]) -> Result<Box<dyn Detector>, Detecto
             score,
             index,
             norm: m.norm,
+            label,
         });
     }
     Ok(Box::new(Ensemble {
@@ -471,6 +603,102 @@ mod tests {
         assert!(parse_members(&r, "knn").is_err());
         assert!(parse_members(&r, "knn,bogus").is_err());
         assert!(parse_members(&r, "knn,ensemble:knn").is_err());
+        // Members with parameters of their own; commas inside parentheses stay.
+        let m = parse_members(&r, "knn(k=3,n=2).relative,knn(k=1),stide.rate").unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].params.raw("k"), Some("3"));
+        assert_eq!(m[0].score.as_deref(), Some("relative"));
+        assert_eq!(m[1].score, None);
+        assert_eq!(
+            name_of(&m),
+            "ensemble:knn(k=3,n=2).relative,knn(k=1),stide.rate"
+        );
+        let bad = |l: &str| parse_members(&r, l).unwrap_err().to_string();
+        assert!(
+            bad("knn(k=3,stide").contains("unbalanced"),
+            "{}",
+            bad("knn(k=3,stide")
+        );
+        assert!(bad("knn(states=3),stide").contains("takes no parameter \"states\""));
+        assert!(bad("knn(k),stide").contains("not name=value"));
+        assert!(bad("knn(k=1)x,stide").contains("cannot read member"));
+    }
+
+    #[test]
+    fn members_take_their_own_parameters_and_report_their_scores() {
+        let r = Registry::builtin();
+        // Shared n=1; the second member overrides it. Different settings, different
+        // scores, each reported under its member's name after the combined three.
+        let name = "ensemble:knn,knn(n=3),stide.rate";
+        let mut b = r.builder(name, &Params::parse("n=1").unwrap()).unwrap();
+        for i in 0..20u32 {
+            let t: Vec<u32> = (0..60).map(|j| (i * j + j / 3) % 6 + 1).collect();
+            b.add_trace(&t);
+        }
+        let e = b.build(&|_, _| {}).unwrap();
+        assert_eq!(
+            e.score_names(),
+            [
+                "mean_z",
+                "mean_rank",
+                "max_rank",
+                "knn",
+                "knn(n=3)",
+                "stide.rate"
+            ]
+        );
+        assert!(e.describe().contains("n=1..1") || e.describe().contains("knn"));
+        let probe = [1u32, 2, 3, 4, 1, 2, 5, 6, 6, 1, 3, 3, 2];
+        let mut s = Scratch::default();
+        let got = e.score_trace(&probe, &mut s).scores;
+        assert_eq!(got.len(), 6);
+        let mut one = |n: &str| {
+            let mut b = r.builder("knn", &Params::parse(n).unwrap()).unwrap();
+            for i in 0..20u32 {
+                let t: Vec<u32> = (0..60).map(|j| (i * j + j / 3) % 6 + 1).collect();
+                b.add_trace(&t);
+            }
+            b.build(&|_, _| {})
+                .unwrap()
+                .score_trace(&probe, &mut s)
+                .scores[0]
+        };
+        assert_eq!(got[3], one("n=1"));
+        assert_eq!(got[4], one("n=3"));
+        assert_ne!(got[3], got[4]);
+        // The profile keeps the members' names; the stream agrees.
+        let d = load(&r, &e.save()).unwrap();
+        assert_eq!(d.score_names(), e.score_names());
+        let mut st = d.stream();
+        for &c in &probe {
+            st.call(c);
+        }
+        assert_eq!(st.finish().scores, got);
+    }
+
+    #[test]
+    fn payloads_without_member_labels_still_load() {
+        let r = Registry::builtin();
+        let mut b = r
+            .builder("ensemble:knn,stide.rate", &Params::new())
+            .unwrap();
+        for i in 0..10u32 {
+            b.add_trace(&(0..30).map(|j| (i + j) % 5 + 1).collect::<Vec<_>>());
+        }
+        let e = b.build(&|_, _| {}).unwrap();
+        let new: Stored = decode_all(&e.save()).unwrap();
+        let old = postcard::to_allocvec(&StoredV1 {
+            holdout: new.holdout,
+            members: new.members,
+        })
+        .unwrap();
+        let d = load(&r, &old).unwrap();
+        assert_eq!(d.score_names()[3..], ["knn.distance", "stide.rate"]);
+        let mut s = Scratch::default();
+        assert_eq!(
+            d.score_trace(&[1, 2, 9], &mut s).scores[..3],
+            e.score_trace(&[1, 2, 9], &mut s).scores[..3]
+        );
     }
 
     #[test]

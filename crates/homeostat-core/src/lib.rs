@@ -29,6 +29,7 @@ pub mod classic;
 pub mod detector;
 pub mod ensemble;
 pub mod hmm;
+pub mod kn;
 pub mod knn;
 pub mod locality;
 pub mod markov;

@@ -116,7 +116,7 @@ impl Registry {
         Registry::default()
     }
 
-    /// This crate's models: stide, tstide, pairs, markov, knn, hmm (and the ensemble,
+    /// This crate's models: stide, tstide, pairs, markov, knn, kn, hmm (and the ensemble,
     /// which every registry understands).
     pub fn builtin() -> Self {
         let mut r = Registry::new();
@@ -124,6 +124,7 @@ impl Registry {
             r.register(classic_entry(kind));
         }
         r.register(knn::entry());
+        r.register(crate::kn::entry());
         r.register(crate::hmm::entry());
         r
     }
@@ -319,7 +320,7 @@ mod tests {
         let train: Vec<Vec<u32>> = (0..10u32)
             .map(|i| (0..30).map(|j| (i * j) % 6 + 1).collect())
             .collect();
-        for name in ["knn", "ensemble:knn,stide.rate", "markov"] {
+        for name in ["knn", "ensemble:knn,stide.rate", "markov", "kn"] {
             let mut b = r.builder(name, &Params::parse("n=2").unwrap()).unwrap();
             for t in &train {
                 b.add_trace(t);

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod arguments;
+pub mod cv;
 pub mod datasets;
 pub mod metrics;
 pub mod plot;

@@ -326,3 +326,52 @@ fn held_out_scores_serve_the_ensemble() {
     let s = det.score_trace(&probe, &mut Scratch::default());
     assert!(s.scores.iter().all(|x| x.is_finite()), "{s:?}");
 }
+
+/// An ensemble of language models that differ only in their own parameters (Kim et
+/// al. 2016's ensemble of LMs): each member trains with its seed and size, reports its
+/// own score, and the profile brings every member back.
+#[test]
+fn ensemble_members_with_their_own_seeds_and_sizes() {
+    use homeostat_core::registry::DetectorProfile;
+    use homeostat_core::{Params, Registry, Scratch};
+    let mut reg = Registry::builtin();
+    reg.register(homeostat_lm::entry());
+    let mut p = Params::new();
+    for (k, v) in [("hidden", 16), ("epochs", 2), ("chunk", 16), ("batch", 4)] {
+        p.set(k, v);
+    }
+    let name = "ensemble:lm(seed=1),lm(seed=2),lm(seed=2,hidden=8)";
+    // The canonical name lists a member's parameters sorted.
+    assert_eq!(
+        reg.canonical(name).unwrap(),
+        "ensemble:lm(seed=1),lm(seed=2),lm(hidden=8,seed=2)"
+    );
+    let mut b = reg.builder(name, &p).unwrap();
+    for t in &cyclic_traces() {
+        b.add_trace(t);
+    }
+    let det = b.build(&|_, _| {}).unwrap();
+    assert_eq!(
+        det.score_names()[3..],
+        ["lm(seed=1)", "lm(seed=2)", "lm(hidden=8,seed=2)"]
+    );
+    let probe = [3u32, 5, 7, 99, 11, 13, 3, 5];
+    let s = det.score_trace(&probe, &mut Scratch::default()).scores;
+    // Different seeds and sizes give different models.
+    assert!(s[3] != s[4] && s[4] != s[5], "{s:?}");
+    assert!(det.describe().contains("lm.mean_nll"), "{}", det.describe());
+    let bytes = DetectorProfile {
+        meta: meta(),
+        detector: det,
+    }
+    .to_bytes();
+    let back = reg.load_profile(&bytes).unwrap().detector;
+    assert_eq!(
+        back.score_names()[3..],
+        ["lm(seed=1)", "lm(seed=2)", "lm(hidden=8,seed=2)"]
+    );
+    let t = back.score_trace(&probe, &mut Scratch::default()).scores;
+    for (a, b) in s.iter().zip(&t) {
+        assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "{s:?} vs {t:?}");
+    }
+}

@@ -89,5 +89,10 @@ mod tests {
             model_names(&v("ensemble:knn+stide,ensemble:knn,markov")),
             vec!["ensemble:knn+stide", "ensemble:knn,markov"]
         );
+        // A member's own parameters hold commas; the pieces join up again.
+        assert_eq!(
+            model_names(&v("kn,ensemble:lm(seed=1,hidden=64),kn(order=3).rate")),
+            vec!["kn", "ensemble:lm(seed=1,hidden=64),kn(order=3).rate"]
+        );
     }
 }
