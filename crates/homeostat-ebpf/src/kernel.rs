@@ -15,6 +15,8 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
 
+use homeostat_core::symbols::SymbolConfig;
+
 use crate::abi::{self, hs_config, ROWS, SLOTS};
 use crate::error::{capture_libbpf_log, load_error, map_err, Error, BTF_PATH};
 use crate::index::Index;
@@ -48,6 +50,12 @@ pub struct Options {
     /// inherited by forks. A task outside is not followed at all (no profile, no
     /// learning, no test, no response). None: every task.
     pub scope_cgroup: Option<u64>,
+    /// Classify the argument that matters of the calls that matter (the core's
+    /// `arg_spec`) with these settings, and test (call, class) beside the pairs: a
+    /// class a normal profile never saw is a miss (docs/arguments.md, "The daemon").
+    /// None: plain call numbers; the class hook is then removed by the verifier.
+    /// `path_depth` is at most [`crate::MAX_PATH_DEPTH`].
+    pub symbols: Option<SymbolConfig>,
 }
 
 impl Default for Options {
@@ -61,6 +69,7 @@ impl Default for Options {
             exec_lsm_at: 0,
             max_profiles: SLOTS,
             scope_cgroup: None,
+            symbols: None,
         }
     }
 }
@@ -97,6 +106,7 @@ pub struct Kernel {
     hook: Hook,
     exec_lsm: ExecLsm,
     max_profiles: u32,
+    pub(crate) symbols: Option<SymbolConfig>,
     pub(crate) config: MapHandle,
     pub(crate) profiles: MapHandle,
     pub(crate) rows: MapHandle,
@@ -107,6 +117,9 @@ pub struct Kernel {
     pub(crate) stats: MapHandle,
     pub(crate) stopped: MapHandle,
     pub(crate) tasks: MapHandle,
+    pub(crate) classes_map: MapHandle,
+    pub(crate) class_count_map: MapHandle,
+    pub(crate) arg_stats_map: MapHandle,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -202,6 +215,27 @@ impl Kernel {
         open.progs.sys_enter_btf.set_autoload(hook == Hook::TpBtf);
         open.progs.sys_enter_raw.set_autoload(hook == Hook::RawTp);
         open.progs.exec_check.set_autoload(lsm);
+        let symbols = match opts.symbols {
+            Some(c) if c.path_depth == 0 || c.path_depth > crate::MAX_PATH_DEPTH => {
+                return Err(Error::Config(format!(
+                    "path depth {} is outside 1..={}",
+                    c.path_depth,
+                    crate::MAX_PATH_DEPTH
+                )))
+            }
+            s => s,
+        };
+        if let Some(c) = symbols {
+            let ro = open
+                .maps
+                .rodata_data
+                .as_deref_mut()
+                .ok_or_else(|| Error::Config("the object has no read-only data".into()))?;
+            ro.hs_args_on = 1;
+            ro.hs_path_depth = u32::from(c.path_depth);
+            ro.hs_max_classes = c.max_classes;
+            ro.hs_arg_spec = crate::args::spec_table();
+        }
         open.maps
             .hs_events
             .set_max_entries(opts.ring_bytes)
@@ -217,6 +251,7 @@ impl Kernel {
             hook,
             exec_lsm: ExecLsm::NotRequested,
             max_profiles: opts.max_profiles.clamp(1, SLOTS),
+            symbols,
             config: dup(&skel.maps.hs_config, "hs_config")?,
             profiles: dup(&skel.maps.hs_profiles, "hs_profiles")?,
             rows: dup(&skel.maps.hs_rows, "hs_rows")?,
@@ -232,6 +267,9 @@ impl Kernel {
             stats: dup(&skel.maps.hs_stats, "hs_stats")?,
             stopped: dup(&skel.maps.hs_stopped, "hs_stopped")?,
             tasks: dup(&skel.maps.hs_tasks, "hs_tasks")?,
+            classes_map: dup(&skel.maps.hs_classes, "hs_classes")?,
+            class_count_map: dup(&skel.maps.hs_class_count, "hs_class_count")?,
+            arg_stats_map: dup(&skel.maps.hs_arg_stats, "hs_arg_stats")?,
         };
         kernel.configure(opts)?;
 
