@@ -406,16 +406,20 @@ static __attribute__((noinline)) __u32 hs_args(struct hs_config *cfg, struct hs_
 	k.hash = h;
 	if (bpf_map_lookup_elem(&hs_classes, &k))
 		return 0;
+	count = bpf_map_lookup_elem(&hs_class_count, &k.slot);
+	if (!count)
+		return 0;
 	if (!training) {
+		/* A profile that learnt no class (made normal before classes were on, or
+		 * loaded from a file without them) is tested on its calls only. */
+		if (*count == 0)
+			return 0;
 		k.hash = HS_CLASS_OTHER;
 		if (bpf_map_lookup_elem(&hs_classes, &k))
 			return 0; /* the call's classes overflowed in training: `other` */
 		emit_class(cfg, s, HS_EV_UNSEEN_CLASS, pid, tid, cur, t, h);
 		return 1;
 	}
-	count = bpf_map_lookup_elem(&hs_class_count, &k.slot);
-	if (!count)
-		return 0;
 	if (*count >= hs_max_classes) {
 		acount(HS_ASTAT_OVERFLOW);
 		k.hash = HS_CLASS_OTHER;
