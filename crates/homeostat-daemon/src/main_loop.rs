@@ -157,6 +157,11 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
     let mut d = Daemon::new(config, modes, dir, json, quiet, guard.is_some());
     d.max_profiles = u64::from(kernel.max_profiles());
     d.symbols = kernel.symbols();
+    if let Some(why) = kernel.open_fallback_error() {
+        warn!(
+            "argument classes: an open whose path is not resident at sys_enter cannot be retried at its exit ({why}): such opens are counted as unread and not tested"
+        );
+    }
     let loaded = d.load(&kernel, &store);
     let control = match Server::start(&state_dir) {
         Ok(s) => Some(s),
@@ -173,8 +178,14 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         kernel.hook(),
         match kernel.symbols() {
             Some(c) => format!(
-                "symbols args (path depth {}, at most {} classes a profile)",
-                c.path_depth, c.max_classes
+                "symbols args (path depth {}, at most {} classes a profile{})",
+                c.path_depth,
+                c.max_classes,
+                if kernel.open_fallback() {
+                    ""
+                } else {
+                    "; no open fallback: opens of non-resident paths not tested"
+                }
             ),
             None => "symbols calls".to_string(),
         },

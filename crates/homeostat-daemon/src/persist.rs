@@ -94,12 +94,9 @@ impl Daemon {
             };
             let s = p.to_file(*key, pairs.clone());
             let classes = match (self.symbols, kernel.classes(*key)) {
-                (Some(cfg), Ok(c)) if !c.is_empty() => Ok(Some(ClassesFile::of(
-                    *key,
-                    cfg.path_depth,
-                    &c,
-                    &p.classes,
-                ))),
+                (Some(cfg), Ok(c)) if !c.is_empty() => {
+                    Ok(Some(ClassesFile::of(*key, cfg.path_depth, &c, &p.classes)))
+                }
                 (_, Err(e)) if self.symbols.is_some() => Err(anyhow::Error::from(e)),
                 _ => Ok(None),
             };
@@ -241,7 +238,8 @@ impl Daemon {
             warn!("classes {}: {e}", path.display());
         }
         for c in f.classes {
-            prof.classes.insert((c.call, c.hash), Arc::from(c.class.as_str()));
+            prof.classes
+                .insert((c.call, c.hash), Arc::from(c.class.as_str()));
         }
         prof.classes.len()
     }

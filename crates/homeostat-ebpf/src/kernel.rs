@@ -22,6 +22,17 @@ use crate::error::{capture_libbpf_log, load_error, map_err, Error, BTF_PATH};
 use crate::index::Index;
 use crate::skel::HomeostatSkelBuilder;
 
+/// The kernel function every open goes through, whose exit retries the argument read.
+const OPEN_FUNCTION: &str = "do_sys_openat2";
+
+/// Whether the running kernel's BTF has function `name` (an fexit program needs it).
+fn kernel_has_function(name: &str) -> bool {
+    libbpf_rs::btf::Btf::from_vmlinux().is_ok_and(|b| {
+        b.type_by_name::<libbpf_rs::btf::types::Func<'_>>(name)
+            .is_some()
+    })
+}
+
 /// How to load the programs.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -107,6 +118,8 @@ pub struct Kernel {
     exec_lsm: ExecLsm,
     max_profiles: u32,
     pub(crate) symbols: Option<SymbolConfig>,
+    open_fallback: bool,
+    open_fallback_error: Option<String>,
     pub(crate) config: MapHandle,
     pub(crate) profiles: MapHandle,
     pub(crate) rows: MapHandle,
@@ -207,7 +220,28 @@ impl Kernel {
         }
     }
 
+    /// Loads with the open fallback where the kernel has its function; where it
+    /// refuses it (e.g. EPERM under lockdown), without, saying why.
     fn load_with(opts: &Options, hook: Hook, lsm: bool) -> Result<Kernel, Error> {
+        if opts.symbols.is_none() || !kernel_has_function(OPEN_FUNCTION) {
+            return Self::load_once(opts, hook, lsm, false);
+        }
+        match Self::load_once(opts, hook, lsm, true) {
+            Ok(k) => Ok(k),
+            Err(e) => {
+                let mut k = Self::load_once(opts, hook, lsm, false)?;
+                k.open_fallback_error = Some(format!("fexit/{OPEN_FUNCTION}: {e}"));
+                Ok(k)
+            }
+        }
+    }
+
+    fn load_once(
+        opts: &Options,
+        hook: Hook,
+        lsm: bool,
+        open_fallback: bool,
+    ) -> Result<Kernel, Error> {
         let mut object = MaybeUninit::uninit();
         let mut open = HomeostatSkelBuilder::default()
             .open(&mut object)
@@ -225,6 +259,9 @@ impl Kernel {
             }
             s => s,
         };
+        // Opens whose path is not resident at sys_enter are retried at their exit
+        // where the kernel has this function (docs/arguments.md, "The daemon").
+        open.progs.hs_open_exit.set_autoload(open_fallback);
         if let Some(c) = symbols {
             let ro = open
                 .maps
@@ -235,6 +272,7 @@ impl Kernel {
             ro.hs_path_depth = u32::from(c.path_depth);
             ro.hs_max_classes = c.max_classes;
             ro.hs_arg_spec = crate::args::spec_table();
+            ro.hs_open_fallback = u32::from(open_fallback);
         }
         open.maps
             .hs_events
@@ -252,6 +290,8 @@ impl Kernel {
             exec_lsm: ExecLsm::NotRequested,
             max_profiles: opts.max_profiles.clamp(1, SLOTS),
             symbols,
+            open_fallback,
+            open_fallback_error: None,
             config: dup(&skel.maps.hs_config, "hs_config")?,
             profiles: dup(&skel.maps.hs_profiles, "hs_profiles")?,
             rows: dup(&skel.maps.hs_rows, "hs_rows")?,
@@ -295,6 +335,14 @@ impl Kernel {
                 .attach()
                 .map_err(|e| load_error("attach sys_enter", e))?,
         );
+        if open_fallback {
+            links.push(
+                skel.progs
+                    .hs_open_exit
+                    .attach()
+                    .map_err(|e| load_error("attach fexit/do_sys_openat2", e))?,
+            );
+        }
         if lsm {
             links.push(
                 skel.progs
@@ -311,6 +359,9 @@ impl Kernel {
         ];
         if lsm {
             progs.push(&skel.progs.exec_check);
+        }
+        if open_fallback {
+            progs.push(&skel.progs.hs_open_exit);
         }
         let prog_ids = progs
             .into_iter()
@@ -375,6 +426,18 @@ impl Kernel {
     /// How many profiles the kernel can hold ([`Options::max_profiles`]).
     pub fn max_profiles(&self) -> u32 {
         self.max_profiles
+    }
+
+    /// Arguments on: whether an open whose path was not resident at sys_enter is
+    /// classified at its exit (fexit/do_sys_openat2 loaded); else it is counted in
+    /// [`crate::ArgStats::unread`] and not tested.
+    pub fn open_fallback(&self) -> bool {
+        self.open_fallback
+    }
+
+    /// Why the open fallback is off though arguments are on, if the kernel refused it.
+    pub fn open_fallback_error(&self) -> Option<&str> {
+        self.open_fallback_error.as_deref()
     }
 
     /// How sys_enter is hooked.

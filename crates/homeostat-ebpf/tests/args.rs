@@ -72,6 +72,11 @@ fn both_hooks_load_with_arguments() {
             return;
         };
         assert_eq!(k.symbols(), Some(SymbolConfig::default()));
+        eprintln!(
+            "{hook:?}: open fallback {} {:?}",
+            k.open_fallback(),
+            k.open_fallback_error()
+        );
         assert_eq!(k.arg_stats().unwrap().map_full, 0);
     }
     let deep = Options {

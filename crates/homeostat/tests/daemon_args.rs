@@ -150,6 +150,9 @@ fn another_file_is_an_anomaly_and_the_classes_are_the_cores() {
     let Some(line) = ready(&mut d, &rx) else {
         return;
     };
+    // Where the kernel refuses BPF trampolines (fexit), an open whose path is not yet
+    // mapped in the caller is counted unread and not classified.
+    let fallback = !line.contains("no open fallback");
     for _ in 0..3 {
         run(&bash, &[Path::new("-c"), Path::new(script)]);
     }
@@ -229,7 +232,10 @@ fn another_file_is_an_anomaly_and_the_classes_are_the_cores() {
         .map(|c| c["class"].as_str().unwrap().to_string())
         .collect();
     assert!(saved_names.contains(&notes_class), "{saved_names:?}");
-    assert!(!saved_names.contains("?"), "a class without its name: {saved}");
+    assert!(
+        !saved_names.contains("?"),
+        "a class without its name: {saved}"
+    );
     let show = Command::new(env!("CARGO_BIN_EXE_homeostat"))
         .args(["profile", "show", "cat-copy", "--json", "--state-dir"])
         .arg(&state)
@@ -249,7 +255,10 @@ fn another_file_is_an_anomaly_and_the_classes_are_the_cores() {
     let loaded = wait_for(&ev2, "profile_loaded", |e| {
         mine(e) && e["event"] == "profile_loaded"
     });
-    assert_eq!(loaded["classes"], saved["classes"].as_array().unwrap().len());
+    assert_eq!(
+        loaded["classes"],
+        saved["classes"].as_array().unwrap().len()
+    );
     let bad = run(&cat, &[&secret]);
     let e = wait_for(&ev2, "anomaly after restart", |e| {
         mine(e) && e["event"] == "anomaly" && e["pid"] == bad
@@ -309,7 +318,30 @@ fn another_file_is_an_anomaly_and_the_classes_are_the_cores() {
             })
             .collect();
         eprintln!("{name}: classes (daemon = record + train): {kernel:?}");
-        assert_eq!(kernel, launcher, "{name}: daemon vs record + train --symbols args");
+        if fallback {
+            assert_eq!(
+                kernel, launcher,
+                "{name}: daemon vs record + train --symbols args"
+            );
+        } else {
+            // Every class the daemon has, the launcher has; what it lacks, it counted.
+            assert!(
+                kernel.is_subset(&launcher),
+                "{name}: {kernel:?} vs {launcher:?}"
+            );
+            let missing = launcher.difference(&kernel).count() as u64;
+            let unread = events(&ev1)
+                .iter()
+                .filter(|e| e["event"] == "argument_losses")
+                .filter_map(|e| e["unread"].as_u64())
+                .max()
+                .unwrap_or(0);
+            eprintln!("{name}: {missing} classes only under the launcher; unread {unread}");
+            assert!(
+                missing <= unread,
+                "{name}: {missing} classes missing but {unread} unread: {kernel:?} vs {launcher:?}"
+            );
+        }
         kernel
     };
     agree(&cat, &[&a]);
@@ -320,6 +352,9 @@ fn another_file_is_an_anomaly_and_the_classes_are_the_cores() {
         ("kill", "target self"),
         ("kill", "target other-process"),
     ] {
-        assert!(b.contains(&(want.0.into(), want.1.into())), "{want:?}: {b:?}");
+        assert!(
+            b.contains(&(want.0.into(), want.1.into())),
+            "{want:?}: {b:?}"
+        );
     }
 }

@@ -30,6 +30,8 @@
 const volatile __u32 hs_args_on = 0;
 const volatile __u32 hs_path_depth = 2;
 const volatile __u32 hs_max_classes = 256;
+/* fexit/do_sys_openat2 is loaded: an open whose path was not resident is retried. */
+const volatile __u32 hs_open_fallback = 0;
 /* Per call number (x86_64, < HS_ROW): HS_SPEC_* kind in bits 0-3, the register of the
  * path / address / pid / protection in bits 4-7, of the open flags in 8-11 (15: none),
  * of the address length in 12-15, HS_SPEC_CREAT. 0: no argument read. */
@@ -55,6 +57,7 @@ const volatile __u32 hs_arg_spec[HS_ROW] = {};
 #define HS_EV_UNSEEN_CLASS 6 /* normal: a class training never saw (a miss) */
 
 #define HS_ARG_BYTES 256
+#define HS_UNREAD 1 /* hs_class_event.pad2 in the scratch: the argument was not readable */
 #define HS_SOCKADDR_BYTES 128
 #define HS_MAX_DEPTH 8
 /* Classes of all profiles; a profile holds at most hs_max_classes of them. */
@@ -65,7 +68,7 @@ const volatile __u32 hs_arg_spec[HS_ROW] = {};
 /* hs_arg_stats indices (per-CPU) */
 #define HS_ASTAT_OVERFLOW 0 /* training calls whose class went to `other` (cap reached) */
 #define HS_ASTAT_MAP_FULL 1 /* hs_classes full: a class was not learnt */
-#define HS_ASTAT_UNREAD 2   /* argument not readable in the kernel: call not tested */
+#define HS_ASTAT_UNREAD 2   /* argument not readable (even at an open's exit): not tested */
 #define HS_ASTAT_LOST 3     /* class event dropped (ring buffer full) */
 #define HS_ANSTATS 4
 
@@ -81,7 +84,7 @@ struct hs_class_event {
 	__u32 arg_kind;
 	__u32 arg_flags;
 	__u32 len;          /* bytes of data used */
-	__u32 pad2;
+	__u32 pad2;         /* 0 in events */
 	__u64 hash;
 	char data[HS_ARG_BYTES];
 };
@@ -303,12 +306,21 @@ static __always_inline __u64 arg_read(struct task_struct *task, __u32 spec,
 
 	s->arg_flags = 0;
 	s->len = 0;
+	s->pad2 = 0;
 	switch (kind) {
 	case HS_SPEC_PATH:
 	case HS_SPEC_EXEC:
+		if (kind == HS_SPEC_PATH && flags_reg < 6) {
+			__u64 o = reg_arg(r, flags_reg);
+
+			s->arg_flags = ((o & 0100) ? 1 : 0) | ((o & 3) ? 2 : 0);
+		}
+		if (spec & HS_SPEC_CREAT)
+			s->arg_flags = 3;
 		n = bpf_probe_read_user_str(s->data, HS_ARG_BYTES, (void *)a);
 		if (n <= 0) {
-			acount(HS_ASTAT_UNREAD);
+			/* Not resident: the caller counts it, or retries an open at its exit. */
+			s->pad2 = HS_UNREAD;
 			return 0;
 		}
 		s->len = n;
@@ -318,13 +330,6 @@ static __always_inline __u64 arg_read(struct task_struct *task, __u32 spec,
 			break;
 		}
 		s->arg_kind = HS_ARG_PATH;
-		if (flags_reg < 6) {
-			__u64 o = reg_arg(r, flags_reg);
-
-			s->arg_flags = ((o & 0100) ? 1 : 0) | ((o & 3) ? 2 : 0);
-		}
-		if (spec & HS_SPEC_CREAT)
-			s->arg_flags = 3;
 		h = path_hash(s, 0, n, MIX(MIX(FNV_OFFSET, HS_ARG_PATH), s->arg_flags));
 		break;
 	case HS_SPEC_SOCKADDR: {
@@ -337,7 +342,7 @@ static __always_inline __u64 arg_read(struct task_struct *task, __u32 spec,
 		if (len < 2)
 			return 0;
 		if (bpf_probe_read_user(s->data, len, (void *)a)) {
-			acount(HS_ASTAT_UNREAD);
+			s->pad2 = HS_UNREAD;
 			return 0;
 		}
 		s->arg_kind = HS_ARG_SOCKADDR;
@@ -381,29 +386,17 @@ static __always_inline void emit_class(struct hs_config *cfg, struct hs_class_ev
 		acount(HS_ASTAT_LOST);
 }
 
-/* The class test of call `cur` (x86_64, has an hs_arg_spec entry): learns the class
- * while training; returns bit 0 set when a normal profile never saw it (a miss, for
- * the locality frame), bit 1 set when a class was learnt (counted like a new pair). */
-static __attribute__((noinline)) __u32 hs_args(struct hs_config *cfg, struct hs_task *t,
-					       __u64 call, __u64 pid_tgid)
+/* Learns (training) or tests (normal) class `h` of call `cur`, whose argument is in
+ * the scratch event `s`: returns bit 0 set when a normal profile never saw it (a miss,
+ * for the locality frame), bit 1 set when a class was learnt (counted like a new pair). */
+static __always_inline __u32 class_test(struct hs_config *cfg, struct hs_task *t,
+					struct hs_class_event *s, __u32 cur, bool training,
+					__u32 pid, __u32 tid, __u64 h)
 {
-	/* Packed (five arguments at most): spec << 32 | training << 16 | cur. */
-	__u32 cur = call & 0xffff, spec = call >> 32, tid = (__u32)pid_tgid, pid = pid_tgid >> 32;
-	bool training = (call >> 16) & 1;
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct hs_class_key k = { .slot = t->slot, .call = cur, .pad = 0 };
-	__u32 zero = 0, one = 1, *count;
-	struct hs_class_event *s;
-	__u64 h;
+	struct hs_class_key k = { .slot = t->slot, .call = cur, .pad = 0, .hash = h };
+	__u32 one = 1, *count;
 	long err;
 
-	s = bpf_map_lookup_elem(&hs_arg_scratch, &zero);
-	if (!s)
-		return 0;
-	h = arg_read(task, spec, s, pid);
-	if (!h)
-		return 0;
-	k.hash = h;
 	if (bpf_map_lookup_elem(&hs_classes, &k))
 		return 0;
 	count = bpf_map_lookup_elem(&hs_class_count, &k.slot);
@@ -434,6 +427,123 @@ static __attribute__((noinline)) __u32 hs_args(struct hs_config *cfg, struct hs_
 	__sync_fetch_and_add(count, 1);
 	emit_class(cfg, s, HS_EV_NEW_CLASS, pid, tid, cur, t, h);
 	return 2;
+}
+
+/* An open whose path could not be read at sys_enter (its page not yet mapped in the
+ * caller: the programs never fault), to be classified when the open returns (the
+ * kernel has read the path by then, so its page is mapped): fexit/do_sys_openat2. */
+struct hs_pending {
+	__u32 fpos;     /* the task's fpos after the call: no other call came between */
+	__u32 call;     /* 0: none pending */
+	__u32 flags;    /* +create / +write */
+	__u32 training;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct hs_pending);
+} hs_arg_pending SEC(".maps");
+
+/* The calls that go through do_sys_openat2: open, creat, openat, openat2. */
+static __always_inline bool is_open(__u32 cur)
+{
+	return cur == 2 || cur == 85 || cur == 257 || cur == 437;
+}
+
+/* The class test of call `cur` (x86_64, has an hs_arg_spec entry); returns as
+ * class_test. */
+static __attribute__((noinline)) __u32 hs_args(struct hs_config *cfg, struct hs_task *t,
+					       __u64 call, __u64 pid_tgid)
+{
+	/* Packed (five arguments at most): spec << 32 | training << 16 | cur. */
+	__u32 cur = call & 0xffff, spec = call >> 32, tid = (__u32)pid_tgid, pid = pid_tgid >> 32;
+	bool training = (call >> 16) & 1;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct hs_class_event *s;
+	struct hs_pending *pd;
+	__u32 zero = 0;
+	__u64 h;
+
+	s = bpf_map_lookup_elem(&hs_arg_scratch, &zero);
+	if (!s)
+		return 0;
+	h = arg_read(task, spec, s, pid);
+	if (h)
+		return class_test(cfg, t, s, cur, training, pid, tid, h);
+	if (s->pad2 == HS_UNREAD) {
+		if (hs_open_fallback && is_open(cur)) {
+			pd = bpf_task_storage_get(&hs_arg_pending, task, 0,
+						  BPF_LOCAL_STORAGE_GET_F_CREATE);
+			if (pd) {
+				pd->fpos = (t->fpos + 1) & (HS_LOCALITY - 1);
+				pd->call = cur;
+				pd->flags = s->arg_flags;
+				pd->training = training;
+				return 0;
+			}
+		}
+		acount(HS_ASTAT_UNREAD);
+	}
+	return 0;
+}
+
+/* An open whose path sys_enter could not read: classified now, with the same test.
+ * A miss counts in the locality frame slot of the open, which sys_enter has filled. */
+SEC("fexit/do_sys_openat2")
+int BPF_PROG(hs_open_exit, int dfd, const char *filename, void *how, long ret)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid, pid = pid_tgid >> 32, zero = 0, call, r, pos;
+	struct hs_pending *pd = bpf_task_storage_get(&hs_arg_pending, task, 0, 0);
+	struct hs_config *cfg;
+	struct hs_class_event *s;
+	struct hs_profile *p;
+	struct hs_task *t;
+	bool training;
+	long n;
+
+	if (!pd || !pd->call)
+		return 0;
+	call = pd->call;
+	pd->call = 0;
+	t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
+	cfg = get_config();
+	s = bpf_map_lookup_elem(&hs_arg_scratch, &zero);
+	if (!t || !cfg || !s || t->valid != HS_VALID || t->fpos != pd->fpos)
+		return 0;
+	n = bpf_probe_read_user_str(s->data, HS_ARG_BYTES, filename);
+	if (n <= 0) {
+		acount(HS_ASTAT_UNREAD);
+		return 0;
+	}
+	training = pd->training;
+	s->len = n;
+	s->arg_kind = HS_ARG_PATH;
+	s->arg_flags = pd->flags;
+	r = class_test(cfg, t, s, call, training, pid, tid,
+		       path_hash(s, 0, n, MIX(MIX(FNV_OFFSET, HS_ARG_PATH), s->arg_flags)) | 1);
+	if (!r)
+		return 0;
+	p = bpf_map_lookup_elem(&hs_profiles, &t->key);
+	if (!p)
+		return 0;
+	if (r & 2)
+		__sync_fetch_and_add(&p->new_pairs, 1);
+	if (r & 1) {
+		pos = (t->fpos - 1) & (HS_LOCALITY - 1);
+		if (!((t->frame[(pos >> 6) & 1] >> (pos & 63)) & 1)) {
+			t->frame[(pos >> 6) & 1] |= 1ULL << (pos & 63);
+			t->lfc++;
+		}
+		__sync_fetch_and_add(&p->anomalies, 1);
+		emit(cfg, HS_EV_ANOMALY, pid, tid, call, &t->key, 1, t->lfc,
+		     (p->respond && respond_stop(task, pid, tid, call) ? HS_EVF_STOPPED : 0) |
+		     (t->cached & HS_CACHE_FOREIGN ? HS_EVF_FOREIGN : 0));
+	}
+	return 0;
 }
 
 #endif

@@ -239,7 +239,11 @@ fn show(json: bool, t: &ProfileTarget) -> Result<()> {
             let classes: Vec<(String, String)> = file
                 .parent()
                 .map(|dir| homeostat_daemon::classes::path_in(dir, d.key()))
-                .and_then(|p| homeostat_daemon::classes::ClassesFile::load(&p).ok().flatten())
+                .and_then(|p| {
+                    homeostat_daemon::classes::ClassesFile::load(&p)
+                        .ok()
+                        .flatten()
+                })
                 .map(|f| {
                     f.classes
                         .into_iter()
@@ -320,7 +324,10 @@ fn show(json: bool, t: &ProfileTarget) -> Result<()> {
             println!("last_mod_count {}", d.last_mod_count);
             println!("anomalies      {}", d.anomalies);
             if !classes.is_empty() {
-                println!("classes        {} (argument classes, daemon --symbols args)", classes.len());
+                println!(
+                    "classes        {} (argument classes, daemon --symbols args)",
+                    classes.len()
+                );
                 for (call, class) in &classes {
                     println!("  {call:<12} {}", printable(class));
                 }
