@@ -262,4 +262,23 @@ fn classes_round_trip_and_the_cap_overflows_into_other() {
     );
     assert!(k.arg_stats().unwrap().overflowed > 0);
     k.remove_profile(exe).unwrap();
+
+    // A normal profile that learnt no class (made normal before classes were on) is
+    // tested on its calls only: misses of pairs, no unseen class.
+    let got = RefCell::new(Vec::<Event>::new());
+    let ev = k.events(|e| got.borrow_mut().push(e)).unwrap();
+    k.set_state(exe, KernelState::Normal).unwrap();
+    run(&cat, &["/etc/hostname"]);
+    ev.poll(Duration::from_millis(50)).unwrap();
+    let evs: Vec<Event> = got.take().into_iter().filter(|e| e.exe == exe).collect();
+    assert!(
+        evs.iter().any(|e| e.kind == EventKind::Anomaly),
+        "no pair was learnt, so pairs miss: {evs:?}"
+    );
+    assert!(
+        !evs.iter().any(|e| e.kind == EventKind::UnseenClass),
+        "{evs:?}"
+    );
+    assert!(k.classes(exe).unwrap().is_empty());
+    k.remove_profile(exe).unwrap();
 }
