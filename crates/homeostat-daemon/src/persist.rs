@@ -86,6 +86,15 @@ impl Daemon {
                 return (0, 1);
             }
         };
+        // One pass over the kernel's classes for every profile.
+        let all_classes = match self.symbols.map(|_| kernel.all_classes()) {
+            Some(Err(e)) => {
+                warn!("cannot read argument classes: {e}");
+                return (0, 1);
+            }
+            Some(Ok(c)) => c,
+            None => Default::default(),
+        };
         let (mut saved, mut failed) = (0, 0);
         for (key, p) in self.profiles.iter_mut().filter(|(_, p)| p.dirty) {
             let Some(pairs) = pairs.get(key) else {
@@ -93,21 +102,16 @@ impl Daemon {
                 continue;
             };
             let s = p.to_file(*key, pairs.clone());
-            let classes = match (self.symbols, kernel.classes(*key)) {
-                (Some(cfg), Ok(c)) if !c.is_empty() => {
-                    Ok(Some(ClassesFile::of(*key, cfg.path_depth, &c, &p.classes)))
-                }
-                (_, Err(e)) if self.symbols.is_some() => Err(anyhow::Error::from(e)),
-                _ => Ok(None),
+            let classes = match (self.symbols, all_classes.get(key)) {
+                (Some(cfg), Some(c)) => Some(ClassesFile::of(*key, cfg.path_depth, c, &p.classes)),
+                _ => None,
             };
-            let written = classes.and_then(|c| match c {
-                // The classes first: a profile file never names classes it lacks.
-                Some(c) => Ok(write_atomic(
-                    &classes::path_in(&self.dir, *key),
-                    &c.to_bytes(),
-                )?),
+            // The classes first: a profile file never names classes it lacks.
+            let written: anyhow::Result<()> = match classes {
+                Some(c) => write_atomic(&classes::path_in(&self.dir, *key), &c.to_bytes())
+                    .map_err(anyhow::Error::from),
                 None => Ok(()),
-            });
+            };
             match written.and_then(|()| {
                 Ok(write_atomic(
                     &self.dir.join(format!("{key}.json")),

@@ -10,6 +10,8 @@
 //! carries. Which calls and which registers are read is never repeated: the table is
 //! the core's.
 
+use std::collections::BTreeMap;
+
 use bytemuck::bytes_of;
 use homeostat_core::ph::ExeKey;
 use homeostat_core::symbols::{self, Arg, ArgSpec, SymbolConfig, Target};
@@ -161,6 +163,17 @@ impl Kernel {
         })
     }
 
+    /// Every class of every profile slot: one pass over the map in batches (a
+    /// key-by-key walk is a system call per class: 65,536 of them when full).
+    fn class_keys(&self) -> Result<Vec<hs_class_key>, Error> {
+        Ok(self
+            .classes_map
+            .lookup_batch(1024, MapFlags::ANY, MapFlags::ANY)
+            .map_err(map_err("hs_classes", "lookup batch"))?
+            .filter_map(|(k, _)| abi::decode::<hs_class_key>(&k))
+            .collect())
+    }
+
     /// A profile's learnt classes: (call, class hash), sorted; [`OTHER_HASH`] is the
     /// call's `other` class.
     pub fn classes(&self, exe: ExeKey) -> Result<Vec<(u16, u64)>, Error> {
@@ -168,13 +181,31 @@ impl Kernel {
             return Ok(vec![]);
         };
         let mut out: Vec<(u16, u64)> = self
-            .classes_map
-            .keys()
-            .filter_map(|k| abi::decode::<hs_class_key>(&k))
+            .class_keys()?
+            .into_iter()
             .filter(|k| k.slot == slot)
             .map(|k| (k.call, k.hash))
             .collect();
         out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Every profile's classes (what [`Kernel::classes`] gives for one), in one pass,
+    /// for saving many profiles at once; profiles without classes are left out.
+    pub fn all_classes(&self) -> Result<BTreeMap<ExeKey, Vec<(u16, u64)>>, Error> {
+        let mut by_slot: BTreeMap<u32, Vec<(u16, u64)>> = BTreeMap::new();
+        for k in self.class_keys()? {
+            by_slot.entry(k.slot).or_default().push((k.call, k.hash));
+        }
+        let mut out = BTreeMap::new();
+        for exe in self.profiles() {
+            if let Some(slot) = self.slot_of(exe)? {
+                if let Some(mut v) = by_slot.remove(&slot) {
+                    v.sort_unstable();
+                    out.insert(exe, v);
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -244,13 +275,18 @@ impl Kernel {
 
     /// Forgets every class of the profile in `slot` (its slot is being freed).
     pub(crate) fn clear_classes(&self, slot: u32) -> Result<(), Error> {
-        let keys: Vec<Vec<u8>> = self
-            .classes_map
-            .keys()
-            .filter(|k| abi::decode::<hs_class_key>(k).is_some_and(|k| k.slot == slot))
+        // Nothing learnt (the count moves with every class but `other`, which only
+        // comes past the cap): no pass over the map.
+        if self.class_count(slot)? == 0 {
+            return Ok(());
+        }
+        let keys: Vec<hs_class_key> = self
+            .class_keys()?
+            .into_iter()
+            .filter(|k| k.slot == slot)
             .collect();
         for k in keys {
-            match self.classes_map.delete(&k) {
+            match self.classes_map.delete(bytes_of(&k)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(map_err("hs_classes", "delete")(e)),
