@@ -172,6 +172,13 @@ fn the_same_calls_on_another_file_are_anomalous_with_arguments_only() {
     assert!(learnt.iter().any(|(_, c)| c == "prot exec"), "{learnt:?}");
     let classes = args.classes(exe).unwrap();
     assert_eq!(classes.len(), learnt.len(), "{classes:?}");
+    // One kernel class per class the core names (the file name never counts).
+    let unique: std::collections::BTreeSet<_> = learnt.iter().collect();
+    assert_eq!(
+        unique.len(),
+        learnt.len(),
+        "a class hashed twice: {learnt:?}"
+    );
     assert_eq!(args.arg_stats().unwrap().map_full, 0);
 
     for k in [&args, &plain] {
@@ -280,5 +287,57 @@ fn classes_round_trip_and_the_cap_overflows_into_other() {
         "{evs:?}"
     );
     assert!(k.classes(exe).unwrap().is_empty());
+    k.remove_profile(exe).unwrap();
+}
+
+/// Relative names are classed by their own directories (`rel:` + prefix): every
+/// single-component name is one class.
+#[test]
+fn relative_names_share_their_class() {
+    let Some(k) = kernel_with(&with_args(None)) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (cat, exe) = private_copy(dir.path(), "/bin/cat");
+    for f in ["a", "b", "c"] {
+        std::fs::write(dir.path().join(f), "x\n").unwrap();
+    }
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("sub/d"), "x\n").unwrap();
+    let got = RefCell::new(Vec::<Event>::new());
+    let ev = k.events(|e| got.borrow_mut().push(e)).unwrap();
+    k.set_state(exe, KernelState::Training).unwrap();
+    for args in [
+        &["a"][..],
+        &["b", "c"],
+        &["./a", "sub/d", "sub/../a"],
+        &["/etc/hostname", "/etc/passwd", "/etc/../etc/./group"],
+    ] {
+        let c = spawn(
+            Command::new(&cat)
+                .args(args)
+                .current_dir(dir.path())
+                .stdout(Stdio::null()),
+        );
+        assert!(c.wait_with_output().unwrap().status.success());
+    }
+    ev.poll(Duration::from_millis(50)).unwrap();
+    let cfg = SymbolConfig::default();
+    let learnt: Vec<(String, u64)> = got
+        .take()
+        .into_iter()
+        .filter(|e| e.exe == exe && e.kind == EventKind::NewClass && e.nr == 257)
+        .map(|e| (class_name(e.arg.as_ref().unwrap(), &cfg), e.class_hash))
+        .collect();
+    // Absolute paths: the file name never counts, `..` pops (one `/etc/` class).
+    let etc = learnt.iter().filter(|(c, _)| c == "/etc/").count();
+    assert_eq!(etc, 1, "{learnt:?}");
+    let rel: Vec<&(String, u64)> = learnt
+        .iter()
+        .filter(|(c, _)| c.starts_with("rel:"))
+        .collect();
+    let names: Vec<&str> = rel.iter().map(|(c, _)| c.as_str()).collect();
+    // `..` is kept in a relative path, as the core keeps it.
+    assert_eq!(names, ["rel:", "rel:sub/", "rel:sub/../"], "{rel:?}");
     k.remove_profile(exe).unwrap();
 }

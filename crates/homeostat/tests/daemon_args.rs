@@ -318,6 +318,12 @@ fn another_file_is_an_anomaly_and_the_classes_are_the_cores() {
             })
             .collect();
         eprintln!("{name}: classes (daemon = record + train): {kernel:?}");
+        // One kernel class (hash) per class the core names.
+        assert_eq!(
+            kernel.len(),
+            saved["classes"].as_array().unwrap().len(),
+            "{name}: a class hashed twice: {saved}"
+        );
         if fallback {
             assert_eq!(
                 kernel, launcher,

@@ -157,8 +157,12 @@ static __always_inline __u64 reg_arg(struct pt_regs___hs *r, __u32 i)
 #define FNV_PRIME 0x100000001b3ULL
 #define MIX(h, b) (((h) ^ (__u8)(b)) * FNV_PRIME)
 
+/* Indexes into path_walk.stack are masked with this (a power of two minus one, above
+ * HS_MAX_DEPTH): the verifier's bound, never a wrap. */
+#define HS_STACK_MASK 15
+
 struct path_walk {
-	__u64 stack[HS_MAX_DEPTH + 1]; /* stack[k]: the hash of the first k directories */
+	__u64 stack[HS_STACK_MASK + 1]; /* stack[k]: the hash of the first k directories */
 	__u64 cur;                     /* the component so far, over its level's prefix */
 	__u32 off, len, n, clen, depth, abs;
 	char first, second;
@@ -181,7 +185,7 @@ static long path_byte(__u64 i, void *ctx)
 	if (c != '/' && c != 0) {
 		if (w->clen == 0) {
 			w->first = c;
-			w->cur = w->stack[(n <= depth ? n : depth) & HS_MAX_DEPTH];
+			w->cur = w->stack[(n <= depth ? n : depth) & HS_STACK_MASK];
 		} else if (w->clen == 1) {
 			w->second = c;
 		}
@@ -197,7 +201,7 @@ static long path_byte(__u64 i, void *ctx)
 	} else {
 		n++;
 		if (n <= depth)
-			w->stack[n & HS_MAX_DEPTH] = MIX(w->cur, '/');
+			w->stack[n & HS_STACK_MASK] = MIX(w->cur, '/');
 	}
 	w->n = n;
 	w->clen = 0;
@@ -222,7 +226,7 @@ static __always_inline __u64 path_hash(struct hs_class_event *s, __u32 off, __u3
 	w.stack[0] = MIX(seed, w.abs ? '/' : 'r');
 	bpf_loop(HS_ARG_BYTES + 1, path_byte, &w, 0);
 	dirs = w.n > 0 ? w.n - 1 : 0;
-	return w.stack[(dirs < w.depth ? dirs : w.depth) & HS_MAX_DEPTH];
+	return w.stack[(dirs < w.depth ? dirs : w.depth) & HS_STACK_MASK];
 }
 
 /* FNV-1a of `len` bytes at `off` in `b`. */
