@@ -164,6 +164,7 @@ static __always_inline __u64 reg_arg(struct pt_regs___hs *r, __u32 i)
 struct path_walk {
 	__u64 stack[HS_STACK_MASK + 1]; /* stack[k]: the hash of the first k directories */
 	__u64 cur;                     /* the component so far, over its level's prefix */
+	struct hs_class_event *s;      /* the scratch holding the path */
 	__u32 off, len, n, clen, depth, abs;
 	char first, second;
 };
@@ -173,13 +174,10 @@ struct path_walk {
 static long path_byte(__u64 i, void *ctx)
 {
 	struct path_walk *w = ctx;
-	struct hs_class_event *s;
-	__u32 zero = 0, n = w->n, depth = w->depth;
+	struct hs_class_event *s = w->s;
+	__u32 n = w->n, depth = w->depth;
 	char c = 0;
 
-	s = bpf_map_lookup_elem(&hs_arg_scratch, &zero);
-	if (!s)
-		return 1;
 	if (i < w->len)
 		c = s->data[(w->off + i) & (HS_ARG_BYTES - 1)];
 	if (c != '/' && c != 0) {
@@ -221,6 +219,7 @@ static __always_inline __u64 path_hash(struct hs_class_event *s, __u32 off, __u3
 
 	w.depth = hs_path_depth > HS_MAX_DEPTH ? HS_MAX_DEPTH : hs_path_depth;
 	w.abs = s->data[off & (HS_ARG_BYTES - 1)] == '/';
+	w.s = s;
 	w.off = off;
 	w.len = len;
 	w.stack[0] = MIX(seed, w.abs ? '/' : 'r');
