@@ -230,7 +230,15 @@ impl Kernel {
             Ok(k) => Ok(k),
             Err(e) => {
                 let mut k = Self::load_once(opts, hook, lsm, false)?;
-                k.open_fallback_error = Some(format!("fexit/{OPEN_FUNCTION}: {e}"));
+                let why = match e {
+                    // As root (the programs without it loaded) this is the kernel
+                    // refusing BPF trampolines, as it refuses the LSM program.
+                    Error::PermissionDenied => {
+                        "EPERM: the kernel refuses BPF trampolines (lockdown?)".to_string()
+                    }
+                    e => e.to_string(),
+                };
+                k.open_fallback_error = Some(format!("fexit/{OPEN_FUNCTION}: {why}"));
                 Ok(k)
             }
         }
