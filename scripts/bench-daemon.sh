@@ -19,6 +19,13 @@
 #             workloads' programs (dd, find, tar, wc, sh, true) were made normal
 #             beforehand (see "Preparation"). --detect measures the monitoring cost:
 #             any response (delays, stops) costs per anomaly, not per call;
+#   args-training, args-normal  the same as training and normal with
+#             `--symbols args` (argument classes learnt and tested in the kernel;
+#             docs/arguments.md): run with ARGS=1, and then reported beside the plain
+#             daemon as args-training / training and args-normal / normal (issue 11's
+#             target: at most 1.05x on find and tar). With ARGS=1 the preparation
+#             daemon runs with --symbols args too, so that both normal conditions load
+#             the same prepared profiles (the plain one ignores the classes);
 #   old-training, old-normal  the same with another build (HOMEOSTAT_BEFORE_BIN, e.g.
 #             main's), to compare a change in the same run (its own normal profiles
 #             are prepared from the same preparation's saved state, which both builds
@@ -70,8 +77,10 @@
 #   HOMEOSTAT_PROGSTATS_BIN=F  the bpf_prog_stats example (default: built)
 #   HOMEOSTAT_BEFORE_BIN=F another build to compare (conditions old-training,
 #                   old-normal); unset: those conditions are not run
+#   ARGS=1          add the conditions args-training args-normal
 #   CONDS="..."     the conditions to run (default: none floor training normal, plus
-#                   old-training old-normal with HOMEOSTAT_BEFORE_BIN)
+#                   old-training old-normal with HOMEOSTAT_BEFORE_BIN, plus
+#                   args-training args-normal with ARGS=1)
 #   KEEP=1          keep the working directory (daemon logs, events, samples)
 set -Eeuo pipefail
 export LC_ALL=C
@@ -145,6 +154,14 @@ elif [ -n "$hs_before" ]; then
 else
     conds=(none floor training normal)
 fi
+if [ "${ARGS:-0}" = 1 ] && [ -z "${CONDS:-}" ]; then
+    conds+=(args-training args-normal)
+fi
+# The preparation learns argument classes when a condition uses them.
+prep_args=()
+for c in "${conds[@]}"; do
+    [ "${c#args-}" = "$c" ] || prep_args=(--symbols args)
+done
 
 # --- working directory, daemons, cleanup ----------------------------------------
 daemon_pid=""
@@ -308,7 +325,7 @@ echo "== preparation: profiles of ${prog_names[*]} to normal (timeout ${prep_tim
 # Warm the page cache first, with no daemon.
 for w in "${workloads[@]}"; do "w_$w" || true; done
 start_daemon "$hs" "$work/prep.log" --state-dir "$prep_state" --normal-wait 0 --detect -q \
-    --events "$prep_events"
+    --events "$prep_events" "${prep_args[@]}"
 
 # Programs whose profile has been reported as becoming normal, by key or exe path.
 normal_now() {
@@ -377,25 +394,28 @@ run_cond() {
 }
 # start_cond COND R: starts COND's daemon (nothing for none).
 start_cond() {
-    local cond="$1" r="$2" bin="$hs" kind
+    local cond="$1" r="$2" bin="$hs" kind extra=()
     case "$cond" in
     old-*) bin="$hs_before" ;;
     floor) bin="$hs_floor" ;;
+    args-*) extra=(--symbols args) ;;
     esac
     kind="${cond#old-}"
+    kind="${kind#args-}"
     case "$kind" in
     none) ;;
     training | floor)
         rm -rf "$work/train-$cond-$r"
         mkdir -p "$work/train-$cond-$r"
-        start_daemon "$bin" "$work/$cond-$r.log" --state-dir "$work/train-$cond-$r" --learn -q
+        start_daemon "$bin" "$work/$cond-$r.log" --state-dir "$work/train-$cond-$r" --learn -q \
+            "${extra[@]}"
         ;;
     normal)
         rm -rf "$work/normal-$cond-$r"
         cp -a "$prep_state" "$work/normal-$cond-$r"
         rm -rf "$work/normal-$cond-$r/run"
         start_daemon "$bin" "$work/$cond-$r.log" --state-dir "$work/normal-$cond-$r" --detect -q \
-            --events "$work/$cond-$r.jsonl"
+            --events "$work/$cond-$r.jsonl" "${extra[@]}"
         ;;
     *)
         echo "bench-daemon: unknown condition $cond" >&2
@@ -505,6 +525,34 @@ for w in "${workloads[@]}"; do
 done
 echo
 echo "Medians of $((rounds * reps)) runs per cell (${rounds} rounds x ${reps})."
+if [[ " ${conds[*]} " == *" args-training "* || " ${conds[*]} " == *" args-normal "* ]]; then
+    echo
+    echo "Argument classes (--symbols args) beside the plain daemon, same rounds (target"
+    echo "for find and tar: at most 1.05x):"
+    echo
+    echo "| workload | args-training / training | args-normal / normal |"
+    echo "|---|---|---|"
+    for w in "${workloads[@]}"; do
+        awk -v w="$w" -v label="${label[$w]}" '
+            function median(c,   n, i, j, t, v) {
+                n = 0
+                for (i = 1; i <= cnt[c]; i++) v[++n] = s[c, i]
+                for (i = 2; i <= n; i++) {
+                    t = v[i]
+                    for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]
+                    v[j + 1] = t
+                }
+                if (n == 0) return -1
+                return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+            }
+            function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.3fx", a / b) : "?" }
+            $1 == w { c = $2; s[c, ++cnt[c]] = $4 - $3 }
+            END {
+                printf "| %s | %s | %s |\n", label, ratio(median("args-training"), median("training")),
+                    ratio(median("args-normal"), median("normal"))
+            }' "$work/samples"
+    done
+fi
 
 # Daemon CPU time, kernel losses, anomalies seen in the normal condition.
 awk '$1 != "prep" && $1 !~ /^stats-/ && $2 != "?" { cpu[$1] += $2; n[$1]++ }
@@ -526,6 +574,18 @@ for p in "${prog_names[@]}"; do
 done
 total="$(cat "$work"/normal-*.jsonl 2>/dev/null | grep -cF '"event":"anomaly"' || true)"
 echo "- anomaly events during the normal condition: ${anom}all profiles $total"
+if ls "$work"/args-normal-*.jsonl >/dev/null 2>&1; then
+    total="$(cat "$work"/args-normal-*.jsonl | grep -cF '"event":"anomaly"' || true)"
+    classes="$(cat "$work"/args-normal-*.jsonl | grep -F '"event":"anomaly"' |
+        grep -o '"class":"[^"]*"' | sort | uniq -c | sort -rn | head -5 | tr -s ' ' | tr '\n' ';' || true)"
+    echo "- anomaly events during args-normal: all profiles $total${classes:+ (most frequent unseen classes:$classes)}"
+fi
+arglosses="$(grep -h 'argument classes:' "$work"/*.log 2>/dev/null | tail -3 || true)"
+if [ -n "$arglosses" ]; then
+    echo "- argument-class losses reported by the daemons (last lines):"
+    # shellcheck disable=SC2001
+    sed 's/^/  - /' <<<"$arglosses"
+fi
 if [ -s "$work/foreign" ]; then
     echo "- WARNING: other processes held BPF links at the start of $(wc -l <"$work/foreign") blocks (their programs slow every condition):"
     sort "$work/foreign" | uniq -c | sed 's/^ */  - /'

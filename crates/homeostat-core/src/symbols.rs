@@ -21,6 +21,12 @@
 //!
 //! Pure: the capture front ends (launcher, strace and recording readers) read the
 //! arguments; this module only classifies what they read.
+//!
+//! One copy elsewhere: the eBPF daemon decides a class inside the call, so
+//! `crates/homeostat-ebpf/src/bpf/args.bpf.h` repeats these class rules in C (it
+//! hashes the class-making bytes; the daemon names classes with [`class_of`]). A change
+//! here must be made there too; `crates/homeostat/tests/daemon_args.rs` checks that the
+//! daemon and `train --symbols args` give the same (call, class) sets on real programs.
 
 use std::collections::HashMap;
 use std::fmt;

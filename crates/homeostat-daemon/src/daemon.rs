@@ -5,10 +5,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use homeostat_core::ph::{ExeKey, Mode, PhConfig, ProfileState};
-use homeostat_ebpf::{Kernel, Stats};
+use homeostat_core::symbols::SymbolConfig;
+use homeostat_ebpf::{ArgStats, Kernel, Stats};
 use homeostat_monitor::sink::EventSink;
 use tracing::warn;
 
@@ -42,6 +44,13 @@ pub(crate) struct Daemon {
     pub rows_full_seen: u64,
     /// The kernel's profile map size (for `status`).
     pub max_profiles: u64,
+    /// Argument classes on (`--symbols args`), with these settings.
+    pub symbols: Option<SymbolConfig>,
+    /// The argument side's loss counters at the last sample.
+    pub arg_stats: ArgStats,
+    /// The last class a normal profile never saw, by thread (its anomaly event comes
+    /// next): (call, class name). Bounded: cleared past 4096 threads.
+    pub unseen: HashMap<u32, (u32, Arc<str>)>,
 }
 
 impl Daemon {
@@ -71,6 +80,9 @@ impl Daemon {
             started: Instant::now(),
             rows_full_seen: 0,
             max_profiles: 0,
+            symbols: None,
+            arg_stats: ArgStats::default(),
+            unseen: HashMap::new(),
         }
     }
 

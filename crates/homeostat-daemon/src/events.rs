@@ -25,10 +25,18 @@ impl Daemon {
         }
         if !self.quiet {
             let line = match r.event {
-                "anomaly" => Some(format!(
-                    "{} [{}]: anomaly at {} ({} missing pairs, LFC {})",
-                    r.exe, r.pid, r.syscall, r.detail["misses"], r.lfc
-                )),
+                "anomaly" => Some(match r.detail.get("class").and_then(|c| c.as_str()) {
+                    Some(class) => format!(
+                        "{} [{}]: anomaly at {} (argument class {class} never seen; {} misses, LFC {})",
+                        r.exe, r.pid, r.syscall, r.detail["misses"], r.lfc
+                    ),
+                    None => format!(
+                        "{} [{}]: anomaly at {} ({} missing pairs, LFC {})",
+                        r.exe, r.pid, r.syscall, r.detail["misses"], r.lfc
+                    ),
+                }),
+                // One per class learnt: the events file has them.
+                "new_class" => None,
                 _ => describe(r),
             };
             if let Some(line) = line {
@@ -68,6 +76,15 @@ impl Daemon {
         match e.kind {
             EventKind::Exec => self.on_exec(kernel, &e),
             EventKind::NewPairs => {}
+            EventKind::NewClass => self.on_new_class(&e),
+            EventKind::UnseenClass => {
+                if let Some(class) = self.class_of(&e) {
+                    if self.unseen.len() >= 4096 {
+                        self.unseen.clear();
+                    }
+                    self.unseen.insert(e.tid, (e.nr, Arc::from(class.as_str())));
+                }
+            }
             EventKind::ExecRefused => {
                 self.counts.execve_refused_total += 1;
                 let r = self.record(
@@ -89,12 +106,18 @@ impl Daemon {
                     self.resp_keys.insert(e.pid, e.exe);
                     self.responders.start(kernel, e.pid);
                 }
-                let detail = if e.foreign {
+                let mut detail = if e.foreign {
                     // Not one of the profile's teachers: reported, not counted.
                     serde_json::json!({ "misses": e.misses, "counted": false })
                 } else {
                     serde_json::json!({ "misses": e.misses })
                 };
+                // The kernel reports an unseen class just before its call's anomaly.
+                if let Some((nr, class)) = self.unseen.remove(&e.tid) {
+                    if nr == e.nr {
+                        detail["class"] = serde_json::Value::from(&*class);
+                    }
+                }
                 let r = self.record(
                     "anomaly",
                     e.exe,
@@ -111,6 +134,37 @@ impl Daemon {
                 self.limits(kernel, &e);
             }
         }
+    }
+
+    /// The name of a class event's class (the core's, from the bytes the kernel read).
+    fn class_of(&self, e: &Event) -> Option<String> {
+        Some(homeostat_ebpf::class_name(e.arg.as_ref()?, &self.symbols?))
+    }
+
+    /// A class learnt in the kernel: named for the classes file and reported.
+    fn on_new_class(&mut self, e: &Event) {
+        let Some(class) = self.class_of(e) else {
+            return;
+        };
+        let Ok(call) = u16::try_from(e.nr) else {
+            return;
+        };
+        let Some(p) = self.profiles.get_mut(&e.exe) else {
+            return;
+        };
+        // Bounded by the kernel: at most max_classes per profile.
+        p.classes
+            .insert((call, e.class_hash), Arc::from(class.as_str()));
+        p.dirty = true;
+        let r = self.record(
+            "new_class",
+            e.exe,
+            (e.pid, e.tid),
+            Arch::X86_64.display(e.nr).into_owned(),
+            e.lfc,
+            serde_json::json!({ "class": class }),
+        );
+        self.emit(&r);
     }
 
     /// An exec: the profile is named by the executable's own path (for a `#!` script,

@@ -131,6 +131,7 @@ impl Daemon {
         }
         self.profiles.remove(&key);
         let _ = std::fs::remove_file(self.dir.join(format!("{key}.json")));
+        let _ = std::fs::remove_file(crate::classes::path_in(&self.dir, key));
         match why {
             Why::Deleted => self.counts.evicted_deleted_total += 1,
             Why::Lru => self.counts.evicted_lru_total += 1,

@@ -22,13 +22,15 @@
 //! applies call by call; only the step differs.
 //!
 //! Profiles are saved as `daemon/<dev>-<ino>.json` in the state directory
-//! (docs/daemon.md). One module per concern: [`main_loop`] (start, loop, shutdown),
+//! (docs/daemon.md); with `--symbols args`, a profile's argument classes go beside it
+//! as `daemon/<dev>-<ino>.classes` ([`classes`]). One module per concern: [`main_loop`] (start, loop, shutdown),
 //! `daemon` (the state), `events`, `lifecycle`, `evict` (profiles of deleted
 //! executables, and the least valuable when the map is near full), `admin` (control requests), `persist`,
 //! [`prometheus`] (the metrics endpoint), [`respond`], [`stop_guard`].
 #![forbid(unsafe_code)]
 
 mod admin;
+pub mod classes;
 mod daemon;
 mod events;
 mod evict;

@@ -6,6 +6,7 @@
 //! configuration, so it is done here, at one-tick granularity, with the core's rule
 //! (`homeostat_core::ph::lifecycle`, the one `homeostat run` applies call by call).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use homeostat_core::ph::lifecycle::{self, Change};
@@ -58,6 +59,9 @@ pub(crate) struct Prof {
     pub learn_cgroup: Option<Arc<str>>,
     /// The cgroups (v2 paths, not the root) of the processes that ran it.
     pub cgroups: Vec<Arc<str>>,
+    /// Argument classes heard of (`--symbols args`), by (call, kernel hash): their
+    /// names for the classes file. Bounded by the kernel's cap per profile.
+    pub classes: BTreeMap<(u16, u64), Arc<str>>,
     pub dirty: bool,
 }
 
@@ -99,6 +103,7 @@ impl Prof {
             learn_uid: None,
             learn_cgroup: None,
             cgroups: vec![],
+            classes: BTreeMap::new(),
             dirty: true,
         }
     }
@@ -254,6 +259,28 @@ impl Daemon {
             }
             Ok(_) => {}
             Err(e) => warn!("{e}"),
+        }
+        if self.symbols.is_some() {
+            match kernel.arg_stats() {
+                Ok(s) if s != self.arg_stats => {
+                    // Never silent, even with --quiet.
+                    warn!(
+                        "argument classes: {} training calls past a profile's cap (class `other`), {} classes not learnt (map full), {} arguments unreadable in the kernel (calls not tested), {} class events lost",
+                        s.overflowed, s.map_full, s.unread, s.lost_events
+                    );
+                    if let Some(w) = self.json.as_mut() {
+                        let j = serde_json::json!({
+                            "ts": now as f64 / 1e9, "event": "argument_losses",
+                            "overflowed": s.overflowed, "map_full": s.map_full,
+                            "unread": s.unread, "lost_events": s.lost_events,
+                        });
+                        write_event(w, &j);
+                    }
+                    self.arg_stats = s;
+                }
+                Ok(_) => {}
+                Err(e) => warn!("{e}"),
+            }
         }
         let by = |st| self.profiles.values().filter(|p| p.state == st).count() as u64;
         self.counts.profiles_training = by(ProfileState::Training);

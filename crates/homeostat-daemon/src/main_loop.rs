@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use homeostat_core::ph::Mode;
+use homeostat_core::symbols::{SymbolConfig, SymbolTable};
 use homeostat_ebpf::{Event, ExecLsm, Kernel, Options};
 use homeostat_monitor::config::ConfigFile;
 use homeostat_monitor::control::Server;
@@ -53,6 +54,9 @@ pub struct DaemonOptions {
     /// Watch only the processes of this cgroup (v2 directory, e.g. a systemd scope or a
     /// container's cgroup): everything else on the machine is left alone.
     pub cgroup: Option<std::path::PathBuf>,
+    /// Test (call, argument class) beside the pairs, with these settings
+    /// (`--symbols args`; docs/arguments.md, "The daemon"); None: calls only.
+    pub symbols: Option<SymbolConfig>,
 }
 
 /// The id of a cgroup v2 directory (its inode number, what
@@ -82,7 +86,12 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         duration,
         max_profiles,
         cgroup,
+        symbols,
     } = opts;
+    if let Some(cfg) = symbols {
+        // The core's limits on the settings (the kernel's path depth is checked at load).
+        SymbolTable::new(cfg).context("--symbols args")?;
+    }
     let scope_cgroup = cgroup
         .as_deref()
         .map(cgroup_id)
@@ -100,6 +109,7 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         exec_lsm_at: if enforce { config.suspend_execve } else { 0 },
         max_profiles: max_profiles.unwrap_or(homeostat_ebpf::SLOTS),
         scope_cgroup,
+        symbols,
         ..Options::default()
     })?;
     match kernel.exec_lsm() {
@@ -146,6 +156,12 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
     };
     let mut d = Daemon::new(config, modes, dir, json, quiet, guard.is_some());
     d.max_profiles = u64::from(kernel.max_profiles());
+    d.symbols = kernel.symbols();
+    if let Some(why) = kernel.open_fallback_error() {
+        warn!(
+            "argument classes: an open whose path is not resident at sys_enter cannot be retried at its exit ({why}): such opens are counted as unread and not tested"
+        );
+    }
     let loaded = d.load(&kernel, &store);
     let control = match Server::start(&state_dir) {
         Ok(s) => Some(s),
@@ -158,8 +174,21 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
     let q = queue.clone();
     let events = kernel.events(move |e| q.borrow_mut().push(e))?;
     info!(
-        "daemon: watching ({:?} hook, {loaded} profiles loaded from {}, room for {}, mode {:?}{}{})",
+        "daemon: watching ({:?} hook, {}, {loaded} profiles loaded from {}, room for {}, mode {:?}{}{})",
         kernel.hook(),
+        match kernel.symbols() {
+            Some(c) => format!(
+                "symbols args (path depth {}, at most {} classes a profile{})",
+                c.path_depth,
+                c.max_classes,
+                if kernel.open_fallback() {
+                    ""
+                } else {
+                    "; no open fallback: opens of non-resident paths not tested"
+                }
+            ),
+            None => "symbols calls".to_string(),
+        },
         d.dir.display(),
         kernel.max_profiles(),
         d.config.mode,

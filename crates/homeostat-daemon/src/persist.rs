@@ -13,6 +13,7 @@ use homeostat_monitor::sink::write_event;
 use homeostat_monitor::{write_atomic, ProfileStore};
 use tracing::warn;
 
+use crate::classes::{self, ClassesFile};
 use crate::daemon::Daemon;
 use crate::lifecycle::{kernel_state, Prof};
 
@@ -69,6 +70,7 @@ impl Prof {
             learn_uid: d.learn_uid,
             learn_cgroup: d.learn_cgroup.as_deref().map(Arc::from),
             cgroups: d.cgroups.iter().map(|p| Arc::from(p.as_str())).collect(),
+            classes: Default::default(),
             dirty: false,
         }
     }
@@ -84,6 +86,15 @@ impl Daemon {
                 return (0, 1);
             }
         };
+        // One pass over the kernel's classes for every profile.
+        let all_classes = match self.symbols.map(|_| kernel.all_classes()) {
+            Some(Err(e)) => {
+                warn!("cannot read argument classes: {e}");
+                return (0, 1);
+            }
+            Some(Ok(c)) => c,
+            None => Default::default(),
+        };
         let (mut saved, mut failed) = (0, 0);
         for (key, p) in self.profiles.iter_mut().filter(|(_, p)| p.dirty) {
             let Some(pairs) = pairs.get(key) else {
@@ -91,7 +102,22 @@ impl Daemon {
                 continue;
             };
             let s = p.to_file(*key, pairs.clone());
-            match write_atomic(&self.dir.join(format!("{key}.json")), &s.to_bytes()) {
+            let classes = match (self.symbols, all_classes.get(key)) {
+                (Some(cfg), Some(c)) => Some(ClassesFile::of(*key, cfg.path_depth, c, &p.classes)),
+                _ => None,
+            };
+            // The classes first: a profile file never names classes it lacks.
+            let written: anyhow::Result<()> = match classes {
+                Some(c) => write_atomic(&classes::path_in(&self.dir, *key), &c.to_bytes())
+                    .map_err(anyhow::Error::from),
+                None => Ok(()),
+            };
+            match written.and_then(|()| {
+                Ok(write_atomic(
+                    &self.dir.join(format!("{key}.json")),
+                    &s.to_bytes(),
+                )?)
+            }) {
                 Ok(()) => {
                     p.dirty = false;
                     saved += 1;
@@ -158,6 +184,8 @@ impl Daemon {
         let state = prof.state;
         kernel.set_state(key, kernel_state(state))?;
         let filter = (prof.learn_uid, prof.learn_cgroup.clone());
+        let mut prof = prof;
+        let n_classes = self.load_classes(kernel, key, &mut prof);
         self.profiles.insert(key, prof);
         if filter.0.is_some() || filter.1.is_some() {
             self.apply_learn_from(kernel, key)?;
@@ -172,12 +200,52 @@ impl Daemon {
             (0, 0),
             String::new(),
             0,
-            serde_json::json!({ "pairs": d.pairs.len(), "from": from }),
+            serde_json::json!({ "pairs": d.pairs.len(), "classes": n_classes, "from": from }),
         );
         if let Some(w) = self.json.as_mut() {
             write_event(w, &r);
         }
         Ok(())
+    }
+}
+
+impl Daemon {
+    /// With `--symbols args`, a profile's saved classes into the kernel and `prof`;
+    /// returns how many. A missing file is no class (the profile is tested on its
+    /// calls only until it trains again); a bad file, or one of another path depth,
+    /// is reported and not loaded.
+    fn load_classes(&self, kernel: &Kernel, key: ExeKey, prof: &mut Prof) -> usize {
+        let Some(cfg) = self.symbols else {
+            return 0;
+        };
+        let path = classes::path_in(&self.dir, key);
+        let f = match ClassesFile::load(&path) {
+            Ok(Some(f)) => f,
+            Ok(None) => return 0,
+            Err(e) => {
+                warn!("classes {} skipped: {e}", path.display());
+                return 0;
+            }
+        };
+        if f.path_depth != cfg.path_depth || f.key() != key {
+            warn!(
+                "classes {} skipped: made with path depth {} for {}, not {} for {key}",
+                path.display(),
+                f.path_depth,
+                f.key(),
+                cfg.path_depth
+            );
+            return 0;
+        }
+        let pairs: Vec<(u16, u64)> = f.classes.iter().map(|c| (c.call, c.hash)).collect();
+        if let Err(e) = kernel.add_classes(key, &pairs) {
+            warn!("classes {}: {e}", path.display());
+        }
+        for c in f.classes {
+            prof.classes
+                .insert((c.call, c.hash), Arc::from(c.class.as_str()));
+        }
+        prof.classes.len()
     }
 }
 
@@ -203,6 +271,7 @@ mod tests {
             learn_uid: Some(1000),
             learn_cgroup: Some(Arc::from("/sys/fs/cgroup/x.scope")),
             cgroups: vec![Arc::from("/system.slice/sshd.service")],
+            classes: Default::default(),
             dirty: true,
         }
     }

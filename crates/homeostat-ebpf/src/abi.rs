@@ -12,8 +12,8 @@ use bytemuck::{Pod, Zeroable};
 use homeostat_core::ph::ExeKey;
 
 pub(crate) use crate::skel::types::{
-    hs_config, hs_event, hs_exec_event, hs_index, hs_key, hs_ok, hs_profile, hs_row, hs_stop,
-    hs_task,
+    hs_class_event, hs_class_key, hs_config, hs_event, hs_exec_event, hs_index, hs_key, hs_ok,
+    hs_profile, hs_row, hs_stop, hs_task,
 };
 
 /// Columns (previous call) of pH's table in the kernel, and the rows of x86_64 calls
@@ -42,6 +42,9 @@ pub(crate) const EV_ANOMALY: u32 = 1;
 pub(crate) const EV_NEW_PAIRS: u32 = 2;
 pub(crate) const EV_EXEC: u32 = 3;
 pub(crate) const EV_EXEC_REFUSED: u32 = 4;
+/// `HS_EV_NEW_CLASS`, `HS_EV_UNSEEN_CLASS` (src/bpf/args.bpf.h).
+pub(crate) const EV_NEW_CLASS: u32 = 5;
+pub(crate) const EV_UNSEEN_CLASS: u32 = 6;
 /// `hs_event.flags`: the process was sent SIGSTOP for a response.
 pub(crate) const EVF_STOPPED: u32 = 1;
 /// `hs_event.flags`: the anomaly's task is not one its profile learns from.
@@ -77,6 +80,8 @@ plain!(
     hs_event,
     hs_exec_event,
     hs_stop,
+    hs_class_key,
+    hs_class_event,
 );
 
 // The sizes the C compiler gives these types (docs/ebpf.md lists them): a generated
@@ -91,6 +96,8 @@ const _: () = {
     assert!(size_of::<hs_event>() == 48);
     assert!(size_of::<hs_exec_event>() == 48 + 2 * 256);
     assert!(size_of::<hs_stop>() == 16);
+    assert!(size_of::<hs_class_key>() == 16);
+    assert!(size_of::<hs_class_event>() == 48 + 24 + 256);
 };
 
 /// A value of `T` from a map's bytes; `None` if they are not exactly one `T` (a map

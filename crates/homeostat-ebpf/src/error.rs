@@ -45,6 +45,9 @@ pub enum Error {
     /// A call number outside pH's 9-bit table.
     #[error("bpf: call number {0} out of range (the kernel table has {ROW} rows)", ROW = crate::abi::ROW)]
     OutOfRange(u16),
+    /// Options the programs cannot be loaded with.
+    #[error("bpf: {0}")]
+    Config(String),
     /// A map operation failed.
     #[error("bpf map {map}: {what}: {err}")]
     Map {

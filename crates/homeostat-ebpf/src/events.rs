@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use libbpf_rs::{MapCore, MapFlags, RingBuffer};
 
-use crate::abi::{self, hs_event, hs_exec_event, NSTATS};
+use crate::abi::{self, hs_class_event, hs_event, hs_exec_event, NSTATS};
 use crate::error::{map_err, Error};
 use crate::Kernel;
 use homeostat_core::ph::ExeKey;
+use homeostat_core::symbols::Arg;
 
 /// What an event reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,12 @@ pub enum EventKind {
     Exec,
     /// The LSM program refused an execve (`lfc`: the task's).
     ExecRefused,
+    /// Arguments on, training: the profile learnt a class ([`Event::arg`],
+    /// [`Event::class_hash`]) of call `nr`.
+    NewClass,
+    /// Arguments on, normal: call `nr` had a class training never saw (a miss; the
+    /// call's anomaly event follows).
+    UnseenClass,
 }
 
 /// One event from the kernel.
@@ -51,6 +58,11 @@ pub struct Event {
     /// Anomaly: of a task its profile does not learn from
     /// ([`Kernel::set_learn_from`]): it does not count toward the profile's limits.
     pub foreign: bool,
+    /// NewClass / UnseenClass: the argument read (a path cut at 255 bytes, a socket
+    /// address at 128); name its class with [`crate::class_name`].
+    pub arg: Option<Arg>,
+    /// NewClass / UnseenClass: the class's hash in the kernel ([`Kernel::classes`]).
+    pub class_hash: u64,
 }
 
 /// Counters of what the kernel side could not do; none is ever silent.
@@ -75,7 +87,15 @@ fn decode_event(b: &[u8]) -> Option<Event> {
         abi::EV_NEW_PAIRS => EventKind::NewPairs,
         abi::EV_EXEC => EventKind::Exec,
         abi::EV_EXEC_REFUSED => EventKind::ExecRefused,
+        abi::EV_NEW_CLASS => EventKind::NewClass,
+        abi::EV_UNSEEN_CLASS => EventKind::UnseenClass,
         _ => return None,
+    };
+    let (arg, class_hash) = if matches!(kind, EventKind::NewClass | EventKind::UnseenClass) {
+        let c: hs_class_event = abi::decode_prefix(b)?;
+        (Some(crate::args::event_arg(&c)?), c.hash)
+    } else {
+        (None, 0)
     };
     let (path, interp) = if kind == EventKind::Exec {
         // A short record is not an exec event of these programs; drop it as any other
@@ -107,6 +127,8 @@ fn decode_event(b: &[u8]) -> Option<Event> {
         foreign: e.flags & abi::EVF_FOREIGN != 0,
         path,
         interp,
+        arg,
+        class_hash,
     })
 }
 

@@ -15,10 +15,23 @@ use std::sync::Arc;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
 
+use homeostat_core::symbols::SymbolConfig;
+
 use crate::abi::{self, hs_config, ROWS, SLOTS};
 use crate::error::{capture_libbpf_log, load_error, map_err, Error, BTF_PATH};
 use crate::index::Index;
 use crate::skel::HomeostatSkelBuilder;
+
+/// The kernel function every open goes through, whose exit retries the argument read.
+const OPEN_FUNCTION: &str = "do_sys_openat2";
+
+/// Whether the running kernel's BTF has function `name` (an fexit program needs it).
+fn kernel_has_function(name: &str) -> bool {
+    libbpf_rs::btf::Btf::from_vmlinux().is_ok_and(|b| {
+        b.type_by_name::<libbpf_rs::btf::types::Func<'_>>(name)
+            .is_some()
+    })
+}
 
 /// How to load the programs.
 #[derive(Debug, Clone)]
@@ -48,6 +61,12 @@ pub struct Options {
     /// inherited by forks. A task outside is not followed at all (no profile, no
     /// learning, no test, no response). None: every task.
     pub scope_cgroup: Option<u64>,
+    /// Classify the argument that matters of the calls that matter (the core's
+    /// `arg_spec`) with these settings, and test (call, class) beside the pairs: a
+    /// class a normal profile never saw is a miss (docs/arguments.md, "The daemon").
+    /// None: plain call numbers; the class hook is then removed by the verifier.
+    /// `path_depth` is at most [`crate::MAX_PATH_DEPTH`].
+    pub symbols: Option<SymbolConfig>,
 }
 
 impl Default for Options {
@@ -61,6 +80,7 @@ impl Default for Options {
             exec_lsm_at: 0,
             max_profiles: SLOTS,
             scope_cgroup: None,
+            symbols: None,
         }
     }
 }
@@ -97,6 +117,9 @@ pub struct Kernel {
     hook: Hook,
     exec_lsm: ExecLsm,
     max_profiles: u32,
+    pub(crate) symbols: Option<SymbolConfig>,
+    open_fallback: bool,
+    open_fallback_error: Option<String>,
     pub(crate) config: MapHandle,
     pub(crate) profiles: MapHandle,
     pub(crate) rows: MapHandle,
@@ -107,6 +130,9 @@ pub struct Kernel {
     pub(crate) stats: MapHandle,
     pub(crate) stopped: MapHandle,
     pub(crate) tasks: MapHandle,
+    pub(crate) classes_map: MapHandle,
+    pub(crate) class_count_map: MapHandle,
+    pub(crate) arg_stats_map: MapHandle,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -194,7 +220,36 @@ impl Kernel {
         }
     }
 
+    /// Loads with the open fallback where the kernel has its function; where it
+    /// refuses it (e.g. EPERM under lockdown), without, saying why.
     fn load_with(opts: &Options, hook: Hook, lsm: bool) -> Result<Kernel, Error> {
+        if opts.symbols.is_none() || !kernel_has_function(OPEN_FUNCTION) {
+            return Self::load_once(opts, hook, lsm, false);
+        }
+        match Self::load_once(opts, hook, lsm, true) {
+            Ok(k) => Ok(k),
+            Err(e) => {
+                let mut k = Self::load_once(opts, hook, lsm, false)?;
+                let why = match e {
+                    // As root (the programs without it loaded) this is the kernel
+                    // refusing BPF trampolines, as it refuses the LSM program.
+                    Error::PermissionDenied => {
+                        "EPERM: the kernel refuses BPF trampolines (lockdown?)".to_string()
+                    }
+                    e => e.to_string(),
+                };
+                k.open_fallback_error = Some(format!("fexit/{OPEN_FUNCTION}: {why}"));
+                Ok(k)
+            }
+        }
+    }
+
+    fn load_once(
+        opts: &Options,
+        hook: Hook,
+        lsm: bool,
+        open_fallback: bool,
+    ) -> Result<Kernel, Error> {
         let mut object = MaybeUninit::uninit();
         let mut open = HomeostatSkelBuilder::default()
             .open(&mut object)
@@ -202,6 +257,31 @@ impl Kernel {
         open.progs.sys_enter_btf.set_autoload(hook == Hook::TpBtf);
         open.progs.sys_enter_raw.set_autoload(hook == Hook::RawTp);
         open.progs.exec_check.set_autoload(lsm);
+        let symbols = match opts.symbols {
+            Some(c) if c.path_depth == 0 || c.path_depth > crate::MAX_PATH_DEPTH => {
+                return Err(Error::Config(format!(
+                    "path depth {} is outside 1..={}",
+                    c.path_depth,
+                    crate::MAX_PATH_DEPTH
+                )))
+            }
+            s => s,
+        };
+        // Opens whose path is not resident at sys_enter are retried at their exit
+        // where the kernel has this function (docs/arguments.md, "The daemon").
+        open.progs.hs_open_exit.set_autoload(open_fallback);
+        if let Some(c) = symbols {
+            let ro = open
+                .maps
+                .rodata_data
+                .as_deref_mut()
+                .ok_or_else(|| Error::Config("the object has no read-only data".into()))?;
+            ro.hs_args_on = 1;
+            ro.hs_path_depth = u32::from(c.path_depth);
+            ro.hs_max_classes = c.max_classes;
+            ro.hs_arg_spec = crate::args::spec_table();
+            ro.hs_open_fallback = u32::from(open_fallback);
+        }
         open.maps
             .hs_events
             .set_max_entries(opts.ring_bytes)
@@ -217,6 +297,9 @@ impl Kernel {
             hook,
             exec_lsm: ExecLsm::NotRequested,
             max_profiles: opts.max_profiles.clamp(1, SLOTS),
+            symbols,
+            open_fallback,
+            open_fallback_error: None,
             config: dup(&skel.maps.hs_config, "hs_config")?,
             profiles: dup(&skel.maps.hs_profiles, "hs_profiles")?,
             rows: dup(&skel.maps.hs_rows, "hs_rows")?,
@@ -232,6 +315,9 @@ impl Kernel {
             stats: dup(&skel.maps.hs_stats, "hs_stats")?,
             stopped: dup(&skel.maps.hs_stopped, "hs_stopped")?,
             tasks: dup(&skel.maps.hs_tasks, "hs_tasks")?,
+            classes_map: dup(&skel.maps.hs_classes, "hs_classes")?,
+            class_count_map: dup(&skel.maps.hs_class_count, "hs_class_count")?,
+            arg_stats_map: dup(&skel.maps.hs_arg_stats, "hs_arg_stats")?,
         };
         kernel.configure(opts)?;
 
@@ -257,6 +343,14 @@ impl Kernel {
                 .attach()
                 .map_err(|e| load_error("attach sys_enter", e))?,
         );
+        if open_fallback {
+            links.push(
+                skel.progs
+                    .hs_open_exit
+                    .attach()
+                    .map_err(|e| load_error("attach fexit/do_sys_openat2", e))?,
+            );
+        }
         if lsm {
             links.push(
                 skel.progs
@@ -273,6 +367,9 @@ impl Kernel {
         ];
         if lsm {
             progs.push(&skel.progs.exec_check);
+        }
+        if open_fallback {
+            progs.push(&skel.progs.hs_open_exit);
         }
         let prog_ids = progs
             .into_iter()
@@ -337,6 +434,18 @@ impl Kernel {
     /// How many profiles the kernel can hold ([`Options::max_profiles`]).
     pub fn max_profiles(&self) -> u32 {
         self.max_profiles
+    }
+
+    /// Arguments on: whether an open whose path was not resident at sys_enter is
+    /// classified at its exit (fexit/do_sys_openat2 loaded); else it is counted in
+    /// [`crate::ArgStats::unread`] and not tested.
+    pub fn open_fallback(&self) -> bool {
+        self.open_fallback
+    }
+
+    /// Why the open fallback is off though arguments are on, if the kernel refused it.
+    pub fn open_fallback_error(&self) -> Option<&str> {
+        self.open_fallback_error.as_deref()
     }
 
     /// How sys_enter is hooked.

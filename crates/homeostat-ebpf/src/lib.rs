@@ -17,6 +17,9 @@
 //! - `profiles`: profile states and pH's table (pairs in and out).
 //! - `index`: the row index, mmapped (entries set by compare-and-swap).
 //! - `events`: the event ring buffer and the loss counters.
+//! - `args`: argument classes (`--symbols args`): the per-call table from the core,
+//!   class events named by the core, each profile's classes in and out.
+//! - `src/bpf/args.bpf.h`: the class test in the kernel (hashes of class-making bytes).
 //! - `task`: [`TaskState`] and [`Probe`] (task states for the response).
 //! - `runstats`: the programs' run time per call (`kernel.bpf_stats_enabled`).
 //! - `stop`: the stop map and [`Keeper`] (resumes processes the kernel stopped, if the
@@ -29,6 +32,8 @@
 
 #[cfg(feature = "bpf")]
 mod abi;
+#[cfg(feature = "bpf")]
+mod args;
 #[cfg(feature = "bpf")]
 mod error;
 #[cfg(feature = "bpf")]
@@ -50,6 +55,8 @@ mod task;
 
 #[cfg(feature = "bpf")]
 pub use abi::{COMPAT, LOCALITY, ROW, SLOTS, TABLE};
+#[cfg(feature = "bpf")]
+pub use args::{class_name, spec_table, ArgStats, MAX_CLASSES_TOTAL, MAX_PATH_DEPTH, OTHER_HASH};
 #[cfg(feature = "bpf")]
 pub use error::Error;
 #[cfg(feature = "bpf")]

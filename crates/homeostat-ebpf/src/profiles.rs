@@ -158,6 +158,16 @@ impl Kernel {
         })
     }
 
+    /// The slot of a profile, if the kernel has it.
+    pub(crate) fn slot_of(&self, exe: ExeKey) -> Result<Option<u32>, Error> {
+        Ok(self.lookup_profile(&abi::key(exe))?.map(|p| p.slot))
+    }
+
+    /// The slot of a profile, created (training) if absent.
+    pub(crate) fn ensure_profile(&self, exe: ExeKey) -> Result<u32, Error> {
+        Ok(self.update_profile(exe, |_| {})?.slot)
+    }
+
     /// A profile's entry, if the kernel has one.
     pub fn profile(&self, exe: ExeKey) -> Result<Option<KernelProfile>, Error> {
         Ok(self.lookup_profile(&abi::key(exe))?.map(|p| KernelProfile {
@@ -205,6 +215,9 @@ impl Kernel {
                     .map_err(map_err("hs_rows", "clear"))?;
                 push(&self.free_rows, "hs_free_rows", r)?;
             }
+        }
+        if self.symbols.is_some() {
+            self.clear_classes(p.slot)?;
         }
         push(&self.free_slots, "hs_free_slots", p.slot)
     }

@@ -210,6 +210,10 @@ pub struct DaemonArgs {
     /// /sys/fs/cgroup/system.slice/x.scope); everything else is left alone.
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
+    // --symbols args: also learn and test the argument class of opens, execs,
+    // connects... in the kernel (docs/arguments.md, "The daemon").
+    #[command(flatten)]
+    pub symbols: SymbolFlags,
     #[command(flatten)]
     pub state: StateFlags,
 }

@@ -367,6 +367,9 @@ static __always_inline __u32 row_new(struct hs_index *ix, __u32 cur)
 		}                                                                \
 	}
 
+/* Argument classes (homeostat daemon --symbols args): hs_args. */
+#include "args.bpf.h"
+
 static __always_inline int on_sys_enter(long id, bool compat)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -462,6 +465,13 @@ static __always_inline int on_sys_enter(long id, bool compat)
 	}
 	PAIR(1) PAIR(2) PAIR(3) PAIR(4) PAIR(5) PAIR(6) PAIR(7) PAIR(8)
 tested:
+	/* Argument classes: off, the verifier drops this; on, other calls pay one load. */
+	if (hs_args_on && cur < HS_ROW && hs_arg_spec[cur]) {
+		r = hs_args(cfg, t, (__u64)hs_arg_spec[cur] << 32 | (__u32)training << 16 | cur,
+			    pid_tgid);
+		misses += r & 1;
+		learnt += r >> 1;
+	}
 	/* Shifting the window by one call is two stores. */
 	sw[1] = (s1 << 16) | (s0 >> 48);
 	sw[0] = (s0 << 16) | cur;

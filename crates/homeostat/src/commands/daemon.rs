@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use homeostat_core::ph::Mode;
+use homeostat_core::symbols::{SymbolConfig, SymbolMode};
 use homeostat_daemon::DaemonOptions;
 use homeostat_monitor::control::{broadcast, Request, StatusReply};
 use homeostat_monitor::sink::open_events;
@@ -41,6 +42,10 @@ pub fn run(a: DaemonArgs) -> Result<()> {
         duration: a.duration.map(Duration::from_secs_f64),
         max_profiles: a.max_profiles,
         cgroup: a.cgroup,
+        symbols: (a.symbols.symbols == SymbolMode::Args).then_some(SymbolConfig {
+            path_depth: a.symbols.path_depth,
+            max_classes: a.symbols.max_classes,
+        }),
     };
     homeostat_daemon::run(opts, &stop)
 }

@@ -235,6 +235,25 @@ fn show(json: bool, t: &ProfileTarget) -> Result<()> {
                 return Err(e);
             };
             let key = d.key().to_string();
+            // Its argument classes (daemon --symbols args), from the file beside it.
+            let classes: Vec<(String, String)> = file
+                .parent()
+                .map(|dir| homeostat_daemon::classes::path_in(dir, d.key()))
+                .and_then(|p| {
+                    homeostat_daemon::classes::ClassesFile::load(&p)
+                        .ok()
+                        .flatten()
+                })
+                .map(|f| {
+                    f.classes
+                        .into_iter()
+                        .map(|c| {
+                            let call = homeostat_syscalls::Arch::X86_64.display(u32::from(c.call));
+                            (call.into_owned(), c.class)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             let live = daemon_profiles(store.dir())
                 .into_iter()
                 .find(|(_, p)| p.key == key);
@@ -269,6 +288,9 @@ fn show(json: bool, t: &ProfileTarget) -> Result<()> {
                         "anomalies": d.anomalies, "normal_time_ns": d.normal_time_ns,
                         "progress": progress, "cgroups": cgroups,
                         "learn_uid": d.learn_uid, "learn_cgroup": d.learn_cgroup,
+                        "classes": classes.iter().map(|(call, class)| {
+                            serde_json::json!({ "call": call, "class": class })
+                        }).collect::<Vec<_>>(),
                     }))?
                 );
                 return Ok(());
@@ -301,6 +323,15 @@ fn show(json: bool, t: &ProfileTarget) -> Result<()> {
             println!("train_count    {}", d.train_count);
             println!("last_mod_count {}", d.last_mod_count);
             println!("anomalies      {}", d.anomalies);
+            if !classes.is_empty() {
+                println!(
+                    "classes        {} (argument classes, daemon --symbols args)",
+                    classes.len()
+                );
+                for (call, class) in &classes {
+                    println!("  {call:<12} {}", printable(class));
+                }
+            }
             if let Some(p) = d.to_ph(&homeostat_core::ph::PhConfig::default()) {
                 println!("tightness      {}", super::analyze::tightness_line(&p));
             }

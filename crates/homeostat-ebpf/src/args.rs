@@ -1,0 +1,343 @@
+//! Argument classes in the kernel (`homeostat daemon --symbols args`): the per-call
+//! table the programs read, built from the core's `arg_spec`; the events that carry a
+//! new or unseen class's bytes, named with the core's `class_of`; and each profile's
+//! learnt classes (call, class hash) in and out of `hs_classes`.
+//!
+//! Why hashes in the kernel and text here: the programs must decide "known class?"
+//! within the call, with bounded work and memory, so they keep a 64-bit hash of the
+//! class-making bytes (src/bpf/args.bpf.h says which, mirroring the core's rules);
+//! the class's name is made once, in userspace, by the core, from the bytes the event
+//! carries. Which calls and which registers are read is never repeated: the table is
+//! the core's.
+
+use std::collections::BTreeMap;
+
+use bytemuck::bytes_of;
+use homeostat_core::ph::ExeKey;
+use homeostat_core::symbols::{self, Arg, ArgSpec, SymbolConfig, Target};
+use homeostat_syscalls::Arch;
+use libbpf_rs::{ErrorKind, MapCore, MapFlags};
+
+use crate::abi::{self, hs_class_event, hs_class_key, ROW};
+use crate::error::{map_err, Error};
+use crate::Kernel;
+
+/// `HS_SPEC_*` kinds.
+const SPEC_PATH: u32 = 1;
+const SPEC_EXEC: u32 = 2;
+const SPEC_SOCKADDR: u32 = 3;
+const SPEC_PID: u32 = 4;
+const SPEC_PTRACE: u32 = 5;
+const SPEC_PROT: u32 = 6;
+const SPEC_CREAT: u32 = 1 << 16;
+/// No register (the flags of an open without flags).
+const NO_REG: u32 = 15;
+
+/// `HS_ARG_*`: what a class event's data holds.
+const ARG_PATH: u32 = 1;
+const ARG_EXEC: u32 = 2;
+const ARG_SOCKADDR: u32 = 3;
+const ARG_TARGET: u32 = 4;
+const ARG_PROT: u32 = 5;
+
+/// `HS_CLASS_OTHER`: the hash of a call's `other` class (training past the cap).
+pub const OTHER_HASH: u64 = 0;
+/// `HS_MAX_DEPTH`: the deepest path prefix the programs hash.
+pub const MAX_PATH_DEPTH: u8 = 8;
+/// `HS_CLASSES`: classes of all profiles together.
+pub const MAX_CLASSES_TOTAL: u32 = 65536;
+/// `HS_ANSTATS`.
+pub(crate) const ANSTATS: usize = 4;
+
+/// The program's per-call spec word for an argument spec of the core.
+fn spec_word(s: ArgSpec) -> u32 {
+    let reg = |r: usize| (r as u32) & 15;
+    match s {
+        ArgSpec::Path {
+            path, flags, creat, ..
+        } => {
+            SPEC_PATH
+                | reg(path) << 4
+                | flags.map_or(NO_REG, reg) << 8
+                | if creat { SPEC_CREAT } else { 0 }
+        }
+        ArgSpec::Exec { path, .. } => SPEC_EXEC | reg(path) << 4 | NO_REG << 8,
+        ArgSpec::Sockaddr { addr, len } => {
+            SPEC_SOCKADDR | reg(addr) << 4 | NO_REG << 8 | reg(len) << 12
+        }
+        ArgSpec::Pid { pid } => SPEC_PID | reg(pid) << 4 | NO_REG << 8,
+        ArgSpec::Ptrace => SPEC_PTRACE | NO_REG << 8,
+        ArgSpec::Prot { prot } => SPEC_PROT | reg(prot) << 4 | NO_REG << 8,
+    }
+}
+
+/// `hs_arg_spec`: for each x86_64 call number below [`ROW`], the argument the core's
+/// `arg_spec` says matters (0: none). i386 calls get none, as in the launcher.
+pub fn spec_table() -> [u32; ROW] {
+    let mut t = [0u32; ROW];
+    for (nr, w) in t.iter_mut().enumerate() {
+        if let Some(s) = Arch::X86_64.name(nr as u32).and_then(symbols::arg_spec) {
+            *w = spec_word(s);
+        }
+    }
+    t
+}
+
+/// What a class event read, as the core's [`Arg`]; `None` if the record is malformed.
+pub(crate) fn event_arg(e: &hs_class_event) -> Option<Arg> {
+    let data = bytemuck::cast_slice::<i8, u8>(&e.data);
+    let used = &data[..(e.len as usize).min(data.len())];
+    let text = || used[..used.iter().position(|&b| b == 0).unwrap_or(used.len())].to_vec();
+    Some(match e.arg_kind {
+        ARG_PATH => Arg::Path {
+            path: text(),
+            flags: e.arg_flags as u8 & (symbols::flags::CREATE | symbols::flags::WRITE),
+        },
+        ARG_EXEC => Arg::Exec { path: text() },
+        ARG_SOCKADDR => symbols::sockaddr(used)?,
+        ARG_TARGET => Arg::Target(Target::from_code(u64::from(e.arg_flags))?),
+        ARG_PROT => Arg::Prot {
+            exec: e.arg_flags & 1 != 0,
+        },
+        _ => return None,
+    })
+}
+
+/// The name of the class of `arg`, by the core's rules, as the programs classify it:
+/// an absolute path is normalised (the core's `resolve`, as the launcher does), a
+/// relative one is not (the programs do not know the cwd: `rel:` classes).
+pub fn class_name(arg: &Arg, cfg: &SymbolConfig) -> String {
+    match arg {
+        Arg::Path { path, flags } if path.first() == Some(&b'/') => symbols::class_of(
+            &Arg::Path {
+                path: symbols::resolve(b"/", path),
+                flags: *flags,
+            },
+            cfg,
+        ),
+        a => symbols::class_of(a, cfg),
+    }
+}
+
+/// Losses of the argument side, summed over CPUs; none is ever silent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArgStats {
+    /// Training calls whose class went to the call's `other` class: the profile had
+    /// its most classes.
+    pub overflowed: u64,
+    /// Classes not learnt because the kernel's class map (all profiles) was full.
+    pub map_full: u64,
+    /// Calls whose argument could not be read in the kernel (a page not resident:
+    /// the programs never fault); those calls were not tested for their class.
+    pub unread: u64,
+    /// Class events dropped (ring buffer full).
+    pub lost_events: u64,
+}
+
+impl Kernel {
+    /// Whether the programs classify arguments, and with which settings.
+    pub fn symbols(&self) -> Option<SymbolConfig> {
+        self.symbols
+    }
+
+    /// The argument side's loss counters (zero when arguments are off).
+    pub fn arg_stats(&self) -> Result<ArgStats, Error> {
+        let mut sums = [0u64; ANSTATS];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let per_cpu = self
+                .arg_stats_map
+                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_err("hs_arg_stats", "lookup"))?
+                .unwrap_or_default();
+            *sum = per_cpu
+                .iter()
+                .filter_map(|v| abi::decode_prefix::<u64>(v))
+                .sum();
+        }
+        let [overflowed, map_full, unread, lost_events] = sums;
+        Ok(ArgStats {
+            overflowed,
+            map_full,
+            unread,
+            lost_events,
+        })
+    }
+
+    /// Every class of every profile slot: one pass over the map in batches (a
+    /// key-by-key walk is a system call per class: 65,536 of them when full).
+    fn class_keys(&self) -> Result<Vec<hs_class_key>, Error> {
+        Ok(self
+            .classes_map
+            .lookup_batch(1024, MapFlags::ANY, MapFlags::ANY)
+            .map_err(map_err("hs_classes", "lookup batch"))?
+            .filter_map(|(k, _)| abi::decode::<hs_class_key>(&k))
+            .collect())
+    }
+
+    /// A profile's learnt classes: (call, class hash), sorted; [`OTHER_HASH`] is the
+    /// call's `other` class.
+    pub fn classes(&self, exe: ExeKey) -> Result<Vec<(u16, u64)>, Error> {
+        let Some(slot) = self.slot_of(exe)? else {
+            return Ok(vec![]);
+        };
+        let mut out: Vec<(u16, u64)> = self
+            .class_keys()?
+            .into_iter()
+            .filter(|k| k.slot == slot)
+            .map(|k| (k.call, k.hash))
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Every profile's classes (what [`Kernel::classes`] gives for one), in one pass,
+    /// for saving many profiles at once; profiles without classes are left out.
+    pub fn all_classes(&self) -> Result<BTreeMap<ExeKey, Vec<(u16, u64)>>, Error> {
+        let mut by_slot: BTreeMap<u32, Vec<(u16, u64)>> = BTreeMap::new();
+        for k in self.class_keys()? {
+            by_slot.entry(k.slot).or_default().push((k.call, k.hash));
+        }
+        let mut out = BTreeMap::new();
+        for exe in self.profiles() {
+            if let Some(slot) = self.slot_of(exe)? {
+                if let Some(mut v) = by_slot.remove(&slot) {
+                    v.sort_unstable();
+                    out.insert(exe, v);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads classes into a profile (e.g. a saved profile at start-up), creating the
+    /// profile (training) if absent. Classes past the profile's cap or the map's room
+    /// are refused with an error after the ones that fit were added.
+    pub fn add_classes(&self, exe: ExeKey, classes: &[(u16, u64)]) -> Result<(), Error> {
+        if classes.is_empty() {
+            return Ok(());
+        }
+        let slot = match self.slot_of(exe)? {
+            Some(s) => s,
+            None => self.ensure_profile(exe)?,
+        };
+        let cap = self.symbols.map_or(0, |c| c.max_classes);
+        let mut count = self.class_count(slot)?;
+        let mut refused = 0usize;
+        for &(call, hash) in classes {
+            if usize::from(call) >= ROW {
+                return Err(Error::OutOfRange(call));
+            }
+            if hash != OTHER_HASH && count >= cap {
+                refused += 1;
+                continue;
+            }
+            let k = hs_class_key {
+                slot,
+                call,
+                pad: 0,
+                hash,
+            };
+            match self
+                .classes_map
+                .update(bytes_of(&k), &1u32.to_ne_bytes(), MapFlags::NO_EXIST)
+            {
+                Ok(()) => {
+                    if hash != OTHER_HASH {
+                        count += 1;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(map_err("hs_classes", "update")(e)),
+            }
+        }
+        self.class_count_map
+            .update(&slot.to_ne_bytes(), &count.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("hs_class_count", "update"))?;
+        if refused > 0 {
+            return Err(Error::Map {
+                map: "hs_classes",
+                what: "add",
+                kind: ErrorKind::Other,
+                err: format!("{refused} classes past the profile's cap of {cap}"),
+            });
+        }
+        Ok(())
+    }
+
+    fn class_count(&self, slot: u32) -> Result<u32, Error> {
+        Ok(self
+            .class_count_map
+            .lookup(&slot.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("hs_class_count", "lookup"))?
+            .and_then(|v| abi::decode::<u32>(&v))
+            .unwrap_or(0))
+    }
+
+    /// Forgets every class of the profile in `slot` (its slot is being freed).
+    pub(crate) fn clear_classes(&self, slot: u32) -> Result<(), Error> {
+        // Nothing learnt (the count moves with every class but `other`, which only
+        // comes past the cap): no pass over the map.
+        if self.class_count(slot)? == 0 {
+            return Ok(());
+        }
+        let keys: Vec<hs_class_key> = self
+            .class_keys()?
+            .into_iter()
+            .filter(|k| k.slot == slot)
+            .collect();
+        for k in keys {
+            match self.classes_map.delete(bytes_of(&k)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(map_err("hs_classes", "delete")(e)),
+            }
+        }
+        self.class_count_map
+            .update(&slot.to_ne_bytes(), &0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("hs_class_count", "clear"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_table_is_the_cores() {
+        let t = spec_table();
+        let nr = |n: &str| Arch::X86_64.number(n).unwrap() as usize;
+        assert_eq!(t[nr("openat")], SPEC_PATH | 1 << 4 | 2 << 8);
+        assert_eq!(t[nr("creat")], SPEC_PATH | NO_REG << 8 | SPEC_CREAT);
+        assert_eq!(t[nr("execve")], SPEC_EXEC | NO_REG << 8);
+        assert_eq!(
+            t[nr("sendto")],
+            SPEC_SOCKADDR | 4 << 4 | NO_REG << 8 | 5 << 12
+        );
+        assert_eq!(t[nr("mprotect")], SPEC_PROT | 2 << 4 | NO_REG << 8);
+        assert_eq!(t[nr("read")], 0);
+        assert_eq!(t[nr("newfstatat")], 0);
+        // Every call the core names gets an entry, and no other.
+        let named = (0..ROW)
+            .filter(|&n| {
+                Arch::X86_64
+                    .name(n as u32)
+                    .and_then(symbols::arg_spec)
+                    .is_some()
+            })
+            .count();
+        assert_eq!(t.iter().filter(|&&w| w != 0).count(), named);
+        assert!(named >= 25, "{named}");
+    }
+
+    #[test]
+    fn class_names_normalise_absolute_paths_only() {
+        let c = SymbolConfig::default();
+        let p = |s: &str| Arg::Path {
+            path: s.as_bytes().to_vec(),
+            flags: 0,
+        };
+        assert_eq!(class_name(&p("/srv/www/../../etc/passwd"), &c), "/etc/");
+        assert_eq!(class_name(&p("/srv//www/./a/b"), &c), "/srv/www/");
+        assert_eq!(class_name(&p("../../etc/passwd"), &c), "rel:../../");
+    }
+}

@@ -1,0 +1,343 @@
+//! Argument classes in the kernel (`Options::symbols`), on the real kernel with real
+//! programs: root and BTF, no mocks. Skips with a message when not root or the kernel
+//! has no BTF / refuses BPF for lack of privilege; a rejected program is a failure.
+#![cfg(feature = "bpf")]
+
+use std::cell::RefCell;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use homeostat_core::ph::ExeKey;
+use homeostat_core::symbols::SymbolConfig;
+use homeostat_ebpf::{class_name, Error, Event, EventKind, Hook, Kernel, KernelState, Options};
+use homeostat_testsupport::{is_root, spawn};
+
+fn kernel_with(opts: &Options) -> Option<Kernel> {
+    if !is_root() {
+        eprintln!("skipped: needs root to load BPF programs");
+        return None;
+    }
+    match Kernel::load(opts) {
+        Ok(k) => Some(k),
+        Err(e @ (Error::PermissionDenied | Error::NoBtf)) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn with_args(hook: Option<Hook>) -> Options {
+    Options {
+        symbols: Some(SymbolConfig::default()),
+        hook,
+        ..Options::default()
+    }
+}
+
+/// A private copy of `bin`, so its profile key is ours alone.
+fn private_copy(dir: &Path, bin: &str) -> (PathBuf, ExeKey) {
+    let dst = dir.join(Path::new(bin).file_name().unwrap());
+    std::fs::copy(bin, &dst).unwrap();
+    let m = std::fs::metadata(&dst).unwrap();
+    (
+        dst,
+        ExeKey {
+            dev: m.dev(),
+            ino: m.ino(),
+        },
+    )
+}
+
+fn run(bin: &Path, args: &[&str]) -> u32 {
+    let child = spawn(
+        Command::new(bin)
+            .args(args)
+            .env("LC_ALL", "C")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{bin:?} {args:?}: {out:?}");
+    pid
+}
+
+#[test]
+fn both_hooks_load_with_arguments() {
+    for hook in [Hook::TpBtf, Hook::RawTp] {
+        let Some(k) = kernel_with(&with_args(Some(hook))) else {
+            return;
+        };
+        assert_eq!(k.symbols(), Some(SymbolConfig::default()));
+        eprintln!(
+            "{hook:?}: open fallback {} {:?}",
+            k.open_fallback(),
+            k.open_fallback_error()
+        );
+        assert_eq!(k.arg_stats().unwrap().map_full, 0);
+    }
+    let deep = Options {
+        symbols: Some(SymbolConfig {
+            path_depth: 9,
+            max_classes: 8,
+        }),
+        ..Options::default()
+    };
+    if is_root() {
+        let e = Kernel::load(&deep).unwrap_err().to_string();
+        assert!(e.contains("path depth 9"), "{e}");
+    }
+}
+
+/// The webshell case: the same program, making the same calls, on a file under a
+/// directory it never used in training. Two sets of programs watch the same runs at
+/// once, one with argument classes and one with plain calls.
+#[test]
+fn the_same_calls_on_another_file_are_anomalous_with_arguments_only() {
+    let Some(args) = kernel_with(&with_args(None)) else {
+        return;
+    };
+    let Some(plain) = kernel_with(&Options::default()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (cat, exe) = private_copy(dir.path(), "/bin/cat");
+    let notes = dir.path().join("srv/notes");
+    std::fs::create_dir_all(&notes).unwrap();
+    let secret = tempfile::tempdir_in("/var/tmp").unwrap();
+    for (d, name) in [
+        (&notes, "a"),
+        (&notes, "b"),
+        (&notes, "c"),
+        (&notes, "held-out"),
+        (&secret.path().to_path_buf(), "secret"),
+    ] {
+        std::fs::write(d.join(name), "one line of text\n").unwrap();
+    }
+    let file = |n: &str| notes.join(n).to_str().unwrap().to_string();
+    let got = RefCell::new(Vec::<Event>::new());
+    let got_plain = RefCell::new(Vec::<Event>::new());
+    let ev = args.events(|e| got.borrow_mut().push(e)).unwrap();
+    let ev_plain = plain.events(|e| got_plain.borrow_mut().push(e)).unwrap();
+    let drain = || {
+        ev.poll(Duration::from_millis(50)).unwrap();
+        ev_plain.poll(Duration::from_millis(50)).unwrap();
+        (
+            std::mem::take(&mut *got.borrow_mut())
+                .into_iter()
+                .filter(|e| e.exe == exe)
+                .collect::<Vec<_>>(),
+            std::mem::take(&mut *got_plain.borrow_mut())
+                .into_iter()
+                .filter(|e| e.exe == exe)
+                .collect::<Vec<_>>(),
+        )
+    };
+
+    for k in [&args, &plain] {
+        k.set_state(exe, KernelState::Training).unwrap();
+    }
+    for _ in 0..4 {
+        for f in ["a", "b", "c"] {
+            run(&cat, &[&file(f)]);
+        }
+    }
+    let (evs, _) = drain();
+    let cfg = SymbolConfig::default();
+    let learnt: Vec<(u32, String)> = evs
+        .iter()
+        .filter(|e| e.kind == EventKind::NewClass)
+        .map(|e| (e.nr, class_name(e.arg.as_ref().unwrap(), &cfg)))
+        .collect();
+    eprintln!("classes learnt: {learnt:?}");
+    let prefix = |p: &Path| {
+        let c: Vec<_> = p.components().skip(1).take(2).collect();
+        format!(
+            "/{}/",
+            c.iter()
+                .map(|c| c.as_os_str().to_str().unwrap())
+                .collect::<Vec<_>>()
+                .join("/")
+        )
+    };
+    let openat = 257;
+    assert!(
+        learnt.contains(&(openat, prefix(&notes))),
+        "no class {} among {learnt:?}",
+        prefix(&notes)
+    );
+    assert!(learnt.iter().any(|(_, c)| c == "prot exec"), "{learnt:?}");
+    let classes = args.classes(exe).unwrap();
+    assert_eq!(classes.len(), learnt.len(), "{classes:?}");
+    // One kernel class per class the core names (the file name never counts).
+    let unique: std::collections::BTreeSet<_> = learnt.iter().collect();
+    assert_eq!(
+        unique.len(),
+        learnt.len(),
+        "a class hashed twice: {learnt:?}"
+    );
+    assert_eq!(args.arg_stats().unwrap().map_full, 0);
+
+    for k in [&args, &plain] {
+        k.set_state(exe, KernelState::Normal).unwrap();
+    }
+    // A file of the trained directory not used in training: its class is known.
+    run(&cat, &[&file("held-out")]);
+    let (evs, evs_plain) = drain();
+    let anomalies = |v: &[Event]| v.iter().filter(|e| e.kind == EventKind::Anomaly).count();
+    assert_eq!(anomalies(&evs), 0, "held-out, args: {evs:?}");
+    assert_eq!(anomalies(&evs_plain), 0, "held-out, plain: {evs_plain:?}");
+
+    // The same calls on a file elsewhere.
+    let other = secret.path().join("secret");
+    let pid = run(&cat, &[other.to_str().unwrap()]);
+    let (evs, evs_plain) = drain();
+    eprintln!("args: {evs:?}\nplain: {evs_plain:?}");
+    assert_eq!(anomalies(&evs_plain), 0, "plain calls see nothing new");
+    let unseen: Vec<_> = evs
+        .iter()
+        .filter(|e| e.kind == EventKind::UnseenClass)
+        .collect();
+    assert_eq!(unseen.len(), 1, "{evs:?}");
+    assert_eq!(
+        (unseen[0].pid, unseen[0].nr),
+        (pid, openat),
+        "{:?}",
+        unseen[0]
+    );
+    assert_eq!(
+        class_name(unseen[0].arg.as_ref().unwrap(), &cfg),
+        prefix(secret.path().join("x").as_path())
+    );
+    let anomaly: Vec<_> = evs
+        .iter()
+        .filter(|e| e.kind == EventKind::Anomaly)
+        .collect();
+    assert_eq!(anomaly.len(), 1, "{evs:?}");
+    assert_eq!((anomaly[0].nr, anomaly[0].lfc), (openat, 1));
+    // Nothing was learnt while normal; removing the profile frees its classes.
+    assert_eq!(args.classes(exe).unwrap(), classes);
+    args.remove_profile(exe).unwrap();
+    assert!(args.classes(exe).unwrap().is_empty());
+    plain.remove_profile(exe).unwrap();
+}
+
+/// Classes saved and loaded back test the same, and the per-profile cap sends
+/// further classes to the call's `other` class (counted), as the core does.
+#[test]
+fn classes_round_trip_and_the_cap_overflows_into_other() {
+    let Some(k) = kernel_with(&Options {
+        symbols: Some(SymbolConfig {
+            path_depth: 2,
+            max_classes: 2,
+        }),
+        ..Options::default()
+    }) else {
+        return;
+    };
+    let exe = ExeKey {
+        dev: u64::MAX,
+        ino: 0xa595,
+    };
+    k.add_classes(exe, &[(257, 11), (257, 12)]).unwrap();
+    assert_eq!(k.classes(exe).unwrap(), vec![(257, 11), (257, 12)]);
+    let e = k.add_classes(exe, &[(257, 13), (2, 0)]).unwrap_err();
+    assert!(e.to_string().contains("1 classes past"), "{e}");
+    // `other` is not counted against the cap.
+    assert_eq!(k.classes(exe).unwrap(), vec![(2, 0), (257, 11), (257, 12)]);
+    assert!(matches!(
+        k.add_classes(exe, &[(512, 1)]),
+        Err(Error::OutOfRange(512))
+    ));
+    k.remove_profile(exe).unwrap();
+    assert!(k.classes(exe).unwrap().is_empty());
+
+    // A real program past the cap: its extra classes are `other`, and counted.
+    let dir = tempfile::tempdir().unwrap();
+    let (cat, exe) = private_copy(dir.path(), "/bin/cat");
+    k.set_state(exe, KernelState::Training).unwrap();
+    run(&cat, &["/etc/hostname"]);
+    let classes = k.classes(exe).unwrap();
+    let real = classes.iter().filter(|c| c.1 != 0).count();
+    assert!(real <= 2, "{classes:?}");
+    assert!(
+        classes.iter().any(|c| c.1 == 0),
+        "no other class: {classes:?}"
+    );
+    assert!(k.arg_stats().unwrap().overflowed > 0);
+    k.remove_profile(exe).unwrap();
+
+    // A normal profile that learnt no class (made normal before classes were on) is
+    // tested on its calls only: misses of pairs, no unseen class.
+    let got = RefCell::new(Vec::<Event>::new());
+    let ev = k.events(|e| got.borrow_mut().push(e)).unwrap();
+    k.set_state(exe, KernelState::Normal).unwrap();
+    run(&cat, &["/etc/hostname"]);
+    ev.poll(Duration::from_millis(50)).unwrap();
+    let evs: Vec<Event> = got.take().into_iter().filter(|e| e.exe == exe).collect();
+    assert!(
+        evs.iter().any(|e| e.kind == EventKind::Anomaly),
+        "no pair was learnt, so pairs miss: {evs:?}"
+    );
+    assert!(
+        !evs.iter().any(|e| e.kind == EventKind::UnseenClass),
+        "{evs:?}"
+    );
+    assert!(k.classes(exe).unwrap().is_empty());
+    k.remove_profile(exe).unwrap();
+}
+
+/// Relative names are classed by their own directories (`rel:` + prefix): every
+/// single-component name is one class.
+#[test]
+fn relative_names_share_their_class() {
+    let Some(k) = kernel_with(&with_args(None)) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (cat, exe) = private_copy(dir.path(), "/bin/cat");
+    for f in ["a", "b", "c"] {
+        std::fs::write(dir.path().join(f), "x\n").unwrap();
+    }
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("sub/d"), "x\n").unwrap();
+    let got = RefCell::new(Vec::<Event>::new());
+    let ev = k.events(|e| got.borrow_mut().push(e)).unwrap();
+    k.set_state(exe, KernelState::Training).unwrap();
+    for args in [
+        &["a"][..],
+        &["b", "c"],
+        &["./a", "sub/d", "sub/../a"],
+        &["/etc/hostname", "/etc/passwd", "/etc/../etc/./group"],
+    ] {
+        let c = spawn(
+            Command::new(&cat)
+                .args(args)
+                .current_dir(dir.path())
+                .stdout(Stdio::null()),
+        );
+        assert!(c.wait_with_output().unwrap().status.success());
+    }
+    ev.poll(Duration::from_millis(50)).unwrap();
+    let cfg = SymbolConfig::default();
+    let learnt: Vec<(String, u64)> = got
+        .take()
+        .into_iter()
+        .filter(|e| e.exe == exe && e.kind == EventKind::NewClass && e.nr == 257)
+        .map(|e| (class_name(e.arg.as_ref().unwrap(), &cfg), e.class_hash))
+        .collect();
+    // Absolute paths: the file name never counts, `..` pops (one `/etc/` class).
+    let etc = learnt.iter().filter(|(c, _)| c == "/etc/").count();
+    assert_eq!(etc, 1, "{learnt:?}");
+    let rel: Vec<&(String, u64)> = learnt
+        .iter()
+        .filter(|(c, _)| c.starts_with("rel:"))
+        .collect();
+    let names: Vec<&str> = rel.iter().map(|(c, _)| c.as_str()).collect();
+    // `..` is kept in a relative path, as the core keeps it.
+    assert_eq!(names, ["rel:", "rel:sub/", "rel:sub/../"], "{rel:?}");
+    k.remove_profile(exe).unwrap();
+}
