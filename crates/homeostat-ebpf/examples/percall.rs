@@ -73,11 +73,17 @@ fn report(k: &Kernel, exes: &[(&str, ExeKey)]) {
 fn run() -> Result<(), String> {
     let mut names: Vec<String> = std::env::args().skip(1).collect();
     if names.is_empty() {
-        names = ["dd1", "find", "tar", "forkexec"].map(String::from).to_vec();
+        names = ["dd1", "find", "tar", "forkexec"]
+            .map(String::from)
+            .to_vec();
     }
     let cmds = names
         .iter()
-        .map(|n| workload(n).map(|c| (n.as_str(), c)).ok_or(format!("unknown workload {n}")))
+        .map(|n| {
+            workload(n)
+                .map(|c| (n.as_str(), c))
+                .ok_or(format!("unknown workload {n}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut exes = Vec::new();
     for prog in ["dd", "find", "tar", "wc", "sh", "true"] {
@@ -125,6 +131,14 @@ fn run() -> Result<(), String> {
     }
     let s = k.stats().map_err(|e| e.to_string())?;
     eprintln!("percall: {s:?}");
+    // PERCALL_HOLD=S: keep the programs attached S more seconds (to profile them).
+    if let Some(secs) = std::env::var("PERCALL_HOLD")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        eprintln!("percall: holding for {secs} s");
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+    }
     Ok(())
 }
 

@@ -212,12 +212,42 @@ static __always_inline __u64 user_dev(__u32 kdev)
 	return (minor & 0xff) | (major << 8) | ((minor & ~0xffULL) << 12);
 }
 
-static __always_inline void ok_clear(struct hs_task *t)
+/* Empties the task's table of known pairs (hs_task.known). */
+static __always_inline void local_reset(struct hs_task *t)
 {
-	t->ok[0].w1 = 0;
-	t->ok[1].w1 = 0;
-	t->ok[2].w1 = 0;
-	t->ok[3].w1 = 0;
+	__u64 *tag = (__u64 *)t->ltag;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < HS_LOCAL; i++)
+		t->known[i] = 0;
+#pragma unroll
+	for (i = 0; i < HS_LOCAL / 4; i++)
+		tag[i] = 0xffffffffffffffffULL; /* HS_LOCAL_FREE in every lane */
+	t->nlocal = 0;
+	t->lvalid = 0;
+	t->lwin = 0;
+}
+
+/* The local slot of call `cur` (-1: none): the four lanes of each word of ltag
+ * compared at once (a lane equal to cur is a zero lane of w ^ cur x 4, whose bit 15
+ * the expression sets; the lowest one is found exactly). */
+static __always_inline int local_slot(struct hs_task *t, __u16 cur)
+{
+	const __u64 ones = 0x0001000100010001ULL, highs = 0x8000800080008000ULL;
+	__u64 *tag = (__u64 *)t->ltag, pat = cur * ones, x, z;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < HS_LOCAL / 4; i++) {
+		x = tag[i] ^ pat;
+		z = (x - ones) & ~x & highs;
+		/* The lowest set bit is bit 15 of lane k; 1 << 16k times a constant with
+		 * 3 - j in lane j has k in its top lane: k without a branch. */
+		if (z)
+			return i * 4 + ((((z & -z) >> 15) * 0x0000000100020003ULL) >> 48);
+	}
+	return -1;
 }
 
 /* Initialises `task`'s entry for running `file`; creates a training profile when
@@ -257,7 +287,7 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 	t->cached = 0;
 	t->pending = 0;
 	t->slot = 0;
-	ok_clear(t);
+	local_reset(t);
 	t->valid = HS_VALID;
 	if (cfg->auto_create && !bpf_map_lookup_elem(&hs_profiles, &t->key)) {
 		struct hs_profile p = {};
@@ -378,11 +408,11 @@ static __always_inline int on_sys_enter(long id, bool compat)
 	struct hs_profile *p = NULL;
 	struct hs_task *t;
 	__u32 misses = 0, learnt = 0, pos, old, gen, r;
-	__u64 *sw, s0, s1, okw;
-	struct hs_ok *okc;
-	bool full;
+	__u64 *sw, s0, s1, lwin;
+	__u32 lvalid;
 	bool training;
 	__u16 cur;
+	int ls;
 
 	if (!cfg || pid == cfg->ignore_tgid || id < 0)
 		return 0;
@@ -425,7 +455,7 @@ static __always_inline int on_sys_enter(long id, bool compat)
 		}
 		t->slot = p ? p->slot : 0;
 		t->gen = gen;
-		ok_clear(t);
+		local_reset(t);
 	}
 	if (!(t->cached & HS_CACHE_PROFILE))
 		return 0;
@@ -436,13 +466,18 @@ static __always_inline int on_sys_enter(long id, bool compat)
 	sw = (__u64 *)t->seq;
 	s0 = sw[0];
 	s1 = sw[1];
-	full = t->nseq >= HS_SEQ;
-	/* A window seen complete before needs neither index nor row: on a busy machine
-	 * their cache lines are the cost of a call (measured with perf: the first row
-	 * load was the hottest instruction). */
-	okw = s1 | ((__u64)(cur & 0x3f) << 10) | ((__u64)(cur >> 6) << 26) | (1ULL << 63);
-	okc = &t->ok[cur & (HS_OK - 1)];
-	if (full && okc->w0 == s0 && okc->w1 == okw)
+	/* The current call's local slot (a new one, or a new table when all are used). */
+	ls = local_slot(t, cur);
+	if (ls < 0) {
+		if (t->nlocal >= HS_LOCAL)
+			local_reset(t);
+		ls = t->nlocal++ & (HS_LOCAL - 1);
+		t->ltag[ls] = cur;
+	}
+	lwin = t->lwin;
+	lvalid = t->lvalid;
+	/* A full window whose eight pairs are known: neither index nor row. */
+	if (lvalid >= HS_SEQ && !(lwin & ~t->known[ls & (HS_LOCAL - 1)]))
 		goto tested;
 	ix = bpf_map_lookup_elem(&hs_index, &t->slot);
 	if (!ix)
@@ -452,12 +487,11 @@ static __always_inline int on_sys_enter(long id, bool compat)
 		r = row_new(ix, cur);
 	if (r)
 		row = bpf_map_lookup_elem(&hs_rows, &r);
-	/* A full window whose eight pairs are all known: branch-free, and remembered. */
-	if (row && full &&
+	/* A full window whose eight pairs are in the row: branch-free, and noted. */
+	if (row && lvalid >= HS_SEQ &&
 	    (HIT(s0, 0, 0) + HIT(s0, 16, 1) + HIT(s0, 32, 2) + HIT(s0, 48, 3) +
 	     HIT(s1, 0, 4) + HIT(s1, 16, 5) + HIT(s1, 32, 6) + HIT(s1, 48, 7)) == HS_SEQ) {
-		okc->w0 = s0;
-		okc->w1 = okw;
+		t->known[ls & (HS_LOCAL - 1)] |= lwin;
 		goto tested;
 	}
 	PAIR(1) PAIR(2) PAIR(3) PAIR(4) PAIR(5) PAIR(6) PAIR(7) PAIR(8)
@@ -467,6 +501,9 @@ tested:
 	sw[0] = (s0 << 16) | cur;
 	if (t->nseq < HS_SEQ)
 		t->nseq++;
+	t->lwin = (lwin << 8) | (1ULL << (ls & (HS_LOCAL - 1)));
+	if (lvalid < HS_SEQ)
+		t->lvalid = lvalid + 1;
 
 	/* Locality frame: the slot leaving the window gives back its anomaly. */
 	pos = t->fpos & (HS_LOCALITY - 1);
