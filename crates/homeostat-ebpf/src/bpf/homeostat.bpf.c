@@ -266,8 +266,10 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 		return NULL;
 	}
 	t->valid = 0;
-	if (cfg->scope_cgroup && bpf_get_current_cgroup_id() != cfg->scope_cgroup) {
-		/* Outside the daemon's scope (its forks inherit this). */
+	/* The daemon itself, or a task outside its scope: marked once, so that the
+	 * common call tests neither (forks inherit the mark; an exec decides again). */
+	if (pid == cfg->ignore_tgid ||
+	    (cfg->scope_cgroup && bpf_get_current_cgroup_id() != cfg->scope_cgroup)) {
 		t->valid = HS_VALID_OUT;
 		return NULL;
 	}
@@ -399,9 +401,9 @@ static __always_inline __u32 row_new(struct hs_index *ix, __u32 cur)
 
 static __always_inline int on_sys_enter(long id, bool compat)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)pid_tgid, pid = pid_tgid >> 32;
 	struct hs_config *cfg = get_config();
+	__u64 pid_tgid;
+	__u32 tid, pid;
 	struct task_struct *task;
 	struct hs_index *ix;
 	struct hs_row *row = NULL;
@@ -414,7 +416,7 @@ static __always_inline int on_sys_enter(long id, bool compat)
 	__u16 cur;
 	int ls;
 
-	if (!cfg || pid == cfg->ignore_tgid || id < 0)
+	if (!cfg || id < 0)
 		return 0;
 	cur = id < HS_ROW ? id : HS_ROW - 1;
 	if (compat)
@@ -426,6 +428,9 @@ static __always_inline int on_sys_enter(long id, bool compat)
 
 		if (t && t->valid == HS_VALID_OUT)
 			return 0;
+		pid_tgid = bpf_get_current_pid_tgid();
+		tid = (__u32)pid_tgid;
+		pid = pid_tgid >> 32;
 		inherited = bpf_map_lookup_elem(&hs_forks, &tid);
 		if (inherited) {
 			/* First call of a forked child: its parent's state. */
@@ -528,7 +533,13 @@ tested:
 		__sync_fetch_and_add(&p->calls, t->pending);
 		t->pending = 0;
 	}
-	if (misses && p) {
+	if (!(misses || learnt) || !p)
+		return 0;
+	/* An event: who made the call. */
+	pid_tgid = bpf_get_current_pid_tgid();
+	tid = (__u32)pid_tgid;
+	pid = pid_tgid >> 32;
+	if (misses) {
 		__u32 flags = 0;
 
 		__sync_fetch_and_add(&p->anomalies, 1);
@@ -538,7 +549,7 @@ tested:
 			flags |= HS_EVF_FOREIGN;
 		emit(cfg, HS_EV_ANOMALY, pid, tid, cur, &t->key, misses, t->lfc, flags);
 	}
-	if (learnt && p) {
+	if (learnt) {
 		__sync_fetch_and_add(&p->new_pairs, learnt);
 		emit(cfg, HS_EV_NEW_PAIRS, pid, tid, cur, &t->key, learnt, t->lfc, 0);
 	}
