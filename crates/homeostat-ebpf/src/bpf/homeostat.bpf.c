@@ -118,9 +118,12 @@ struct {
 	__type(value, __u64);
 } hs_stats SEC(".maps");
 
-/* Profiles created here (auto_create): with hs_config.generation, tells a task that
- * its cached profile entry may be stale. */
-__u32 kernel_generation = 0;
+/* Moved by every change of hs_profiles (atomically: by the programs when auto_create
+ * makes a profile, by userspace through the mmapped map otherwise): a task's cached
+ * profile entry is stale when its generation differs. The one shared word the common
+ * call reads, in a map of its own (".data"), so no write elsewhere evicts it. Starts
+ * at 1: new task storage (generation 0) is stale at first. */
+__u32 hs_generation = 1;
 /* Never read or written: a global of the event type makes libbpf-cargo generate its
  * #[repr(C)] Rust type (it generates the types of maps and globals only, and the ring
  * buffer has none), so that the loader decodes events through it. */
@@ -146,7 +149,7 @@ static __always_inline struct hs_config *get_config(void)
 static __always_inline __u64 wakeup_flags(struct hs_config *cfg)
 {
 	/* Counted per CPU: a global counter was an atomic add on the cache line every
-	 * task reads kernel_generation from, on every event of every CPU. */
+	 * task read the generation from, on every event of every CPU. */
 	__u32 which = HS_STAT_EVENTS;
 	__u64 *n = bpf_map_lookup_elem(&hs_stats, &which);
 	__u64 every = cfg->wakeup_every ? cfg->wakeup_every : 1;
@@ -300,7 +303,7 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 		} else {
 			err = bpf_map_update_elem(&hs_profiles, &t->key, &p, BPF_NOEXIST);
 			if (!err) {
-				__sync_fetch_and_add(&kernel_generation, 1);
+				__sync_fetch_and_add(&hs_generation, 1);
 			} else {
 				bpf_map_push_elem(&hs_free_slots, &p.slot, 0);
 				if (err != -17 /* EEXIST: another CPU made it */)
@@ -401,7 +404,7 @@ static __always_inline __u32 row_new(struct hs_index *ix, __u32 cur)
 
 static __always_inline int on_sys_enter(long id, bool compat)
 {
-	struct hs_config *cfg = get_config();
+	struct hs_config *cfg;
 	__u64 pid_tgid;
 	__u32 tid, pid;
 	struct task_struct *task;
@@ -416,7 +419,7 @@ static __always_inline int on_sys_enter(long id, bool compat)
 	__u16 cur;
 	int ls;
 
-	if (!cfg || id < 0)
+	if (id < 0)
 		return 0;
 	cur = id < HS_ROW ? id : HS_ROW - 1;
 	if (compat)
@@ -427,6 +430,9 @@ static __always_inline int on_sys_enter(long id, bool compat)
 		struct hs_task *inherited;
 
 		if (t && t->valid == HS_VALID_OUT)
+			return 0;
+		cfg = get_config();
+		if (!cfg)
 			return 0;
 		pid_tgid = bpf_get_current_pid_tgid();
 		tid = (__u32)pid_tgid;
@@ -450,7 +456,7 @@ static __always_inline int on_sys_enter(long id, bool compat)
 			return 0;
 	}
 	/* The profile's state, looked up only when some profile changed since. */
-	gen = cfg->generation + kernel_generation; /* userspace starts at 1: never 0 */
+	gen = hs_generation;
 	if (t->gen != gen) {
 		p = bpf_map_lookup_elem(&hs_profiles, &t->key);
 		t->cached = p ? HS_CACHE_PROFILE | (p->state == HS_NORMAL ? HS_CACHE_NORMAL : 0) : 0;
@@ -536,6 +542,9 @@ tested:
 	if (!(misses || learnt) || !p)
 		return 0;
 	/* An event: who made the call. */
+	cfg = get_config();
+	if (!cfg)
+		return 0;
 	pid_tgid = bpf_get_current_pid_tgid();
 	tid = (__u32)pid_tgid;
 	pid = pid_tgid >> 32;

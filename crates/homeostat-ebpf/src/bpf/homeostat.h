@@ -129,7 +129,7 @@ struct hs_config {
 	__u32 ignore_tgid;   /* the daemon itself */
 	__u32 auto_create;   /* new executables get a training profile in the kernel */
 	__u32 wakeup_every;  /* wake the consumer every N events (0 = every event) */
-	__u32 generation;    /* bumped by userspace at every change of hs_profiles */
+	__u32 pad0;
 	__u32 suspend_execve; /* LSM: refuse execve of a responding task at this LFC (0: off) */
 	__u32 pad;
 	/* Follow only tasks of this cgroup (v2 id; 0: every task), decided at exec and at
