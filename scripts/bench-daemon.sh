@@ -24,8 +24,8 @@
 #             are prepared from the same preparation's saved state, which both builds
 #             read).
 #
-# Per-call cost measured directly: after the rounds, each daemon condition runs once
-# more with `kernel.bpf_stats_enabled=1` (off during the timed rounds: the accounting
+# Per-call cost measured directly: after the rounds, each daemon condition runs
+# STATS_ROUNDS more times (alternating) with `kernel.bpf_stats_enabled=1` (off during the timed rounds: the accounting
 # costs two clock reads per run) around one run of the dd and find workloads; the
 # kernel's run_time_ns / run_cnt of the daemon's own programs (found by the prog ids
 # of its BPF link fds in /proc/PID/fdinfo) give ns per run of sys_enter, fork, exec
@@ -72,6 +72,8 @@
 #                   old-normal); unset: those conditions are not run
 #   CONDS="..."     the conditions to run (default: none floor training normal, plus
 #                   old-training old-normal with HOMEOSTAT_BEFORE_BIN)
+#   STATS_ROUNDS=3  runs of each daemon condition with bpf_stats on (conditions
+#                   alternating; the report gives the median per call)
 #   KEEP=1          keep the working directory (daemon logs, events, samples)
 set -Eeuo pipefail
 export LC_ALL=C
@@ -97,6 +99,7 @@ else
     prep_timeout="${PREP_TIMEOUT:-120}"
 fi
 prep_dd_count=20000
+stats_rounds="${STATS_ROUNDS:-3}"
 forks=300
 
 # --- the binaries --------------------------------------------------------------
@@ -421,22 +424,25 @@ stats_before="$(cat /proc/sys/kernel/bpf_stats_enabled 2>/dev/null || echo 0)"
 restore_stats() { echo "$stats_before" >/proc/sys/kernel/bpf_stats_enabled 2>/dev/null || true; }
 if echo 1 >/proc/sys/kernel/bpf_stats_enabled 2>/dev/null; then
     echo 0 >/proc/sys/kernel/bpf_stats_enabled
-    for c in "${conds[@]}"; do
-        [ "$c" != none ] || continue
-        echo "== run time per call: $c" >&2
-        start_cond "$c" stats
-        ids="$(daemon_prog_ids | tr '\n' ' ')"
-        "$progstats" $ids >"$work/rs0" 2>/dev/null
-        echo 1 >/proc/sys/kernel/bpf_stats_enabled
-        w_dd1 || true
-        w_find || true
-        echo 0 >/proc/sys/kernel/bpf_stats_enabled
-        "$progstats" $ids >"$work/rs1" 2>/dev/null
-        stop_daemon "stats-$c"
-        # id name run_cnt run_time_ns: the difference over the run.
-        awk -v c="$c" 'NR == FNR { n0[$1] = $3; t0[$1] = $4; next }
-            { dn = $3 - n0[$1]; dt = $4 - t0[$1]
-              printf "%s %s %d %d\n", c, $2, dn, dt }' "$work/rs0" "$work/rs1" >>"$work/runstats"
+    for ((sr = 0; sr < stats_rounds; sr++)); do
+        n=${#conds[@]}
+        for c in "${conds[@]:sr%n}" "${conds[@]:0:sr%n}"; do
+            [ "$c" != none ] || continue
+            echo "== run time per call ($((sr + 1))/$stats_rounds): $c" >&2
+            start_cond "$c" stats
+            ids="$(daemon_prog_ids | tr '\n' ' ')"
+            "$progstats" $ids >"$work/rs0" 2>/dev/null
+            echo 1 >/proc/sys/kernel/bpf_stats_enabled
+            w_dd1 || true
+            w_find || true
+            echo 0 >/proc/sys/kernel/bpf_stats_enabled
+            "$progstats" $ids >"$work/rs1" 2>/dev/null
+            stop_daemon "stats-$c"
+            # id name run_cnt run_time_ns: the difference over the run.
+            awk -v c="$c" 'NR == FNR { n0[$1] = $3; t0[$1] = $4; next }
+                { dn = $3 - n0[$1]; dt = $4 - t0[$1]
+                  printf "%s %s %d %d\n", c, $2, dn, dt }' "$work/rs0" "$work/rs1" >>"$work/runstats"
+        done
     done
     restore_stats
 else
@@ -533,10 +539,19 @@ fi
 if [ -s "$work/runstats" ]; then
     echo
     echo "Run time per call of the daemon's programs (kernel.bpf_stats_enabled=1 during one"
-    echo "dd and one find run, every call on the machine; ns = run_time_ns / run_cnt):"
+    echo "dd and one find run, every call on the machine; ns = run_time_ns / run_cnt;"
+    echo "median of $stats_rounds runs, conditions alternating, with the runs' range):"
     echo
-    echo "| condition | program | runs | ns per run |"
-    echo "|---|---|---|---|"
-    awk '{ printf "| %s | %s | %d | %s |\n", $1, $2, $3, ($3 > 0 ? sprintf("%.1f", $4 / $3) : "-") }' \
-        "$work/runstats"
+    echo "| condition | program | runs (total) | ns per run (median) | min - max |"
+    echo "|---|---|---|---|---|"
+    awk '{ k = $1 " " $2; if (!(k in n)) order[++no] = k; n[k]++; v[k, n[k]] = ($3 > 0 ? $4 / $3 : -1); cnt[k] += $3 }
+        END {
+            for (o = 1; o <= no; o++) {
+                k = order[o]; m = n[k]
+                for (i = 2; i <= m; i++) { t = v[k, i]; for (j = i - 1; j >= 1 && v[k, j] > t; j--) v[k, j + 1] = v[k, j]; v[k, j + 1] = t }
+                med = m % 2 ? v[k, (m + 1) / 2] : (v[k, m / 2] + v[k, m / 2 + 1]) / 2
+                split(k, kk, " ")
+                printf "| %s | %s | %d | %.1f | %.1f - %.1f |\n", kk[1], kk[2], cnt[k], med, v[k, 1], v[k, m]
+            }
+        }' "$work/runstats"
 fi
