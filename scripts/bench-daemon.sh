@@ -31,13 +31,14 @@
 #             are prepared from the same preparation's saved state, which both builds
 #             read).
 #
-# Per-call cost measured directly: after the rounds, each daemon condition runs once
-# more with `kernel.bpf_stats_enabled=1` (off during the timed rounds: the accounting
-# costs two clock reads per run) around one run of the dd and find workloads; the
+# Per-call cost measured directly: after the rounds, each daemon condition runs
+# STATS_ROUNDS more times (conditions alternating) with `kernel.bpf_stats_enabled=1`
+# (off during the timed rounds: the accounting costs two clock reads per run) around
+# one run of each of the dd and find workloads (STATS_WORKLOADS), reported apart; the
 # kernel's run_time_ns / run_cnt of the daemon's own programs (found by the prog ids
 # of its BPF link fds in /proc/PID/fdinfo) give ns per run of sys_enter, fork, exec
-# and exit. These counters cover every call on the machine during the run, not dd's
-# only.
+# and exit. These counters cover every call on the machine during the run, not the
+# workload's only.
 #
 # Preparation: a daemon with a fresh state directory, `--normal-wait 0` and `--events`
 # runs while small versions of the workloads are repeated (the daemon decides freezing
@@ -81,6 +82,9 @@
 #   CONDS="..."     the conditions to run (default: none floor training normal, plus
 #                   old-training old-normal with HOMEOSTAT_BEFORE_BIN, plus
 #                   args-training args-normal with ARGS=1)
+#   STATS_ROUNDS=3  runs of each daemon condition with bpf_stats on (conditions
+#                   alternating; the report gives the median per call)
+#   STATS_WORKLOADS="dd1 find"  the workloads run (and reported apart) with bpf_stats on
 #   KEEP=1          keep the working directory (daemon logs, events, samples)
 set -Eeuo pipefail
 export LC_ALL=C
@@ -106,6 +110,8 @@ else
     prep_timeout="${PREP_TIMEOUT:-120}"
 fi
 prep_dd_count=20000
+stats_rounds="${STATS_ROUNDS:-3}"
+read -r -a stats_workloads <<<"${STATS_WORKLOADS:-dd1 find}"
 forks=300
 
 # --- the binaries --------------------------------------------------------------
@@ -441,22 +447,26 @@ stats_before="$(cat /proc/sys/kernel/bpf_stats_enabled 2>/dev/null || echo 0)"
 restore_stats() { echo "$stats_before" >/proc/sys/kernel/bpf_stats_enabled 2>/dev/null || true; }
 if echo 1 >/proc/sys/kernel/bpf_stats_enabled 2>/dev/null; then
     echo 0 >/proc/sys/kernel/bpf_stats_enabled
-    for c in "${conds[@]}"; do
-        [ "$c" != none ] || continue
-        echo "== run time per call: $c" >&2
-        start_cond "$c" stats
-        ids="$(daemon_prog_ids | tr '\n' ' ')"
-        "$progstats" $ids >"$work/rs0" 2>/dev/null
-        echo 1 >/proc/sys/kernel/bpf_stats_enabled
-        w_dd1 || true
-        w_find || true
-        echo 0 >/proc/sys/kernel/bpf_stats_enabled
-        "$progstats" $ids >"$work/rs1" 2>/dev/null
-        stop_daemon "stats-$c"
-        # id name run_cnt run_time_ns: the difference over the run.
-        awk -v c="$c" 'NR == FNR { n0[$1] = $3; t0[$1] = $4; next }
-            { dn = $3 - n0[$1]; dt = $4 - t0[$1]
-              printf "%s %s %d %d\n", c, $2, dn, dt }' "$work/rs0" "$work/rs1" >>"$work/runstats"
+    for ((sr = 0; sr < stats_rounds; sr++)); do
+        n=${#conds[@]}
+        for c in "${conds[@]:sr%n}" "${conds[@]:0:sr%n}"; do
+            [ "$c" != none ] || continue
+            echo "== run time per call ($((sr + 1))/$stats_rounds): $c" >&2
+            start_cond "$c" stats
+            ids="$(daemon_prog_ids | tr '\n' ' ')"
+            for w in "${stats_workloads[@]}"; do
+                "$progstats" $ids >"$work/rs0" 2>/dev/null
+                echo 1 >/proc/sys/kernel/bpf_stats_enabled
+                "w_$w" || true
+                echo 0 >/proc/sys/kernel/bpf_stats_enabled
+                "$progstats" $ids >"$work/rs1" 2>/dev/null
+                # id name run_cnt run_time_ns: the difference over the run.
+                awk -v c="$c" -v w="$w" 'NR == FNR { n0[$1] = $3; t0[$1] = $4; next }
+                    { dn = $3 - n0[$1]; dt = $4 - t0[$1]
+                      printf "%s %s/%s %d %d\n", c, $2, w, dn, dt }' "$work/rs0" "$work/rs1" >>"$work/runstats"
+            done
+            stop_daemon "stats-$c"
+        done
     done
     restore_stats
 else
@@ -593,10 +603,19 @@ fi
 if [ -s "$work/runstats" ]; then
     echo
     echo "Run time per call of the daemon's programs (kernel.bpf_stats_enabled=1 during one"
-    echo "dd and one find run, every call on the machine; ns = run_time_ns / run_cnt):"
+    echo "run of each of ${stats_workloads[*]}, every call on the machine; ns = run_time_ns /"
+    echo "run_cnt; median of $stats_rounds runs, conditions alternating, with the runs' range):"
     echo
-    echo "| condition | program | runs | ns per run |"
-    echo "|---|---|---|---|"
-    awk '{ printf "| %s | %s | %d | %s |\n", $1, $2, $3, ($3 > 0 ? sprintf("%.1f", $4 / $3) : "-") }' \
-        "$work/runstats"
+    echo "| condition | program/workload | runs (total) | ns per run (median) | min - max |"
+    echo "|---|---|---|---|---|"
+    awk '{ k = $1 " " $2; if (!(k in n)) order[++no] = k; n[k]++; v[k, n[k]] = ($3 > 0 ? $4 / $3 : -1); cnt[k] += $3 }
+        END {
+            for (o = 1; o <= no; o++) {
+                k = order[o]; m = n[k]
+                for (i = 2; i <= m; i++) { t = v[k, i]; for (j = i - 1; j >= 1 && v[k, j] > t; j--) v[k, j + 1] = v[k, j]; v[k, j + 1] = t }
+                med = m % 2 ? v[k, (m + 1) / 2] : (v[k, m / 2] + v[k, m / 2 + 1]) / 2
+                split(k, kk, " ")
+                printf "| %s | %s | %d | %.1f | %.1f - %.1f |\n", kk[1], kk[2], cnt[k], med, v[k, 1], v[k, m]
+            }
+        }' "$work/runstats"
 fi

@@ -12,8 +12,8 @@ use bytemuck::{Pod, Zeroable};
 use homeostat_core::ph::ExeKey;
 
 pub(crate) use crate::skel::types::{
-    hs_class_event, hs_class_key, hs_config, hs_event, hs_exec_event, hs_index, hs_key, hs_ok,
-    hs_profile, hs_row, hs_stop, hs_task,
+    hs_class_event, hs_class_key, hs_config, hs_event, hs_exec_event, hs_index, hs_key, hs_profile,
+    hs_row, hs_stop, hs_task,
 };
 
 /// Columns (previous call) of pH's table in the kernel, and the rows of x86_64 calls
@@ -71,7 +71,6 @@ macro_rules! plain {
 
 plain!(
     hs_key,
-    hs_ok,
     hs_index,
     hs_row,
     hs_profile,
@@ -91,7 +90,7 @@ const _: () = {
     assert!(size_of::<hs_index>() == 4 * TABLE);
     assert!(size_of::<hs_row>() == ROW);
     assert!(size_of::<hs_profile>() == 56);
-    assert!(size_of::<hs_task>() == 144);
+    assert!(size_of::<hs_task>() == 176);
     assert!(size_of::<hs_config>() == 32);
     assert!(size_of::<hs_event>() == 48);
     assert!(size_of::<hs_exec_event>() == 48 + 2 * 256);

@@ -146,12 +146,37 @@ fn libbpf_tail() -> String {
         Ok(mut log) => std::mem::take(&mut *log),
         Err(_) => return String::new(),
     };
-    let tail: Vec<&str> = log.iter().rev().take(3).rev().map(String::as_str).collect();
+    let lines: Vec<&str> = log
+        .iter()
+        .map(String::as_str)
+        .filter(|m| !m.contains("-- BEGIN PROG LOAD LOG --"))
+        .collect();
+    let mut tail: Vec<&str> = lines[lines.len().saturating_sub(3)..].to_vec();
+    // libbpf's last lines only say that the load failed; the verifier's own verdict
+    // (the rejected instruction, and how far it got) ends its log, earlier on.
+    if let Some(verdict) = log
+        .iter()
+        .rev()
+        .find(|m| m.contains("-- END PROG LOAD LOG --"))
+        .map(|m| verifier_verdict(m))
+        .filter(|v| !v.is_empty())
+    {
+        tail.insert(0, verdict);
+    }
     if tail.is_empty() {
         String::new()
     } else {
         format!(" ({})", tail.join("; "))
     }
+}
+
+/// The last two lines of a verifier log before its END marker: the reason of a
+/// rejection and the "processed N insns" summary.
+fn verifier_verdict(log: &str) -> &str {
+    let body = log.split("-- END PROG LOAD LOG --").next().unwrap_or("");
+    let body = body.trim_end();
+    let cut = body.rmatch_indices('\n').nth(1).map_or(0, |(i, _)| i + 1);
+    body[cut..].trim()
 }
 
 #[cfg(test)]
@@ -175,13 +200,20 @@ mod tests {
         // The same errno after libbpf printed a verifier log: a rejected program.
         libbpf_print(
             PrintLevel::Warn,
-            "prog 'x': -- BEGIN PROG LOAD LOG --\nR1 invalid mem access\n-- END PROG LOAD LOG --"
+            "prog 'x': -- BEGIN PROG LOAD LOG --\n0: (b7) r0 = 0\nR1 invalid mem access \
+             'mem_or_null'\nprocessed 12 insns\n-- END PROG LOAD LOG --"
                 .into(),
         );
-        assert!(matches!(
-            load_error("load", os(libc::EACCES)),
-            Error::Rejected { .. }
-        ));
+        libbpf_print(PrintLevel::Warn, "prog 'x': failed to load: -EACCES".into());
+        match load_error("load", os(libc::EACCES)) {
+            // The verifier's reason reaches the one-line error, not only libbpf's.
+            Error::Rejected { detail, .. } => {
+                assert!(detail.contains("R1 invalid mem access"), "{detail}");
+                assert!(detail.contains("processed 12 insns"), "{detail}");
+                assert!(!detail.contains("r0 = 0"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
         // The flag is consumed: the next failure is judged on its own.
         assert!(matches!(
             load_error("attach", os(libc::ENOENT)),

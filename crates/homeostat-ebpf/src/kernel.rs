@@ -17,8 +17,9 @@ use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
 
 use homeostat_core::symbols::SymbolConfig;
 
-use crate::abi::{self, hs_config, ROWS, SLOTS};
+use crate::abi::{hs_config, ROWS, SLOTS};
 use crate::error::{capture_libbpf_log, load_error, map_err, Error, BTF_PATH};
+use crate::generation::Generation;
 use crate::index::Index;
 use crate::skel::HomeostatSkelBuilder;
 
@@ -124,6 +125,7 @@ pub struct Kernel {
     pub(crate) profiles: MapHandle,
     pub(crate) rows: MapHandle,
     pub(crate) index: Arc<Index>,
+    generation: Generation,
     pub(crate) free_slots: MapHandle,
     pub(crate) free_rows: MapHandle,
     pub(crate) events: MapHandle,
@@ -309,6 +311,12 @@ impl Kernel {
                 kind: libbpf_rs::ErrorKind::Other,
                 err: e.to_string(),
             })?,
+            generation: Generation::map(skel.maps.data.as_fd()).map_err(|e| Error::Map {
+                map: ".data (hs_generation)",
+                what: "mmap",
+                kind: libbpf_rs::ErrorKind::Other,
+                err: e.to_string(),
+            })?,
             free_slots: dup(&skel.maps.hs_free_slots, "hs_free_slots")?,
             free_rows: dup(&skel.maps.hs_free_rows, "hs_free_rows")?,
             events: dup(&skel.maps.hs_events, "hs_events")?,
@@ -399,8 +407,7 @@ impl Kernel {
             ignore_tgid: opts.ignore_pid.unwrap_or(0),
             auto_create: u32::from(opts.auto_create),
             wakeup_every: opts.wakeup_every.max(1),
-            // Generation 1: a task's cache (generation 0 when new) is stale at first.
-            generation: 1,
+            pad0: 0,
             suspend_execve: opts.exec_lsm_at,
             pad: 0,
             scope_cgroup: opts.scope_cgroup.unwrap_or(0),
@@ -413,22 +420,8 @@ impl Kernel {
     /// Tells the programs that hs_profiles changed: tasks cache their profile's state
     /// and look it up again when the generation moves.
     pub(crate) fn bump_generation(&self) -> Result<(), Error> {
-        let k = 0u32.to_ne_bytes();
-        let mut c: hs_config = self
-            .config
-            .lookup(&k, MapFlags::ANY)
-            .map_err(map_err("hs_config", "lookup"))?
-            .and_then(|c| abi::decode(&c))
-            .ok_or_else(|| Error::Map {
-                map: "hs_config",
-                what: "lookup",
-                kind: libbpf_rs::ErrorKind::NotFound,
-                err: "no entry".into(),
-            })?;
-        c.generation = c.generation.wrapping_add(1).max(1);
-        self.config
-            .update(&k, bytemuck::bytes_of(&c), MapFlags::ANY)
-            .map_err(map_err("hs_config", "update"))
+        self.generation.bump();
+        Ok(())
     }
 
     /// How many profiles the kernel can hold ([`Options::max_profiles`]).

@@ -39,6 +39,8 @@ mod error;
 #[cfg(feature = "bpf")]
 mod events;
 #[cfg(feature = "bpf")]
+mod generation;
+#[cfg(feature = "bpf")]
 mod index;
 #[cfg(feature = "bpf")]
 mod kernel;

@@ -456,11 +456,16 @@ static __always_inline bool is_open(__u32 cur)
 }
 
 /* The class test of call `cur` (x86_64, has an hs_arg_spec entry); returns as
- * class_test. */
-static __attribute__((noinline)) __u32 hs_args(struct hs_config *cfg, struct hs_task *t,
-					       __u64 call, __u64 pid_tgid)
+ * class_test. A global function: the verifier checks it once on its own instead of
+ * once per path of sys_enter that reaches it (inlined or static, sys_enter with the
+ * task's table of known pairs exceeded the verifier's 1M-instruction budget). Its
+ * pointer argument is therefore taken as possibly NULL and checked. */
+__attribute__((noinline)) __u32 hs_args(struct hs_task *t, __u64 call)
 {
-	/* Packed (five arguments at most): spec << 32 | training << 16 | cur. */
+	/* Packed: spec << 32 | training << 16 | cur. The config and the caller's ids are
+	 * fetched here, not passed: sys_enter's common path no longer fetches them. */
+	struct hs_config *cfg = get_config();
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 cur = call & 0xffff, spec = call >> 32, tid = (__u32)pid_tgid, pid = pid_tgid >> 32;
 	bool training = (call >> 16) & 1;
 	struct task_struct *task = bpf_get_current_task_btf();
@@ -469,6 +474,8 @@ static __attribute__((noinline)) __u32 hs_args(struct hs_config *cfg, struct hs_
 	__u32 zero = 0;
 	__u64 h;
 
+	if (!cfg || !t)
+		return 0;
 	s = bpf_map_lookup_elem(&hs_arg_scratch, &zero);
 	if (!s)
 		return 0;

@@ -118,9 +118,12 @@ struct {
 	__type(value, __u64);
 } hs_stats SEC(".maps");
 
-/* Profiles created here (auto_create): with hs_config.generation, tells a task that
- * its cached profile entry may be stale. */
-__u32 kernel_generation = 0;
+/* Moved by every change of hs_profiles (atomically: by the programs when auto_create
+ * makes a profile, by userspace through the mmapped map otherwise): a task's cached
+ * profile entry is stale when its generation differs. The one shared word the common
+ * call reads, in a map of its own (".data"), so no write elsewhere evicts it. Starts
+ * at 1: new task storage (generation 0) is stale at first. */
+__u32 hs_generation = 1;
 /* Never read or written: a global of the event type makes libbpf-cargo generate its
  * #[repr(C)] Rust type (it generates the types of maps and globals only, and the ring
  * buffer has none), so that the loader decodes events through it. */
@@ -146,7 +149,7 @@ static __always_inline struct hs_config *get_config(void)
 static __always_inline __u64 wakeup_flags(struct hs_config *cfg)
 {
 	/* Counted per CPU: a global counter was an atomic add on the cache line every
-	 * task reads kernel_generation from, on every event of every CPU. */
+	 * task read the generation from, on every event of every CPU. */
 	__u32 which = HS_STAT_EVENTS;
 	__u64 *n = bpf_map_lookup_elem(&hs_stats, &which);
 	__u64 every = cfg->wakeup_every ? cfg->wakeup_every : 1;
@@ -212,12 +215,45 @@ static __always_inline __u64 user_dev(__u32 kdev)
 	return (minor & 0xff) | (major << 8) | ((minor & ~0xffULL) << 12);
 }
 
-static __always_inline void ok_clear(struct hs_task *t)
+/* Empties the task's table of known pairs (hs_task.known). Not inlined, as the other
+ * rare paths of on_sys_enter (row_new, respond_stop): BPF-to-BPF calls keep them out
+ * of the common call's code (measured: 1-3 ns a call less on dd, find and tar). BPF
+ * calls take five arguments at most, so task_init and emit stay inline. */
+static __noinline void local_reset(struct hs_task *t)
 {
-	t->ok[0].w1 = 0;
-	t->ok[1].w1 = 0;
-	t->ok[2].w1 = 0;
-	t->ok[3].w1 = 0;
+	__u64 *tag = (__u64 *)t->ltag;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < HS_LOCAL; i++)
+		t->known[i] = 0;
+#pragma unroll
+	for (i = 0; i < HS_LOCAL / 4; i++)
+		tag[i] = 0xffffffffffffffffULL; /* HS_LOCAL_FREE in every lane */
+	t->nlocal = 0;
+	t->lvalid = 0;
+	t->lwin = 0;
+}
+
+/* The local slot of call `cur` (-1: none): the four lanes of each word of ltag
+ * compared at once (a lane equal to cur is a zero lane of w ^ cur x 4, whose bit 15
+ * the expression sets; the lowest one is found exactly). */
+static __always_inline int local_slot(struct hs_task *t, __u16 cur)
+{
+	const __u64 ones = 0x0001000100010001ULL, highs = 0x8000800080008000ULL;
+	__u64 *tag = (__u64 *)t->ltag, pat = cur * ones, x, z;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < HS_LOCAL / 4; i++) {
+		x = tag[i] ^ pat;
+		z = (x - ones) & ~x & highs;
+		/* The lowest set bit is bit 15 of lane k; 1 << 16k times a constant with
+		 * 3 - j in lane j has k in its top lane: k without a branch. */
+		if (z)
+			return i * 4 + ((((z & -z) >> 15) * 0x0000000100020003ULL) >> 48);
+	}
+	return -1;
 }
 
 /* Initialises `task`'s entry for running `file`; creates a training profile when
@@ -236,8 +272,10 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 		return NULL;
 	}
 	t->valid = 0;
-	if (cfg->scope_cgroup && bpf_get_current_cgroup_id() != cfg->scope_cgroup) {
-		/* Outside the daemon's scope (its forks inherit this). */
+	/* The daemon itself, or a task outside its scope: marked once, so that the
+	 * common call tests neither (forks inherit the mark; an exec decides again). */
+	if (pid == cfg->ignore_tgid ||
+	    (cfg->scope_cgroup && bpf_get_current_cgroup_id() != cfg->scope_cgroup)) {
 		t->valid = HS_VALID_OUT;
 		return NULL;
 	}
@@ -257,7 +295,7 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 	t->cached = 0;
 	t->pending = 0;
 	t->slot = 0;
-	ok_clear(t);
+	local_reset(t);
 	t->valid = HS_VALID;
 	if (cfg->auto_create && !bpf_map_lookup_elem(&hs_profiles, &t->key)) {
 		struct hs_profile p = {};
@@ -268,7 +306,7 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 		} else {
 			err = bpf_map_update_elem(&hs_profiles, &t->key, &p, BPF_NOEXIST);
 			if (!err) {
-				__sync_fetch_and_add(&kernel_generation, 1);
+				__sync_fetch_and_add(&hs_generation, 1);
 			} else {
 				bpf_map_push_elem(&hs_free_slots, &p.slot, 0);
 				if (err != -17 /* EEXIST: another CPU made it */)
@@ -287,7 +325,7 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
  * for a traced process: either it is already under response (the daemon's tracer
  * follows forks, and children inherit the LFC), or a debugger owns it and the daemon
  * could not attach anyway. Returns whether this call stopped the process. */
-static __always_inline bool respond_stop(struct task_struct *task, __u32 pid, __u32 tid,
+static __noinline bool respond_stop(struct task_struct *task, __u32 pid, __u32 tid,
 					 __u32 nr)
 {
 	struct hs_stop s = { .ktime_ns = bpf_ktime_get_ns(), .tid = tid, .nr = nr };
@@ -322,7 +360,7 @@ static __always_inline bool learns_from(struct hs_profile *p)
 
 /* A new, zeroed row for call `cur` of the profile whose index is `ix`; returns its
  * pool index (0: none, the pool is empty or another CPU won; counted if empty). */
-static __always_inline __u32 row_new(struct hs_index *ix, __u32 cur)
+static __noinline __u32 row_new(struct hs_index *ix, __u32 cur)
 {
 	__u32 r, zero = 0, old;
 	struct hs_row *row, *z;
@@ -372,22 +410,22 @@ static __always_inline __u32 row_new(struct hs_index *ix, __u32 cur)
 
 static __always_inline int on_sys_enter(long id, bool compat)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)pid_tgid, pid = pid_tgid >> 32;
-	struct hs_config *cfg = get_config();
+	struct hs_config *cfg;
+	__u64 pid_tgid;
+	__u32 tid, pid;
 	struct task_struct *task;
 	struct hs_index *ix;
 	struct hs_row *row = NULL;
 	struct hs_profile *p = NULL;
 	struct hs_task *t;
 	__u32 misses = 0, learnt = 0, pos, old, gen, r;
-	__u64 *sw, s0, s1, okw;
-	struct hs_ok *okc;
-	bool full;
+	__u64 *sw, s0, s1, lwin;
+	__u32 lvalid;
 	bool training;
 	__u16 cur;
+	int ls;
 
-	if (!cfg || pid == cfg->ignore_tgid || id < 0)
+	if (id < 0)
 		return 0;
 	cur = id < HS_ROW ? id : HS_ROW - 1;
 	if (compat)
@@ -399,6 +437,12 @@ static __always_inline int on_sys_enter(long id, bool compat)
 
 		if (t && t->valid == HS_VALID_OUT)
 			return 0;
+		cfg = get_config();
+		if (!cfg)
+			return 0;
+		pid_tgid = bpf_get_current_pid_tgid();
+		tid = (__u32)pid_tgid;
+		pid = pid_tgid >> 32;
 		inherited = bpf_map_lookup_elem(&hs_forks, &tid);
 		if (inherited) {
 			/* First call of a forked child: its parent's state. */
@@ -418,7 +462,7 @@ static __always_inline int on_sys_enter(long id, bool compat)
 			return 0;
 	}
 	/* The profile's state, looked up only when some profile changed since. */
-	gen = cfg->generation + kernel_generation; /* userspace starts at 1: never 0 */
+	gen = hs_generation;
 	if (t->gen != gen) {
 		p = bpf_map_lookup_elem(&hs_profiles, &t->key);
 		t->cached = p ? HS_CACHE_PROFILE | (p->state == HS_NORMAL ? HS_CACHE_NORMAL : 0) : 0;
@@ -428,7 +472,7 @@ static __always_inline int on_sys_enter(long id, bool compat)
 		}
 		t->slot = p ? p->slot : 0;
 		t->gen = gen;
-		ok_clear(t);
+		local_reset(t);
 	}
 	if (!(t->cached & HS_CACHE_PROFILE))
 		return 0;
@@ -439,13 +483,18 @@ static __always_inline int on_sys_enter(long id, bool compat)
 	sw = (__u64 *)t->seq;
 	s0 = sw[0];
 	s1 = sw[1];
-	full = t->nseq >= HS_SEQ;
-	/* A window seen complete before needs neither index nor row: on a busy machine
-	 * their cache lines are the cost of a call (measured with perf: the first row
-	 * load was the hottest instruction). */
-	okw = s1 | ((__u64)(cur & 0x3f) << 10) | ((__u64)(cur >> 6) << 26) | (1ULL << 63);
-	okc = &t->ok[cur & (HS_OK - 1)];
-	if (full && okc->w0 == s0 && okc->w1 == okw)
+	/* The current call's local slot (a new one, or a new table when all are used). */
+	ls = local_slot(t, cur);
+	if (ls < 0) {
+		if (t->nlocal >= HS_LOCAL)
+			local_reset(t);
+		ls = t->nlocal++ & (HS_LOCAL - 1);
+		t->ltag[ls] = cur;
+	}
+	lwin = t->lwin;
+	lvalid = t->lvalid;
+	/* A full window whose eight pairs are known: neither index nor row. */
+	if (lvalid >= HS_SEQ && !(lwin & ~t->known[ls & (HS_LOCAL - 1)]))
 		goto tested;
 	ix = bpf_map_lookup_elem(&hs_index, &t->slot);
 	if (!ix)
@@ -455,20 +504,18 @@ static __always_inline int on_sys_enter(long id, bool compat)
 		r = row_new(ix, cur);
 	if (r)
 		row = bpf_map_lookup_elem(&hs_rows, &r);
-	/* A full window whose eight pairs are all known: branch-free, and remembered. */
-	if (row && full &&
+	/* A full window whose eight pairs are in the row: branch-free, and noted. */
+	if (row && lvalid >= HS_SEQ &&
 	    (HIT(s0, 0, 0) + HIT(s0, 16, 1) + HIT(s0, 32, 2) + HIT(s0, 48, 3) +
 	     HIT(s1, 0, 4) + HIT(s1, 16, 5) + HIT(s1, 32, 6) + HIT(s1, 48, 7)) == HS_SEQ) {
-		okc->w0 = s0;
-		okc->w1 = okw;
+		t->known[ls & (HS_LOCAL - 1)] |= lwin;
 		goto tested;
 	}
 	PAIR(1) PAIR(2) PAIR(3) PAIR(4) PAIR(5) PAIR(6) PAIR(7) PAIR(8)
 tested:
 	/* Argument classes: off, the verifier drops this; on, other calls pay one load. */
 	if (hs_args_on && cur < HS_ROW && hs_arg_spec[cur]) {
-		r = hs_args(cfg, t, (__u64)hs_arg_spec[cur] << 32 | (__u32)training << 16 | cur,
-			    pid_tgid);
+		r = hs_args(t, (__u64)hs_arg_spec[cur] << 32 | (__u32)training << 16 | cur);
 		misses += r & 1;
 		learnt += r >> 1;
 	}
@@ -477,6 +524,9 @@ tested:
 	sw[0] = (s0 << 16) | cur;
 	if (t->nseq < HS_SEQ)
 		t->nseq++;
+	t->lwin = (lwin << 8) | (1ULL << (ls & (HS_LOCAL - 1)));
+	if (lvalid < HS_SEQ)
+		t->lvalid = lvalid + 1;
 
 	/* Locality frame: the slot leaving the window gives back its anomaly. */
 	pos = t->fpos & (HS_LOCALITY - 1);
@@ -501,7 +551,16 @@ tested:
 		__sync_fetch_and_add(&p->calls, t->pending);
 		t->pending = 0;
 	}
-	if (misses && p) {
+	if (!(misses || learnt) || !p)
+		return 0;
+	/* An event: who made the call. */
+	cfg = get_config();
+	if (!cfg)
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	tid = (__u32)pid_tgid;
+	pid = pid_tgid >> 32;
+	if (misses) {
 		__u32 flags = 0;
 
 		__sync_fetch_and_add(&p->anomalies, 1);
@@ -511,7 +570,7 @@ tested:
 			flags |= HS_EVF_FOREIGN;
 		emit(cfg, HS_EV_ANOMALY, pid, tid, cur, &t->key, misses, t->lfc, flags);
 	}
-	if (learnt && p) {
+	if (learnt) {
 		__sync_fetch_and_add(&p->new_pairs, learnt);
 		emit(cfg, HS_EV_NEW_PAIRS, pid, tid, cur, &t->key, learnt, t->lfc, 0);
 	}

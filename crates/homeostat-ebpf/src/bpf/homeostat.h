@@ -77,13 +77,10 @@ struct hs_profile {
 #define HS_LEARN_UID 1
 #define HS_LEARN_CGROUP 2
 
-/* A window known to be all present: the seq words as in hs_task, with the current
- * call in the unused bits 10-15 and 26-29 of the second and bit 63 set (valid). */
-struct hs_ok {
-	__u64 w0;
-	__u64 w1;
-};
-#define HS_OK 4
+/* A task's own table of pairs known to be in its profile, over a local alphabet of
+ * the last HS_LOCAL distinct calls it made (see hs_task.known). */
+#define HS_LOCAL 8
+#define HS_LOCAL_FREE 0xffff /* hs_task.ltag of an unused slot (calls are < 1024) */
 
 struct hs_task {
 	struct hs_key key;
@@ -99,11 +96,22 @@ struct hs_task {
 	__u32 cached;
 	__u32 pending;
 	__u32 slot;        /* the profile's slot, valid with HS_CACHE_PROFILE */
-	/* Windows (the last 8 calls and the current one, HS_OK_KEY) whose eight pairs
-	 * were all found in the profile, by current call mod HS_OK: such a window needs
-	 * no row at all. Pairs are only ever added to a profile while it exists, so an
-	 * entry stays true until the generation moves (cleared then). */
-	struct hs_ok ok[HS_OK];
+	/* The common call's test, without the profile's index or rows (whose cache
+	 * lines a busy machine evicts between two calls: they were the cost of a call).
+	 * The task's calls get local slots, in order of first use: ltag[i] is the call
+	 * of slot i; when a new call finds all HS_LOCAL slots used, the table starts
+	 * again empty. lwin is the window in slots, one byte per distance: byte d-1 has
+	 * the bit of seq[d-1]'s slot (the last `lvalid` bytes valid). known[c] is laid
+	 * out the same: byte d-1 has bit p set when the pair (prev of slot p, cur of slot
+	 * c, distance d) was found in the profile. A full window is known when
+	 * lwin & ~known[cur's slot] is 0: neither index nor row. Pairs are only ever
+	 * added to a profile while it exists, so a known bit stays true until the
+	 * generation moves (the table is emptied then, and at exec). */
+	__u64 lwin;
+	__u32 lvalid;
+	__u32 nlocal;      /* slots of ltag in use */
+	__u16 ltag[HS_LOCAL];
+	__u64 known[HS_LOCAL];
 };
 
 /* hs_task.valid */
@@ -121,7 +129,7 @@ struct hs_config {
 	__u32 ignore_tgid;   /* the daemon itself */
 	__u32 auto_create;   /* new executables get a training profile in the kernel */
 	__u32 wakeup_every;  /* wake the consumer every N events (0 = every event) */
-	__u32 generation;    /* bumped by userspace at every change of hs_profiles */
+	__u32 pad0;
 	__u32 suspend_execve; /* LSM: refuse execve of a responding task at this LFC (0: off) */
 	__u32 pad;
 	/* Follow only tasks of this cgroup (v2 id; 0: every task), decided at exec and at

@@ -1,0 +1,155 @@
+//! The sys_enter program's run time per call (the kernel's `run_time_ns / run_cnt`,
+//! `kernel.bpf_stats_enabled` on only around each measured run) on the workloads of
+//! scripts/bench-daemon.sh, with every new executable profiled (`auto_create`, as the
+//! daemon): first with the profiles training (after one learning pass), then with all
+//! of them normal. One load per invocation, so that two builds of this example (or a
+//! build with `--features floor`) can be alternated by scripts/bench-percall.sh and
+//! compared in one run. Prints `workload state ns_per_call runs` lines. Root.
+//!
+//! `cargo run --release -p homeostat-ebpf --example percall [dd1|find|tar|forkexec...]`
+
+use std::os::unix::fs::MetadataExt;
+use std::process::{Command, ExitCode, Stdio};
+
+use homeostat_core::ph::ExeKey;
+
+use homeostat_ebpf::{Kernel, KernelState, Options};
+
+const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+fn workload(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "dd1" => "dd if=/dev/zero of=/dev/null bs=1 count=200000 status=none",
+        "find" => "find /usr >/dev/null 2>&1",
+        "tar" => "tar c /usr/include 2>/dev/null | wc -c >/dev/null",
+        "forkexec" => "i=0; while [ $i -lt 300 ]; do /bin/true; i=$((i+1)); done",
+        _ => return None,
+    })
+}
+
+fn sh(cmd: &str) -> Result<(), String> {
+    let st = Command::new("/bin/sh")
+        .args(["-c", cmd])
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("sh: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("`{cmd}`: {st}"))
+    }
+}
+
+fn sys_enter(k: &Kernel) -> (u64, u64) {
+    k.prog_stats()
+        .into_iter()
+        .filter(|p| p.name.starts_with("sys_enter"))
+        .fold((0, 0), |(n, t), p| (n + p.run_cnt, t + p.run_time_ns))
+}
+
+/// (runs, ns) of sys_enter during one run of `cmd`, the counters on only meanwhile.
+fn measured(k: &Kernel, cmd: &str) -> Result<(u64, u64), String> {
+    let (n0, t0) = sys_enter(k);
+    std::fs::write(SYSCTL, "1").map_err(|e| format!("{SYSCTL}: {e}"))?;
+    let r = sh(cmd);
+    std::fs::write(SYSCTL, "0").map_err(|e| format!("{SYSCTL}: {e}"))?;
+    r?;
+    let (n1, t1) = sys_enter(k);
+    Ok((n1 - n0, t1 - t0))
+}
+
+/// The workload profiles' counters so far, on stderr (learning or anomalies in a
+/// measured run add events to its cost).
+fn report(k: &Kernel, exes: &[(&str, ExeKey)]) {
+    let mut line = String::new();
+    for &(name, exe) in exes {
+        if let Ok(Some(p)) = k.profile(exe) {
+            line += &format!(" {name}: {} new, {} anomalous;", p.new_pairs, p.anomalies);
+        }
+    }
+    eprintln!("  {}", line.trim());
+}
+
+fn run() -> Result<(), String> {
+    let mut names: Vec<String> = std::env::args().skip(1).collect();
+    if names.is_empty() {
+        names = ["dd1", "find", "tar", "forkexec"]
+            .map(String::from)
+            .to_vec();
+    }
+    let cmds = names
+        .iter()
+        .map(|n| {
+            workload(n)
+                .map(|c| (n.as_str(), c))
+                .ok_or(format!("unknown workload {n}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut exes = Vec::new();
+    for prog in ["dd", "find", "tar", "wc", "sh", "true"] {
+        let path = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(prog))
+            .find(|p| p.exists())
+            .ok_or(format!("{prog} not found"))?;
+        let m = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let exe = ExeKey {
+            dev: m.dev(),
+            ino: m.ino(),
+        };
+        exes.push((prog, exe));
+    }
+    let k = Kernel::load(&Options {
+        auto_create: true,
+        ..Options::default()
+    })
+    .map_err(|e| e.to_string())?;
+    // Learning pass: the measured training runs are the steady state, as the
+    // daemon's after its first minutes.
+    for (_, c) in &cmds {
+        sh(c)?;
+    }
+    for (n, c) in &cmds {
+        let (runs, ns) = measured(&k, c)?;
+        println!("{n} training {:.1} {runs}", ns as f64 / runs.max(1) as f64);
+        report(&k, &exes);
+    }
+    // Only the workloads' programs: other processes on the machine keep training, as
+    // under the daemon (their anomalies would add events to the counted calls).
+    for &(_, exe) in &exes {
+        k.set_state(exe, KernelState::Normal)
+            .map_err(|e| e.to_string())?;
+    }
+    // One run to settle (tasks refresh their cached state at the new generation).
+    for (_, c) in &cmds {
+        sh(c)?;
+    }
+    for (n, c) in &cmds {
+        let (runs, ns) = measured(&k, c)?;
+        println!("{n} normal {:.1} {runs}", ns as f64 / runs.max(1) as f64);
+        report(&k, &exes);
+    }
+    let s = k.stats().map_err(|e| e.to_string())?;
+    eprintln!("percall: {s:?}");
+    // PERCALL_HOLD=S: keep the programs attached S more seconds (to profile them).
+    if let Some(secs) = std::env::var("PERCALL_HOLD")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        eprintln!("percall: holding for {secs} s");
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let r = run();
+    let _ = std::fs::write(SYSCTL, "0");
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("percall: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
