@@ -184,11 +184,26 @@ impl Daemon {
             _ => own,
         };
         let name = resolved.clone().unwrap_or_else(|| own.clone());
+        if e.replaced {
+            // Another file now has this inode number: the old profile (a deleted
+            // file's) must not judge it. The kernel does not follow the task until
+            // the profile is replaced by an empty training one for this file.
+            self.evict_one(kernel, e.exe, crate::evict::Why::Replaced);
+            if let Err(err) = kernel.replace_profile(e.exe, e.igen) {
+                warn!("profile {} not replaced: {err}", e.exe);
+            }
+        }
         let p = self
             .profiles
             .entry(e.exe)
             .or_insert_with(|| Prof::new(Arc::from(name.as_str())));
         p.last_used_ns = now_ns();
+        if p.igen == 0 && e.igen != 0 {
+            // Made by the kernel at this exec, or loaded without one: adopted, as the
+            // kernel does.
+            p.igen = e.igen;
+            p.dirty = true;
+        }
         let mut changed = p.saw_path(&name);
         changed |= p.saw_path(&own);
         if e.interp.is_some() && !given.is_empty() {

@@ -39,6 +39,9 @@ pub(crate) enum Why {
     Deleted,
     /// The map was near full and it was among the least valuable.
     Lru,
+    /// Its executable was deleted and another file got its inode number (seen at
+    /// that file's exec: another inode generation). Counted with `Deleted`.
+    Replaced,
 }
 
 impl Why {
@@ -46,6 +49,7 @@ impl Why {
         match self {
             Why::Deleted => "deleted executable",
             Why::Lru => "map near full",
+            Why::Replaced => "executable replaced (its inode number reused by another file)",
         }
     }
 }
@@ -113,7 +117,7 @@ impl Daemon {
     }
 
     /// Removes one profile from the kernel, the daemon and the disk; reports it.
-    fn evict_one(&mut self, kernel: &Kernel, key: ExeKey, why: Why) -> bool {
+    pub(crate) fn evict_one(&mut self, kernel: &Kernel, key: ExeKey, why: Why) -> bool {
         if let Err(e) = kernel.remove_profile(key) {
             warn!("profile {key} not evicted: {e}");
             return false;
@@ -133,7 +137,7 @@ impl Daemon {
         let _ = std::fs::remove_file(self.dir.join(format!("{key}.json")));
         let _ = std::fs::remove_file(crate::classes::path_in(&self.dir, key));
         match why {
-            Why::Deleted => self.counts.evicted_deleted_total += 1,
+            Why::Deleted | Why::Replaced => self.counts.evicted_deleted_total += 1,
             Why::Lru => self.counts.evicted_lru_total += 1,
         }
         true

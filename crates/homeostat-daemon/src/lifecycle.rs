@@ -62,6 +62,8 @@ pub(crate) struct Prof {
     /// Argument classes heard of (`--symbols args`), by (call, kernel hash): their
     /// names for the classes file. Bounded by the kernel's cap per profile.
     pub classes: BTreeMap<(u16, u64), Arc<str>>,
+    /// The inode generation of the file it is for (0: not known yet).
+    pub igen: u32,
     pub dirty: bool,
 }
 
@@ -104,6 +106,7 @@ impl Prof {
             learn_cgroup: None,
             cgroups: vec![],
             classes: BTreeMap::new(),
+            igen: 0,
             dirty: true,
         }
     }

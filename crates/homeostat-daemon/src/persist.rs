@@ -38,6 +38,7 @@ impl Prof {
             learn_uid: self.learn_uid,
             learn_cgroup: self.learn_cgroup.as_deref().map(str::to_string),
             cgroups: self.cgroups.iter().map(|p| p.to_string()).collect(),
+            igen: self.igen,
         }
     }
 
@@ -71,6 +72,7 @@ impl Prof {
             learn_cgroup: d.learn_cgroup.as_deref().map(Arc::from),
             cgroups: d.cgroups.iter().map(|p| Arc::from(p.as_str())).collect(),
             classes: Default::default(),
+            igen: d.igen,
             dirty: false,
         }
     }
@@ -183,6 +185,9 @@ impl Daemon {
         let prof = Prof::from_file(&d, learn);
         let state = prof.state;
         kernel.set_state(key, kernel_state(state))?;
+        if prof.igen != 0 {
+            kernel.set_igen(key, prof.igen)?;
+        }
         let filter = (prof.learn_uid, prof.learn_cgroup.clone());
         let mut prof = prof;
         let n_classes = self.load_classes(kernel, key, &mut prof);
@@ -272,6 +277,7 @@ mod tests {
             learn_cgroup: Some(Arc::from("/sys/fs/cgroup/x.scope")),
             cgroups: vec![Arc::from("/system.slice/sshd.service")],
             classes: Default::default(),
+            igen: 0x5eed,
             dirty: true,
         }
     }

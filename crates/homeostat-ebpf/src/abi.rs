@@ -49,6 +49,8 @@ pub(crate) const EV_UNSEEN_CLASS: u32 = 6;
 pub(crate) const EVF_STOPPED: u32 = 1;
 /// `hs_event.flags`: the anomaly's task is not one its profile learns from.
 pub(crate) const EVF_FOREIGN: u32 = 2;
+/// `hs_event.flags` of an exec: the profile of its (dev, ino) is another file's.
+pub(crate) const EVF_REPLACED: u32 = 4;
 /// `hs_profile.learn_flags`.
 pub(crate) const LEARN_UID: u32 = 1;
 pub(crate) const LEARN_CGROUP: u32 = 2;
@@ -90,7 +92,7 @@ const _: () = {
     assert!(size_of::<hs_index>() == 4 * TABLE);
     assert!(size_of::<hs_row>() == ROW);
     assert!(size_of::<hs_profile>() == 56);
-    assert!(size_of::<hs_task>() == 176);
+    assert!(size_of::<hs_task>() == 184);
     assert!(size_of::<hs_config>() == 32);
     assert!(size_of::<hs_event>() == 48);
     assert!(size_of::<hs_exec_event>() == 48 + 2 * 256);

@@ -63,6 +63,13 @@ pub struct Event {
     pub arg: Option<Arg>,
     /// NewClass / UnseenClass: the class's hash in the kernel ([`Kernel::classes`]).
     pub class_hash: u64,
+    /// Exec: the executable's inode generation (`i_generation`; 0 where the file
+    /// system keeps none).
+    pub igen: u32,
+    /// Exec: the kernel's profile of this (dev, ino) was made for another file (its
+    /// generation differs: a deleted file's inode number was reused). The kernel does
+    /// not follow the task; replace the profile ([`Kernel::replace_profile`]).
+    pub replaced: bool,
 }
 
 /// Counters of what the kernel side could not do; none is ever silent.
@@ -129,6 +136,8 @@ fn decode_event(b: &[u8]) -> Option<Event> {
         interp,
         arg,
         class_hash,
+        igen: if kind == EventKind::Exec { e.igen } else { 0 },
+        replaced: kind == EventKind::Exec && e.flags & abi::EVF_REPLACED != 0,
     })
 }
 

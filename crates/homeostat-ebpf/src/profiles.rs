@@ -35,6 +35,9 @@ pub struct KernelProfile {
     pub anomalies: u64,
     /// Whether an anomalous call of a normal profile stops its process for a response.
     pub respond: bool,
+    /// The generation (`i_generation`) of the file the profile was made for; 0: not
+    /// known yet (the next exec's is adopted).
+    pub igen: u32,
 }
 
 /// A profile's pairs: (current call, previous call, distance mask), as
@@ -180,7 +183,24 @@ impl Kernel {
             new_pairs: p.new_pairs,
             anomalies: p.anomalies,
             respond: p.respond != 0,
+            igen: p.igen,
         }))
+    }
+
+    /// Records the generation of the file a profile is for (a profile loaded from
+    /// disk: its file's), so that an exec of another file reusing the inode number is
+    /// told apart. Creates the profile (training) if absent.
+    pub fn set_igen(&self, exe: ExeKey, igen: u32) -> Result<(), Error> {
+        self.update_profile(exe, |p| p.igen = igen).map(|_| ())
+    }
+
+    /// Replaces the profile of `exe` by a new, empty training one for the file of
+    /// generation `igen`: the old one was another file's, whose inode number this one
+    /// reuses ([`crate::Event::replaced`]). Tasks of the new file are followed from
+    /// their next call.
+    pub fn replace_profile(&self, exe: ExeKey, igen: u32) -> Result<(), Error> {
+        self.remove_profile(exe)?;
+        self.set_igen(exe, igen)
     }
 
     /// Every profile key the kernel has (with auto_create, every executable seen).

@@ -478,3 +478,104 @@ fn i386_calls_have_rows_of_their_own() {
     );
     k.remove_profile(exe).unwrap();
 }
+
+/// The file's inode generation as `lsattr -v` prints it.
+fn generation(path: &Path) -> u32 {
+    let out = Command::new("lsattr").arg("-v").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or_else(|| panic!("lsattr -v {}: {out:?}", path.display()))
+}
+
+#[test]
+fn an_inode_number_reused_by_another_file_gets_a_new_profile() {
+    let opts = Options {
+        auto_create: true,
+        ..Options::default()
+    };
+    let Some(k) = kernel_with(&opts) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (ls, exe) = private_copy(dir.path(), "/bin/ls");
+    let listed = dir.path().to_str().unwrap().to_string();
+    let old_gen = generation(&ls);
+    if old_gen == 0 {
+        eprintln!("skipped: the file system of {listed} keeps no inode generation");
+        return;
+    }
+    let got = RefCell::new(Vec::<Event>::new());
+    let events = k.events(|e| got.borrow_mut().push(e)).unwrap();
+    let drain = || {
+        events.poll(Duration::from_millis(50)).unwrap();
+        std::mem::take(&mut *got.borrow_mut())
+    };
+
+    // Made at exec for this file: its generation is the profile's.
+    for _ in 0..3 {
+        run(&ls, &[&listed]);
+    }
+    let evs = drain();
+    let exec = evs
+        .iter()
+        .find(|e| e.exe == exe && e.kind == EventKind::Exec)
+        .expect("exec event");
+    assert_eq!(exec.igen, old_gen);
+    assert!(!exec.replaced);
+    assert_eq!(k.profile(exe).unwrap().unwrap().igen, old_gen);
+    k.set_state(exe, KernelState::Normal).unwrap();
+
+    // Another file with the same (dev, ino): what a deleted binary's reused inode
+    // number looks like, made here by giving the same inode a new generation (ext4's
+    // FS_IOC_SETVERSION) so that the test does not depend on the allocator.
+    let new_gen = old_gen.wrapping_add(1).max(1);
+    let st = Command::new("chattr")
+        .args(["-v", &new_gen.to_string()])
+        .arg(&ls)
+        .status()
+        .unwrap();
+    if !st.success() {
+        eprintln!("skipped: chattr -v cannot set the inode generation on {listed}'s file system");
+        return;
+    }
+    let other = run(&ls, &["-laR", "/nonexistent", "/proc/self/"]);
+    let evs = drain();
+    let ours: Vec<_> = evs.iter().filter(|e| e.exe == exe).collect();
+    let exec = ours
+        .iter()
+        .find(|e| e.kind == EventKind::Exec && e.pid == other)
+        .expect("exec event of the new file");
+    assert!(exec.replaced, "{exec:?}");
+    assert_eq!(exec.igen, new_gen);
+    // The old file's normal profile judged none of the new file's calls.
+    assert!(
+        !ours.iter().any(|e| e.kind == EventKind::Anomaly),
+        "{ours:?}"
+    );
+
+    // Replaced by an empty training profile for the new file, which then learns.
+    k.replace_profile(exe, new_gen).unwrap();
+    let p = k.profile(exe).unwrap().unwrap();
+    assert_eq!(
+        (p.state, p.igen, p.calls),
+        (KernelState::Training, new_gen, 0)
+    );
+    assert!(k.pairs(exe).unwrap().is_empty());
+    let again = run(&ls, &[&listed]);
+    let evs = drain();
+    assert!(evs
+        .iter()
+        .any(|e| e.exe == exe && e.kind == EventKind::NewPairs && e.pid == again));
+    assert!(!evs.iter().any(|e| e.exe == exe && e.replaced));
+
+    // A profile that does not know its file's generation (loaded from an older
+    // file) adopts the next exec's.
+    k.remove_profile(exe).unwrap();
+    k.set_state(exe, KernelState::Training).unwrap();
+    assert_eq!(k.profile(exe).unwrap().unwrap().igen, 0);
+    run(&ls, &[&listed]);
+    let evs = drain();
+    assert!(!evs.iter().any(|e| e.exe == exe && e.replaced));
+    assert_eq!(k.profile(exe).unwrap().unwrap().igen, new_gen);
+    k.remove_profile(exe).unwrap();
+}

@@ -63,6 +63,15 @@ pub struct DaemonProfile {
     /// The cgroups of the processes that ran it (at most [`MAX_PATHS`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cgroups: Vec<String>,
+    /// The inode generation (`i_generation`) of the file the profile was made for,
+    /// so that another file that reuses its inode number is not judged by it. 0 (and
+    /// absent, in files of older daemons): not known; the next exec's is adopted.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub igen: u32,
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
 }
 
 /// A container's id from a cgroup path, when the path names one: docker
@@ -249,6 +258,7 @@ impl DaemonProfile {
             learn_uid: None,
             learn_cgroup: None,
             cgroups: vec![],
+            igen: 0,
             version: VERSION,
             dev: p.key.dev,
             ino: p.key.ino,
@@ -276,6 +286,7 @@ mod tests {
             learn_uid: None,
             learn_cgroup: None,
             cgroups: vec![],
+            igen: 0,
             version: VERSION,
             dev: 0xfe00,
             ino: 42,

@@ -960,9 +960,18 @@ fn ten_thousand_throwaway_executables_are_evicted_and_normal_profiles_survive() 
         .filter(|e| e["event"] == "profile_evicted")
         .collect();
     assert_eq!(evicted.len() as u64, deleted + lru);
-    assert!(evicted
-        .iter()
-        .all(|e| e["reason"] == "deleted executable" || e["reason"] == "map near full"));
+    const REPLACED: &str = "executable replaced (its inode number reused by another file)";
+    assert!(evicted.iter().all(|e| e["reason"] == "deleted executable"
+        || e["reason"] == "map near full"
+        || e["reason"] == REPLACED));
+    // A deleted file's inode number handed to the next file: that file is not judged
+    // by the old one's profile, which is replaced at its exec (counted with deleted).
+    let replaced = evicted.iter().filter(|e| e["reason"] == REPLACED).count();
+    eprintln!("{replaced} profiles replaced at the exec of a file reusing their inode number");
+    assert!(
+        inodes.len() == 10_000 || replaced > 0,
+        "inode numbers were reused but no profile was replaced"
+    );
     // The normal profile survived (never evicted, still normal) and still detects.
     assert!(!evicted.iter().any(|e| e["profile"] == s.key.as_str()));
     let weird = format!("umask 077; cd /; kill -0 $$; ulimit -n; {}", s.trained);

@@ -163,7 +163,7 @@ static __always_inline void fill(struct hs_event *e, __u32 kind, __u32 pid, __u3
 				 __u32 nr, struct hs_key *key, __u32 misses, __u32 lfc, __u32 flags)
 {
 	e->flags = flags;
-	e->pad = 0;
+	e->igen = 0;
 	e->kind = kind;
 	e->pid = pid;
 	e->tid = tid;
@@ -190,7 +190,8 @@ static __always_inline void emit(struct hs_config *cfg, __u32 kind, __u32 pid, _
 }
 
 static __always_inline void emit_exec(struct hs_config *cfg, __u32 pid, __u32 tid,
-				      struct hs_key *key, struct linux_binprm *bprm)
+				      struct hs_key *key, __u32 igen, __u32 flags,
+				      struct linux_binprm *bprm)
 {
 	struct hs_exec_event *e = bpf_ringbuf_reserve(&hs_events, sizeof(*e), 0);
 
@@ -198,7 +199,8 @@ static __always_inline void emit_exec(struct hs_config *cfg, __u32 pid, __u32 ti
 		count(HS_STAT_LOST_EVENTS);
 		return;
 	}
-	fill(&e->ev, HS_EV_EXEC, pid, tid, 0, key, 0, 0, 0);
+	fill(&e->ev, HS_EV_EXEC, pid, tid, 0, key, 0, 0, flags);
+	e->ev.igen = igen;
 	if (bpf_probe_read_kernel_str(e->path, sizeof(e->path), BPF_CORE_READ(bprm, filename)) < 0)
 		e->path[0] = 0;
 	if (bpf_probe_read_kernel_str(e->interp, sizeof(e->interp), BPF_CORE_READ(bprm, interp)) < 0)
@@ -265,6 +267,8 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 {
 	struct hs_task *t;
 	struct inode *inode;
+	struct hs_profile *old;
+	__u32 flags = 0;
 
 	t = bpf_task_storage_get(&hs_tasks, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!t) {
@@ -286,6 +290,7 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 		return NULL;
 	t->key.ino = BPF_CORE_READ(inode, i_ino);
 	t->key.dev = user_dev(BPF_CORE_READ(inode, i_sb, s_dev));
+	t->igen = BPF_CORE_READ(inode, i_generation);
 	t->nseq = 0;
 	t->fpos = 0;
 	t->lfc = 0;
@@ -297,8 +302,19 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 	t->slot = 0;
 	local_reset(t);
 	t->valid = HS_VALID;
-	if (cfg->auto_create && !bpf_map_lookup_elem(&hs_profiles, &t->key)) {
-		struct hs_profile p = {};
+	old = bpf_map_lookup_elem(&hs_profiles, &t->key);
+	if (old && old->igen != t->igen) {
+		/* A profile loaded without a generation adopts this file's; one made for
+		 * another file (the inode number was reused) is not this file's: the task
+		 * is not followed (on_sys_enter's refresh checks the same), and the exec
+		 * event tells userspace to replace the profile. */
+		if (!old->igen)
+			__sync_val_compare_and_swap(&old->igen, 0, t->igen);
+		else if (t->igen)
+			flags = HS_EVF_REPLACED;
+	}
+	if (cfg->auto_create && !old) {
+		struct hs_profile p = { .igen = t->igen };
 		long err;
 
 		if (bpf_map_pop_elem(&hs_free_slots, &p.slot)) {
@@ -315,7 +331,7 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 		}
 	}
 	if (bprm)
-		emit_exec(cfg, pid, tid, &t->key, bprm);
+		emit_exec(cfg, pid, tid, &t->key, t->igen, flags, bprm);
 	return t;
 }
 
@@ -465,6 +481,8 @@ static __always_inline int on_sys_enter(long id, bool compat)
 	gen = hs_generation;
 	if (t->gen != gen) {
 		p = bpf_map_lookup_elem(&hs_profiles, &t->key);
+		if (p && p->igen && t->igen && p->igen != t->igen)
+			p = NULL; /* another file's, whose inode number this one reuses */
 		t->cached = p ? HS_CACHE_PROFILE | (p->state == HS_NORMAL ? HS_CACHE_NORMAL : 0) : 0;
 		if (p && p->learn_flags && !learns_from(p)) {
 			/* Not one of the profile's teachers: followed only once it is normal. */

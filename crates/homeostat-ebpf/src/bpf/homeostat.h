@@ -71,7 +71,11 @@ struct hs_profile {
 	 * profile change), so it costs the common call nothing. */
 	__u32 learn_flags;
 	__u32 learn_uid;    /* with HS_LEARN_UID: this uid only */
-	__u32 pad;
+	/* The file's i_generation when the profile was made (0: not known yet, e.g.
+	 * loaded from an older file: the next exec's is adopted). An exec of the same
+	 * (dev, ino) with another generation is another file that reuses a deleted one's
+	 * inode number: it must not be judged by the old file's profile. */
+	__u32 igen;
 	__u64 learn_cgroup; /* with HS_LEARN_CGROUP: this cgroup v2 id only */
 };
 #define HS_LEARN_UID 1
@@ -96,6 +100,8 @@ struct hs_task {
 	__u32 cached;
 	__u32 pending;
 	__u32 slot;        /* the profile's slot, valid with HS_CACHE_PROFILE */
+	__u32 igen;        /* the executable's i_generation (hs_profile.igen) */
+	__u32 pad1;
 	/* The common call's test, without the profile's index or rows (whose cache
 	 * lines a busy machine evicts between two calls: they were the cost of a call).
 	 * The task's calls get local slots, in order of first use: ltag[i] is the call
@@ -148,12 +154,16 @@ struct hs_event {
 	__u32 misses; /* anomaly: missing pairs; new_pairs: pairs learnt */
 	__u32 lfc;
 	__u32 flags;  /* HS_EVF_* */
-	__u32 pad;
+	__u32 igen;   /* exec: the executable's i_generation; else 0 */
 };
 
 /* event.flags */
 #define HS_EVF_STOPPED 1 /* anomaly: the process was sent SIGSTOP for a response */
 #define HS_EVF_FOREIGN 2 /* anomaly: of a task the profile does not learn from */
+/* exec: the profile of this (dev, ino) was made for another file (its i_generation
+ * differs: the inode number was reused); the task is not followed until userspace
+ * replaces the profile */
+#define HS_EVF_REPLACED 4
 
 /* A process stopped for a response, by tgid, until userspace has taken it over. Its
  * keeper reads this map to resume every process left stopped if the daemon dies. */

@@ -64,6 +64,7 @@ struct super_block {
 struct inode {
 	unsigned long i_ino;
 	struct super_block *i_sb;
+	__u32 i_generation;
 };
 
 struct file {
