@@ -160,8 +160,8 @@ impl PhProfile {
             .map(SymbolTable::validated)
             .transpose()
             .map_err(|e| ProfileError::Corrupt(format!("symbol table: {e}")))?;
-        if extras.rates.is_some_and(|r| r.window_ns == 0) {
-            return Err(ProfileError::Corrupt("rate window of 0".into()));
+        if let Some(r) = &extras.rates {
+            r.validate().map_err(ProfileError::Corrupt)?;
         }
         if !rest.is_empty() {
             return Err(ProfileError::TrailingData(rest.len() as u64));
@@ -293,5 +293,56 @@ mod raw_pair_tests {
         }
         // A version this build does not know is refused.
         assert!(PhProfile::from_bytes(&frame_version(PH_MAGIC, 3, payload)).is_err());
+    }
+
+    #[test]
+    fn learned_rates_outside_what_training_can_make_are_refused() {
+        use crate::rate::{LearnedRates, MAX_COUNT, MAX_WINDOW_NS, MIN_WINDOW_NS};
+        let config = PhConfig {
+            rate_limit: true,
+            ..PhConfig::default()
+        };
+        let mut p = PhProfile::new(ExeKey { dev: 1, ino: 2 }, "/x", &config);
+        let with = |p: &mut PhProfile, window_ns, fork_peak| {
+            p.rates = Some(LearnedRates {
+                window_ns,
+                fork_peak,
+                create_peak: 0,
+            });
+            PhProfile::from_bytes(&p.to_bytes())
+        };
+        for (window, peak) in [(MIN_WINDOW_NS, 0), (MAX_WINDOW_NS, MAX_COUNT)] {
+            assert!(with(&mut p, window, peak).is_ok(), "{window} {peak}");
+        }
+        // A window of 584 years would hold the second fork of a normal profile for
+        // good: the file is damaged, not a limit.
+        for (window, peak) in [
+            (0, 1),
+            (MIN_WINDOW_NS - 1, 1),
+            (MAX_WINDOW_NS + 1, 1),
+            (u64::MAX, 0),
+            (MIN_WINDOW_NS, MAX_COUNT + 1),
+            (MIN_WINDOW_NS, u32::MAX),
+        ] {
+            let e = with(&mut p, window, peak).unwrap_err();
+            assert!(matches!(e, ProfileError::Corrupt(_)), "{window} {peak}: {e}");
+        }
+        // What a config can ask for is what a profile can hold.
+        for secs in [0.001, 0.0010000001, 3600.0] {
+            let c = PhConfig {
+                rate_window_secs: secs,
+                ..config.clone()
+            };
+            c.validate().unwrap();
+            let r = LearnedRates::new(c.rate_window_ns());
+            r.validate().unwrap();
+        }
+        for secs in [0.0009, 3600.001, f64::NAN, f64::INFINITY, -1.0, 0.0] {
+            let c = PhConfig {
+                rate_window_secs: secs,
+                ..config.clone()
+            };
+            assert!(c.validate().is_err(), "{secs}");
+        }
     }
 }
