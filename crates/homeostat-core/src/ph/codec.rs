@@ -77,8 +77,8 @@ impl PhProfile {
         let a = self.model.alphabet();
         let call = |s: u32| -> Option<u32> {
             match &self.symbols {
-                Some(t) if s >= crate::symbols::ENRICHED_BASE => t.describe(s).map(|(c, _)| c),
-                _ => Some(s),
+                Some(t) => t.call_of(s),
+                None => Some(s),
             }
         };
         let raw = entries
@@ -104,8 +104,8 @@ impl PhProfile {
             .symbols()
             .iter()
             .filter_map(|&s| match &self.symbols {
-                Some(t) if s >= crate::symbols::ENRICHED_BASE => t.describe(s).map(|(c, _)| c),
-                _ => Some(s),
+                Some(t) => t.call_of(s),
+                None => Some(s),
             })
             .collect();
         v.sort_unstable();
@@ -325,7 +325,10 @@ mod raw_pair_tests {
             (MIN_WINDOW_NS, u32::MAX),
         ] {
             let e = with(&mut p, window, peak).unwrap_err();
-            assert!(matches!(e, ProfileError::Corrupt(_)), "{window} {peak}: {e}");
+            assert!(
+                matches!(e, ProfileError::Corrupt(_)),
+                "{window} {peak}: {e}"
+            );
         }
         // What a config can ask for is what a profile can hold.
         for secs in [0.001, 0.0010000001, 3600.0] {
@@ -344,5 +347,45 @@ mod raw_pair_tests {
             };
             assert!(c.validate().is_err(), "{secs}");
         }
+    }
+
+    #[test]
+    fn an_argument_aware_profile_keeps_its_i386_calls_when_folded_to_calls() {
+        use crate::symbols::{Arg, SymbolMode, ENRICHED_BASE};
+        let config = PhConfig {
+            symbols: SymbolMode::Args,
+            ..PhConfig::default()
+        };
+        let mut p = PhProfile::new(ExeKey { dev: 1, ino: 2 }, "/x", &config);
+        let mut task = crate::ph::PhTask::new(&p);
+        let arg = Arg::Path {
+            path: b"/srv/a/b".to_vec(),
+            flags: 0,
+        };
+        // The monitor numbers an i386 call 0x10000 + nr and captures no argument
+        // for it; x86_64 openat (257) gets a class.
+        let i386_read = 0x1_0000 + 3;
+        let mut seen = vec![];
+        for (call, a) in [
+            (257, Some(&arg)),
+            (i386_read, None),
+            (0, None),
+            (257, Some(&arg)),
+        ] {
+            let s = p.symbol_of(&task, call, a);
+            seen.push(s);
+            p.on_syscall(&mut task, s, false, 0, &config, &mut |_| {});
+        }
+        assert_eq!(seen[0], ENRICHED_BASE);
+        assert_eq!(seen[1], i386_read);
+        assert_eq!(p.calls(), vec![0, 257, i386_read]);
+        let raw = p.raw_pairs();
+        assert!(raw.contains(&(i386_read, 257, 1)), "{raw:?}");
+        assert!(raw.contains(&(0, i386_read, 1)), "{raw:?}");
+        // A call numbered in the enriched range never gets a class of its own.
+        let t = p.symbol_table().unwrap();
+        assert_eq!(t.call_of(ENRICHED_BASE), Some(257));
+        assert_eq!(t.call_of(crate::symbols::UNSEEN), None);
+        assert_eq!(t.call_of(ENRICHED_BASE + 7), None);
     }
 }
