@@ -388,4 +388,31 @@ mod raw_pair_tests {
         assert_eq!(t.call_of(crate::symbols::UNSEEN), None);
         assert_eq!(t.call_of(ENRICHED_BASE + 7), None);
     }
+
+    #[test]
+    fn a_profile_with_counters_at_their_maximum_keeps_working() {
+        // Counters read from a damaged (or very old) file may be anything: the next
+        // call must neither panic (debug) nor wrap them to 0 (release).
+        let config = PhConfig {
+            normal_wait_secs: 0.0,
+            anomaly_limit: u64::MAX,
+            ..PhConfig::default()
+        };
+        let mut p = PhProfile::new(ExeKey { dev: 1, ino: 2 }, "/x", &config);
+        let mut task = crate::ph::PhTask::new(&p);
+        for call in [1, 2, 1, 2] {
+            p.on_syscall(&mut task, call, false, 0, &config, &mut |_| {});
+        }
+        p.normalize(&mut |_| {});
+        p.train_count = u64::MAX;
+        p.last_mod_count = u64::MAX;
+        p.anomalies = u64::MAX;
+        let mut p = PhProfile::from_bytes(&p.to_bytes()).unwrap();
+        let mut task = crate::ph::PhTask::new(&p);
+        for call in [1, 2, 9, 9, 1] {
+            p.on_syscall(&mut task, call, false, 1, &config, &mut |_| {});
+        }
+        assert_eq!(p.train_count, u64::MAX);
+        assert_eq!(p.anomalies, u64::MAX);
+    }
 }
