@@ -185,7 +185,24 @@ pub fn parse_members(reg: &Registry, list: &str) -> Result<Vec<Member>, Detector
             list
         )));
     }
+    let names: Vec<String> = out.iter().map(Member::name).collect();
+    if let Some(dup) = repeated(&names) {
+        return Err(err(format!(
+            "member {dup} twice (identical members score the same; give each its own \
+             parameters, e.g. lm(seed=1),lm(seed=2))"
+        )));
+    }
     Ok(out)
+}
+
+/// A name that appears twice in `names` (members name their score columns, so
+/// they must differ).
+fn repeated(names: &[String]) -> Option<&str> {
+    let mut seen = std::collections::HashSet::new();
+    names
+        .iter()
+        .find(|n| !seen.insert(n.as_str()))
+        .map(String::as_str)
 }
 
 /// The canonical name of an ensemble of `members`.
@@ -553,6 +570,11 @@ pub fn load(reg: &Registry, payload: &[u8]) -> Result<Box<dyn Detector>, Detecto
             "fewer than two members, or labels not one per member".into(),
         ));
     }
+    // Before members had parameters, two copies of one model were legal (and
+    // identical); such files still load.
+    if let Some(dup) = repeated(&stored.labels).filter(|_| v2) {
+        return Err(corrupt(format!("member {dup} twice")));
+    }
     let mut parts = vec![];
     for (m, label) in stored.members.into_iter().zip(stored.labels) {
         if m.model.kind == ENSEMBLE {
@@ -622,6 +644,15 @@ mod tests {
         assert!(bad("knn(states=3),stide").contains("takes no parameter \"states\""));
         assert!(bad("knn(k),stide").contains("not name=value"));
         assert!(bad("knn(k=1)x,stide").contains("cannot read member"));
+        // The same member twice scores the same twice, and its two score columns
+        // share one name (JSON output kept one of them).
+        assert!(bad("kn(order=2),kn(order=2)").contains("twice"));
+        assert!(bad("stide,knn,Stide").contains("twice"));
+        assert!(bad("kn(order=2,discount=0.5),kn(discount=0.5,order=2)").contains("twice"));
+        assert_eq!(
+            parse_members(&r, "kn(order=2),kn(order=3)").unwrap().len(),
+            2
+        );
     }
 
     #[test]
@@ -687,6 +718,11 @@ mod tests {
         }
         let e = b.build(&|_, _| {}).unwrap();
         let new: Stored = decode_all(&e.save()).unwrap();
+        // A current payload naming one member twice is damaged.
+        let mut twice = new.clone();
+        twice.labels[1] = twice.labels[0].clone();
+        let twice = postcard::to_allocvec(&twice).unwrap();
+        assert!(load(&r, &twice).unwrap_err().to_string().contains("twice"));
         let old = postcard::to_allocvec(&StoredV1 {
             holdout: new.holdout,
             members: new.members,

@@ -11,7 +11,9 @@
 //! call appears rather than how often, which is what a back-off distribution should
 //! measure.
 //!
-//!     P_k(w | h) = max(c_k(h w) - D_k, 0) / c_k(h .) + D_k N1+(h .) / c_k(h .) P_{k-1}(w | h')
+//! ```text
+//! P_k(w | h) = max(c_k(h w) - D_k, 0) / c_k(h .) + D_k N1+(h .) / c_k(h .) P_{k-1}(w | h')
+//! ```
 //!
 //! with `c_n` the raw counts, `c_k` for `k < n` the continuation counts
 //! `N1+(. h w)`, `h'` the context without its oldest call, `D_k = n1 / (n1 + 2 n2)`

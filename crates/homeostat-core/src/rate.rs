@@ -40,6 +40,13 @@ use crate::symbols::{flags, Arg};
 /// limiter holds at most this many timestamps).
 pub const MAX_COUNT: u32 = 1 << 16;
 
+/// Shortest rate window, ns (1 ms).
+pub const MIN_WINDOW_NS: u64 = 1_000_000;
+/// Longest rate window, ns (an hour). A queued call waits up to a window per call
+/// ahead of it, so a window read from a damaged profile (up to `u64::MAX` ns, 584
+/// years) would hold a program's forks for good.
+pub const MAX_WINDOW_NS: u64 = 3_600_000_000_000;
+
 /// What a rate limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -102,6 +109,25 @@ impl LearnedRates {
             fork_peak: 0,
             create_peak: 0,
         }
+    }
+
+    /// Checks rates read from a file: a window in
+    /// [`MIN_WINDOW_NS`]..=[`MAX_WINDOW_NS`] (the range a configuration may set) and
+    /// peaks no higher than [`MAX_COUNT`] (the most [`LearnedRates::record`] keeps).
+    pub fn validate(&self) -> Result<(), String> {
+        if !(MIN_WINDOW_NS..=MAX_WINDOW_NS).contains(&self.window_ns) {
+            return Err(format!(
+                "rate window of {} ns is outside {MIN_WINDOW_NS}..={MAX_WINDOW_NS}",
+                self.window_ns
+            ));
+        }
+        if self.fork_peak > MAX_COUNT || self.create_peak > MAX_COUNT {
+            return Err(format!(
+                "rate peaks {} and {} beyond {MAX_COUNT}",
+                self.fork_peak, self.create_peak
+            ));
+        }
+        Ok(())
     }
 
     /// The peak of `kind`.

@@ -522,6 +522,19 @@ impl SymbolTable {
         self.classes.get(i).map(|(c, s)| (*c, s.as_str()))
     }
 
+    /// The call a symbol of this table's alphabet stands for: an enriched symbol's
+    /// learned call; any number outside the enriched range ([`ENRICHED_BASE`] to
+    /// [`UNSEEN`]) is a plain call and stands for itself, including the monitor's
+    /// i386 calls (offset above 4096); `None` for [`UNSEEN`] and for enriched numbers
+    /// the table does not hold. The one fold from symbols back to calls (the daemon's
+    /// pairs, seccomp allow-lists).
+    pub fn call_of(&self, symbol: u32) -> Option<u32> {
+        if !(ENRICHED_BASE..=UNSEEN).contains(&symbol) {
+            return Some(symbol);
+        }
+        self.describe(symbol).map(|(c, _)| c)
+    }
+
     fn others(&self) -> usize {
         self.classes.iter().filter(|(_, c)| c == OTHER).count()
     }
@@ -536,7 +549,11 @@ impl SymbolTable {
     /// The symbol of a training call, learning its class (or, past the cap, counting
     /// it into the call's `other` class).
     pub fn learn(&mut self, call: u32, arg: Option<&Arg>) -> u32 {
-        let Some(arg) = arg else { return call };
+        // Only calls numbered below the enriched range get classes, so that every
+        // number folds back to one call ([`SymbolTable::call_of`]).
+        let Some(arg) = arg.filter(|_| call < ENRICHED_BASE) else {
+            return call;
+        };
         let class = class_of(arg, &self.config);
         if let Some(&s) = self.index.get(&(call, class.clone())) {
             return s;
@@ -561,7 +578,9 @@ impl SymbolTable {
     /// The symbol of a call under test: its class's symbol, the call's `other` class
     /// when training overflowed for it, else [`UNSEEN`].
     pub fn symbol(&self, call: u32, arg: Option<&Arg>) -> u32 {
-        let Some(arg) = arg else { return call };
+        let Some(arg) = arg.filter(|_| call < ENRICHED_BASE) else {
+            return call;
+        };
         let class = class_of(arg, &self.config);
         if let Some(&s) = self.index.get(&(call, class)) {
             return s;
@@ -583,6 +602,9 @@ impl SymbolTable {
         for (i, (call, class)) in self.classes.iter().enumerate() {
             if class.len() > MAX_CLASS_BYTES {
                 return Err(TableError(format!("class {i} is too long")));
+            }
+            if *call >= ENRICHED_BASE {
+                return Err(TableError(format!("class {i} of call {call}")));
             }
             if self
                 .index
@@ -753,6 +775,18 @@ mod tests {
         let mut t = SymbolTable::new(SymbolConfig::default()).unwrap();
         t.learn(1, Some(&Arg::Prot { exec: true }));
         t.classes.push(t.classes[0].clone());
+        assert!(t.validated().is_err());
+        // A class of a call numbered in the enriched range would fold back to a
+        // symbol, not a call: such a table is damaged (learn never makes one).
+        let mut t = SymbolTable::new(SymbolConfig::default()).unwrap();
+        assert_eq!(
+            t.learn(ENRICHED_BASE, Some(&Arg::Prot { exec: true })),
+            ENRICHED_BASE
+        );
+        assert!(t.classes().is_empty());
+        t.classes.push((ENRICHED_BASE + 1, "prot exec".into()));
+        assert!(t.clone().validated().is_err());
+        t.classes[0].0 = 0x1_0000 + 5;
         assert!(t.validated().is_err());
         let long = "/".repeat(10_000);
         let c = class_of(

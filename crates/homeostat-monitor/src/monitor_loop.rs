@@ -254,10 +254,16 @@ pub fn drive(
             None => {}
             Some(SourceEvent::ChildExited(st)) => status = Some(st),
             Some(SourceEvent::TaskGone(tid)) => consumer.exit(tid, tid, false),
-            // Held calls of tasks that died are answered (and ignored) first.
-            Some(SourceEvent::Done) if timers.is_empty() => break,
-            // Done comes back at once on every call: wait for the timer instead.
-            Some(SourceEvent::Done) => std::thread::sleep(wait),
+            // Nothing is left to watch, so every held call is a dead task's: answer
+            // them now (the answers are ignored) rather than wait out their delays,
+            // which would keep the monitor alive after its program for as long as the
+            // longest (a rate-limit queue can hold a call for hours).
+            Some(SourceEvent::Done) => {
+                while let Some(Reverse((_, id))) = timers.pop() {
+                    source.respond(id, None)?;
+                }
+                break;
+            }
             Some(SourceEvent::Call(ev)) => {
                 match consumer.call(&ev) {
                     Verdict::Continue => source.respond(ev.id, None)?,

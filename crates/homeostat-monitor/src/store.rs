@@ -144,10 +144,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// The file cannot be opened or read, or is not a regular file.
-    #[error("{0}")]
+    // Transparent: with `{0}` the reason printed again as its own cause, twice on
+    // the one error line.
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The header is not that of a file of the expected kind.
-    #[error("{0}")]
+    #[error(transparent)]
     Format(#[from] ProfileError),
 }
 

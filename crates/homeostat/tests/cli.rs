@@ -138,6 +138,11 @@ fn damaged_profiles_and_traces_are_one_line_errors() {
     std::fs::write(&profile, &bytes[..30]).unwrap();
     let err = fails(bin().arg("inspect").arg(&profile));
     assert!(err.contains("truncated"), "{err}");
+    // Said once: the reason is not repeated as its own cause.
+    assert_eq!(err.matches("truncated").count(), 1, "{err}");
+    std::fs::write(&profile, b"some text, not a profile\n").unwrap();
+    let err = fails(bin().arg("inspect").arg(&profile));
+    assert_eq!(err.matches("bad magic").count(), 1, "{err}");
 
     let bad = dir.path().join("bad.unm");
     std::fs::write(&bad, "12 5\n12 6\n12 x\n").unwrap();

@@ -77,8 +77,8 @@ impl PhProfile {
         let a = self.model.alphabet();
         let call = |s: u32| -> Option<u32> {
             match &self.symbols {
-                Some(t) if s >= crate::symbols::ENRICHED_BASE => t.describe(s).map(|(c, _)| c),
-                _ => Some(s),
+                Some(t) => t.call_of(s),
+                None => Some(s),
             }
         };
         let raw = entries
@@ -104,8 +104,8 @@ impl PhProfile {
             .symbols()
             .iter()
             .filter_map(|&s| match &self.symbols {
-                Some(t) if s >= crate::symbols::ENRICHED_BASE => t.describe(s).map(|(c, _)| c),
-                _ => Some(s),
+                Some(t) => t.call_of(s),
+                None => Some(s),
             })
             .collect();
         v.sort_unstable();
@@ -160,8 +160,8 @@ impl PhProfile {
             .map(SymbolTable::validated)
             .transpose()
             .map_err(|e| ProfileError::Corrupt(format!("symbol table: {e}")))?;
-        if extras.rates.is_some_and(|r| r.window_ns == 0) {
-            return Err(ProfileError::Corrupt("rate window of 0".into()));
+        if let Some(r) = &extras.rates {
+            r.validate().map_err(ProfileError::Corrupt)?;
         }
         if !rest.is_empty() {
             return Err(ProfileError::TrailingData(rest.len() as u64));
@@ -293,5 +293,126 @@ mod raw_pair_tests {
         }
         // A version this build does not know is refused.
         assert!(PhProfile::from_bytes(&frame_version(PH_MAGIC, 3, payload)).is_err());
+    }
+
+    #[test]
+    fn learned_rates_outside_what_training_can_make_are_refused() {
+        use crate::rate::{LearnedRates, MAX_COUNT, MAX_WINDOW_NS, MIN_WINDOW_NS};
+        let config = PhConfig {
+            rate_limit: true,
+            ..PhConfig::default()
+        };
+        let mut p = PhProfile::new(ExeKey { dev: 1, ino: 2 }, "/x", &config);
+        let with = |p: &mut PhProfile, window_ns, fork_peak| {
+            p.rates = Some(LearnedRates {
+                window_ns,
+                fork_peak,
+                create_peak: 0,
+            });
+            PhProfile::from_bytes(&p.to_bytes())
+        };
+        for (window, peak) in [(MIN_WINDOW_NS, 0), (MAX_WINDOW_NS, MAX_COUNT)] {
+            assert!(with(&mut p, window, peak).is_ok(), "{window} {peak}");
+        }
+        // A window of 584 years would hold the second fork of a normal profile for
+        // good: the file is damaged, not a limit.
+        for (window, peak) in [
+            (0, 1),
+            (MIN_WINDOW_NS - 1, 1),
+            (MAX_WINDOW_NS + 1, 1),
+            (u64::MAX, 0),
+            (MIN_WINDOW_NS, MAX_COUNT + 1),
+            (MIN_WINDOW_NS, u32::MAX),
+        ] {
+            let e = with(&mut p, window, peak).unwrap_err();
+            assert!(
+                matches!(e, ProfileError::Corrupt(_)),
+                "{window} {peak}: {e}"
+            );
+        }
+        // What a config can ask for is what a profile can hold.
+        for secs in [0.001, 0.0010000001, 3600.0] {
+            let c = PhConfig {
+                rate_window_secs: secs,
+                ..config.clone()
+            };
+            c.validate().unwrap();
+            let r = LearnedRates::new(c.rate_window_ns());
+            r.validate().unwrap();
+        }
+        for secs in [0.0009, 3600.001, f64::NAN, f64::INFINITY, -1.0, 0.0] {
+            let c = PhConfig {
+                rate_window_secs: secs,
+                ..config.clone()
+            };
+            assert!(c.validate().is_err(), "{secs}");
+        }
+    }
+
+    #[test]
+    fn an_argument_aware_profile_keeps_its_i386_calls_when_folded_to_calls() {
+        use crate::symbols::{Arg, SymbolMode, ENRICHED_BASE};
+        let config = PhConfig {
+            symbols: SymbolMode::Args,
+            ..PhConfig::default()
+        };
+        let mut p = PhProfile::new(ExeKey { dev: 1, ino: 2 }, "/x", &config);
+        let mut task = crate::ph::PhTask::new(&p);
+        let arg = Arg::Path {
+            path: b"/srv/a/b".to_vec(),
+            flags: 0,
+        };
+        // The monitor numbers an i386 call 0x10000 + nr and captures no argument
+        // for it; x86_64 openat (257) gets a class.
+        let i386_read = 0x1_0000 + 3;
+        let mut seen = vec![];
+        for (call, a) in [
+            (257, Some(&arg)),
+            (i386_read, None),
+            (0, None),
+            (257, Some(&arg)),
+        ] {
+            let s = p.symbol_of(&task, call, a);
+            seen.push(s);
+            p.on_syscall(&mut task, s, false, 0, &config, &mut |_| {});
+        }
+        assert_eq!(seen[0], ENRICHED_BASE);
+        assert_eq!(seen[1], i386_read);
+        assert_eq!(p.calls(), vec![0, 257, i386_read]);
+        let raw = p.raw_pairs();
+        assert!(raw.contains(&(i386_read, 257, 1)), "{raw:?}");
+        assert!(raw.contains(&(0, i386_read, 1)), "{raw:?}");
+        // A call numbered in the enriched range never gets a class of its own.
+        let t = p.symbol_table().unwrap();
+        assert_eq!(t.call_of(ENRICHED_BASE), Some(257));
+        assert_eq!(t.call_of(crate::symbols::UNSEEN), None);
+        assert_eq!(t.call_of(ENRICHED_BASE + 7), None);
+    }
+
+    #[test]
+    fn a_profile_with_counters_at_their_maximum_keeps_working() {
+        // Counters read from a damaged (or very old) file may be anything: the next
+        // call must neither panic (debug) nor wrap them to 0 (release).
+        let config = PhConfig {
+            normal_wait_secs: 0.0,
+            anomaly_limit: u64::MAX,
+            ..PhConfig::default()
+        };
+        let mut p = PhProfile::new(ExeKey { dev: 1, ino: 2 }, "/x", &config);
+        let mut task = crate::ph::PhTask::new(&p);
+        for call in [1, 2, 1, 2] {
+            p.on_syscall(&mut task, call, false, 0, &config, &mut |_| {});
+        }
+        p.normalize(&mut |_| {});
+        p.train_count = u64::MAX;
+        p.last_mod_count = u64::MAX;
+        p.anomalies = u64::MAX;
+        let mut p = PhProfile::from_bytes(&p.to_bytes()).unwrap();
+        let mut task = crate::ph::PhTask::new(&p);
+        for call in [1, 2, 9, 9, 1] {
+            p.on_syscall(&mut task, call, false, 1, &config, &mut |_| {});
+        }
+        assert_eq!(p.train_count, u64::MAX);
+        assert_eq!(p.anomalies, u64::MAX);
     }
 }

@@ -124,12 +124,16 @@ impl PhConfig {
                 self.rate_margin
             ));
         }
+        let (lo, hi) = (
+            crate::rate::MIN_WINDOW_NS as f64 / 1e9,
+            crate::rate::MAX_WINDOW_NS as f64 / 1e9,
+        );
         if !(self.rate_window_secs.is_finite()
-            && self.rate_window_secs >= 0.001
-            && self.rate_window_secs <= 3600.0)
+            && self.rate_window_secs >= lo
+            && self.rate_window_secs <= hi)
         {
             return Err(format!(
-                "rate_window_secs must be between 0.001 and 3600, not {}",
+                "rate_window_secs must be between {lo} and {hi}, not {}",
                 self.rate_window_secs
             ));
         }
@@ -156,9 +160,11 @@ impl PhConfig {
         }
     }
 
-    /// The rate window in ns.
+    /// The rate window in ns, in the range a saved profile may hold (so rounding
+    /// never makes a profile that does not load).
     pub fn rate_window_ns(&self) -> u64 {
-        (self.rate_window_secs * 1e9) as u64
+        ((self.rate_window_secs * 1e9) as u64)
+            .clamp(crate::rate::MIN_WINDOW_NS, crate::rate::MAX_WINDOW_NS)
     }
 
     /// The lookahead-pairs model spec these parameters describe.

@@ -41,13 +41,15 @@ impl TrainCounts {
         changed: bool,
         config: &PhConfig,
     ) -> Option<Change> {
-        self.train_count += calls;
+        // Saturating: counters come from files and the kernel, and a wrap to 0 would
+        // restart the freeze rule (and panic in a debug build).
+        self.train_count = self.train_count.saturating_add(calls);
         if changed {
             self.last_mod_count = 0;
             return (state == ProfileState::Frozen)
                 .then_some((ProfileState::Training, "new behaviour"));
         }
-        self.last_mod_count += calls;
+        self.last_mod_count = self.last_mod_count.saturating_add(calls);
         (state == ProfileState::Training && self.stable(config))
             .then_some((ProfileState::Frozen, "stable"))
     }

@@ -415,7 +415,7 @@ impl PhProfile {
                 // for an attack in progress: otherwise a dense enough attack would
                 // return the profile to training and switch off its own response.
                 if !task.tolerized {
-                    self.anomalies += 1;
+                    self.anomalies = self.anomalies.saturating_add(1);
                     self.dirty = true;
                     if self.anomalies > config.anomaly_limit {
                         self.sensitize("anomaly_limit exceeded", emit);
