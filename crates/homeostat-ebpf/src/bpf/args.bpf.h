@@ -18,9 +18,13 @@
  * names the class with the core's class_of. crates/homeostat-daemon/tests/args.rs runs
  * one real program under both and compares the class sets.
  *
- * Not done in the kernel (documented in docs/arguments.md): relative paths are not
- * resolved against the cwd or a dirfd (their class is `rel:` + their own prefix, the
- * core's rule for a path capture could not resolve); an exec path is hashed as given
+ * A relative path is resolved against its base directory, the cwd or the dirfd's
+ * file, as the launcher does through /proc (hs_rel_hash: the base's dentries walked
+ * up through its mounts to the root, only the top hs_path_depth names read).
+ *
+ * Not done in the kernel (documented in docs/arguments.md): a base deeper than
+ * HS_WALK_MAX or outside the root (a detached tree), or a Unix socket's relative
+ * path, keeps the `rel:` class of an unresolved path; an exec path is hashed as given
  * (not normalised); an argument the kernel cannot read without a page fault
  * (bpf_probe_read_user* never faults) is counted and the call is not tested for it. */
 #ifndef __HOMEOSTAT_ARGS_H__
