@@ -104,7 +104,7 @@ fn resolved(e: &hs_class_event, rel: &[u8]) -> Option<Vec<u8>> {
     let base = bytemuck::cast_slice::<i8, u8>(&e.base);
     let base = &base[..base.iter().position(|&b| b == 0)?];
     let read = base.split(|&b| b == b'/').filter(|c| !c.is_empty()).count() as u32;
-    if e.base_dirs > WALK_MAX || read > e.base_dirs || (base.first().is_some_and(|&b| b != b'/')) {
+    if e.base_dirs > WALK_MAX || read > e.base_dirs || base.first().is_some_and(|&b| b != b'/') {
         return None;
     }
     let mut dir = base.to_vec();
@@ -339,12 +339,59 @@ impl Kernel {
 mod tests {
     use super::*;
 
+    fn path_event(rel: &str, base: &[u8], base_dirs: u32) -> hs_class_event {
+        let mut e: hs_class_event = bytemuck::Zeroable::zeroed();
+        e.arg_kind = ARG_PATH;
+        e.arg_flags = PATH_RESOLVED | 1;
+        e.len = rel.len() as u32 + 1;
+        for (d, &b) in e.data.iter_mut().zip(rel.as_bytes()) {
+            *d = b as i8;
+        }
+        for (d, &b) in e.base.iter_mut().zip(base) {
+            *d = b as i8;
+        }
+        e.base_dirs = base_dirs;
+        e
+    }
+
+    #[test]
+    fn a_resolved_relative_path_is_named_as_the_launcher_names_it() {
+        let cfg = SymbolConfig::default();
+        let name = |e: &hs_class_event| event_arg(e).map(|a| class_name(&a, &cfg));
+        // cwd /usr/share/doc/x (4 deep, the top 2 read): the deeper ones stand in.
+        let e = path_event("y/z", b"/usr/share", 4);
+        assert_eq!(name(&e).as_deref(), Some("/usr/share/ +create"));
+        let e = path_event("../../../../../etc/passwd", b"/usr/share", 4);
+        assert_eq!(name(&e).as_deref(), Some("/etc/ +create"));
+        let e = path_event("../../../x/y", b"/usr/share", 4);
+        assert_eq!(name(&e).as_deref(), Some("/usr/x/ +create"));
+        // The root as base.
+        let e = path_event("etc/hostname", b"", 0);
+        assert_eq!(name(&e).as_deref(), Some("/etc/ +create"));
+        // Hostile records: no NUL, more names than the depth says, a relative base,
+        // a depth past the walk's bound.
+        let mut e = path_event("a", b"", 0);
+        e.base = [b'x' as i8; 512];
+        assert_eq!(name(&e), None);
+        assert_eq!(name(&path_event("a", b"/a/b/c", 2)), None);
+        assert_eq!(name(&path_event("a", b"a/b", 2)), None);
+        assert_eq!(name(&path_event("a", b"/a", WALK_MAX + 1)), None);
+    }
+
     #[test]
     fn the_spec_table_is_the_cores() {
         let t = spec_table();
         let nr = |n: &str| Arch::X86_64.number(n).unwrap() as usize;
         assert_eq!(t[nr("openat")], SPEC_PATH | 1 << 4 | 2 << 8);
-        assert_eq!(t[nr("creat")], SPEC_PATH | NO_REG << 8 | SPEC_CREAT);
+        assert_eq!(
+            t[nr("creat")],
+            SPEC_PATH | NO_REG << 8 | SPEC_CREAT | NO_REG << SPEC_DIRFD_SHIFT
+        );
+        assert_eq!(
+            t[nr("unlinkat")] >> SPEC_DIRFD_SHIFT & 15,
+            0,
+            "the dirfd register"
+        );
         assert_eq!(t[nr("execve")], SPEC_EXEC | NO_REG << 8);
         assert_eq!(
             t[nr("sendto")],
