@@ -79,6 +79,7 @@
 #   HOMEOSTAT_BEFORE_BIN=F another build to compare (conditions old-training,
 #                   old-normal); unset: those conditions are not run
 #   ARGS=1          add the conditions args-training args-normal
+#   WORKLOADS="..." the workloads timed (default: dd1 dd4 find tar forkexec)
 #   CONDS="..."     the conditions to run (default: none floor training normal, plus
 #                   old-training old-normal with HOMEOSTAT_BEFORE_BIN, plus
 #                   args-training args-normal with ARGS=1)
@@ -249,7 +250,7 @@ w_tar() { tar c "$tar_dir" 2>/dev/null | wc -c >/dev/null; }
 # shellcheck disable=SC2016 # $i is the inner sh's
 w_forkexec() { sh -c 'i=0; while [ $i -lt '"$forks"' ]; do /bin/true; i=$((i+1)); done'; }
 
-workloads=(dd1 dd4 find tar forkexec)
+read -r -a workloads <<<"${WORKLOADS:-dd1 dd4 find tar forkexec}"
 declare -A label=(
     [dd1]="\`dd if=/dev/zero of=/dev/null bs=1 count=$dd_count\`"
     [dd4]="4 x that dd in parallel"

@@ -98,7 +98,7 @@ const _: () = {
     assert!(size_of::<hs_exec_event>() == 48 + 2 * 256);
     assert!(size_of::<hs_stop>() == 16);
     assert!(size_of::<hs_class_key>() == 16);
-    assert!(size_of::<hs_class_event>() == 48 + 24 + 256);
+    assert!(size_of::<hs_class_event>() == 48 + 24 + 256 + 8 + 512);
 };
 
 /// A value of `T` from a map's bytes; `None` if they are not exactly one `T` (a map

@@ -30,6 +30,8 @@ const SPEC_PID: u32 = 4;
 const SPEC_PTRACE: u32 = 5;
 const SPEC_PROT: u32 = 6;
 const SPEC_CREAT: u32 = 1 << 16;
+/// Where the register of a path's dirfd goes (`HS_SPEC_DIRFD_SHIFT`).
+const SPEC_DIRFD_SHIFT: u32 = 20;
 /// No register (the flags of an open without flags).
 const NO_REG: u32 = 15;
 
@@ -54,12 +56,16 @@ fn spec_word(s: ArgSpec) -> u32 {
     let reg = |r: usize| (r as u32) & 15;
     match s {
         ArgSpec::Path {
-            path, flags, creat, ..
+            path,
+            flags,
+            creat,
+            dirfd,
         } => {
             SPEC_PATH
                 | reg(path) << 4
                 | flags.map_or(NO_REG, reg) << 8
                 | if creat { SPEC_CREAT } else { 0 }
+                | dirfd.map_or(NO_REG, reg) << SPEC_DIRFD_SHIFT
         }
         ArgSpec::Exec { path, .. } => SPEC_EXEC | reg(path) << 4 | NO_REG << 8,
         ArgSpec::Sockaddr { addr, len } => {
@@ -83,6 +89,32 @@ pub fn spec_table() -> [u32; ROW] {
     t
 }
 
+/// `HS_PATH_RESOLVED`: a relative path the programs resolved against its base
+/// directory (the cwd or the dirfd's), whose top components the event carries.
+const PATH_RESOLVED: u32 = 4;
+/// `HS_WALK_MAX`: the deepest base directory the programs resolve against.
+const WALK_MAX: u32 = 64;
+/// The name a base component the programs did not read stands under (deeper than the
+/// path depth: it never makes a class, and a `..` pops it by count alone).
+const UNREAD_COMPONENT: &[u8] = b"\xe2\x80\xa6";
+
+/// A resolved relative path: the core's `resolve` of `rel` against the event's base
+/// (its top components, then the deeper ones it did not read); `None` if malformed.
+fn resolved(e: &hs_class_event, rel: &[u8]) -> Option<Vec<u8>> {
+    let base = bytemuck::cast_slice::<i8, u8>(&e.base);
+    let base = &base[..base.iter().position(|&b| b == 0)?];
+    let read = base.split(|&b| b == b'/').filter(|c| !c.is_empty()).count() as u32;
+    if e.base_dirs > WALK_MAX || read > e.base_dirs || base.first().is_some_and(|&b| b != b'/') {
+        return None;
+    }
+    let mut dir = base.to_vec();
+    for _ in read..e.base_dirs {
+        dir.push(b'/');
+        dir.extend_from_slice(UNREAD_COMPONENT);
+    }
+    Some(symbols::resolve(&dir, rel))
+}
+
 /// What a class event read, as the core's [`Arg`]; `None` if the record is malformed.
 pub(crate) fn event_arg(e: &hs_class_event) -> Option<Arg> {
     let data = bytemuck::cast_slice::<i8, u8>(&e.data);
@@ -90,7 +122,11 @@ pub(crate) fn event_arg(e: &hs_class_event) -> Option<Arg> {
     let text = || used[..used.iter().position(|&b| b == 0).unwrap_or(used.len())].to_vec();
     Some(match e.arg_kind {
         ARG_PATH => Arg::Path {
-            path: text(),
+            path: if e.arg_flags & PATH_RESOLVED != 0 {
+                resolved(e, &text())?
+            } else {
+                text()
+            },
             flags: e.arg_flags as u8 & (symbols::flags::CREATE | symbols::flags::WRITE),
         },
         ARG_EXEC => Arg::Exec { path: text() },
@@ -104,8 +140,9 @@ pub(crate) fn event_arg(e: &hs_class_event) -> Option<Arg> {
 }
 
 /// The name of the class of `arg`, by the core's rules, as the programs classify it:
-/// an absolute path is normalised (the core's `resolve`, as the launcher does), a
-/// relative one is not (the programs do not know the cwd: `rel:` classes).
+/// an absolute path is normalised (the core's `resolve`, as the launcher does; a
+/// relative one the programs resolved arrives absolute), a relative one they could
+/// not resolve is not (`rel:` classes).
 pub fn class_name(arg: &Arg, cfg: &SymbolConfig) -> String {
     match arg {
         Arg::Path { path, flags } if path.first() == Some(&b'/') => symbols::class_of(
@@ -302,12 +339,59 @@ impl Kernel {
 mod tests {
     use super::*;
 
+    fn path_event(rel: &str, base: &[u8], base_dirs: u32) -> hs_class_event {
+        let mut e: hs_class_event = bytemuck::Zeroable::zeroed();
+        e.arg_kind = ARG_PATH;
+        e.arg_flags = PATH_RESOLVED | 1;
+        e.len = rel.len() as u32 + 1;
+        for (d, &b) in e.data.iter_mut().zip(rel.as_bytes()) {
+            *d = b as i8;
+        }
+        for (d, &b) in e.base.iter_mut().zip(base) {
+            *d = b as i8;
+        }
+        e.base_dirs = base_dirs;
+        e
+    }
+
+    #[test]
+    fn a_resolved_relative_path_is_named_as_the_launcher_names_it() {
+        let cfg = SymbolConfig::default();
+        let name = |e: &hs_class_event| event_arg(e).map(|a| class_name(&a, &cfg));
+        // cwd /usr/share/doc/x (4 deep, the top 2 read): the deeper ones stand in.
+        let e = path_event("y/z", b"/usr/share", 4);
+        assert_eq!(name(&e).as_deref(), Some("/usr/share/ +create"));
+        let e = path_event("../../../../../etc/passwd", b"/usr/share", 4);
+        assert_eq!(name(&e).as_deref(), Some("/etc/ +create"));
+        let e = path_event("../../../x/y", b"/usr/share", 4);
+        assert_eq!(name(&e).as_deref(), Some("/usr/x/ +create"));
+        // The root as base.
+        let e = path_event("etc/hostname", b"", 0);
+        assert_eq!(name(&e).as_deref(), Some("/etc/ +create"));
+        // Hostile records: no NUL, more names than the depth says, a relative base,
+        // a depth past the walk's bound.
+        let mut e = path_event("a", b"", 0);
+        e.base = [b'x' as i8; 512];
+        assert_eq!(name(&e), None);
+        assert_eq!(name(&path_event("a", b"/a/b/c", 2)), None);
+        assert_eq!(name(&path_event("a", b"a/b", 2)), None);
+        assert_eq!(name(&path_event("a", b"/a", WALK_MAX + 1)), None);
+    }
+
     #[test]
     fn the_spec_table_is_the_cores() {
         let t = spec_table();
         let nr = |n: &str| Arch::X86_64.number(n).unwrap() as usize;
         assert_eq!(t[nr("openat")], SPEC_PATH | 1 << 4 | 2 << 8);
-        assert_eq!(t[nr("creat")], SPEC_PATH | NO_REG << 8 | SPEC_CREAT);
+        assert_eq!(
+            t[nr("creat")],
+            SPEC_PATH | NO_REG << 8 | SPEC_CREAT | NO_REG << SPEC_DIRFD_SHIFT
+        );
+        assert_eq!(
+            t[nr("unlinkat")] >> SPEC_DIRFD_SHIFT & 15,
+            0,
+            "the dirfd register"
+        );
         assert_eq!(t[nr("execve")], SPEC_EXEC | NO_REG << 8);
         assert_eq!(
             t[nr("sendto")],

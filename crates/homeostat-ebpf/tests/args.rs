@@ -290,54 +290,126 @@ fn classes_round_trip_and_the_cap_overflows_into_other() {
     k.remove_profile(exe).unwrap();
 }
 
-/// Relative names are classed by their own directories (`rel:` + prefix): every
-/// single-component name is one class.
+/// Relative names are resolved in the kernel against the cwd or the dirfd (walking
+/// the base directory's dentries up through its mounts): a relative name and the
+/// absolute name of the same directory are one class (one hash, one name), and `..`
+/// pops the base as the core's `resolve` does.
 #[test]
-fn relative_names_share_their_class() {
-    let Some(k) = kernel_with(&with_args(None)) else {
+fn relative_names_are_resolved_against_the_cwd_and_the_dirfd() {
+    let cfg = SymbolConfig {
+        path_depth: 3,
+        ..SymbolConfig::default()
+    };
+    let Some(k) = kernel_with(&Options {
+        symbols: Some(cfg),
+        ..Options::default()
+    }) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (cat, exe) = private_copy(dir.path(), "/bin/cat");
+    // Under /tmp (its own mount on many systems: the walk crosses it) and not below
+    // the current directory.
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let top = dir.path().canonicalize().unwrap();
+    let (cat, exe) = private_copy(&top, "/bin/cat");
+    let (find, find_exe) = private_copy(&top, "/usr/bin/find");
     for f in ["a", "b", "c"] {
-        std::fs::write(dir.path().join(f), "x\n").unwrap();
+        std::fs::write(top.join(f), "x\n").unwrap();
     }
-    std::fs::create_dir(dir.path().join("sub")).unwrap();
-    std::fs::write(dir.path().join("sub/d"), "x\n").unwrap();
+    std::fs::create_dir_all(top.join("sub/deeper/deepest")).unwrap();
+    std::fs::write(top.join("sub/d"), "x\n").unwrap();
+    std::fs::write(top.join("sub/deeper/deepest/e"), "x\n").unwrap();
     let got = RefCell::new(Vec::<Event>::new());
     let ev = k.events(|e| got.borrow_mut().push(e)).unwrap();
     k.set_state(exe, KernelState::Training).unwrap();
-    for args in [
-        &["a"][..],
-        &["b", "c"],
-        &["./a", "sub/d", "sub/../a"],
-        &["/etc/hostname", "/etc/passwd", "/etc/../etc/./group"],
+    k.set_state(find_exe, KernelState::Training).unwrap();
+    let abs_a = top.join("a");
+    let abs_d = top.join("sub/d");
+    let up = format!("../{}/sub/d", top.file_name().unwrap().to_str().unwrap());
+    for (cwd, args) in [
+        (top.clone(), vec!["a", "b", "c", abs_a.to_str().unwrap()]),
+        (
+            top.clone(),
+            vec!["./a", "sub/d", "sub/../a", abs_d.to_str().unwrap()],
+        ),
+        (
+            top.join("sub/deeper"),
+            vec!["deepest/e", "../../../../etc/passwd"],
+        ),
+        (top.clone(), vec![&up]),
+        (
+            PathBuf::from("/"),
+            vec!["etc/hostname", "etc/../etc/./group"],
+        ),
+        // The cwd is a mount's root: the walk steps to its mountpoint.
+        (PathBuf::from("/proc"), vec!["sys/kernel/hostname"]),
     ] {
         let c = spawn(
             Command::new(&cat)
-                .args(args)
-                .current_dir(dir.path())
+                .args(&args)
+                .current_dir(&cwd)
                 .stdout(Stdio::null()),
         );
-        assert!(c.wait_with_output().unwrap().status.success());
+        assert!(c.wait_with_output().unwrap().status.success(), "{args:?}");
     }
+    // find opens each directory relative to its parent's fd (openat(dirfd, name)).
+    let c = spawn(
+        Command::new(&find)
+            .arg(".")
+            .current_dir(&top)
+            .stdout(Stdio::null()),
+    );
+    assert!(c.wait_with_output().unwrap().status.success());
     ev.poll(Duration::from_millis(50)).unwrap();
-    let cfg = SymbolConfig::default();
-    let learnt: Vec<(String, u64)> = got
-        .take()
-        .into_iter()
-        .filter(|e| e.exe == exe && e.kind == EventKind::NewClass && e.nr == 257)
-        .map(|e| (class_name(e.arg.as_ref().unwrap(), &cfg), e.class_hash))
-        .collect();
-    // Absolute paths: the file name never counts, `..` pops (one `/etc/` class).
-    let etc = learnt.iter().filter(|(c, _)| c == "/etc/").count();
-    assert_eq!(etc, 1, "{learnt:?}");
-    let rel: Vec<&(String, u64)> = learnt
-        .iter()
-        .filter(|(c, _)| c.starts_with("rel:"))
-        .collect();
-    let names: Vec<&str> = rel.iter().map(|(c, _)| c.as_str()).collect();
-    // `..` is kept in a relative path, as the core keeps it.
-    assert_eq!(names, ["rel:", "rel:sub/", "rel:sub/../"], "{rel:?}");
+    let learnt = |exe: ExeKey| -> Vec<(String, u64)> {
+        got.borrow()
+            .iter()
+            .filter(|e| e.exe == exe && e.kind == EventKind::NewClass && e.nr == 257)
+            .map(|e| (class_name(e.arg.as_ref().unwrap(), &cfg), e.class_hash))
+            .collect()
+    };
+    let t = top.to_str().unwrap();
+    let one_hash_per_name = |l: &[(String, u64)]| {
+        let names: std::collections::BTreeSet<&String> = l.iter().map(|(c, _)| c).collect();
+        let hashes: std::collections::BTreeSet<u64> = l.iter().map(|(_, h)| *h).collect();
+        assert_eq!(names.len(), l.len(), "a class hashed twice: {l:?}");
+        assert_eq!(hashes.len(), l.len(), "two classes, one hash: {l:?}");
+    };
+    let cat_classes = learnt(exe);
+    one_hash_per_name(&cat_classes);
+    let mut names: Vec<String> = cat_classes.into_iter().map(|(c, _)| c).collect();
+    names.sort();
+    eprintln!("cat: {names:?}");
+    // /tmp/<dir>/ at depth 3 is `/tmp/<name>/` when /tmp is not itself a link.
+    let mut want = vec![
+        "/etc/".to_string(),
+        format!("{t}/"),
+        format!("{t}/sub/"),
+        format!("{t}/sub/deeper/"),
+        "/proc/sys/kernel/".to_string(),
+    ];
+    want.retain(|c| c.matches('/').count() <= 4);
+    want.sort();
+    want.dedup();
+    assert!(
+        names.iter().all(|n| !n.starts_with("rel:")),
+        "unresolved: {names:?}"
+    );
+    for w in &want {
+        assert!(names.contains(w), "{w} not in {names:?}");
+    }
+    // find: every directory it walks into by dirfd is classed by its real place.
+    let find_classes = learnt(find_exe);
+    one_hash_per_name(&find_classes);
+    let fnames: Vec<&str> = find_classes.iter().map(|(c, _)| c.as_str()).collect();
+    eprintln!("find: {fnames:?}");
+    assert!(
+        fnames.iter().all(|n| !n.starts_with("rel:")),
+        "find: unresolved: {fnames:?}"
+    );
+    assert!(
+        fnames.contains(&format!("{t}/sub/").as_str()),
+        "find: {fnames:?}"
+    );
     k.remove_profile(exe).unwrap();
+    k.remove_profile(find_exe).unwrap();
 }

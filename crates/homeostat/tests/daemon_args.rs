@@ -79,9 +79,15 @@ fn stop(d: &mut Child) {
 }
 
 fn run(bin: &Path, args: &[&Path]) -> u32 {
+    run_in(bin, Path::new("/"), args)
+}
+
+/// `run` in the directory `cwd`.
+fn run_in(bin: &Path, cwd: &Path, args: &[&Path]) -> u32 {
     let c = spawn(
         Command::new(bin)
             .args(args)
+            .current_dir(cwd)
             .env("LC_ALL", "C")
             // As under `homeostat record` below (Command::output).
             .stdin(Stdio::null())
@@ -156,6 +162,25 @@ fn another_file_is_an_anomaly_and_the_classes_are_the_cores() {
     for _ in 0..3 {
         run(&bash, &[Path::new("-c"), Path::new(script)]);
     }
+    // For the agreement below, programs that open relative names: cat from a cwd,
+    // with `..` (resolved against the cwd: the launcher reads /proc/PID/cwd, the
+    // kernel walks the cwd's dentries), and find, which opens each directory by
+    // name relative to its parent's fd.
+    let cat_rel = dir.path().join("cat-rel");
+    std::fs::copy("/bin/cat", &cat_rel).unwrap();
+    let find = dir.path().join("find-copy");
+    std::fs::copy("/usr/bin/find", &find).unwrap();
+    std::fs::create_dir_all(dir.path().join("srv/notes/deeper/deepest")).unwrap();
+    std::fs::write(dir.path().join("srv/notes/deeper/deepest/n"), "x\n").unwrap();
+    let rel_args = [
+        Path::new("a"),
+        Path::new("deeper/deepest/n"),
+        Path::new("../notes/deeper/../b"),
+        Path::new("../../../../../../../etc/hostname"),
+    ];
+    let srv = dir.path().join("srv");
+    run_in(&cat_rel, &notes, &rel_args);
+    run_in(&find, &srv, &[Path::new(".")]);
     assert!(line.contains("symbols args (path depth 2"), "{line}");
     let mine = |e: &Value| e["profile"] == key.as_str();
     let t = Instant::now();
@@ -211,6 +236,21 @@ fn another_file_is_an_anomaly_and_the_classes_are_the_cores() {
     assert_eq!(e["syscall"], "openat", "{e}");
     assert_eq!(e["class"], "/var/tmp/", "{e}");
     assert_eq!(e["lfc"], 1, "{e}");
+    // The same file by a relative name from the trained directory: resolved in the
+    // kernel against the cwd, the same anomaly in the same class (unresolved, it
+    // would be a `rel:` class). (Not /etc/passwd: cat opens /etc/ld.so.cache on every
+    // run, so /etc/ is one of its trained classes at path depth 2.)
+    let up = format!(
+        "{}{}",
+        "../".repeat(notes.components().count()),
+        secret.strip_prefix("/").unwrap().display()
+    );
+    let bad_rel = run_in(&cat, &notes, &[Path::new(&up)]);
+    let e = wait_for(&ev1, "anomaly of a relative name", |e| {
+        mine(e) && e["event"] == "anomaly" && e["pid"] == bad_rel
+    });
+    assert_eq!(e["syscall"], "openat", "{e}");
+    assert_eq!(e["class"], "/var/tmp/", "{e}");
     std::thread::sleep(Duration::from_millis(500));
     let evs = events(&ev1);
     assert!(
@@ -269,7 +309,7 @@ fn another_file_is_an_anomaly_and_the_classes_are_the_cores() {
     // The rules agree: the launcher's recorder and `train --symbols args` on the same
     // runs learn the same (call, class) set (but the exec that starts the program,
     // which the daemon sees in the parent's profile).
-    let agree = |bin: &Path, args: &[&Path]| {
+    let agree = |bin: &Path, cwd: &Path, args: &[&Path]| {
         let m = std::fs::metadata(bin).unwrap();
         let key = format!("{:x}-{:x}", m.dev(), m.ino());
         let saved: Value = serde_json::from_slice(
@@ -284,6 +324,7 @@ fn another_file_is_an_anomaly_and_the_classes_are_the_cores() {
             .arg("--")
             .arg(bin)
             .args(args)
+            .current_dir(cwd)
             .env("LC_ALL", "C")
             .output()
             .unwrap();
@@ -350,8 +391,20 @@ fn another_file_is_an_anomaly_and_the_classes_are_the_cores() {
         }
         kernel
     };
-    agree(&cat, &[&a]);
-    let b = agree(&bash, &[Path::new("-c"), Path::new(script)]);
+    agree(&cat, Path::new("/"), &[&a]);
+    let r = agree(&cat_rel, &notes, &rel_args);
+    let f = agree(&find, &srv, &[Path::new(".")]);
+    for classes in [&r, &f] {
+        assert!(
+            classes.iter().all(|(_, c)| !c.starts_with("rel:")),
+            "a relative name not resolved: {classes:?}"
+        );
+    }
+    assert!(
+        r.contains(&("openat".into(), "/etc/".into())),
+        "cat-rel: {r:?}"
+    );
+    let b = agree(&bash, Path::new("/"), &[Path::new("-c"), Path::new(script)]);
     for want in [
         ("connect", "inet loopback:53"),
         ("connect", "inet remote:9"),

@@ -18,9 +18,13 @@
  * names the class with the core's class_of. crates/homeostat-daemon/tests/args.rs runs
  * one real program under both and compares the class sets.
  *
- * Not done in the kernel (documented in docs/arguments.md): relative paths are not
- * resolved against the cwd or a dirfd (their class is `rel:` + their own prefix, the
- * core's rule for a path capture could not resolve); an exec path is hashed as given
+ * A relative path is resolved against its base directory, the cwd or the dirfd's
+ * file, as the launcher does through /proc (hs_rel_hash: the base's dentries walked
+ * up through its mounts to the root, only the top hs_path_depth names read).
+ *
+ * Not done in the kernel (documented in docs/arguments.md): a base deeper than
+ * HS_WALK_MAX or outside the root (a detached tree), or a Unix socket's relative
+ * path, keeps the `rel:` class of an unresolved path; an exec path is hashed as given
  * (not normalised); an argument the kernel cannot read without a page fault
  * (bpf_probe_read_user* never faults) is counted and the call is not tested for it. */
 #ifndef __HOMEOSTAT_ARGS_H__
@@ -44,9 +48,12 @@ const volatile __u32 hs_arg_spec[HS_ROW] = {};
 #define HS_SPEC_PTRACE 5
 #define HS_SPEC_PROT 6
 #define HS_SPEC_CREAT (1 << 16)
+/* Bits 20-23: the register of the dirfd of a *at call (15: none, the cwd). */
+#define HS_SPEC_DIRFD_SHIFT 20
 
 /* hs_class_event.arg_kind: what `data` holds. */
-#define HS_ARG_PATH 1     /* a NUL-terminated path; flags: +create (1), +write (2) */
+#define HS_ARG_PATH 1     /* a NUL-terminated path; flags: +create (1), +write (2),
+			   * HS_PATH_RESOLVED (4): data is relative to `base` */
 #define HS_ARG_EXEC 2     /* a NUL-terminated path */
 #define HS_ARG_SOCKADDR 3 /* len bytes of a struct sockaddr */
 #define HS_ARG_TARGET 4   /* flags: homeostat_core Target code */
@@ -57,6 +64,13 @@ const volatile __u32 hs_arg_spec[HS_ROW] = {};
 #define HS_EV_UNSEEN_CLASS 6 /* normal: a class training never saw (a miss) */
 
 #define HS_ARG_BYTES 256
+/* A relative path resolved in the kernel: its base directory's top components are in
+ * hs_class_event.base ("/a/b"), the base's depth in base_dirs. */
+#define HS_PATH_RESOLVED 4
+#define HS_BASE_BYTES 512
+/* Most directories walked up from a base directory (mount crossings count too); a
+ * deeper base is not resolved (the path keeps its `rel:` class). */
+#define HS_WALK_MAX 64
 #define HS_UNREAD 1 /* hs_class_event.pad2 in the scratch: the argument was not readable */
 #define HS_SOCKADDR_BYTES 128
 #define HS_MAX_DEPTH 8
@@ -87,6 +101,13 @@ struct hs_class_event {
 	__u32 pad2;         /* 0 in events */
 	__u64 hash;
 	char data[HS_ARG_BYTES];
+	/* HS_PATH_RESOLVED: the base directory's first min(base_dirs, path depth)
+	 * components, "/a/b" (NUL-terminated; "" for the root). The deeper components
+	 * were not read: they never make the class, and a `..` that pops them is
+	 * counted the same without their names. */
+	__u32 base_dirs;
+	__u32 pad3;
+	char base[HS_BASE_BYTES];
 };
 
 struct {
@@ -166,6 +187,7 @@ struct path_walk {
 	__u64 cur;                     /* the component so far, over its level's prefix */
 	struct hs_class_event *s;      /* the scratch holding the path */
 	__u32 off, len, n, clen, depth, abs;
+	__u32 in_base;                 /* read s->base, not s->data */
 	char first, second;
 };
 
@@ -179,7 +201,8 @@ static long path_byte(__u64 i, void *ctx)
 	char c = 0;
 
 	if (i < w->len)
-		c = s->data[(w->off + i) & (HS_ARG_BYTES - 1)];
+		c = w->in_base ? s->base[(w->off + i) & (HS_BASE_BYTES - 1)]
+			       : s->data[(w->off + i) & (HS_ARG_BYTES - 1)];
 	if (c != '/' && c != 0) {
 		if (w->clen == 0) {
 			w->first = c;
@@ -226,6 +249,207 @@ static __always_inline __u64 path_hash(struct hs_class_event *s, __u32 off, __u3
 	bpf_loop(HS_ARG_BYTES + 1, path_byte, &w, 0);
 	dirs = w.n > 0 ? w.n - 1 : 0;
 	return w.stack[(dirs < w.depth ? dirs : w.depth) & HS_STACK_MASK];
+}
+
+/* Flavours of the kernel's VFS types, only the fields the walk reads (CO-RE matches
+ * them to the running kernel's; the suffix keeps them apart from vmlinux.h's). */
+struct qstr___hs {
+	const unsigned char *name;
+} __attribute__((preserve_access_index));
+
+struct dentry___hs {
+	struct dentry___hs *d_parent;
+	struct qstr___hs d_name;
+} __attribute__((preserve_access_index));
+
+struct vfsmount___hs {
+	struct dentry___hs *mnt_root;
+} __attribute__((preserve_access_index));
+
+struct mount___hs {
+	struct mount___hs *mnt_parent;
+	struct dentry___hs *mnt_mountpoint;
+	struct vfsmount___hs mnt;
+} __attribute__((preserve_access_index));
+
+struct path___hs {
+	struct vfsmount___hs *mnt;
+	struct dentry___hs *dentry;
+} __attribute__((preserve_access_index));
+
+struct fs_struct___hs {
+	struct path___hs pwd;
+} __attribute__((preserve_access_index));
+
+struct file___hs {
+	struct path___hs f_path;
+} __attribute__((preserve_access_index));
+
+struct fdtable___hs {
+	unsigned int max_fds;
+	struct file___hs **fd;
+} __attribute__((preserve_access_index));
+
+struct files_struct___hs {
+	struct fdtable___hs *fdt;
+} __attribute__((preserve_access_index));
+
+struct task_struct___hs {
+	struct fs_struct___hs *fs;
+	struct files_struct___hs *files;
+} __attribute__((preserve_access_index));
+
+#define HS_AT_FDCWD -100
+
+/* Walking up from a base directory to the root, as d_path does: a mount's root steps
+ * to its mountpoint in the parent mount; the root of the root mount ends the walk. */
+struct dir_walk {
+	__u64 seen[HS_STACK_MASK + 1]; /* seen[k & mask]: the k-th dentry walked (from the base) */
+	struct dentry___hs *d;
+	struct mount___hs *m;
+	struct dentry___hs *mroot;
+	struct hs_class_event *s; /* the scratch: the top names go to s->base */
+	__u32 n;    /* components walked */
+	__u32 done; /* reached the root */
+	__u32 off;  /* bytes of s->base filled */
+	__u32 bad;  /* a top name could not be read, or they are too long */
+};
+
+static long dir_step(__u64 i, void *ctx)
+{
+	struct dir_walk *w = ctx;
+	struct dentry___hs *d = w->d, *parent;
+	struct mount___hs *pm;
+
+	if (!d || !w->m)
+		return 1;
+	if (d == w->mroot) {
+		struct mount___hs *m = w->m;
+
+		pm = BPF_CORE_READ(m, mnt_parent);
+		if (!pm || pm == m) {
+			w->done = 1;
+			return 1;
+		}
+		w->d = BPF_CORE_READ(m, mnt_mountpoint);
+		w->m = pm;
+		w->mroot = BPF_CORE_READ(pm, mnt.mnt_root);
+		return 0;
+	}
+	parent = BPF_CORE_READ(d, d_parent);
+	if (!parent || parent == d) {
+		/* The root of a file system that is not a mount's root (a detached one):
+		 * no path from the root; not resolved. */
+		return 1;
+	}
+	w->seen[w->n & HS_STACK_MASK] = (__u64)d;
+	w->n++;
+	w->d = parent;
+	return 0;
+}
+
+/* One of the base's top components into s->base, root first. */
+static long name_step(__u64 k, void *ctx)
+{
+	struct dir_walk *c = ctx;
+	struct dentry___hs *d = (void *)c->seen[(c->n - 1 - k) & HS_STACK_MASK];
+	const unsigned char *name = BPF_CORE_READ(d, d_name.name);
+	__u32 off = c->off;
+	long r;
+
+	if (off >= HS_ARG_BYTES - 1) {
+		c->bad = 1;
+		return 1;
+	}
+	c->s->base[off & (HS_ARG_BYTES - 1)] = '/';
+	r = bpf_probe_read_kernel_str(&c->s->base[(off + 1) & (HS_ARG_BYTES - 1)], HS_ARG_BYTES,
+				      name);
+	if (r <= 1) {
+		c->bad = 1;
+		return 1;
+	}
+	c->off = off + r; /* past the name, on its NUL */
+	return 0;
+}
+
+/* The class hash of the relative path in the scratch event's data (s->len bytes)
+ * resolved against its base directory: the cwd (dirfd AT_FDCWD) or the dirfd's file.
+ * `arg`: dirfd (low 32 bits, signed) | seed flags << 32. Returns 0 when the base
+ * cannot be found (no such fd, a base deeper than HS_WALK_MAX, a detached tree, a
+ * top component too long): the caller keeps the `rel:` class. On success the event
+ * carries the base (HS_PATH_RESOLVED), so the daemon names the resolved path.
+ *
+ * Only the top hs_path_depth components of the base can make the class: `..` in the
+ * relative part pops the base lexically (the core's resolve), and a pop only needs
+ * the count of the components below, not their names. So the walk up keeps the
+ * dentries of the last hs_path_depth steps (the top ones come last) and their names
+ * alone are read. A global function: verified once on its own. */
+__attribute__((noinline)) __u64 hs_rel_hash(__u64 arg)
+{
+	struct task_struct___hs *task = (void *)bpf_get_current_task_btf();
+	__s32 dirfd = (__s32)arg;
+	__u32 zero = 0, kept, base_len;
+	struct hs_class_event *s;
+	struct vfsmount___hs *mnt;
+	struct dentry___hs *dentry;
+	struct dir_walk w = {};
+	struct path_walk p = {};
+	__u32 dirs;
+
+	s = bpf_map_lookup_elem(&hs_arg_scratch, &zero);
+	if (!s)
+		return 0;
+	if (dirfd == HS_AT_FDCWD) {
+		mnt = BPF_CORE_READ(task, fs, pwd.mnt);
+		dentry = BPF_CORE_READ(task, fs, pwd.dentry);
+	} else {
+		struct fdtable___hs *fdt = BPF_CORE_READ(task, files, fdt);
+		struct file___hs **fds, *f = NULL;
+
+		if (dirfd < 0 || !fdt || (__u32)dirfd >= BPF_CORE_READ(fdt, max_fds))
+			return 0;
+		fds = BPF_CORE_READ(fdt, fd);
+		if (bpf_probe_read_kernel(&f, sizeof(f), &fds[dirfd]) || !f)
+			return 0;
+		mnt = BPF_CORE_READ(f, f_path.mnt);
+		dentry = BPF_CORE_READ(f, f_path.dentry);
+	}
+	if (!mnt || !dentry)
+		return 0;
+	w.d = dentry;
+	w.m = (void *)((char *)mnt - bpf_core_field_offset(struct mount___hs, mnt));
+	w.mroot = BPF_CORE_READ(mnt, mnt_root);
+	bpf_loop(HS_WALK_MAX, dir_step, &w, 0);
+	if (!w.done)
+		return 0;
+
+	p.depth = hs_path_depth > HS_MAX_DEPTH ? HS_MAX_DEPTH : hs_path_depth;
+	kept = w.n < p.depth ? w.n : p.depth;
+	w.s = s;
+	if (kept)
+		bpf_loop(kept, name_step, &w, 0);
+	if (w.bad)
+		return 0;
+	base_len = w.off;
+	s->base[base_len & (HS_BASE_BYTES - 1)] = 0;
+
+	/* The base's components, all directories, then the relative path on top. */
+	p.s = s;
+	p.abs = 1;
+	p.stack[0] = MIX(MIX(MIX(FNV_OFFSET, HS_ARG_PATH), arg >> 32), '/');
+	p.in_base = 1;
+	p.len = base_len + 1;
+	bpf_loop(HS_BASE_BYTES + 1, path_byte, &p, 0);
+	p.n = w.n; /* the unread deeper components: counted, never part of the class */
+	p.in_base = 0;
+	p.clen = 0;
+	p.off = 0;
+	p.len = s->len;
+	bpf_loop(HS_ARG_BYTES + 1, path_byte, &p, 0);
+	dirs = p.n > 0 ? p.n - 1 : 0;
+	s->arg_flags |= HS_PATH_RESOLVED;
+	s->base_dirs = w.n;
+	return p.stack[(dirs < p.depth ? dirs : p.depth) & HS_STACK_MASK];
 }
 
 /* FNV-1a of `len` bytes at `off` in `b`. */
@@ -310,6 +534,8 @@ static __always_inline __u64 arg_read(struct task_struct *task, __u32 spec,
 	s->arg_flags = 0;
 	s->len = 0;
 	s->pad2 = 0;
+	s->base_dirs = 0;
+	s->base[0] = 0;
 	switch (kind) {
 	case HS_SPEC_PATH:
 	case HS_SPEC_EXEC:
@@ -333,6 +559,14 @@ static __always_inline __u64 arg_read(struct task_struct *task, __u32 spec,
 			break;
 		}
 		s->arg_kind = HS_ARG_PATH;
+		if (s->data[0] != '/') {
+			__u32 dreg = (spec >> HS_SPEC_DIRFD_SHIFT) & 15;
+			__s32 dirfd = dreg < 6 ? (__s32)reg_arg(r, dreg) : HS_AT_FDCWD;
+
+			h = hs_rel_hash((__u64)s->arg_flags << 32 | (__u32)dirfd);
+			if (h)
+				break;
+		}
 		h = path_hash(s, 0, n, MIX(MIX(FNV_OFFSET, HS_ARG_PATH), s->arg_flags));
 		break;
 	case HS_SPEC_SOCKADDR: {
@@ -513,6 +747,7 @@ int BPF_PROG(hs_open_exit, int dfd, const char *filename, void *how, long ret)
 	struct hs_profile *p;
 	struct hs_task *t;
 	bool training;
+	__u64 h;
 	long n;
 
 	if (!pd || !pd->call)
@@ -533,8 +768,14 @@ int BPF_PROG(hs_open_exit, int dfd, const char *filename, void *how, long ret)
 	s->len = n;
 	s->arg_kind = HS_ARG_PATH;
 	s->arg_flags = pd->flags;
-	r = class_test(cfg, t, s, call, training, pid, tid,
-		       path_hash(s, 0, n, MIX(MIX(FNV_OFFSET, HS_ARG_PATH), s->arg_flags)) | 1);
+	s->base_dirs = 0;
+	s->base[0] = 0;
+	h = 0;
+	if (s->data[0] != '/')
+		h = hs_rel_hash((__u64)s->arg_flags << 32 | (__u32)dfd);
+	if (!h)
+		h = path_hash(s, 0, n, MIX(MIX(FNV_OFFSET, HS_ARG_PATH), s->arg_flags));
+	r = class_test(cfg, t, s, call, training, pid, tid, h == HS_CLASS_OTHER ? 1 : h);
 	if (!r)
 		return 0;
 	p = bpf_map_lookup_elem(&hs_profiles, &t->key);
