@@ -836,16 +836,23 @@ mod hardening_tests {
         store
             .save(&PhProfile::new(deleted, gone.to_str().unwrap(), &config))
             .unwrap();
-        std::fs::remove_file(&gone).unwrap();
         // Training profiles of executables that exist, each its own copy, saved one
-        // after the other (their files' times order them).
+        // after the other (their files' times order them). The copies are made before
+        // `gone` is deleted: a copy made after could get its inode number, hence its
+        // profile key (the flake this once was).
+        let lives: Vec<_> = (0..8)
+            .map(|i| {
+                let f = dir.path().join(format!("live{i}"));
+                std::fs::copy("/bin/true", &f).unwrap();
+                f
+            })
+            .collect();
+        std::fs::remove_file(&gone).unwrap();
         let mut live = vec![];
-        for i in 0..8 {
-            let f = dir.path().join(format!("live{i}"));
-            std::fs::copy("/bin/true", &f).unwrap();
-            live.push(key_of(&f));
+        for f in &lives {
+            live.push(key_of(f));
             store
-                .save(&PhProfile::new(key_of(&f), f.to_str().unwrap(), &config))
+                .save(&PhProfile::new(key_of(f), f.to_str().unwrap(), &config))
                 .unwrap();
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
