@@ -270,6 +270,31 @@ impl Limiter {
     pub fn queued(&self) -> usize {
         self.pending.len()
     }
+
+    /// Gives back the booking of a queued call that will not run at `release_ns`
+    /// (its task died, or a signal interrupted the wait and the call comes again):
+    /// without this, later calls would queue behind calls that never ran. A booking
+    /// already due by `now_ns` ran and is kept. Returns whether one was given back.
+    pub fn cancel(&mut self, release_ns: u64, now_ns: u64) -> bool {
+        if release_ns <= now_ns {
+            return false;
+        }
+        let Some(i) = self.pending.iter().rposition(|&t| t == release_ns) else {
+            return false;
+        };
+        self.pending.remove(i);
+        if let Some(j) = self.released.iter().rposition(|&t| t == release_ns) {
+            self.released.remove(j);
+        }
+        // `released` keeps only the last `limit` releases: when the cancelled call was
+        // its tail, the latest booking still queued must stay what later calls follow.
+        if let Some(&last) = self.pending.back() {
+            if self.released.back().is_none_or(|&r| r < last) {
+                self.released.push_back(last);
+            }
+        }
+        true
+    }
 }
 
 /// The live (unsaved) rate state of one profile: meters and queues of each kind.
@@ -308,6 +333,11 @@ impl RateState {
     pub fn queued(&self) -> usize {
         self.limiters.iter().map(Limiter::queued).sum()
     }
+
+    /// [`Limiter::cancel`] on the queue of `kind`.
+    pub fn cancel(&mut self, kind: RateKind, release_ns: u64, now_ns: u64) -> bool {
+        self.limiters[kind.index()].cancel(release_ns, now_ns)
+    }
 }
 
 #[cfg(test)]
@@ -316,6 +346,26 @@ mod tests {
 
     const MS: u64 = 1_000_000;
     const S: u64 = 1_000 * MS;
+
+    #[test]
+    fn a_cancelled_booking_frees_its_place_and_a_run_one_stays() {
+        let mut l = Limiter::default();
+        // Limit 1 per second: 0 runs now, the next two wait 1 s and 2 s.
+        assert_eq!(l.admit(0, 1, S).delay_ns, 0);
+        assert_eq!(l.admit(0, 1, S).delay_ns, S);
+        assert_eq!(l.admit(0, 1, S).delay_ns, 2 * S);
+        assert_eq!(l.queued(), 2);
+        // The last one's task dies: the next call takes its place, not the one after.
+        assert!(l.cancel(2 * S, MS));
+        assert_eq!(l.queued(), 1);
+        assert_eq!(l.admit(MS, 1, S).delay_ns, 2 * S - MS);
+        // A booking that was due has run: nothing to give back.
+        assert!(!l.cancel(S, S + MS));
+        assert!(!l.cancel(S, S));
+        // Nor one never booked.
+        assert!(!l.cancel(7 * S, 0));
+        assert_eq!(l.queued(), 2);
+    }
 
     #[test]
     fn what_counts() {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use homeostat_core::ph::{ExeKey, PhConfig, PhEvent, PhProfile, PhTask, ProfileState, Verdict};
-use homeostat_core::rate;
+use homeostat_core::rate::{self, RateKind};
 use homeostat_core::symbols::{Arg, UNSEEN};
 use homeostat_syscalls::Arch;
 use serde::{Deserialize, Serialize};
@@ -79,6 +79,10 @@ struct Task {
     path: Arc<str>,
     ph: PhTask,
     delay_ns: u64,
+    /// The queue place its last call was given by a rate limit (kind, release time),
+    /// given back if the call will not run then (the task dies, or the call comes
+    /// again after a signal interrupted its wait).
+    rate_booking: Option<(RateKind, u64)>,
 }
 
 /// A live task, as `homeostat ps` shows it.
@@ -188,8 +192,25 @@ impl Engine {
         self.rate_waiting = waiting;
     }
 
+    /// Gives back the rate-queue place of a task's held call that will not run
+    /// (a place whose release time has passed was used: kept).
+    fn cancel_booking(&mut self, tid: i32, now_ns: u64) {
+        let Some(t) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        if let Some((kind, at)) = t.rate_booking.take() {
+            if let Some(p) = self.profiles.get_mut(&t.exe) {
+                if p.cancel_rate(kind, at, now_ns) {
+                    self.rate_waiting = self.rate_waiting.saturating_sub(1);
+                }
+            }
+        }
+    }
+
     /// Processes a call before it runs and returns what to do with it.
     pub fn on_syscall(&mut self, c: &Call<'_>, now_ns: u64) -> Verdict {
+        // A task's next call: its last one, if it was held, ran or will not.
+        self.cancel_booking(c.tid, now_ns);
         self.rate_releases(now_ns);
         let config = &self.config;
         let store = &self.store;
@@ -237,6 +258,7 @@ impl Engine {
                     path: Arc::from(c.path),
                     ph: inherited.unwrap_or_else(|| PhTask::new(profile)),
                     delay_ns: 0,
+                    rate_booking: None,
                 },
             );
         }
@@ -263,6 +285,7 @@ impl Engine {
             let held = profile.on_rate(kind, now_ns, config, &mut |e| pending.push(e));
             if held > 0 {
                 self.rate_waiting += 1;
+                task.rate_booking = Some((kind, now_ns.saturating_add(held)));
                 step.verdict = match step.verdict {
                     Verdict::Refuse => Verdict::Refuse,
                     Verdict::Continue => Verdict::Delay(held),
@@ -298,14 +321,24 @@ impl Engine {
         step.verdict
     }
 
-    /// A task is gone (exit); forget its state.
-    pub fn on_task_exit(&mut self, tid: i32) {
+    /// A task is gone (exit) at `now_ns`; forget its state and give back a queue
+    /// place its held call will not use.
+    pub fn on_task_exit(&mut self, tid: i32, now_ns: u64) {
+        self.cancel_booking(tid, now_ns);
         self.tasks.remove(&tid);
     }
 
-    /// Forgets every task of process `pid` (exit_group).
-    pub fn on_process_exit(&mut self, pid: i32) {
-        self.tasks.retain(|_, t| t.pid != pid);
+    /// Forgets every task of process `pid` (exit_group), as [`Self::on_task_exit`].
+    pub fn on_process_exit(&mut self, pid: i32, now_ns: u64) {
+        let tids: Vec<i32> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.pid == pid)
+            .map(|(&tid, _)| tid)
+            .collect();
+        for tid in tids {
+            self.on_task_exit(tid, now_ns);
+        }
     }
 
     /// Saves every profile changed since its last save; returns the failures.
@@ -476,6 +509,60 @@ mod tests {
             .collect()
     }
 
+    /// A held call that will not run gives its rate-queue place back: its task's
+    /// exit, or its next call (the same call again after a signal), cancels it, so
+    /// later calls do not queue behind calls that never ran.
+    #[test]
+    fn a_dead_tasks_rate_queue_place_is_given_back() {
+        const S: u64 = 1_000_000_000;
+        let config = PhConfig {
+            normal_wait_secs: 0.0,
+            rate_limit: true,
+            ..PhConfig::default()
+        };
+        let (mut e, _) = engine(config, None);
+        let exe = ExeKey { dev: 1, ino: 8 };
+        const FORK: u32 = 57;
+        // Training: 30 forks a second at most (limit 60 a second once normal).
+        for tid in 100..110 {
+            feed(&mut e, tid, exe, &[0, FORK].repeat(30), tid as u64 * 10 * S);
+            e.on_task_exit(tid, tid as u64 * 10 * S);
+        }
+        feed(&mut e, 200, exe, &[0], 2000 * S);
+        assert_eq!(e.profiles().next().unwrap().state, ProfileState::Normal);
+        let t = 3000 * S;
+        // A storm of one fork per task (a held task makes no other call until its
+        // release): the forks within the limit run at once, the next ones wait.
+        let mut tid = 300;
+        let first = loop {
+            match feed(&mut e, tid, exe, &[0, FORK], t)[1] {
+                Verdict::Continue => tid += 1,
+                Verdict::Delay(d) => break d,
+                Verdict::Refuse => panic!("fork refused"),
+            }
+            assert!(tid < 1000, "no fork held");
+        };
+        assert!(
+            tid - 300 >= 30,
+            "only {} forks ran before the limit",
+            tid - 300
+        );
+        let held = |e: &mut Engine, tid: i32| match feed(e, tid, exe, &[0, FORK], t)[1] {
+            Verdict::Delay(d) => d,
+            other => panic!("fork of {tid} not held: {other:?}"),
+        };
+        let second = held(&mut e, tid + 1);
+        assert!(second > first, "{first} {second}");
+        // The second one's task dies before its release: the next fork takes its
+        // place (or an earlier one the window allows), not one after it.
+        e.on_task_exit(tid + 1, t + 1);
+        let third = held(&mut e, tid + 2);
+        assert!(third <= second, "{third} after a dead task's {second}");
+        // Its call comes again (a signal interrupted the wait): one place, not two.
+        assert_eq!(held(&mut e, tid + 2), third);
+        assert!(held(&mut e, tid + 3) > third);
+    }
+
     #[test]
     fn profiles_per_executable_events_and_persistence() {
         let dir = tempfile::tempdir().unwrap();
@@ -489,7 +576,7 @@ mod tests {
         let normal: Vec<u32> = [0u32, 1].repeat(30);
         for tid in 100..110 {
             feed(&mut e, tid, exe, &normal, 1);
-            e.on_task_exit(tid);
+            e.on_task_exit(tid, 0);
         }
         // Stable (frozen) with normal_wait 0: normal at the next call.
         feed(&mut e, 200, exe, &[0], 2);

@@ -71,9 +71,9 @@ impl Consumer for PhConsumer {
 
     fn exit(&mut self, pid: i32, tid: i32, group: bool) {
         if group {
-            self.engine.on_process_exit(pid);
+            self.engine.on_process_exit(pid, crate::now_ns());
         } else {
-            self.engine.on_task_exit(tid);
+            self.engine.on_task_exit(tid, crate::now_ns());
         }
     }
 

@@ -313,6 +313,13 @@ impl PhProfile {
         }
     }
 
+    /// Gives back the queue place booked for a call of `kind` released at
+    /// `release_ns` that will not run then (its task died, or its wait was
+    /// interrupted and the call comes again): [`crate::rate::Limiter::cancel`].
+    pub fn cancel_rate(&mut self, kind: RateKind, release_ns: u64, now_ns: u64) -> bool {
+        self.rate_state.cancel(kind, release_ns, now_ns)
+    }
+
     /// Reports the queued calls released by `now_ns`; returns how many still wait.
     pub fn rate_releases(&mut self, now_ns: u64, emit: &mut dyn FnMut(PhEvent)) -> usize {
         for kind in RateKind::ALL {
