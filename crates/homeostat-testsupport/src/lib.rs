@@ -3,6 +3,8 @@
 //! file. Used as a dev-dependency only.
 #![forbid(unsafe_code)]
 
+pub mod daemon;
+
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::{Mutex, MutexGuard};

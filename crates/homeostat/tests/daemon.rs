@@ -4,65 +4,16 @@
 //! loads it as normal and detects with it. With enforce, a private shell is stopped at
 //! its first anomaly, delayed, refused an execve, and let go once its LFC is 0.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
+use homeostat_testsupport::daemon::{events, ready};
 use homeostat_testsupport::{is_root, spawn};
 use serde_json::Value;
-
-fn daemon(state: &Path, events: &Path, extra: &[&str]) -> (Child, Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_homeostat"))
-        .arg("daemon")
-        .arg("--state-dir")
-        .arg(state)
-        .arg("--events")
-        .arg(events)
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = channel();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
-}
-
-/// Waits for "daemon: watching"; None (after printing why) if BPF is unavailable here:
-/// the kernel refused for lack of privilege, or has no BTF (homeostat_ebpf's
-/// `PermissionDenied` and `NoBtf`). Any other start-up error (a program the verifier
-/// rejected, a failed attach) fails the test. Returns the lines printed before.
-fn ready(child: &mut Child, rx: &Receiver<String>) -> Option<Vec<String>> {
-    const UNAVAILABLE: [&str; 2] = ["bpf: permission denied", "bpf: kernel has no BTF"];
-    let t = Instant::now();
-    let mut seen = vec![];
-    while t.elapsed() < Duration::from_secs(20) {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(l) if l.contains("daemon: watching") => return Some(seen),
-            Ok(l) if l.contains("homeostat: error:") => {
-                let _ = child.wait();
-                if UNAVAILABLE.iter().any(|u| l.contains(u)) {
-                    eprintln!("skipping: BPF unavailable: {l}");
-                    return None;
-                }
-                panic!("daemon failed to start: {l}");
-            }
-            Ok(l) => seen.push(l),
-            _ => {}
-        }
-    }
-    let _ = child.kill();
-    panic!("daemon not ready after 20 s");
-}
 
 fn output(cmd: &mut Command) -> std::process::Output {
     spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()))
@@ -70,12 +21,13 @@ fn output(cmd: &mut Command) -> std::process::Output {
         .unwrap()
 }
 
-fn events(p: &Path) -> Vec<Value> {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+fn daemon(state: &Path, events: &Path, extra: &[&str]) -> (Child, Receiver<String>) {
+    homeostat_testsupport::daemon::start(
+        Path::new(env!("CARGO_BIN_EXE_homeostat")),
+        state,
+        events,
+        extra,
+    )
 }
 
 fn has(evs: &[Value], f: impl Fn(&Value) -> bool) -> bool {

@@ -7,68 +7,23 @@
 //! `homeostat record` + `train --symbols args` learn from the same program.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
+use homeostat_testsupport::daemon::{events, ready};
 use homeostat_testsupport::{is_root, spawn};
 use serde_json::Value;
 
 fn daemon(state: &Path, events: &Path, extra: &[&str]) -> (Child, Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_homeostat"))
-        .arg("daemon")
-        .arg("--state-dir")
-        .arg(state)
-        .arg("--events")
-        .arg(events)
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = channel();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
-}
-
-/// Waits for "daemon: watching"; None (after printing why) when BPF is unavailable
-/// (no privilege, no BTF). Any other start-up error fails the test.
-fn ready(child: &mut Child, rx: &Receiver<String>) -> Option<String> {
-    const UNAVAILABLE: [&str; 2] = ["bpf: permission denied", "bpf: kernel has no BTF"];
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(20) {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(l) if l.contains("daemon: watching") => return Some(l),
-            Ok(l) if l.contains("homeostat: error:") => {
-                let _ = child.wait();
-                if UNAVAILABLE.iter().any(|u| l.contains(u)) {
-                    eprintln!("skipping: BPF unavailable: {l}");
-                    return None;
-                }
-                panic!("daemon failed to start: {l}");
-            }
-            _ => {}
-        }
-    }
-    let _ = child.kill();
-    panic!("daemon not ready after 20 s");
-}
-
-fn events(p: &Path) -> Vec<Value> {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    homeostat_testsupport::daemon::start(
+        Path::new(env!("CARGO_BIN_EXE_homeostat")),
+        state,
+        events,
+        extra,
+    )
 }
 
 fn stop(d: &mut Child) {
@@ -153,9 +108,10 @@ fn another_file_is_an_anomaly_and_the_classes_are_the_cores() {
                   (exec 3<>/dev/udp/192.0.2.1/9) 2>/dev/null; \
                   kill -0 $$; kill -0 1; true";
     let (mut d, rx) = daemon(&state, &ev1, &args);
-    let Some(line) = ready(&mut d, &rx) else {
+    let Some(lines) = ready(&mut d, &rx) else {
         return;
     };
+    let line = lines.last().expect("the watching line");
     // Where the kernel refuses BPF trampolines (fexit), an open whose path is not yet
     // mapped in the caller is counted unread and not classified.
     let fallback = !line.contains("no open fallback");
