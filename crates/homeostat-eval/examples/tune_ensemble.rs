@@ -11,8 +11,7 @@
 use std::path::PathBuf;
 
 use homeostat_core::{Params, Registry};
-use homeostat_eval::cv::{cv_auc, folds};
-use homeostat_traces::adfa;
+use homeostat_eval::cv::{adfa_training, cv_auc, folds};
 
 /// Each fast model with its primary score, and the classic models' rate (their
 /// stronger trace score on ADFA-LD's training CV and in the literature's use).
@@ -27,22 +26,13 @@ const CANDIDATES: [&str; 6] = [
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let dir = args
-        .next()
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOMEOSTAT_ADFA_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("../shared/datasets/ADFA-LD"));
+    let dir = args.next().map(PathBuf::from);
     let score = args.next().unwrap_or_else(|| "mean_rank".into());
     let index = homeostat_core::ensemble::COMBINED
         .iter()
         .position(|s| *s == score)
         .unwrap_or_else(|| panic!("score {score:?} is not a combined ensemble score"));
-    let train: Vec<Vec<u32>> = adfa::load(&dir)
-        .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
-        .training
-        .into_iter()
-        .map(|t| t.calls)
-        .collect();
+    let train = adfa_training(dir);
     let reg = Registry::builtin();
     let folds = folds(&train, 5, 0x5EED);
     let params = Params::new();

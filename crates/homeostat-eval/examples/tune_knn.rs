@@ -17,21 +17,10 @@
 use std::path::PathBuf;
 
 use homeostat_core::{Params, Registry};
-use homeostat_eval::cv::{cv_auc, folds};
-use homeostat_traces::adfa;
+use homeostat_eval::cv::{adfa_training, cv_auc, folds};
 
 fn main() {
-    let dir = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOMEOSTAT_ADFA_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("../shared/datasets/ADFA-LD"));
-    let train: Vec<Vec<u32>> = adfa::load(&dir)
-        .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
-        .training
-        .into_iter()
-        .map(|t| t.calls)
-        .collect();
+    let train = adfa_training(std::env::args().nth(1).map(PathBuf::from));
     let reg = Registry::builtin();
     let folds = folds(&train, 5, 0x5EED);
     let mut results = vec![];

@@ -11,9 +11,27 @@
 //! mean AUC (held-out normal vs perturbed) over folds, per trace score.
 //! Deterministic (fixed seed). No test or attack trace is involved.
 
+use std::path::PathBuf;
+
 use homeostat_core::{Params, Registry, Scratch};
+use homeostat_traces::adfa;
 
 use crate::metrics::auc;
+
+/// The tuning examples' input: ADFA-LD's training traces (calls only) from `dir`, else
+/// `$HOMEOSTAT_ADFA_DIR`, else `../shared/datasets/ADFA-LD`. Panics with the path on
+/// a load error (the examples are run by hand).
+pub fn adfa_training(dir: Option<PathBuf>) -> Vec<Vec<u32>> {
+    let dir = dir
+        .or_else(|| std::env::var_os("HOMEOSTAT_ADFA_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("../shared/datasets/ADFA-LD"));
+    adfa::load(&dir)
+        .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
+        .training
+        .into_iter()
+        .map(|t| t.calls)
+        .collect()
+}
 
 /// A small deterministic generator (SplitMix64), so the folds' anomalies are fixed.
 struct Rng(u64);
