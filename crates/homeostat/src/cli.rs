@@ -364,8 +364,9 @@ pub struct TrainArgs {
 /// The alphabet models learn (docs/arguments.md).
 #[derive(Debug, Clone, Args)]
 pub struct SymbolFlags {
-    /// `calls`: system call numbers; `args`: (call, argument class) symbols, from
-    /// recordings made by `homeostat record` or strace output.
+    /// `calls`: system call numbers; `args`: (call, argument class) symbols (for
+    /// files: recordings made by `homeostat record`, or strace output; live: the
+    /// arguments read at each call; docs/arguments.md).
     #[arg(long, default_value = "calls")]
     pub symbols: homeostat_core::symbols::SymbolMode,
     /// With --symbols args: directories of a path's prefix that make its class.
