@@ -4,8 +4,8 @@
 use homeostat_core::ph::{ExeKey, ProfileState};
 use homeostat_ebpf::Kernel;
 use homeostat_monitor::control::{
-    AdminReply, Evictions, Losses, ProfileCounts, ProfileEntry, ProfilesReply, ProgRunTime,
-    PsReply, Request, Response, SaveReply, StatusReply,
+    AdminReply, ArgumentLosses, Evictions, Losses, ProfileCounts, ProfileEntry, ProfilesReply,
+    ProgRunTime, PsReply, Request, Response, SaveReply, StatusReply,
 };
 use homeostat_monitor::daemon_profile::container_id;
 use homeostat_monitor::TaskInfo;
@@ -199,6 +199,12 @@ impl Daemon {
             calls: c.calls_total,
             calls_normal: c.calls_normal_total,
             bpf_run_time: None,
+            arguments: self.symbols.is_some().then_some(ArgumentLosses {
+                overflowed: self.arg_stats.overflowed,
+                map_full: self.arg_stats.map_full,
+                unread: self.arg_stats.unread,
+                lost_events: self.arg_stats.lost_events,
+            }),
         }
     }
 

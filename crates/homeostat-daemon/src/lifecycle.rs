@@ -284,6 +284,8 @@ impl Daemon {
                 Ok(_) => {}
                 Err(e) => warn!("{e}"),
             }
+            let s = &self.arg_stats;
+            self.counts.argument_losses = Some([s.overflowed, s.map_full, s.unread, s.lost_events]);
         }
         let by = |st| self.profiles.values().filter(|p| p.state == st).count() as u64;
         self.counts.profiles_training = by(ProfileState::Training);

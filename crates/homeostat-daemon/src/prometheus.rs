@@ -61,6 +61,9 @@ pub struct Snapshot {
     pub calls_normal_total: u64,
     /// Calls counted under any profile.
     pub calls_total: u64,
+    /// With `--symbols args`: the argument classes' loss counters (overflowed,
+    /// map_full, unread, lost_events); absent otherwise, and then not shown.
+    pub argument_losses: Option<[u64; 4]>,
 }
 
 impl Snapshot {
@@ -170,6 +173,23 @@ impl Snapshot {
             "homeostat_calls_total{{state=\"learning\"}} {}",
             self.calls_total.saturating_sub(self.calls_normal_total)
         );
+        if let Some(l) = self.argument_losses {
+            metric_header(
+                &mut out,
+                "homeostat_argument_losses_total",
+                "Argument classes not learnt or not tested (--symbols args): past a profile's cap, class map full, argument unreadable, event lost.",
+                "counter",
+            );
+            for (kind, value) in ["overflowed", "map_full", "unread", "lost_events"]
+                .into_iter()
+                .zip(l)
+            {
+                let _ = writeln!(
+                    out,
+                    "homeostat_argument_losses_total{{kind=\"{kind}\"}} {value}"
+                );
+            }
+        }
         out
     }
 }
@@ -357,6 +377,26 @@ mod tests {
             evicted_lru_total: 15,
             calls_normal_total: 16,
             calls_total: 20,
+            argument_losses: None,
+        }
+    }
+
+    #[test]
+    fn argument_losses_show_only_with_argument_classes() {
+        assert!(!sample().render().contains("argument_losses"));
+        let s = Snapshot {
+            argument_losses: Some([1, 2, 3, 4]),
+            ..sample()
+        };
+        let text = s.render();
+        for line in [
+            "# TYPE homeostat_argument_losses_total counter",
+            "homeostat_argument_losses_total{kind=\"overflowed\"} 1",
+            "homeostat_argument_losses_total{kind=\"map_full\"} 2",
+            "homeostat_argument_losses_total{kind=\"unread\"} 3",
+            "homeostat_argument_losses_total{kind=\"lost_events\"} 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }
     }
 

@@ -278,6 +278,20 @@ pub struct Evictions {
     pub lru: u64,
 }
 
+/// What the kernel could not learn or test of argument classes (`daemon --symbols
+/// args`), in [`StatusReply`] (docs/arguments.md, "The daemon").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArgumentLosses {
+    /// Training calls whose class went to the call's `other` class (the profile's cap).
+    pub overflowed: u64,
+    /// Classes not learnt: the kernel's class map was full.
+    pub map_full: u64,
+    /// Arguments the kernel could not read (calls not tested for their class).
+    pub unread: u64,
+    /// Class events lost (ring buffer full).
+    pub lost_events: u64,
+}
+
 /// The reply to [`Request::Status`] (the daemon only).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReply {
@@ -326,6 +340,9 @@ pub struct StatusReply {
     /// (absent otherwise, and from daemons that predate it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bpf_run_time: Option<Vec<ProgRunTime>>,
+    /// With `--symbols args`: the argument classes' loss counters (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<ArgumentLosses>,
 }
 
 /// One BPF program's run-time counters, in [`StatusReply`].
@@ -642,6 +659,10 @@ mod tests {
                 run_cnt: 4,
                 run_time_ns: 100,
             }]),
+            arguments: Some(ArgumentLosses {
+                unread: 7,
+                ..ArgumentLosses::default()
+            }),
         };
         let back = wire::<StatusReply>(&Response::Status(Box::new(s.clone())))
             .ok()
@@ -652,17 +673,25 @@ mod tests {
         assert_eq!(back.mode, Mode::Detect);
         assert_eq!(back.bpf_run_time, s.bpf_run_time);
         assert_eq!(back.evicted, s.evicted);
+        assert_eq!(back.arguments, s.arguments);
         assert_eq!(
             (back.max_profiles, back.calls, back.calls_normal),
             (512, 100, 60)
         );
         // An older daemon's reply (no eviction or call counts) still reads.
         let mut old = serde_json::to_value(&s).unwrap();
-        for k in ["max_profiles", "evicted", "calls", "calls_normal"] {
+        for k in [
+            "max_profiles",
+            "evicted",
+            "calls",
+            "calls_normal",
+            "arguments",
+        ] {
             old.as_object_mut().unwrap().remove(k);
         }
         let back: StatusReply = serde_json::from_value(old).unwrap();
         assert_eq!(back.evicted, Evictions::default());
+        assert_eq!(back.arguments, None);
     }
 
     #[test]

@@ -214,6 +214,18 @@ fn another_file_is_an_anomaly_and_the_classes_are_the_cores() {
             .any(|e| e["event"] == "anomaly" && e["pid"] == pid),
         "the held-out file raised an anomaly"
     );
+    // `status` reports the argument classes' loss counters of a daemon with classes.
+    let st = Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(["status", "--json", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let st: Value = serde_json::from_slice(&st.stdout).unwrap();
+    let ours = st
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["pid"] == d.id()))
+        .unwrap_or_else(|| panic!("no status from the daemon: {st}"));
+    assert!(ours["arguments"]["unread"].is_u64(), "{ours}");
     stop(&mut d);
 
     // Saved beside the profile; `profile show` lists them.

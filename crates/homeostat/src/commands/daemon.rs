@@ -106,6 +106,12 @@ pub fn status(json: bool, state: &StateFlags) -> Result<()> {
             "  losses: {} events, {} pairs (rows full), {} tasks, {} profiles, {} stops",
             l.lost_events, l.rows_full, l.tasks_full, l.profiles_full, l.stops_failed
         );
+        if let Some(a) = &s.arguments {
+            println!(
+                "  argument classes: {} calls past a profile's cap (class `other`), {} not learnt (map full), {} arguments unreadable (not tested), {} events lost",
+                a.overflowed, a.map_full, a.unread, a.lost_events
+            );
+        }
         for r in s.bpf_run_time.iter().flatten() {
             let per = if r.run_cnt > 0 {
                 format!("{:.1} ns per run", r.run_time_ns as f64 / r.run_cnt as f64)
