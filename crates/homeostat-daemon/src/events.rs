@@ -188,9 +188,11 @@ impl Daemon {
             // Another file now has this inode number: the old profile (a deleted
             // file's) must not judge it. The kernel does not follow the task until
             // the profile is replaced by an empty training one for this file.
-            self.evict_one(kernel, e.exe, crate::evict::Why::Replaced);
-            if let Err(err) = kernel.replace_profile(e.exe, e.igen) {
-                warn!("profile {} not replaced: {err}", e.exe);
+            // Evicting removes it from the kernel; the new one is made for this file.
+            if self.evict_one(kernel, e.exe, crate::evict::Why::Replaced) {
+                if let Err(err) = kernel.set_igen(e.exe, e.igen) {
+                    warn!("profile {} not replaced: {err}", e.exe);
+                }
             }
         }
         let p = self

@@ -68,7 +68,8 @@ pub struct Event {
     pub igen: u32,
     /// Exec: the kernel's profile of this (dev, ino) was made for another file (its
     /// generation differs: a deleted file's inode number was reused). The kernel does
-    /// not follow the task; replace the profile ([`Kernel::replace_profile`]).
+    /// not follow the task: remove the profile and make a new one for this file
+    /// ([`Kernel::remove_profile`], [`Kernel::set_igen`]).
     pub replaced: bool,
 }
 

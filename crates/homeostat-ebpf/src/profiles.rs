@@ -194,15 +194,6 @@ impl Kernel {
         self.update_profile(exe, |p| p.igen = igen).map(|_| ())
     }
 
-    /// Replaces the profile of `exe` by a new, empty training one for the file of
-    /// generation `igen`: the old one was another file's, whose inode number this one
-    /// reuses ([`crate::Event::replaced`]). Tasks of the new file are followed from
-    /// their next call.
-    pub fn replace_profile(&self, exe: ExeKey, igen: u32) -> Result<(), Error> {
-        self.remove_profile(exe)?;
-        self.set_igen(exe, igen)
-    }
-
     /// Every profile key the kernel has (with auto_create, every executable seen).
     pub fn profiles(&self) -> Vec<ExeKey> {
         self.profiles

@@ -3,12 +3,15 @@
 //! for lack of privilege; any other load failure is a failure.
 #![cfg(feature = "bpf")]
 
+mod common;
+
 use std::cell::RefCell;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::private_copy;
 use homeostat_core::ph::ExeKey;
 use homeostat_ebpf::{Error, Event, EventKind, ExecLsm, Hook, Kernel, KernelState, Options};
 use homeostat_testsupport::{is_root, spawn};
@@ -30,21 +33,6 @@ fn kernel_with(opts: &Options) -> Option<Kernel> {
         }
         Err(e) => panic!("{e}"),
     }
-}
-
-/// A private copy of `bin`, so its profile key (dev, ino) is ours alone: other
-/// processes on the machine running the same program do not touch it.
-fn private_copy(dir: &Path, bin: &str) -> (PathBuf, ExeKey) {
-    let dst = dir.join(Path::new(bin).file_name().unwrap());
-    std::fs::copy(bin, &dst).unwrap();
-    let m = std::fs::metadata(&dst).unwrap();
-    (
-        dst,
-        ExeKey {
-            dev: m.dev(),
-            ino: m.ino(),
-        },
-    )
 }
 
 fn run(bin: &Path, args: &[&str]) -> u32 {
@@ -554,7 +542,8 @@ fn an_inode_number_reused_by_another_file_gets_a_new_profile() {
     );
 
     // Replaced by an empty training profile for the new file, which then learns.
-    k.replace_profile(exe, new_gen).unwrap();
+    k.remove_profile(exe).unwrap();
+    k.set_igen(exe, new_gen).unwrap();
     let p = k.profile(exe).unwrap().unwrap();
     assert_eq!(
         (p.state, p.igen, p.calls),
