@@ -66,12 +66,8 @@ pub struct DaemonProfile {
     /// The inode generation (`i_generation`) of the file the profile was made for,
     /// so that another file that reuses its inode number is not judged by it. 0 (and
     /// absent, in files of older daemons): not known; the next exec's is adopted.
-    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub igen: u32,
-}
-
-fn is_zero_u32(v: &u32) -> bool {
-    *v == 0
 }
 
 /// A container's id from a cgroup path, when the path names one: docker
@@ -93,8 +89,8 @@ pub fn container_id(cgroup: &str) -> Option<String> {
     None
 }
 
-fn is_zero(v: &u64) -> bool {
-    *v == 0
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// How many more calls without a new pair a training profile needs before pH's
