@@ -119,10 +119,7 @@ impl Prof {
             self.train_count,
             self.last_mod_count,
             self.normal_time_ns,
-            (self.last_reset_ns > 0).then(|| LastReset {
-                ts: self.last_reset_ns as f64 / 1e9,
-                why: self.last_reset_why.to_string(),
-            }),
+            LastReset::at(self.last_reset_ns, &self.last_reset_why),
             now_ns,
             config,
         )

@@ -234,6 +234,16 @@ pub struct LastReset {
     pub why: String,
 }
 
+impl LastReset {
+    /// The reset recorded at `ns` (unix ns; 0: never reset, None).
+    pub fn at(ns: u64, why: &str) -> Option<LastReset> {
+        (ns > 0).then(|| LastReset {
+            ts: ns as f64 / 1e9,
+            why: why.to_string(),
+        })
+    }
+}
+
 /// The reply to [`Request::Profiles`] (the daemon only).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProfilesReply {

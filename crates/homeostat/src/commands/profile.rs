@@ -130,10 +130,7 @@ fn file_progress(d: &DaemonProfile, config: &PhConfig) -> Progress {
         d.train_count,
         d.last_mod_count,
         d.normal_time_ns,
-        (d.last_reset_ns > 0).then(|| LastReset {
-            ts: d.last_reset_ns as f64 / 1e9,
-            why: d.last_reset_why.clone(),
-        }),
+        LastReset::at(d.last_reset_ns, &d.last_reset_why),
         now_ns(),
         config,
     )
