@@ -3,12 +3,14 @@
 //! has no BTF / refuses BPF for lack of privilege; a rejected program is a failure.
 #![cfg(feature = "bpf")]
 
+mod common;
+
 use std::cell::RefCell;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::private_copy;
 use homeostat_core::ph::ExeKey;
 use homeostat_core::symbols::SymbolConfig;
 use homeostat_ebpf::{class_name, Error, Event, EventKind, Hook, Kernel, KernelState, Options};
@@ -35,20 +37,6 @@ fn with_args(hook: Option<Hook>) -> Options {
         hook,
         ..Options::default()
     }
-}
-
-/// A private copy of `bin`, so its profile key is ours alone.
-fn private_copy(dir: &Path, bin: &str) -> (PathBuf, ExeKey) {
-    let dst = dir.join(Path::new(bin).file_name().unwrap());
-    std::fs::copy(bin, &dst).unwrap();
-    let m = std::fs::metadata(&dst).unwrap();
-    (
-        dst,
-        ExeKey {
-            dev: m.dev(),
-            ino: m.ino(),
-        },
-    )
 }
 
 fn run(bin: &Path, args: &[&str]) -> u32 {
