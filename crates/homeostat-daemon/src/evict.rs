@@ -49,7 +49,7 @@ impl Why {
         match self {
             Why::Deleted => "deleted executable",
             Why::Lru => "map near full",
-            Why::Replaced => "executable replaced (its inode number reused by another file)",
+            Why::Replaced => homeostat_core::ph::REPLACED,
         }
     }
 }

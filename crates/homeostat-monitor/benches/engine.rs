@@ -40,6 +40,7 @@ fn bench(c: &mut Criterion) {
                         tid: 7,
                         pid: 7,
                         exe,
+                        born: None,
                         path: "/usr/bin/x",
                         arch: Arch::X86_64,
                         nr,

@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use homeostat_core::ph::{ExeKey, PhConfig, PhEvent, PhProfile, PhTask, ProfileState, Verdict};
+use homeostat_core::ph::{
+    ExeKey, FileMatch, PhConfig, PhEvent, PhProfile, PhTask, ProfileState, Verdict,
+};
 use homeostat_core::rate::{self, RateKind};
 use homeostat_core::symbols::{Arg, UNSEEN};
 use homeostat_syscalls::Arch;
@@ -29,6 +31,8 @@ pub struct Call<'a> {
     pub pid: i32,
     /// The executable the task runs.
     pub exe: ExeKey,
+    /// Its birth time, when known ([`PhProfile::check_file`]).
+    pub born: Option<u64>,
     /// Its path.
     pub path: &'a str,
     /// ABI of the call number.
@@ -227,7 +231,8 @@ impl Engine {
                 Some(p)
             });
             let from = if seeded.is_some() { "daemon" } else { "new" };
-            let p = seeded.unwrap_or_else(|| PhProfile::new(c.exe, c.path, config));
+            let p =
+                seeded.unwrap_or_else(|| PhProfile::new(c.exe, c.path, config).with_born(c.born));
             let rec = record(
                 now_ns,
                 "profile_created",
@@ -240,6 +245,33 @@ impl Engine {
             (self.sink)(&rec);
             p
         });
+        if profile.check_file(c.born) == FileMatch::Replaced {
+            // The profile's file is gone (no task can run a deleted file whose inode
+            // was given to another): its tasks are stale, and the new file starts
+            // from nothing. The next save overwrites the old profile's file.
+            let rec = record(
+                now_ns,
+                "profile_evicted",
+                c,
+                profile,
+                0,
+                "none",
+                serde_json::json!({ "reason": homeostat_core::ph::REPLACED }),
+            );
+            (self.sink)(&rec);
+            *profile = PhProfile::new(c.exe, c.path, config).with_born(c.born);
+            let rec = record(
+                now_ns,
+                "profile_created",
+                c,
+                profile,
+                0,
+                "none",
+                serde_json::json!({ "from": "new" }),
+            );
+            (self.sink)(&rec);
+            self.tasks.retain(|_, t| t.exe != c.exe);
+        }
         let fresh = !matches!(self.tasks.get(&c.tid), Some(t) if t.exe == c.exe);
         if fresh {
             // A new task inherits its parent's state when both run the same program;
@@ -497,6 +529,7 @@ mod tests {
                         tid,
                         pid: tid,
                         exe,
+                        born: None,
                         path: "/usr/bin/demo",
                         arch: Arch::X86_64,
                         nr,

@@ -35,6 +35,8 @@ pub struct CallEvent {
     pub exe: ExeKey,
     /// Its path.
     pub path: Arc<Path>,
+    /// Its birth time, when known (tells a file from a later one reusing its inode).
+    pub born: Option<u64>,
     /// For a task seen for the first time: the task it came from.
     pub parent: Option<i32>,
     /// The argument that matters ([`crate::args`]), when the consumer asked for
@@ -142,6 +144,7 @@ impl Source for Launcher {
                     ino: ev.exe.ino,
                 },
                 path: Arc::from(ev.exe.path.as_path()),
+                born: ev.exe.born,
                 parent: if ev.new_task {
                     parent_from_proc(ev.tid, ev.pid)
                 } else {
@@ -194,6 +197,7 @@ impl Source for Attached {
                     ino: s.exe.ino,
                 },
                 path: Arc::from(s.exe.path.as_path()),
+                born: s.exe.born,
                 parent: if s.new_task { s.parent } else { None },
             })),
         })

@@ -59,6 +59,7 @@ impl Consumer for PhConsumer {
                 tid: ev.tid,
                 pid: ev.pid,
                 exe: ev.exe,
+                born: ev.born,
                 path: &path,
                 arch: ev.arch,
                 nr: ev.nr,

@@ -24,6 +24,9 @@ pub struct Exe {
     pub ino: u64,
     /// Its path when read.
     pub path: PathBuf,
+    /// Its birth time (ns since the epoch), when the file system reports one: a later
+    /// file that reuses the inode number is born later (`PhProfile::check_file`).
+    pub born: Option<u64>,
 }
 
 impl Exe {
@@ -33,6 +36,7 @@ impl Exe {
             dev: 0,
             ino: 0,
             path: PathBuf::new(),
+            born: None,
         }
     }
 }
@@ -46,6 +50,11 @@ pub fn exe(tid: i32) -> Exe {
             dev: md.dev(),
             ino: md.ino(),
             path,
+            born: md
+                .created()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .and_then(|d| u64::try_from(d.as_nanos()).ok()),
         },
         _ => Exe::unknown(),
     }

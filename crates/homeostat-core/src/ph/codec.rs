@@ -6,7 +6,10 @@
 //! argument-aware profile and the rates learned for the rate limits. A profile with
 //! neither is still written as version 1, so older builds keep reading plain
 //! profiles, and refuse the others (whose symbols they would misread as calls). A
-//! version 1 profile loads with plain calls and no rates learned (no limit).
+//! version 1 profile loads with plain calls and no rates learned (no limit). Version 3
+//! is version 2 followed by [`PhFile`], the birth time of the profile's executable; it
+//! is written only when that time is known, so files of older builds stay readable
+//! by them unless there is something they would get wrong without it.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +24,8 @@ use crate::symbols::SymbolTable;
 pub const PH_VERSION: u16 = 1;
 /// Frame version of a pH profile with a symbol table or learned rates.
 pub const PH_VERSION_EXTRAS: u16 = 2;
+/// Frame version of a pH profile that knows its executable's birth time.
+pub const PH_VERSION_FILE: u16 = 3;
 
 impl PhProfile {
     /// A profile made from pairs over raw call numbers (`(cur, prev, mask)`, bit d-1 of
@@ -60,6 +65,7 @@ impl PhProfile {
             symbols: None,
             rates: None,
             rate_state: RateState::default(),
+            born: None,
         })
     }
 
@@ -131,7 +137,7 @@ impl PhProfile {
         };
         let mut payload =
             postcard::to_allocvec(&stored).expect("serialising plain data into a Vec cannot fail");
-        if self.symbols.is_none() && self.rates.is_none() {
+        if self.symbols.is_none() && self.rates.is_none() && self.born.is_none() {
             return frame_version(PH_MAGIC, PH_VERSION, &payload);
         }
         let extras = PhExtras {
@@ -141,19 +147,35 @@ impl PhProfile {
         payload.extend(
             postcard::to_allocvec(&extras).expect("serialising plain data into a Vec cannot fail"),
         );
-        frame_version(PH_MAGIC, PH_VERSION_EXTRAS, &payload)
+        let Some(born) = self.born else {
+            return frame_version(PH_MAGIC, PH_VERSION_EXTRAS, &payload);
+        };
+        payload.extend(
+            postcard::to_allocvec(&PhFile { born: Some(born) })
+                .expect("serialising plain data into a Vec cannot fail"),
+        );
+        frame_version(PH_MAGIC, PH_VERSION_FILE, &payload)
     }
 
     /// Parses and validates file contents.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProfileError> {
-        let (version, payload) =
-            unframe_versions(PH_MAGIC, bytes, &[PH_VERSION, PH_VERSION_EXTRAS])?;
+        let (version, payload) = unframe_versions(
+            PH_MAGIC,
+            bytes,
+            &[PH_VERSION, PH_VERSION_EXTRAS, PH_VERSION_FILE],
+        )?;
         let (s, mut rest): (StoredPhProfile, &[u8]) = postcard::take_from_bytes(payload)
             .map_err(|e| ProfileError::Corrupt(format!("payload does not decode: {e}")))?;
         let mut extras = PhExtras::default();
-        if version == PH_VERSION_EXTRAS {
+        if version >= PH_VERSION_EXTRAS {
             (extras, rest) = postcard::take_from_bytes(rest)
                 .map_err(|e| ProfileError::Corrupt(format!("extras do not decode: {e}")))?;
+        }
+        let mut file = PhFile::default();
+        if version >= PH_VERSION_FILE {
+            (file, rest) = postcard::take_from_bytes(rest).map_err(|e| {
+                ProfileError::Corrupt(format!("executable's birth time does not decode: {e}"))
+            })?;
         }
         let symbols = extras
             .symbols
@@ -190,6 +212,7 @@ impl PhProfile {
             symbols,
             rates: extras.rates,
             rate_state: RateState::default(),
+            born: file.born,
         })
     }
 }
@@ -218,6 +241,13 @@ struct StoredPhProfile {
 struct PhExtras {
     symbols: Option<SymbolTable>,
     rates: Option<LearnedRates>,
+}
+
+/// What version 3 adds after version 2's payload.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PhFile {
+    /// [`PhProfile::born`].
+    born: Option<u64>,
 }
 
 #[cfg(test)]
@@ -290,9 +320,32 @@ mod raw_pair_tests {
                 })
                 .collect();
             let _ = PhProfile::from_bytes(&frame_version(PH_MAGIC, PH_VERSION_EXTRAS, &d));
+            let _ = PhProfile::from_bytes(&frame_version(PH_MAGIC, PH_VERSION_FILE, &d));
         }
         // A version this build does not know is refused.
-        assert!(PhProfile::from_bytes(&frame_version(PH_MAGIC, 3, payload)).is_err());
+        assert!(PhProfile::from_bytes(&frame_version(PH_MAGIC, 4, payload)).is_err());
+    }
+
+    #[test]
+    fn a_known_birth_time_is_version_3_and_round_trips() {
+        let config = PhConfig::default();
+        let key = ExeKey { dev: 1, ino: 2 };
+        let p = PhProfile::new(key, "/x", &config).with_born(Some(1_700_000_000_123_456_789));
+        let bytes = p.to_bytes();
+        assert_eq!(&bytes[8..10], &PH_VERSION_FILE.to_le_bytes());
+        let back = PhProfile::from_bytes(&bytes).unwrap();
+        assert_eq!(back.born(), Some(1_700_000_000_123_456_789));
+        // Without a birth time the frame stays what older builds read.
+        let plain = PhProfile::new(key, "/x", &config);
+        assert_eq!(&plain.to_bytes()[8..10], &PH_VERSION.to_le_bytes());
+        assert_eq!(
+            PhProfile::from_bytes(&plain.to_bytes()).unwrap().born(),
+            None
+        );
+        // Version 3's section cut short is an error, not a profile without it.
+        let payload = &bytes[24..];
+        let cut = &payload[..payload.len() - 1];
+        assert!(PhProfile::from_bytes(&frame_version(PH_MAGIC, PH_VERSION_FILE, cut)).is_err());
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::pairs::Pairs;
 impl PhProfile {
     /// This profile with `other`'s training and testing pairs added (set union), keeping
     /// this profile's state, counters and call ids (live tasks hold those ids). `None`
-    /// when the two cannot be merged: different executables or model settings, or more
+    /// when the two cannot be merged: different executables (keys, or files born at
+    /// different times under one key) or model settings, or more
     /// distinct calls together than a profile holds.
     pub fn merged_with(&self, other: &PhProfile) -> Option<PhProfile> {
         // Symbol numbers of two tables mean different things: only profiles with the
@@ -25,6 +26,7 @@ impl PhProfile {
             || self.model.spec() != other.model.spec()
             || self.symbols.as_ref().map(|t| t.classes())
                 != other.symbols.as_ref().map(|t| t.classes())
+            || matches!((self.born, other.born), (Some(a), Some(b)) if a != b)
         {
             return None;
         }
@@ -72,6 +74,7 @@ impl PhProfile {
                 (a, b) => a.or(b),
             },
             rate_state: self.rate_state.clone(),
+            born: self.born.or(other.born),
         })
     }
 }

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 pub use codec::PH_MAGIC;
 pub use config::{Mode, PhConfig};
 pub use lifecycle::TrainCounts;
-pub use profile::{PhEvent, PhProfile, PhTask, Step, Verdict};
+pub use profile::{FileMatch, PhEvent, PhProfile, PhTask, Step, Verdict, REPLACED};
 
 /// Identity of an executable: pH keys profiles by file, not by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

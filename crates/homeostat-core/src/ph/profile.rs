@@ -184,6 +184,26 @@ pub struct PhProfile {
     pub(super) rates: Option<LearnedRates>,
     /// The rate meters and queues (not saved).
     pub(super) rate_state: RateState,
+    /// The birth time (ns since the epoch) of the file the profile was made for, when
+    /// the file system reports one: it tells a file from a later one that reuses its
+    /// inode number ([`PhProfile::check_file`]). `None`: not known.
+    pub(super) born: Option<u64>,
+}
+
+/// Why a profile was dropped for [`FileMatch::Replaced`], in events and logs of every
+/// front end.
+pub const REPLACED: &str = "executable replaced (its inode number reused by another file)";
+
+/// What a profile is to the file a task runs ([`PhProfile::check_file`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileMatch {
+    /// The file the profile was made for, or one that cannot be told apart from it.
+    Same,
+    /// The profile did not know its file's birth time and takes this one.
+    Adopted,
+    /// Another file, born after the profile's file was deleted, that reuses its
+    /// device and inode number: the profile says nothing about it.
+    Replaced,
 }
 
 impl PhProfile {
@@ -208,6 +228,37 @@ impl PhProfile {
                 .rate_limit
                 .then(|| LearnedRates::new(config.rate_window_ns())),
             rate_state: RateState::default(),
+            born: None,
+        }
+    }
+
+    /// The profile for a file born at `born` (see [`PhProfile::check_file`]).
+    pub fn with_born(mut self, born: Option<u64>) -> Self {
+        self.born = born;
+        self
+    }
+
+    /// The birth time of the profile's file, if known.
+    pub fn born(&self) -> Option<u64> {
+        self.born
+    }
+
+    /// Whether this profile belongs to the file born at `born` that a task runs now.
+    /// A profile is keyed by (device, inode), and a file system gives a deleted file's
+    /// inode number to a later file: a program installed in its place would inherit a
+    /// normal profile it never trained, and be delayed for calls that are its own. The
+    /// birth time tells the two apart. A profile that does not know its file's birth
+    /// time (made before it was recorded, or seeded from the daemon) adopts the first
+    /// one seen; when the file system gives none, nothing can be told.
+    pub fn check_file(&mut self, born: Option<u64>) -> FileMatch {
+        match (self.born, born) {
+            (Some(mine), Some(seen)) if mine != seen => FileMatch::Replaced,
+            (None, Some(seen)) => {
+                self.born = Some(seen);
+                self.dirty = true;
+                FileMatch::Adopted
+            }
+            _ => FileMatch::Same,
         }
     }
 
@@ -934,5 +985,29 @@ mod tests {
         let crc = crc32fast::hash(&cut[24..]);
         cut[12..16].copy_from_slice(&crc.to_le_bytes());
         assert!(PhProfile::from_bytes(&cut).is_err());
+    }
+
+    #[test]
+    fn a_file_born_at_another_time_is_another_executable() {
+        let mut p = normal_profile(&config());
+        // Unknown on both sides, or on the file's: nothing can be told.
+        assert_eq!(p.check_file(None), FileMatch::Same);
+        // The first birth time seen is adopted (and must be saved).
+        p.dirty = false;
+        assert_eq!(p.check_file(Some(10)), FileMatch::Adopted);
+        assert!(p.dirty);
+        assert_eq!(p.born(), Some(10));
+        assert_eq!(p.check_file(Some(10)), FileMatch::Same);
+        assert_eq!(p.check_file(None), FileMatch::Same);
+        // A later file under the same key is not this profile's.
+        assert_eq!(p.check_file(Some(11)), FileMatch::Replaced);
+        assert_eq!(p.born(), Some(10));
+        // Two profiles of different files under one key do not merge.
+        let other = normal_profile(&config()).with_born(Some(11));
+        assert!(p.merged_with(&other).is_none());
+        let same = normal_profile(&config()).with_born(Some(10));
+        assert_eq!(p.merged_with(&same).unwrap().born(), Some(10));
+        let unknown = normal_profile(&config());
+        assert_eq!(unknown.merged_with(&p).unwrap().born(), Some(10));
     }
 }

@@ -1,0 +1,98 @@
+//! A profile is keyed by (device, inode), and a file system gives a deleted file's
+//! inode number to a later file. `homeostat run` records the birth time of the file a
+//! profile was made for and drops the profile when a task runs a file born at another
+//! time under the same key, so a program installed where another was deleted does not
+//! inherit a normal profile it never trained (docs/homeostat-run.md).
+//!
+//! Provoking the file system into reusing an inode number is not reliable, so the test
+//! takes the other side: a real program's real profile is rewritten to say it was made
+//! for a file born one nanosecond earlier, which is what a reused number looks like.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use homeostat_core::ph::PhProfile;
+use serde_json::Value;
+
+mod common;
+use common::{bin, ok};
+
+fn born(path: &Path) -> Option<u64> {
+    let t = std::fs::metadata(path).ok()?.created().ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos() as u64)
+}
+
+fn run(state: &Path, mode: &str, events: &Path, prog: &Path) -> Vec<Value> {
+    ok(bin()
+        .args(["run", "--quiet", mode, "--state-dir"])
+        .arg(state)
+        .arg("--events")
+        .arg(events)
+        .arg("--")
+        .arg(prog));
+    std::fs::read_to_string(events)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == name).collect()
+}
+
+#[test]
+fn a_profile_made_for_an_earlier_file_with_the_same_inode_number_is_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let prog = dir.join("prog");
+    std::fs::copy("/usr/bin/true", &prog).unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(birth) = born(&prog) else {
+        eprintln!(
+            "SKIP: the file system under {} reports no birth time, so run cannot tell \
+             a reused inode number (the check is off there too)",
+            dir.display()
+        );
+        return;
+    };
+    let state = dir.join("state");
+    for i in 0..3 {
+        run(
+            &state,
+            "--learn",
+            &dir.join(format!("learn{i}.jsonl")),
+            &prog,
+        );
+    }
+    let md = std::fs::metadata(&prog).unwrap();
+    let file = state
+        .join("profiles")
+        .join(format!("{:x}-{:x}.phprof", md.dev(), md.ino()));
+    let learnt = PhProfile::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(learnt.born(), Some(birth), "the profile records its file");
+    ok(bin()
+        .args(["profile", "normalize", "prog", "--state-dir"])
+        .arg(&state));
+
+    // The same file: the normal profile applies, nothing is dropped.
+    let same = run(&state, "--enforce", &dir.join("same.jsonl"), &prog);
+    assert!(named(&same, "profile_evicted").is_empty(), "{same:?}");
+    assert!(named(&same, "anomaly").is_empty(), "{same:?}");
+    let normal = PhProfile::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(normal.state, homeostat_core::ph::ProfileState::Normal);
+
+    // The profile now says it was made for an earlier file under the same key.
+    let earlier = normal.with_born(Some(birth - 1));
+    std::fs::write(&file, earlier.to_bytes()).unwrap();
+    let other = run(&state, "--enforce", &dir.join("other.jsonl"), &prog);
+    let evicted = named(&other, "profile_evicted");
+    assert_eq!(evicted.len(), 1, "{other:?}");
+    assert_eq!(evicted[0]["reason"], homeostat_core::ph::REPLACED);
+    let created = named(&other, "profile_created");
+    assert!(created.iter().any(|e| e["from"] == "new"), "{other:?}");
+    assert!(named(&other, "anomaly").is_empty(), "{other:?}");
+    let fresh = PhProfile::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(fresh.state, homeostat_core::ph::ProfileState::Training);
+    assert_eq!(fresh.born(), Some(birth));
+}
