@@ -314,7 +314,7 @@ impl Engine {
             _ => None,
         };
         if let Some(kind) = kind {
-            let held = profile.on_rate(kind, now_ns, config, &mut |e| pending.push(e));
+            let held = profile.on_rate(&task.ph, kind, now_ns, config, &mut |e| pending.push(e));
             if held > 0 {
                 self.rate_waiting += 1;
                 task.rate_booking = Some((kind, now_ns.saturating_add(held)));

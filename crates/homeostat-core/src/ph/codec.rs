@@ -294,7 +294,7 @@ mod raw_pair_tests {
             let s = p.symbol_of(&task, call, Some(&arg));
             p.on_syscall(&mut task, s, false, 0, &config, &mut |_| {});
         }
-        p.on_rate(crate::rate::RateKind::Fork, 0, &config, &mut |_| {});
+        p.on_rate(&task, crate::rate::RateKind::Fork, 0, &config, &mut |_| {});
         let good = p.to_bytes();
         let back = PhProfile::from_bytes(&good).unwrap();
         assert_eq!(back.symbol_table(), p.symbol_table());

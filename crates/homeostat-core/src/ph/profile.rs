@@ -277,7 +277,7 @@ impl PhProfile {
     /// learned while the profile is not normal and the task trains, else looked up
     /// (a class never learned is a foreign symbol, [`crate::symbols::UNSEEN`]).
     pub fn symbol_of(&mut self, task: &PhTask, call: u32, arg: Option<&Arg>) -> u32 {
-        let learning = self.state != ProfileState::Normal && !task.tolerized;
+        let learning = self.learns_from(task);
         match &mut self.symbols {
             None => call,
             Some(t) if learning => {
@@ -292,17 +292,27 @@ impl PhProfile {
         }
     }
 
+    /// Whether what `task` does now may be learned: the profile is not normal and the
+    /// task is not in a tolerized episode (pH's guard against learning an attack, for
+    /// argument classes and rate peaks as for pairs).
+    fn learns_from(&self, task: &PhTask) -> bool {
+        self.state != ProfileState::Normal && !task.tolerized
+    }
+
     /// Whether the profile reads arguments (argument-aware alphabet).
     pub fn wants_args(&self) -> bool {
         self.symbols.is_some()
     }
 
-    /// Applies the rate rule ([`crate::rate`]) to a call of `kind` at `now_ns`: while
-    /// the profile is not normal, learns the peak (when `rate_limit` is on); once
-    /// normal, a call beyond the limit is delayed (enforce) or reported (detect).
-    /// Returns the call's delay, ns (0: none).
+    /// Applies the rate rule ([`crate::rate`]) to `task`'s call of `kind` at `now_ns`:
+    /// while the profile is not normal, learns the peak (when `rate_limit` is on), but
+    /// not from a task in a tolerized episode: an attack that pushed the profile back
+    /// to training would otherwise raise its own limit; once normal, a call beyond the
+    /// limit is delayed (enforce) or reported (detect). Returns the call's delay, ns
+    /// (0: none).
     pub fn on_rate(
         &mut self,
+        task: &PhTask,
         kind: RateKind,
         now_ns: u64,
         config: &PhConfig,
@@ -312,6 +322,9 @@ impl PhProfile {
             return 0;
         }
         if self.state != ProfileState::Normal {
+            if !self.learns_from(task) {
+                return 0;
+            }
             let learned = self
                 .rates
                 .get_or_insert_with(|| LearnedRates::new(config.rate_window_ns()));
@@ -870,12 +883,13 @@ mod tests {
             ..config()
         };
         let mut p = PhProfile::new(ExeKey { dev: 1, ino: 2 }, "/bin/x", &c);
+        let t = PhTask::new(&p);
         let mut none = |_| {};
         // Training: bursts of 5 forks 10 ms apart, one burst a second.
         for s in 0..3 {
             for i in 0..5 {
                 assert_eq!(
-                    p.on_rate(RateKind::Fork, s * SEC + i * SEC / 100, &c, &mut none),
+                    p.on_rate(&t, RateKind::Fork, s * SEC + i * SEC / 100, &c, &mut none),
                     0
                 );
             }
@@ -886,7 +900,7 @@ mod tests {
         for s in 10..13 {
             for i in 0..5 {
                 assert_eq!(
-                    p.on_rate(RateKind::Fork, s * SEC + i * SEC / 100, &c, &mut none),
+                    p.on_rate(&t, RateKind::Fork, s * SEC + i * SEC / 100, &c, &mut none),
                     0
                 );
             }
@@ -895,9 +909,13 @@ mod tests {
         let mut events = vec![];
         let delays: Vec<u64> = (0..30)
             .map(|i| {
-                p.on_rate(RateKind::Fork, 20 * SEC + i * SEC / 1000, &c, &mut |e| {
-                    events.push(e)
-                })
+                p.on_rate(
+                    &t,
+                    RateKind::Fork,
+                    20 * SEC + i * SEC / 1000,
+                    &c,
+                    &mut |e| events.push(e),
+                )
             })
             .collect();
         assert!(delays[..10].iter().all(|&d| d == 0), "{delays:?}");
@@ -928,8 +946,11 @@ mod tests {
         );
         // File creations have their own limit: nothing created in training, so 1 a
         // second.
-        assert_eq!(p.on_rate(RateKind::Create, 30 * SEC, &c, &mut none), 0);
-        assert_eq!(p.on_rate(RateKind::Create, 30 * SEC, &c, &mut none), SEC);
+        assert_eq!(p.on_rate(&t, RateKind::Create, 30 * SEC, &c, &mut none), 0);
+        assert_eq!(
+            p.on_rate(&t, RateKind::Create, 30 * SEC, &c, &mut none),
+            SEC
+        );
 
         // Detect reports the calls beyond the limit and holds none.
         let d = PhConfig {
@@ -940,7 +961,11 @@ mod tests {
         assert_eq!(q.learned_rates(), p.learned_rates());
         let mut events = vec![];
         let held: u64 = (0..12)
-            .map(|i| q.on_rate(RateKind::Fork, 40 * SEC + i, &d, &mut |e| events.push(e)))
+            .map(|i| {
+                q.on_rate(&t, RateKind::Fork, 40 * SEC + i, &d, &mut |e| {
+                    events.push(e)
+                })
+            })
             .sum();
         assert_eq!(held, 0);
         assert_eq!(
@@ -960,10 +985,35 @@ mod tests {
         );
         // Without rate_limit, or without rates learned (an older profile), no limit.
         let off = config();
-        assert_eq!(q.on_rate(RateKind::Fork, 50 * SEC, &off, &mut none), 0);
+        assert_eq!(q.on_rate(&t, RateKind::Fork, 50 * SEC, &off, &mut none), 0);
         let mut old = normal_profile(&config());
         assert!(old.learned_rates().is_none());
-        assert!((0..100).all(|i| old.on_rate(RateKind::Fork, 60 * SEC + i, &c, &mut none) == 0));
+        assert!((0..100).all(|i| old.on_rate(&t, RateKind::Fork, 60 * SEC + i, &c, &mut none) == 0));
+    }
+
+    #[test]
+    fn a_tolerized_task_does_not_raise_the_rate_peak() {
+        let c = PhConfig {
+            rate_limit: true,
+            ..config()
+        };
+        let mut p = PhProfile::new(ExeKey { dev: 1, ino: 2 }, "/bin/x", &c);
+        let calm = PhTask::new(&p);
+        for i in 0..3 {
+            p.on_rate(&calm, RateKind::Fork, i * SEC, &c, &mut |_| {});
+        }
+        assert_eq!(p.learned_rates().unwrap().fork_peak, 1);
+        // An attack that pushed the profile back to training storms in a tolerized
+        // episode: its forks are not learned, so the old limit stands.
+        let mut attacker = PhTask::new(&p);
+        attacker.tolerized = true;
+        for i in 0..50 {
+            assert_eq!(
+                p.on_rate(&attacker, RateKind::Fork, 10 * SEC + i, &c, &mut |_| {}),
+                0
+            );
+        }
+        assert_eq!(p.learned_rates().unwrap().fork_peak, 1);
     }
 
     #[test]
