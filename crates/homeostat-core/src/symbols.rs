@@ -46,6 +46,11 @@ pub const UNSEEN: u32 = 4095;
 pub const MAX_CLASS_BYTES: usize = 256;
 /// Class of the overflow bucket of a call.
 pub const OTHER: &str = "other";
+/// Most `other` classes a table holds: one per call with a classified argument
+/// ([`arg_spec`] names a few dozen), with room to spare. With `max_classes` at most
+/// [`MAX_CLASSES_LIMIT`], a table then always has room for a class below [`UNSEEN`],
+/// so training never gives a call the foreign symbol.
+pub const MAX_OTHERS: usize = 256;
 
 /// Which alphabet a profile's models were trained on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -598,6 +603,16 @@ impl SymbolTable {
         if self.classes.len() > (UNSEEN - ENRICHED_BASE) as usize {
             return Err(TableError(format!("{} classes", self.classes.len())));
         }
+        // A hostile file could otherwise fill the enriched range with `other` classes
+        // (or learned ones past the cap) and leave training no number but UNSEEN.
+        let others = self.others();
+        if others > MAX_OTHERS || self.classes.len() - others > self.config.max_classes as usize {
+            return Err(TableError(format!(
+                "{} classes and {others} overflow classes for a cap of {}",
+                self.classes.len() - others,
+                self.config.max_classes
+            )));
+        }
         self.index = fresh.index;
         for (i, (call, class)) in self.classes.iter().enumerate() {
             if class.len() > MAX_CLASS_BYTES {
@@ -796,6 +811,28 @@ mod tests {
             &SymbolConfig::default(),
         );
         assert!(c.len() <= MAX_CLASS_BYTES);
+        // A table that fills the enriched range with `other` classes (2,047 calls
+        // each with one) would leave training nothing but UNSEEN: refused, as are
+        // learned classes beyond the table's own cap.
+        let config = SymbolConfig {
+            path_depth: 1,
+            max_classes: 2,
+        };
+        let mut t = SymbolTable::new(config).unwrap();
+        t.classes = (0..2047).map(|c| (c, OTHER.to_string())).collect();
+        assert!(t.validated().is_err());
+        let mut t = SymbolTable::new(config).unwrap();
+        t.classes = (0..3).map(|c| (257, format!("/d{c}/"))).collect();
+        assert!(t.validated().is_err());
+        // Within the bounds, training always finds a number below UNSEEN.
+        let mut t = SymbolTable::new(config).unwrap();
+        t.classes = (0..MAX_OTHERS as u32)
+            .map(|c| (c, OTHER.to_string()))
+            .chain([(300, "/a/".to_string())])
+            .collect();
+        let mut t = t.validated().unwrap();
+        assert!(t.learn(301, Some(&path("/b/x", 0))) < UNSEEN);
+        assert!(t.learn(302, Some(&path("/c/x", 0))) < UNSEEN);
     }
 }
 
