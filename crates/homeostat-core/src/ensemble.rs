@@ -807,7 +807,10 @@ mod tests {
         })
         .unwrap();
         let d = load(&r, &old).unwrap();
-        assert_eq!(d.score_names()[COMBINED.len()..], ["knn.distance", "stide.rate"]);
+        assert_eq!(
+            d.score_names()[COMBINED.len()..],
+            ["knn.distance", "stide.rate"]
+        );
         let mut s = Scratch::default();
         assert_eq!(
             d.score_trace(&[1, 2, 9], &mut s).scores[..3],

@@ -90,7 +90,10 @@ fn fold_scores(reg: &Registry, train: &[Vec<u32>], fold: &Fold) -> [(Vec<f64>, V
     // Each training trace's NLL under a kn that did not see it.
     let mut own = vec![0.0; tr.len()];
     for part in 0..5 {
-        let rest: Vec<&Vec<u32>> = (0..tr.len()).filter(|i| i % 5 != part).map(|i| tr[i]).collect();
+        let rest: Vec<&Vec<u32>> = (0..tr.len())
+            .filter(|i| i % 5 != part)
+            .map(|i| tr[i])
+            .collect();
         let m = kn(reg, &rest);
         for i in (0..tr.len()).filter(|i| i % 5 == part) {
             own[i] = m.score_trace(tr[i], &mut s).scores[0];
@@ -101,16 +104,27 @@ fn fold_scores(reg: &Registry, train: &[Vec<u32>], fold: &Fold) -> [(Vec<f64>, V
     let mut score = |t: &[u32]| -> (f64, f64) {
         let nll = full.score_trace(t, &mut s).scores[0];
         let q = mix.vector(t);
-        let mut sims: Vec<(f64, usize)> = vecs.iter().enumerate().map(|(i, v)| (cosine(&q, v), i)).collect();
+        let mut sims: Vec<(f64, usize)> = vecs
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (cosine(&q, v), i))
+            .collect();
         sims.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let base = sims.iter().take(K).map(|&(_, i)| own[i]).sum::<f64>() / K.min(sims.len()).max(1) as f64;
+        let base = sims.iter().take(K).map(|&(_, i)| own[i]).sum::<f64>()
+            / K.min(sims.len()).max(1) as f64;
         (nll, nll - base)
     };
     let n: Vec<(f64, f64)> = fold.normal.iter().map(|t| score(t)).collect();
     let a: Vec<(f64, f64)> = fold.anomalous.iter().map(|t| score(t)).collect();
     [
-        (n.iter().map(|x| x.0).collect(), a.iter().map(|x| x.0).collect()),
-        (n.iter().map(|x| x.1).collect(), a.iter().map(|x| x.1).collect()),
+        (
+            n.iter().map(|x| x.0).collect(),
+            a.iter().map(|x| x.0).collect(),
+        ),
+        (
+            n.iter().map(|x| x.1).collect(),
+            a.iter().map(|x| x.1).collect(),
+        ),
     ]
 }
 
@@ -125,12 +139,16 @@ fn main() {
         }
     }
     let dir = adfa_path(dir);
-    let data = homeostat_traces::adfa::load(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let data =
+        homeostat_traces::adfa::load(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let train: Vec<Vec<u32>> = data.training.iter().map(|t| t.calls.clone()).collect();
     let reg = Registry::builtin();
     // The proxies exactly as select_ensemble builds them.
     let proxies = [
-        ("cluster proxy", cluster_folds(&train, 10, 10, 0.2, 0xC105_7E55)),
+        (
+            "cluster proxy",
+            cluster_folds(&train, 10, 10, 0.2, 0xC105_7E55),
+        ),
         ("segment proxy", folds(&train, 5, 0x5EED)),
     ];
     for (what, folds) in &proxies {

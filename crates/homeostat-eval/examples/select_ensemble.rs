@@ -155,7 +155,10 @@ fn main() {
     for m in 1u32..(1 << members.len()) {
         let set: Vec<usize> = (0..members.len()).filter(|i| m & (1 << i) != 0).collect();
         if set.len() == 1 {
-            cands.push(Candidate { members: set, rule: 0 });
+            cands.push(Candidate {
+                members: set,
+                rule: 0,
+            });
             continue;
         }
         let views: std::collections::HashSet<_> = set
@@ -190,9 +193,17 @@ fn main() {
 
     let mut order: Vec<usize> = (0..cands.len()).collect();
     order.sort_by(|&a, &b| mc[b].total_cmp(&mc[a]));
-    println!("top 25 by the cluster proxy (mean AUC over {} folds):", cluster.len());
+    println!(
+        "top 25 by the cluster proxy (mean AUC over {} folds):",
+        cluster.len()
+    );
     for &i in order.iter().take(25) {
-        println!("  {:.4}  (segments {:.4})  {}", mc[i], ms[i], describe(&cands[i]));
+        println!(
+            "  {:.4}  (segments {:.4})  {}",
+            mc[i],
+            ms[i],
+            describe(&cands[i])
+        );
     }
     println!("single members:");
     for i in (0..cands.len()).filter(|&i| cands[i].members.len() == 1) {
@@ -265,7 +276,12 @@ fn main() {
         }
         println!("cluster proxy's top 25 on test:");
         for &i in order.iter().take(25) {
-            println!("  cluster {:.4}  test {:.4}  {}", mc[i], test_auc[i], describe(&cands[i]));
+            println!(
+                "  cluster {:.4}  test {:.4}  {}",
+                mc[i],
+                test_auc[i],
+                describe(&cands[i])
+            );
         }
     }
     if let Some(path) = out {

@@ -392,7 +392,11 @@ pub fn member_scores(
     };
     let mut s = Scratch::default();
     let mut score = |d: &dyn homeostat_core::Detector, t: &[u32]| {
-        d.score_trace(t, &mut s).scores.get(index).copied().unwrap_or(0.0)
+        d.score_trace(t, &mut s)
+            .scores
+            .get(index)
+            .copied()
+            .unwrap_or(0.0)
     };
     let own: Option<Vec<f64>> = d
         .held_out_scores()
@@ -408,7 +412,11 @@ pub fn member_scores(
         norm: Norm::fit(held_scores),
         view: View::of(&member.model),
         normal: fold.normal.iter().map(|t| score(d.as_ref(), t)).collect(),
-        anomalous: fold.anomalous.iter().map(|t| score(d.as_ref(), t)).collect(),
+        anomalous: fold
+            .anomalous
+            .iter()
+            .map(|t| score(d.as_ref(), t))
+            .collect(),
     }
 }
 
@@ -549,10 +557,7 @@ mod tests {
             assert_eq!(fold.anomalous.len(), 16);
             assert_eq!(fold.normal.len(), 4);
             assert_eq!(fold.train.len(), 24 - 8 - 4);
-            let out = label[train
-                .iter()
-                .position(|t| *t == fold.anomalous[0])
-                .unwrap()];
+            let out = label[train.iter().position(|t| *t == fold.anomalous[0]).unwrap()];
             assert!(fold.train.iter().all(|&i| label[i] != out));
             for t in &fold.normal {
                 assert!(!fold.train.iter().any(|&i| train[i] == *t));
@@ -597,7 +602,10 @@ mod tests {
                 .collect();
             let want = cv_auc(&reg, &train, &f, name, &params);
             for j in 0..COMBINED.len() {
-                assert!((mean[j] - want[j]).abs() < 1e-12, "{name} {j}: {mean:?} {want:?}");
+                assert!(
+                    (mean[j] - want[j]).abs() < 1e-12,
+                    "{name} {j}: {mean:?} {want:?}"
+                );
             }
         }
         let single = subset_auc(&per, &[0]);

@@ -249,7 +249,12 @@ fn cluster_proxy_and_its_choices() {
     within("cluster proxy knn(n=2,tf=log)", Some(a[0]), 0.8920, 0.001);
 
     let e = eval(&ds, "ensemble:knn,knn(n=2,tf=log)", "");
-    within("knn(n=2,tf=log)", e.scores["knn(n=2,tf=log)"].auc, KNN2_LOG, 0.01);
+    within(
+        "knn(n=2,tf=log)",
+        e.scores["knn(n=2,tf=log)"].auc,
+        KNN2_LOG,
+        0.01,
+    );
     within(
         "knn+knn(n=2) max_rank",
         e.scores["max_rank"].auc,
