@@ -138,6 +138,21 @@ fn main() {
     let mut sizes = vec![0usize; CLUSTERS];
     label.iter().for_each(|&c| sizes[c] += 1);
     eprintln!("cluster sizes: {sizes:?}");
+    for c in 0..CLUSTERS {
+        let mut lens: Vec<usize> = (0..train.len())
+            .filter(|&i| label[i] == c)
+            .map(|i| train[i].len())
+            .collect();
+        lens.sort_unstable();
+        if let Some(&mid) = lens.get(lens.len() / 2) {
+            eprintln!(
+                "cluster {c}: {} traces, length min {} median {mid} max {}",
+                lens.len(),
+                lens[0],
+                lens[lens.len() - 1]
+            );
+        }
+    }
     let cluster = cluster_folds(&train, CLUSTERS, MIN_CLUSTER, NORMAL_SHARE, SEED);
     let segment = folds(&train, 5, 0x5EED);
     for (i, f) in cluster.iter().enumerate() {
