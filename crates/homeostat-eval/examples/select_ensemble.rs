@@ -6,7 +6,9 @@
 //! AUC over the folds. The synthetic-segment proxy (`cv::folds`) is scored alongside,
 //! to compare the two.
 //!
-//! Rule, fixed before any test figure of a candidate it could pick was seen: the
+//! Rule, fixed before this example first ran (earlier sessions had measured some
+//! single candidates and a few ensembles on the test set, docs/models.md; none of
+//! the candidates this proxy ended up choosing had been): the
 //! best mean AUC wins, except that a candidate with fewer members whose paired
 //! deficit to the best (mean over folds of best minus candidate) is within one
 //! standard error of that paired difference counts as tied, and the tie goes to the
