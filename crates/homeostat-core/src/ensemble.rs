@@ -15,6 +15,12 @@
 //! Scores: `mean_z` averages z-scores (score minus the held-out mean, over the
 //! held-out standard deviation); `mean_rank` averages each score's rank among the
 //! held-out scores (0 to 1, ties counting half); `max_rank` takes the largest rank.
+//! `view_rank` and `view_z` weight the *views* rather than the members: members are
+//! grouped by what they look at ([`View`]: call sequences, or the mix of calls in
+//! the whole trace), each view's members are averaged, then the views are averaged.
+//! Several sequence models agree on which traces are unusual, so under an equal
+//! weight per member adding one more of them mostly re-weights the ensemble toward
+//! that one view; one weight per view keeps the views' balance whatever the count.
 //! A member is written `name` (its primary score) or `name.score`, e.g.
 //! `ensemble:knn,stide.rate`, optionally with parameters of its own that override the
 //! shared ones: `ensemble:lm(seed=1),lm(seed=2,hidden=64),stide.rate`. Several copies
@@ -38,7 +44,7 @@ use crate::registry::{Registry, ENSEMBLE};
 /// Parameters the ensemble reads.
 pub const PARAMS: [&str; 1] = ["holdout"];
 /// The combined scores, before the members' own.
-pub const COMBINED: [&str; 3] = ["mean_z", "mean_rank", "max_rank"];
+pub const COMBINED: [&str; 5] = ["mean_z", "mean_rank", "max_rank", "view_rank", "view_z"];
 /// Default: every 5th training trace (20%) fits the normalisation.
 pub const DEFAULT_HOLDOUT: usize = 5;
 
@@ -76,7 +82,7 @@ impl Member {
     }
 
     /// The shared parameters overridden by the member's own.
-    fn merged(&self, shared: &Params) -> Params {
+    pub fn merged(&self, shared: &Params) -> Params {
         let mut p = shared.clone();
         for n in self.params.names() {
             p.set(n, self.params.raw(n).unwrap_or_default());
@@ -211,17 +217,65 @@ pub fn name_of(members: &[Member]) -> String {
     format!("{ENSEMBLE}:{}", list.join(","))
 }
 
-/// A member's fitted normalisation.
+/// What a member's model looks at, for the per-view combinations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum View {
+    /// The order of calls (stide, t-stide, pairs, Markov, kn, HMM, LM).
+    Sequence,
+    /// The mix of calls over the whole trace, order ignored (kNN).
+    Mix,
+}
+
+impl View {
+    /// The view of a registered model (by canonical name): kNN's bag of n-grams is
+    /// the one model that scores the whole trace's mix; every other model scores
+    /// calls in their sequence.
+    pub fn of(model: &str) -> View {
+        if model.eq_ignore_ascii_case("knn") {
+            View::Mix
+        } else {
+            View::Sequence
+        }
+    }
+}
+
+/// A member's fitted normalisation: its scores on held-out normal traces.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Norm {
+pub struct Norm {
     mean: f64,
     std: f64,
     /// Held-out scores, sorted.
     held: Vec<f64>,
 }
 
+/// The combined scores ([`COMBINED`], in that order) of members' `picked` scores,
+/// each with its normalisation and view. The one definition the ensemble and the
+/// model-selection cross-validation (`homeostat_eval::cv`) both use.
+pub fn combine(norms: &[&Norm], views: &[View], picked: &[f64]) -> Vec<f64> {
+    let n = norms.len().max(1) as f64;
+    let (mut z, mut r, mut rmax) = (0.0, 0.0, f64::MIN);
+    // Per view: (sum of ranks, sum of z, members).
+    let mut per = [(0.0, 0.0, 0usize); 2];
+    for ((norm, view), &s) in norms.iter().zip(views).zip(picked) {
+        let (zs, rank) = (norm.z(s), norm.rank(s));
+        z += zs;
+        r += rank;
+        rmax = rmax.max(rank);
+        let v = &mut per[*view as usize];
+        v.0 += rank;
+        v.1 += zs;
+        v.2 += 1;
+    }
+    let present: Vec<_> = per.iter().filter(|v| v.2 > 0).collect();
+    let views_n = present.len().max(1) as f64;
+    let view_rank = present.iter().map(|v| v.0 / v.2 as f64).sum::<f64>() / views_n;
+    let view_z = present.iter().map(|v| v.1 / v.2 as f64).sum::<f64>() / views_n;
+    vec![z / n, r / n, rmax, view_rank, view_z]
+}
+
 impl Norm {
-    fn fit(mut held: Vec<f64>) -> Self {
+    /// Fits the normalisation to held-out scores.
+    pub fn fit(mut held: Vec<f64>) -> Self {
         held.sort_by(f64::total_cmp);
         let n = held.len().max(1) as f64;
         let mean = held.iter().sum::<f64>() / n;
@@ -233,13 +287,15 @@ impl Norm {
         }
     }
 
-    fn z(&self, s: f64) -> f64 {
+    /// The z-score of `s` against the held-out scores.
+    pub fn z(&self, s: f64) -> f64 {
         // A member whose held-out scores are all equal (stide's LFC is often 0 on
         // normal traces) would divide by zero; a floor keeps its step finite.
         (s - self.mean) / self.std.max(1e-3 * self.mean.abs()).max(1e-9)
     }
 
-    fn rank(&self, s: f64) -> f64 {
+    /// The rank of `s` among the held-out scores (0..1, ties count half).
+    pub fn rank(&self, s: f64) -> f64 {
         if self.held.is_empty() {
             return 0.5;
         }
@@ -284,6 +340,7 @@ struct Part {
     index: usize,
     norm: Norm,
     label: String,
+    view: View,
 }
 
 /// A trained ensemble.
@@ -320,15 +377,9 @@ fn score_index(d: &dyn Detector, score: Option<&str>) -> Result<(usize, String),
 
 impl Ensemble {
     fn combine(&self, picked: &[f64]) -> Vec<f64> {
-        let n = self.parts.len() as f64;
-        let (mut z, mut r, mut rmax) = (0.0, 0.0, f64::MIN);
-        for (p, &s) in self.parts.iter().zip(picked) {
-            z += p.norm.z(s);
-            let rank = p.norm.rank(s);
-            r += rank;
-            rmax = rmax.max(rank);
-        }
-        let mut out = vec![z / n, r / n, rmax];
+        let norms: Vec<&Norm> = self.parts.iter().map(|p| &p.norm).collect();
+        let views: Vec<View> = self.parts.iter().map(|p| p.view).collect();
+        let mut out = combine(&norms, &views, picked);
         out.extend_from_slice(picked);
         out
     }
@@ -534,6 +585,7 @@ impl DetectorBuilder for EnsembleBuilder {
                 index,
                 norm: Norm::fit(held),
                 label: m.name(),
+                view: View::of(&m.model),
             });
         }
         Ok(Box::new(Ensemble {
@@ -586,12 +638,14 @@ pub fn load(reg: &Registry, payload: &[u8]) -> Result<Box<dyn Detector>, Detecto
         if m.norm.held.iter().any(|x| !x.is_finite()) || !m.norm.std.is_finite() {
             return Err(corrupt("non-finite normalisation".into()));
         }
+        let view = View::of(&m.model.kind);
         parts.push(Part {
             detector,
             score,
             index,
             norm: m.norm,
             label,
+            view,
         });
     }
     Ok(Box::new(Ensemble {
@@ -614,6 +668,28 @@ mod tests {
         assert_eq!(n.rank(2.0), 0.5); // one below, two tied: (1 + 3) / 8
         assert_eq!(n.rank(9.0), 1.0);
         assert!((n.z(3.0) - 2f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn view_scores_weight_each_view_once() {
+        // Three sequence members and one mix member: the mix member's rank weighs
+        // 1/4 in mean_rank but 1/2 in view_rank.
+        let n = Norm::fit(vec![0.0, 1.0, 2.0, 3.0]);
+        let norms = [&n, &n, &n, &n];
+        let views = [View::Sequence, View::Sequence, View::Sequence, View::Mix];
+        let c = combine(&norms, &views, &[0.0, 0.0, 0.0, 9.0]);
+        // Ranks 1/8 (three times, ties half) and 1.
+        assert!((c[1] - (3.0 * 0.125 + 1.0) / 4.0).abs() < 1e-12, "{c:?}");
+        assert_eq!(c[2], 1.0);
+        assert!((c[3] - (0.125 + 1.0) / 2.0).abs() < 1e-12, "{c:?}");
+        let z = |s: f64| n.z(s);
+        assert!((c[4] - (z(0.0) + z(9.0)) / 2.0).abs() < 1e-12, "{c:?}");
+        // One view only: the per-view scores are the plain means.
+        let c = combine(&norms[..2], &views[..2], &[1.0, 3.0]);
+        assert_eq!(c[3], c[1]);
+        assert_eq!(c[4], c[0]);
+        assert_eq!(View::of("knn"), View::Mix);
+        assert_eq!(View::of("kn"), View::Sequence);
     }
 
     #[test]
@@ -659,7 +735,7 @@ mod tests {
     fn members_take_their_own_parameters_and_report_their_scores() {
         let r = Registry::builtin();
         // Shared n=1; the second member overrides it. Different settings, different
-        // scores, each reported under its member's name after the combined three.
+        // scores, each reported under its member's name after the combined ones.
         let name = "ensemble:knn,knn(n=3),stide.rate";
         let mut b = r.builder(name, &Params::parse("n=1").unwrap()).unwrap();
         for i in 0..20u32 {
@@ -673,6 +749,8 @@ mod tests {
                 "mean_z",
                 "mean_rank",
                 "max_rank",
+                "view_rank",
+                "view_z",
                 "knn",
                 "knn(n=3)",
                 "stide.rate"
@@ -682,7 +760,7 @@ mod tests {
         let probe = [1u32, 2, 3, 4, 1, 2, 5, 6, 6, 1, 3, 3, 2];
         let mut s = Scratch::default();
         let got = e.score_trace(&probe, &mut s).scores;
-        assert_eq!(got.len(), 6);
+        assert_eq!(got.len(), 8);
         let mut one = |n: &str| {
             let mut b = r.builder("knn", &Params::parse(n).unwrap()).unwrap();
             for i in 0..20u32 {
@@ -694,9 +772,9 @@ mod tests {
                 .score_trace(&probe, &mut s)
                 .scores[0]
         };
-        assert_eq!(got[3], one("n=1"));
-        assert_eq!(got[4], one("n=3"));
-        assert_ne!(got[3], got[4]);
+        assert_eq!(got[5], one("n=1"));
+        assert_eq!(got[6], one("n=3"));
+        assert_ne!(got[5], got[6]);
         // The profile keeps the members' names; the stream agrees.
         let d = load(&r, &e.save()).unwrap();
         assert_eq!(d.score_names(), e.score_names());
@@ -729,7 +807,10 @@ mod tests {
         })
         .unwrap();
         let d = load(&r, &old).unwrap();
-        assert_eq!(d.score_names()[3..], ["knn.distance", "stide.rate"]);
+        assert_eq!(
+            d.score_names()[COMBINED.len()..],
+            ["knn.distance", "stide.rate"]
+        );
         let mut s = Scratch::default();
         assert_eq!(
             d.score_trace(&[1, 2, 9], &mut s).scores[..3],

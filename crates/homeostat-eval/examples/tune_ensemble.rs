@@ -6,6 +6,10 @@
 //! members. The language model is not a candidate: five folds of it would take most
 //! of an hour per subset. Deterministic.
 //!
+//! Its choice did worse on ADFA-LD's attacks than its best member (docs/models.md);
+//! `select_ensemble` scores the same kind of search by leaving a cluster of training
+//! traces out instead, and compares both proxies with the test ranking.
+//!
 //! Run: `cargo run --release -p homeostat-eval --example tune_ensemble [-- DIR [SCORE]]`.
 
 use std::path::PathBuf;

@@ -351,14 +351,16 @@ fn ensemble_members_with_their_own_seeds_and_sizes() {
         b.add_trace(t);
     }
     let det = b.build(&|_, _| {}).unwrap();
+    // The members' own scores follow the combined ones.
+    let c = homeostat_core::ensemble::COMBINED.len();
     assert_eq!(
-        det.score_names()[3..],
+        det.score_names()[c..],
         ["lm(seed=1)", "lm(seed=2)", "lm(hidden=8,seed=2)"]
     );
     let probe = [3u32, 5, 7, 99, 11, 13, 3, 5];
     let s = det.score_trace(&probe, &mut Scratch::default()).scores;
     // Different seeds and sizes give different models.
-    assert!(s[3] != s[4] && s[4] != s[5], "{s:?}");
+    assert!(s[c] != s[c + 1] && s[c + 1] != s[c + 2], "{s:?}");
     assert!(det.describe().contains("lm.mean_nll"), "{}", det.describe());
     let bytes = DetectorProfile {
         meta: meta(),
@@ -367,7 +369,7 @@ fn ensemble_members_with_their_own_seeds_and_sizes() {
     .to_bytes();
     let back = reg.load_profile(&bytes).unwrap().detector;
     assert_eq!(
-        back.score_names()[3..],
+        back.score_names()[c..],
         ["lm(seed=1)", "lm(seed=2)", "lm(hidden=8,seed=2)"]
     );
     let t = back.score_trace(&probe, &mut Scratch::default()).scores;
