@@ -15,6 +15,7 @@ pub(crate) use crate::skel::types::{
     hs_class_event, hs_class_key, hs_config, hs_event, hs_exec_event, hs_index, hs_key, hs_profile,
     hs_row, hs_stop, hs_task,
 };
+pub(crate) use crate::skel::types::{hs_thr_event, hs_thr_key, hs_thr_mode};
 
 /// Columns (previous call) of pH's table in the kernel, and the rows of x86_64 calls
 /// (`HS_ROW`).
@@ -51,6 +52,8 @@ pub(crate) const EVF_STOPPED: u32 = 1;
 pub(crate) const EVF_FOREIGN: u32 = 2;
 /// `hs_event.flags` of an exec: the profile of its (dev, ino) is another file's.
 pub(crate) const EVF_REPLACED: u32 = 4;
+/// `HS_EV_THROTTLE` (src/bpf/throttle.bpf.h).
+pub(crate) const EV_THROTTLE: u32 = 7;
 /// `hs_profile.learn_flags`.
 pub(crate) const LEARN_UID: u32 = 1;
 pub(crate) const LEARN_CGROUP: u32 = 2;
@@ -83,6 +86,9 @@ plain!(
     hs_stop,
     hs_class_key,
     hs_class_event,
+    hs_thr_mode,
+    hs_thr_key,
+    hs_thr_event,
 );
 
 // The sizes the C compiler gives these types (docs/ebpf.md lists them): a generated
@@ -99,6 +105,9 @@ const _: () = {
     assert!(size_of::<hs_stop>() == 16);
     assert!(size_of::<hs_class_key>() == 16);
     assert!(size_of::<hs_class_event>() == 48 + 24 + 256 + 8 + 512);
+    assert!(size_of::<hs_thr_mode>() == 24);
+    assert!(size_of::<hs_thr_key>() == 40);
+    assert!(size_of::<hs_thr_event>() == 48 + 8 + 32);
 };
 
 /// A value of `T` from a map's bytes; `None` if they are not exactly one `T` (a map

@@ -28,6 +28,10 @@ pub enum EventKind {
     /// Arguments on, normal: call `nr` had a class training never saw (a miss; the
     /// call's anomaly event follows).
     UnseenClass,
+    /// Throttle on: call `nr` (a connect) went to a host outside its profile's working
+    /// set ([`Event::arg`]: the address); `stopped` when the process was stopped for
+    /// the response.
+    Throttle,
 }
 
 /// One event from the kernel.
@@ -59,7 +63,8 @@ pub struct Event {
     /// ([`Kernel::set_learn_from`]): it does not count toward the profile's limits.
     pub foreign: bool,
     /// NewClass / UnseenClass: the argument read (a path cut at 255 bytes, a socket
-    /// address at 128); name its class with [`crate::class_name`].
+    /// address at 128); name its class with [`crate::class_name`]. Throttle: the
+    /// connect's address (`Arg::Inet`).
     pub arg: Option<Arg>,
     /// NewClass / UnseenClass: the class's hash in the kernel ([`Kernel::classes`]).
     pub class_hash: u64,
@@ -97,11 +102,16 @@ fn decode_event(b: &[u8]) -> Option<Event> {
         abi::EV_EXEC_REFUSED => EventKind::ExecRefused,
         abi::EV_NEW_CLASS => EventKind::NewClass,
         abi::EV_UNSEEN_CLASS => EventKind::UnseenClass,
+        abi::EV_THROTTLE => EventKind::Throttle,
         _ => return None,
     };
     let (arg, class_hash) = if matches!(kind, EventKind::NewClass | EventKind::UnseenClass) {
         let c: hs_class_event = abi::decode_prefix(b)?;
         (Some(crate::args::event_arg(&c)?), c.hash)
+    } else if kind == EventKind::Throttle {
+        let t: abi::hs_thr_event = abi::decode_prefix(b)?;
+        let n = (t.len as usize).min(t.sa.len());
+        (Some(homeostat_core::symbols::sockaddr(&t.sa[..n])?), 0)
     } else {
         (None, 0)
     };

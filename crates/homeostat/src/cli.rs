@@ -214,6 +214,13 @@ pub struct DaemonArgs {
     // connects... in the kernel (docs/arguments.md, "The daemon").
     #[command(flatten)]
     pub symbols: SymbolFlags,
+    /// Williamson's connection throttle: connects to hosts outside each program's
+    /// working set wait in a queue released at RATE per second (docs/daemon.md).
+    #[arg(long, value_name = "RATE", num_args = 0..=1, default_missing_value = "1")]
+    pub throttle_connect: Option<f64>,
+    /// Hosts each program's throttle working set remembers.
+    #[arg(long, default_value_t = 5, requires = "throttle_connect")]
+    pub throttle_working_set: usize,
     #[command(flatten)]
     pub state: StateFlags,
 }

@@ -13,6 +13,7 @@ use homeostat_core::symbols::{SymbolConfig, SymbolMode};
 use homeostat_daemon::DaemonOptions;
 use homeostat_monitor::control::{broadcast, Request, StatusReply};
 use homeostat_monitor::sink::open_events;
+use homeostat_monitor::throttle::ThrottleConfig;
 
 use super::state::{open_store, settings};
 use crate::cli::{DaemonArgs, StateFlags};
@@ -45,6 +46,11 @@ pub fn run(a: DaemonArgs) -> Result<()> {
         symbols: (a.symbols.symbols == SymbolMode::Args).then_some(SymbolConfig {
             path_depth: a.symbols.path_depth,
             max_classes: a.symbols.max_classes,
+        }),
+        throttle: a.throttle_connect.map(|rate| ThrottleConfig {
+            rate,
+            working_set: a.throttle_working_set,
+            ..ThrottleConfig::default()
         }),
     };
     homeostat_daemon::run(opts, &stop)
