@@ -239,3 +239,53 @@ fn a_held_connect_is_let_go_when_the_daemon_is_stopped() {
     assert!(st.success(), "{st}");
     assert!(done < Duration::from_secs(5), "bash ended after {done:?}");
 }
+
+#[test]
+fn detect_reports_what_would_wait_and_holds_nothing() {
+    if !available() {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = listener();
+    let (bash, _) = private_bash(dir.path());
+    let ev = dir.path().join("events.jsonl");
+    let (mut d, rx) = daemon(
+        &dir.path().join("state"),
+        &ev,
+        &[
+            "--detect",
+            "--throttle-connect",
+            "1",
+            "--normal-wait",
+            "3600",
+            "--duration",
+            "120",
+        ],
+    );
+    if ready(&mut d, &rx).is_none() {
+        return;
+    }
+    let n = 6;
+    let (pid, secs) = timed(connects(&bash, port, 31..31 + n));
+    let t = Instant::now();
+    let q = loop {
+        let q = of(&events(&ev), "throttle_queued", pid);
+        if q.len() == n as usize || t.elapsed() > Duration::from_secs(5) {
+            break q;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    signal(&d, libc::SIGTERM);
+    assert!(d.wait().unwrap().success());
+    eprintln!("detect: {n} connects to new hosts in {secs:.3} s");
+    assert_eq!(q.len(), n as usize, "{q:?}");
+    assert!(q.iter().all(|e| e["action"] == "none"));
+    // What each would have waited grows by the period (1 s) per host queued ahead.
+    let waits: Vec<f64> = q.iter().map(|e| e["delay_ms"].as_f64().unwrap()).collect();
+    for (i, w) in waits.iter().enumerate() {
+        assert!((*w - 1000.0 * i as f64).abs() < 300.0, "{waits:?}");
+    }
+    assert!(secs < 1.0, "detect held the connects: {secs:.2} s");
+    assert!(events(&ev).iter().all(|e| e["event"] != "delay_start"));
+}
