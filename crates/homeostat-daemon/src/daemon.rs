@@ -55,6 +55,8 @@ pub(crate) struct Daemon {
     pub throttle: Option<crate::throttle::ConnThrottle>,
     /// Throttle: connects to new hosts queued (reported), and held by a response.
     pub throttle_counts: (u64, u64),
+    /// Fork and file-creation rate limits (`--rate-limit`), if on.
+    pub rates: Option<crate::rates::RateLimits>,
 }
 
 impl Daemon {
@@ -89,6 +91,7 @@ impl Daemon {
             unseen: HashMap::new(),
             throttle: None,
             throttle_counts: (0, 0),
+            rates: None,
         }
     }
 

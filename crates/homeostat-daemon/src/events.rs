@@ -86,6 +86,8 @@ impl Daemon {
                 }
             }
             EventKind::Throttle => self.on_throttle(kernel, &e),
+            EventKind::RateCall => self.on_rate_call(&e),
+            EventKind::RateOver => self.on_rate_over(kernel, &e),
             EventKind::ExecRefused => {
                 self.counts.execve_refused_total += 1;
                 let r = self.record(
@@ -363,6 +365,23 @@ impl Daemon {
                     &host,
                     (delay_ns, queue, alarm),
                     held,
+                ),
+                Report::RateQueued {
+                    pid,
+                    tid,
+                    exe,
+                    nr,
+                    kind,
+                    limit,
+                    delay_ns,
+                    queue,
+                    alarm,
+                } => self.on_rate_queued(
+                    (pid, tid),
+                    exe,
+                    (kind, limit),
+                    (delay_ns, queue, alarm),
+                    nr,
                 ),
                 Report::Failed { pid, error } => {
                     warn!("no response to {pid} (resumed): {error}");

@@ -27,7 +27,8 @@
 //! `daemon` (the state), `events`, `lifecycle`, `evict` (profiles of deleted
 //! executables, and the least valuable when the map is near full), `admin` (control requests), `persist`,
 //! [`prometheus`] (the metrics endpoint), [`respond`], [`stop_guard`], [`throttle`]
-//! (Williamson's connection throttle, on the response's stop and takeover).
+//! (Williamson's connection throttle, on the response's stop and takeover), [`rates`]
+//! (fork and file-creation rate limits learned per profile, on the same mechanism).
 #![forbid(unsafe_code)]
 
 mod admin;
@@ -39,6 +40,7 @@ mod lifecycle;
 pub mod main_loop;
 mod persist;
 pub mod prometheus;
+pub mod rates;
 pub mod respond;
 pub mod stop_guard;
 pub mod throttle;

@@ -126,6 +126,12 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         scope_cgroup,
         symbols,
         throttle: rule.as_ref().map(|_| thr_default),
+        // A profile made at an exec trains: its forks and creations teach its peaks.
+        rates: config.rate_limit.then_some(homeostat_ebpf::RateFlags {
+            learn: true,
+            check: false,
+            stop: false,
+        }),
         ..Options::default()
     })?;
     match kernel.exec_lsm() {
@@ -187,7 +193,13 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         d.responders.set_throttle(t.shared.clone());
         d.throttle = Some(t);
     }
+    if d.config.rate_limit {
+        let r = crate::rates::RateLimits::new(d.config.rate_margin, d.config.rate_window_ns());
+        d.responders.set_rates(r.shared.clone());
+        d.rates = Some(r);
+    }
     let loaded = d.load(&kernel, &store);
+    d.rates_load();
     let keys: Vec<_> = d.profiles.keys().copied().collect();
     for k in keys {
         d.throttle_mode(&kernel, k);
@@ -258,6 +270,7 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         }
         d.on_reports(&kernel);
         d.throttle_tick(&kernel);
+        d.rates_tick();
         // New executables arrive faster than ticks on a build machine: look at the
         // map's fill as soon as the execs say it may be near full.
         if over_watermark(d.profiles.len(), kernel.max_profiles() as usize) > 0 {
@@ -265,6 +278,7 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         }
         if last_tick.elapsed() >= TICK {
             d.tick(&kernel);
+            d.rates_sync(&kernel);
             let scan = last_scan.elapsed() >= DELETED_SCAN;
             if scan {
                 last_scan = Instant::now();
@@ -277,6 +291,7 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         }
         if last_save.elapsed() >= SAVE_EVERY {
             d.save(&kernel);
+            d.rates_save();
             last_save = Instant::now();
         }
         if let Some(server) = &control {
@@ -295,6 +310,7 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
     d.on_reports(&kernel);
     d.tick(&kernel);
     let (saved, failed) = d.save(&kernel);
+    d.rates_save();
     info!(
         "daemon: stopped; {saved} profiles saved in {}{}",
         d.dir.display(),

@@ -36,7 +36,9 @@ use homeostat_ptrace::{Action, AttachOptions, SyscallStop, TraceEvent, Tracer};
 use homeostat_syscalls::Arch;
 use tracing::warn;
 
+use crate::rates::{SharedRates, ALARM_QUEUE};
 use crate::throttle::{host_of, SharedThrottle};
+use homeostat_core::rate::{kind_of, RateKind};
 
 /// What a response thread tells the daemon loop.
 #[derive(Debug, Clone)]
@@ -76,6 +78,18 @@ pub enum Report {
         alarm: bool,
         held: bool,
     },
+    /// A fork or file creation beyond profile `exe`'s limit, held for `delay_ns`.
+    RateQueued {
+        pid: u32,
+        tid: u32,
+        exe: ExeKey,
+        nr: u32,
+        kind: RateKind,
+        limit: u32,
+        delay_ns: u64,
+        queue: usize,
+        alarm: bool,
+    },
 }
 
 /// The running responses, one thread each.
@@ -86,6 +100,7 @@ pub struct Responders {
     tx: Sender<Report>,
     rx: Receiver<Report>,
     throttle: Option<SharedThrottle>,
+    rates: Option<SharedRates>,
 }
 
 impl Responders {
@@ -98,7 +113,13 @@ impl Responders {
             tx,
             rx,
             throttle: None,
+            rates: None,
         }
+    }
+
+    /// Responses also apply the rate limits.
+    pub fn set_rates(&mut self, r: SharedRates) {
+        self.rates = Some(r);
     }
 
     /// Responses also apply the connection throttle.
@@ -126,6 +147,7 @@ impl Responders {
         };
         let (config, stop, tx) = (self.config.clone(), self.stop.clone(), self.tx.clone());
         let throttle = self.throttle.clone();
+        let rates = self.rates.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("respond-{pid}"))
             .spawn(move || {
@@ -134,6 +156,7 @@ impl Responders {
                     probe: &probe,
                     config: &config,
                     throttle: throttle.as_ref(),
+                    rates: rates.as_ref(),
                     tx: &tx,
                 };
                 respond(&r, tid, &stop)
@@ -189,12 +212,16 @@ fn is_execve(arch: u32, nr: u32) -> bool {
     homeostat_syscalls::call_kind(arch, nr) == homeostat_syscalls::CallKind::Exec
 }
 
+/// A held call's place in a rate queue: (profile, kind, release time).
+type Booking = (ExeKey, RateKind, u64);
+
 /// What a response thread works with.
 struct Response<'a> {
     pid: u32,
     probe: &'a Probe,
     config: &'a PhConfig,
     throttle: Option<&'a SharedThrottle>,
+    rates: Option<&'a SharedRates>,
     tx: &'a Sender<Report>,
 }
 
@@ -254,6 +281,98 @@ impl Response<'_> {
         }
     }
 
+    /// The rate limit's delay for call `s`, if it is a fork or file creation of a
+    /// profile whose limit holds calls (0 otherwise); the profile is noted in `keys`
+    /// and the booking returned, to be given back if the call never runs.
+    fn rate_delay(&self, s: &SyscallStop, keys: &mut Vec<ExeKey>) -> (u64, Option<Booking>) {
+        let Some(r) = self.rates else {
+            return (0, None);
+        };
+        if s.arch != homeostat_syscalls::AUDIT_ARCH_X86_64 {
+            return (0, None);
+        }
+        let Some(name) = Arch::X86_64.name(s.nr) else {
+            return (0, None);
+        };
+        let kind = match kind_of(name, None) {
+            Some(k) => k,
+            None if matches!(name, "open" | "openat") => {
+                let arg =
+                    homeostat_monitor::args::capture(s.pid, s.tid, Arch::X86_64, s.nr, &s.args);
+                match kind_of(name, arg.as_ref()) {
+                    Some(k) => k,
+                    None => return (0, None),
+                }
+            }
+            None => return (0, None),
+        };
+        let Some(exe) = self.probe.task(s.tid as u32).ok().flatten().map(|t| t.exe) else {
+            return (0, None);
+        };
+        let mut shared = r.lock();
+        let Some(l) = shared.limits.get(&exe).copied().filter(|l| l.hold) else {
+            return (0, None);
+        };
+        if !keys.contains(&exe) {
+            keys.push(exe);
+        }
+        let limit = l.of(kind);
+        let now = homeostat_ebpf::ktime_ns();
+        let st = shared.states.entry(exe).or_default();
+        let slot = st.limiter(kind).admit(now, limit, l.window_ns);
+        if slot.delay_ns == 0 {
+            return (0, None);
+        }
+        let alarm = st.alarm(kind, slot.queue, ALARM_QUEUE);
+        drop(shared);
+        let _ = self.tx.send(Report::RateQueued {
+            pid: self.pid,
+            tid: s.tid as u32,
+            exe,
+            nr: s.nr,
+            kind,
+            limit,
+            delay_ns: slot.delay_ns,
+            queue: slot.queue,
+            alarm,
+        });
+        (
+            slot.delay_ns,
+            Some((exe, kind, now.saturating_add(slot.delay_ns))),
+        )
+    }
+
+    /// Gives back the queue place of a held call that will not run.
+    fn rate_cancel(&self, b: Booking) {
+        if let Some(r) = self.rates {
+            let (exe, kind, at) = b;
+            let mut shared = r.lock();
+            if let Some(st) = shared.states.get_mut(&exe) {
+                st.cancel(kind, at, homeostat_ebpf::ktime_ns());
+            }
+        }
+    }
+
+    /// Whether each profile this response held calls of would let a call run at once.
+    fn rates_clear(&self, keys: &[ExeKey]) -> bool {
+        let Some(r) = self.rates else {
+            return true;
+        };
+        let now = homeostat_ebpf::ktime_ns();
+        let mut shared = r.lock();
+        keys.iter().all(|k| {
+            let Some(l) = shared.limits.get(k).copied() else {
+                return true;
+            };
+            let Some(st) = shared.states.get_mut(k) else {
+                return true;
+            };
+            RateKind::ALL
+                .iter()
+                .all(|&kind| st.limiter(kind).free_at(l.of(kind), l.window_ns) <= now)
+        })
+    }
+
     /// Whether every profile this response throttled would let a new host through at
     /// once: until then a new host's connect must be held, so the process is kept.
     fn throttle_clear(&self, keys: &[ExeKey]) -> bool {
@@ -294,11 +413,16 @@ fn respond(r: &Response<'_>, stop_tid: Option<u32>, stop: &AtomicBool) {
     // thread's from the kernel (a throttle's stop may leave every LFC at 0).
     let mut lfcs: HashMap<i32, u32> = HashMap::new();
     let mut keys: Vec<ExeKey> = vec![];
+    let mut rate_keys: Vec<ExeKey> = vec![];
+    let mut bookings: HashMap<i32, Booking> = HashMap::new();
     if let Some(tid) = stop_tid {
         if let Ok(Some(t)) = probe.task(tid) {
             lfcs.insert(tid as i32, t.lfc);
             if r.throttle.is_some() {
                 keys.push(t.exe);
+            }
+            if r.rates.is_some() {
+                rate_keys.push(t.exe);
             }
         }
     }
@@ -313,12 +437,14 @@ fn respond(r: &Response<'_>, stop_tid: Option<u32>, stop: &AtomicBool) {
         let now = Instant::now();
         while timers.peek().is_some_and(|t| t.0 .0 <= now) {
             let Reverse((_, tid)) = timers.pop().expect("peeked");
+            bookings.remove(&tid);
             let _ = tracer.respond(tid, Action::Continue);
         }
         if timers.is_empty()
             && !lfcs.is_empty()
             && lfcs.values().all(|&l| l == 0)
             && r.throttle_clear(&keys)
+            && r.rates_clear(&rate_keys)
         {
             break;
         }
@@ -350,7 +476,14 @@ fn respond(r: &Response<'_>, stop_tid: Option<u32>, stop: &AtomicBool) {
                     });
                     continue;
                 }
-                let delay_ns = config.delay_ns(lfc).max(r.throttle_delay(&s, &mut keys));
+                let (rate_ns, booking) = r.rate_delay(&s, &mut rate_keys);
+                let delay_ns = config
+                    .delay_ns(lfc)
+                    .max(r.throttle_delay(&s, &mut keys))
+                    .max(rate_ns);
+                if let Some(b) = booking {
+                    bookings.insert(s.tid, b);
+                }
                 if delay_ns == 0 {
                     let _ = tracer.respond(s.tid, Action::Continue);
                     continue;
@@ -370,6 +503,9 @@ fn respond(r: &Response<'_>, stop_tid: Option<u32>, stop: &AtomicBool) {
             }
             Ok(Some(TraceEvent::TaskGone { tid })) => {
                 lfcs.remove(&tid);
+                if let Some(b) = bookings.remove(&tid) {
+                    r.rate_cancel(b);
+                }
             }
             Ok(Some(TraceEvent::AllGone)) => {
                 why = "process gone";

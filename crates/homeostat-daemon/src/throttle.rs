@@ -333,8 +333,10 @@ impl Daemon {
         }
     }
 
-    /// A profile left (evicted, reset): its working set and queue go with it.
-    pub(crate) fn throttle_forget(&mut self, kernel: &Kernel, exe: ExeKey) {
+    /// A profile left (evicted, reset): its working set and queue go with it, and so
+    /// do its rate limits.
+    pub(crate) fn limits_forget(&mut self, kernel: &Kernel, exe: ExeKey) {
+        self.rates_forget(exe);
         let Some(t) = self.throttle.as_mut() else {
             return;
         };

@@ -15,7 +15,9 @@ pub(crate) use crate::skel::types::{
     hs_class_event, hs_class_key, hs_config, hs_event, hs_exec_event, hs_index, hs_key, hs_profile,
     hs_row, hs_stop, hs_task,
 };
-pub(crate) use crate::skel::types::{hs_thr_event, hs_thr_key, hs_thr_mode};
+pub(crate) use crate::skel::types::{
+    hs_rate_cfg, hs_rate_event, hs_rate_ring, hs_thr_event, hs_thr_key, hs_thr_mode,
+};
 
 /// Columns (previous call) of pH's table in the kernel, and the rows of x86_64 calls
 /// (`HS_ROW`).
@@ -54,6 +56,9 @@ pub(crate) const EVF_FOREIGN: u32 = 2;
 pub(crate) const EVF_REPLACED: u32 = 4;
 /// `HS_EV_THROTTLE` (src/bpf/throttle.bpf.h).
 pub(crate) const EV_THROTTLE: u32 = 7;
+/// `HS_EV_RATE_CALL`, `HS_EV_RATE_OVER`.
+pub(crate) const EV_RATE_CALL: u32 = 8;
+pub(crate) const EV_RATE_OVER: u32 = 9;
 /// `hs_profile.learn_flags`.
 pub(crate) const LEARN_UID: u32 = 1;
 pub(crate) const LEARN_CGROUP: u32 = 2;
@@ -89,6 +94,9 @@ plain!(
     hs_thr_mode,
     hs_thr_key,
     hs_thr_event,
+    hs_rate_cfg,
+    hs_rate_ring,
+    hs_rate_event,
 );
 
 // The sizes the C compiler gives these types (docs/ebpf.md lists them): a generated
@@ -108,6 +116,9 @@ const _: () = {
     assert!(size_of::<hs_thr_mode>() == 24);
     assert!(size_of::<hs_thr_key>() == 40);
     assert!(size_of::<hs_thr_event>() == 48 + 8 + 32);
+    assert!(size_of::<hs_rate_cfg>() == 40);
+    assert!(size_of::<hs_rate_ring>() == 8 + 8 * 128);
+    assert!(size_of::<hs_rate_event>() == 48 + 16);
 };
 
 /// A value of `T` from a map's bytes; `None` if they are not exactly one `T` (a map

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use common::private_copy;
 use homeostat_core::symbols::Arg;
-use homeostat_ebpf::{Error, Event, EventKind, Kernel, KernelState, Options, ThrottleFlags};
+use homeostat_ebpf::{
+    Error, Event, EventKind, Kernel, KernelState, Options, RateFlags, ThrottleFlags,
+};
 use homeostat_testsupport::{is_root, spawn};
 
 fn kernel_with(opts: &Options) -> Option<Kernel> {
@@ -153,9 +155,116 @@ fn new_hosts_are_reported_known_hosts_pass_and_enforce_stops() {
         state.rsplit(')').next().unwrap().trim().starts_with('T'),
         "not stopped: {state}"
     );
+    // Resumed without a tracer, its next new host would stop it again.
+    k.set_throttle(exe, report).unwrap();
     assert_eq!(k.resume_stopped(), vec![pid]);
     assert!(c.wait().unwrap().success());
     let s = k.throttle_stats().unwrap();
     assert_eq!((s.unread, s.lost_events), (0, 0));
+    k.remove_profile(exe).unwrap();
+}
+
+/// The rate limits' kernel half: forks of a learning profile are reported with their
+/// times; once checked, the call beyond the limit in the window is reported and stops
+/// its process; the ring keeps the times. Loaded beside argument classes and the
+/// throttle, so the largest program still passes the verifier.
+#[test]
+fn forks_are_counted_and_the_one_beyond_the_limit_stops() {
+    let Some(k) = kernel_with(&Options {
+        throttle: Some(ThrottleFlags::default()),
+        rates: Some(RateFlags {
+            learn: true,
+            check: false,
+            stop: false,
+        }),
+        symbols: Some(homeostat_core::symbols::SymbolConfig::default()),
+        ..Options::default()
+    }) else {
+        return;
+    };
+    assert!(k.rates().is_some());
+    let dir = tempfile::tempdir().unwrap();
+    let (bash, exe) = private_copy(dir.path(), "/bin/bash");
+    let got = RefCell::new(Vec::<Event>::new());
+    let events = k.events(|e| got.borrow_mut().push(e)).unwrap();
+    k.set_state(exe, KernelState::Training).unwrap();
+    let forks = |n: u32| {
+        spawn(
+            Command::new(&bash)
+                .args(["-c", &format!("for i in $(seq {n}); do (exit 0); done")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+    };
+    // The default flags (learn): each fork reported, in order of time.
+    let c = forks(4);
+    let pid = c.id();
+    assert!(c.wait_with_output().unwrap().status.success());
+    events.poll(Duration::from_millis(50)).unwrap();
+    let calls: Vec<_> = got
+        .borrow()
+        .iter()
+        .filter(|e| e.kind == EventKind::RateCall && e.pid == pid)
+        .filter_map(|e| e.rate)
+        .collect();
+    // $(seq) forks once more than the loop's subshells.
+    assert_eq!(calls.len(), 5, "{calls:?}");
+    assert!(calls
+        .iter()
+        .all(|c| c.kind == homeostat_core::rate::RateKind::Fork));
+    assert!(calls.windows(2).all(|w| w[0].ktime_ns <= w[1].ktime_ns));
+    assert!(calls[4].ktime_ns <= homeostat_ebpf::ktime_ns());
+    let ring = k
+        .rate_ring(exe, homeostat_core::rate::RateKind::Fork)
+        .unwrap();
+    assert_eq!(ring.len(), 5);
+
+    // Checked: at most 3 forks in 10 s, the fourth stops.
+    k.set_rates(
+        exe,
+        RateFlags {
+            learn: false,
+            check: true,
+            stop: true,
+        },
+        [3, 0],
+        10_000_000_000,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(10));
+    let mut c = forks(6);
+    let pid = c.id();
+    let mut stop = None;
+    for _ in 0..100 {
+        events.poll(Duration::from_millis(20)).unwrap();
+        stop = got
+            .borrow()
+            .iter()
+            .find(|e| e.kind == EventKind::RateOver && e.pid == pid)
+            .cloned();
+        if stop.is_some() {
+            break;
+        }
+    }
+    let stop = stop.expect("no rate event");
+    // The ring still held the 5 learning forks (in the window): the first fork stops.
+    assert!(stop.stopped);
+    assert_eq!(stop.rate.unwrap().limit, 3);
+    assert_eq!(k.stopped().len(), 1);
+    // Resumed without a tracer, its next fork would stop it again.
+    k.set_rates(
+        exe,
+        RateFlags {
+            learn: false,
+            check: true,
+            stop: false,
+        },
+        [3, 0],
+        10_000_000_000,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(k.resume_stopped(), vec![pid]);
+    assert!(c.wait().unwrap().success());
     k.remove_profile(exe).unwrap();
 }

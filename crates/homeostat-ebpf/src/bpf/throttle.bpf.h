@@ -22,8 +22,16 @@ const volatile __u32 hs_thr_on = 0;
 /* The flags of a profile userspace has not set yet (a profile auto-created at an exec
  * whose event the daemon has not read): the host's mode. */
 const volatile __u32 hs_thr_default = 0;
-/* Per call number (x86_64, < HS_ROW): non-zero for the calls hs_throttle looks at. */
+/* Per call number (x86_64, < HS_ROW): non-zero for the calls hs_throttle looks at
+ * (HS_TC_*), built by the loader from the core's rules (rate::kind_of). */
 const volatile __u8 hs_thr_call[HS_ROW] = {};
+/* Rate limits (`--rate-limit`): the flags of a profile userspace has not set yet. */
+const volatile __u32 hs_rate_default = 0;
+
+#define HS_TC_CONNECT 1 /* the connection throttle's call */
+#define HS_TC_FORK 2    /* counts as a fork */
+#define HS_TC_CREATE 4  /* counts as a file creation ... */
+#define HS_TC_IFCREAT 8 /* ... only with O_CREAT in the flags, whose register is in bits 4-6 */
 
 #define HS_THR_CONNECT 1 /* report connects to hosts outside the working set */
 #define HS_THR_STOP 2    /* ... and stop the process for the response (enforce) */
@@ -36,6 +44,55 @@ const volatile __u8 hs_thr_call[HS_ROW] = {};
 #define HS_TSTAT_UNREAD 0 /* a connect's address not readable: not throttled */
 #define HS_TSTAT_LOST 1   /* throttle event dropped (ring buffer full) */
 #define HS_TNSTATS 2
+
+/* Rate limits: per profile and kind (fork 0, create 1), the times of the last
+ * HS_RATE_RING counted calls; a profile's limit is checked in the kernel only up to
+ * that many calls per window. */
+#define HS_RATE_RING 128
+#define HS_RATE_LEARN 1 /* report each counted call (training: userspace learns peaks) */
+#define HS_RATE_CHECK 2 /* report a call beyond the limit */
+#define HS_RATE_STOP 4  /* ... and stop the process for the response (enforce) */
+#define HS_EV_RATE_CALL 8 /* a counted call (ktime, kind) */
+#define HS_EV_RATE_OVER 9 /* a call beyond its profile's limit; flags & 1: stopped */
+
+struct hs_rate_cfg {
+	struct hs_key key; /* whose: another profile's slot reads as unset */
+	__u32 flags;       /* HS_RATE_* */
+	__u32 set;
+	__u32 limit[2];    /* calls per window (0: none), by kind */
+	__u64 window_ns;
+};
+
+struct hs_rate_ring {
+	__u32 head; /* the next entry written */
+	__u32 pad;
+	__u64 ts[HS_RATE_RING];
+};
+
+struct hs_rate_event {
+	struct hs_event ev; /* kind HS_EV_RATE_*; nr: the call */
+	__u64 ktime;
+	__u32 rkind;        /* 0 fork, 1 create */
+	__u32 limit;        /* HS_EV_RATE_OVER: the limit passed */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HS_SLOTS);
+	__type(key, __u32);
+	__type(value, struct hs_rate_cfg);
+} hs_rate_cfg SEC(".maps");
+
+/* By slot * 2 + kind; written by the programs only (userspace reads a ring when it
+ * takes a process over, so that the rule knows the calls that ran meanwhile). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HS_SLOTS * 2);
+	__type(key, __u32);
+	__type(value, struct hs_rate_ring);
+} hs_rate_ring SEC(".maps");
+
+struct hs_rate_event hs_abi_rate_event;
 
 /* Bytes of a socket address read: sizeof(struct sockaddr_in6). */
 #define HS_THR_SA 28
@@ -96,8 +153,10 @@ struct hs_thr_key hs_abi_thr_key;
 
 /* The user registers of the call (a CO-RE flavour of the kernel's struct pt_regs). */
 struct pt_regs___thr {
+	unsigned long di;
 	unsigned long si;
 	unsigned long dx;
+	unsigned long r10;
 } __attribute__((preserve_access_index));
 
 static __always_inline void tcount(__u32 which)
@@ -108,7 +167,85 @@ static __always_inline void tcount(__u32 which)
 		*v += 1;
 }
 
-/* The throttle's look at call `cur` (a connect) of the task `t`. Global: see above. */
+/* A fork or file creation (rate limits): counted in its profile's ring; reported in
+ * training (the peaks are learnt in userspace, with the core's meter) and beyond the
+ * limit once normal, when it also stops the process in enforce mode. */
+__attribute__((noinline)) __u32 hs_rate(struct hs_task *t, __u32 cur, __u32 spec)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct hs_rate_cfg *c;
+	struct hs_rate_ring *ring;
+	struct hs_rate_event *e;
+	struct hs_config *cfg;
+	__u32 slot, flags, kind, idx, limit = 0, h, pid, tid, evf = 0;
+	__u64 now, pid_tgid, window = 0, prev;
+	bool over = false;
+
+	if (!t)
+		return 0;
+	kind = (spec & HS_TC_FORK) ? 0 : 1;
+	if (spec & HS_TC_IFCREAT) {
+		struct pt_regs___thr *r = (struct pt_regs___thr *)bpf_task_pt_regs(task);
+		__u64 oflags;
+
+		switch ((spec >> 4) & 7) {
+		case 0: oflags = BPF_CORE_READ(r, di); break;
+		case 1: oflags = BPF_CORE_READ(r, si); break;
+		case 2: oflags = BPF_CORE_READ(r, dx); break;
+		default: oflags = BPF_CORE_READ(r, r10); break;
+		}
+		if (!(oflags & 0100 /* O_CREAT */))
+			return 0;
+	}
+	slot = t->slot;
+	c = bpf_map_lookup_elem(&hs_rate_cfg, &slot);
+	if (c && c->set && c->key.dev == t->key.dev && c->key.ino == t->key.ino) {
+		flags = c->flags;
+		limit = c->limit[kind & 1];
+		window = c->window_ns;
+	} else {
+		flags = hs_rate_default;
+	}
+	if (!flags)
+		return 0;
+	idx = slot * 2 + kind;
+	ring = bpf_map_lookup_elem(&hs_rate_ring, &idx);
+	if (!ring)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if ((flags & HS_RATE_CHECK) && limit && limit <= HS_RATE_RING) {
+		/* Beyond the limit: the limit-th most recent call is inside the window. */
+		prev = ring->ts[(ring->head - limit) & (HS_RATE_RING - 1)];
+		over = prev && prev + window > now;
+	}
+	h = __sync_fetch_and_add(&ring->head, 1);
+	ring->ts[h & (HS_RATE_RING - 1)] = now;
+	if (!(flags & HS_RATE_LEARN) && !over)
+		return 0;
+	cfg = get_config();
+	if (!cfg)
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	tid = (__u32)pid_tgid;
+	pid = pid_tgid >> 32;
+	if (over && (flags & HS_RATE_STOP) && respond_stop(task, pid, tid, cur))
+		evf = HS_EVF_STOPPED;
+	e = bpf_ringbuf_reserve(&hs_events, sizeof(*e), 0);
+	if (!e) {
+		tcount(HS_TSTAT_LOST);
+		return 0;
+	}
+	fill(&e->ev, over ? HS_EV_RATE_OVER : HS_EV_RATE_CALL, pid, tid, cur, &t->key, 0,
+	     t->lfc, evf);
+	e->ktime = now;
+	e->rkind = kind;
+	e->limit = limit;
+	bpf_ringbuf_submit(e, evf ? BPF_RB_FORCE_WAKEUP : wakeup_flags(cfg));
+	return 0;
+}
+
+/* The throttle's look at call `cur` of the task `t` (a connect), or the rate limits'
+ * (a fork or file creation). Global: see above. */
 __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
@@ -122,8 +259,10 @@ __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 	__u32 slot, flags, n, pid, tid, evf = 0;
 	__u16 fam;
 
-	if (!t)
+	if (!t || cur >= HS_ROW)
 		return 0;
+	if (!(hs_thr_call[cur] & HS_TC_CONNECT))
+		return hs_rate(t, cur, hs_thr_call[cur]);
 	slot = t->slot;
 	m = bpf_map_lookup_elem(&hs_thr_mode, &slot);
 	flags = (m && m->set && m->key.dev == t->key.dev && m->key.ino == t->key.ino) ?

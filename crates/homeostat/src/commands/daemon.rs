@@ -34,8 +34,17 @@ pub fn run(a: DaemonArgs) -> Result<()> {
     } else {
         None
     };
+    let mut settings = settings(&a.state, mode, a.normal_wait)?;
+    settings.ph.rate_limit |= a.rate_limit;
+    if let Some(m) = a.rate_margin {
+        settings.ph.rate_margin = m;
+    }
+    if let Some(w) = a.rate_window {
+        settings.ph.rate_window_secs = w;
+    }
+    settings.ph.validate().map_err(anyhow::Error::msg)?;
     let opts = DaemonOptions {
-        settings: settings(&a.state, mode, a.normal_wait)?,
+        settings,
         store: open_store(&a.state)?,
         events: open_events(a.events.as_deref())?,
         quiet: a.quiet,
