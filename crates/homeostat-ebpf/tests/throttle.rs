@@ -218,6 +218,25 @@ fn forks_are_counted_and_the_one_beyond_the_limit_stops() {
         .rate_ring(exe, homeostat_core::rate::RateKind::Fork)
         .unwrap();
     assert_eq!(ring.len(), 5);
+    // File creations: an open with O_CREAT counts, one without does not.
+    let c = spawn(
+        Command::new(&bash)
+            .current_dir(dir.path())
+            .args(["-c", ": > a; : > b; : < a"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let pid = c.id();
+    assert!(c.wait_with_output().unwrap().status.success());
+    events.poll(Duration::from_millis(50)).unwrap();
+    let creates = got
+        .borrow()
+        .iter()
+        .filter(|e| e.kind == EventKind::RateCall && e.pid == pid)
+        .filter_map(|e| e.rate)
+        .filter(|r| r.kind == homeostat_core::rate::RateKind::Create)
+        .count();
+    assert_eq!(creates, 2);
 
     // Checked: at most 3 forks in 10 s, the fourth stops.
     k.set_rates(
