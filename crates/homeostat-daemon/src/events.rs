@@ -366,6 +366,12 @@ impl Daemon {
                     (delay_ns, queue, alarm),
                     held,
                 ),
+                Report::RateReleased {
+                    exe,
+                    kind,
+                    released,
+                    queue,
+                } => self.on_rate_released(exe, kind, released, queue),
                 Report::RateQueued {
                     pid,
                     tid,

@@ -200,6 +200,7 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
     }
     let loaded = d.load(&kernel, &store);
     d.rates_load();
+    d.rates_sync(&kernel);
     let keys: Vec<_> = d.profiles.keys().copied().collect();
     for k in keys {
         d.throttle_mode(&kernel, k);
@@ -311,6 +312,12 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
     d.tick(&kernel);
     let (saved, failed) = d.save(&kernel);
     d.rates_save();
+    if d.throttle.is_some() && !d.quiet {
+        info!(
+            "throttle: {} connects to new hosts queued, {} of them held",
+            d.throttle_counts.0, d.throttle_counts.1
+        );
+    }
     info!(
         "daemon: stopped; {saved} profiles saved in {}{}",
         d.dir.display(),

@@ -220,6 +220,14 @@ impl Daemon {
 
     /// A counted call of a training profile: the core's meter, the profile's peak.
     pub(crate) fn on_rate_call(&mut self, e: &Event) {
+        if self
+            .profiles
+            .get(&e.exe)
+            .is_some_and(|p| p.state == ProfileState::Normal)
+        {
+            // A normal profile learns no more (its kernel flags lag by up to a tick).
+            return;
+        }
         let (Some(r), Some(c)) = (self.rates.as_mut(), e.rate) else {
             return;
         };
@@ -348,16 +356,27 @@ impl Daemon {
             }
         }
         for (key, kind, n, queue) in out {
-            let rec = self.record(
-                "rate_release",
-                key,
-                (0, 0),
-                String::new(),
-                0,
-                serde_json::json!({ "kind": kind.as_str(), "released": n, "queue": queue }),
-            );
-            self.emit(&rec);
+            self.on_rate_released(key, kind, n, queue);
         }
+    }
+
+    /// `released` calls of `key`'s queue of `kind` released.
+    pub(crate) fn on_rate_released(
+        &mut self,
+        key: ExeKey,
+        kind: RateKind,
+        released: usize,
+        queue: usize,
+    ) {
+        let rec = self.record(
+            "rate_release",
+            key,
+            (0, 0),
+            String::new(),
+            0,
+            serde_json::json!({ "kind": kind.as_str(), "released": released, "queue": queue }),
+        );
+        self.emit(&rec);
     }
 
     /// Saves the rates that changed, `<key>.rates` beside each profile.

@@ -78,6 +78,13 @@ pub enum Report {
         alarm: bool,
         held: bool,
     },
+    /// Calls of profile `exe`'s queue of `kind` released (`queue` still waiting).
+    RateReleased {
+        exe: ExeKey,
+        kind: RateKind,
+        released: usize,
+        queue: usize,
+    },
     /// A fork or file creation beyond profile `exe`'s limit, held for `delay_ns`.
     RateQueued {
         pid: u32,
@@ -319,6 +326,16 @@ impl Response<'_> {
         let limit = l.of(kind);
         let now = homeostat_ebpf::ktime_ns();
         let st = shared.states.entry(exe).or_default();
+        // Releases are reported before the limiter's admit drops them.
+        let released = st.limiter(kind).release_due(now);
+        if released > 0 {
+            let _ = self.tx.send(Report::RateReleased {
+                exe,
+                kind,
+                released,
+                queue: st.limiter(kind).queued(),
+            });
+        }
         let slot = st.limiter(kind).admit(now, limit, l.window_ns);
         if slot.delay_ns == 0 {
             return (0, None);
@@ -361,7 +378,7 @@ impl Response<'_> {
         let now = homeostat_ebpf::ktime_ns();
         let mut shared = r.lock();
         keys.iter().all(|k| {
-            let Some(l) = shared.limits.get(k).copied() else {
+            let Some(l) = shared.limits.get(k).copied().filter(|l| l.hold) else {
                 return true;
             };
             let Some(st) = shared.states.get_mut(k) else {

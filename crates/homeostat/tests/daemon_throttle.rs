@@ -57,9 +57,10 @@ fn connects(bash: &Path, port: u16, hosts: impl IntoIterator<Item = u32>) -> Chi
     )
 }
 
-/// Runs `c` to its end; its pid and wall time (from now).
-fn timed(c: Child) -> (u32, f64) {
+/// Starts a child and runs it to its end; its pid and wall time (spawn included).
+fn timed(start: impl FnOnce() -> Child) -> (u32, f64) {
     let t = Instant::now();
+    let c = start();
     let pid = c.id();
     let out = c.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", out.status);
@@ -112,8 +113,8 @@ fn a_scan_is_held_to_the_rate_and_a_known_host_is_not_delayed() {
     let (bash, key) = private_bash(dir.path());
     let n = 8;
     // The same runs without a daemon, for the record.
-    let (_, plain) = timed(connects(&bash, port, 2..2 + n));
-    let (_, plain_reuse) = timed(connects(&bash, port, std::iter::repeat_n(1, n as usize)));
+    let (_, plain) = timed(|| connects(&bash, port, 2..2 + n));
+    let (_, plain_reuse) = timed(|| connects(&bash, port, std::iter::repeat_n(1, n as usize)));
 
     let ev = dir.path().join("events.jsonl");
     // Training only (normal_wait far away): pH never responds, the delays are the
@@ -136,11 +137,11 @@ fn a_scan_is_held_to_the_rate_and_a_known_host_is_not_delayed() {
     }
     // A first run makes 127.0.0.1 known (its connect runs before the stop lands, at
     // once by the rule: the queue is idle).
-    let (first, _) = timed(connects(&bash, port, [1]));
+    let (first, _) = timed(|| connects(&bash, port, [1]));
     // Then the host is in the kernel's working set once released (at once).
     std::thread::sleep(Duration::from_millis(800));
-    let (reuse_pid, reuse) = timed(connects(&bash, port, std::iter::repeat_n(1, n as usize)));
-    let (scan_pid, scan) = timed(connects(&bash, port, 2..2 + n));
+    let (reuse_pid, reuse) = timed(|| connects(&bash, port, std::iter::repeat_n(1, n as usize)));
+    let (scan_pid, scan) = timed(|| connects(&bash, port, 2..2 + n));
     std::thread::sleep(Duration::from_millis(500));
     signal(&d, libc::SIGTERM);
     assert!(d.wait().unwrap().success());
@@ -267,7 +268,7 @@ fn detect_reports_what_would_wait_and_holds_nothing() {
         return;
     }
     let n = 6;
-    let (pid, secs) = timed(connects(&bash, port, 31..31 + n));
+    let (pid, secs) = timed(|| connects(&bash, port, 31..31 + n));
     let t = Instant::now();
     let q = loop {
         let q = of(&events(&ev), "throttle_queued", pid);
