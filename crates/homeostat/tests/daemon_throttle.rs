@@ -290,3 +290,58 @@ fn detect_reports_what_would_wait_and_holds_nothing() {
     assert!(secs < 1.0, "detect held the connects: {secs:.2} s");
     assert!(events(&ev).iter().all(|e| e["event"] != "delay_start"));
 }
+
+/// The working set keeps the hosts in use: a host the kernel passed (without telling
+/// userspace) counts as used, so a new host replaces the one used least recently.
+#[test]
+fn a_full_working_set_replaces_the_host_used_least_recently() {
+    if !available() {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = listener();
+    let (bash, _) = private_bash(dir.path());
+    let ev = dir.path().join("events.jsonl");
+    let (mut d, rx) = daemon(
+        &dir.path().join("state"),
+        &ev,
+        &[
+            "--enforce",
+            "--throttle-connect",
+            "100",
+            "--throttle-working-set",
+            "2",
+            "--normal-wait",
+            "3600",
+            "--duration",
+            "120",
+        ],
+    );
+    if ready(&mut d, &rx).is_none() {
+        return;
+    }
+    let step = |host: u32| {
+        let (pid, _) = timed(|| connects(&bash, port, [host]));
+        // Released (at once: the queue is idle) and in the kernel's set by then.
+        std::thread::sleep(Duration::from_millis(400));
+        pid
+    };
+    step(41); // A
+    step(42); // B: the set is {A, B}, B the most recent
+    let a_again = step(41); // A passes in the kernel: now A is the most recent
+    step(43); // C replaces the least recently used: B, not A
+    let a_last = step(41);
+    let b_last = step(42);
+    signal(&d, libc::SIGTERM);
+    assert!(d.wait().unwrap().success());
+    let all = events(&ev);
+    assert!(of(&all, "throttle_queued", a_again).is_empty());
+    assert!(
+        of(&all, "throttle_queued", a_last).is_empty(),
+        "A was replaced though used last"
+    );
+    let q = of(&all, "throttle_queued", b_last);
+    assert_eq!(q.len(), 1, "B stayed in the set: {q:?}");
+    assert_eq!(q[0]["host"], "127.0.0.42");
+}
