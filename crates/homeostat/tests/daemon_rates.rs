@@ -16,12 +16,14 @@ use homeostat_testsupport::{is_root, serial, spawn};
 use serde_json::Value;
 
 /// `fork N MS`: N forks (each child exits at once, the parent waits for it), MS ms
-/// apart (as crates/homeostat/tests/rates.rs).
+/// apart; `create N MS DIR`: N files created in DIR, MS ms apart (as
+/// crates/homeostat/tests/rates.rs).
 const STORM: &str = r#"
 use POSIX ();
-my ($kind, $n, $ms) = @ARGV;
+my ($kind, $n, $ms, $dir) = @ARGV;
 for my $i (1..$n) {
-    my $p = fork; if (!$p) { POSIX::_exit(0) } waitpid($p, 0);
+    if ($kind eq "fork") { my $p = fork; if (!$p) { POSIX::_exit(0) } waitpid($p, 0); }
+    else { open(my $f, ">", "$dir/f$i") or die "$dir/f$i: $!"; close $f; }
     select(undef, undef, undef, $ms / 1000) if $ms > 0;
 }
 "#;
@@ -35,13 +37,16 @@ fn daemon(state: &Path, events: &Path, extra: &[&str]) -> (Child, Receiver<Strin
     )
 }
 
-/// perl running the storm script; its pid and wall time.
-fn storm(perl: &Path, script: &Path, n: u32, ms: u32) -> (u32, f64) {
+/// perl running the storm script (`kind` fork or create, files in a fresh directory);
+/// its pid and wall time.
+fn storm(perl: &Path, script: &Path, kind: &str, n: u32, ms: u32) -> (u32, f64) {
+    let files = tempfile::tempdir().unwrap();
     let t = Instant::now();
     let c = spawn(
         Command::new(perl)
             .arg(script)
-            .args(["fork", &n.to_string(), &ms.to_string()])
+            .args([kind, &n.to_string(), &ms.to_string()])
+            .arg(files.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
@@ -60,6 +65,15 @@ fn of(ev: &[Value], event: &str, pid: u32) -> usize {
 
 #[test]
 fn a_fork_storm_is_slowed_to_the_learned_limit_and_the_trained_rate_never_waits() {
+    storm_case("fork", "fork_peak");
+}
+
+#[test]
+fn a_file_creation_storm_is_slowed_to_the_learned_limit_too() {
+    storm_case("create", "create_peak");
+}
+
+fn storm_case(kind: &str, peak_field: &str) {
     if !is_root() {
         eprintln!("skipping: homeostat daemon needs root");
         return;
@@ -92,8 +106,8 @@ fn a_fork_storm_is_slowed_to_the_learned_limit_and_the_trained_rate_never_waits(
     )
     .unwrap();
     // Without a daemon, for the record.
-    let (_, plain_storm) = storm(&perl, &script, 200, 0);
-    let (_, plain_trained) = storm(&perl, &script, 20, 50);
+    let (_, plain_storm) = storm(&perl, &script, kind, 200, 0);
+    let (_, plain_trained) = storm(&perl, &script, kind, 20, 50);
 
     let state = dir.join("state");
     let ev = dir.join("events.jsonl");
@@ -114,10 +128,10 @@ fn a_fork_storm_is_slowed_to_the_learned_limit_and_the_trained_rate_never_waits(
     if ready(&mut d, &rx).is_none() {
         return;
     }
-    // Training: 20 forks 50 ms apart (about 20 in a second at most), and bursts of 5.
+    // Training: 20 calls 50 ms apart (about 20 in a second at most), and bursts of 5.
     for _ in 0..2 {
-        storm(&perl, &script, 20, 50);
-        storm(&perl, &script, 5, 0);
+        storm(&perl, &script, kind, 20, 50);
+        storm(&perl, &script, kind, 5, 0);
     }
     let out = Command::new(env!("CARGO_BIN_EXE_homeostat"))
         .args(["profile", "normalize"])
@@ -133,8 +147,8 @@ fn a_fork_storm_is_slowed_to_the_learned_limit_and_the_trained_rate_never_waits(
     );
     // The kernel is told the limit at the next tick.
     std::thread::sleep(Duration::from_millis(1500));
-    let (trained_pid, trained) = storm(&perl, &script, 20, 50);
-    let (storm_pid, limited) = storm(&perl, &script, 200, 0);
+    let (trained_pid, trained) = storm(&perl, &script, kind, 20, 50);
+    let (storm_pid, limited) = storm(&perl, &script, kind, 200, 0);
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
@@ -144,13 +158,13 @@ fn a_fork_storm_is_slowed_to_the_learned_limit_and_the_trained_rate_never_waits(
         &std::fs::read(state.join("daemon").join(format!("{key}.rates"))).unwrap(),
     )
     .unwrap();
-    let peak = rates["rates"]["fork_peak"].as_u64().unwrap();
+    let peak = rates["rates"][peak_field].as_u64().unwrap();
     let limit = 2 * peak;
     let held = of(&all, "rate_queued", storm_pid);
     eprintln!(
-        "fork peak learned {peak} a second (limit {limit}); 200 forks: {limited:.2} s limited \
-         ({plain_storm:.2} s without a daemon), {held} held; 20 forks at the trained rate: \
-         {trained:.2} s ({plain_trained:.2} s without), load {}",
+        "{kind} peak learned {peak} a second (limit {limit}); 200 calls: {limited:.2} s \
+         limited ({plain_storm:.2} s without a daemon), {held} held; 20 at the trained \
+         rate: {trained:.2} s ({plain_trained:.2} s without), load {}",
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim()
