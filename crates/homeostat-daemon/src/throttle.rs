@@ -289,6 +289,8 @@ impl Daemon {
             let mut used: Vec<(u64, &Vec<u8>)> = hosts
                 .iter()
                 .map(|h| (kernel.host_used(*exe, h).ok().flatten().unwrap_or(0), h))
+                // Added at its release, or used since: the kernel's time says which
+                // was last.
                 .collect();
             used.sort();
             for (_, h) in used {

@@ -230,10 +230,11 @@ impl Kernel {
     }
 
     /// Puts `host` (an IPv4 or IPv6 address, 4 or 16 bytes) in `exe`'s working set:
-    /// its connects pass without a report.
+    /// its connects pass without a report. Its last use is now (a released host is the
+    /// most recently used, as in the rule).
     pub fn add_host(&self, exe: ExeKey, host: &[u8]) -> Result<(), Error> {
         let k = host_key(exe, host)?;
-        let now = 0u64;
+        let now = ktime_ns();
         self.thr_hosts
             .update(bytes_of(&k), &now.to_ne_bytes(), MapFlags::ANY)
             .map_err(map_err("hs_thr_hosts", "update"))
@@ -249,8 +250,8 @@ impl Kernel {
         }
     }
 
-    /// When a connect of `exe` last used `host` of its working set (the kernel's
-    /// monotonic clock, ns; 0: not since it was added); None: not in the set.
+    /// When a connect of `exe` last used `host` of its working set, or it was added
+    /// ([`ktime_ns`]); None: not in the set.
     pub fn host_used(&self, exe: ExeKey, host: &[u8]) -> Result<Option<u64>, Error> {
         let k = host_key(exe, host)?;
         Ok(self
