@@ -53,8 +53,8 @@ pub(crate) struct Daemon {
     pub unseen: HashMap<u32, (u32, Arc<str>)>,
     /// The connection throttle (`--throttle-connect`), if on.
     pub throttle: Option<crate::throttle::ConnThrottle>,
-    /// Throttle: connects to new hosts queued (reported), and held by a response.
-    pub throttle_counts: (u64, u64),
+    /// What the throttle and the rate limits did (`status`, metrics, exit line).
+    pub limit_counts: homeostat_monitor::control::LimitCounts,
     /// Fork and file-creation rate limits (`--rate-limit`), if on.
     pub rates: Option<crate::rates::RateLimits>,
 }
@@ -90,7 +90,7 @@ impl Daemon {
             arg_stats: ArgStats::default(),
             unseen: HashMap::new(),
             throttle: None,
-            throttle_counts: (0, 0),
+            limit_counts: Default::default(),
             rates: None,
         }
     }

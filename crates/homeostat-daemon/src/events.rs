@@ -23,6 +23,7 @@ impl Daemon {
         if let Some(w) = self.json.as_mut() {
             write_event(w, r);
         }
+        self.limit_counts.count(r.event);
         if !self.quiet {
             let line = match r.event {
                 "anomaly" => Some(match r.detail.get("class").and_then(|c| c.as_str()) {

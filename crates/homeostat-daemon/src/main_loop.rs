@@ -315,7 +315,7 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
     if d.throttle.is_some() && !d.quiet {
         info!(
             "throttle: {} connects to new hosts queued, {} of them held",
-            d.throttle_counts.0, d.throttle_counts.1
+            d.limit_counts.throttle_queued, d.limit_counts.throttle_held
         );
     }
     info!(

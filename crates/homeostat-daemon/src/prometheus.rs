@@ -64,6 +64,9 @@ pub struct Snapshot {
     /// With `--symbols args`: the argument classes' loss counters (overflowed,
     /// map_full, unread, lost_events); absent otherwise, and then not shown.
     pub argument_losses: Option<[u64; 4]>,
+    /// With `--throttle-connect` or `--rate-limit`: their event counts; absent
+    /// otherwise, and then not shown.
+    pub limits: Option<homeostat_monitor::control::LimitCounts>,
 }
 
 impl Snapshot {
@@ -187,6 +190,42 @@ impl Snapshot {
                 let _ = writeln!(
                     out,
                     "homeostat_argument_losses_total{{kind=\"{kind}\"}} {value}"
+                );
+            }
+        }
+        if let Some(l) = &self.limits {
+            metric_header(
+                &mut out,
+                "homeostat_throttle_events_total",
+                "Connection throttle (--throttle-connect): connects to new hosts queued, held by a response, released; alarms (queue of 5 or more).",
+                "counter",
+            );
+            for (event, value) in [
+                ("queued", l.throttle_queued),
+                ("held", l.throttle_held),
+                ("released", l.throttle_released),
+                ("alarm", l.throttle_alarms),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "homeostat_throttle_events_total{{event=\"{event}\"}} {value}"
+                );
+            }
+            metric_header(
+                &mut out,
+                "homeostat_rate_limit_events_total",
+                "Fork and file-creation rate limits (--rate-limit): calls over a learned limit, held in a queue, released; alarms.",
+                "counter",
+            );
+            for (event, value) in [
+                ("exceeded", l.rate_exceeded),
+                ("queued", l.rate_queued),
+                ("released", l.rate_released),
+                ("alarm", l.rate_alarms),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "homeostat_rate_limit_events_total{{event=\"{event}\"}} {value}"
                 );
             }
         }
@@ -378,6 +417,30 @@ mod tests {
             calls_normal_total: 16,
             calls_total: 20,
             argument_losses: None,
+            limits: None,
+        }
+    }
+
+    #[test]
+    fn limit_counts_show_only_with_a_throttle_or_rate_limits() {
+        assert!(!sample().render().contains("throttle"));
+        let s = Snapshot {
+            limits: Some(homeostat_monitor::control::LimitCounts {
+                throttle_held: 2,
+                rate_queued: 5,
+                ..Default::default()
+            }),
+            ..sample()
+        };
+        let text = s.render();
+        for line in [
+            "# TYPE homeostat_throttle_events_total counter",
+            "homeostat_throttle_events_total{event=\"held\"} 2",
+            "homeostat_throttle_events_total{event=\"queued\"} 0",
+            "# TYPE homeostat_rate_limit_events_total counter",
+            "homeostat_rate_limit_events_total{event=\"queued\"} 5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }
     }
 

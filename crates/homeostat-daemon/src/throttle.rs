@@ -141,8 +141,8 @@ impl Daemon {
         if let Some(w) = self.json.as_mut() {
             write_event(w, e);
         }
+        self.limit_counts.count(e.event);
         match e.event {
-            "throttle_queued" => self.throttle_counts.0 += 1,
             "throttle_alarm" if !self.quiet => warn!(
                 "{} [{}]: {} connects to new hosts waiting (throttled)",
                 e.exe, e.pid, e.queue
@@ -262,7 +262,7 @@ impl Daemon {
             }),
         );
         if held && delay_ns > 0 {
-            self.throttle_counts.1 += 1;
+            self.limit_counts.throttle_held += 1;
         }
         self.emit_throttle(&ev);
         if alarm {

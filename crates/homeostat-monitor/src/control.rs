@@ -302,6 +302,47 @@ pub struct ArgumentLosses {
     pub lost_events: u64,
 }
 
+/// What the daemon's connection throttle and rate limits did since it started
+/// (`--throttle-connect`, `--rate-limit`), in [`StatusReply`]: the counts of their
+/// events (docs/events.md), so an operator sees a storm being held without reading
+/// the events file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LimitCounts {
+    /// Connects to hosts outside the working set (`throttle_queued`).
+    pub throttle_queued: u64,
+    /// Of those, connects a response actually held.
+    pub throttle_held: u64,
+    /// `throttle_release` events.
+    pub throttle_released: u64,
+    /// `throttle_alarm` events (a queue of 5 or more).
+    pub throttle_alarms: u64,
+    /// Calls over a learned fork or file-creation limit (`rate_exceeded`).
+    pub rate_exceeded: u64,
+    /// Calls held in a rate queue (`rate_queued`).
+    pub rate_queued: u64,
+    /// `rate_release` events.
+    pub rate_released: u64,
+    /// `rate_alarm` events.
+    pub rate_alarms: u64,
+}
+
+impl LimitCounts {
+    /// Counts event `name` if it is one of the throttle's or the rate limits'.
+    pub fn count(&mut self, name: &str) {
+        let c = match name {
+            "throttle_queued" => &mut self.throttle_queued,
+            "throttle_release" => &mut self.throttle_released,
+            "throttle_alarm" => &mut self.throttle_alarms,
+            "rate_exceeded" => &mut self.rate_exceeded,
+            "rate_queued" => &mut self.rate_queued,
+            "rate_release" => &mut self.rate_released,
+            "rate_alarm" => &mut self.rate_alarms,
+            _ => return,
+        };
+        *c = c.saturating_add(1);
+    }
+}
+
 /// The reply to [`Request::Status`] (the daemon only).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReply {
@@ -353,6 +394,9 @@ pub struct StatusReply {
     /// With `--symbols args`: the argument classes' loss counters (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arguments: Option<ArgumentLosses>,
+    /// With `--throttle-connect` or `--rate-limit`: what they did (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitCounts>,
 }
 
 /// One BPF program's run-time counters, in [`StatusReply`].
@@ -673,6 +717,10 @@ mod tests {
                 unread: 7,
                 ..ArgumentLosses::default()
             }),
+            limits: Some(LimitCounts {
+                throttle_held: 3,
+                ..LimitCounts::default()
+            }),
         };
         let back = wire::<StatusReply>(&Response::Status(Box::new(s.clone())))
             .ok()
@@ -684,6 +732,7 @@ mod tests {
         assert_eq!(back.bpf_run_time, s.bpf_run_time);
         assert_eq!(back.evicted, s.evicted);
         assert_eq!(back.arguments, s.arguments);
+        assert_eq!(back.limits, s.limits);
         assert_eq!(
             (back.max_profiles, back.calls, back.calls_normal),
             (512, 100, 60)
@@ -696,12 +745,46 @@ mod tests {
             "calls",
             "calls_normal",
             "arguments",
+            "limits",
         ] {
             old.as_object_mut().unwrap().remove(k);
         }
         let back: StatusReply = serde_json::from_value(old).unwrap();
         assert_eq!(back.evicted, Evictions::default());
         assert_eq!(back.arguments, None);
+        assert_eq!(back.limits, None);
+    }
+
+    #[test]
+    fn limit_counts_count_only_their_events() {
+        let mut c = LimitCounts::default();
+        for e in [
+            "throttle_queued",
+            "throttle_queued",
+            "throttle_release",
+            "throttle_alarm",
+            "rate_exceeded",
+            "rate_queued",
+            "rate_release",
+            "rate_alarm",
+            "anomaly",
+            "delay_start",
+        ] {
+            c.count(e);
+        }
+        assert_eq!(
+            c,
+            LimitCounts {
+                throttle_queued: 2,
+                throttle_held: 0,
+                throttle_released: 1,
+                throttle_alarms: 1,
+                rate_exceeded: 1,
+                rate_queued: 1,
+                rate_released: 1,
+                rate_alarms: 1,
+            }
+        );
     }
 
     #[test]

@@ -127,6 +127,16 @@ pub fn status(json: bool, state: &StateFlags) -> Result<()> {
                 a.overflowed, a.map_full, a.unread, a.lost_events
             );
         }
+        if let Some(l) = &s.limits {
+            println!(
+                "  throttle: {} connects to new hosts queued ({} held), {} released, {} alarms",
+                l.throttle_queued, l.throttle_held, l.throttle_released, l.throttle_alarms
+            );
+            println!(
+                "  rate limits: {} calls over a limit, {} queued, {} released, {} alarms",
+                l.rate_exceeded, l.rate_queued, l.rate_released, l.rate_alarms
+            );
+        }
         for r in s.bpf_run_time.iter().flatten() {
             let per = if r.run_cnt > 0 {
                 format!("{:.1} ns per run", r.run_time_ns as f64 / r.run_cnt as f64)
