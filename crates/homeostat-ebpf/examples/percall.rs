@@ -5,13 +5,16 @@
 //! of them normal. One load per invocation, so that two builds of this example (or a
 //! build with `--features floor`) can be alternated by scripts/bench-percall.sh and
 //! compared in one run. Prints `workload state ns_per_call runs` lines. Root.
+//! `PERCALL_SYMBOLS=args`: with argument classes (`Options::symbols`, the default
+//! path depth and cap, as `homeostat daemon --symbols args`).
 //!
-//! `cargo run --release -p homeostat-ebpf --example percall [dd1|find|tar|forkexec...]`
+//! `cargo run --release -p homeostat-ebpf --example percall [dd1|find|tar|forkexec|relopen...]`
 
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, ExitCode, Stdio};
 
 use homeostat_core::ph::ExeKey;
+use homeostat_core::symbols::SymbolConfig;
 
 use homeostat_ebpf::{Kernel, KernelState, Options};
 
@@ -23,6 +26,12 @@ fn workload(name: &str) -> Option<&'static str> {
         "find" => "find /usr >/dev/null 2>&1",
         "tar" => "tar c /usr/include 2>/dev/null | wc -c >/dev/null",
         "forkexec" => "i=0; while [ $i -lt 300 ]; do /bin/true; i=$((i+1)); done",
+        // Relative opens alone (openat(dirfd, ".") and close): the price of an
+        // argument of interest with --symbols args (PERCALL_SYMBOLS=args).
+        "relopen" => {
+            "/usr/bin/python3 -c 'import os\nd = os.open(\"/usr/share/doc\", os.O_RDONLY)\n\
+             for i in range(100000): os.close(os.open(\".\", os.O_RDONLY, dir_fd=d))'"
+        }
         _ => return None,
     })
 }
@@ -86,12 +95,17 @@ fn run() -> Result<(), String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut exes = Vec::new();
-    for prog in ["dd", "find", "tar", "wc", "sh", "true"] {
-        let path = ["/usr/bin", "/bin"]
+    for prog in ["dd", "find", "tar", "wc", "sh", "true", "python3"] {
+        let Some(path) = ["/usr/bin", "/bin"]
             .iter()
             .map(|d| std::path::Path::new(d).join(prog))
             .find(|p| p.exists())
-            .ok_or(format!("{prog} not found"))?;
+        else {
+            if prog == "python3" {
+                continue; // only for the relopen workload
+            }
+            return Err(format!("{prog} not found"));
+        };
         let m = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let exe = ExeKey {
             dev: m.dev(),
@@ -99,8 +113,14 @@ fn run() -> Result<(), String> {
         };
         exes.push((prog, exe));
     }
+    let symbols = match std::env::var("PERCALL_SYMBOLS").as_deref() {
+        Ok("args") => Some(SymbolConfig::default()),
+        Ok("calls") | Err(_) => None,
+        Ok(other) => return Err(format!("PERCALL_SYMBOLS={other}: calls or args")),
+    };
     let k = Kernel::load(&Options {
         auto_create: true,
+        symbols,
         ..Options::default()
     })
     .map_err(|e| e.to_string())?;
