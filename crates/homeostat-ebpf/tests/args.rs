@@ -455,7 +455,11 @@ fn a_renamed_base_directory_makes_its_new_class_at_once() {
     let names: Vec<&str> = learnt.iter().map(|(c, _)| c.as_str()).collect();
     assert_eq!(
         names,
-        [format!("{t}/one/"), format!("{t}/three/"), format!("{t}/two/")],
+        [
+            format!("{t}/one/"),
+            format!("{t}/three/"),
+            format!("{t}/two/")
+        ],
         "{learnt:?}"
     );
     let hashes: std::collections::BTreeSet<u64> = learnt.iter().map(|(_, h)| *h).collect();
