@@ -4,16 +4,24 @@
 //! daemon): first with the profiles training (after one learning pass), then with all
 //! of them normal. One load per invocation, so that two builds of this example (or a
 //! build with `--features floor`) can be alternated by scripts/bench-percall.sh and
-//! compared in one run. Prints `workload state ns_per_call runs` lines. Root.
+//! compared in one run. Prints `workload state ns_per_call runs skipped` lines
+//! (skipped: calls the kernel's recursion guard kept from the program). Root.
+//! `PERCALL_SYMBOLS=args`: with argument classes (`Options::symbols`, the default
+//! path depth and cap, as `homeostat daemon --symbols args`). `PERCALL_EVENTS=1`:
+//! print the workload programs' anomaly and new-pair events on stderr after each
+//! phase (`all`: every anomaly event). `PERCALL_NORMAL=dd,find`: make only these
+//! programs normal (default: every workload program).
 //!
-//! `cargo run --release -p homeostat-ebpf --example percall [dd1|find|tar|forkexec...]`
+//! `cargo run --release -p homeostat-ebpf --example percall [dd1|find|tar|forkexec|relopen...]`
 
+use std::cell::RefCell;
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, ExitCode, Stdio};
 
 use homeostat_core::ph::ExeKey;
+use homeostat_core::symbols::SymbolConfig;
 
-use homeostat_ebpf::{Kernel, KernelState, Options};
+use homeostat_ebpf::{Event, EventKind, Kernel, KernelState, Options};
 
 const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
@@ -23,6 +31,12 @@ fn workload(name: &str) -> Option<&'static str> {
         "find" => "find /usr >/dev/null 2>&1",
         "tar" => "tar c /usr/include 2>/dev/null | wc -c >/dev/null",
         "forkexec" => "i=0; while [ $i -lt 300 ]; do /bin/true; i=$((i+1)); done",
+        // Relative opens alone (openat(dirfd, ".") and close): the price of an
+        // argument of interest with --symbols args (PERCALL_SYMBOLS=args).
+        "relopen" => {
+            "/usr/bin/python3 -c 'import os\nd = os.open(\"/usr/share/doc\", os.O_RDONLY)\n\
+             for i in range(100000): os.close(os.open(\".\", os.O_RDONLY, dir_fd=d))'"
+        }
         _ => return None,
     })
 }
@@ -40,22 +54,25 @@ fn sh(cmd: &str) -> Result<(), String> {
     }
 }
 
-fn sys_enter(k: &Kernel) -> (u64, u64) {
+fn sys_enter(k: &Kernel) -> (u64, u64, u64) {
     k.prog_stats()
         .into_iter()
         .filter(|p| p.name.starts_with("sys_enter"))
-        .fold((0, 0), |(n, t), p| (n + p.run_cnt, t + p.run_time_ns))
+        .fold((0, 0, 0), |(n, t, m), p| {
+            (n + p.run_cnt, t + p.run_time_ns, m + p.recursion_misses)
+        })
 }
 
-/// (runs, ns) of sys_enter during one run of `cmd`, the counters on only meanwhile.
-fn measured(k: &Kernel, cmd: &str) -> Result<(u64, u64), String> {
-    let (n0, t0) = sys_enter(k);
+/// (runs, ns, calls skipped by the recursion guard) of sys_enter during one run of
+/// `cmd`, the counters on only meanwhile.
+fn measured(k: &Kernel, cmd: &str) -> Result<(u64, u64, u64), String> {
+    let (n0, t0, m0) = sys_enter(k);
     std::fs::write(SYSCTL, "1").map_err(|e| format!("{SYSCTL}: {e}"))?;
     let r = sh(cmd);
     std::fs::write(SYSCTL, "0").map_err(|e| format!("{SYSCTL}: {e}"))?;
     r?;
-    let (n1, t1) = sys_enter(k);
-    Ok((n1 - n0, t1 - t0))
+    let (n1, t1, m1) = sys_enter(k);
+    Ok((n1 - n0, t1 - t0, m1 - m0))
 }
 
 /// The workload profiles' counters so far, on stderr (learning or anomalies in a
@@ -86,12 +103,17 @@ fn run() -> Result<(), String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut exes = Vec::new();
-    for prog in ["dd", "find", "tar", "wc", "sh", "true"] {
-        let path = ["/usr/bin", "/bin"]
+    for prog in ["dd", "find", "tar", "wc", "sh", "true", "python3"] {
+        let Some(path) = ["/usr/bin", "/bin"]
             .iter()
             .map(|d| std::path::Path::new(d).join(prog))
             .find(|p| p.exists())
-            .ok_or(format!("{prog} not found"))?;
+        else {
+            if prog == "python3" {
+                continue; // only for the relopen workload
+            }
+            return Err(format!("{prog} not found"));
+        };
         let m = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let exe = ExeKey {
             dev: m.dev(),
@@ -99,24 +121,79 @@ fn run() -> Result<(), String> {
         };
         exes.push((prog, exe));
     }
+    let symbols = match std::env::var("PERCALL_SYMBOLS").as_deref() {
+        Ok("args") => Some(SymbolConfig::default()),
+        Ok("calls") | Err(_) => None,
+        Ok(other) => return Err(format!("PERCALL_SYMBOLS={other}: calls or args")),
+    };
     let k = Kernel::load(&Options {
         auto_create: true,
+        symbols,
         ..Options::default()
     })
     .map_err(|e| e.to_string())?;
+    let show = std::env::var("PERCALL_EVENTS").unwrap_or_default();
+    let got = RefCell::new(Vec::<Event>::new());
+    let ev = if show.is_empty() {
+        None
+    } else {
+        Some(
+            k.events(|e| got.borrow_mut().push(e))
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    let events = |phase: &str| -> Result<(), String> {
+        let Some(ev) = &ev else { return Ok(()) };
+        ev.poll(std::time::Duration::from_millis(0))
+            .map_err(|e| e.to_string())?;
+        for e in got.borrow_mut().drain(..) {
+            let name = exes.iter().find(|(_, x)| *x == e.exe).map(|(n, _)| *n);
+            let wanted = match e.kind {
+                EventKind::Anomaly => name.is_some() || show == "all",
+                EventKind::NewPairs => name.is_some(),
+                _ => false,
+            };
+            if wanted {
+                eprintln!(
+                    "  event {phase}: {:?} {} pid {} nr {} misses {} lfc {} (exe {:x}/{:x})",
+                    e.kind,
+                    name.unwrap_or("?"),
+                    e.pid,
+                    e.nr,
+                    e.misses,
+                    e.lfc,
+                    e.exe.dev,
+                    e.exe.ino
+                );
+            }
+        }
+        Ok(())
+    };
     // Learning pass: the measured training runs are the steady state, as the
     // daemon's after its first minutes.
     for (_, c) in &cmds {
         sh(c)?;
     }
+    events("learning")?;
     for (n, c) in &cmds {
-        let (runs, ns) = measured(&k, c)?;
-        println!("{n} training {:.1} {runs}", ns as f64 / runs.max(1) as f64);
+        let (runs, ns, skipped) = measured(&k, c)?;
+        println!(
+            "{n} training {:.1} {runs} {skipped}",
+            ns as f64 / runs.max(1) as f64
+        );
         report(&k, &exes);
+        events(&format!("{n} training"))?;
     }
     // Only the workloads' programs: other processes on the machine keep training, as
     // under the daemon (their anomalies would add events to the counted calls).
-    for &(_, exe) in &exes {
+    let only = std::env::var("PERCALL_NORMAL").ok();
+    for &(name, exe) in &exes {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|n| n == name))
+        {
+            continue;
+        }
         k.set_state(exe, KernelState::Normal)
             .map_err(|e| e.to_string())?;
     }
@@ -124,10 +201,15 @@ fn run() -> Result<(), String> {
     for (_, c) in &cmds {
         sh(c)?;
     }
+    events("settle")?;
     for (n, c) in &cmds {
-        let (runs, ns) = measured(&k, c)?;
-        println!("{n} normal {:.1} {runs}", ns as f64 / runs.max(1) as f64);
+        let (runs, ns, skipped) = measured(&k, c)?;
+        println!(
+            "{n} normal {:.1} {runs} {skipped}",
+            ns as f64 / runs.max(1) as f64
+        );
         report(&k, &exes);
+        events(&format!("{n} normal"))?;
     }
     let s = k.stats().map_err(|e| e.to_string())?;
     eprintln!("percall: {s:?}");

@@ -21,6 +21,9 @@ pub struct ProgStats {
     pub run_cnt: u64,
     /// Time spent in those runs, ns.
     pub run_time_ns: u64,
+    /// Runs the kernel skipped because the program was already running on that CPU
+    /// (its recursion guard): calls the program never saw. Counted whatever the sysctl.
+    pub recursion_misses: u64,
 }
 
 impl ProgStats {
@@ -46,6 +49,7 @@ pub fn prog_stats(mut keep: impl FnMut(u32, &str) -> bool) -> Vec<ProgStats> {
                 id: p.id,
                 run_cnt: p.run_cnt,
                 run_time_ns: p.run_time_ns,
+                recursion_misses: p.recursion_misses,
             })
         })
         .collect()

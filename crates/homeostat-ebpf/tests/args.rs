@@ -401,3 +401,68 @@ fn relative_names_are_resolved_against_the_cwd_and_the_dirfd() {
     k.remove_profile(exe).unwrap();
     k.remove_profile(find_exe).unwrap();
 }
+
+/// The names of a base's top directories are cached per CPU (hs_top_cache): a class
+/// event from a cached base still carries them, and a top directory renamed in place
+/// (the same dentry under a new name) makes the new name's class at once.
+#[test]
+fn a_renamed_base_directory_makes_its_new_class_at_once() {
+    let cfg = SymbolConfig {
+        path_depth: 3,
+        ..SymbolConfig::default()
+    };
+    let Some(k) = kernel_with(&Options {
+        symbols: Some(cfg),
+        ..Options::default()
+    }) else {
+        return;
+    };
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let top = dir.path().canonicalize().unwrap();
+    let (cat, exe) = private_copy(&top, "/bin/cat");
+    std::fs::create_dir_all(top.join("one/sub")).unwrap();
+    std::fs::create_dir_all(top.join("three")).unwrap();
+    std::fs::write(top.join("one/sub/f"), "x\n").unwrap();
+    std::fs::write(top.join("three/h"), "x\n").unwrap();
+    let got = RefCell::new(Vec::<Event>::new());
+    let ev = k.events(|e| got.borrow_mut().push(e)).unwrap();
+    k.set_state(exe, KernelState::Training).unwrap();
+    let cat_in = |cwd: &Path, args: &[&str]| {
+        let c = spawn(
+            Command::new(&cat)
+                .args(args)
+                .current_dir(cwd)
+                .stdout(Stdio::null()),
+        );
+        assert!(c.wait_with_output().unwrap().status.success(), "{args:?}");
+    };
+    // Fills the cache with the base's top names, then uses them for a new class
+    // (three/, by `..` from the same base) and for a known one.
+    cat_in(&top.join("one/sub"), &["f"]);
+    cat_in(&top.join("one/sub"), &["../../three/h", "f"]);
+    std::fs::rename(top.join("one"), top.join("two")).unwrap();
+    cat_in(&top.join("two/sub"), &["f"]);
+    ev.poll(Duration::from_millis(50)).unwrap();
+    let t = top.to_str().unwrap();
+    let learnt: Vec<(String, u64)> = got
+        .borrow()
+        .iter()
+        .filter(|e| e.exe == exe && e.kind == EventKind::NewClass && e.nr == 257)
+        .map(|e| (class_name(e.arg.as_ref().unwrap(), &cfg), e.class_hash))
+        .filter(|(c, _)| c.starts_with(t))
+        .collect();
+    eprintln!("{learnt:?}");
+    let names: Vec<&str> = learnt.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            format!("{t}/one/"),
+            format!("{t}/three/"),
+            format!("{t}/two/")
+        ],
+        "{learnt:?}"
+    );
+    let hashes: std::collections::BTreeSet<u64> = learnt.iter().map(|(_, h)| *h).collect();
+    assert_eq!(hashes.len(), 3, "{learnt:?}");
+    k.remove_profile(exe).unwrap();
+}

@@ -162,15 +162,17 @@ static __always_inline void acount(__u32 which)
 		*v += 1;
 }
 
+/* Direct loads: the registers' pointer is typed (bpf_task_pt_regs returns a BTF
+ * pointer), so each read is one load, not a bpf_probe_read_kernel call. */
 static __always_inline __u64 reg_arg(struct pt_regs___hs *r, __u32 i)
 {
 	switch (i) {
-	case 0: return BPF_CORE_READ(r, di);
-	case 1: return BPF_CORE_READ(r, si);
-	case 2: return BPF_CORE_READ(r, dx);
-	case 3: return BPF_CORE_READ(r, r10);
-	case 4: return BPF_CORE_READ(r, r8);
-	default: return BPF_CORE_READ(r, r9);
+	case 0: return r->di;
+	case 1: return r->si;
+	case 2: return r->dx;
+	case 3: return r->r10;
+	case 4: return r->r8;
+	default: return r->r9;
 	}
 }
 
@@ -188,11 +190,33 @@ struct path_walk {
 	struct hs_class_event *s;      /* the scratch holding the path */
 	__u32 off, len, n, clen, depth, abs;
 	__u32 in_base;                 /* read s->base, not s->data */
+	__u32 pos;                     /* path_run: the next byte (from off) */
 	char first, second;
 };
 
+/* The end of a component at the '/' or NUL `c`: path_byte's second half. */
+static __always_inline long path_sep(struct path_walk *w, char c)
+{
+	__u32 n = w->n;
+
+	if (w->clen == 0 || (w->clen == 1 && w->first == '.')) {
+		/* empty or "." */
+	} else if (w->abs && w->clen == 2 && w->first == '.' && w->second == '.') {
+		if (n > 0)
+			n--;
+	} else {
+		n++;
+		if (n <= w->depth)
+			w->stack[n & HS_STACK_MASK] = MIX(w->cur, '/');
+	}
+	w->n = n;
+	w->clen = 0;
+	return c == 0;
+}
+
 /* One byte of path_hash (a bpf_loop callback: verified once, however long the path;
- * an open-coded loop made the verifier walk every length and depth apart). */
+ * an open-coded loop made the verifier walk every length and depth apart). Used for
+ * the base directory's names (s->base); s->data goes through path_run. */
 static long path_byte(__u64 i, void *ctx)
 {
 	struct path_walk *w = ctx;
@@ -214,19 +238,59 @@ static long path_byte(__u64 i, void *ctx)
 		w->clen++;
 		return 0;
 	}
-	if (w->clen == 0 || (w->clen == 1 && w->first == '.')) {
-		/* empty or "." */
-	} else if (w->abs && w->clen == 2 && w->first == '.' && w->second == '.') {
-		if (n > 0)
-			n--;
+	return path_sep(w, c);
+}
+
+#define HS_ONES 0x0101010101010101ULL
+#define HS_HIGHS 0x8080808080808080ULL
+
+/* path_byte over s->data, up to 8 bytes a callback: the bytes before the next '/' or
+ * NUL (found in a word at once) are hashed together, then that byte ends its
+ * component. The same hash as path_byte, in about a quarter of the callbacks (each
+ * costs a call; find's and tar's relative names are one component of 10-20 bytes). */
+static long path_run(__u64 i, void *ctx)
+{
+	struct path_walk *w = ctx;
+	struct hs_class_event *s = w->s;
+	__u32 at = w->off + w->pos, left = w->len > w->pos ? w->len - w->pos : 0, k, j;
+	__u64 x = 0, sp, h, hs[8];
+
+	if (at <= HS_ARG_BYTES - 8) {
+		x = *(__u64 *)&s->data[at];
 	} else {
-		n++;
-		if (n <= depth)
-			w->stack[n & HS_STACK_MASK] = MIX(w->cur, '/');
+#pragma unroll
+		for (j = 0; j < 8; j++)
+			x |= (__u64)(__u8)s->data[(at + j) & (HS_ARG_BYTES - 1)] << (8 * j);
 	}
-	w->n = n;
-	w->clen = 0;
-	return c == 0;
+	/* Bytes past the length read as NUL, as in path_byte. */
+	if (left < 8)
+		x &= (1ULL << (8 * left)) - 1;
+	/* The lowest zero byte of x or of x ^ '/'s is exact (borrows only go up). */
+	sp = x ^ (HS_ONES * '/');
+	sp = ((x - HS_ONES) & ~x & HS_HIGHS) | ((sp - HS_ONES) & ~sp & HS_HIGHS);
+	/* The lowest set bit is bit 7 of byte k: 1 << 8k times bytes 7 - j has k on top. */
+	k = sp ? ((((sp & -sp) >> 7) * 0x0001020304050607ULL) >> 56) & 7 : 8;
+	if (k) {
+		if (w->clen == 0) {
+			w->first = x;
+			w->cur = w->stack[(w->n <= w->depth ? w->n : w->depth) & HS_STACK_MASK];
+		}
+		if (w->clen <= 1 && w->clen + k >= 2)
+			w->second = w->clen ? x : x >> 8;
+		h = w->cur;
+#pragma unroll
+		for (j = 0; j < 8; j++) {
+			h = MIX(h, x >> (8 * j));
+			hs[j] = h;
+		}
+		w->cur = hs[(k - 1) & 7];
+		w->clen += k;
+	}
+	w->pos += k;
+	if (k == 8)
+		return 0;
+	w->pos++;
+	return path_sep(w, x >> (8 * k));
 }
 
 /* The class hash of the path of `len` bytes (NUL included) at `off` in the scratch
@@ -246,7 +310,7 @@ static __always_inline __u64 path_hash(struct hs_class_event *s, __u32 off, __u3
 	w.off = off;
 	w.len = len;
 	w.stack[0] = MIX(seed, w.abs ? '/' : 'r');
-	bpf_loop(HS_ARG_BYTES + 1, path_byte, &w, 0);
+	bpf_loop(HS_ARG_BYTES + 1, path_run, &w, 0);
 	dirs = w.n > 0 ? w.n - 1 : 0;
 	return w.stack[(dirs < w.depth ? dirs : w.depth) & HS_STACK_MASK];
 }
@@ -254,6 +318,7 @@ static __always_inline __u64 path_hash(struct hs_class_event *s, __u32 off, __u3
 /* Flavours of the kernel's VFS types, only the fields the walk reads (CO-RE matches
  * them to the running kernel's; the suffix keeps them apart from vmlinux.h's). */
 struct qstr___hs {
+	__u64 hash_len; /* the name's dcache hash and length: it changes with the name */
 	const unsigned char *name;
 } __attribute__((preserve_access_index));
 
@@ -301,18 +366,71 @@ struct task_struct___hs {
 
 #define HS_AT_FDCWD -100
 
+/* The top components of base directories, cached per CPU: a relative open's class
+ * needs the names of its base's top hs_path_depth directories, hashed, and reading
+ * and hashing them was most of the price of a relative path (find and tar open every
+ * directory relative to its parent's fd). An entry maps (the hash of the components
+ * above, a dentry, the dentry's d_name.hash_len) to the hash with this component,
+ * stack[k] of path_walk. So the bases below
+ * /usr/share share two entries, whichever task opens them. The walk up to the root
+ * still runs on every relative path (it counts the base's depth, and it is what finds
+ * the top dentries, so a moved directory is seen at once); only names are skipped.
+ *
+ * What could make an entry wrong: a top directory renamed in place to a name with the
+ * same length and the same 32-bit dcache hash (d_name.hash_len is read before the
+ * name, so a rename racing the fill leaves an entry that no longer matches). A freed
+ * dentry whose memory holds a new one matches only with the same hash_len under the
+ * same prefix: the same name, hence the same class. Bounded: 64 entries per CPU,
+ * direct-mapped, overwritten on collision; a check word catches an entry torn by a
+ * program preempted on the same CPU (syscall tracepoints may be preempted). */
+struct hs_top_ent {
+	__u64 prev;     /* stack[k-1]: the seed and the components above */
+	__u64 dentry;
+	__u64 hash_len; /* the dentry's d_name.hash_len when the name was read */
+	__u64 out;      /* stack[k] */
+	__u64 chk;
+};
+
+#define HS_TOPS 64
+
+struct hs_tops {
+	struct hs_top_ent e[HS_TOPS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hs_tops);
+} hs_top_cache SEC(".maps");
+
+static __always_inline __u64 top_chk(__u64 prev, __u64 dentry, __u64 hl, __u64 out)
+{
+	return ((prev ^ out) + (dentry ^ hl) * FNV_PRIME) * 0x9e3779b97f4a7c15ULL;
+}
+
+static __always_inline __u32 top_slot(__u64 prev, __u64 dentry)
+{
+	return (((prev ^ dentry) * 0x9e3779b97f4a7c15ULL) >> 58) & (HS_TOPS - 1);
+}
+
 /* Walking up from a base directory to the root, as d_path does: a mount's root steps
  * to its mountpoint in the parent mount; the root of the root mount ends the walk. */
+#define HS_SEEN_MASK 7 /* the ring of the last dentries walked: at least HS_MAX_DEPTH */
+
 struct dir_walk {
-	__u64 seen[HS_STACK_MASK + 1]; /* seen[k & mask]: the k-th dentry walked (from the base) */
+	__u64 seen[HS_SEEN_MASK + 1]; /* seen[k & mask]: the k-th dentry walked (from the base) */
+	__u64 hl[HS_SEEN_MASK + 1];   /* the names' hash_len, top first, as they were read */
+	__u64 *h;                     /* the path_walk's stack: stack[k] from the cache */
 	struct dentry___hs *d;
 	struct mount___hs *m;
 	struct dentry___hs *mroot;
 	struct hs_class_event *s; /* the scratch: the top names go to s->base */
+	struct hs_tops *tops;
 	__u32 n;    /* components walked */
 	__u32 done; /* reached the root */
 	__u32 off;  /* bytes of s->base filled */
-	__u32 bad;  /* a top name could not be read, or they are too long */
+	__u32 bad;  /* a top name could not be read, or they are too long; or a cache miss */
 };
 
 static long dir_step(__u64 i, void *ctx)
@@ -326,25 +444,47 @@ static long dir_step(__u64 i, void *ctx)
 	if (d == w->mroot) {
 		struct mount___hs *m = w->m;
 
-		pm = BPF_CORE_READ(m, mnt_parent);
+		pm = m->mnt_parent;
 		if (!pm || pm == m) {
 			w->done = 1;
 			return 1;
 		}
-		w->d = BPF_CORE_READ(m, mnt_mountpoint);
+		w->d = m->mnt_mountpoint;
 		w->m = pm;
-		w->mroot = BPF_CORE_READ(pm, mnt.mnt_root);
+		w->mroot = pm->mnt.mnt_root;
 		return 0;
 	}
-	parent = BPF_CORE_READ(d, d_parent);
+	parent = d->d_parent;
 	if (!parent || parent == d) {
 		/* The root of a file system that is not a mount's root (a detached one):
 		 * no path from the root; not resolved. */
 		return 1;
 	}
-	w->seen[w->n & HS_STACK_MASK] = (__u64)d;
+	w->seen[w->n & HS_SEEN_MASK] = (__u64)d;
 	w->n++;
 	w->d = parent;
+	return 0;
+}
+
+/* The k-th top component (root first) from the cache: h[k + 1], or a miss. */
+static long top_probe(__u64 k, void *ctx)
+{
+	struct dir_walk *w = ctx;
+	__u64 dp = w->seen[(w->n - 1 - k) & HS_SEEN_MASK];
+	struct dentry___hs *d = bpf_core_cast((void *)dp, struct dentry___hs);
+	__u64 prev = w->h[k & HS_STACK_MASK], hl = d->d_name.hash_len, out;
+	struct hs_top_ent *e = &w->tops->e[top_slot(prev, dp)];
+
+	if (e->dentry != dp || e->prev != prev || e->hash_len != hl) {
+		w->bad = 1;
+		return 1;
+	}
+	out = e->out;
+	if (e->chk != top_chk(prev, dp, hl, out)) {
+		w->bad = 1;
+		return 1;
+	}
+	w->h[(k + 1) & HS_STACK_MASK] = out;
 	return 0;
 }
 
@@ -352,8 +492,10 @@ static long dir_step(__u64 i, void *ctx)
 static long name_step(__u64 k, void *ctx)
 {
 	struct dir_walk *c = ctx;
-	struct dentry___hs *d = (void *)c->seen[(c->n - 1 - k) & HS_STACK_MASK];
-	const unsigned char *name = BPF_CORE_READ(d, d_name.name);
+	struct dentry___hs *d =
+		bpf_core_cast((void *)c->seen[(c->n - 1 - k) & HS_SEEN_MASK], struct dentry___hs);
+	__u64 hl = d->d_name.hash_len; /* before the name: see hs_top_ent */
+	const unsigned char *name = d->d_name.name;
 	__u32 off = c->off;
 	long r;
 
@@ -369,26 +511,37 @@ static long name_step(__u64 k, void *ctx)
 		return 1;
 	}
 	c->off = off + r; /* past the name, on its NUL */
+	c->hl[k & HS_SEEN_MASK] = hl;
 	return 0;
 }
 
+/* hs_rel_hash's argument: read the base's names even when cached (an event needs
+ * them). */
+#define HS_REL_NAMES (1ULL << 48)
+/* hs_class_event.pad2 in the scratch: a resolved path's base names were not read
+ * (cached); pad3 then holds the dirfd to read them again for an event. */
+#define HS_BASE_UNREAD 2
+
 /* The class hash of the relative path in the scratch event's data (s->len bytes)
  * resolved against its base directory: the cwd (dirfd AT_FDCWD) or the dirfd's file.
- * `arg`: dirfd (low 32 bits, signed) | seed flags << 32. Returns 0 when the base
- * cannot be found (no such fd, a base deeper than HS_WALK_MAX, a detached tree, a
- * top component too long): the caller keeps the `rel:` class. On success the event
- * carries the base (HS_PATH_RESOLVED), so the daemon names the resolved path.
+ * `arg`: dirfd (low 32 bits, signed) | seed flags << 32 | HS_REL_NAMES. Returns 0
+ * when the base cannot be found (no such fd, a base deeper than HS_WALK_MAX, a
+ * detached tree, a top component too long): the caller keeps the `rel:` class. On
+ * success the event carries the base (HS_PATH_RESOLVED), so the daemon names the
+ * resolved path: its names are in s->base unless they came from the cache
+ * (HS_BASE_UNREAD), when an event must call again with HS_REL_NAMES.
  *
  * Only the top hs_path_depth components of the base can make the class: `..` in the
  * relative part pops the base lexically (the core's resolve), and a pop only needs
  * the count of the components below, not their names. So the walk up keeps the
  * dentries of the last hs_path_depth steps (the top ones come last) and their names
- * alone are read. A global function: verified once on its own. */
+ * alone are hashed (or found in hs_top_cache). A global function: verified once on
+ * its own. */
 __attribute__((noinline)) __u64 hs_rel_hash(__u64 arg)
 {
 	struct task_struct___hs *task = (void *)bpf_get_current_task_btf();
 	__s32 dirfd = (__s32)arg;
-	__u32 zero = 0, kept, base_len;
+	__u32 zero = 0, kept, base_len, k;
 	struct hs_class_event *s;
 	struct vfsmount___hs *mnt;
 	struct dentry___hs *dentry;
@@ -397,28 +550,37 @@ __attribute__((noinline)) __u64 hs_rel_hash(__u64 arg)
 	__u32 dirs;
 
 	s = bpf_map_lookup_elem(&hs_arg_scratch, &zero);
-	if (!s)
+	w.tops = bpf_map_lookup_elem(&hs_top_cache, &zero);
+	if (!s || !w.tops)
 		return 0;
 	if (dirfd == HS_AT_FDCWD) {
-		mnt = BPF_CORE_READ(task, fs, pwd.mnt);
-		dentry = BPF_CORE_READ(task, fs, pwd.dentry);
-	} else {
-		struct fdtable___hs *fdt = BPF_CORE_READ(task, files, fdt);
-		struct file___hs **fds, *f = NULL;
+		struct fs_struct___hs *fs = task->fs;
 
-		if (dirfd < 0 || !fdt || (__u32)dirfd >= BPF_CORE_READ(fdt, max_fds))
+		if (!fs)
+			return 0;
+		mnt = fs->pwd.mnt;
+		dentry = fs->pwd.dentry;
+	} else {
+		struct files_struct___hs *files = task->files;
+		struct fdtable___hs *fdt = files ? files->fdt : NULL;
+		struct file___hs **fds, *fp = NULL, *f;
+
+		if (dirfd < 0 || !fdt || (__u32)dirfd >= fdt->max_fds)
 			return 0;
 		fds = BPF_CORE_READ(fdt, fd);
-		if (bpf_probe_read_kernel(&f, sizeof(f), &fds[dirfd]) || !f)
+		if (bpf_probe_read_kernel(&fp, sizeof(fp), &fds[dirfd]) || !fp)
 			return 0;
-		mnt = BPF_CORE_READ(f, f_path.mnt);
-		dentry = BPF_CORE_READ(f, f_path.dentry);
+		/* An untyped pointer read from the table: typed again for direct loads. */
+		f = bpf_core_cast(fp, struct file___hs);
+		mnt = f->f_path.mnt;
+		dentry = f->f_path.dentry;
 	}
 	if (!mnt || !dentry)
 		return 0;
 	w.d = dentry;
-	w.m = (void *)((char *)mnt - bpf_core_field_offset(struct mount___hs, mnt));
-	w.mroot = BPF_CORE_READ(mnt, mnt_root);
+	w.m = bpf_core_cast((char *)mnt - bpf_core_field_offset(struct mount___hs, mnt),
+			    struct mount___hs);
+	w.mroot = mnt->mnt_root;
 	bpf_loop(HS_WALK_MAX, dir_step, &w, 0);
 	if (!w.done)
 		return 0;
@@ -426,26 +588,60 @@ __attribute__((noinline)) __u64 hs_rel_hash(__u64 arg)
 	p.depth = hs_path_depth > HS_MAX_DEPTH ? HS_MAX_DEPTH : hs_path_depth;
 	kept = w.n < p.depth ? w.n : p.depth;
 	w.s = s;
-	if (kept)
+	p.stack[0] = MIX(MIX(MIX(FNV_OFFSET, HS_ARG_PATH), arg >> 32), '/');
+	w.h = p.stack;
+	if (kept && !(arg & HS_REL_NAMES))
+		bpf_loop(kept, top_probe, &w, 0);
+	if (kept && (w.bad || (arg & HS_REL_NAMES))) {
+		/* Read the names and hash them as a path, then cache each level. */
+		w.bad = 0;
+		w.off = 0;
 		bpf_loop(kept, name_step, &w, 0);
-	if (w.bad)
-		return 0;
-	base_len = w.off;
-	s->base[base_len & (HS_BASE_BYTES - 1)] = 0;
+		if (w.bad)
+			return 0;
+		base_len = w.off;
+		s->base[base_len & (HS_BASE_BYTES - 1)] = 0;
+		p.s = s;
+		p.abs = 1;
+		p.in_base = 1;
+		p.len = base_len + 1;
+		bpf_loop(HS_BASE_BYTES + 1, path_byte, &p, 0);
+#pragma unroll
+		for (k = 0; k < HS_MAX_DEPTH; k++) {
+			__u64 dp = w.seen[(w.n - 1 - k) & HS_SEEN_MASK];
+			__u64 prev = p.stack[k], out = p.stack[k + 1], hl = w.hl[k];
+			struct hs_top_ent *e;
 
-	/* The base's components, all directories, then the relative path on top. */
+			if (k >= kept)
+				break;
+			e = &w.tops->e[top_slot(prev, dp)];
+			e->dentry = 0; /* a preempting reader sees a miss meanwhile */
+			barrier();
+			e->prev = prev;
+			e->hash_len = hl;
+			e->out = out;
+			e->chk = top_chk(prev, dp, hl, out);
+			barrier();
+			e->dentry = dp;
+		}
+		s->pad2 = 0;
+	} else {
+		/* All from the cache (or the base is the root): names unread. */
+		s->base[0] = 0;
+		s->pad2 = kept ? HS_BASE_UNREAD : 0;
+		s->pad3 = (__u32)dirfd;
+	}
+
+	/* The relative path on top of the base's components. */
 	p.s = s;
 	p.abs = 1;
-	p.stack[0] = MIX(MIX(MIX(FNV_OFFSET, HS_ARG_PATH), arg >> 32), '/');
-	p.in_base = 1;
-	p.len = base_len + 1;
-	bpf_loop(HS_BASE_BYTES + 1, path_byte, &p, 0);
 	p.n = w.n; /* the unread deeper components: counted, never part of the class */
 	p.in_base = 0;
 	p.clen = 0;
 	p.off = 0;
+	p.pos = 0;
 	p.len = s->len;
-	bpf_loop(HS_ARG_BYTES + 1, path_byte, &p, 0);
+	bpf_loop(HS_ARG_BYTES + 1, path_run, &p, 0);
 	dirs = p.n > 0 ? p.n - 1 : 0;
 	s->arg_flags |= HS_PATH_RESOLVED;
 	s->base_dirs = w.n;
@@ -524,7 +720,7 @@ static __always_inline __u64 sockaddr_hash(struct hs_class_event *s)
 /* The argument of call `cur` read into the scratch event, and its class hash (never
  * 0); 0: nothing to classify (no argument, or unreadable: counted). */
 static __always_inline __u64 arg_read(struct task_struct *task, __u32 spec,
-				      struct hs_class_event *s, __u32 tgid)
+				      struct hs_class_event *s)
 {
 	struct pt_regs___hs *r = (struct pt_regs___hs *)bpf_task_pt_regs(task);
 	__u32 kind = spec & 15, flags_reg = (spec >> 8) & 15;
@@ -597,7 +793,11 @@ static __always_inline __u64 arg_read(struct task_struct *task, __u32 spec,
 
 		s->arg_kind = HS_ARG_TARGET;
 		/* The core's Target::code: self 0, own group 1, all 2, group 3, other 4. */
-		s->arg_flags = pid == 0 ? 1 : pid == -1 ? 2 : pid < -1 ? 3 : (__u32)pid == tgid ? 0 : 4;
+		s->arg_flags = pid == 0		  ? 1
+			       : pid == -1	  ? 2
+			       : pid < -1	  ? 3
+			       : (__u32)pid == bpf_get_current_pid_tgid() >> 32 ? 0
+						  : 4;
 		h = MIX(MIX(FNV_OFFSET, HS_ARG_TARGET), s->arg_flags);
 		break;
 	}
@@ -613,14 +813,55 @@ static __always_inline __u64 arg_read(struct task_struct *task, __u32 spec,
 }
 
 static __always_inline void emit_class(struct hs_config *cfg, struct hs_class_event *s,
-				       __u32 kind, __u32 pid, __u32 tid, __u32 nr,
-				       struct hs_task *t, __u64 h)
+				       __u32 kind, __u32 nr, struct hs_task *t, __u64 h)
 {
-	fill(&s->ev, kind, pid, tid, nr, &t->key, 0, t->lfc, 0);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	fill(&s->ev, kind, pid_tgid >> 32, (__u32)pid_tgid, nr, &t->key, 0, t->lfc, 0);
 	s->hash = h;
 	s->pad2 = 0;
+	s->pad3 = 0;
 	if (bpf_ringbuf_output(&hs_events, s, sizeof(*s), wakeup_flags(cfg)))
 		acount(HS_ASTAT_LOST);
+}
+
+/* Classes found in hs_classes, cached per CPU: a call of interest is most often of a
+ * class its profile knows (find opens every directory of /usr/share in the class
+ * /usr/share/), and the hash map's lookup (hashing a 16-byte key, a bucket and an
+ * element, cold cache lines on a busy machine) was a large part of its price. An
+ * entry is (the task's generation, profile slot, call) and the class hash; only
+ * found classes are cached. A class leaves hs_classes only when its profile is
+ * removed, which moves the generation before the classes are cleared, and a profile
+ * made in the freed slot later has a newer generation still: an entry of an older
+ * generation never matches. 64 entries per CPU, direct-mapped; a check word catches
+ * an entry torn by a preempted program. */
+struct hs_known_ent {
+	__u64 tag; /* gen << 32 | 1 << 31 | slot << 10 | call */
+	__u64 hash;
+	__u64 chk;
+};
+
+#define HS_KNOWN 64
+
+struct hs_known {
+	struct hs_known_ent e[HS_KNOWN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hs_known);
+} hs_known_cache SEC(".maps");
+
+static __always_inline __u64 known_chk(__u64 tag, __u64 h)
+{
+	return (tag * FNV_PRIME ^ h) * 0x9e3779b97f4a7c15ULL;
+}
+
+static __always_inline struct hs_known_ent *known_ent(struct hs_known *kc, __u64 tag, __u64 h)
+{
+	return &kc->e[(((tag ^ h) * 0x9e3779b97f4a7c15ULL) >> 58) & (HS_KNOWN - 1)];
 }
 
 /* Learns (training) or tests (normal) class `h` of call `cur`, whose argument is in
@@ -628,14 +869,48 @@ static __always_inline void emit_class(struct hs_config *cfg, struct hs_class_ev
  * for the locality frame), bit 1 set when a class was learnt (counted like a new pair). */
 static __always_inline __u32 class_test(struct hs_config *cfg, struct hs_task *t,
 					struct hs_class_event *s, __u32 cur, bool training,
-					__u32 pid, __u32 tid, __u64 h)
+					__u64 h)
 {
 	struct hs_class_key k = { .slot = t->slot, .call = cur, .pad = 0, .hash = h };
+	__u64 tag = (__u64)t->gen << 32 | 1ULL << 31 | (__u64)(t->slot & 0xfffff) << 10 |
+		    (cur & 1023);
+	struct hs_known *kc = bpf_map_lookup_elem(&hs_known_cache, &k.pad);
+	struct hs_known_ent *e = NULL;
 	__u32 one = 1, *count;
 	long err;
 
-	if (bpf_map_lookup_elem(&hs_classes, &k))
+	if (kc) {
+		e = known_ent(kc, tag, h);
+		if (e->tag == tag && e->hash == h && e->chk == known_chk(tag, h))
+			return 0;
+	}
+	if (bpf_map_lookup_elem(&hs_classes, &k)) {
+		if (e) {
+			e->tag = 0; /* a preempting reader sees a miss meanwhile */
+			barrier();
+			e->hash = h;
+			e->chk = known_chk(tag, h);
+			barrier();
+			e->tag = tag;
+		}
 		return 0;
+	}
+	if (s->pad2 & HS_BASE_UNREAD) {
+		/* A class to learn or report, and the base's names came from the cache:
+		 * the event needs them. Read again (a rename meanwhile may move the hash). */
+		h = hs_rel_hash((__u64)(s->arg_flags & 3) << 32 | s->pad3 | HS_REL_NAMES);
+		if (!h) {
+			acount(HS_ASTAT_UNREAD);
+			return 0;
+		}
+		if (h == HS_CLASS_OTHER)
+			h = 1;
+		if (h != k.hash) {
+			k.hash = h;
+			if (bpf_map_lookup_elem(&hs_classes, &k))
+				return 0;
+		}
+	}
 	count = bpf_map_lookup_elem(&hs_class_count, &k.slot);
 	if (!count)
 		return 0;
@@ -647,7 +922,7 @@ static __always_inline __u32 class_test(struct hs_config *cfg, struct hs_task *t
 		k.hash = HS_CLASS_OTHER;
 		if (bpf_map_lookup_elem(&hs_classes, &k))
 			return 0; /* the call's classes overflowed in training: `other` */
-		emit_class(cfg, s, HS_EV_UNSEEN_CLASS, pid, tid, cur, t, h);
+		emit_class(cfg, s, HS_EV_UNSEEN_CLASS, cur, t, h);
 		return 1;
 	}
 	if (*count >= hs_max_classes) {
@@ -662,7 +937,7 @@ static __always_inline __u32 class_test(struct hs_config *cfg, struct hs_task *t
 		return 0;
 	}
 	__sync_fetch_and_add(count, 1);
-	emit_class(cfg, s, HS_EV_NEW_CLASS, pid, tid, cur, t, h);
+	emit_class(cfg, s, HS_EV_NEW_CLASS, cur, t, h);
 	return 2;
 }
 
@@ -696,11 +971,10 @@ static __always_inline bool is_open(__u32 cur)
  * pointer argument is therefore taken as possibly NULL and checked. */
 __attribute__((noinline)) __u32 hs_args(struct hs_task *t, __u64 call)
 {
-	/* Packed: spec << 32 | training << 16 | cur. The config and the caller's ids are
-	 * fetched here, not passed: sys_enter's common path no longer fetches them. */
+	/* Packed: spec << 32 | training << 16 | cur. The config is fetched here, not
+	 * passed, and the caller's ids only for an event or a signal's target. */
 	struct hs_config *cfg = get_config();
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 cur = call & 0xffff, spec = call >> 32, tid = (__u32)pid_tgid, pid = pid_tgid >> 32;
+	__u32 cur = call & 0xffff, spec = call >> 32;
 	bool training = (call >> 16) & 1;
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct hs_class_event *s;
@@ -713,9 +987,9 @@ __attribute__((noinline)) __u32 hs_args(struct hs_task *t, __u64 call)
 	s = bpf_map_lookup_elem(&hs_arg_scratch, &zero);
 	if (!s)
 		return 0;
-	h = arg_read(task, spec, s, pid);
+	h = arg_read(task, spec, s);
 	if (h)
-		return class_test(cfg, t, s, cur, training, pid, tid, h);
+		return class_test(cfg, t, s, cur, training, h);
 	if (s->pad2 == HS_UNREAD) {
 		if (hs_open_fallback && is_open(cur)) {
 			pd = bpf_task_storage_get(&hs_arg_pending, task, 0,
@@ -766,6 +1040,7 @@ int BPF_PROG(hs_open_exit, int dfd, const char *filename, void *how, long ret)
 	}
 	training = pd->training;
 	s->len = n;
+	s->pad2 = 0;
 	s->arg_kind = HS_ARG_PATH;
 	s->arg_flags = pd->flags;
 	s->base_dirs = 0;
@@ -775,7 +1050,7 @@ int BPF_PROG(hs_open_exit, int dfd, const char *filename, void *how, long ret)
 		h = hs_rel_hash((__u64)s->arg_flags << 32 | (__u32)dfd);
 	if (!h)
 		h = path_hash(s, 0, n, MIX(MIX(FNV_OFFSET, HS_ARG_PATH), s->arg_flags));
-	r = class_test(cfg, t, s, call, training, pid, tid, h == HS_CLASS_OTHER ? 1 : h);
+	r = class_test(cfg, t, s, call, training, h == HS_CLASS_OTHER ? 1 : h);
 	if (!r)
 		return 0;
 	p = bpf_map_lookup_elem(&hs_profiles, &t->key);
