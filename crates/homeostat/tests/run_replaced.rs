@@ -96,3 +96,81 @@ fn a_profile_made_for_an_earlier_file_with_the_same_inode_number_is_dropped() {
     assert_eq!(fresh.state, homeostat_core::ph::ProfileState::Training);
     assert_eq!(fresh.born(), Some(birth));
 }
+
+/// Copies `from` to `path` after deleting what `path` was, until the file system gives
+/// the new file the old one's inode number (ext4 and tmpfs do so at once when nothing
+/// else is created meanwhile); `false` when it never does.
+fn replace_reusing_inode(path: &Path, from: &str) -> bool {
+    let ino = std::fs::metadata(path).unwrap().ino();
+    for _ in 0..20 {
+        std::fs::remove_file(path).unwrap();
+        std::fs::copy(from, path).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if std::fs::metadata(path).unwrap().ino() == ino {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn a_daemon_profile_of_an_earlier_file_with_the_same_inode_number_seeds_nothing() {
+    use homeostat_monitor::daemon_profile::DaemonProfile;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let prog = dir.join("prog");
+    std::fs::copy("/usr/bin/true", &prog).unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if born(&prog).is_none() {
+        eprintln!(
+            "SKIP: the file system under {} reports no birth time",
+            dir.display()
+        );
+        return;
+    }
+    // A normal profile of `true`, as the daemon's file (the daemon learnt it, then
+    // stopped).
+    let learnt = dir.join("learnt");
+    for i in 0..3 {
+        run(&learnt, "--learn", &dir.join(format!("l{i}.jsonl")), &prog);
+    }
+    ok(bin()
+        .args(["profile", "normalize", "prog", "--state-dir"])
+        .arg(&learnt));
+    let md = std::fs::metadata(&prog).unwrap();
+    let key = format!("{:x}-{:x}", md.dev(), md.ino());
+    let ph = learnt.join("profiles").join(format!("{key}.phprof"));
+    let normal = PhProfile::from_bytes(&std::fs::read(ph).unwrap()).unwrap();
+    let state = dir.join("state");
+    std::fs::create_dir_all(state.join("daemon")).unwrap();
+    for d in [&state, &state.join("daemon")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let daemon_file = state.join("daemon").join(format!("{key}.json"));
+    std::fs::write(&daemon_file, DaemonProfile::from_ph(&normal).to_bytes()).unwrap();
+
+    // The file it was learnt for starts from it.
+    let same = run(&state, "--enforce", &dir.join("same.jsonl"), &prog);
+    let created = named(&same, "profile_created");
+    assert!(created.iter().any(|e| e["from"] == "daemon"), "{same:?}");
+    std::fs::remove_file(state.join("profiles").join(format!("{key}.phprof"))).unwrap();
+
+    // Another program installed where it was, under the same inode number, after the
+    // daemon's file was written: the daemon never saw it, its profile is another's.
+    if !replace_reusing_inode(&prog, "/usr/bin/echo") {
+        eprintln!(
+            "SKIP: the file system under {} gave no inode number twice",
+            dir.display()
+        );
+        return;
+    }
+    // (Detect: judged by the wrong profile, enforce would delay echo for minutes.)
+    let other = run(&state, "--detect", &dir.join("other.jsonl"), &prog);
+    let created = named(&other, "profile_created");
+    assert!(
+        created.iter().all(|e| e["from"] == "new") && !created.is_empty(),
+        "{created:?}"
+    );
+    let anomalies = named(&other, "anomaly").len();
+    assert_eq!(anomalies, 0, "{created:?}");
+}
