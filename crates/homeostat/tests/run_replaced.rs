@@ -174,3 +174,53 @@ fn a_daemon_profile_of_an_earlier_file_with_the_same_inode_number_seeds_nothing(
     let anomalies = named(&other, "anomaly").len();
     assert_eq!(anomalies, 0, "{created:?}");
 }
+
+#[test]
+fn a_monitor_saving_a_deleted_files_profile_does_not_overwrite_its_successors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let prog = dir.join("prog");
+    std::fs::copy("/usr/bin/true", &prog).unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(first) = born(&prog) else {
+        eprintln!(
+            "SKIP: the file system under {} reports no birth time",
+            dir.display()
+        );
+        return;
+    };
+    let state = dir.join("state");
+    let md = std::fs::metadata(&prog).unwrap();
+    let file = state
+        .join("profiles")
+        .join(format!("{:x}-{:x}.phprof", md.dev(), md.ino()));
+    // Monitor A learns the first file, and saves when its shell exits, later.
+    let mut a = bin()
+        .args(["run", "--quiet", "--learn", "--state-dir"])
+        .arg(&state)
+        .args(["--", "sh", "-c"])
+        .arg(format!("{} && sleep 1.5", prog.display()))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    // Meanwhile another program is installed in its place, reusing its inode number,
+    // and monitor B learns it and saves first.
+    if !replace_reusing_inode(&prog, "/usr/bin/echo") {
+        a.wait().unwrap();
+        eprintln!(
+            "SKIP: the file system under {} gave no inode number twice",
+            dir.display()
+        );
+        return;
+    }
+    let second = born(&prog).unwrap();
+    assert_ne!(first, second);
+    run(&state, "--learn", &dir.join("b.jsonl"), &prog);
+    let b = PhProfile::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(b.born(), Some(second));
+    assert!(a.wait().unwrap().success());
+    // A's profile is of a file that no longer exists: B's stays.
+    let kept = PhProfile::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(kept.born(), Some(second), "the deleted file's profile won");
+    assert_eq!(kept.train_count, b.train_count);
+}
