@@ -34,7 +34,13 @@ mod bpf {
             // A build script reports failure by panicking; say what is missing.
             panic!("building {SRC} failed (needs clang; see docs/ebpf.md): {e:#}");
         }
-        for f in ["homeostat.bpf.c", "homeostat.h", "args.bpf.h", "vmlinux.h"] {
+        for f in [
+            "homeostat.bpf.c",
+            "homeostat.h",
+            "args.bpf.h",
+            "throttle.bpf.h",
+            "vmlinux.h",
+        ] {
             println!("cargo:rerun-if-changed=src/bpf/{f}");
         }
     }

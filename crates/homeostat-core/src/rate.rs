@@ -271,6 +271,36 @@ impl Limiter {
         self.pending.len()
     }
 
+    /// From when a call would run at once ([`Limiter::admit`] with no wait) under
+    /// `limit` calls per `window_ns` (0: from any time). A front end that can hold a
+    /// call only once it has taken the process over (the daemon) holds it that long.
+    pub fn free_at(&self, limit: u32, window_ns: u64) -> u64 {
+        let limit = limit.clamp(1, MAX_COUNT) as usize;
+        let n = self.released.len();
+        let full = if n >= limit {
+            self.released[n - limit].saturating_add(window_ns)
+        } else {
+            0
+        };
+        full.max(self.released.back().copied().unwrap_or(0))
+    }
+
+    /// Calls that ran at `times` (oldest first) without the limiter being asked (the
+    /// daemon's kernel counts the calls of processes it does not hold): they take
+    /// their places in the window, so later calls are judged with them. Times not
+    /// after the last one booked are already known and skipped.
+    pub fn seed(&mut self, times: impl IntoIterator<Item = u64>) {
+        for t in times {
+            if self.released.back().is_some_and(|&l| t <= l) {
+                continue;
+            }
+            self.released.push_back(t);
+            if self.released.len() > MAX_COUNT as usize {
+                self.released.pop_front();
+            }
+        }
+    }
+
     /// Gives back the booking of a queued call that will not run at `release_ns`
     /// (its task died, or a signal interrupted the wait and the call comes again):
     /// without this, later calls would queue behind calls that never ran. A booking
@@ -365,6 +395,23 @@ mod tests {
         // Nor one never booked.
         assert!(!l.cancel(7 * S, 0));
         assert_eq!(l.queued(), 2);
+    }
+
+    #[test]
+    fn seeded_calls_count_and_free_at_is_when_a_call_runs_at_once() {
+        let mut l = Limiter::default();
+        assert_eq!(l.free_at(2, S), 0);
+        // Two calls ran (unseen) at 0 and 100 ms: with a limit of 2 per second the
+        // next waits until 1 s, and a call at 1 s runs at once.
+        l.seed([0, 100 * MS]);
+        l.seed([50 * MS, 100 * MS]);
+        assert_eq!(l.free_at(2, S), S);
+        assert_eq!(l.admit(200 * MS, 2, S).delay_ns, 800 * MS);
+        // Booked at 1 s: the next at 1.1 s (the 100 ms call leaves the window).
+        assert_eq!(l.free_at(2, S), 1100 * MS);
+        let mut m = l.clone();
+        assert_eq!(m.admit(1100 * MS, 2, S).delay_ns, 0);
+        assert!(l.admit(1099 * MS, 2, S).delay_ns > 0);
     }
 
     #[test]

@@ -79,6 +79,7 @@ impl Daemon {
                     return Response::error(e.to_string());
                 }
                 self.profiles.remove(&key);
+                self.limits_forget(kernel, key);
                 let _ = std::fs::remove_file(self.dir.join(format!("{key}.json")));
                 let _ = std::fs::remove_file(crate::classes::path_in(&self.dir, key));
                 return done;

@@ -51,6 +51,12 @@ pub(crate) struct Daemon {
     /// The last class a normal profile never saw, by thread (its anomaly event comes
     /// next): (call, class name). Bounded: cleared past 4096 threads.
     pub unseen: HashMap<u32, (u32, Arc<str>)>,
+    /// The connection throttle (`--throttle-connect`), if on.
+    pub throttle: Option<crate::throttle::ConnThrottle>,
+    /// Throttle: connects to new hosts queued (reported), and held by a response.
+    pub throttle_counts: (u64, u64),
+    /// Fork and file-creation rate limits (`--rate-limit`), if on.
+    pub rates: Option<crate::rates::RateLimits>,
 }
 
 impl Daemon {
@@ -83,6 +89,9 @@ impl Daemon {
             symbols: None,
             arg_stats: ArgStats::default(),
             unseen: HashMap::new(),
+            throttle: None,
+            throttle_counts: (0, 0),
+            rates: None,
         }
     }
 

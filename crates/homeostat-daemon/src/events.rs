@@ -85,6 +85,9 @@ impl Daemon {
                     self.unseen.insert(e.tid, (e.nr, Arc::from(class.as_str())));
                 }
             }
+            EventKind::Throttle => self.on_throttle(kernel, &e),
+            EventKind::RateCall => self.on_rate_call(&e),
+            EventKind::RateOver => self.on_rate_over(kernel, &e),
             EventKind::ExecRefused => {
                 self.counts.execve_refused_total += 1;
                 let r = self.record(
@@ -104,7 +107,7 @@ impl Daemon {
                 self.counts.anomalies_total += 1;
                 if e.stopped {
                     self.resp_keys.insert(e.pid, e.exe);
-                    self.responders.start(kernel, e.pid);
+                    self.responders.start(kernel, e.pid, Some(e.tid));
                 }
                 let mut detail = if e.foreign {
                     // Not one of the profile's teachers: reported, not counted.
@@ -231,6 +234,7 @@ impl Daemon {
             let on = self.responds(e.exe);
             let _ = kernel.set_respond(e.exe, on);
         }
+        self.throttle_mode(kernel, e.exe);
     }
 
     /// pH's tolerize_limit and anomaly_limit, for an anomaly event. An LFC above
@@ -344,6 +348,47 @@ impl Daemon {
                     self.emit(&r);
                     self.resp_keys.remove(&pid);
                 }
+                Report::Throttled {
+                    at_ns,
+                    pid,
+                    tid,
+                    exe,
+                    host,
+                    delay_ns,
+                    queue,
+                    alarm,
+                    held,
+                } => self.on_throttled(
+                    at_ns,
+                    (pid, tid),
+                    exe,
+                    &host,
+                    (delay_ns, queue, alarm),
+                    held,
+                ),
+                Report::RateReleased {
+                    exe,
+                    kind,
+                    released,
+                    queue,
+                } => self.on_rate_released(exe, kind, released, queue),
+                Report::RateQueued {
+                    pid,
+                    tid,
+                    exe,
+                    nr,
+                    kind,
+                    limit,
+                    delay_ns,
+                    queue,
+                    alarm,
+                } => self.on_rate_queued(
+                    (pid, tid),
+                    exe,
+                    (kind, limit),
+                    (delay_ns, queue, alarm),
+                    nr,
+                ),
                 Report::Failed { pid, error } => {
                     warn!("no response to {pid} (resumed): {error}");
                     let key = self.key_of(pid);
@@ -362,10 +407,10 @@ impl Daemon {
         }
         // A stop whose event was lost (full ring buffer) is found here.
         let active = self.responders.active();
-        for (pid, _, _) in kernel.stopped() {
+        for (pid, tid, _) in kernel.stopped() {
             if !active.contains(&pid) {
                 if self.respond {
-                    self.responders.start(kernel, pid);
+                    self.responders.start(kernel, pid, Some(tid));
                 } else {
                     kernel.release(pid);
                 }

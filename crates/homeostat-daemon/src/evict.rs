@@ -134,6 +134,7 @@ impl Daemon {
             homeostat_monitor::sink::write_event(w, &r);
         }
         self.profiles.remove(&key);
+        self.limits_forget(kernel, key);
         let _ = std::fs::remove_file(self.dir.join(format!("{key}.json")));
         let _ = std::fs::remove_file(crate::classes::path_in(&self.dir, key));
         match why {

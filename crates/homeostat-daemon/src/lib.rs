@@ -26,7 +26,9 @@
 //! as `daemon/<dev>-<ino>.classes` ([`classes`]). One module per concern: [`main_loop`] (start, loop, shutdown),
 //! `daemon` (the state), `events`, `lifecycle`, `evict` (profiles of deleted
 //! executables, and the least valuable when the map is near full), `admin` (control requests), `persist`,
-//! [`prometheus`] (the metrics endpoint), [`respond`], [`stop_guard`].
+//! [`prometheus`] (the metrics endpoint), [`respond`], [`stop_guard`], [`throttle`]
+//! (Williamson's connection throttle, on the response's stop and takeover), [`rates`]
+//! (fork and file-creation rate limits learned per profile, on the same mechanism).
 #![forbid(unsafe_code)]
 
 mod admin;
@@ -38,8 +40,10 @@ mod lifecycle;
 pub mod main_loop;
 mod persist;
 pub mod prometheus;
+pub mod rates;
 pub mod respond;
 pub mod stop_guard;
+pub mod throttle;
 
 use homeostat_monitor::now_ns;
 pub use main_loop::{run, DaemonOptions};

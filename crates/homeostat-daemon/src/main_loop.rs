@@ -19,6 +19,7 @@ use homeostat_monitor::control::Server;
 use homeostat_monitor::daemon_profile;
 use homeostat_monitor::sink::EventSink;
 use homeostat_monitor::store::over_watermark;
+use homeostat_monitor::throttle::{Throttle, ThrottleConfig};
 use homeostat_monitor::ProfileStore;
 use tracing::{info, warn};
 
@@ -57,6 +58,9 @@ pub struct DaemonOptions {
     /// Test (call, argument class) beside the pairs, with these settings
     /// (`--symbols args`; docs/arguments.md, "The daemon"); None: calls only.
     pub symbols: Option<SymbolConfig>,
+    /// Williamson's connection throttle (`--throttle-connect`; docs/daemon.md,
+    /// "Connection throttle"), the rule `homeostat run` applies.
+    pub throttle: Option<ThrottleConfig>,
 }
 
 /// The id of a cgroup v2 directory (its inode number, what
@@ -87,7 +91,13 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         max_profiles,
         cgroup,
         symbols,
+        throttle,
     } = opts;
+    let rule = throttle
+        .map(Throttle::new)
+        .transpose()
+        .map_err(anyhow::Error::msg)
+        .context("--throttle-connect")?;
     if let Some(cfg) = symbols {
         // The core's limits on the settings (the kernel's path depth is checked at load).
         SymbolTable::new(cfg).context("--symbols args")?;
@@ -103,6 +113,11 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
     let enforce = config.mode == Mode::Enforce || modes.values().any(|&m| m == Mode::Enforce);
+    // Until the daemon sets a profile's own throttle flags (at its exec event), the
+    // host's mode's apply, with a stop if a response is possible (the stop guard
+    // starts after the load: if it fails, stopped processes are resumed at once).
+    let thr_default =
+        crate::throttle::flags_for(config.mode, homeostat_ebpf::thread_pidfds_supported());
     let kernel = Kernel::load(&Options {
         auto_create: true,
         // Where BPF LSM loads, execve is refused in the kernel too (else reported why).
@@ -110,6 +125,13 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         max_profiles: max_profiles.unwrap_or(homeostat_ebpf::SLOTS),
         scope_cgroup,
         symbols,
+        throttle: rule.as_ref().map(|_| thr_default),
+        // A profile made at an exec trains: its forks and creations teach its peaks.
+        rates: config.rate_limit.then_some(homeostat_ebpf::RateFlags {
+            learn: true,
+            check: false,
+            stop: false,
+        }),
         ..Options::default()
     })?;
     match kernel.exec_lsm() {
@@ -162,7 +184,27 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
             "argument classes: an open whose path is not resident at sys_enter cannot be retried at its exit ({why}): such opens are counted as unread and not tested"
         );
     }
+    if let (Some(rule), Some(cfg)) = (rule, throttle) {
+        let t = crate::throttle::ConnThrottle::new(
+            rule,
+            cfg.working_set,
+            crate::throttle::flags_for(d.config.mode, d.respond),
+        );
+        d.responders.set_throttle(t.shared.clone());
+        d.throttle = Some(t);
+    }
+    if d.config.rate_limit {
+        let r = crate::rates::RateLimits::new(d.config.rate_margin, d.config.rate_window_ns());
+        d.responders.set_rates(r.shared.clone());
+        d.rates = Some(r);
+    }
     let loaded = d.load(&kernel, &store);
+    d.rates_load();
+    d.rates_sync(&kernel);
+    let keys: Vec<_> = d.profiles.keys().copied().collect();
+    for k in keys {
+        d.throttle_mode(&kernel, k);
+    }
     let control = match Server::start(&state_dir) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -228,6 +270,8 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
             d.on_event(&kernel, e);
         }
         d.on_reports(&kernel);
+        d.throttle_tick(&kernel);
+        d.rates_tick();
         // New executables arrive faster than ticks on a build machine: look at the
         // map's fill as soon as the execs say it may be near full.
         if over_watermark(d.profiles.len(), kernel.max_profiles() as usize) > 0 {
@@ -235,6 +279,7 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         }
         if last_tick.elapsed() >= TICK {
             d.tick(&kernel);
+            d.rates_sync(&kernel);
             let scan = last_scan.elapsed() >= DELETED_SCAN;
             if scan {
                 last_scan = Instant::now();
@@ -247,6 +292,7 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         }
         if last_save.elapsed() >= SAVE_EVERY {
             d.save(&kernel);
+            d.rates_save();
             last_save = Instant::now();
         }
         if let Some(server) = &control {
@@ -265,6 +311,13 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
     d.on_reports(&kernel);
     d.tick(&kernel);
     let (saved, failed) = d.save(&kernel);
+    d.rates_save();
+    if d.throttle.is_some() && !d.quiet {
+        info!(
+            "throttle: {} connects to new hosts queued, {} of them held",
+            d.throttle_counts.0, d.throttle_counts.1
+        );
+    }
     info!(
         "daemon: stopped; {saved} profiles saved in {}{}",
         d.dir.display(),

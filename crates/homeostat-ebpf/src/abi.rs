@@ -15,6 +15,9 @@ pub(crate) use crate::skel::types::{
     hs_class_event, hs_class_key, hs_config, hs_event, hs_exec_event, hs_index, hs_key, hs_profile,
     hs_row, hs_stop, hs_task,
 };
+pub(crate) use crate::skel::types::{
+    hs_rate_cfg, hs_rate_event, hs_rate_ring, hs_thr_event, hs_thr_key, hs_thr_mode,
+};
 
 /// Columns (previous call) of pH's table in the kernel, and the rows of x86_64 calls
 /// (`HS_ROW`).
@@ -51,6 +54,11 @@ pub(crate) const EVF_STOPPED: u32 = 1;
 pub(crate) const EVF_FOREIGN: u32 = 2;
 /// `hs_event.flags` of an exec: the profile of its (dev, ino) is another file's.
 pub(crate) const EVF_REPLACED: u32 = 4;
+/// `HS_EV_THROTTLE` (src/bpf/throttle.bpf.h).
+pub(crate) const EV_THROTTLE: u32 = 7;
+/// `HS_EV_RATE_CALL`, `HS_EV_RATE_OVER`.
+pub(crate) const EV_RATE_CALL: u32 = 8;
+pub(crate) const EV_RATE_OVER: u32 = 9;
 /// `hs_profile.learn_flags`.
 pub(crate) const LEARN_UID: u32 = 1;
 pub(crate) const LEARN_CGROUP: u32 = 2;
@@ -83,6 +91,12 @@ plain!(
     hs_stop,
     hs_class_key,
     hs_class_event,
+    hs_thr_mode,
+    hs_thr_key,
+    hs_thr_event,
+    hs_rate_cfg,
+    hs_rate_ring,
+    hs_rate_event,
 );
 
 // The sizes the C compiler gives these types (docs/ebpf.md lists them): a generated
@@ -99,6 +113,12 @@ const _: () = {
     assert!(size_of::<hs_stop>() == 16);
     assert!(size_of::<hs_class_key>() == 16);
     assert!(size_of::<hs_class_event>() == 48 + 24 + 256 + 8 + 512);
+    assert!(size_of::<hs_thr_mode>() == 24);
+    assert!(size_of::<hs_thr_key>() == 40);
+    assert!(size_of::<hs_thr_event>() == 48 + 8 + 32);
+    assert!(size_of::<hs_rate_cfg>() == 40);
+    assert!(size_of::<hs_rate_ring>() == 8 + 8 * 128);
+    assert!(size_of::<hs_rate_event>() == 48 + 16);
 };
 
 /// A value of `T` from a map's bytes; `None` if they are not exactly one `T` (a map

@@ -28,6 +28,27 @@ pub enum EventKind {
     /// Arguments on, normal: call `nr` had a class training never saw (a miss; the
     /// call's anomaly event follows).
     UnseenClass,
+    /// Throttle on: call `nr` (a connect) went to a host outside its profile's working
+    /// set ([`Event::arg`]: the address); `stopped` when the process was stopped for
+    /// the response.
+    Throttle,
+    /// Rate limits on: a fork or file creation ([`Event::rate`]) of a profile that
+    /// learns its rates (training).
+    RateCall,
+    /// Rate limits on: a fork or file creation beyond its normal profile's limit
+    /// ([`Event::rate`]); `stopped` when the process was stopped for the response.
+    RateOver,
+}
+
+/// A counted call of a rate-limit event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateCall {
+    /// When (the kernel's monotonic clock, ns: [`crate::ktime_ns`]).
+    pub ktime_ns: u64,
+    /// What it counts as.
+    pub kind: homeostat_core::rate::RateKind,
+    /// RateOver: the limit it went beyond (calls per window).
+    pub limit: u32,
 }
 
 /// One event from the kernel.
@@ -59,10 +80,13 @@ pub struct Event {
     /// ([`Kernel::set_learn_from`]): it does not count toward the profile's limits.
     pub foreign: bool,
     /// NewClass / UnseenClass: the argument read (a path cut at 255 bytes, a socket
-    /// address at 128); name its class with [`crate::class_name`].
+    /// address at 128); name its class with [`crate::class_name`]. Throttle: the
+    /// connect's address (`Arg::Inet`).
     pub arg: Option<Arg>,
     /// NewClass / UnseenClass: the class's hash in the kernel ([`Kernel::classes`]).
     pub class_hash: u64,
+    /// RateCall / RateOver: the call counted.
+    pub rate: Option<RateCall>,
     /// Exec: the executable's inode generation (`i_generation`; 0 where the file
     /// system keeps none).
     pub igen: u32,
@@ -97,13 +121,34 @@ fn decode_event(b: &[u8]) -> Option<Event> {
         abi::EV_EXEC_REFUSED => EventKind::ExecRefused,
         abi::EV_NEW_CLASS => EventKind::NewClass,
         abi::EV_UNSEEN_CLASS => EventKind::UnseenClass,
+        abi::EV_THROTTLE => EventKind::Throttle,
+        abi::EV_RATE_CALL => EventKind::RateCall,
+        abi::EV_RATE_OVER => EventKind::RateOver,
         _ => return None,
     };
     let (arg, class_hash) = if matches!(kind, EventKind::NewClass | EventKind::UnseenClass) {
         let c: hs_class_event = abi::decode_prefix(b)?;
         (Some(crate::args::event_arg(&c)?), c.hash)
+    } else if kind == EventKind::Throttle {
+        let t: abi::hs_thr_event = abi::decode_prefix(b)?;
+        let n = (t.len as usize).min(t.sa.len());
+        (Some(homeostat_core::symbols::sockaddr(&t.sa[..n])?), 0)
     } else {
         (None, 0)
+    };
+    let rate = if matches!(kind, EventKind::RateCall | EventKind::RateOver) {
+        let r: abi::hs_rate_event = abi::decode_prefix(b)?;
+        Some(RateCall {
+            ktime_ns: r.ktime,
+            kind: if r.rkind == 0 {
+                homeostat_core::rate::RateKind::Fork
+            } else {
+                homeostat_core::rate::RateKind::Create
+            },
+            limit: r.limit,
+        })
+    } else {
+        None
     };
     let (path, interp) = if kind == EventKind::Exec {
         // A short record is not an exec event of these programs; drop it as any other
@@ -137,6 +182,7 @@ fn decode_event(b: &[u8]) -> Option<Event> {
         interp,
         arg,
         class_hash,
+        rate,
         igen: if kind == EventKind::Exec { e.igen } else { 0 },
         replaced: kind == EventKind::Exec && e.flags & abi::EVF_REPLACED != 0,
     })

@@ -68,6 +68,16 @@ pub struct Options {
     /// None: plain call numbers; the class hook is then removed by the verifier.
     /// `path_depth` is at most [`crate::MAX_PATH_DEPTH`].
     pub symbols: Option<SymbolConfig>,
+    /// Load the connection throttle's hook (`--throttle-connect`,
+    /// [`crate::ThrottleFlags`]): connects to hosts outside their profile's working set
+    /// are reported (and their process stopped, with `stop`), with these flags for
+    /// profiles whose own are not set ([`Kernel::set_throttle`]). None: the hook is
+    /// removed by the verifier.
+    pub throttle: Option<crate::ThrottleFlags>,
+    /// Load the rate limits' hook (`--rate-limit`): forks and file creations are
+    /// counted per profile, reported as profiles' flags say ([`Kernel::set_rates`]),
+    /// with these flags for profiles whose own are not set. None: off.
+    pub rates: Option<crate::RateFlags>,
 }
 
 impl Default for Options {
@@ -82,6 +92,8 @@ impl Default for Options {
             max_profiles: SLOTS,
             scope_cgroup: None,
             symbols: None,
+            throttle: None,
+            rates: None,
         }
     }
 }
@@ -135,6 +147,13 @@ pub struct Kernel {
     pub(crate) classes_map: MapHandle,
     pub(crate) class_count_map: MapHandle,
     pub(crate) arg_stats_map: MapHandle,
+    pub(crate) thr_mode: MapHandle,
+    pub(crate) thr_hosts: MapHandle,
+    pub(crate) thr_stats: MapHandle,
+    pub(crate) throttle: Option<crate::ThrottleFlags>,
+    pub(crate) rate_cfg: MapHandle,
+    pub(crate) rate_ring: MapHandle,
+    pub(crate) rates: Option<crate::RateFlags>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -284,6 +303,25 @@ impl Kernel {
             ro.hs_arg_spec = crate::args::spec_table();
             ro.hs_open_fallback = u32::from(open_fallback);
         }
+        if opts.throttle.is_some() || opts.rates.is_some() {
+            let ro = open
+                .maps
+                .rodata_data
+                .as_deref_mut()
+                .ok_or_else(|| Error::Config("the object has no read-only data".into()))?;
+            ro.hs_thr_on = 1;
+            ro.hs_thr_default = opts.throttle.unwrap_or_default().bits();
+            ro.hs_rate_default = opts.rates.unwrap_or_default().bits();
+            ro.hs_thr_call =
+                crate::throttle::call_table(opts.throttle.is_some(), opts.rates.is_some());
+        }
+        if opts.rates.is_none() {
+            // 8 MiB of rings, for nothing.
+            open.maps
+                .hs_rate_ring
+                .set_max_entries(1)
+                .map_err(|e| load_error("rate ring size", e))?;
+        }
         open.maps
             .hs_events
             .set_max_entries(opts.ring_bytes)
@@ -326,6 +364,13 @@ impl Kernel {
             classes_map: dup(&skel.maps.hs_classes, "hs_classes")?,
             class_count_map: dup(&skel.maps.hs_class_count, "hs_class_count")?,
             arg_stats_map: dup(&skel.maps.hs_arg_stats, "hs_arg_stats")?,
+            thr_mode: dup(&skel.maps.hs_thr_mode, "hs_thr_mode")?,
+            thr_hosts: dup(&skel.maps.hs_thr_hosts, "hs_thr_hosts")?,
+            thr_stats: dup(&skel.maps.hs_thr_stats, "hs_thr_stats")?,
+            throttle: opts.throttle,
+            rate_cfg: dup(&skel.maps.hs_rate_cfg, "hs_rate_cfg")?,
+            rate_ring: dup(&skel.maps.hs_rate_ring, "hs_rate_ring")?,
+            rates: opts.rates,
         };
         kernel.configure(opts)?;
 

@@ -127,6 +127,35 @@ impl Throttle {
         out
     }
 
+    /// The hosts of `exe`'s working set, least recently used first.
+    pub fn working_set(&self, exe: ExeKey) -> Vec<Vec<u8>> {
+        self.profiles
+            .get(&exe)
+            .map(|p| p.recent.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Connects of `exe` waiting in its queue.
+    pub fn queued(&self, exe: ExeKey) -> usize {
+        self.profiles.get(&exe).map_or(0, |p| p.pending.len())
+    }
+
+    /// From when a connect of `exe` to a new host would run at once (0: from now):
+    /// one period after the last release booked. Until then a new host waits, so a
+    /// front end that can hold a connect only once it has taken the process over (the
+    /// daemon) keeps holding it that long.
+    pub fn clear_at(&self, exe: ExeKey) -> u64 {
+        self.profiles
+            .get(&exe)
+            .and_then(|p| p.pending.back().map(|&(t, _)| t).or(p.last_release))
+            .map_or(0, |t| t.saturating_add(self.period_ns))
+    }
+
+    /// Forgets profile `exe` (removed): its working set and queue.
+    pub fn forget(&mut self, exe: ExeKey) {
+        self.profiles.remove(&exe);
+    }
+
     /// A connect by profile `exe` to `host` at `now_ns`.
     pub fn connect(&mut self, exe: ExeKey, host: &[u8], now_ns: u64) -> Decision {
         let period = self.period_ns;
@@ -189,9 +218,14 @@ pub struct ThrottleEvent {
     /// How long this connect is held (queued), ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<f64>,
+    /// The daemon: `delay` (the connect is held), `none` (detect mode, or the connect
+    /// ran before the process was stopped); `homeostat run` always holds (absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
 }
 
-fn host_text(h: &[u8]) -> String {
+/// An address as text (IPv4 or IPv6 by its length).
+pub fn host_text(h: &[u8]) -> String {
     match h.len() {
         4 => std::net::Ipv4Addr::new(h[0], h[1], h[2], h[3]).to_string(),
         16 => {
@@ -244,6 +278,7 @@ impl<C: Consumer> Throttled<C> {
                 host: host_text(&r.host),
                 queue: r.queue,
                 delay_ms: None,
+                action: None,
             });
         }
     }
@@ -282,6 +317,7 @@ impl<C: Consumer> Consumer for Throttled<C> {
             host: host_text(addr),
             queue,
             delay_ms: Some(delay_ns as f64 / 1e6),
+            action: None,
         };
         (self.sink)(&event);
         if alarm {
@@ -376,5 +412,21 @@ mod tests {
         assert_eq!(t.connect(EXE, &[4], S), Decision::Known);
         assert!(matches!(t.connect(EXE, &[1], S), Decision::Queued { .. }));
         assert!(Throttle::new(ThrottleConfig { rate: 0.0, ..cfg }).is_err());
+    }
+
+    #[test]
+    fn a_new_host_runs_at_once_from_clear_at() {
+        let mut t = Throttle::new(ThrottleConfig::default()).unwrap();
+        assert_eq!(t.clear_at(EXE), 0);
+        t.connect(EXE, &[1], 10 * S);
+        t.connect(EXE, &[2], 10 * S);
+        // Booked at 10 s and 11 s: a third new host would wait until 12 s.
+        assert_eq!(t.clear_at(EXE), 12 * S);
+        assert_eq!(t.queued(EXE), 2);
+        t.release_due(12 * S);
+        assert_eq!(t.working_set(EXE), vec![vec![1], vec![2]]);
+        assert_eq!(queued(&t.connect(EXE, &[3], 12 * S)), (0, 1));
+        t.forget(EXE);
+        assert!(t.working_set(EXE).is_empty());
     }
 }

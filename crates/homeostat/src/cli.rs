@@ -214,6 +214,23 @@ pub struct DaemonArgs {
     // connects... in the kernel (docs/arguments.md, "The daemon").
     #[command(flatten)]
     pub symbols: SymbolFlags,
+    /// Williamson's connection throttle: connects to hosts outside each program's
+    /// working set wait in a queue released at RATE per second (docs/daemon.md).
+    #[arg(long, value_name = "RATE", num_args = 0..=1, default_missing_value = "1")]
+    pub throttle_connect: Option<f64>,
+    /// Hosts each program's throttle working set remembers.
+    #[arg(long, default_value_t = 5, requires = "throttle_connect")]
+    pub throttle_working_set: usize,
+    /// Learn each program's fork and file-creation rates in training and, once its
+    /// profile is normal, hold calls beyond the peak times --rate-margin.
+    #[arg(long)]
+    pub rate_limit: bool,
+    /// Limit = the peak rate learned in training times this (default 2).
+    #[arg(long, value_name = "M")]
+    pub rate_margin: Option<f64>,
+    /// The sliding window rates are counted in, seconds (default 1).
+    #[arg(long, value_name = "SECS")]
+    pub rate_window: Option<f64>,
     #[command(flatten)]
     pub state: StateFlags,
 }

@@ -423,6 +423,8 @@ static __noinline __u32 row_new(struct hs_index *ix, __u32 cur)
 
 /* Argument classes (homeostat daemon --symbols args): hs_args. */
 #include "args.bpf.h"
+/* Connection throttle (homeostat daemon --throttle-connect): hs_throttle. */
+#include "throttle.bpf.h"
 
 static __always_inline int on_sys_enter(long id, bool compat)
 {
@@ -537,6 +539,9 @@ tested:
 		misses += r & 1;
 		learnt += r >> 1;
 	}
+	/* Connection throttle: off, the verifier drops this; on, other calls pay one load. */
+	if (hs_thr_on && cur < HS_ROW && hs_thr_call[cur])
+		hs_throttle(t, cur);
 	/* Shifting the window by one call is two stores. */
 	sw[1] = (s1 << 16) | (s0 >> 48);
 	sw[0] = (s0 << 16) | cur;

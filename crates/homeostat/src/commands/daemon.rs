@@ -13,6 +13,7 @@ use homeostat_core::symbols::{SymbolConfig, SymbolMode};
 use homeostat_daemon::DaemonOptions;
 use homeostat_monitor::control::{broadcast, Request, StatusReply};
 use homeostat_monitor::sink::open_events;
+use homeostat_monitor::throttle::ThrottleConfig;
 
 use super::state::{open_store, settings};
 use crate::cli::{DaemonArgs, StateFlags};
@@ -33,8 +34,17 @@ pub fn run(a: DaemonArgs) -> Result<()> {
     } else {
         None
     };
+    let mut settings = settings(&a.state, mode, a.normal_wait)?;
+    settings.ph.rate_limit |= a.rate_limit;
+    if let Some(m) = a.rate_margin {
+        settings.ph.rate_margin = m;
+    }
+    if let Some(w) = a.rate_window {
+        settings.ph.rate_window_secs = w;
+    }
+    settings.ph.validate().map_err(anyhow::Error::msg)?;
     let opts = DaemonOptions {
-        settings: settings(&a.state, mode, a.normal_wait)?,
+        settings,
         store: open_store(&a.state)?,
         events: open_events(a.events.as_deref())?,
         quiet: a.quiet,
@@ -45,6 +55,11 @@ pub fn run(a: DaemonArgs) -> Result<()> {
         symbols: (a.symbols.symbols == SymbolMode::Args).then_some(SymbolConfig {
             path_depth: a.symbols.path_depth,
             max_classes: a.symbols.max_classes,
+        }),
+        throttle: a.throttle_connect.map(|rate| ThrottleConfig {
+            rate,
+            working_set: a.throttle_working_set,
+            ..ThrottleConfig::default()
         }),
     };
     homeostat_daemon::run(opts, &stop)

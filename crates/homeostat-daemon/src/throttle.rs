@@ -1,0 +1,378 @@
+//! Williamson's connection throttle in the daemon (`homeostat daemon
+//! --throttle-connect`; docs/daemon.md, "Connection throttle").
+//!
+//! The rule is `homeostat_monitor::throttle::Throttle`, the one `homeostat run`
+//! applies: per profile, a working set of recently contacted hosts, and a queue that
+//! lets one new host through every 1/RATE seconds. Here it is split like pH's response:
+//! - the kernel (src/bpf/throttle.bpf.h) holds a mirror of each profile's working set,
+//!   so a connect to a known host costs one lookup and nothing else; a connect to any
+//!   other host is reported and, in enforce mode, stops its process (the response's
+//!   `respond_stop`);
+//! - the response thread ([`crate::respond`]) takes the process over with ptrace and
+//!   holds each connect to a new host until the rule releases it; it keeps the process
+//!   until the profile's queue would let a new host through at once
+//!   ([`Throttle::clear_at`]), so the connect that stops a process next is one the rule
+//!   lets run without a wait: the first one, which runs before the stop lands;
+//! - this module applies the rule to what the kernel reports of processes not under a
+//!   response (the connect has run: it is booked, so later ones queue behind it, and
+//!   reported), releases hosts into the kernel's working sets, and takes the least
+//!   recently used host out of a full set, with the kernel's record of last use.
+//!
+//! Modes, per profile as the daemon's other responses: enforce holds connects (with a
+//! stop guard), detect reports what would have been held, learn does nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use homeostat_core::ph::{ExeKey, Mode};
+use homeostat_core::symbols::Arg;
+use homeostat_ebpf::{Event, Kernel, ThrottleFlags};
+use homeostat_monitor::sink::write_event;
+use homeostat_monitor::throttle::{host_text, Decision, Throttle, ThrottleEvent};
+use tracing::warn;
+
+use crate::daemon::Daemon;
+use crate::now_ns;
+
+/// What the daemon loop and the response threads share.
+pub struct Shared {
+    /// The rule, for every profile.
+    pub rule: Throttle,
+    /// The flags of each profile whose mode is known (else `default`).
+    pub flags: HashMap<ExeKey, ThrottleFlags>,
+    /// The host's mode's flags.
+    pub default: ThrottleFlags,
+}
+
+impl Shared {
+    /// What the throttle does with `exe`'s connects to new hosts.
+    pub fn flags_of(&self, exe: ExeKey) -> ThrottleFlags {
+        self.flags.get(&exe).copied().unwrap_or(self.default)
+    }
+}
+
+/// The shared throttle state.
+#[derive(Clone)]
+pub struct SharedThrottle(Arc<Mutex<Shared>>);
+
+impl SharedThrottle {
+    /// Locks it (a panicked holder's state is still the rule's).
+    pub fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The daemon loop's side.
+pub(crate) struct ConnThrottle {
+    pub shared: SharedThrottle,
+    /// Each profile's hosts put in the kernel's working set (the rule's set, mirrored).
+    mirrored: HashMap<ExeKey, Vec<Vec<u8>>>,
+    /// Working set size (the rule's).
+    working_set: usize,
+}
+
+/// The kernel flags of a profile in `mode`; `stop` when the daemon can respond.
+pub(crate) fn flags_for(mode: Mode, respond: bool) -> ThrottleFlags {
+    match mode {
+        Mode::Learn => ThrottleFlags::default(),
+        Mode::Detect => ThrottleFlags {
+            report: true,
+            stop: false,
+        },
+        Mode::Enforce => ThrottleFlags {
+            report: true,
+            stop: respond,
+        },
+    }
+}
+
+impl ConnThrottle {
+    pub(crate) fn new(rule: Throttle, working_set: usize, default: ThrottleFlags) -> Self {
+        ConnThrottle {
+            shared: SharedThrottle(Arc::new(Mutex::new(Shared {
+                rule,
+                flags: HashMap::new(),
+                default,
+            }))),
+            mirrored: HashMap::new(),
+            working_set,
+        }
+    }
+}
+
+/// The host of a connect's address (IP only: other families are never throttled).
+pub fn host_of(arg: Option<&Arg>) -> Option<&[u8]> {
+    match arg {
+        Some(Arg::Inet { addr, .. }) => Some(addr),
+        _ => None,
+    }
+}
+
+/// A throttle event as `homeostat run` writes it (docs/events.md), at `ts_ns`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn event(
+    ts_ns: u64,
+    event: &'static str,
+    (pid, tid): (u32, u32),
+    exe: ExeKey,
+    path: Arc<str>,
+    host: &[u8],
+    queue: usize,
+    delay_ns: Option<u64>,
+    action: Option<&'static str>,
+) -> ThrottleEvent {
+    ThrottleEvent {
+        ts: ts_ns as f64 / 1e9,
+        event,
+        pid: pid as i32,
+        tid: tid as i32,
+        profile: exe.to_string(),
+        exe: path,
+        host: host_text(host),
+        queue,
+        delay_ms: delay_ns.map(|d| d as f64 / 1e6),
+        action,
+    }
+}
+
+impl Daemon {
+    /// Writes a throttle event; an alarm is logged too (unless quiet).
+    pub(crate) fn emit_throttle(&mut self, e: &ThrottleEvent) {
+        if let Some(w) = self.json.as_mut() {
+            write_event(w, e);
+        }
+        match e.event {
+            "throttle_queued" => self.throttle_counts.0 += 1,
+            "throttle_alarm" if !self.quiet => warn!(
+                "{} [{}]: {} connects to new hosts waiting (throttled)",
+                e.exe, e.pid, e.queue
+            ),
+            _ => {}
+        }
+    }
+
+    /// The path of profile `exe`, for events.
+    fn path_of(&self, exe: ExeKey) -> Arc<str> {
+        self.profiles
+            .get(&exe)
+            .map(|p| p.path.clone())
+            .unwrap_or_else(|| Arc::from("?"))
+    }
+
+    /// Sets profile `exe`'s throttle flags from its mode (at load and at each exec,
+    /// which may tell its path and so its `[modes]` entry), in the kernel only when
+    /// they change.
+    pub(crate) fn throttle_mode(&mut self, kernel: &Kernel, exe: ExeKey) {
+        let Some(t) = &self.throttle else {
+            return;
+        };
+        let f = flags_for(self.mode_of(exe), self.respond);
+        let shared = t.shared.clone();
+        let mut s = shared.lock();
+        if s.flags.get(&exe) == Some(&f) {
+            return;
+        }
+        match kernel.set_throttle(exe, f) {
+            Ok(()) => {
+                s.flags.insert(exe, f);
+            }
+            Err(e) => warn!("throttle of profile {exe}: {e}"),
+        }
+    }
+
+    /// A connect to a host outside its profile's working set, from the kernel.
+    pub(crate) fn on_throttle(&mut self, kernel: &Kernel, e: &Event) {
+        let Some(host) = host_of(e.arg.as_ref()).map(<[u8]>::to_vec) else {
+            return;
+        };
+        let Some(t) = &self.throttle else {
+            if e.stopped {
+                kernel.release(e.pid);
+            }
+            return;
+        };
+        if !e.stopped && self.responders.active().contains(&e.pid) {
+            // Its tracer applies the rule at the call's entry.
+            return;
+        }
+        let shared = t.shared.clone();
+        let now = now_ns();
+        let decision = shared.lock().rule.connect(e.exe, &host, now);
+        if e.stopped {
+            if self.respond {
+                self.resp_keys.insert(e.pid, e.exe);
+                self.responders.start(kernel, e.pid, Some(e.tid));
+            } else {
+                // No stop guard (or stopping): never leave it stopped.
+                kernel.release(e.pid);
+            }
+        }
+        let Decision::Queued {
+            delay_ns,
+            queue,
+            alarm,
+        } = decision
+        else {
+            return;
+        };
+        // The connect has run: what it would have waited is reported, not applied.
+        let path = self.path_of(e.exe);
+        let mut ev = event(
+            now,
+            "throttle_queued",
+            (e.pid, e.tid),
+            e.exe,
+            path,
+            &host,
+            queue,
+            Some(delay_ns),
+            Some("none"),
+        );
+        self.emit_throttle(&ev);
+        if alarm {
+            ev.event = "throttle_alarm";
+            self.emit_throttle(&ev);
+        }
+    }
+
+    /// A connect a response thread held (or let run: `delay_ns` 0).
+    pub(crate) fn on_throttled(
+        &mut self,
+        at_ns: u64,
+        (pid, tid): (u32, u32),
+        exe: ExeKey,
+        host: &[u8],
+        (delay_ns, queue, alarm): (u64, usize, bool),
+        held: bool,
+    ) {
+        let path = self.path_of(exe);
+        let mut ev = event(
+            at_ns,
+            "throttle_queued",
+            (pid, tid),
+            exe,
+            path,
+            host,
+            queue,
+            Some(delay_ns),
+            Some(if held && delay_ns > 0 {
+                "delay"
+            } else {
+                "none"
+            }),
+        );
+        if held && delay_ns > 0 {
+            self.throttle_counts.1 += 1;
+        }
+        self.emit_throttle(&ev);
+        if alarm {
+            ev.event = "throttle_alarm";
+            self.emit_throttle(&ev);
+        }
+    }
+
+    /// Releases the hosts whose time has come into their working sets, in the rule
+    /// and in the kernel. Before, a profile whose set is full learns from the kernel
+    /// which of its hosts were used last (the kernel passes them without telling), so
+    /// that the rule replaces the least recently used one.
+    pub(crate) fn throttle_tick(&mut self, kernel: &Kernel) {
+        let Some(t) = self.throttle.as_mut() else {
+            return;
+        };
+        let now = now_ns();
+        let shared = t.shared.clone();
+        let mut s = shared.lock();
+        for (exe, hosts) in &t.mirrored {
+            if hosts.len() < t.working_set || s.rule.queued(*exe) == 0 {
+                continue;
+            }
+            let mut used: Vec<(u64, &Vec<u8>)> = hosts
+                .iter()
+                .map(|h| (kernel.host_used(*exe, h).ok().flatten().unwrap_or(0), h))
+                // Added at its release, or used since: the kernel's time says which
+                // was last.
+                .collect();
+            used.sort();
+            for (_, h) in used {
+                // A host of the working set: the rule marks it used, nothing else.
+                let _ = s.rule.connect(*exe, h, now);
+            }
+        }
+        let releases = s.rule.release_due(now);
+        let mut changed: Vec<ExeKey> = releases.iter().map(|r| r.exe).collect();
+        changed.sort_unstable_by_key(|k| (k.dev, k.ino));
+        changed.dedup();
+        for exe in changed {
+            let now_set = s.rule.working_set(exe);
+            let before = t.mirrored.remove(&exe).unwrap_or_default();
+            for h in before.iter().filter(|h| !now_set.contains(h)) {
+                if let Err(e) = kernel.remove_host(exe, h) {
+                    warn!("throttle of profile {exe}: {e}");
+                }
+            }
+            for h in now_set.iter().filter(|h| !before.contains(h)) {
+                if let Err(e) = kernel.add_host(exe, h) {
+                    warn!("throttle of profile {exe}: {e}");
+                }
+            }
+            t.mirrored.insert(exe, now_set);
+        }
+        drop(s);
+        for r in releases {
+            let path = self.path_of(r.exe);
+            let ev = event(
+                now,
+                "throttle_release",
+                (0, 0),
+                r.exe,
+                path,
+                &r.host,
+                r.queue,
+                None,
+                None,
+            );
+            self.emit_throttle(&ev);
+        }
+    }
+
+    /// A profile left (evicted, reset): its working set and queue go with it, and so
+    /// do its rate limits.
+    pub(crate) fn limits_forget(&mut self, kernel: &Kernel, exe: ExeKey) {
+        self.rates_forget(exe);
+        let Some(t) = self.throttle.as_mut() else {
+            return;
+        };
+        for h in t.mirrored.remove(&exe).unwrap_or_default() {
+            let _ = kernel.remove_host(exe, &h);
+        }
+        let mut s = t.shared.lock();
+        s.rule.forget(exe);
+        s.flags.remove(&exe);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_map_to_kernel_flags() {
+        assert_eq!(flags_for(Mode::Learn, true), ThrottleFlags::default());
+        assert_eq!(
+            flags_for(Mode::Detect, true),
+            ThrottleFlags {
+                report: true,
+                stop: false
+            }
+        );
+        assert!(flags_for(Mode::Enforce, true).stop);
+        // Without a stop guard, enforce can only report.
+        assert!(!flags_for(Mode::Enforce, false).stop);
+        assert_eq!(host_of(Some(&Arg::Family(2))), None);
+        let a = Arg::Inet {
+            addr: vec![127, 0, 0, 2],
+            port: 80,
+        };
+        assert_eq!(host_of(Some(&a)), Some(&[127u8, 0, 0, 2][..]));
+    }
+}

@@ -1,0 +1,183 @@
+//! `homeostat daemon --rate-limit` on the real kernel (root, BPF, BTF; skips with a
+//! message otherwise): a private perl is trained forking at a modest rate, its profile
+//! is normalized, and then a storm of forks by the same program is slowed to about the
+//! learned limit, while the program at its trained rate is not held at all. Every
+//! figure is measured beside the same run without a daemon. The peaks are saved
+//! beside the profile.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use homeostat_testsupport::daemon::{events, ready};
+use homeostat_testsupport::{is_root, serial, spawn};
+use serde_json::Value;
+
+/// `fork N MS`: N forks (each child exits at once, the parent waits for it), MS ms
+/// apart; `create N MS DIR`: N files created in DIR, MS ms apart (as
+/// crates/homeostat/tests/rates.rs).
+const STORM: &str = r#"
+use POSIX ();
+my ($kind, $n, $ms, $dir) = @ARGV;
+for my $i (1..$n) {
+    if ($kind eq "fork") { my $p = fork; if (!$p) { POSIX::_exit(0) } waitpid($p, 0); }
+    else { open(my $f, ">", "$dir/f$i") or die "$dir/f$i: $!"; close $f; }
+    select(undef, undef, undef, $ms / 1000) if $ms > 0;
+}
+"#;
+
+fn daemon(state: &Path, events: &Path, extra: &[&str]) -> (Child, Receiver<String>) {
+    homeostat_testsupport::daemon::start(
+        Path::new(env!("CARGO_BIN_EXE_homeostat")),
+        state,
+        events,
+        extra,
+    )
+}
+
+/// perl running the storm script (`kind` fork or create, files in a fresh directory);
+/// its pid and wall time.
+fn storm(perl: &Path, script: &Path, kind: &str, n: u32, ms: u32) -> (u32, f64) {
+    let files = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let c = spawn(
+        Command::new(perl)
+            .arg(script)
+            .args([kind, &n.to_string(), &ms.to_string()])
+            .arg(files.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let pid = c.id();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    (pid, t.elapsed().as_secs_f64())
+}
+
+fn of(ev: &[Value], event: &str, pid: u32) -> usize {
+    ev.iter()
+        .filter(|e| e["event"] == event && e["pid"] == pid)
+        .count()
+}
+
+#[test]
+fn a_fork_storm_is_slowed_to_the_learned_limit_and_the_trained_rate_never_waits() {
+    storm_case("fork", "fork_peak");
+}
+
+#[test]
+fn a_file_creation_storm_is_slowed_to_the_learned_limit_too() {
+    storm_case("create", "create_peak");
+}
+
+fn storm_case(kind: &str, peak_field: &str) {
+    if !is_root() {
+        eprintln!("skipping: homeostat daemon needs root");
+        return;
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        eprintln!("skipping: the kernel has no BTF");
+        return;
+    }
+    assert!(
+        Command::new("perl")
+            .args(["-e", "use POSIX (); exit 0"])
+            .status()
+            .is_ok_and(|s| s.success()),
+        "perl (with POSIX) is needed"
+    );
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let perl = dir.join("perl-copy");
+    std::fs::copy(homeostat_testsupport::real("/usr/bin/perl"), &perl).unwrap();
+    let m = std::fs::metadata(&perl).unwrap();
+    let key = format!("{:x}-{:x}", m.dev(), m.ino());
+    let script = dir.join("storm.pl");
+    std::fs::write(&script, STORM).unwrap();
+    // pH's own response is off (no delays; anomalies never send the profile back to
+    // training), so that the delays measured are the rate limit's alone.
+    std::fs::write(
+        dir.join("config.toml"),
+        "[ph]\ndelay_factor_ms = 0.0\nanomaly_limit = 1000000\n",
+    )
+    .unwrap();
+    // Without a daemon, for the record.
+    let (_, plain_storm) = storm(&perl, &script, kind, 200, 0);
+    let (_, plain_trained) = storm(&perl, &script, kind, 20, 50);
+
+    let state = dir.join("state");
+    let ev = dir.join("events.jsonl");
+    let (mut d, rx) = daemon(
+        &state,
+        &ev,
+        &[
+            "--enforce",
+            "--rate-limit",
+            "--config",
+            dir.join("config.toml").to_str().unwrap(),
+            "--normal-wait",
+            "3600",
+            "--duration",
+            "120",
+        ],
+    );
+    if ready(&mut d, &rx).is_none() {
+        return;
+    }
+    // Training: 20 calls 50 ms apart (about 20 in a second at most), and bursts of 5.
+    for _ in 0..2 {
+        storm(&perl, &script, kind, 20, 50);
+        storm(&perl, &script, kind, 5, 0);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(["profile", "normalize"])
+        .arg(&perl)
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The kernel is told the limit at the next tick.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (trained_pid, trained) = storm(&perl, &script, kind, 20, 50);
+    let (storm_pid, limited) = storm(&perl, &script, kind, 200, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    assert!(d.wait().unwrap().success());
+    let all = events(&ev);
+    let rates: Value = serde_json::from_slice(
+        &std::fs::read(state.join("daemon").join(format!("{key}.rates"))).unwrap(),
+    )
+    .unwrap();
+    let peak = rates["rates"][peak_field].as_u64().unwrap();
+    let limit = 2 * peak;
+    let held = of(&all, "rate_queued", storm_pid);
+    eprintln!(
+        "{kind} peak learned {peak} a second (limit {limit}); 200 calls: {limited:.2} s \
+         limited ({plain_storm:.2} s without a daemon), {held} held; 20 at the trained \
+         rate: {trained:.2} s ({plain_trained:.2} s without), load {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    assert!((15..=30).contains(&peak), "peak {peak}");
+    // The trained rate: never held.
+    assert_eq!(of(&all, "rate_queued", trained_pid), 0);
+    assert_eq!(of(&all, "rate_exceeded", trained_pid), 0);
+    // The storm: stopped once beyond the limit, then held; at most `limit` forks in a
+    // second means at least (200 - limit) / limit seconds.
+    assert!(of(&all, "rate_exceeded", storm_pid) >= 1);
+    assert!(held > 0);
+    let floor = (200 - limit) as f64 / limit as f64;
+    assert!(limited >= floor * 0.9, "{limited:.2} s, floor {floor:.2} s");
+    assert!(all.iter().any(|e| e["event"] == "rate_release"));
+}

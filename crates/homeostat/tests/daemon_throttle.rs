@@ -1,0 +1,347 @@
+//! `homeostat daemon --throttle-connect` on the real kernel (root, BPF, BTF; skips with
+//! a message otherwise): a real program (a private bash, connecting through /dev/tcp to
+//! a listener on every loopback address) that contacts many new hosts is held to the
+//! release rate, while one that keeps contacting a known host is not delayed at all
+//! (both measured, beside the same scan without a daemon); and a process held in the
+//! queue is let go when the daemon gets SIGTERM: nothing stays stopped or held.
+
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use homeostat_testsupport::daemon::{events, ready};
+use homeostat_testsupport::{is_root, serial, spawn};
+use serde_json::Value;
+
+fn daemon(state: &Path, events: &Path, extra: &[&str]) -> (Child, Receiver<String>) {
+    homeostat_testsupport::daemon::start(
+        Path::new(env!("CARGO_BIN_EXE_homeostat")),
+        state,
+        events,
+        extra,
+    )
+}
+
+fn signal(d: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(d.id() as i32, sig) };
+}
+
+/// A listener on every loopback address (0.0.0.0), accepting and dropping.
+fn listener() -> u16 {
+    let l = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            drop(c);
+        }
+    });
+    port
+}
+
+/// bash connecting once to each 127.0.0.N:port.
+fn connects(bash: &Path, port: u16, hosts: impl IntoIterator<Item = u32>) -> Child {
+    let script: String = hosts
+        .into_iter()
+        .map(|n| format!("exec 3<>/dev/tcp/127.0.0.{n}/{port} || exit 1; exec 3>&-; "))
+        .collect();
+    spawn(
+        Command::new(bash)
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+}
+
+/// Starts a child and runs it to its end; its pid and wall time (spawn included).
+fn timed(start: impl FnOnce() -> Child) -> (u32, f64) {
+    let t = Instant::now();
+    let c = start();
+    let pid = c.id();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    (pid, t.elapsed().as_secs_f64())
+}
+
+fn private_bash(dir: &Path) -> (PathBuf, String) {
+    let bash = dir.join("bash-copy");
+    std::fs::copy("/bin/bash", &bash).unwrap();
+    let m = std::fs::metadata(&bash).unwrap();
+    (bash, format!("{:x}-{:x}", m.dev(), m.ino()))
+}
+
+fn available() -> bool {
+    if !is_root() {
+        eprintln!("skipping: homeostat daemon needs root");
+        return false;
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        eprintln!("skipping: the kernel has no BTF");
+        return false;
+    }
+    true
+}
+
+fn of(ev: &[Value], event: &str, pid: u32) -> Vec<Value> {
+    ev.iter()
+        .filter(|e| e["event"] == event && e["pid"] == pid)
+        .cloned()
+        .collect()
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_string()
+}
+
+#[test]
+fn a_scan_is_held_to_the_rate_and_a_known_host_is_not_delayed() {
+    if !available() {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = listener();
+    let (bash, key) = private_bash(dir.path());
+    let n = 8;
+    // The same runs without a daemon, for the record.
+    let (_, plain) = timed(|| connects(&bash, port, 2..2 + n));
+    let (_, plain_reuse) = timed(|| connects(&bash, port, std::iter::repeat_n(1, n as usize)));
+
+    let ev = dir.path().join("events.jsonl");
+    // Training only (normal_wait far away): pH never responds, the delays are the
+    // throttle's alone.
+    let (mut d, rx) = daemon(
+        &dir.path().join("state"),
+        &ev,
+        &[
+            "--enforce",
+            "--throttle-connect",
+            "4",
+            "--normal-wait",
+            "3600",
+            "--duration",
+            "120",
+        ],
+    );
+    if ready(&mut d, &rx).is_none() {
+        return;
+    }
+    // A first run makes 127.0.0.1 known (its connect runs before the stop lands, at
+    // once by the rule: the queue is idle).
+    let (first, _) = timed(|| connects(&bash, port, [1]));
+    // Then the host is in the kernel's working set once released (at once).
+    std::thread::sleep(Duration::from_millis(800));
+    let (reuse_pid, reuse) = timed(|| connects(&bash, port, std::iter::repeat_n(1, n as usize)));
+    let (scan_pid, scan) = timed(|| connects(&bash, port, 2..2 + n));
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&d, libc::SIGTERM);
+    assert!(d.wait().unwrap().success());
+    let all = events(&ev);
+
+    eprintln!(
+        "{n} connects: to new hosts {scan:.3} s at --throttle-connect 4 ({plain:.3} s \
+         without a daemon), to one known host {reuse:.3} s ({plain_reuse:.3} s without) \
+         (load {})",
+        load()
+    );
+    // The first run's connect was booked (it had run) and released at once.
+    let q = of(&all, "throttle_queued", first);
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(
+        (q[0]["host"].as_str(), q[0]["delay_ms"].as_f64()),
+        (Some("127.0.0.1"), Some(0.0))
+    );
+    assert_eq!(q[0]["profile"], key.as_str());
+    // A known host: no report, no stop, no delay.
+    assert!(
+        all.iter().all(|e| e["pid"] != reuse_pid),
+        "known host throttled"
+    );
+    // The scan: the first connect runs (before the stop), each next waits its turn.
+    let q = of(&all, "throttle_queued", scan_pid);
+    assert_eq!(q.len(), n as usize, "{q:?}");
+    assert_eq!(q[0]["action"], "none");
+    assert!(q[1..].iter().all(|e| e["action"] == "delay"), "{q:?}");
+    let release: Vec<f64> = q
+        .iter()
+        .map(|e| e["ts"].as_f64().unwrap() + e["delay_ms"].as_f64().unwrap() / 1e3)
+        .collect();
+    for w in release.windows(2) {
+        assert!(w[1] - w[0] > 0.24, "released {:.3} s apart", w[1] - w[0]);
+    }
+    // At 4 new hosts a second, 7 waits of 0.25 s at least.
+    assert!(scan >= 1.75, "scan took {scan:.2} s");
+    assert!(reuse < 1.0, "the known host took {reuse:.2} s");
+    assert!(
+        all.iter()
+            .filter(|e| e["event"] == "throttle_release")
+            .count()
+            >= n as usize
+    );
+}
+
+#[test]
+fn a_held_connect_is_let_go_when_the_daemon_is_stopped() {
+    if !available() {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = listener();
+    let (bash, _) = private_bash(dir.path());
+    let ev = dir.path().join("events.jsonl");
+    // One new host every 5 s: the third connect would wait 10 s.
+    let (mut d, rx) = daemon(
+        &dir.path().join("state"),
+        &ev,
+        &[
+            "--enforce",
+            "--throttle-connect",
+            "0.2",
+            "--normal-wait",
+            "3600",
+            "--duration",
+            "120",
+        ],
+    );
+    if ready(&mut d, &rx).is_none() {
+        return;
+    }
+    let t = Instant::now();
+    let mut c = connects(&bash, port, [21, 22, 23]);
+    let pid = c.id();
+    // Wait until the second connect is held.
+    loop {
+        if of(&events(&ev), "throttle_queued", pid)
+            .iter()
+            .any(|e| e["action"] == "delay")
+        {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no held connect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let held_at = t.elapsed();
+    signal(&d, libc::SIGTERM);
+    assert!(d.wait().unwrap().success());
+    // Let go: it finishes now, not after its 10 s in the queue.
+    let st = c.wait().unwrap();
+    let done = t.elapsed();
+    eprintln!("held at {held_at:.2?}, daemon stopped, bash ended at {done:.2?}");
+    assert!(st.success(), "{st}");
+    assert!(done < Duration::from_secs(5), "bash ended after {done:?}");
+}
+
+#[test]
+fn detect_reports_what_would_wait_and_holds_nothing() {
+    if !available() {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = listener();
+    let (bash, _) = private_bash(dir.path());
+    let ev = dir.path().join("events.jsonl");
+    let (mut d, rx) = daemon(
+        &dir.path().join("state"),
+        &ev,
+        &[
+            "--detect",
+            "--throttle-connect",
+            "1",
+            "--normal-wait",
+            "3600",
+            "--duration",
+            "120",
+        ],
+    );
+    if ready(&mut d, &rx).is_none() {
+        return;
+    }
+    let n = 6;
+    let (pid, secs) = timed(|| connects(&bash, port, 31..31 + n));
+    let t = Instant::now();
+    let q = loop {
+        let q = of(&events(&ev), "throttle_queued", pid);
+        if q.len() == n as usize || t.elapsed() > Duration::from_secs(5) {
+            break q;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    signal(&d, libc::SIGTERM);
+    assert!(d.wait().unwrap().success());
+    eprintln!("detect: {n} connects to new hosts in {secs:.3} s");
+    assert_eq!(q.len(), n as usize, "{q:?}");
+    assert!(q.iter().all(|e| e["action"] == "none"));
+    // What each would have waited grows by the period (1 s) per host queued ahead.
+    let waits: Vec<f64> = q.iter().map(|e| e["delay_ms"].as_f64().unwrap()).collect();
+    for (i, w) in waits.iter().enumerate() {
+        assert!((*w - 1000.0 * i as f64).abs() < 300.0, "{waits:?}");
+    }
+    assert!(secs < 1.0, "detect held the connects: {secs:.2} s");
+    assert!(events(&ev).iter().all(|e| e["event"] != "delay_start"));
+}
+
+/// The working set keeps the hosts in use: a host the kernel passed (without telling
+/// userspace) counts as used, so a new host replaces the one used least recently.
+#[test]
+fn a_full_working_set_replaces_the_host_used_least_recently() {
+    if !available() {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = listener();
+    let (bash, _) = private_bash(dir.path());
+    let ev = dir.path().join("events.jsonl");
+    let (mut d, rx) = daemon(
+        &dir.path().join("state"),
+        &ev,
+        &[
+            "--enforce",
+            "--throttle-connect",
+            "100",
+            "--throttle-working-set",
+            "2",
+            "--normal-wait",
+            "3600",
+            "--duration",
+            "120",
+        ],
+    );
+    if ready(&mut d, &rx).is_none() {
+        return;
+    }
+    let step = |host: u32| {
+        let (pid, _) = timed(|| connects(&bash, port, [host]));
+        // Released (at once: the queue is idle) and in the kernel's set by then.
+        std::thread::sleep(Duration::from_millis(400));
+        pid
+    };
+    step(41); // A
+    step(42); // B: the set is {A, B}, B the most recent
+    let a_again = step(41); // A passes in the kernel: now A is the most recent
+    step(43); // C replaces the least recently used: B, not A
+    let a_last = step(41);
+    let b_last = step(42);
+    signal(&d, libc::SIGTERM);
+    assert!(d.wait().unwrap().success());
+    let all = events(&ev);
+    assert!(of(&all, "throttle_queued", a_again).is_empty());
+    assert!(
+        of(&all, "throttle_queued", a_last).is_empty(),
+        "A was replaced though used last"
+    );
+    let q = of(&all, "throttle_queued", b_last);
+    assert_eq!(q.len(), 1, "B stayed in the set: {q:?}");
+    assert_eq!(q[0]["host"], "127.0.0.42");
+}
