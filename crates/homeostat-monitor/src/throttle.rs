@@ -42,6 +42,13 @@ impl Default for ThrottleConfig {
     }
 }
 
+/// Most new hosts one profile's queue books. A process the throttle does not hold (the
+/// daemon in detect mode, a process under a debugger) can connect to new hosts as fast
+/// as it likes: unbounded, the queue would grow without end, and each connect's search
+/// of it would make the daemon's loop quadratic (30,000 connects of one scan took it
+/// 16 s). At the default rate this is 17 minutes of waiting already.
+pub const MAX_QUEUE: usize = 1024;
+
 /// What the throttle does with one connect.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -171,6 +178,13 @@ impl Throttle {
         // A host already queued leaves with its first connect.
         let release = match p.pending.iter().find(|(_, h)| h == host) {
             Some(&(t, _)) => t,
+            // A full queue books no more: the connect waits what the last booked one
+            // does, plus a period (its host is not remembered, so it queues again: a
+            // delay, never a pass).
+            None if p.pending.len() >= MAX_QUEUE => p
+                .pending
+                .back()
+                .map_or(now_ns, |&(t, _)| t.saturating_add(period).max(now_ns)),
             None => {
                 let last = p.pending.back().map(|&(t, _)| t).or(p.last_release);
                 let t = match last {
@@ -412,6 +426,32 @@ mod tests {
         assert_eq!(t.connect(EXE, &[4], S), Decision::Known);
         assert!(matches!(t.connect(EXE, &[1], S), Decision::Queued { .. }));
         assert!(Throttle::new(ThrottleConfig { rate: 0.0, ..cfg }).is_err());
+    }
+
+    #[test]
+    fn a_storm_of_new_hosts_books_a_bounded_queue() {
+        // A scanner the throttle does not hold (the daemon in detect mode, or a
+        // process under a debugger) connects to 20,000 new hosts in a fifth of a second.
+        let mut t = Throttle::new(ThrottleConfig::default()).unwrap();
+        let mut last = (0, 0);
+        for i in 0..20_000u32 {
+            last = queued(&t.connect(EXE, &i.to_be_bytes(), S + u64::from(i) * 10_000));
+        }
+        assert_eq!(t.queued(EXE), MAX_QUEUE);
+        // Past the bound, a new host waits as long as the last booked one, plus a
+        // period: the delay stops growing, and its host is not remembered.
+        assert_eq!(last.1, MAX_QUEUE);
+        // (Booked hosts leave at 1 s, 2 s, ... MAX_QUEUE s; the last connect is at
+        // 1 s + 19,999 x 10 us.)
+        assert_eq!(last.0, (MAX_QUEUE as u64 + 1) * S - (S + 19_999 * 10_000));
+        // Once the queue drains, it books again.
+        let drained = t.release_due(u64::MAX / 2);
+        assert_eq!(drained.len(), MAX_QUEUE);
+        assert_eq!(t.working_set(EXE).len(), 5);
+        assert!(matches!(
+            t.connect(EXE, &[7; 4], u64::MAX / 2),
+            Decision::Queued { queue: 1, .. }
+        ));
     }
 
     #[test]
