@@ -49,6 +49,11 @@ impl Default for ThrottleConfig {
 /// 16 s). At the default rate this is 17 minutes of waiting already.
 pub const MAX_QUEUE: usize = 1024;
 
+/// The host of a connect whose address could not be read (the daemon's kernel side
+/// reads it without faulting pages in, and a scanner could keep its addresses in
+/// pages not yet touched): a new host every time, that never joins a working set.
+pub const UNKNOWN_HOST: &[u8] = &[];
+
 /// What the throttle does with one connect.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -116,8 +121,10 @@ impl Throttle {
                 let Some((_, host)) = p.pending.pop_front() else {
                     break;
                 };
-                p.recent.retain(|h| *h != host);
-                p.recent.push_back(host.clone());
+                if host != UNKNOWN_HOST {
+                    p.recent.retain(|h| *h != host);
+                    p.recent.push_back(host.clone());
+                }
                 while p.recent.len() > cap {
                     p.recent.pop_front();
                 }
@@ -176,7 +183,11 @@ impl Throttle {
             return Decision::Known;
         }
         // A host already queued leaves with its first connect.
-        let release = match p.pending.iter().find(|(_, h)| h == host) {
+        let queued = p
+            .pending
+            .iter()
+            .find(|(_, h)| h == host && host != UNKNOWN_HOST);
+        let release = match queued {
             Some(&(t, _)) => t,
             // A full queue books no more: the connect waits what the last booked one
             // does, plus a period (its host is not remembered, so it queues again: a
@@ -241,6 +252,7 @@ pub struct ThrottleEvent {
 /// An address as text (IPv4 or IPv6 by its length).
 pub fn host_text(h: &[u8]) -> String {
     match h.len() {
+        0 => "?".to_string(),
         4 => std::net::Ipv4Addr::new(h[0], h[1], h[2], h[3]).to_string(),
         16 => {
             let mut a = [0u8; 16];
@@ -452,6 +464,19 @@ mod tests {
             t.connect(EXE, &[7; 4], u64::MAX / 2),
             Decision::Queued { queue: 1, .. }
         ));
+    }
+
+    #[test]
+    fn unknown_hosts_each_wait_their_turn_and_are_never_remembered() {
+        let mut t = Throttle::new(ThrottleConfig::default()).unwrap();
+        let waits: Vec<(u64, usize)> = (0..3)
+            .map(|_| queued(&t.connect(EXE, UNKNOWN_HOST, 10 * S)))
+            .collect();
+        assert_eq!(waits, vec![(0, 1), (S, 2), (2 * S, 3)]);
+        assert_eq!(t.clear_at(EXE), 13 * S);
+        assert_eq!(t.release_due(20 * S).len(), 3);
+        assert!(t.working_set(EXE).is_empty());
+        assert_eq!(host_text(UNKNOWN_HOST), "?");
     }
 
     #[test]

@@ -255,7 +255,7 @@ __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 	struct hs_thr_event *e;
 	struct hs_config *cfg;
 	__u8 sa[HS_THR_SA] = {};
-	__u64 addr, len, now, *last, pid_tgid;
+	__u64 addr, len, *last, pid_tgid;
 	__u32 slot, flags, n, pid, tid, evf = 0;
 	__u16 fam;
 
@@ -276,25 +276,30 @@ __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 		return 0;
 	n = len < HS_THR_SA ? len : HS_THR_SA;
 	if (bpf_probe_read_user(sa, n & 31, (void *)addr)) {
+		/* Not resident (a page not faulted in yet): the call itself will fault it
+		 * in, this program cannot. A scanner could put every address there, so it
+		 * is a new host of unknown address (len 0): reported and, in enforce mode,
+		 * stopped; the response thread reads the next ones at their entry. */
 		tcount(HS_TSTAT_UNREAD);
-		return 0;
-	}
-	fam = sa[0] | (__u16)sa[1] << 8;
-	if (fam == 2 /* AF_INET */) {
-		__builtin_memcpy(k.addr, sa + 4, 4);
-		k.alen = 4;
-	} else if (fam == 10 /* AF_INET6 */ && n >= 24) {
-		__builtin_memcpy(k.addr, sa + 8, 16);
-		k.alen = 16;
+		__builtin_memset(sa, 0, HS_THR_SA);
+		n = 0;
 	} else {
-		return 0; /* Unix sockets and other families are never throttled */
-	}
-	k.key = t->key;
-	now = bpf_ktime_get_ns();
-	last = bpf_map_lookup_elem(&hs_thr_hosts, &k);
-	if (last) {
-		*last = now;
-		return 0;
+		fam = sa[0] | (__u16)sa[1] << 8;
+		if (fam == 2 /* AF_INET */) {
+			__builtin_memcpy(k.addr, sa + 4, 4);
+			k.alen = 4;
+		} else if (fam == 10 /* AF_INET6 */ && n >= 24) {
+			__builtin_memcpy(k.addr, sa + 8, 16);
+			k.alen = 16;
+		} else {
+			return 0; /* Unix sockets and other families are never throttled */
+		}
+		k.key = t->key;
+		last = bpf_map_lookup_elem(&hs_thr_hosts, &k);
+		if (last) {
+			*last = bpf_ktime_get_ns();
+			return 0;
+		}
 	}
 	cfg = get_config();
 	if (!cfg)
