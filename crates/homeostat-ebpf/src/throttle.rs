@@ -94,7 +94,8 @@ impl ThrottleFlags {
 /// The throttle's loss counters, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ThrottleStats {
-    /// Connects whose address could not be read (not resident): not throttled.
+    /// Connects whose address could not be read (not resident): throttled as a host
+    /// of unknown address.
     pub unread: u64,
     /// Throttle events dropped (ring buffer full).
     pub lost_events: u64,
