@@ -451,3 +451,62 @@ for i in range(n):
     assert!(q[1..].iter().all(|e| e["action"] == "delay"), "{q:?}");
     assert!(secs >= 1.2, "the scan took {secs:.3} s: not held");
 }
+
+/// TCP Fast Open: a `sendto` with MSG_FASTOPEN opens a TCP connection (its SYN carries
+/// the data) without any `connect`. A scanner using it is a scanner all the same: held
+/// to the rate as if it connected.
+#[test]
+fn a_scan_by_tcp_fast_open_is_held_all_the_same() {
+    if !available() {
+        return;
+    }
+    if !Path::new("/usr/bin/python3").exists() {
+        panic!("python3 is needed (scripts/lib/ensure-deps.sh installs it)");
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = listener();
+    let py = dir.path().join("python-copy");
+    std::fs::copy("/usr/bin/python3", &py).unwrap();
+    let script = "import socket, sys\n\
+                  for i in range(int(sys.argv[1])):\n    \
+                  s = socket.socket()\n    \
+                  s.sendto(b'x', socket.MSG_FASTOPEN, ('127.0.7.%d' % (i + 1), int(sys.argv[2])))\n    \
+                  s.close()\n";
+    let ev = dir.path().join("events.jsonl");
+    let (mut d, rx) = daemon(
+        &dir.path().join("state"),
+        &ev,
+        &[
+            "--enforce",
+            "--throttle-connect",
+            "4",
+            "--normal-wait",
+            "3600",
+            "--duration",
+            "120",
+        ],
+    );
+    if ready(&mut d, &rx).is_none() {
+        return;
+    }
+    let n = 6;
+    let (pid, secs) = timed(|| {
+        spawn(
+            Command::new(&py)
+                .args(["-c", script, &n.to_string(), &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null()),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&d, libc::SIGTERM);
+    assert!(d.wait().unwrap().success());
+    let q = of(&events(&ev), "throttle_queued", pid);
+    eprintln!(
+        "{n} TCP Fast Open connections: {secs:.3} s at --throttle-connect 4 (load {})",
+        load()
+    );
+    assert!(q.len() >= n, "{q:?}");
+    assert!(secs >= 1.2, "the scan took {secs:.3} s: not held");
+}

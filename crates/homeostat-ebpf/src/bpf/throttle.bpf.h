@@ -32,6 +32,8 @@ const volatile __u32 hs_rate_default = 0;
 #define HS_TC_FORK 2    /* counts as a fork */
 #define HS_TC_CREATE 4  /* counts as a file creation ... */
 #define HS_TC_IFCREAT 8 /* ... only with O_CREAT in the flags, whose register is in bits 4-6 */
+#define HS_TC_FASTOPEN 128 /* with HS_TC_CONNECT: sendto, a connect only with MSG_FASTOPEN */
+#define HS_MSG_FASTOPEN 0x20000000
 
 #define HS_THR_CONNECT 1 /* report connects to hosts outside the working set */
 #define HS_THR_STOP 2    /* ... and stop the process for the response (enforce) */
@@ -157,6 +159,8 @@ struct pt_regs___thr {
 	unsigned long si;
 	unsigned long dx;
 	unsigned long r10;
+	unsigned long r8;
+	unsigned long r9;
 } __attribute__((preserve_access_index));
 
 static __always_inline void tcount(__u32 which)
@@ -270,8 +274,17 @@ __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 	if (!(flags & HS_THR_CONNECT))
 		return 0;
 	r = (struct pt_regs___thr *)bpf_task_pt_regs(task);
-	addr = BPF_CORE_READ(r, si);
-	len = BPF_CORE_READ(r, dx);
+	if (hs_thr_call[cur] & HS_TC_FASTOPEN) {
+		/* TCP Fast Open: sendto(fd, buf, n, flags, addr, len) opens a connection
+		 * with no connect. */
+		if (!(BPF_CORE_READ(r, r10) & HS_MSG_FASTOPEN))
+			return 0;
+		addr = BPF_CORE_READ(r, r8);
+		len = BPF_CORE_READ(r, r9);
+	} else {
+		addr = BPF_CORE_READ(r, si);
+		len = BPF_CORE_READ(r, dx);
+	}
 	if (!addr || len < 8)
 		return 0;
 	n = len < HS_THR_SA ? len : HS_THR_SA;
