@@ -224,3 +224,37 @@ fn a_monitor_saving_a_deleted_files_profile_does_not_overwrite_its_successors() 
     assert_eq!(kept.born(), Some(second), "the deleted file's profile won");
     assert_eq!(kept.train_count, b.train_count);
 }
+
+#[test]
+fn a_profile_of_an_older_build_adopts_its_files_birth_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let prog = dir.join("prog");
+    std::fs::copy("/usr/bin/true", &prog).unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(birth) = born(&prog) else {
+        eprintln!(
+            "SKIP: the file system under {} reports no birth time",
+            dir.display()
+        );
+        return;
+    };
+    let state = dir.join("state");
+    run(&state, "--learn", &dir.join("l0.jsonl"), &prog);
+    let md = std::fs::metadata(&prog).unwrap();
+    let file = state
+        .join("profiles")
+        .join(format!("{:x}-{:x}.phprof", md.dev(), md.ino()));
+    // As an older build wrote it: no birth time (frame version 1).
+    let old = PhProfile::from_bytes(&std::fs::read(&file).unwrap())
+        .unwrap()
+        .with_born(None);
+    let bytes = old.to_bytes();
+    assert_eq!(&bytes[8..10], &1u16.to_le_bytes());
+    std::fs::write(&file, bytes).unwrap();
+    let evs = run(&state, "--learn", &dir.join("l1.jsonl"), &prog);
+    assert!(named(&evs, "profile_evicted").is_empty(), "{evs:?}");
+    let now = PhProfile::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(now.born(), Some(birth));
+    assert!(now.train_count > old.train_count, "its training kept");
+}
