@@ -297,6 +297,21 @@ pub fn arg_spec(name: &str) -> Option<ArgSpec> {
     }
 }
 
+/// `MSG_FASTOPEN` in a `sendto`'s flags (x86_64 Linux).
+pub const MSG_FASTOPEN: u64 = 0x2000_0000;
+
+/// Whether call `name` opens a connection to the address its [`arg_spec`] names, which
+/// the connection throttle looks at: `connect`, and a `sendto` with [`MSG_FASTOPEN`]
+/// in `flags` (its fourth argument; `None`: not known, read as without): TCP Fast Open
+/// sends the SYN with the data, with no `connect`.
+pub fn opens_connection(name: &str, flags: Option<u64>) -> bool {
+    match name {
+        "connect" => true,
+        "sendto" => flags.is_some_and(|f| f & MSG_FASTOPEN != 0),
+        _ => false,
+    }
+}
+
 /// Decodes a `struct sockaddr` (as bytes read from the caller) into an [`Arg`];
 /// `None` when too short to hold its family.
 pub fn sockaddr(bytes: &[u8]) -> Option<Arg> {
@@ -715,6 +730,15 @@ mod tests {
             assert_eq!(Target::from_code(t).unwrap().code() as u64, t);
         }
         assert_eq!(Target::from_code(5), None);
+    }
+
+    #[test]
+    fn connect_and_fast_open_sendto_open_connections() {
+        assert!(opens_connection("connect", None));
+        assert!(opens_connection("sendto", Some(MSG_FASTOPEN | 0x40)));
+        assert!(!opens_connection("sendto", Some(0x40)));
+        assert!(!opens_connection("sendto", None));
+        assert!(!opens_connection("sendmsg", Some(MSG_FASTOPEN)));
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! changed profiles atomically; loading scans the folder once, then seeds executables
 //! it has no file for from `homeostat run`'s profiles.
 
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 use anyhow::Result;
-use homeostat_core::ph::{ExeKey, Mode, ProfileState};
+use homeostat_core::ph::{ExeKey, FileMatch, Mode, ProfileState};
 use homeostat_ebpf::Kernel;
 use homeostat_monitor::daemon_profile::{self, DaemonProfile};
 use homeostat_monitor::sink::write_event;
@@ -152,9 +153,25 @@ impl Daemon {
         for e in errors {
             warn!("{e}");
         }
-        for p in run_profiles {
+        for mut p in run_profiles {
             if self.profiles.contains_key(&p.key) {
                 continue;
+            }
+            // A run profile knows its file's birth time, the kernel only the inode
+            // generation, which it adopts at a seeded profile's first exec: a profile
+            // of a deleted file whose inode number a later file has now would judge
+            // that file.
+            if let Ok(m) = std::fs::metadata(&p.path) {
+                if (m.dev(), m.ino()) == (p.key.dev, p.key.ino)
+                    && p.check_file(homeostat_proc::birth_time(&m)) == FileMatch::Replaced
+                {
+                    warn!(
+                        "profile {} not seeded: {}",
+                        store.path_for(p.key).display(),
+                        homeostat_core::ph::REPLACED
+                    );
+                    continue;
+                }
             }
             let d = DaemonProfile::from_ph(&p);
             if d.pairs.is_empty() {

@@ -241,7 +241,9 @@ impl Response<'_> {
             return 0;
         };
         if s.arch != homeostat_syscalls::AUDIT_ARCH_X86_64
-            || Arch::X86_64.name(s.nr) != Some("connect")
+            || !Arch::X86_64
+                .name(s.nr)
+                .is_some_and(|n| homeostat_core::symbols::opens_connection(n, Some(s.args[3])))
         {
             return 0;
         }

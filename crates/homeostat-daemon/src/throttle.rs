@@ -182,8 +182,20 @@ impl Daemon {
 
     /// A connect to a host outside its profile's working set, from the kernel.
     pub(crate) fn on_throttle(&mut self, kernel: &Kernel, e: &Event) {
-        let Some(host) = host_of(e.arg.as_ref()).map(<[u8]>::to_vec) else {
-            return;
+        // No address: the kernel could not read it (not resident), a host of unknown
+        // address ([`homeostat_monitor::throttle::UNKNOWN_HOST`]); its process may be
+        // stopped, and must be taken over or let go as any other's.
+        let host = match &e.arg {
+            None => homeostat_monitor::throttle::UNKNOWN_HOST.to_vec(),
+            arg => match host_of(arg.as_ref()) {
+                Some(h) => h.to_vec(),
+                None => {
+                    if e.stopped {
+                        kernel.release(e.pid);
+                    }
+                    return;
+                }
+            },
         };
         let Some(t) = &self.throttle else {
             if e.stopped {

@@ -29,8 +29,8 @@ pub enum EventKind {
     /// call's anomaly event follows).
     UnseenClass,
     /// Throttle on: call `nr` (a connect) went to a host outside its profile's working
-    /// set ([`Event::arg`]: the address); `stopped` when the process was stopped for
-    /// the response.
+    /// set ([`Event::arg`]: the address; `None` when the kernel could not read it
+    /// without a fault); `stopped` when the process was stopped for the response.
     Throttle,
     /// Rate limits on: a fork or file creation ([`Event::rate`]) of a profile that
     /// learns its rates (training).
@@ -132,7 +132,13 @@ fn decode_event(b: &[u8]) -> Option<Event> {
     } else if kind == EventKind::Throttle {
         let t: abi::hs_thr_event = abi::decode_prefix(b)?;
         let n = (t.len as usize).min(t.sa.len());
-        (Some(homeostat_core::symbols::sockaddr(&t.sa[..n])?), 0)
+        // Nothing read (the address was not resident): a host of unknown address,
+        // kept (its process may be stopped and waiting for the daemon).
+        let arg = match n {
+            0 => None,
+            _ => Some(homeostat_core::symbols::sockaddr(&t.sa[..n])?),
+        };
+        (arg, 0)
     } else {
         (None, 0)
     };

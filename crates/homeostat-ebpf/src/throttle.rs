@@ -15,7 +15,7 @@ use homeostat_syscalls::Arch;
 use libbpf_rs::{MapCore, MapFlags};
 
 use homeostat_core::rate::{kind_of, RateKind};
-use homeostat_core::symbols::{arg_spec, flags, Arg, ArgSpec};
+use homeostat_core::symbols::{arg_spec, flags, opens_connection, Arg, ArgSpec, MSG_FASTOPEN};
 
 use crate::abi::{self, hs_profile, hs_rate_cfg, hs_rate_ring, hs_thr_key, hs_thr_mode, ROW};
 use crate::error::{map_err, Error};
@@ -31,6 +31,7 @@ const TC_CONNECT: u8 = 1;
 const TC_FORK: u8 = 2;
 const TC_CREATE: u8 = 4;
 const TC_IFCREAT: u8 = 8;
+const TC_FASTOPEN: u8 = 128;
 /// `HS_RATE_*`.
 const RATE_LEARN: u32 = 1;
 const RATE_CHECK: u32 = 2;
@@ -94,7 +95,8 @@ impl ThrottleFlags {
 /// The throttle's loss counters, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ThrottleStats {
-    /// Connects whose address could not be read (not resident): not throttled.
+    /// Connects whose address could not be read (not resident): throttled as a host
+    /// of unknown address.
     pub unread: u64,
     /// Throttle events dropped (ring buffer full).
     pub lost_events: u64,
@@ -113,8 +115,12 @@ pub(crate) fn call_table(connect: bool, rates: bool) -> [u8; ROW] {
         let Some(name) = Arch::X86_64.name(nr as u32) else {
             continue;
         };
-        if connect && name == "connect" {
+        if connect && opens_connection(name, None) {
             *x = TC_CONNECT;
+        } else if connect && opens_connection(name, Some(MSG_FASTOPEN)) {
+            // Only with MSG_FASTOPEN in its flags (the kernel side checks), the address
+            // where the core's `arg_spec` says.
+            *x = TC_CONNECT | TC_FASTOPEN;
         }
         if !rates {
             continue;
@@ -290,8 +296,9 @@ mod tests {
     #[test]
     fn only_connect_is_looked_at_and_stop_needs_report() {
         let t = call_table(true, false);
-        assert_eq!(t.iter().filter(|&&x| x != 0).count(), 1);
+        assert_eq!(t.iter().filter(|&&x| x != 0).count(), 2);
         assert_eq!(t[42], TC_CONNECT, "connect is x86_64 call 42");
+        assert_eq!(t[44], TC_CONNECT | TC_FASTOPEN, "sendto is 44");
         // The core's kinds: clone, fork, vfork, clone3; mkdir; open and openat with
         // O_CREAT in their flags register (rsi, rdx).
         let r = call_table(false, true);

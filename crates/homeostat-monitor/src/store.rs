@@ -513,7 +513,8 @@ impl ProfileStore {
     /// Saves one profile atomically. If another process wrote the file since this
     /// store last read or wrote it, the two are merged (pairs united, trained calls
     /// added up); otherwise `p` is written as it is (so an admin's edit that removes
-    /// pairs stays removed).
+    /// pairs stays removed). A profile of a file born before the one whose profile
+    /// another process wrote (the same key reused) is not written.
     pub fn save(&self, p: &PhProfile) -> Result<(), StoreError> {
         let folder = self.dir.join("profiles");
         let lock = File::open(&folder).map_err(|e| err(&folder, e))?;
@@ -531,6 +532,12 @@ impl ProfileStore {
             // Loaded under the lock: nobody can rewrite it meanwhile. A damaged file
             // is moved aside by load (and ours replaces it).
             if let Ok(theirs) = self.read(&path) {
+                if matches!((p.born(), theirs.born()), (Some(ours), Some(later)) if later > ours) {
+                    // Theirs is of a file born after ours, under our key: ours was
+                    // deleted (an inode number is reused only then), and its profile
+                    // must not replace the one of the file there now.
+                    return Ok(());
+                }
                 if let Some(mut merged) = p.merged_with(&theirs) {
                     let before = seen.map_or(0, |s| s.train_count);
                     merged.train_count = theirs

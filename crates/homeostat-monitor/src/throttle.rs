@@ -42,6 +42,18 @@ impl Default for ThrottleConfig {
     }
 }
 
+/// Most new hosts one profile's queue books. A process the throttle does not hold (the
+/// daemon in detect mode, a process under a debugger) can connect to new hosts as fast
+/// as it likes: unbounded, the queue would grow without end, and each connect's search
+/// of it would make the daemon's loop quadratic (30,000 connects of one scan took it
+/// 16 s). At the default rate this is 17 minutes of waiting already.
+pub const MAX_QUEUE: usize = 1024;
+
+/// The host of a connect whose address could not be read (the daemon's kernel side
+/// reads it without faulting pages in, and a scanner could keep its addresses in
+/// pages not yet touched): a new host every time, that never joins a working set.
+pub const UNKNOWN_HOST: &[u8] = &[];
+
 /// What the throttle does with one connect.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -109,8 +121,10 @@ impl Throttle {
                 let Some((_, host)) = p.pending.pop_front() else {
                     break;
                 };
-                p.recent.retain(|h| *h != host);
-                p.recent.push_back(host.clone());
+                if host != UNKNOWN_HOST {
+                    p.recent.retain(|h| *h != host);
+                    p.recent.push_back(host.clone());
+                }
                 while p.recent.len() > cap {
                     p.recent.pop_front();
                 }
@@ -169,8 +183,19 @@ impl Throttle {
             return Decision::Known;
         }
         // A host already queued leaves with its first connect.
-        let release = match p.pending.iter().find(|(_, h)| h == host) {
+        let queued = p
+            .pending
+            .iter()
+            .find(|(_, h)| h == host && host != UNKNOWN_HOST);
+        let release = match queued {
             Some(&(t, _)) => t,
+            // A full queue books no more: the connect waits what the last booked one
+            // does, plus a period (its host is not remembered, so it queues again: a
+            // delay, never a pass).
+            None if p.pending.len() >= MAX_QUEUE => p
+                .pending
+                .back()
+                .map_or(now_ns, |&(t, _)| t.saturating_add(period).max(now_ns)),
             None => {
                 let last = p.pending.back().map(|&(t, _)| t).or(p.last_release);
                 let t = match last {
@@ -227,6 +252,7 @@ pub struct ThrottleEvent {
 /// An address as text (IPv4 or IPv6 by its length).
 pub fn host_text(h: &[u8]) -> String {
     match h.len() {
+        0 => "?".to_string(),
         4 => std::net::Ipv4Addr::new(h[0], h[1], h[2], h[3]).to_string(),
         16 => {
             let mut a = [0u8; 16];
@@ -412,6 +438,45 @@ mod tests {
         assert_eq!(t.connect(EXE, &[4], S), Decision::Known);
         assert!(matches!(t.connect(EXE, &[1], S), Decision::Queued { .. }));
         assert!(Throttle::new(ThrottleConfig { rate: 0.0, ..cfg }).is_err());
+    }
+
+    #[test]
+    fn a_storm_of_new_hosts_books_a_bounded_queue() {
+        // A scanner the throttle does not hold (the daemon in detect mode, or a
+        // process under a debugger) connects to 20,000 new hosts in a fifth of a second.
+        let mut t = Throttle::new(ThrottleConfig::default()).unwrap();
+        let mut last = (0, 0);
+        for i in 0..20_000u32 {
+            last = queued(&t.connect(EXE, &i.to_be_bytes(), S + u64::from(i) * 10_000));
+        }
+        assert_eq!(t.queued(EXE), MAX_QUEUE);
+        // Past the bound, a new host waits as long as the last booked one, plus a
+        // period: the delay stops growing, and its host is not remembered.
+        assert_eq!(last.1, MAX_QUEUE);
+        // (Booked hosts leave at 1 s, 2 s, ... MAX_QUEUE s; the last connect is at
+        // 1 s + 19,999 x 10 us.)
+        assert_eq!(last.0, (MAX_QUEUE as u64 + 1) * S - (S + 19_999 * 10_000));
+        // Once the queue drains, it books again.
+        let drained = t.release_due(u64::MAX / 2);
+        assert_eq!(drained.len(), MAX_QUEUE);
+        assert_eq!(t.working_set(EXE).len(), 5);
+        assert!(matches!(
+            t.connect(EXE, &[7; 4], u64::MAX / 2),
+            Decision::Queued { queue: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn unknown_hosts_each_wait_their_turn_and_are_never_remembered() {
+        let mut t = Throttle::new(ThrottleConfig::default()).unwrap();
+        let waits: Vec<(u64, usize)> = (0..3)
+            .map(|_| queued(&t.connect(EXE, UNKNOWN_HOST, 10 * S)))
+            .collect();
+        assert_eq!(waits, vec![(0, 1), (S, 2), (2 * S, 3)]);
+        assert_eq!(t.clear_at(EXE), 13 * S);
+        assert_eq!(t.release_due(20 * S).len(), 3);
+        assert!(t.working_set(EXE).is_empty());
+        assert_eq!(host_text(UNKNOWN_HOST), "?");
     }
 
     #[test]

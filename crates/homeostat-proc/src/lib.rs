@@ -50,14 +50,18 @@ pub fn exe(tid: i32) -> Exe {
             dev: md.dev(),
             ino: md.ino(),
             path,
-            born: md
-                .created()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .and_then(|d| u64::try_from(d.as_nanos()).ok()),
+            born: birth_time(&md),
         },
         _ => Exe::unknown(),
     }
+}
+
+/// A file's birth time (ns since the epoch), when its file system reports one
+/// (`statx` btime): what tells a file from a later one reusing its inode number
+/// (`PhProfile::check_file`).
+pub fn birth_time(md: &std::fs::Metadata) -> Option<u64> {
+    let t = md.created().ok()?;
+    u64::try_from(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos()).ok()
 }
 
 /// A numeric field of /proc/TID/status, by its label (`"Tgid:"`, `"PPid:"`,

@@ -1168,3 +1168,77 @@ fn a_profile_learns_only_from_its_cgroup_or_user() {
     assert!(d.wait().unwrap().success());
     let _ = std::fs::remove_dir(&cg);
 }
+
+/// A `homeostat run` profile records its file's birth time; the daemon's kernel side
+/// tells files apart by inode generation, which a run profile does not know. A run
+/// profile of a deleted file whose inode number a later program now has must not
+/// seed the daemon's profile of that program (it would adopt the program's generation
+/// at its first exec and judge it by another program's calls).
+#[test]
+fn a_run_profile_of_an_earlier_file_with_the_same_inode_number_does_not_seed_the_daemon() {
+    if !root_and_btf() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let prog = dir.path().join("prog");
+    std::fs::copy("/usr/bin/true", &prog).unwrap();
+    let born = |p: &Path| std::fs::metadata(p).unwrap().created().ok();
+    if born(&prog).is_none() {
+        eprintln!("skipping: the file system reports no birth time");
+        return;
+    }
+    let state = dir.path().join("state");
+    for _ in 0..3 {
+        let st = Command::new(env!("CARGO_BIN_EXE_homeostat"))
+            .args(["run", "--quiet", "--learn", "--state-dir"])
+            .arg(&state)
+            .arg("--")
+            .arg(&prog)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let st = Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(["profile", "normalize", "prog", "--state-dir"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let m = std::fs::metadata(&prog).unwrap();
+    let key = format!("{:x}-{:x}", m.dev(), m.ino());
+    // echo installed in its place, under the same inode number.
+    let mut reused = false;
+    for _ in 0..20 {
+        std::fs::remove_file(&prog).unwrap();
+        std::fs::copy("/usr/bin/echo", &prog).unwrap();
+        if std::fs::metadata(&prog).unwrap().ino() == m.ino() {
+            reused = true;
+            break;
+        }
+    }
+    if !reused {
+        eprintln!("skipping: the file system gave no inode number twice");
+        return;
+    }
+    let ev = dir.path().join("ev.jsonl");
+    let (mut d, rx) = daemon(&state, &ev, &["--duration", "3", "--detect"]);
+    if ready(&mut d, &rx).is_none() {
+        return;
+    }
+    for _ in 0..3 {
+        let out = Command::new(&prog).arg("hi").output().unwrap();
+        assert!(out.status.success());
+    }
+    assert!(d.wait().unwrap().success());
+    let evs = events(&ev);
+    let mine: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["profile"] == key.as_str())
+        .collect();
+    assert!(
+        !mine
+            .iter()
+            .any(|e| e["event"] == "profile_loaded" || e["event"] == "anomaly"),
+        "{mine:?}"
+    );
+}

@@ -96,3 +96,165 @@ fn a_profile_made_for_an_earlier_file_with_the_same_inode_number_is_dropped() {
     assert_eq!(fresh.state, homeostat_core::ph::ProfileState::Training);
     assert_eq!(fresh.born(), Some(birth));
 }
+
+/// Copies `from` to `path` after deleting what `path` was, until the file system gives
+/// the new file the old one's inode number (ext4 and tmpfs do so at once when nothing
+/// else is created meanwhile); `false` when it never does.
+fn replace_reusing_inode(path: &Path, from: &str) -> bool {
+    let ino = std::fs::metadata(path).unwrap().ino();
+    for _ in 0..20 {
+        std::fs::remove_file(path).unwrap();
+        std::fs::copy(from, path).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if std::fs::metadata(path).unwrap().ino() == ino {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn a_daemon_profile_of_an_earlier_file_with_the_same_inode_number_seeds_nothing() {
+    use homeostat_monitor::daemon_profile::DaemonProfile;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let prog = dir.join("prog");
+    std::fs::copy("/usr/bin/true", &prog).unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if born(&prog).is_none() {
+        eprintln!(
+            "SKIP: the file system under {} reports no birth time",
+            dir.display()
+        );
+        return;
+    }
+    // A normal profile of `true`, as the daemon's file (the daemon learnt it, then
+    // stopped).
+    let learnt = dir.join("learnt");
+    for i in 0..3 {
+        run(&learnt, "--learn", &dir.join(format!("l{i}.jsonl")), &prog);
+    }
+    ok(bin()
+        .args(["profile", "normalize", "prog", "--state-dir"])
+        .arg(&learnt));
+    let md = std::fs::metadata(&prog).unwrap();
+    let key = format!("{:x}-{:x}", md.dev(), md.ino());
+    let ph = learnt.join("profiles").join(format!("{key}.phprof"));
+    let normal = PhProfile::from_bytes(&std::fs::read(ph).unwrap()).unwrap();
+    let state = dir.join("state");
+    std::fs::create_dir_all(state.join("daemon")).unwrap();
+    for d in [&state, &state.join("daemon")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let daemon_file = state.join("daemon").join(format!("{key}.json"));
+    std::fs::write(&daemon_file, DaemonProfile::from_ph(&normal).to_bytes()).unwrap();
+
+    // The file it was learnt for starts from it.
+    let same = run(&state, "--enforce", &dir.join("same.jsonl"), &prog);
+    let created = named(&same, "profile_created");
+    assert!(created.iter().any(|e| e["from"] == "daemon"), "{same:?}");
+    std::fs::remove_file(state.join("profiles").join(format!("{key}.phprof"))).unwrap();
+
+    // Another program installed where it was, under the same inode number, after the
+    // daemon's file was written: the daemon never saw it, its profile is another's.
+    if !replace_reusing_inode(&prog, "/usr/bin/echo") {
+        eprintln!(
+            "SKIP: the file system under {} gave no inode number twice",
+            dir.display()
+        );
+        return;
+    }
+    // (Detect: judged by the wrong profile, enforce would delay echo for minutes.)
+    let other = run(&state, "--detect", &dir.join("other.jsonl"), &prog);
+    let created = named(&other, "profile_created");
+    assert!(
+        created.iter().all(|e| e["from"] == "new") && !created.is_empty(),
+        "{created:?}"
+    );
+    let anomalies = named(&other, "anomaly").len();
+    assert_eq!(anomalies, 0, "{created:?}");
+}
+
+#[test]
+fn a_monitor_saving_a_deleted_files_profile_does_not_overwrite_its_successors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let prog = dir.join("prog");
+    std::fs::copy("/usr/bin/true", &prog).unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(first) = born(&prog) else {
+        eprintln!(
+            "SKIP: the file system under {} reports no birth time",
+            dir.display()
+        );
+        return;
+    };
+    let state = dir.join("state");
+    let md = std::fs::metadata(&prog).unwrap();
+    let file = state
+        .join("profiles")
+        .join(format!("{:x}-{:x}.phprof", md.dev(), md.ino()));
+    // Monitor A learns the first file, and saves when its shell exits, later.
+    let mut a = bin()
+        .args(["run", "--quiet", "--learn", "--state-dir"])
+        .arg(&state)
+        .args(["--", "sh", "-c"])
+        .arg(format!("{} && sleep 1.5", prog.display()))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    // Meanwhile another program is installed in its place, reusing its inode number,
+    // and monitor B learns it and saves first.
+    if !replace_reusing_inode(&prog, "/usr/bin/echo") {
+        a.wait().unwrap();
+        eprintln!(
+            "SKIP: the file system under {} gave no inode number twice",
+            dir.display()
+        );
+        return;
+    }
+    let second = born(&prog).unwrap();
+    assert_ne!(first, second);
+    run(&state, "--learn", &dir.join("b.jsonl"), &prog);
+    let b = PhProfile::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(b.born(), Some(second));
+    assert!(a.wait().unwrap().success());
+    // A's profile is of a file that no longer exists: B's stays.
+    let kept = PhProfile::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(kept.born(), Some(second), "the deleted file's profile won");
+    assert_eq!(kept.train_count, b.train_count);
+}
+
+#[test]
+fn a_profile_of_an_older_build_adopts_its_files_birth_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let prog = dir.join("prog");
+    std::fs::copy("/usr/bin/true", &prog).unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(birth) = born(&prog) else {
+        eprintln!(
+            "SKIP: the file system under {} reports no birth time",
+            dir.display()
+        );
+        return;
+    };
+    let state = dir.join("state");
+    run(&state, "--learn", &dir.join("l0.jsonl"), &prog);
+    let md = std::fs::metadata(&prog).unwrap();
+    let file = state
+        .join("profiles")
+        .join(format!("{:x}-{:x}.phprof", md.dev(), md.ino()));
+    // As an older build wrote it: no birth time (frame version 1).
+    let old = PhProfile::from_bytes(&std::fs::read(&file).unwrap())
+        .unwrap()
+        .with_born(None);
+    let bytes = old.to_bytes();
+    assert_eq!(&bytes[8..10], &1u16.to_le_bytes());
+    std::fs::write(&file, bytes).unwrap();
+    let evs = run(&state, "--learn", &dir.join("l1.jsonl"), &prog);
+    assert!(named(&evs, "profile_evicted").is_empty(), "{evs:?}");
+    let now = PhProfile::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(now.born(), Some(birth));
+    assert!(now.train_count > old.train_count, "its training kept");
+}

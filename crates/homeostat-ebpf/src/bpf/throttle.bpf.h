@@ -32,6 +32,8 @@ const volatile __u32 hs_rate_default = 0;
 #define HS_TC_FORK 2    /* counts as a fork */
 #define HS_TC_CREATE 4  /* counts as a file creation ... */
 #define HS_TC_IFCREAT 8 /* ... only with O_CREAT in the flags, whose register is in bits 4-6 */
+#define HS_TC_FASTOPEN 128 /* with HS_TC_CONNECT: sendto, a connect only with MSG_FASTOPEN */
+#define HS_MSG_FASTOPEN 0x20000000
 
 #define HS_THR_CONNECT 1 /* report connects to hosts outside the working set */
 #define HS_THR_STOP 2    /* ... and stop the process for the response (enforce) */
@@ -157,6 +159,8 @@ struct pt_regs___thr {
 	unsigned long si;
 	unsigned long dx;
 	unsigned long r10;
+	unsigned long r8;
+	unsigned long r9;
 } __attribute__((preserve_access_index));
 
 static __always_inline void tcount(__u32 which)
@@ -255,7 +259,7 @@ __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 	struct hs_thr_event *e;
 	struct hs_config *cfg;
 	__u8 sa[HS_THR_SA] = {};
-	__u64 addr, len, now, *last, pid_tgid;
+	__u64 addr, len, *last, pid_tgid;
 	__u32 slot, flags, n, pid, tid, evf = 0;
 	__u16 fam;
 
@@ -270,31 +274,45 @@ __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 	if (!(flags & HS_THR_CONNECT))
 		return 0;
 	r = (struct pt_regs___thr *)bpf_task_pt_regs(task);
-	addr = BPF_CORE_READ(r, si);
-	len = BPF_CORE_READ(r, dx);
+	if (hs_thr_call[cur] & HS_TC_FASTOPEN) {
+		/* TCP Fast Open: sendto(fd, buf, n, flags, addr, len) opens a connection
+		 * with no connect. */
+		if (!(BPF_CORE_READ(r, r10) & HS_MSG_FASTOPEN))
+			return 0;
+		addr = BPF_CORE_READ(r, r8);
+		len = BPF_CORE_READ(r, r9);
+	} else {
+		addr = BPF_CORE_READ(r, si);
+		len = BPF_CORE_READ(r, dx);
+	}
 	if (!addr || len < 8)
 		return 0;
 	n = len < HS_THR_SA ? len : HS_THR_SA;
 	if (bpf_probe_read_user(sa, n & 31, (void *)addr)) {
+		/* Not resident (a page not faulted in yet): the call itself will fault it
+		 * in, this program cannot. A scanner could put every address there, so it
+		 * is a new host of unknown address (len 0): reported and, in enforce mode,
+		 * stopped; the response thread reads the next ones at their entry. */
 		tcount(HS_TSTAT_UNREAD);
-		return 0;
-	}
-	fam = sa[0] | (__u16)sa[1] << 8;
-	if (fam == 2 /* AF_INET */) {
-		__builtin_memcpy(k.addr, sa + 4, 4);
-		k.alen = 4;
-	} else if (fam == 10 /* AF_INET6 */ && n >= 24) {
-		__builtin_memcpy(k.addr, sa + 8, 16);
-		k.alen = 16;
+		__builtin_memset(sa, 0, HS_THR_SA);
+		n = 0;
 	} else {
-		return 0; /* Unix sockets and other families are never throttled */
-	}
-	k.key = t->key;
-	now = bpf_ktime_get_ns();
-	last = bpf_map_lookup_elem(&hs_thr_hosts, &k);
-	if (last) {
-		*last = now;
-		return 0;
+		fam = sa[0] | (__u16)sa[1] << 8;
+		if (fam == 2 /* AF_INET */) {
+			__builtin_memcpy(k.addr, sa + 4, 4);
+			k.alen = 4;
+		} else if (fam == 10 /* AF_INET6 */ && n >= 24) {
+			__builtin_memcpy(k.addr, sa + 8, 16);
+			k.alen = 16;
+		} else {
+			return 0; /* Unix sockets and other families are never throttled */
+		}
+		k.key = t->key;
+		last = bpf_map_lookup_elem(&hs_thr_hosts, &k);
+		if (last) {
+			*last = bpf_ktime_get_ns();
+			return 0;
+		}
 	}
 	cfg = get_config();
 	if (!cfg)
