@@ -277,7 +277,9 @@ pub fn cluster_folds(
             for i in (1..members.len()).rev() {
                 members.swap(i, rng.below(i + 1));
             }
-            let take = ((members.len() as f64 * normal_share).round() as usize).max(1);
+            // Clamped: a share outside 0..1 (a caller's mistake) still leaves a fold.
+            let take =
+                ((members.len() as f64 * normal_share).round() as usize).clamp(1, members.len());
             normal.extend_from_slice(&members[..take]);
         }
         normal.sort_unstable();
@@ -375,6 +377,8 @@ pub fn member_scores(
     params: &Params,
     holdout: usize,
 ) -> MemberScores {
+    // Every trace held out (1) or a division by zero (0) would leave nothing to fit.
+    let holdout = holdout.max(2);
     let p = member.merged(params);
     let mut full = reg.builder(&member.model, &p).expect("valid member");
     let mut fit = reg.builder(&member.model, &p).expect("valid member");
@@ -580,6 +584,15 @@ mod tests {
         // Too small clusters make no fold, nor does a single cluster.
         assert!(cluster_folds(&train, 3, 9, 0.25, 9).is_empty());
         assert!(cluster_folds(&train, 1, 1, 0.25, 9).is_empty());
+        // A share above 1 holds out each other cluster whole, and panics no more;
+        // a holdout of 0 or 1 fits on every other trace.
+        let all = cluster_folds(&train, 3, 5, 3.0, 9);
+        assert!(all
+            .iter()
+            .all(|f| f.normal.len() == 16 && f.train.is_empty()));
+        let knn = candidates(&reg, "knn,stide");
+        let m = member_scores(&reg, &train, &f[0], &knn[0], &Params::new(), 0);
+        assert!(m.anomalous.iter().all(|x| x.is_finite()), "{m:?}");
     }
 
     #[test]
