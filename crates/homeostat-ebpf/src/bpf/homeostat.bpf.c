@@ -426,7 +426,12 @@ static __noinline __u32 row_new(struct hs_index *ix, __u32 cur)
 /* Connection throttle (homeostat daemon --throttle-connect): hs_throttle. */
 #include "throttle.bpf.h"
 
-static __always_inline int on_sys_enter(long id, bool compat)
+/* thread_info.status bit the kernel sets at a 32-bit (i386) call's entry and clears
+ * before the return to user mode (TS_COMPAT, what in_ia32_syscall() reads): a
+ * 32-bit program's calls, and a 64-bit program's int 0x80, whichever the segment. */
+#define HS_TS_COMPAT 0x0002
+
+static __always_inline int on_sys_enter(long id)
 {
 	struct hs_config *cfg;
 	__u64 pid_tgid;
@@ -446,9 +451,9 @@ static __always_inline int on_sys_enter(long id, bool compat)
 	if (id < 0)
 		return 0;
 	cur = id < HS_ROW ? id : HS_ROW - 1;
-	if (compat)
-		cur += HS_COMPAT;
 	task = bpf_get_current_task_btf();
+	if (task->thread_info.status & HS_TS_COMPAT)
+		cur += HS_COMPAT;
 	t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
 	if (!t || t->valid != HS_VALID) {
 		struct hs_task *inherited;
@@ -533,14 +538,17 @@ static __always_inline int on_sys_enter(long id, bool compat)
 	}
 	PAIR(1) PAIR(2) PAIR(3) PAIR(4) PAIR(5) PAIR(6) PAIR(7) PAIR(8)
 tested:
-	/* Argument classes: off, the verifier drops this; on, other calls pay one load. */
-	if (hs_args_on && cur < HS_ROW && hs_arg_spec[cur]) {
-		r = hs_args(t, (__u64)hs_arg_spec[cur] << 32 | (__u32)training << 16 | cur);
+	/* Argument classes: off, the verifier drops this; on, other calls pay one load.
+	 * The tables are indexed by a masked copy: clang may bounds-check one copy of
+	 * `cur` and index with another, which the verifier does not tie to the check. */
+	if (hs_args_on && cur < HS_ROW && hs_arg_spec[cur & (HS_ROW - 1)]) {
+		r = hs_args(t, (__u64)hs_arg_spec[cur & (HS_ROW - 1)] << 32 |
+				       (__u32)training << 16 | cur);
 		misses += r & 1;
 		learnt += r >> 1;
 	}
 	/* Connection throttle: off, the verifier drops this; on, other calls pay one load. */
-	if (hs_thr_on && cur < HS_ROW && hs_thr_call[cur])
+	if (hs_thr_on && cur < HS_ROW && hs_thr_call[cur & (HS_ROW - 1)])
 		hs_throttle(t, cur);
 	/* Shifting the window by one call is two stores. */
 	sw[1] = (s1 << 16) | (s0 >> 48);
@@ -600,11 +608,6 @@ tested:
 	return 0;
 }
 
-/* A 32-bit task's calls (i386 numbering) enter from the 32-bit user code segment,
- * whichever entry (int 0x80, sysenter, syscall) they use; in_ia32_syscall() reads a
- * thread flag set from the same fact. A 64-bit task's int 0x80 is not told apart. */
-#define HS_USER32_CS 0x23
-
 SEC("tp_btf/sys_enter")
 int BPF_PROG(sys_enter_btf, struct pt_regs *regs, long id)
 {
@@ -612,7 +615,7 @@ int BPF_PROG(sys_enter_btf, struct pt_regs *regs, long id)
 	/* Feature `floor`: the price of the hook alone, for benchmarks. */
 	return 0;
 #endif
-	return on_sys_enter(id, regs->cs == HS_USER32_CS);
+	return on_sys_enter(id);
 }
 
 /* Fallback when tp_btf cannot be loaded: the same raw_syscalls/sys_enter tracepoint,
@@ -621,13 +624,11 @@ int BPF_PROG(sys_enter_btf, struct pt_regs *regs, long id)
 SEC("raw_tp/sys_enter")
 int sys_enter_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-
 #ifdef HS_FLOOR
 	return 0;
 #endif
 
-	return on_sys_enter((long)ctx->args[1], BPF_CORE_READ(regs, cs) == HS_USER32_CS);
+	return on_sys_enter((long)ctx->args[1]);
 }
 
 /* fork/clone (threads too): the child inherits its parent's sequence and locality

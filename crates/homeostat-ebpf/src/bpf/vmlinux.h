@@ -75,7 +75,12 @@ struct mm_struct {
 	struct file *exe_file;
 };
 
+struct thread_info {
+	__u32 status; /* TS_COMPAT: the current call entered as an i386 one */
+};
+
 struct task_struct {
+	struct thread_info thread_info;
 	unsigned int ptrace;
 	pid_t pid;
 	pid_t tgid;
@@ -90,7 +95,6 @@ struct linux_binprm {
 
 struct pt_regs {
 	unsigned long orig_ax;
-	unsigned long cs; /* __USER32_CS (0x23) in a 32-bit (compat) task */
 };
 
 #pragma clang attribute pop
