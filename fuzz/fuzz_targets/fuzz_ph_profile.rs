@@ -49,6 +49,6 @@ fuzz_target!(|data: &[u8]| {
         let s = p.symbol_of(&task, u32::from(b), None);
         p.on_syscall(&mut task, s, i % 17 == 0, i as u64, &config, &mut |_| {});
         let kind = if b & 1 == 0 { RateKind::Fork } else { RateKind::Create };
-        p.on_rate(kind, i as u64 * 1_000_000, &config, &mut |_| {});
+        p.on_rate(&task, kind, i as u64 * 1_000_000, &config, &mut |_| {});
     }
 });
