@@ -45,6 +45,8 @@
 #   SCOPE        1: only the soak's cgroup; 0: the whole machine (default: 1 for
 #                enforce, 0 for detect)
 #   OUT          where to keep the events, log and summary (default a temp dir)
+#   DAEMON_ARGS  more daemon flags, e.g. "--throttle-connect --rate-limit" (the
+#                summary then counts their queued, held and released calls)
 # Output: a markdown summary on stdout (also OUT/summary.md); progress on stderr.
 set -euo pipefail
 
@@ -103,7 +105,7 @@ python3 -m http.server "$port" --bind 127.0.0.1 --directory "$work/www" >"$OUT/h
 http_pid=$!
 
 "$HOMEOSTAT" daemon --state-dir "$state" --config "$OUT/ph.toml" --normal-wait "$NORMAL_WAIT" \
-    --events "$events" --quiet "${scope_args[@]}" >"$log" 2>&1 &
+    --events "$events" --quiet "${scope_args[@]}" ${DAEMON_ARGS:-} >"$log" 2>&1 &
 daemon_pid=$!
 cleanup() {
     kill -TERM "$daemon_pid" 2>/dev/null || true
@@ -324,7 +326,7 @@ python3 - "$events" "$OUT/status.json" "$OUT/profiles.json" "$start" "$warm_end"
     "$stayed" "$final_stopped" "$ps_samples" "$ps_tasks" "$ps_normal" "$(uptime)" \
     "$(if [[ -n $cgroup ]]; then echo "only the soak's cgroup"; else echo "whole machine"; fi)" \
     "$(for t in "${!fails[@]}"; do printf '%s %s, ' "$t" "${fails[$t]}"; done)" <<'EOF' | tee "$OUT/summary.md"
-import json, sys, collections
+import json, os, sys, collections
 (ev, status, profiles, start, warm, end, mode, nw, minutes, warmup, ran, failed, hung,
  max_stopped, stayed, final_stopped, ps_n, ps_tasks, ps_normal, load, scope, fails) = sys.argv[1:]
 start, warm, end = int(start), int(warm), int(end)
@@ -341,6 +343,7 @@ st = st[0] if st else {}
 profs = json.load(open(profiles))
 states = collections.Counter(p["state"] for p in profs if p.get("source") == "daemon")
 print(f"## Soak: {minutes} min, mode {mode}, normal_wait {nw} s, warm-up {warmup} min, {scope}\n")
+print(f"- daemon flags beyond the mode: {os.environ.get('DAEMON_ARGS') or 'none'}")
 print(f"- load at the end: {load.strip()}")
 print(f"- tasks run: {ran} ({failed} failed, {hung} hung), failures by task: {fails.rstrip(', ') or 'none'}")
 print(f"- stopped processes (state T, machine-wide, sampled every 10 s): at most {max_stopped} at once; "
@@ -362,6 +365,14 @@ if st:
           f"evicted {x.get('deleted', 0)} (deleted executables) + {x.get('lru', 0)} (LRU)")
     print(f"- kernel losses: {l['lost_events']} events, {l['rows_full']} pairs, {l['tasks_full']} tasks, "
           f"{l['profiles_full']} profiles, {l['stops_failed']} stops")
+lim = st.get("limits") if st else None
+if lim:
+    print(f"- throttle (whole run): {lim['throttle_queued']} connects to new hosts queued, "
+          f"{lim['throttle_held']} held, {lim['throttle_released']} released, {lim['throttle_alarms']} alarms; "
+          f"rate limits: {lim['rate_exceeded']} calls over a limit, {lim['rate_queued']} queued, "
+          f"{lim['rate_released']} released, {lim['rate_alarms']} alarms")
+    print(f"- after warm-up: throttle_queued {kinds['throttle_queued']}, rate_exceeded {kinds['rate_exceeded']}, "
+          f"rate_queued {kinds['rate_queued']}")
 if int(ps_n):
     print(f"- processes followed by the daemon after warm-up (homeostat ps, {ps_n} samples): "
           f"{int(ps_tasks) / int(ps_n):.0f} tasks on average, "

@@ -42,6 +42,7 @@ mod persist;
 pub mod prometheus;
 pub mod rates;
 pub mod respond;
+pub mod shared;
 pub mod stop_guard;
 pub mod throttle;
 

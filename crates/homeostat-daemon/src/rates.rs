@@ -23,7 +23,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use homeostat_core::ph::{ExeKey, Mode, ProfileState};
 use homeostat_core::rate::{LearnedRates, RateKind, RateState};
@@ -69,15 +68,7 @@ impl Limits {
 }
 
 /// The shared rate state.
-#[derive(Clone, Default)]
-pub struct SharedRates(Arc<Mutex<Shared>>);
-
-impl SharedRates {
-    /// Locks it.
-    pub fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+pub type SharedRates = crate::shared::Locked<Shared>;
 
 /// The daemon loop's side.
 pub(crate) struct RateLimits {

@@ -22,7 +22,7 @@
 //! stop guard), detect reports what would have been held, learn does nothing.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use homeostat_core::ph::{ExeKey, Mode};
 use homeostat_core::symbols::Arg;
@@ -52,15 +52,7 @@ impl Shared {
 }
 
 /// The shared throttle state.
-#[derive(Clone)]
-pub struct SharedThrottle(Arc<Mutex<Shared>>);
-
-impl SharedThrottle {
-    /// Locks it (a panicked holder's state is still the rule's).
-    pub fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+pub type SharedThrottle = crate::shared::Locked<Shared>;
 
 /// The daemon loop's side.
 pub(crate) struct ConnThrottle {
@@ -89,11 +81,11 @@ pub(crate) fn flags_for(mode: Mode, respond: bool) -> ThrottleFlags {
 impl ConnThrottle {
     pub(crate) fn new(rule: Throttle, working_set: usize, default: ThrottleFlags) -> Self {
         ConnThrottle {
-            shared: SharedThrottle(Arc::new(Mutex::new(Shared {
+            shared: SharedThrottle::new(Shared {
                 rule,
                 flags: HashMap::new(),
                 default,
-            }))),
+            }),
             mirrored: HashMap::new(),
             working_set,
         }

@@ -411,29 +411,52 @@ fn exec_lsm_is_optional_and_explained() {
 
 /// A static i386 program made byte by byte (no 32-bit toolchain needed): getpid,
 /// getpid, exit(0), through int 0x80.
-fn i386_program(dir: &Path) -> (PathBuf, ExeKey) {
-    let code: &[u8] = &[
-        0xb8, 20, 0, 0, 0, 0xcd, 0x80, // mov eax, 20 (getpid); int 0x80
-        0xb8, 20, 0, 0, 0, 0xcd, 0x80, // getpid again
-        0xb8, 1, 0, 0, 0, 0x31, 0xdb, 0xcd, 0x80, // exit(0)
+/// A static program made of `code` alone: an ELF header, one loadable segment of the
+/// whole file (read and execute) and the code, entered at its first byte; 32-bit
+/// (i386) or 64-bit (x86_64).
+fn tiny_program(dir: &Path, name: &str, bits64: bool, code: &[u8]) -> (PathBuf, ExeKey) {
+    let (ehsize, phentsize) = if bits64 { (64u16, 56u16) } else { (52, 32) };
+    let base: u64 = if bits64 { 0x40_0000 } else { 0x0804_8000 };
+    let entry = base + u64::from(ehsize + phentsize);
+    let total = u64::from(ehsize + phentsize) + code.len() as u64;
+    // An address or offset: 4 bytes in a 32-bit file, 8 in a 64-bit one.
+    let word = |w: u64| {
+        if bits64 {
+            w.to_le_bytes().to_vec()
+        } else {
+            (w as u32).to_le_bytes().to_vec()
+        }
+    };
+    let class = if bits64 { 2 } else { 1 };
+    let mut elf = vec![
+        0x7f, b'E', b'L', b'F', class, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     ];
-    let base: u32 = 0x0804_8000;
-    let total = (52 + 32 + code.len()) as u32;
-    let mut elf = vec![0x7f, b'E', b'L', b'F', 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    for h in [2u16, 3] {
-        elf.extend(h.to_le_bytes()); // ET_EXEC, EM_386
+    let machine: u16 = if bits64 { 0x3e } else { 3 };
+    for h in [2u16, machine] {
+        elf.extend(h.to_le_bytes()); // ET_EXEC, EM_X86_64 or EM_386
     }
-    for w in [1u32, base + 84, 52, 0, 0] {
-        elf.extend(w.to_le_bytes()); // version, entry, phoff, shoff, flags
+    elf.extend(1u32.to_le_bytes()); // version
+    for w in [entry, u64::from(ehsize), 0] {
+        elf.extend(word(w)); // entry, phoff, shoff
     }
-    for h in [52u16, 32, 1, 0, 0, 0] {
+    elf.extend(0u32.to_le_bytes()); // flags
+    for h in [ehsize, phentsize, 1, 0, 0, 0] {
         elf.extend(h.to_le_bytes()); // ehsize, phentsize, phnum, shentsize, shnum, shstrndx
     }
-    for w in [1u32, 0, base, base, total, total, 5, 0x1000] {
-        elf.extend(w.to_le_bytes()); // PT_LOAD of the whole file, R+X
+    // PT_LOAD of the whole file, R+X; the flags word comes second in 64-bit files.
+    elf.extend(1u32.to_le_bytes());
+    if bits64 {
+        elf.extend(5u32.to_le_bytes());
     }
+    for w in [0, base, base, total, total] {
+        elf.extend(word(w)); // offset, vaddr, paddr, filesz, memsz
+    }
+    if !bits64 {
+        elf.extend(5u32.to_le_bytes());
+    }
+    elf.extend(word(0x1000)); // align
     elf.extend(code);
-    let path = dir.join("i386-getpid");
+    let path = dir.join(name);
     std::fs::write(&path, &elf).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let m = std::fs::metadata(&path).unwrap();
@@ -444,6 +467,16 @@ fn i386_program(dir: &Path) -> (PathBuf, ExeKey) {
             ino: m.ino(),
         },
     )
+}
+
+/// A static i386 program: getpid, getpid, exit, through `int 0x80`.
+fn i386_program(dir: &Path) -> (PathBuf, ExeKey) {
+    let code: &[u8] = &[
+        0xb8, 20, 0, 0, 0, 0xcd, 0x80, // mov eax, 20 (getpid); int 0x80
+        0xb8, 20, 0, 0, 0, 0xcd, 0x80, // getpid again
+        0xb8, 1, 0, 0, 0, 0x31, 0xdb, 0xcd, 0x80, // exit(0)
+    ];
+    tiny_program(dir, "i386-getpid", false, code)
 }
 
 #[test]
@@ -475,38 +508,7 @@ fn int80_program(dir: &Path) -> (PathBuf, ExeKey) {
         0xb8, 20, 0, 0, 0, 0xcd, 0x80, // mov eax, 20 (i386 getpid); int 0x80
         0xb8, 60, 0, 0, 0, 0x31, 0xff, 0x0f, 0x05, // exit(0)
     ];
-    let base: u64 = 0x40_0000;
-    let total = (64 + 56 + code.len()) as u64;
-    let mut elf = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    for h in [2u16, 0x3e] {
-        elf.extend(h.to_le_bytes()); // ET_EXEC, EM_X86_64
-    }
-    elf.extend(1u32.to_le_bytes()); // version
-    for w in [base + 120, 64, 0] {
-        elf.extend(w.to_le_bytes()); // entry, phoff, shoff
-    }
-    elf.extend(0u32.to_le_bytes()); // flags
-    for h in [64u16, 56, 1, 0, 0, 0] {
-        elf.extend(h.to_le_bytes()); // ehsize, phentsize, phnum, shentsize, shnum, shstrndx
-    }
-    for w in [1u32, 5] {
-        elf.extend(w.to_le_bytes()); // PT_LOAD, R+X
-    }
-    for w in [0u64, base, base, total, total, 0x1000] {
-        elf.extend(w.to_le_bytes()); // offset, vaddr, paddr, filesz, memsz, align
-    }
-    elf.extend(code);
-    let path = dir.join("int80-getpid");
-    std::fs::write(&path, &elf).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let m = std::fs::metadata(&path).unwrap();
-    (
-        path,
-        ExeKey {
-            dev: m.dev(),
-            ino: m.ino(),
-        },
-    )
+    tiny_program(dir, "int80-getpid", true, code)
 }
 
 #[test]

@@ -156,10 +156,7 @@ struct pt_regs___hs {
 
 static __always_inline void acount(__u32 which)
 {
-	__u64 *v = bpf_map_lookup_elem(&hs_arg_stats, &which);
-
-	if (v)
-		*v += 1;
+	percpu_add(&hs_arg_stats, which);
 }
 
 /* Direct loads: the registers' pointer is typed (bpf_task_pt_regs returns a BTF

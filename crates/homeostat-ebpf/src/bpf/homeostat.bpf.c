@@ -129,12 +129,19 @@ __u32 hs_generation = 1;
  * buffer has none), so that the loader decodes events through it. */
 struct hs_exec_event hs_abi_exec_event;
 
-static __always_inline void count(__u32 which)
+/* Adds one to entry `which` of a per-CPU counter array (the loss counters of the
+ * pair tables, of the argument classes and of the throttle). */
+static __always_inline void percpu_add(void *map, __u32 which)
 {
-	__u64 *v = bpf_map_lookup_elem(&hs_stats, &which);
+	__u64 *v = bpf_map_lookup_elem(map, &which);
 
 	if (v)
 		*v += 1; /* per-CPU: no atomics needed */
+}
+
+static __always_inline void count(__u32 which)
+{
+	percpu_add(&hs_stats, which);
 }
 
 static __always_inline struct hs_config *get_config(void)

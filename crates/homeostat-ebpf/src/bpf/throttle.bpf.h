@@ -153,22 +153,10 @@ struct {
 struct hs_thr_event hs_abi_thr_event;
 struct hs_thr_key hs_abi_thr_key;
 
-/* The user registers of the call (a CO-RE flavour of the kernel's struct pt_regs). */
-struct pt_regs___thr {
-	unsigned long di;
-	unsigned long si;
-	unsigned long dx;
-	unsigned long r10;
-	unsigned long r8;
-	unsigned long r9;
-} __attribute__((preserve_access_index));
-
+/* The call's user registers: args.bpf.h's CO-RE flavour of pt_regs (included first). */
 static __always_inline void tcount(__u32 which)
 {
-	__u64 *v = bpf_map_lookup_elem(&hs_thr_stats, &which);
-
-	if (v)
-		*v += 1;
+	percpu_add(&hs_thr_stats, which);
 }
 
 /* A fork or file creation (rate limits): counted in its profile's ring; reported in
@@ -189,7 +177,7 @@ __attribute__((noinline)) __u32 hs_rate(struct hs_task *t, __u32 cur, __u32 spec
 		return 0;
 	kind = (spec & HS_TC_FORK) ? 0 : 1;
 	if (spec & HS_TC_IFCREAT) {
-		struct pt_regs___thr *r = (struct pt_regs___thr *)bpf_task_pt_regs(task);
+		struct pt_regs___hs *r = (struct pt_regs___hs *)bpf_task_pt_regs(task);
 		__u64 oflags;
 
 		switch ((spec >> 4) & 7) {
@@ -253,7 +241,7 @@ __attribute__((noinline)) __u32 hs_rate(struct hs_task *t, __u32 cur, __u32 spec
 __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
-	struct pt_regs___thr *r;
+	struct pt_regs___hs *r;
 	struct hs_thr_key k = {};
 	struct hs_thr_mode *m;
 	struct hs_thr_event *e;
@@ -273,7 +261,7 @@ __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 			m->flags : hs_thr_default;
 	if (!(flags & HS_THR_CONNECT))
 		return 0;
-	r = (struct pt_regs___thr *)bpf_task_pt_regs(task);
+	r = (struct pt_regs___hs *)bpf_task_pt_regs(task);
 	if (hs_thr_call[cur] & HS_TC_FASTOPEN) {
 		/* TCP Fast Open: sendto(fd, buf, n, flags, addr, len) opens a connection
 		 * with no connect. */
