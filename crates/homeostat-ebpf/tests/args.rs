@@ -10,26 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::private_copy;
+use common::{kernel_with, private_copy};
 use homeostat_core::ph::ExeKey;
 use homeostat_core::symbols::SymbolConfig;
 use homeostat_ebpf::{class_name, Error, Event, EventKind, Hook, Kernel, KernelState, Options};
 use homeostat_testsupport::{is_root, spawn};
-
-fn kernel_with(opts: &Options) -> Option<Kernel> {
-    if !is_root() {
-        eprintln!("skipped: needs root to load BPF programs");
-        return None;
-    }
-    match Kernel::load(opts) {
-        Ok(k) => Some(k),
-        Err(e @ (Error::PermissionDenied | Error::NoBtf)) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
-}
 
 fn with_args(hook: Option<Hook>) -> Options {
     Options {

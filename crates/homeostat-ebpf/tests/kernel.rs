@@ -11,28 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::private_copy;
+use common::{kernel_with, private_copy};
 use homeostat_core::ph::ExeKey;
 use homeostat_ebpf::{Error, Event, EventKind, ExecLsm, Hook, Kernel, KernelState, Options};
-use homeostat_testsupport::{is_root, spawn};
+use homeostat_testsupport::spawn;
 
 fn kernel() -> Option<Kernel> {
     kernel_with(&Options::default())
-}
-
-fn kernel_with(opts: &Options) -> Option<Kernel> {
-    if !is_root() {
-        eprintln!("skipped: needs root to load BPF programs");
-        return None;
-    }
-    match Kernel::load(opts) {
-        Ok(k) => Some(k),
-        Err(e @ (Error::PermissionDenied | Error::NoBtf)) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
 }
 
 fn run(bin: &Path, args: &[&str]) -> u32 {

@@ -12,27 +12,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::private_copy;
+use common::{kernel_with, private_copy};
 use homeostat_core::symbols::Arg;
-use homeostat_ebpf::{
-    Error, Event, EventKind, Kernel, KernelState, Options, RateFlags, ThrottleFlags,
-};
-use homeostat_testsupport::{is_root, spawn};
-
-fn kernel_with(opts: &Options) -> Option<Kernel> {
-    if !is_root() {
-        eprintln!("skipped: needs root to load BPF programs");
-        return None;
-    }
-    match Kernel::load(opts) {
-        Ok(k) => Some(k),
-        Err(e @ (Error::PermissionDenied | Error::NoBtf)) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
-}
+use homeostat_ebpf::{Event, EventKind, KernelState, Options, RateFlags, ThrottleFlags};
+use homeostat_testsupport::spawn;
 
 /// bash connecting to 127.0.0.N:port for each N, through /dev/tcp.
 fn connects(bash: &Path, port: u16, hosts: &[u8]) -> std::process::Child {

@@ -12,7 +12,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use homeostat_testsupport::daemon::{events, ready};
-use homeostat_testsupport::{is_root, spawn};
+use homeostat_testsupport::spawn;
 use serde_json::Value;
 
 fn output(cmd: &mut Command) -> std::process::Output {
@@ -36,12 +36,7 @@ fn has(evs: &[Value], f: impl Fn(&Value) -> bool) -> bool {
 
 #[test]
 fn learns_detects_saves_and_reloads() {
-    if !is_root() {
-        eprintln!("skipping: homeostat daemon needs root");
-        return;
-    }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        eprintln!("skipping: the kernel has no BTF");
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     let t0 = Instant::now();
@@ -223,18 +218,6 @@ fn learns_detects_saves_and_reloads() {
     eprintln!("daemon test took {:.1} s", t0.elapsed().as_secs_f64());
 }
 
-fn root_and_btf() -> bool {
-    if !is_root() {
-        eprintln!("skipping: homeostat daemon needs root");
-        return false;
-    }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        eprintln!("skipping: the kernel has no BTF");
-        return false;
-    }
-    true
-}
-
 /// A private copy of dash, a data file and the trained script: 300 reads of the file
 /// by shell builtins only (no fork), so every run is the same calls.
 struct Shell {
@@ -292,7 +275,7 @@ fn state_of(pid: u32) -> Option<char> {
 
 #[test]
 fn enforce_stops_delays_refuses_execve_and_lets_go() {
-    if !root_and_btf() {
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     let s = shell();
@@ -480,7 +463,7 @@ fn homeostat(args: &[&str], state: &Path) -> Value {
 /// (the keeper resumes it). Saved profiles stay intact and a restart resumes.
 #[test]
 fn sigkill_leaves_nothing_stopped_and_restart_resumes() {
-    if !root_and_btf() {
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     let s = shell();
@@ -576,7 +559,7 @@ fn sigkill_leaves_nothing_stopped_and_restart_resumes() {
 /// none is left stopped, and the daemon answers `status` throughout.
 #[test]
 fn thirty_seconds_of_load_lose_nothing_and_stop_nothing() {
-    if !root_and_btf() {
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -695,7 +678,7 @@ fn thirty_seconds_of_load_lose_nothing_and_stop_nothing() {
 /// anomalies do not count (as in `homeostat run`).
 #[test]
 fn anomaly_limit_and_tolerize_limit() {
-    if !root_and_btf() {
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     for (tolerize, want) in [(1000, "anomaly_limit"), (1, "tolerized")] {
@@ -746,7 +729,7 @@ fn anomaly_limit_and_tolerize_limit() {
 /// exploit stopped, delayed and refused its shell.
 #[test]
 fn the_daemon_demo_stops_the_exploit() {
-    if !root_and_btf() {
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     let o = output(Command::new(env!("CARGO_BIN_EXE_homeostat")).args(["demo", "--daemon"]));
@@ -842,7 +825,7 @@ fn key_of(p: &Path) -> String {
 /// events), keeps a normal profile, and new executables are still watched after.
 #[test]
 fn ten_thousand_throwaway_executables_are_evicted_and_normal_profiles_survive() {
-    if !root_and_btf() {
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     let s = shell();
@@ -960,7 +943,7 @@ fn ten_thousand_throwaway_executables_are_evicted_and_normal_profiles_survive() 
 /// interpreter is recorded as a script of the interpreter's profile, not as its name.
 #[test]
 fn profiles_keep_every_path_and_scripts_beside_their_interpreter() {
-    if !root_and_btf() {
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     let s = shell();
@@ -1028,7 +1011,7 @@ fn cgroup2_root() -> Option<std::path::PathBuf> {
 /// does anything else on this busy machine.
 #[test]
 fn a_cgroup_scoped_daemon_watches_only_its_cgroup() {
-    if !root_and_btf() {
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     let Some(root) = cgroup2_root() else {
@@ -1082,7 +1065,7 @@ fn a_cgroup_scoped_daemon_watches_only_its_cgroup() {
 /// user's) is not trained by the same program run outside it (or by another user).
 #[test]
 fn a_profile_learns_only_from_its_cgroup_or_user() {
-    if !root_and_btf() {
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     let Some(root) = cgroup2_root() else {
@@ -1176,7 +1159,7 @@ fn a_profile_learns_only_from_its_cgroup_or_user() {
 /// at its first exec and judge it by another program's calls).
 #[test]
 fn a_run_profile_of_an_earlier_file_with_the_same_inode_number_does_not_seed_the_daemon() {
-    if !root_and_btf() {
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

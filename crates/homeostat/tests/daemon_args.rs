@@ -14,7 +14,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use homeostat_testsupport::daemon::{events, ready};
-use homeostat_testsupport::{is_root, spawn};
+use homeostat_testsupport::spawn;
 use serde_json::Value;
 
 fn daemon(state: &Path, events: &Path, extra: &[&str]) -> (Child, Receiver<String>) {
@@ -68,12 +68,7 @@ fn wait_for(ev: &Path, what: &str, f: impl Fn(&Value) -> bool) -> Value {
 
 #[test]
 fn another_file_is_an_anomaly_and_the_classes_are_the_cores() {
-    if !is_root() {
-        eprintln!("skipping: homeostat daemon needs root");
-        return;
-    }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        eprintln!("skipping: the kernel has no BTF");
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -12,21 +12,11 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use homeostat_testsupport::daemon::{events, ready};
-use homeostat_testsupport::{is_root, serial, spawn};
-use serde_json::Value;
+use homeostat_testsupport::{serial, spawn};
 
-/// `fork N MS`: N forks (each child exits at once, the parent waits for it), MS ms
-/// apart; `create N MS DIR`: N files created in DIR, MS ms apart (as
-/// crates/homeostat/tests/rates.rs).
-const STORM: &str = r#"
-use POSIX ();
-my ($kind, $n, $ms, $dir) = @ARGV;
-for my $i (1..$n) {
-    if ($kind eq "fork") { my $p = fork; if (!$p) { POSIX::_exit(0) } waitpid($p, 0); }
-    else { open(my $f, ">", "$dir/f$i") or die "$dir/f$i: $!"; close $f; }
-    select(undef, undef, undef, $ms / 1000) if $ms > 0;
-}
-"#;
+mod common;
+use common::STORM;
+use serde_json::Value;
 
 fn daemon(state: &Path, events: &Path, extra: &[&str]) -> (Child, Receiver<String>) {
     homeostat_testsupport::daemon::start(
@@ -74,12 +64,7 @@ fn a_file_creation_storm_is_slowed_to_the_learned_limit_too() {
 }
 
 fn storm_case(kind: &str, peak_field: &str) {
-    if !is_root() {
-        eprintln!("skipping: homeostat daemon needs root");
-        return;
-    }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        eprintln!("skipping: the kernel has no BTF");
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     assert!(

@@ -9,20 +9,27 @@ use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use homeostat_testsupport::daemon::{events, ready};
-use homeostat_testsupport::{is_root, serial, spawn};
+use homeostat_testsupport::{serial, spawn};
 use serde_json::Value;
 
-fn daemon(state: &Path, events: &Path, extra: &[&str]) -> (Child, Receiver<String>) {
-    homeostat_testsupport::daemon::start(
+/// A daemon under `dir/state` writing `events`, in `mode` with `--throttle-connect
+/// rate` and `extra`, pH's own responses out of the way (normal_wait an hour), up and
+/// watching; `None` (after saying why) when BPF cannot run here.
+fn throttling(dir: &Path, events: &Path, mode: &str, rate: &str, extra: &[&str]) -> Option<Child> {
+    let mut args = vec![mode, "--throttle-connect", rate];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--normal-wait", "3600", "--duration", "120"]);
+    let (mut d, rx) = homeostat_testsupport::daemon::start(
         Path::new(env!("CARGO_BIN_EXE_homeostat")),
-        state,
+        &dir.join("state"),
         events,
-        extra,
-    )
+        &args,
+    );
+    ready(&mut d, &rx)?;
+    Some(d)
 }
 
 fn signal(d: &Child, sig: i32) {
@@ -74,18 +81,6 @@ fn private_bash(dir: &Path) -> (PathBuf, String) {
     (bash, format!("{:x}-{:x}", m.dev(), m.ino()))
 }
 
-fn available() -> bool {
-    if !is_root() {
-        eprintln!("skipping: homeostat daemon needs root");
-        return false;
-    }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        eprintln!("skipping: the kernel has no BTF");
-        return false;
-    }
-    true
-}
-
 fn of(ev: &[Value], event: &str, pid: u32) -> Vec<Value> {
     ev.iter()
         .filter(|e| e["event"] == event && e["pid"] == pid)
@@ -104,7 +99,7 @@ fn load() -> String {
 
 #[test]
 fn a_scan_is_held_to_the_rate_and_a_known_host_is_not_delayed() {
-    if !available() {
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     let _g = serial();
@@ -119,22 +114,9 @@ fn a_scan_is_held_to_the_rate_and_a_known_host_is_not_delayed() {
     let ev = dir.path().join("events.jsonl");
     // Training only (normal_wait far away): pH never responds, the delays are the
     // throttle's alone.
-    let (mut d, rx) = daemon(
-        &dir.path().join("state"),
-        &ev,
-        &[
-            "--enforce",
-            "--throttle-connect",
-            "4",
-            "--normal-wait",
-            "3600",
-            "--duration",
-            "120",
-        ],
-    );
-    if ready(&mut d, &rx).is_none() {
+    let Some(mut d) = throttling(dir.path(), &ev, "--enforce", "4", &[]) else {
         return;
-    }
+    };
     // A first run makes 127.0.0.1 known (its connect runs before the stop lands, at
     // once by the rule: the queue is idle).
     let (first, _) = timed(|| connects(&bash, port, [1]));
@@ -227,7 +209,7 @@ fn a_held_connect_is_let_go_when_the_daemon_is_killed() {
 }
 
 fn held_then_the_daemon_gets(sig: i32) {
-    if !available() {
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     let _g = serial();
@@ -236,22 +218,9 @@ fn held_then_the_daemon_gets(sig: i32) {
     let (bash, _) = private_bash(dir.path());
     let ev = dir.path().join("events.jsonl");
     // One new host every 5 s: the third connect would wait 10 s.
-    let (mut d, rx) = daemon(
-        &dir.path().join("state"),
-        &ev,
-        &[
-            "--enforce",
-            "--throttle-connect",
-            "0.2",
-            "--normal-wait",
-            "3600",
-            "--duration",
-            "120",
-        ],
-    );
-    if ready(&mut d, &rx).is_none() {
+    let Some(mut d) = throttling(dir.path(), &ev, "--enforce", "0.2", &[]) else {
         return;
-    }
+    };
     let t = Instant::now();
     let mut c = connects(&bash, port, [21, 22, 23]);
     let pid = c.id();
@@ -280,7 +249,7 @@ fn held_then_the_daemon_gets(sig: i32) {
 
 #[test]
 fn detect_reports_what_would_wait_and_holds_nothing() {
-    if !available() {
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     let _g = serial();
@@ -289,22 +258,9 @@ fn detect_reports_what_would_wait_and_holds_nothing() {
     let (bash, _) = private_bash(dir.path());
     let (_, plain) = timed(|| connects(&bash, port, 31..37));
     let ev = dir.path().join("events.jsonl");
-    let (mut d, rx) = daemon(
-        &dir.path().join("state"),
-        &ev,
-        &[
-            "--detect",
-            "--throttle-connect",
-            "1",
-            "--normal-wait",
-            "3600",
-            "--duration",
-            "120",
-        ],
-    );
-    if ready(&mut d, &rx).is_none() {
+    let Some(mut d) = throttling(dir.path(), &ev, "--detect", "1", &[]) else {
         return;
-    }
+    };
     let n = 6;
     let (pid, secs) = timed(|| connects(&bash, port, 31..31 + n));
     let t = Instant::now();
@@ -358,7 +314,7 @@ fn detect_reports_what_would_wait_and_holds_nothing() {
 /// userspace) counts as used, so a new host replaces the one used least recently.
 #[test]
 fn a_full_working_set_replaces_the_host_used_least_recently() {
-    if !available() {
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     let _g = serial();
@@ -366,24 +322,15 @@ fn a_full_working_set_replaces_the_host_used_least_recently() {
     let port = listener();
     let (bash, _) = private_bash(dir.path());
     let ev = dir.path().join("events.jsonl");
-    let (mut d, rx) = daemon(
-        &dir.path().join("state"),
+    let Some(mut d) = throttling(
+        dir.path(),
         &ev,
-        &[
-            "--enforce",
-            "--throttle-connect",
-            "100",
-            "--throttle-working-set",
-            "2",
-            "--normal-wait",
-            "3600",
-            "--duration",
-            "120",
-        ],
-    );
-    if ready(&mut d, &rx).is_none() {
+        "--enforce",
+        "100",
+        &["--throttle-working-set", "2"],
+    ) else {
         return;
-    }
+    };
     let step = |host: u32| {
         let (pid, _) = timed(|| connects(&bash, port, [host]));
         // Released (at once: the queue is idle) and in the kernel's set by then.
@@ -416,7 +363,7 @@ fn a_full_working_set_replaces_the_host_used_least_recently() {
 /// stopped and held as for any other new host.
 #[test]
 fn a_scan_from_addresses_the_kernel_cannot_read_is_held_all_the_same() {
-    if !available() {
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     if !Path::new("/usr/bin/python3").exists() {
@@ -453,22 +400,9 @@ for i in range(n):
     )
     .unwrap();
     let ev = dir.path().join("events.jsonl");
-    let (mut d, rx) = daemon(
-        &dir.path().join("state"),
-        &ev,
-        &[
-            "--enforce",
-            "--throttle-connect",
-            "4",
-            "--normal-wait",
-            "3600",
-            "--duration",
-            "120",
-        ],
-    );
-    if ready(&mut d, &rx).is_none() {
+    let Some(mut d) = throttling(dir.path(), &ev, "--enforce", "4", &[]) else {
         return;
-    }
+    };
     let n = 6;
     let addrs = dir.path().join("addrs");
     let (pid, secs) = timed(|| {
@@ -508,7 +442,7 @@ for i in range(n):
 /// to the rate as if it connected.
 #[test]
 fn a_scan_by_tcp_fast_open_is_held_all_the_same() {
-    if !available() {
+    if !homeostat_testsupport::daemon::possible() {
         return;
     }
     if !Path::new("/usr/bin/python3").exists() {
@@ -525,22 +459,9 @@ fn a_scan_by_tcp_fast_open_is_held_all_the_same() {
                   s.sendto(b'x', socket.MSG_FASTOPEN, ('127.0.7.%d' % (i + 1), int(sys.argv[2])))\n    \
                   s.close()\n";
     let ev = dir.path().join("events.jsonl");
-    let (mut d, rx) = daemon(
-        &dir.path().join("state"),
-        &ev,
-        &[
-            "--enforce",
-            "--throttle-connect",
-            "4",
-            "--normal-wait",
-            "3600",
-            "--duration",
-            "120",
-        ],
-    );
-    if ready(&mut d, &rx).is_none() {
+    let Some(mut d) = throttling(dir.path(), &ev, "--enforce", "4", &[]) else {
         return;
-    }
+    };
     let n = 6;
     let (pid, secs) = timed(|| {
         spawn(

@@ -12,19 +12,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 mod common;
-use common::{bin, ok};
-
-/// `fork N MS`: N forks (each child exits at once, the parent waits for it), MS ms
-/// apart; `create N MS DIR`: N files created in DIR, MS ms apart.
-const STORM: &str = r#"
-use POSIX ();
-my ($kind, $n, $ms, $dir) = @ARGV;
-for my $i (1..$n) {
-    if ($kind eq "fork") { my $p = fork; if (!$p) { POSIX::_exit(0) } waitpid($p, 0); }
-    else { open(my $f, ">", "$dir/f$i") or die "$dir/f$i: $!"; close $f; }
-    select(undef, undef, undef, $ms / 1000) if $ms > 0;
-}
-"#;
+use common::{bin, ok, STORM};
 
 struct Run {
     secs: f64,

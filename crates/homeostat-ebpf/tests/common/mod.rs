@@ -19,3 +19,22 @@ pub fn private_copy(dir: &Path, bin: &str) -> (PathBuf, ExeKey) {
         },
     )
 }
+
+/// The programs loaded with `opts`; `None`, after saying why, when BPF is not
+/// available here (not root, or the kernel refused for lack of privilege or BTF). Any
+/// other error, a program the verifier rejected first of all, fails the test.
+pub fn kernel_with(opts: &homeostat_ebpf::Options) -> Option<homeostat_ebpf::Kernel> {
+    use homeostat_ebpf::{Error, Kernel};
+    if !homeostat_testsupport::is_root() {
+        eprintln!("skipped: needs root to load BPF programs");
+        return None;
+    }
+    match Kernel::load(opts) {
+        Ok(k) => Some(k),
+        Err(e @ (Error::PermissionDenied | Error::NoBtf)) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}

@@ -27,3 +27,16 @@ pub fn ok(cmd: &mut Command) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A perl storm for the rate-limit tests, `run` and daemon alike: `fork N MS` makes N
+/// forks (each child exits at once, the parent waits for it), MS ms apart; `create N
+/// MS DIR` creates N files in DIR, MS ms apart.
+pub const STORM: &str = r#"
+use POSIX ();
+my ($kind, $n, $ms, $dir) = @ARGV;
+for my $i (1..$n) {
+    if ($kind eq "fork") { my $p = fork; if (!$p) { POSIX::_exit(0) } waitpid($p, 0); }
+    else { open(my $f, ">", "$dir/f$i") or die "$dir/f$i: $!"; close $f; }
+    select(undef, undef, undef, $ms / 1000) if $ms > 0;
+}
+"#;
