@@ -74,6 +74,18 @@ fn timed(start: impl FnOnce() -> Child) -> (u32, f64) {
     (pid, t.elapsed().as_secs_f64())
 }
 
+/// A private copy of python3 (its profile is ours alone), for the scanners written in
+/// python; python3 is a test dependency (scripts/lib/ensure-deps.sh installs it).
+fn private_python(dir: &Path) -> PathBuf {
+    assert!(
+        Path::new("/usr/bin/python3").exists(),
+        "python3 is needed (scripts/lib/ensure-deps.sh installs it)"
+    );
+    let py = dir.join("python-copy");
+    std::fs::copy("/usr/bin/python3", &py).unwrap();
+    py
+}
+
 fn private_bash(dir: &Path) -> (PathBuf, String) {
     let bash = dir.join("bash-copy");
     std::fs::copy("/bin/bash", &bash).unwrap();
@@ -366,14 +378,10 @@ fn a_scan_from_addresses_the_kernel_cannot_read_is_held_all_the_same() {
     if !homeostat_testsupport::daemon::possible() {
         return;
     }
-    if !Path::new("/usr/bin/python3").exists() {
-        panic!("python3 is needed (scripts/lib/ensure-deps.sh installs it)");
-    }
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let port = listener();
-    let py = dir.path().join("python-copy");
-    std::fs::copy("/usr/bin/python3", &py).unwrap();
+    let py = private_python(dir.path());
     let script = dir.path().join("scan.py");
     std::fs::write(
         &script,
@@ -445,14 +453,10 @@ fn a_scan_by_tcp_fast_open_is_held_all_the_same() {
     if !homeostat_testsupport::daemon::possible() {
         return;
     }
-    if !Path::new("/usr/bin/python3").exists() {
-        panic!("python3 is needed (scripts/lib/ensure-deps.sh installs it)");
-    }
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let port = listener();
-    let py = dir.path().join("python-copy");
-    std::fs::copy("/usr/bin/python3", &py).unwrap();
+    let py = private_python(dir.path());
     let script = "import socket, sys\n\
                   for i in range(int(sys.argv[1])):\n    \
                   s = socket.socket()\n    \
