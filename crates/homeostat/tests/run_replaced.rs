@@ -9,7 +9,7 @@
 //! for a file born one nanosecond earlier, which is what a reused number looks like.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use homeostat_core::ph::PhProfile;
 use serde_json::Value;
@@ -20,6 +20,29 @@ use common::{bin, ok};
 fn born(path: &Path) -> Option<u64> {
     let t = std::fs::metadata(path).ok()?.created().ok()?;
     Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos() as u64)
+}
+
+/// A copy of `true` at `dir/prog` and its birth time; `None`, after saying so, on a
+/// file system that reports no birth time (run cannot tell a reused inode number
+/// there: the check is off too).
+fn program(dir: &Path) -> Option<(PathBuf, u64)> {
+    let prog = dir.join("prog");
+    std::fs::copy("/usr/bin/true", &prog).unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(birth) = born(&prog) else {
+        eprintln!(
+            "SKIP: the file system under {} reports no birth time",
+            dir.display()
+        );
+        return None;
+    };
+    Some((prog, birth))
+}
+
+/// The profile key (`<dev>-<ino>`, hex) of the file at `path` now.
+fn key_of(path: &Path) -> String {
+    let md = std::fs::metadata(path).unwrap();
+    format!("{:x}-{:x}", md.dev(), md.ino())
 }
 
 fn run(state: &Path, mode: &str, events: &Path, prog: &Path) -> Vec<Value> {
@@ -45,15 +68,7 @@ fn named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
 fn a_profile_made_for_an_earlier_file_with_the_same_inode_number_is_dropped() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let prog = dir.join("prog");
-    std::fs::copy("/usr/bin/true", &prog).unwrap();
-    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let Some(birth) = born(&prog) else {
-        eprintln!(
-            "SKIP: the file system under {} reports no birth time, so run cannot tell \
-             a reused inode number (the check is off there too)",
-            dir.display()
-        );
+    let Some((prog, birth)) = program(dir) else {
         return;
     };
     let state = dir.join("state");
@@ -65,10 +80,9 @@ fn a_profile_made_for_an_earlier_file_with_the_same_inode_number_is_dropped() {
             &prog,
         );
     }
-    let md = std::fs::metadata(&prog).unwrap();
     let file = state
         .join("profiles")
-        .join(format!("{:x}-{:x}.phprof", md.dev(), md.ino()));
+        .join(format!("{}.phprof", key_of(&prog)));
     let learnt = PhProfile::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(learnt.born(), Some(birth), "the profile records its file");
     ok(bin()
@@ -118,16 +132,9 @@ fn a_daemon_profile_of_an_earlier_file_with_the_same_inode_number_seeds_nothing(
     use homeostat_monitor::daemon_profile::DaemonProfile;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let prog = dir.join("prog");
-    std::fs::copy("/usr/bin/true", &prog).unwrap();
-    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
-    if born(&prog).is_none() {
-        eprintln!(
-            "SKIP: the file system under {} reports no birth time",
-            dir.display()
-        );
+    let Some((prog, _)) = program(dir) else {
         return;
-    }
+    };
     // A normal profile of `true`, as the daemon's file (the daemon learnt it, then
     // stopped).
     let learnt = dir.join("learnt");
@@ -137,8 +144,7 @@ fn a_daemon_profile_of_an_earlier_file_with_the_same_inode_number_seeds_nothing(
     ok(bin()
         .args(["profile", "normalize", "prog", "--state-dir"])
         .arg(&learnt));
-    let md = std::fs::metadata(&prog).unwrap();
-    let key = format!("{:x}-{:x}", md.dev(), md.ino());
+    let key = key_of(&prog);
     let ph = learnt.join("profiles").join(format!("{key}.phprof"));
     let normal = PhProfile::from_bytes(&std::fs::read(ph).unwrap()).unwrap();
     let state = dir.join("state");
@@ -179,21 +185,13 @@ fn a_daemon_profile_of_an_earlier_file_with_the_same_inode_number_seeds_nothing(
 fn a_monitor_saving_a_deleted_files_profile_does_not_overwrite_its_successors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let prog = dir.join("prog");
-    std::fs::copy("/usr/bin/true", &prog).unwrap();
-    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let Some(first) = born(&prog) else {
-        eprintln!(
-            "SKIP: the file system under {} reports no birth time",
-            dir.display()
-        );
+    let Some((prog, first)) = program(dir) else {
         return;
     };
     let state = dir.join("state");
-    let md = std::fs::metadata(&prog).unwrap();
     let file = state
         .join("profiles")
-        .join(format!("{:x}-{:x}.phprof", md.dev(), md.ino()));
+        .join(format!("{}.phprof", key_of(&prog)));
     // Monitor A learns the first file, and saves when its shell exits, later.
     let mut a = bin()
         .args(["run", "--quiet", "--learn", "--state-dir"])
@@ -229,22 +227,14 @@ fn a_monitor_saving_a_deleted_files_profile_does_not_overwrite_its_successors() 
 fn a_profile_of_an_older_build_adopts_its_files_birth_time() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let prog = dir.join("prog");
-    std::fs::copy("/usr/bin/true", &prog).unwrap();
-    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let Some(birth) = born(&prog) else {
-        eprintln!(
-            "SKIP: the file system under {} reports no birth time",
-            dir.display()
-        );
+    let Some((prog, birth)) = program(dir) else {
         return;
     };
     let state = dir.join("state");
     run(&state, "--learn", &dir.join("l0.jsonl"), &prog);
-    let md = std::fs::metadata(&prog).unwrap();
     let file = state
         .join("profiles")
-        .join(format!("{:x}-{:x}.phprof", md.dev(), md.ino()));
+        .join(format!("{}.phprof", key_of(&prog)));
     // As an older build wrote it: no birth time (frame version 1).
     let old = PhProfile::from_bytes(&std::fs::read(&file).unwrap())
         .unwrap()
