@@ -201,6 +201,7 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
     let loaded = d.load(&kernel, &store);
     d.rates_load();
     d.rates_sync(&kernel);
+    d.throttle_load(&kernel);
     let keys: Vec<_> = d.profiles.keys().copied().collect();
     for k in keys {
         d.throttle_mode(&kernel, k);
@@ -293,6 +294,7 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
         if last_save.elapsed() >= SAVE_EVERY {
             d.save(&kernel);
             d.rates_save();
+            d.throttle_save();
             last_save = Instant::now();
         }
         if let Some(server) = &control {
@@ -312,6 +314,7 @@ pub fn run(opts: DaemonOptions, stop: &AtomicBool) -> Result<()> {
     d.tick(&kernel);
     let (saved, failed) = d.save(&kernel);
     d.rates_save();
+    d.throttle_save();
     if d.throttle.is_some() && !d.quiet {
         info!(
             "throttle: {} connects to new hosts queued, {} of them held",

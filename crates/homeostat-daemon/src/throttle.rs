@@ -20,8 +20,16 @@
 //!
 //! Modes, per profile as the daemon's other responses: enforce holds connects (with a
 //! stop guard), detect reports what would have been held, learn does nothing.
+//!
+//! Each profile's working set is saved beside it (`daemon/<key>.hosts`, a file of its
+//! own as the rates are) and given back at the next start, to the rule and to the
+//! kernel: a restarted daemon does not make every program wait again, one host a
+//! period, for the hosts it always talks to. Queues are not saved: a held connect is
+//! let go when the daemon stops.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use homeostat_core::ph::{ExeKey, Mode};
@@ -29,6 +37,8 @@ use homeostat_core::symbols::Arg;
 use homeostat_ebpf::{Event, Kernel, ThrottleFlags};
 use homeostat_monitor::sink::write_event;
 use homeostat_monitor::throttle::{host_text, Decision, Throttle, ThrottleEvent};
+use homeostat_monitor::write_atomic;
+use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::daemon::Daemon;
@@ -61,6 +71,8 @@ pub(crate) struct ConnThrottle {
     mirrored: HashMap<ExeKey, Vec<Vec<u8>>>,
     /// Working set size (the rule's).
     working_set: usize,
+    /// Each profile's working set as its file last said (what need not be saved again).
+    saved: HashMap<ExeKey, Vec<Vec<u8>>>,
 }
 
 /// The kernel flags of a profile in `mode`; `stop` when the daemon can respond.
@@ -88,8 +100,64 @@ impl ConnThrottle {
             }),
             mirrored: HashMap::new(),
             working_set,
+            saved: HashMap::new(),
         }
     }
+}
+
+/// Format version of the working-set files.
+pub const HOSTS_VERSION: u32 = 1;
+/// Largest working-set file read: 1,024 IPv6 hosts as text fit with room to spare.
+const HOSTS_FILE_MAX: u64 = 64 * 1024;
+
+/// One working-set file: the hosts as text, least recently used first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostsFile {
+    pub version: u32,
+    pub dev: u64,
+    pub ino: u64,
+    pub hosts: Vec<String>,
+}
+
+/// `<dir>/<key>.hosts`.
+pub fn hosts_path_in(dir: &Path, key: ExeKey) -> PathBuf {
+    dir.join(format!("{key}.hosts"))
+}
+
+/// Reads a working-set file of `key`: its hosts (4 or 16 bytes each), at most the
+/// `cap` most recent. A one-line error for anything but a valid file of `key`.
+pub fn read_hosts(path: &Path, key: ExeKey, cap: usize) -> Result<Vec<Vec<u8>>, String> {
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let meta = std::fs::metadata(path).map_err(|e| err(&e))?;
+    if !meta.is_file() {
+        return Err(err(&"not a regular file"));
+    }
+    if meta.len() > HOSTS_FILE_MAX {
+        return Err(err(&"too large"));
+    }
+    let b = std::fs::read(path).map_err(|e| err(&e))?;
+    let f: HostsFile = serde_json::from_slice(&b).map_err(|e| err(&e))?;
+    if f.version != HOSTS_VERSION {
+        return Err(err(&format!(
+            "format version {} (want {HOSTS_VERSION})",
+            f.version
+        )));
+    }
+    if (f.dev, f.ino) != (key.dev, key.ino) {
+        return Err(err(&"another profile's working set"));
+    }
+    let mut hosts = f
+        .hosts
+        .iter()
+        .map(|h| match h.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => Ok(a.octets().to_vec()),
+            Ok(IpAddr::V6(a)) => Ok(a.octets().to_vec()),
+            Err(_) => Err(err(&format!("{h:?} is not an IP address"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let extra = hosts.len().saturating_sub(cap);
+    hosts.drain(..extra);
+    Ok(hosts)
 }
 
 /// The host of a connect's address (IP only: other families are never throttled).
@@ -339,13 +407,77 @@ impl Daemon {
         }
     }
 
-    /// A profile left (evicted, reset): its working set and queue go with it, and so
-    /// do its rate limits.
-    pub(crate) fn limits_forget(&mut self, kernel: &Kernel, exe: ExeKey) {
-        self.rates_forget(exe);
+    /// Gives every profile loaded its saved working set, in the rule and in the
+    /// kernel; a bad file is reported and left. Returns how many were given.
+    pub(crate) fn throttle_load(&mut self, kernel: &Kernel) -> usize {
+        let dir = self.dir.clone();
+        let keys: Vec<ExeKey> = self.profiles.keys().copied().collect();
+        let Some(t) = self.throttle.as_mut() else {
+            return 0;
+        };
+        let mut s = t.shared.lock();
+        let mut n = 0;
+        for key in keys {
+            let p = hosts_path_in(&dir, key);
+            if !p.exists() {
+                continue;
+            }
+            let hosts = match read_hosts(&p, key, t.working_set) {
+                Ok(h) => h,
+                Err(e) => {
+                    warn!("working set not loaded: {e}");
+                    continue;
+                }
+            };
+            s.rule.restore(key, &hosts);
+            let set = s.rule.working_set(key);
+            for h in &set {
+                if let Err(e) = kernel.add_host(key, h) {
+                    warn!("throttle of profile {key}: {e}");
+                }
+            }
+            t.saved.insert(key, hosts);
+            t.mirrored.insert(key, set);
+            n += 1;
+        }
+        n
+    }
+
+    /// Saves the working sets that changed, `<key>.hosts` beside each profile.
+    pub(crate) fn throttle_save(&mut self) {
+        let dir = self.dir.clone();
         let Some(t) = self.throttle.as_mut() else {
             return;
         };
+        for (key, set) in &t.mirrored {
+            if !self.profiles.contains_key(key) || t.saved.get(key) == Some(set) {
+                continue;
+            }
+            let f = HostsFile {
+                version: HOSTS_VERSION,
+                dev: key.dev,
+                ino: key.ino,
+                hosts: set.iter().map(|h| host_text(h)).collect(),
+            };
+            let bytes = serde_json::to_vec_pretty(&f).unwrap_or_default();
+            match write_atomic(&hosts_path_in(&dir, *key), &bytes) {
+                Ok(()) => {
+                    t.saved.insert(*key, set.clone());
+                }
+                Err(e) => warn!("working set of profile {key} not saved: {e}"),
+            }
+        }
+    }
+
+    /// A profile left (evicted, reset): its working set (and its file) and queue go
+    /// with it, and so do its rate limits.
+    pub(crate) fn limits_forget(&mut self, kernel: &Kernel, exe: ExeKey) {
+        self.rates_forget(exe);
+        let _ = std::fs::remove_file(hosts_path_in(&self.dir, exe));
+        let Some(t) = self.throttle.as_mut() else {
+            return;
+        };
+        t.saved.remove(&exe);
         for h in t.mirrored.remove(&exe).unwrap_or_default() {
             let _ = kernel.remove_host(exe, &h);
         }
@@ -378,5 +510,48 @@ mod tests {
             port: 80,
         };
         assert_eq!(host_of(Some(&a)), Some(&[127u8, 0, 0, 2][..]));
+    }
+
+    #[test]
+    fn hosts_files_round_trip_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ExeKey { dev: 1, ino: 2 };
+        let p = hosts_path_in(dir.path(), key);
+        let f = HostsFile {
+            version: HOSTS_VERSION,
+            dev: 1,
+            ino: 2,
+            hosts: vec!["10.0.0.1".into(), "::1".into(), "10.0.0.2".into()],
+        };
+        std::fs::write(&p, serde_json::to_vec(&f).unwrap()).unwrap();
+        let mut v6 = vec![0u8; 16];
+        v6[15] = 1;
+        assert_eq!(
+            read_hosts(&p, key, 5).unwrap(),
+            vec![vec![10, 0, 0, 1], v6, vec![10, 0, 0, 2]]
+        );
+        // A smaller working set keeps the most recent.
+        assert_eq!(read_hosts(&p, key, 1).unwrap(), vec![vec![10, 0, 0, 2]]);
+        assert!(read_hosts(&p, ExeKey { dev: 1, ino: 3 }, 5)
+            .unwrap_err()
+            .contains("another profile"));
+        let bad = HostsFile {
+            hosts: vec!["example.com".into()],
+            ..f.clone()
+        };
+        std::fs::write(&p, serde_json::to_vec(&bad).unwrap()).unwrap();
+        assert!(read_hosts(&p, key, 5)
+            .unwrap_err()
+            .contains("not an IP address"));
+        std::fs::write(&p, b"{\"version\": 1").unwrap();
+        assert!(read_hosts(&p, key, 5).is_err());
+        std::fs::write(&p, vec![b' '; 70_000]).unwrap();
+        assert!(read_hosts(&p, key, 5).unwrap_err().contains("too large"));
+        // A directory (or a device) where the file should be: an error, no read.
+        std::fs::remove_file(&p).unwrap();
+        std::fs::create_dir(&p).unwrap();
+        assert!(read_hosts(&p, key, 5)
+            .unwrap_err()
+            .contains("not a regular file"));
     }
 }

@@ -165,6 +165,28 @@ impl Throttle {
             .map_or(0, |t| t.saturating_add(self.period_ns))
     }
 
+    /// Gives profile `exe` a working set saved before (least recently used first), as
+    /// if those hosts had been released: a restarted daemon does not make a program
+    /// wait again for the hosts it always talks to. Only a profile the rule knows
+    /// nothing of yet takes it (hosts seen since the start are newer); the unknown host
+    /// and repeats are skipped, and the most recent `working_set` hosts kept.
+    pub fn restore(&mut self, exe: ExeKey, hosts: &[Vec<u8>]) {
+        let cap = self.cfg.working_set;
+        if self.profiles.get(&exe).is_some_and(|p| {
+            !p.recent.is_empty() || !p.pending.is_empty() || p.last_release.is_some()
+        }) {
+            return;
+        }
+        let p = self.profiles.entry(exe).or_default();
+        for h in hosts.iter().filter(|h| h.as_slice() != UNKNOWN_HOST) {
+            p.recent.retain(|r| r != h);
+            p.recent.push_back(h.clone());
+        }
+        while p.recent.len() > cap {
+            p.recent.pop_front();
+        }
+    }
+
     /// Forgets profile `exe` (removed): its working set and queue.
     pub fn forget(&mut self, exe: ExeKey) {
         self.profiles.remove(&exe);
@@ -493,5 +515,25 @@ mod tests {
         assert_eq!(queued(&t.connect(EXE, &[3], 12 * S)), (0, 1));
         t.forget(EXE);
         assert!(t.working_set(EXE).is_empty());
+    }
+    #[test]
+    fn a_restored_working_set_is_known_at_once_and_bounded() {
+        let cfg = ThrottleConfig {
+            working_set: 2,
+            ..ThrottleConfig::default()
+        };
+        let mut t = Throttle::new(cfg).unwrap();
+        // Saved least recently used first; the unknown host and a repeat are skipped,
+        // and only the two most recent are kept.
+        let saved = vec![vec![1], UNKNOWN_HOST.to_vec(), vec![2], vec![3], vec![2]];
+        t.restore(EXE, &saved);
+        assert_eq!(t.working_set(EXE), vec![vec![3], vec![2]]);
+        assert_eq!(t.connect(EXE, &[2], S), Decision::Known);
+        assert!(matches!(t.connect(EXE, &[1], S), Decision::Queued { .. }));
+        // A profile already at work keeps what it saw since the start.
+        t.release_due(10 * S);
+        let now = t.working_set(EXE);
+        t.restore(EXE, &[vec![9]]);
+        assert_eq!(t.working_set(EXE), now);
     }
 }

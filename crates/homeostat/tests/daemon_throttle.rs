@@ -486,3 +486,64 @@ fn a_scan_by_tcp_fast_open_is_held_all_the_same() {
     assert!(q.len() >= n, "{q:?}");
     assert!(secs >= 1.2, "the scan took {secs:.3} s: not held");
 }
+
+/// A restart keeps each program's working set: the hosts it was let through are saved
+/// beside its profile (`<key>.hosts`) and given back to the rule and the kernel, so
+/// its next connects to them pass at once, with no event and no stop, instead of
+/// queueing again one period each.
+#[test]
+fn a_restarted_daemon_remembers_each_programs_hosts() {
+    if !homeostat_testsupport::daemon::possible() {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = listener();
+    let (bash, key) = private_bash(dir.path());
+    let ev = dir.path().join("events.jsonl");
+    let Some(mut d) = throttling(dir.path(), &ev, "--enforce", "4", &[]) else {
+        return;
+    };
+    // Two new hosts: the first runs at once, the second a period later; both are then
+    // released into the working set.
+    let (first, _) = timed(|| connects(&bash, port, [1, 2]));
+    std::thread::sleep(Duration::from_millis(800));
+    signal(&d, libc::SIGTERM);
+    assert!(d.wait().unwrap().success());
+    assert!(
+        of(&events(&ev), "throttle_queued", first).len() >= 2,
+        "the first run's hosts were not new: {:?}",
+        events(&ev)
+    );
+    let saved: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("state/daemon").join(format!("{key}.hosts"))).unwrap(),
+    )
+    .unwrap();
+    let mut hosts: Vec<&str> = saved["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap())
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, ["127.0.0.1", "127.0.0.2"], "{saved}");
+
+    // The same state, a new daemon: both hosts are known from its first call.
+    let ev2 = dir.path().join("events2.jsonl");
+    let Some(mut d) = throttling(dir.path(), &ev2, "--enforce", "4", &[]) else {
+        return;
+    };
+    let (again, secs) = timed(|| connects(&bash, port, [1, 2, 1, 2]));
+    // A new host still queues: the throttle is on.
+    let (scan, _) = timed(|| connects(&bash, port, [3]));
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&d, libc::SIGTERM);
+    assert!(d.wait().unwrap().success());
+    let all = events(&ev2);
+    eprintln!(
+        "4 connects to 2 remembered hosts after a restart: {secs:.3} s (load {})",
+        load()
+    );
+    assert_eq!(of(&all, "throttle_queued", again), Vec::<Value>::new());
+    assert!(!of(&all, "throttle_queued", scan).is_empty(), "{all:?}");
+}
