@@ -206,8 +206,7 @@ impl Daemon {
                 unread: self.arg_stats.unread,
                 lost_events: self.arg_stats.lost_events,
             }),
-            limits: (self.throttle.is_some() || self.rates.is_some())
-                .then(|| self.limit_counts.clone()),
+            limits: self.limits_now(),
         }
     }
 

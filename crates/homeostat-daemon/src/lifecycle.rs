@@ -284,9 +284,7 @@ impl Daemon {
             let s = &self.arg_stats;
             self.counts.argument_losses = Some([s.overflowed, s.map_full, s.unread, s.lost_events]);
         }
-        if self.throttle.is_some() || self.rates.is_some() {
-            self.counts.limits = Some(self.limit_counts.clone());
-        }
+        self.counts.limits = self.limits_now();
         let by = |st| self.profiles.values().filter(|p| p.state == st).count() as u64;
         self.counts.profiles_training = by(ProfileState::Training);
         self.counts.profiles_frozen = by(ProfileState::Frozen);

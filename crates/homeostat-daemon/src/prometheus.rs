@@ -228,6 +228,15 @@ impl Snapshot {
                     "homeostat_rate_limit_events_total{{event=\"{event}\"}} {value}"
                 );
             }
+            metric_header(
+                &mut out,
+                "homeostat_limit_waiting",
+                "Calls waiting now in the connection throttle's queues (connects to new hosts) and the rate limits' (forks and file creations).",
+                "gauge",
+            );
+            for (limit, value) in [("throttle", l.throttle_waiting), ("rate", l.rate_waiting)] {
+                let _ = writeln!(out, "homeostat_limit_waiting{{limit=\"{limit}\"}} {value}");
+            }
         }
         out
     }
@@ -428,6 +437,7 @@ mod tests {
             limits: Some(homeostat_monitor::control::LimitCounts {
                 throttle_held: 2,
                 rate_queued: 5,
+                throttle_waiting: 3,
                 ..Default::default()
             }),
             ..sample()
@@ -439,6 +449,9 @@ mod tests {
             "homeostat_throttle_events_total{event=\"queued\"} 0",
             "# TYPE homeostat_rate_limit_events_total counter",
             "homeostat_rate_limit_events_total{event=\"queued\"} 5",
+            "# TYPE homeostat_limit_waiting gauge",
+            "homeostat_limit_waiting{limit=\"throttle\"} 3",
+            "homeostat_limit_waiting{limit=\"rate\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }

@@ -407,6 +407,28 @@ impl Daemon {
         }
     }
 
+    /// What the throttle and the rate limits did, and what waits in their queues now
+    /// (`None` when neither is on).
+    pub(crate) fn limits_now(&self) -> Option<homeostat_monitor::control::LimitCounts> {
+        if self.throttle.is_none() && self.rates.is_none() {
+            return None;
+        }
+        let mut c = self.limit_counts.clone();
+        if let Some(t) = &self.throttle {
+            c.throttle_waiting = t.shared.lock().rule.queued_total() as u64;
+        }
+        if let Some(r) = &self.rates {
+            c.rate_waiting = r
+                .shared
+                .lock()
+                .states
+                .values()
+                .map(|s| s.queued() as u64)
+                .sum();
+        }
+        Some(c)
+    }
+
     /// Gives every profile loaded its saved working set, in the rule and in the
     /// kernel; a bad file is reported and left. Returns how many were given.
     pub(crate) fn throttle_load(&mut self, kernel: &Kernel) -> usize {

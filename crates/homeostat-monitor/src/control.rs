@@ -305,7 +305,7 @@ pub struct ArgumentLosses {
 /// What the daemon's connection throttle and rate limits did since it started
 /// (`--throttle-connect`, `--rate-limit`), in [`StatusReply`]: the counts of their
 /// events (docs/events.md), so an operator sees a storm being held without reading
-/// the events file.
+/// the events file, and how much is waiting in their queues now.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LimitCounts {
     /// Connects to hosts outside the working set (`throttle_queued`).
@@ -324,6 +324,12 @@ pub struct LimitCounts {
     pub rate_released: u64,
     /// `rate_alarm` events.
     pub rate_alarms: u64,
+    /// Connects to new hosts waiting in the throttle's queues now (every profile).
+    #[serde(default)]
+    pub throttle_waiting: u64,
+    /// Forks and file creations waiting in the rate limits' queues now.
+    #[serde(default)]
+    pub rate_waiting: u64,
 }
 
 impl LimitCounts {
@@ -783,6 +789,7 @@ mod tests {
                 rate_queued: 1,
                 rate_released: 1,
                 rate_alarms: 1,
+                ..LimitCounts::default()
             }
         );
     }

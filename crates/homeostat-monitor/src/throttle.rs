@@ -154,6 +154,11 @@ impl Throttle {
         self.profiles.get(&exe).map_or(0, |p| p.pending.len())
     }
 
+    /// Connects waiting in every profile's queue.
+    pub fn queued_total(&self) -> usize {
+        self.profiles.values().map(|p| p.pending.len()).sum()
+    }
+
     /// From when a connect of `exe` to a new host would run at once (0: from now):
     /// one period after the last release booked. Until then a new host waits, so a
     /// front end that can hold a connect only once it has taken the process over (the
@@ -510,6 +515,8 @@ mod tests {
         // Booked at 10 s and 11 s: a third new host would wait until 12 s.
         assert_eq!(t.clear_at(EXE), 12 * S);
         assert_eq!(t.queued(EXE), 2);
+        t.connect(ExeKey { dev: 7, ino: 7 }, &[1], 10 * S);
+        assert_eq!(t.queued_total(), 3);
         t.release_due(12 * S);
         assert_eq!(t.working_set(EXE), vec![vec![1], vec![2]]);
         assert_eq!(queued(&t.connect(EXE, &[3], 12 * S)), (0, 1));

@@ -100,6 +100,26 @@ fn of(ev: &[Value], event: &str, pid: u32) -> Vec<Value> {
         .collect()
 }
 
+/// The `limits` of daemon `d`'s `status --json` (under `dir/state`).
+fn status_limits(dir: &Path, d: &Child) -> Value {
+    let st = Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(["status", "--json", "--state-dir"])
+        .arg(dir.join("state"))
+        .output()
+        .unwrap();
+    let st: Value = serde_json::from_slice(&st.stdout).unwrap();
+    st.as_array()
+        .and_then(|a| a.iter().find(|s| s["pid"] == d.id()))
+        .map(|s| s["limits"].clone())
+        .unwrap_or_else(|| panic!("no status from the daemon: {st}"))
+}
+
+fn count_of(limits: &Value, k: &str) -> u64 {
+    limits[k]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{k}: {limits}"))
+}
+
 fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -140,22 +160,8 @@ fn a_scan_is_held_to_the_rate_and_a_known_host_is_not_delayed() {
     // `status` counts what the throttle did: the first run's and the scan's connects
     // queued, the scan's after its first held; at least, as the daemon watches every
     // process on the machine and others may connect meanwhile.
-    let st = Command::new(env!("CARGO_BIN_EXE_homeostat"))
-        .args(["status", "--json", "--state-dir"])
-        .arg(dir.path().join("state"))
-        .output()
-        .unwrap();
-    let st: Value = serde_json::from_slice(&st.stdout).unwrap();
-    let limits = st
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["pid"] == d.id()))
-        .map(|s| s["limits"].clone())
-        .unwrap_or_else(|| panic!("no status from the daemon: {st}"));
-    let count = |k: &str| {
-        limits[k]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{k}: {limits}"))
-    };
+    let limits = status_limits(dir.path(), &d);
+    let count = |k: &str| count_of(&limits, k);
     assert!(count("throttle_queued") > n as u64, "{limits}");
     assert!(count("throttle_held") >= n as u64 - 1, "{limits}");
     assert!(count("throttle_released") >= 1, "{limits}");
@@ -534,8 +540,17 @@ fn a_restarted_daemon_remembers_each_programs_hosts() {
         return;
     };
     let (again, secs) = timed(|| connects(&bash, port, [1, 2, 1, 2]));
-    // A new host still queues: the throttle is on.
-    let (scan, _) = timed(|| connects(&bash, port, [3]));
+    // New hosts still queue: the throttle is on. Status shows them waiting (4 at rate
+    // 4: the last is held until 0.75 s after the first).
+    let scan_run = connects(&bash, port, 3..7);
+    let scan = scan_run.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let waiting = count_of(&status_limits(dir.path(), &d), "throttle_waiting");
+    assert!(scan_run.wait_with_output().unwrap().status.success());
+    assert!(
+        waiting >= 1,
+        "{waiting} connects waiting while a scan is held"
+    );
     std::thread::sleep(Duration::from_millis(500));
     signal(&d, libc::SIGTERM);
     assert!(d.wait().unwrap().success());

@@ -129,12 +129,12 @@ pub fn status(json: bool, state: &StateFlags) -> Result<()> {
         }
         if let Some(l) = &s.limits {
             println!(
-                "  throttle: {} connects to new hosts queued ({} held), {} released, {} alarms",
-                l.throttle_queued, l.throttle_held, l.throttle_released, l.throttle_alarms
+                "  throttle: {} connects to new hosts queued ({} held), {} released, {} alarms; {} waiting now",
+                l.throttle_queued, l.throttle_held, l.throttle_released, l.throttle_alarms, l.throttle_waiting
             );
             println!(
-                "  rate limits: {} calls over a limit, {} queued, {} released, {} alarms",
-                l.rate_exceeded, l.rate_queued, l.rate_released, l.rate_alarms
+                "  rate limits: {} calls over a limit, {} queued, {} released, {} alarms; {} waiting now",
+                l.rate_exceeded, l.rate_queued, l.rate_released, l.rate_alarms, l.rate_waiting
             );
         }
         for r in s.bpf_run_time.iter().flatten() {
