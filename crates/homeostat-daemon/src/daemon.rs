@@ -48,6 +48,8 @@ pub(crate) struct Daemon {
     pub symbols: Option<SymbolConfig>,
     /// The argument side's loss counters at the last sample.
     pub arg_stats: ArgStats,
+    /// The kernel's loss counters of the throttle and the rate limits, as last read.
+    pub limit_stats: homeostat_ebpf::ThrottleStats,
     /// The last class a normal profile never saw, by thread (its anomaly event comes
     /// next): (call, class name). Bounded: cleared past 4096 threads.
     pub unseen: HashMap<u32, (u32, Arc<str>)>,
@@ -88,6 +90,7 @@ impl Daemon {
             max_profiles: 0,
             symbols: None,
             arg_stats: ArgStats::default(),
+            limit_stats: homeostat_ebpf::ThrottleStats::default(),
             unseen: HashMap::new(),
             throttle: None,
             limit_counts: Default::default(),

@@ -284,6 +284,28 @@ impl Daemon {
             let s = &self.arg_stats;
             self.counts.argument_losses = Some([s.overflowed, s.map_full, s.unread, s.lost_events]);
         }
+        if self.throttle.is_some() || self.rates.is_some() {
+            match kernel.throttle_stats() {
+                Ok(s) if s != self.limit_stats => {
+                    // Never silent, even with --quiet: a lost event is a connect or a
+                    // fork the limits did not see.
+                    warn!(
+                        "throttle and rate limits: {} connect addresses unreadable in the kernel (throttled as an unknown host), {} events lost",
+                        s.unread, s.lost_events
+                    );
+                    if let Some(w) = self.json.as_mut() {
+                        let j = serde_json::json!({
+                            "ts": now as f64 / 1e9, "event": "limit_losses",
+                            "unread": s.unread, "lost_events": s.lost_events,
+                        });
+                        write_event(w, &j);
+                    }
+                    self.limit_stats = s;
+                }
+                Ok(_) => {}
+                Err(e) => warn!("{e}"),
+            }
+        }
         self.counts.limits = self.limits_now();
         let by = |st| self.profiles.values().filter(|p| p.state == st).count() as u64;
         self.counts.profiles_training = by(ProfileState::Training);

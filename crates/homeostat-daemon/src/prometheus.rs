@@ -230,6 +230,21 @@ impl Snapshot {
             }
             metric_header(
                 &mut out,
+                "homeostat_limit_losses_total",
+                "Throttle and rate limits: connect addresses the kernel could not read (throttled as unknown hosts), events the kernel dropped.",
+                "counter",
+            );
+            for (kind, value) in [
+                ("unread", l.unread_addresses),
+                ("lost_events", l.lost_events),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "homeostat_limit_losses_total{{kind=\"{kind}\"}} {value}"
+                );
+            }
+            metric_header(
+                &mut out,
                 "homeostat_limit_waiting",
                 "Calls waiting now in the connection throttle's queues (connects to new hosts) and the rate limits' (forks and file creations).",
                 "gauge",
@@ -438,6 +453,7 @@ mod tests {
                 throttle_held: 2,
                 rate_queued: 5,
                 throttle_waiting: 3,
+                lost_events: 4,
                 ..Default::default()
             }),
             ..sample()
@@ -452,6 +468,8 @@ mod tests {
             "# TYPE homeostat_limit_waiting gauge",
             "homeostat_limit_waiting{limit=\"throttle\"} 3",
             "homeostat_limit_waiting{limit=\"rate\"} 0",
+            "# TYPE homeostat_limit_losses_total counter",
+            "homeostat_limit_losses_total{kind=\"lost_events\"} 4",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }

@@ -414,6 +414,8 @@ impl Daemon {
             return None;
         }
         let mut c = self.limit_counts.clone();
+        c.unread_addresses = self.limit_stats.unread;
+        c.lost_events = self.limit_stats.lost_events;
         if let Some(t) = &self.throttle {
             c.throttle_waiting = t.shared.lock().rule.queued_total() as u64;
         }

@@ -330,6 +330,13 @@ pub struct LimitCounts {
     /// Forks and file creations waiting in the rate limits' queues now.
     #[serde(default)]
     pub rate_waiting: u64,
+    /// Connects whose address the kernel could not read (throttled as a host of
+    /// unknown address).
+    #[serde(default)]
+    pub unread_addresses: u64,
+    /// The throttle's and the rate limits' events the kernel dropped (ring full).
+    #[serde(default)]
+    pub lost_events: u64,
 }
 
 impl LimitCounts {

@@ -430,7 +430,15 @@ for i in range(n):
                 .stdout(Stdio::null()),
         )
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Status counts the kernel's unreadable addresses (read at the daemon's tick): the
+    // first connect's at least (the next ones, held, are read by the tracer).
+    let t = Instant::now();
+    let mut unread = 0;
+    while unread == 0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(300));
+        unread = count_of(&status_limits(dir.path(), &d), "unread_addresses");
+    }
+    assert!(unread >= 1, "{unread} unreadable addresses counted");
     signal(&d, libc::SIGTERM);
     assert!(d.wait().unwrap().success());
     let q = of(&events(&ev), "throttle_queued", pid);

@@ -136,6 +136,10 @@ pub fn status(json: bool, state: &StateFlags) -> Result<()> {
                 "  rate limits: {} calls over a limit, {} queued, {} released, {} alarms; {} waiting now",
                 l.rate_exceeded, l.rate_queued, l.rate_released, l.rate_alarms, l.rate_waiting
             );
+            println!(
+                "  limits' losses: {} connect addresses unreadable (throttled as unknown hosts), {} events lost",
+                l.unread_addresses, l.lost_events
+            );
         }
         for r in s.bpf_run_time.iter().flatten() {
             let per = if r.run_cnt > 0 {
