@@ -1,0 +1,181 @@
+//! Length-aware trace scores from kn's per-call negative log-likelihoods.
+//!
+//! A trace's mean NLL is noisy for short traces: a 20-call normal trace with two
+//! surprising calls has the mean of a long attack. The scores here ask how *sure*
+//! a trace is abnormal rather than how abnormal its average call is:
+//! - `mean`: the mean NLL (kn's primary score, the baseline);
+//! - `z`: (sum - n mu) / (sigma sqrt n), mu and sigma the per-call NLL's mean and
+//!   deviation on training traces the model did not train on (trace i in part i mod
+//!   5 scored by a kn trained on the other four parts): the evidence, in standard
+//!   errors, that the trace's calls are drawn from a more surprising distribution;
+//! - `excess`: the sum of the NLL above the held-out 99th percentile of per-call
+//!   NLL, over sqrt n (surprising calls only, length-aware the same way);
+//! - `win50`: the largest mean NLL of 50 consecutive calls (a burst; the whole trace
+//!   when shorter).
+//!
+//! Fixed before the first run: kn with its defaults; the 99th percentile; windows of
+//! 50. Judged by the leave-a-cluster-out and segment proxies
+//! (`homeostat_eval::cv`); `--test` also scores the standard split (a measurement,
+//! not a choice).
+//!
+//! Run: `cargo run --release -p homeostat-eval --example length_aware -- [DIR] [--test]`.
+
+use std::path::PathBuf;
+
+use homeostat_core::{Detector, Params, Registry};
+use homeostat_eval::cv::{adfa_path, cluster_folds, folds, Fold};
+use homeostat_eval::metrics::{at_far, auc};
+
+const SCORES: [&str; 4] = ["mean", "z", "excess", "win50"];
+const WIN: usize = 50;
+
+fn kn(reg: &Registry, traces: &[&Vec<u32>]) -> Box<dyn Detector> {
+    let mut b = reg.builder("kn", &Params::new()).unwrap();
+    for t in traces {
+        b.add_trace(t);
+    }
+    b.build(&|_, _| {}).unwrap()
+}
+
+fn nlls(d: &dyn Detector, t: &[u32]) -> Vec<f64> {
+    let mut s = d.stream();
+    t.iter().map(|&c| s.call(c)).collect()
+}
+
+/// Per-call NLL statistics on held-out training traces: mean, deviation, 99th pct.
+struct Calib {
+    mu: f64,
+    sigma: f64,
+    q99: f64,
+}
+
+fn calibrate(reg: &Registry, train: &[&Vec<u32>]) -> Calib {
+    let mut all = vec![];
+    for part in 0..5 {
+        let fit: Vec<&Vec<u32>> = train
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 5 != part)
+            .map(|(_, t)| *t)
+            .collect();
+        let d = kn(reg, &fit);
+        for (_, t) in train.iter().enumerate().filter(|(i, _)| i % 5 == part) {
+            all.extend(nlls(d.as_ref(), t));
+        }
+    }
+    let n = all.len().max(1) as f64;
+    let mu = all.iter().sum::<f64>() / n;
+    let sigma = (all.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / n)
+        .sqrt()
+        .max(1e-9);
+    all.sort_by(f64::total_cmp);
+    let q99 = all[((all.len() as f64 * 0.99) as usize).min(all.len() - 1)];
+    Calib { mu, sigma, q99 }
+}
+
+fn scores(c: &Calib, v: &[f64]) -> [f64; 4] {
+    if v.is_empty() {
+        return [0.0; 4];
+    }
+    let n = v.len() as f64;
+    let sum: f64 = v.iter().sum();
+    let excess: f64 = v.iter().map(|x| (x - c.q99).max(0.0)).sum();
+    let w = WIN.min(v.len());
+    let mut run: f64 = v[..w].iter().sum();
+    let mut best = run;
+    for i in w..v.len() {
+        run += v[i] - v[i - w];
+        best = best.max(run);
+    }
+    [
+        sum / n,
+        (sum - n * c.mu) / (c.sigma * n.sqrt()),
+        excess / n.sqrt(),
+        best / w as f64,
+    ]
+}
+
+/// Per score: (normal scores, anomalous scores).
+type Split = Vec<(Vec<f64>, Vec<f64>)>;
+
+fn fold_scores(reg: &Registry, train: &[Vec<u32>], f: &Fold) -> Split {
+    let fit: Vec<&Vec<u32>> = f.train.iter().map(|&i| &train[i]).collect();
+    let c = calibrate(reg, &fit);
+    let d = kn(reg, &fit);
+    let mut out: Split = vec![(vec![], vec![]); SCORES.len()];
+    for (t, anomalous) in f
+        .normal
+        .iter()
+        .map(|t| (t, false))
+        .chain(f.anomalous.iter().map(|t| (t, true)))
+    {
+        let s = scores(&c, &nlls(d.as_ref(), t));
+        for (o, x) in out.iter_mut().zip(s) {
+            if anomalous {
+                o.1.push(x);
+            } else {
+                o.0.push(x);
+            }
+        }
+    }
+    out
+}
+
+fn main() {
+    let mut dir = None;
+    let mut test = false;
+    for a in std::env::args().skip(1) {
+        if a == "--test" {
+            test = true;
+        } else {
+            dir = Some(PathBuf::from(a));
+        }
+    }
+    let dir = adfa_path(dir);
+    let data =
+        homeostat_traces::adfa::load(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let train: Vec<Vec<u32>> = data.training.iter().map(|t| t.calls.clone()).collect();
+    let reg = Registry::builtin();
+    let proxies = [
+        (
+            "cluster proxy",
+            cluster_folds(&train, 10, 10, 0.2, 0xC105_7E55),
+        ),
+        ("segment proxy", folds(&train, 5, 0x5EED)),
+    ];
+    for (what, folds) in &proxies {
+        let mut sum = [0.0; SCORES.len()];
+        for f in folds {
+            let sc = fold_scores(&reg, &train, f);
+            for (s, (n, a)) in sum.iter_mut().zip(&sc) {
+                *s += auc(n, a).unwrap_or(0.5);
+            }
+        }
+        let k = folds.len() as f64;
+        let means: Vec<String> = SCORES
+            .iter()
+            .zip(&sum)
+            .map(|(n, s)| format!("{n} {:.4}", s / k))
+            .collect();
+        println!("{what}: {}", means.join(", "));
+    }
+    if test {
+        let fold = Fold {
+            train: (0..train.len()).collect(),
+            normal: data.validation.iter().map(|t| t.calls.clone()).collect(),
+            anomalous: data.attacks.iter().map(|a| a.trace.calls.clone()).collect(),
+        };
+        let sc = fold_scores(&reg, &train, &fold);
+        for (name, (n, a)) in SCORES.iter().zip(&sc) {
+            let dr: Vec<String> = [0.01, 0.05, 0.1]
+                .iter()
+                .map(|&l| format!("{:.1}%", 100.0 * at_far(n, a, l, false).dr))
+                .collect();
+            println!(
+                "test (measurement only): {name} AUC {:.4}, DR at 1/5/10% FAR {}",
+                auc(n, a).unwrap_or(f64::NAN),
+                dr.join(" / ")
+            );
+        }
+    }
+}
