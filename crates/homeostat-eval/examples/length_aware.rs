@@ -23,8 +23,7 @@
 use std::path::PathBuf;
 
 use homeostat_core::{Detector, Params, Registry};
-use homeostat_eval::cv::{adfa_path, cluster_folds, folds, Fold};
-use homeostat_eval::metrics::{at_far, auc};
+use homeostat_eval::cv::{adfa_path, judge_prototype, Fold, FoldScores};
 
 const SCORES: [&str; 4] = ["mean", "z", "excess", "win50"];
 const WIN: usize = 50;
@@ -95,14 +94,11 @@ fn scores(c: &Calib, v: &[f64]) -> [f64; 4] {
     ]
 }
 
-/// Per score: (normal scores, anomalous scores).
-type Split = Vec<(Vec<f64>, Vec<f64>)>;
-
-fn fold_scores(reg: &Registry, train: &[Vec<u32>], f: &Fold) -> Split {
+fn fold_scores(reg: &Registry, train: &[Vec<u32>], f: &Fold) -> FoldScores {
     let fit: Vec<&Vec<u32>> = f.train.iter().map(|&i| &train[i]).collect();
     let c = calibrate(reg, &fit);
     let d = kn(reg, &fit);
-    let mut out: Split = vec![(vec![], vec![]); SCORES.len()];
+    let mut out: FoldScores = vec![(vec![], vec![]); SCORES.len()];
     for (t, anomalous) in f
         .normal
         .iter()
@@ -134,48 +130,6 @@ fn main() {
     let dir = adfa_path(dir);
     let data =
         homeostat_traces::adfa::load(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let train: Vec<Vec<u32>> = data.training.iter().map(|t| t.calls.clone()).collect();
     let reg = Registry::builtin();
-    let proxies = [
-        (
-            "cluster proxy",
-            cluster_folds(&train, 10, 10, 0.2, 0xC105_7E55),
-        ),
-        ("segment proxy", folds(&train, 5, 0x5EED)),
-    ];
-    for (what, folds) in &proxies {
-        let mut sum = [0.0; SCORES.len()];
-        for f in folds {
-            let sc = fold_scores(&reg, &train, f);
-            for (s, (n, a)) in sum.iter_mut().zip(&sc) {
-                *s += auc(n, a).unwrap_or(0.5);
-            }
-        }
-        let k = folds.len() as f64;
-        let means: Vec<String> = SCORES
-            .iter()
-            .zip(&sum)
-            .map(|(n, s)| format!("{n} {:.4}", s / k))
-            .collect();
-        println!("{what}: {}", means.join(", "));
-    }
-    if test {
-        let fold = Fold {
-            train: (0..train.len()).collect(),
-            normal: data.validation.iter().map(|t| t.calls.clone()).collect(),
-            anomalous: data.attacks.iter().map(|a| a.trace.calls.clone()).collect(),
-        };
-        let sc = fold_scores(&reg, &train, &fold);
-        for (name, (n, a)) in SCORES.iter().zip(&sc) {
-            let dr: Vec<String> = [0.01, 0.05, 0.1]
-                .iter()
-                .map(|&l| format!("{:.1}%", 100.0 * at_far(n, a, l, false).dr))
-                .collect();
-            println!(
-                "test (measurement only): {name} AUC {:.4}, DR at 1/5/10% FAR {}",
-                auc(n, a).unwrap_or(f64::NAN),
-                dr.join(" / ")
-            );
-        }
-    }
+    judge_prototype(&SCORES, &data, test, |train, f| fold_scores(&reg, train, f));
 }

@@ -24,8 +24,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use homeostat_core::{Detector, Params, Registry, Scratch};
-use homeostat_eval::cv::{adfa_path, cluster_folds, folds, Fold};
-use homeostat_eval::metrics::{at_far, auc};
+use homeostat_eval::cv::{adfa_path, judge_prototype, Fold, FoldScores};
 
 const K: usize = 5;
 
@@ -95,7 +94,7 @@ const SCORES: [&str; 3] = [
 ];
 
 /// The scores in [`SCORES`] of the fold's normal and anomalous traces.
-fn fold_scores(reg: &Registry, train: &[Vec<u32>], fold: &Fold) -> Vec<(Vec<f64>, Vec<f64>)> {
+fn fold_scores(reg: &Registry, train: &[Vec<u32>], fold: &Fold) -> FoldScores {
     let tr: Vec<&Vec<u32>> = fold.train.iter().map(|&i| &train[i]).collect();
     let full = kn(reg, &tr);
     let mut s = Scratch::default();
@@ -162,55 +161,6 @@ fn main() {
     let dir = adfa_path(dir);
     let data =
         homeostat_traces::adfa::load(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let train: Vec<Vec<u32>> = data.training.iter().map(|t| t.calls.clone()).collect();
     let reg = Registry::builtin();
-    // The proxies exactly as select_ensemble builds them.
-    let proxies = [
-        (
-            "cluster proxy",
-            cluster_folds(&train, 10, 10, 0.2, 0xC105_7E55),
-        ),
-        ("segment proxy", folds(&train, 5, 0x5EED)),
-    ];
-    for (what, folds) in &proxies {
-        let mut sum = [0.0; SCORES.len()];
-        let mut per = vec![];
-        for f in folds {
-            let sc = fold_scores(&reg, &train, f);
-            let a: Vec<f64> = sc.iter().map(|(n, a)| auc(n, a).unwrap_or(0.5)).collect();
-            sum.iter_mut().zip(&a).for_each(|(s, x)| *s += x);
-            per.push(
-                a.iter()
-                    .map(|x| format!("{x:.2}"))
-                    .collect::<Vec<_>>()
-                    .join("/"),
-            );
-        }
-        let k = folds.len() as f64;
-        let means: Vec<String> = SCORES
-            .iter()
-            .zip(&sum)
-            .map(|(n, s)| format!("{n} {:.4}", s / k))
-            .collect();
-        println!("{what}: {} (per fold: {})", means.join(", "), per.join(" "));
-    }
-    if test {
-        let fold = Fold {
-            train: (0..train.len()).collect(),
-            normal: data.validation.iter().map(|t| t.calls.clone()).collect(),
-            anomalous: data.attacks.iter().map(|a| a.trace.calls.clone()).collect(),
-        };
-        let sc = fold_scores(&reg, &train, &fold);
-        for (name, (n, a)) in SCORES.iter().zip(&sc) {
-            let dr: Vec<String> = [0.01, 0.05, 0.1]
-                .iter()
-                .map(|&l| format!("{:.1}%", 100.0 * at_far(n, a, l, false).dr))
-                .collect();
-            println!(
-                "test (measurement only): {name} AUC {:.4}, DR at 1/5/10% FAR {}",
-                auc(n, a).unwrap_or(f64::NAN),
-                dr.join(" / ")
-            );
-        }
-    }
+    judge_prototype(&SCORES, &data, test, |train, f| fold_scores(&reg, train, f));
 }

@@ -493,6 +493,74 @@ pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
     cov / (vx * vy).sqrt().max(1e-300)
 }
 
+/// Per trace score: (held-out normal scores, anomalous scores) of one fold.
+pub type FoldScores = Vec<(Vec<f64>, Vec<f64>)>;
+
+/// How the eval examples judge a prototype's trace scores (`names`), one line each:
+/// the mean AUC over the leave-a-cluster-out folds (with each fold's AUCs) and over
+/// the segment folds, built as `select_ensemble` builds them; with `test`, also the
+/// standard split (train on Training, normals from Validation, anomalies from the
+/// attacks), printed as a measurement, not a choice. `fold_scores` trains on
+/// `fold.train` (indices into the training traces) and scores the fold's traces.
+pub fn judge_prototype(
+    names: &[&str],
+    data: &homeostat_traces::adfa::AdfaDataset,
+    test: bool,
+    fold_scores: impl Fn(&[Vec<u32>], &Fold) -> FoldScores,
+) {
+    let train: Vec<Vec<u32>> = data.training.iter().map(|t| t.calls.clone()).collect();
+    let proxies = [
+        (
+            "cluster proxy",
+            cluster_folds(&train, 10, 10, 0.2, 0xC105_7E55),
+        ),
+        ("segment proxy", folds(&train, 5, 0x5EED)),
+    ];
+    for (what, folds) in &proxies {
+        let mut sum = vec![0.0; names.len()];
+        let mut per = vec![];
+        for f in folds {
+            let sc = fold_scores(&train, f);
+            let a: Vec<f64> = sc
+                .iter()
+                .map(|(n, a)| crate::metrics::auc(n, a).unwrap_or(0.5))
+                .collect();
+            sum.iter_mut().zip(&a).for_each(|(s, x)| *s += x);
+            per.push(
+                a.iter()
+                    .map(|x| format!("{x:.2}"))
+                    .collect::<Vec<_>>()
+                    .join("/"),
+            );
+        }
+        let k = folds.len().max(1) as f64;
+        let means: Vec<String> = names
+            .iter()
+            .zip(&sum)
+            .map(|(n, s)| format!("{n} {:.4}", s / k))
+            .collect();
+        println!("{what}: {} (per fold: {})", means.join(", "), per.join(" "));
+    }
+    if test {
+        let fold = Fold {
+            train: (0..train.len()).collect(),
+            normal: data.validation.iter().map(|t| t.calls.clone()).collect(),
+            anomalous: data.attacks.iter().map(|a| a.trace.calls.clone()).collect(),
+        };
+        for (name, (n, a)) in names.iter().zip(&fold_scores(&train, &fold)) {
+            let dr: Vec<String> = [0.01, 0.05, 0.1]
+                .iter()
+                .map(|&l| format!("{:.1}%", 100.0 * crate::metrics::at_far(n, a, l, false).dr))
+                .collect();
+            println!(
+                "test (measurement only): {name} AUC {:.4}, DR at 1/5/10% FAR {}",
+                crate::metrics::auc(n, a).unwrap_or(f64::NAN),
+                dr.join(" / ")
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
