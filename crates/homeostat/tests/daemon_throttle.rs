@@ -9,6 +9,7 @@ use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use homeostat_testsupport::daemon::{events, ready};
@@ -30,6 +31,26 @@ fn throttling(dir: &Path, events: &Path, mode: &str, rate: &str, extra: &[&str])
     );
     ready(&mut d, &rx)?;
     Some(d)
+}
+
+/// What each test starts from: the daemon tests' lock, a temporary directory and a
+/// listener on every loopback address; `None` when no daemon can run here (`possible`
+/// says why).
+struct Setup {
+    _g: MutexGuard<'static, ()>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn setup() -> Option<Setup> {
+    if !homeostat_testsupport::daemon::possible() {
+        return None;
+    }
+    Some(Setup {
+        _g: serial(),
+        dir: tempfile::tempdir().unwrap(),
+        port: listener(),
+    })
 }
 
 fn signal(d: &Child, sig: i32) {
@@ -131,12 +152,9 @@ fn load() -> String {
 
 #[test]
 fn a_scan_is_held_to_the_rate_and_a_known_host_is_not_delayed() {
-    if !homeostat_testsupport::daemon::possible() {
+    let Some(Setup { _g, dir, port }) = setup() else {
         return;
-    }
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let port = listener();
+    };
     let (bash, key) = private_bash(dir.path());
     let n = 8;
     // The same runs without a daemon, for the record.
@@ -227,12 +245,9 @@ fn a_held_connect_is_let_go_when_the_daemon_is_killed() {
 }
 
 fn held_then_the_daemon_gets(sig: i32) {
-    if !homeostat_testsupport::daemon::possible() {
+    let Some(Setup { _g, dir, port }) = setup() else {
         return;
-    }
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let port = listener();
+    };
     let (bash, _) = private_bash(dir.path());
     let ev = dir.path().join("events.jsonl");
     // One new host every 5 s: the third connect would wait 10 s.
@@ -267,12 +282,9 @@ fn held_then_the_daemon_gets(sig: i32) {
 
 #[test]
 fn detect_reports_what_would_wait_and_holds_nothing() {
-    if !homeostat_testsupport::daemon::possible() {
+    let Some(Setup { _g, dir, port }) = setup() else {
         return;
-    }
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let port = listener();
+    };
     let (bash, _) = private_bash(dir.path());
     let (_, plain) = timed(|| connects(&bash, port, 31..37));
     let ev = dir.path().join("events.jsonl");
@@ -332,12 +344,9 @@ fn detect_reports_what_would_wait_and_holds_nothing() {
 /// userspace) counts as used, so a new host replaces the one used least recently.
 #[test]
 fn a_full_working_set_replaces_the_host_used_least_recently() {
-    if !homeostat_testsupport::daemon::possible() {
+    let Some(Setup { _g, dir, port }) = setup() else {
         return;
-    }
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let port = listener();
+    };
     let (bash, _) = private_bash(dir.path());
     let ev = dir.path().join("events.jsonl");
     let Some(mut d) = throttling(
@@ -381,12 +390,9 @@ fn a_full_working_set_replaces_the_host_used_least_recently() {
 /// stopped and held as for any other new host.
 #[test]
 fn a_scan_from_addresses_the_kernel_cannot_read_is_held_all_the_same() {
-    if !homeostat_testsupport::daemon::possible() {
+    let Some(Setup { _g, dir, port }) = setup() else {
         return;
-    }
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let port = listener();
+    };
     let py = private_python(dir.path());
     let script = dir.path().join("scan.py");
     std::fs::write(
@@ -464,12 +470,9 @@ for i in range(n):
 /// to the rate as if it connected.
 #[test]
 fn a_scan_by_tcp_fast_open_is_held_all_the_same() {
-    if !homeostat_testsupport::daemon::possible() {
+    let Some(Setup { _g, dir, port }) = setup() else {
         return;
-    }
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let port = listener();
+    };
     let py = private_python(dir.path());
     let script = "import socket, sys\n\
                   for i in range(int(sys.argv[1])):\n    \
@@ -507,12 +510,9 @@ fn a_scan_by_tcp_fast_open_is_held_all_the_same() {
 /// queueing again one period each.
 #[test]
 fn a_restarted_daemon_remembers_each_programs_hosts() {
-    if !homeostat_testsupport::daemon::possible() {
+    let Some(Setup { _g, dir, port }) = setup() else {
         return;
-    }
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let port = listener();
+    };
     let (bash, key) = private_bash(dir.path());
     let ev = dir.path().join("events.jsonl");
     let Some(mut d) = throttling(dir.path(), &ev, "--enforce", "4", &[]) else {
