@@ -20,10 +20,8 @@
 //!
 //! Run: `cargo run --release -p homeostat-eval --example length_aware -- [DIR] [--test]`.
 
-use std::path::PathBuf;
-
 use homeostat_core::{Detector, Params, Registry};
-use homeostat_eval::cv::{adfa_path, judge_prototype, Fold, FoldScores};
+use homeostat_eval::cv::{judge_prototype, prototype_args, Fold, FoldScores};
 
 const SCORES: [&str; 4] = ["mean", "z", "excess", "win50"];
 const WIN: usize = 50;
@@ -118,18 +116,7 @@ fn fold_scores(reg: &Registry, train: &[Vec<u32>], f: &Fold) -> FoldScores {
 }
 
 fn main() {
-    let mut dir = None;
-    let mut test = false;
-    for a in std::env::args().skip(1) {
-        if a == "--test" {
-            test = true;
-        } else {
-            dir = Some(PathBuf::from(a));
-        }
-    }
-    let dir = adfa_path(dir);
-    let data =
-        homeostat_traces::adfa::load(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let (data, test) = prototype_args();
     let reg = Registry::builtin();
     judge_prototype(&SCORES, &data, test, |train, f| fold_scores(&reg, train, f));
 }

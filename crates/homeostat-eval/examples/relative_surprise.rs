@@ -21,10 +21,9 @@
 //! Run: `cargo run --release -p homeostat-eval --example relative_surprise -- [DIR] [--test]`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use homeostat_core::{Detector, Params, Registry, Scratch};
-use homeostat_eval::cv::{adfa_path, judge_prototype, Fold, FoldScores};
+use homeostat_eval::cv::{judge_prototype, prototype_args, Fold, FoldScores};
 
 const K: usize = 5;
 
@@ -149,18 +148,7 @@ fn fold_scores(reg: &Registry, train: &[Vec<u32>], fold: &Fold) -> FoldScores {
 }
 
 fn main() {
-    let mut dir = None;
-    let mut test = false;
-    for a in std::env::args().skip(1) {
-        if a == "--test" {
-            test = true;
-        } else {
-            dir = Some(PathBuf::from(a));
-        }
-    }
-    let dir = adfa_path(dir);
-    let data =
-        homeostat_traces::adfa::load(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let (data, test) = prototype_args();
     let reg = Registry::builtin();
     judge_prototype(&SCORES, &data, test, |train, f| fold_scores(&reg, train, f));
 }

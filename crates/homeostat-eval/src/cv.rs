@@ -496,6 +496,24 @@ pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
 /// Per trace score: (held-out normal scores, anomalous scores) of one fold.
 pub type FoldScores = Vec<(Vec<f64>, Vec<f64>)>;
 
+/// The prototype examples' command line, `[DIR] [--test]`: ADFA-LD loaded from DIR
+/// (else [`adfa_path`]'s default), and whether to score the test split too.
+pub fn prototype_args() -> (homeostat_traces::adfa::AdfaDataset, bool) {
+    let mut dir = None;
+    let mut test = false;
+    for a in std::env::args().skip(1) {
+        if a == "--test" {
+            test = true;
+        } else {
+            dir = Some(PathBuf::from(a));
+        }
+    }
+    let dir = adfa_path(dir);
+    let data =
+        homeostat_traces::adfa::load(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    (data, test)
+}
+
 /// How the eval examples judge a prototype's trace scores (`names`), one line each:
 /// the mean AUC over the leave-a-cluster-out folds (with each fold's AUCs) and over
 /// the segment folds, built as `select_ensemble` builds them; with `test`, also the
