@@ -27,10 +27,13 @@
 //! training substring ending at each call) for the second score.
 //!
 //! Trace scores (primary first):
-//! - `covering`: `(pieces - 1) / (calls - 1)`, i.e. one minus Marteau's covering
-//!   similarity `(|x| - |c*(x)|) / (|x| - 1)`: 0 when the trace is one piece of a
+//! - `covering`: `(pieces - 1) / (calls - 1)`: 0 when the trace is one piece of a
 //!   training trace, 1 when every call is a piece of its own (0 for traces of at
-//!   most one call);
+//!   most one call). Pre-registered as the primary score in the belief that it was
+//!   Marteau's normalisation; his own code divides by the length instead (`rate`);
+//! - `rate`: `(pieces - 1) / calls`, breaks per call: one minus the covering
+//!   similarity `(|x| - |c*(x)| + 1) / |x|` as Marteau's reference implementation
+//!   (STree4CS, `evaluateDichotomic`) computes it;
 //! - `max_lfc`: the largest number of *breaks* (calls that start a new piece after
 //!   the first) among `locality` consecutive calls: pH's locality frame with a break
 //!   as the anomaly;
@@ -63,7 +66,7 @@ const VERSION: u32 = 1;
 /// Parameters the model reads.
 pub const PARAMS: [&str; 2] = ["locality", "max_calls"];
 /// The trace scores, primary first.
-pub const SCORE_NAMES: [&str; 3] = ["covering", "max_lfc", "inv_match"];
+pub const SCORE_NAMES: [&str; 4] = ["covering", "max_lfc", "inv_match", "rate"];
 /// The largest `max_calls`: 16 Mi calls, at most 32 Mi automaton states.
 pub const MAX_CALLS_LIMIT: u64 = 1 << 24;
 
@@ -510,10 +513,16 @@ impl Cover {
         } else {
             0.0
         };
+        let breaks = s.pieces.saturating_sub(1);
+        let rate = if s.calls > 0 {
+            breaks as f64 / s.calls as f64
+        } else {
+            0.0
+        };
         TraceResult {
             calls: s.calls,
-            anomalies: Some(s.pieces.saturating_sub(1)),
-            scores: vec![covering, s.max_lfc as f64, inv_match],
+            anomalies: Some(breaks),
+            scores: vec![covering, s.max_lfc as f64, inv_match, rate],
         }
     }
 
@@ -766,8 +775,10 @@ mod tests {
         // Unknown calls (9) are pieces of their own and break what follows too.
         assert_eq!(m.cover(&[1, 2, 9, 9, 3, 1]), [2, 1, 1, 2]);
         // covering = (pieces - 1) / (calls - 1): 1 / 4 for the second-to-last.
+        // rate = (pieces - 1) / calls: 1 / 5 (Marteau's similarity 0.8).
         let s = scores(&m, &[3, 1, 2, 4, 4]);
         assert_eq!(s[0], 0.25);
+        assert_eq!(s[3], 0.2);
         // Breaks in a frame of 3: "1 2 9 9 3 1" breaks at calls 3, 4, 5.
         let s = scores(&m, &[1, 2, 9, 9, 3, 1]);
         assert_eq!(s[0], 3.0 / 5.0);
@@ -781,8 +792,23 @@ mod tests {
         let want = ms.iter().map(|m| 1.0 / (1.0 + m)).sum::<f64>() / 7.0;
         assert!((scores(&m, &[2, 4, 1, 2, 3, 9, 2])[2] - want).abs() < 1e-12);
         // Empty and one-call traces score 0 on the covering score.
-        assert_eq!(scores(&m, &[]), [0.0, 0.0, 0.0]);
+        assert_eq!(scores(&m, &[]), [0.0, 0.0, 0.0, 0.0]);
         assert_eq!(scores(&m, &[1])[0], 0.0);
+    }
+
+    #[test]
+    fn marteaus_published_example() {
+        // The README of Marteau's STree4CS: S = {1 1 2 2 3 4 1 1 5 6, 1 2 4 3 4 5 7 5 1,
+        // 6 5 1 7 4 5 6}, s = 1 1 5 7 5 1 7 4 has the optimal covering
+        // [1 1 5] [7 5 1] [7 4] and covering similarity 0.75.
+        let m = cover_model(&[
+            &[1, 1, 2, 2, 3, 4, 1, 1, 5, 6],
+            &[1, 2, 4, 3, 4, 5, 7, 5, 1],
+            &[6, 5, 1, 7, 4, 5, 6],
+        ]);
+        let s = [1u32, 1, 5, 7, 5, 1, 7, 4];
+        assert_eq!(m.cover(&s), [3, 3, 2]);
+        assert_eq!(1.0 - scores(&m, &s)[3], 0.75);
     }
 
     #[test]
