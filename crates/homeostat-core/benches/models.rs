@@ -51,7 +51,8 @@ fn benches(c: &mut Criterion) {
 
     // Through the trace-level Detector interface: the classic models must cost the
     // same as above (one virtual call per trace), and the scoring speed of kNN, of the
-    // Kneser-Ney model (one hash lookup per order per call) and of an ensemble (its members' costs plus one rank lookup per member). The HMM and the
+    // Kneser-Ney model (one hash lookup per order per call), of sequence covering
+    // (two automaton transitions per call) and of an ensemble (its members' costs plus one rank lookup per member). The HMM and the
     // LM have their own benchmarks (benches/hmm.rs, homeostat-lm's benches/lm.rs):
     // training them here would take minutes.
     let reg = Registry::builtin();
@@ -62,6 +63,7 @@ fn benches(c: &mut Criterion) {
         "stide",
         "knn",
         "kn",
+        "cover",
         "ensemble:knn,stide.rate",
         "ensemble:kn,knn,stide.rate",
     ] {

@@ -14,6 +14,7 @@
 //! - [`detector`]: the trace-level [`Detector`] every model offers (classic ones
 //!   through their tuned loops), [`knn`] and [`ensemble`], and the [`registry`]
 //!   that maps `--model` names and profile kind tags to them;
+//! - [`cover`]: sequence covering, pieces of training traces (Marteau 2019);
 //! - [`hmm`]: a hidden Markov model trained by Baum-Welch (Warrender et al. 1999);
 //! - [`locality`]: LFC, per-trace scores;
 //! - [`profile`]: the versioned, checksummed profile format;
@@ -26,6 +27,7 @@
 
 pub mod alphabet;
 pub mod classic;
+pub mod cover;
 pub mod detector;
 pub mod ensemble;
 pub mod hmm;

@@ -116,7 +116,7 @@ impl Registry {
         Registry::default()
     }
 
-    /// This crate's models: stide, tstide, pairs, markov, knn, kn, hmm (and the ensemble,
+    /// This crate's models: stide, tstide, pairs, markov, knn, kn, cover, hmm (and the ensemble,
     /// which every registry understands).
     pub fn builtin() -> Self {
         let mut r = Registry::new();
@@ -125,6 +125,7 @@ impl Registry {
         }
         r.register(knn::entry());
         r.register(crate::kn::entry());
+        r.register(crate::cover::entry());
         r.register(crate::hmm::entry());
         r
     }
@@ -320,7 +321,7 @@ mod tests {
         let train: Vec<Vec<u32>> = (0..10u32)
             .map(|i| (0..30).map(|j| (i * j) % 6 + 1).collect())
             .collect();
-        for name in ["knn", "ensemble:knn,stide.rate", "markov", "kn"] {
+        for name in ["knn", "ensemble:knn,stide.rate", "markov", "kn", "cover"] {
             let mut b = r.builder(name, &Params::parse("n=2").unwrap()).unwrap();
             for t in &train {
                 b.add_trace(t);

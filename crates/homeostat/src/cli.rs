@@ -338,7 +338,7 @@ pub struct ModelFlags {
     #[arg(long, global = true)]
     pub smoothing: Option<f64>,
     /// Other model parameters, name=value (repeat or comma-separate): knn k, n, tf
-    /// (raw|log|bool), idf (true|false); kn order, discount, threshold, locality; hmm states, iterations, tolerance, seed,
+    /// (raw|log|bool), idf (true|false); kn order, discount, threshold, locality; cover locality, max_calls; hmm states, iterations, tolerance, seed,
     /// threshold, floor, locality; lm hidden, epochs, seed, lr, batch, chunk, patience,
     /// quantile, holdout_every, time_limit; ensemble holdout (1 in N training traces
     /// fits the normalisation). See docs/models.md.
@@ -359,7 +359,7 @@ pub struct InputFlags {
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Model to train: stide, tstide, pairs, markov, knn, kn, hmm, lm, or
+    /// Model to train: stide, tstide, pairs, markov, knn, kn, cover, hmm, lm, or
     /// ensemble:MODEL[(P=V,...)][.SCORE],MODEL[.SCORE]... (a member's own parameters
     /// in parentheses, e.g. ensemble:lm(seed=1),lm(seed=2),kn)
     #[arg(long, short = 'm', default_value = "stide")]
@@ -420,7 +420,7 @@ pub struct EvalArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct EvalCommon {
-    /// Models to evaluate, comma separated: stide, tstide, pairs, markov, knn, kn, hmm,
+    /// Models to evaluate, comma separated: stide, tstide, pairs, markov, knn, kn, cover, hmm,
     /// lm, ensemble:MODEL[(P=V,...)][.SCORE],... (an ensemble takes the items after it;
     /// join its members with + to list models after it).
     #[arg(
