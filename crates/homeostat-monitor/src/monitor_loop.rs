@@ -31,6 +31,9 @@ pub struct CallEvent {
     pub audit_arch: u32,
     /// Call number.
     pub nr: u32,
+    /// The call's six argument registers, as the source read them (flags that decide
+    /// what a call does, e.g. a `sendto`'s MSG_FASTOPEN, are not in [`CallEvent::arg`]).
+    pub args: [u64; 6],
     /// The executable the task runs now.
     pub exe: ExeKey,
     /// Its path.
@@ -139,6 +142,7 @@ impl Source for Launcher {
                 arch: arch_of(ev.arch),
                 audit_arch: ev.arch,
                 nr: ev.nr,
+                args: ev.args,
                 exe: ExeKey {
                     dev: ev.exe.dev,
                     ino: ev.exe.ino,
@@ -192,6 +196,7 @@ impl Source for Attached {
                 arch: arch_of(s.arch),
                 audit_arch: s.arch,
                 nr: s.nr,
+                args: s.args,
                 exe: ExeKey {
                     dev: s.exe.dev,
                     ino: s.exe.ino,

@@ -346,7 +346,11 @@ impl<C: Consumer> Consumer for Throttled<C> {
         let verdict = self.inner.call(ev);
         let now = crate::now_ns();
         self.releases(now);
-        let is_connect = ev.arch == Arch::X86_64 && Arch::X86_64.name(ev.nr) == Some("connect");
+        // The rule the daemon applies too: a connect, or a TCP Fast Open sendto.
+        let is_connect = ev.arch == Arch::X86_64
+            && Arch::X86_64
+                .name(ev.nr)
+                .is_some_and(|n| homeostat_core::symbols::opens_connection(n, Some(ev.args[3])));
         let Some(Arg::Inet { addr, .. }) = ev.arg.as_ref().filter(|_| is_connect) else {
             return verdict;
         };

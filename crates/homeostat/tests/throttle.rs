@@ -113,3 +113,48 @@ fn new_hosts_are_released_at_the_rate_and_known_hosts_never_wait() {
     assert_eq!(held, 0.0, "{ev_reuse:?}");
     assert!(reuse < floor / 2.0, "reuse took {reuse} s");
 }
+
+/// TCP Fast Open opens a connection with a `sendto` (MSG_FASTOPEN), no `connect`: the
+/// launcher's throttle holds such a scan as the daemon's does (one rule,
+/// `symbols::opens_connection`). Before, `run` looked for `connect` alone and let it
+/// through at full speed.
+#[test]
+fn a_scan_by_tcp_fast_open_is_held_to_the_rate() {
+    assert!(
+        std::path::Path::new("/usr/bin/python3").exists(),
+        "python3 is needed (scripts/lib/ensure-deps.sh installs it)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let n = 6;
+    // Nothing listens on port 9: each attempt fails, after its SYN.
+    let py = format!(
+        "import socket\n\
+         for i in range({n}):\n    \
+         s = socket.socket()\n    \
+         try:\n        s.sendto(b'x', socket.MSG_FASTOPEN, ('127.0.7.%d' % (i + 1), 9))\n    \
+         except OSError:\n        pass\n    \
+         s.close()\n"
+    );
+    let events = dir.path().join("tfo.events");
+    let t = Instant::now();
+    let st = bin()
+        .args(["run", "--learn", "--quiet", "--throttle-connect", "4"])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--events")
+        .arg(&events)
+        .args(["--", "python3", "-c", &py])
+        .status()
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert!(st.success(), "{st}");
+    let queued = std::fs::read_to_string(&events)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"throttle_queued\""))
+        .count();
+    eprintln!("{n} TCP Fast Open connections under run --throttle-connect 4: {secs:.2} s");
+    assert_eq!(queued, n, "each new host queued once");
+    // Released at 0, 0.25, ..., 1.25 s.
+    assert!(secs >= 1.2, "the scan took {secs:.2} s: not held");
+}
