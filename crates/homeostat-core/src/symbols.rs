@@ -297,6 +297,37 @@ pub fn arg_spec(name: &str) -> Option<ArgSpec> {
     }
 }
 
+/// The socket call an i386 `socketcall(call, args)` makes, by its first argument
+/// (`SYS_CONNECT` is 3, ...), and how many 32-bit words its arguments take in the
+/// array its second argument points to: a 32-bit program (or a 64-bit one through
+/// `int 0x80`) reaches every socket call this way, so the throttle must see through
+/// it.
+pub fn socketcall(call: u64) -> Option<(&'static str, usize)> {
+    Some(match call {
+        1 => ("socket", 3),
+        2 => ("bind", 3),
+        3 => ("connect", 3),
+        4 => ("listen", 2),
+        5 => ("accept", 3),
+        6 => ("getsockname", 3),
+        7 => ("getpeername", 3),
+        8 => ("socketpair", 4),
+        9 => ("send", 4),
+        10 => ("recv", 4),
+        11 => ("sendto", 6),
+        12 => ("recvfrom", 6),
+        13 => ("shutdown", 2),
+        14 => ("setsockopt", 5),
+        15 => ("getsockopt", 5),
+        16 => ("sendmsg", 3),
+        17 => ("recvmsg", 3),
+        18 => ("accept4", 4),
+        19 => ("recvmmsg", 5),
+        20 => ("sendmmsg", 4),
+        _ => return None,
+    })
+}
+
 /// `MSG_FASTOPEN` in a `sendto`'s flags (x86_64 Linux).
 pub const MSG_FASTOPEN: u64 = 0x2000_0000;
 
@@ -735,6 +766,10 @@ mod tests {
     #[test]
     fn connect_and_fast_open_sendto_open_connections() {
         assert!(opens_connection("connect", None));
+        assert_eq!(socketcall(3), Some(("connect", 3)));
+        assert_eq!(socketcall(11), Some(("sendto", 6)));
+        assert_eq!(socketcall(0), None);
+        assert_eq!(socketcall(21), None);
         assert!(opens_connection("sendto", Some(MSG_FASTOPEN | 0x40)));
         assert!(!opens_connection("sendto", Some(0x40)));
         assert!(!opens_connection("sendto", None));

@@ -240,17 +240,20 @@ impl Response<'_> {
         let Some(t) = self.throttle else {
             return 0;
         };
-        if s.arch != homeostat_syscalls::AUDIT_ARCH_X86_64
-            || !Arch::X86_64
-                .name(s.nr)
-                .is_some_and(|n| homeostat_core::symbols::opens_connection(n, Some(s.args[3])))
+        // Either ABI: an i386 program (or a 64-bit one through int 0x80) connects
+        // through socketcall, or i386's own connect.
+        let Some(arch) = Arch::from_audit_arch(s.arch) else {
+            return 0;
+        };
+        if !homeostat_monitor::args::socket_call(s.tid, arch, s.nr, &s.args)
+            .is_some_and(|(n, a)| homeostat_core::symbols::opens_connection(n, Some(a[3])))
         {
             return 0;
         }
         let Some(exe) = self.probe.task(s.tid as u32).ok().flatten().map(|t| t.exe) else {
             return 0;
         };
-        let arg = homeostat_monitor::args::capture(s.pid, s.tid, Arch::X86_64, s.nr, &s.args);
+        let arg = homeostat_monitor::args::capture(s.pid, s.tid, arch, s.nr, &s.args);
         let Some(host) = host_of(arg.as_ref()) else {
             return 0;
         };

@@ -18,14 +18,56 @@ const AT_FDCWD: i32 = -100;
 /// Longest socket address read (`sizeof(struct sockaddr_storage)`).
 const MAX_SOCKADDR: usize = 128;
 
-/// The [`Arg`] of call `nr` (x86_64 numbering; i386 calls get none) made by task
-/// `tid` of process `pid` with registers `regs`; `None` when the call has no argument
-/// that matters or it cannot be read (a bad pointer, a task that is gone).
+/// A socket call of either ABI as the x86_64 ABI makes it: its name and argument
+/// registers. An i386 call's registers hold 32-bit values; an i386 `socketcall(call,
+/// args)` passes the socket call's arguments as 32-bit words in the caller's memory
+/// (read here, from task `tid`). `None` for an x86_64 call with no name, for any i386
+/// call but a socket call, and when socketcall's arguments cannot be read. What the
+/// connection throttle looks at, whichever way a program connects.
+pub fn socket_call(
+    tid: i32,
+    arch: Arch,
+    nr: u32,
+    regs: &[u64; 6],
+) -> Option<(&'static str, [u64; 6])> {
+    let name = arch.name(nr)?;
+    if arch == Arch::X86_64 {
+        return Some((name, *regs));
+    }
+    let low = regs.map(|r| r & 0xffff_ffff);
+    if name != "socketcall" {
+        // i386's direct socket calls (connect is 362, ...) take their arguments in
+        // registers, as x86_64's do.
+        let socket = (1..=20).any(|c| symbols::socketcall(c).is_some_and(|(n, _)| n == name));
+        return socket.then_some((name, low));
+    }
+    let (call, words) = symbols::socketcall(low[0])?;
+    let bytes = Memory::open(tid).ok()?.read(low[1], 4 * words).ok()?;
+    let mut args = [0u64; 6];
+    for (a, w) in args.iter_mut().zip(bytes.chunks_exact(4)) {
+        *a = u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+    }
+    Some((call, args))
+}
+
+/// The [`Arg`] of call `nr` made by task `tid` of process `pid` with registers
+/// `regs`; `None` when the call has no argument that matters or it cannot be read (a
+/// bad pointer, a task that is gone). i386 calls get one only for their socket calls
+/// ([`socket_call`]): the pH symbols use x86_64's arguments alone, the throttle any.
 pub fn capture(pid: i32, tid: i32, arch: Arch, nr: u32, regs: &[u64; 6]) -> Option<Arg> {
     if arch != Arch::X86_64 {
-        return None;
+        let (name, args) = socket_call(tid, arch, nr, regs)?;
+        return match symbols::arg_spec(name)? {
+            spec @ ArgSpec::Sockaddr { .. } => capture_spec(pid, tid, spec, &args),
+            _ => None,
+        };
     }
     let spec = symbols::arg_spec(Arch::X86_64.name(nr)?)?;
+    capture_spec(pid, tid, spec, regs)
+}
+
+/// The argument `spec` names, of a call with (x86_64-style) registers `regs`.
+fn capture_spec(pid: i32, tid: i32, spec: ArgSpec, regs: &[u64; 6]) -> Option<Arg> {
     let int = |i: usize| regs[i] as i32;
     let path_at = |dirfd: Option<usize>, path: usize| -> Option<Vec<u8>> {
         let m = Memory::open(tid).ok()?;

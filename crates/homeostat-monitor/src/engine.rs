@@ -48,6 +48,15 @@ pub struct Call<'a> {
     pub arg: Option<&'a Arg>,
 }
 
+/// The argument of a call of ABI `arch` that pH's argument-aware symbols and the rate
+/// limits use: x86_64 calls' only (the alphabet's argument classes are x86_64's; an
+/// i386 call's argument, captured for its socket calls, serves the throttle alone).
+/// Live scoring and recordings both take it from here, so a profile trained from a
+/// recording matches what live scoring sees.
+pub fn symbol_arg(arch: Arch, arg: Option<&Arg>) -> Option<&Arg> {
+    arg.filter(|_| arch == Arch::X86_64)
+}
+
 /// One reported event, in the JSON-lines schema of docs/events.md.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventRecord {
@@ -313,7 +322,7 @@ impl Engine {
             Arch::I386 => I386_OFFSET + c.nr,
         };
         let is_execve = c.arch.is_execve(c.nr);
-        let arg = c.arg.filter(|_| c.arch == Arch::X86_64);
+        let arg = symbol_arg(c.arch, c.arg);
         let symbol = profile.symbol_of(&task.ph, call, arg);
         let mut pending: Vec<PhEvent> = vec![];
         let mut step =

@@ -47,6 +47,13 @@ pub struct CallEvent {
     pub arg: Option<homeostat_core::symbols::Arg>,
 }
 
+impl CallEvent {
+    /// The argument pH's symbols and the rate limits use ([`crate::engine::symbol_arg`]).
+    pub fn symbol_arg(&self) -> Option<&homeostat_core::symbols::Arg> {
+        crate::engine::symbol_arg(self.arch, self.arg.as_ref())
+    }
+}
+
 /// What a source reports.
 pub enum SourceEvent {
     /// A call waits for an answer.

@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use homeostat_core::ph::{ExeKey, Verdict};
 use homeostat_core::symbols::Arg;
-use homeostat_syscalls::Arch;
 use serde::Serialize;
 
 use crate::monitor_loop::{CallEvent, Consumer};
@@ -346,11 +345,11 @@ impl<C: Consumer> Consumer for Throttled<C> {
         let verdict = self.inner.call(ev);
         let now = crate::now_ns();
         self.releases(now);
-        // The rule the daemon applies too: a connect, or a TCP Fast Open sendto.
-        let is_connect = ev.arch == Arch::X86_64
-            && Arch::X86_64
-                .name(ev.nr)
-                .is_some_and(|n| homeostat_core::symbols::opens_connection(n, Some(ev.args[3])));
+        // The rule the daemon applies too: a connect, or a TCP Fast Open sendto, made
+        // through either ABI (an i386 program reaches them through socketcall).
+        let is_connect = ev.arg.is_some()
+            && crate::args::socket_call(ev.tid, ev.arch, ev.nr, &ev.args)
+                .is_some_and(|(n, a)| homeostat_core::symbols::opens_connection(n, Some(a[3])));
         let Some(Arg::Inet { addr, .. }) = ev.arg.as_ref().filter(|_| is_connect) else {
             return verdict;
         };

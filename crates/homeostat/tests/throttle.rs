@@ -158,3 +158,84 @@ fn a_scan_by_tcp_fast_open_is_held_to_the_rate() {
     // Released at 0, 0.25, ..., 1.25 s.
     assert!(secs >= 1.2, "the scan took {secs:.2} s: not held");
 }
+
+/// A 64-bit python making `socketcall(SYS_CONNECT)` through `int 0x80`: the i386 ABI,
+/// whose connect arguments are an array of 32-bit words in memory. Each call runs
+/// from a page mapped below 4 GiB (MAP_32BIT), as the 32-bit ABI needs.
+const INT80_CONNECTS: &str = r#"
+import ctypes, socket, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+# PROT_READ|WRITE|EXEC; MAP_PRIVATE|MAP_ANONYMOUS|MAP_32BIT
+base = libc.mmap(None, 4096, 7, 0x02 | 0x20 | 0x40, -1, 0)
+if base in (None, ctypes.c_void_p(-1).value) or base >= 2**32:
+    sys.exit("no page below 4 GiB")
+addr_at, args_at = base + 0x100, base + 0x200
+# push rbx; mov eax, 102 (socketcall); mov ebx, 3 (SYS_CONNECT); mov ecx, args;
+# int 0x80; pop rbx; ret
+code = (bytes([0x53, 0xb8, 102, 0, 0, 0, 0xbb, 3, 0, 0, 0, 0xb9])
+        + struct.pack('<I', args_at) + bytes([0xcd, 0x80, 0x5b, 0xc3]))
+ctypes.memmove(base, code, len(code))
+connect32 = ctypes.CFUNCTYPE(ctypes.c_int)(base)
+for i in range(int(sys.argv[1])):
+    s = socket.socket()
+    sa = struct.pack('<H', socket.AF_INET) + struct.pack('>H', 9) + bytes([127, 0, 8, i + 1]) + bytes(8)
+    ctypes.memmove(addr_at, sa, 16)
+    ctypes.memmove(args_at, struct.pack('<III', s.fileno(), addr_at, 16), 12)
+    r = connect32()
+    if r != -111:  # nothing listens on port 9: ECONNREFUSED, after the SYN
+        sys.exit("connect through int 0x80 returned %d" % r)
+    s.close()
+"#;
+
+/// The i386 ABI is no way around the throttle: `socketcall(SYS_CONNECT)` through
+/// `int 0x80` is read through (`args::socket_call`) and held as a connect is.
+/// Before, only x86_64 connects were throttled and this scan ran at full speed.
+#[test]
+fn a_scan_through_the_i386_socketcall_is_held_to_the_rate() {
+    assert!(
+        std::path::Path::new("/usr/bin/python3").exists(),
+        "python3 is needed (scripts/lib/ensure-deps.sh installs it)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let n = 6;
+    // Without the launcher first: the program itself works here.
+    let plain = Command::new("python3")
+        .args(["-c", INT80_CONNECTS, &n.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let events = dir.path().join("int80.events");
+    let t = Instant::now();
+    let st = bin()
+        .args(["run", "--learn", "--quiet", "--throttle-connect", "4"])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--events")
+        .arg(&events)
+        .args(["--", "python3", "-c", INT80_CONNECTS, &n.to_string()])
+        .status()
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert!(st.success(), "{st}");
+    let queued: Vec<Value> = std::fs::read_to_string(&events)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"] == "throttle_queued")
+        .collect();
+    eprintln!("{n} connects through int 0x80 under run --throttle-connect 4: {secs:.2} s");
+    let hosts: Vec<&str> = queued.iter().map(|e| e["host"].as_str().unwrap()).collect();
+    let want: Vec<String> = (1..=n).map(|i| format!("127.0.8.{i}")).collect();
+    assert_eq!(
+        hosts, want,
+        "each new host queued once, read through socketcall"
+    );
+    assert!(secs >= 1.2, "the scan took {secs:.2} s: not held");
+}

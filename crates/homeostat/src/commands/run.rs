@@ -270,7 +270,7 @@ impl Recorder {
             Arch::X86_64 => ev.nr,
             Arch::I386 => homeostat_monitor::engine::I386_OFFSET + ev.nr,
         };
-        match &ev.arg {
+        match ev.symbol_arg() {
             Some(arg) => self
                 .w
                 .syscall_arg(ev.pid as u32, ev.tid as u32, id, nr, now_ns(), arg),
