@@ -728,13 +728,7 @@ pub fn entry() -> Entry {
                     s.version
                 )));
             }
-            if s.symbols.len() >= usize::from(MAX_ID) {
-                return Err(corrupt("alphabet too large".into()));
-            }
-            let alphabet = Alphabet::from_symbols(&s.symbols);
-            if alphabet.len() != s.symbols.len() {
-                return Err(corrupt("a symbol is stored twice".into()));
-            }
+            let alphabet = Alphabet::from_stored(&s.symbols).map_err(corrupt)?;
             Ok(Box::new(
                 Cover::from_traces(s.config, alphabet, s.counts, s.traces).map_err(corrupt)?,
             ) as Box<dyn Detector>)
@@ -905,6 +899,26 @@ mod tests {
         let bytes = postcard::to_allocvec(&bad).unwrap();
         let err = (e.load)(&bytes).unwrap_err().to_string();
         assert!(err.contains("more than max_calls=10"), "{err}");
+    }
+
+    #[test]
+    fn a_profile_past_the_shared_id_loads() {
+        // 600 distinct calls: ids past MAX_ID are shared, as in training, and the
+        // profile training wrote loads and scores alike.
+        let t: Vec<u32> = (0..600).collect();
+        let m = cover_model(&[&t]);
+        let payload = m.save();
+        let d = (entry().load)(&payload).unwrap();
+        let mut s = Scratch::default();
+        let probe: Vec<u32> = (500..600).chain(0..50).chain([7000]).collect();
+        assert_eq!(d.score_trace(&probe, &mut s), m.score_trace(&probe, &mut s));
+        // A symbol stored twice is still refused, past the shared id or before it.
+        for i in [3, 550] {
+            let mut bad: Stored = decode_all(&payload).unwrap();
+            bad.symbols[i] = bad.symbols[1];
+            let err = (entry().load)(&postcard::to_allocvec(&bad).unwrap()).unwrap_err();
+            assert!(err.to_string().contains("stored twice"), "{err}");
+        }
     }
 
     /// The fewest pieces covering `x` with substrings of single training traces plus
