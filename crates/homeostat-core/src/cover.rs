@@ -46,7 +46,10 @@
 //! stores the stored traces and rebuilds the automaton on load, so the two cannot
 //! disagree.
 
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap as StdHashMap;
 use std::collections::VecDeque;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -69,6 +72,11 @@ pub const PARAMS: [&str; 2] = ["locality", "max_calls"];
 pub const SCORE_NAMES: [&str; 4] = ["covering", "max_lfc", "inv_match", "rate"];
 /// The largest `max_calls`: 16 Mi calls, at most 32 Mi automaton states.
 pub const MAX_CALLS_LIMIT: u64 = 1 << 24;
+
+type HashMap<K, V> = StdHashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+
+/// Transitions from which a state's are indexed instead of walked.
+const INDEXED: u16 = 16;
 
 /// No state: the transition is missing, or the root's suffix link.
 const NONE: u32 = u32::MAX;
@@ -125,14 +133,24 @@ impl CoverConfig {
 
 /// The suffix automaton while it grows. A clone copies its original's transitions,
 /// so each state's transitions are a list in one arena (12 bytes an edge, no
-/// allocation per state): about 50 bytes per stored training call in all.
+/// allocation per state): about 50 bytes per stored training call in all. A state
+/// with many transitions (the root and its near neighbours over a varied alphabet
+/// have hundreds) is also indexed by (state, call): walking such a list at every
+/// lookup made building quadratic in the alphabet (minutes for 4 million calls).
 #[derive(Debug)]
 struct Growing {
     len: Vec<u32>,
     link: Vec<u32>,
     /// First edge of each state's list (`NONE`: no transition).
     head: Vec<u32>,
+    /// Transitions of each state.
+    degree: Vec<u16>,
     edges: Vec<Edge>,
+    /// The edge of (state, call) for states of at least `INDEXED` transitions.
+    index: HashMap<u64, u32>,
+    /// Edges looked at by lookups (tests bound the work per call).
+    #[cfg(test)]
+    probes: std::cell::Cell<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -148,7 +166,11 @@ impl Growing {
             len: vec![0],
             link: vec![NONE],
             head: vec![NONE],
+            degree: vec![0],
             edges: Vec::new(),
+            index: HashMap::default(),
+            #[cfg(test)]
+            probes: Default::default(),
         }
     }
 
@@ -156,9 +178,20 @@ impl Growing {
         self.len.len()
     }
 
+    fn key(s: u32, c: u16) -> u64 {
+        u64::from(s) << 16 | u64::from(c)
+    }
+
     fn edge(&self, s: u32, c: u16) -> Option<usize> {
+        if self.degree[s as usize] >= INDEXED {
+            #[cfg(test)]
+            self.probes.set(self.probes.get() + 1);
+            return self.index.get(&Self::key(s, c)).map(|&e| e as usize);
+        }
         let mut e = self.head[s as usize];
         while e != NONE {
+            #[cfg(test)]
+            self.probes.set(self.probes.get() + 1);
             let x = &self.edges[e as usize];
             if x.sym == c {
                 return Some(e as usize);
@@ -175,13 +208,29 @@ impl Growing {
     fn set(&mut self, s: u32, c: u16, t: u32) {
         match self.edge(s, c) {
             Some(e) => self.edges[e].to = t,
-            None => {
-                self.edges.push(Edge {
-                    sym: c,
-                    to: t,
-                    next: self.head[s as usize],
-                });
-                self.head[s as usize] = (self.edges.len() - 1) as u32;
+            None => self.push_edge(s, c, t),
+        }
+    }
+
+    /// Adds a transition `s` does not have yet.
+    fn push_edge(&mut self, s: u32, c: u16, t: u32) {
+        let e = self.edges.len() as u32;
+        self.edges.push(Edge {
+            sym: c,
+            to: t,
+            next: self.head[s as usize],
+        });
+        self.head[s as usize] = e;
+        let d = &mut self.degree[s as usize];
+        *d += 1;
+        if *d > INDEXED {
+            self.index.insert(Self::key(s, c), e);
+        } else if *d == INDEXED {
+            let mut e = self.head[s as usize];
+            while e != NONE {
+                let x = self.edges[e as usize];
+                self.index.insert(Self::key(s, x.sym), e);
+                e = x.next;
             }
         }
     }
@@ -190,6 +239,7 @@ impl Growing {
         self.len.push(len);
         self.link.push(link);
         self.head.push(NONE);
+        self.degree.push(0);
         (self.len.len() - 1) as u32
     }
 
@@ -200,11 +250,7 @@ impl Growing {
         let mut e = self.head[q as usize];
         while e != NONE {
             let x = self.edges[e as usize];
-            self.edges.push(Edge {
-                next: self.head[clone as usize],
-                ..x
-            });
-            self.head[clone as usize] = (self.edges.len() - 1) as u32;
+            self.push_edge(clone, x.sym, x.to);
             e = x.next;
         }
         while p != NONE && self.get(p, c) == Some(q) {
@@ -921,6 +967,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn many_distinct_calls_build_in_linear_time() {
+        // A trace of 50,000 pseudo-random calls over 509 symbols: states near the root
+        // have hundreds of transitions. Looking one up must not walk them all (a
+        // 4-million-call profile like this took minutes to load).
+        let mut x = 1u32;
+        let t: Vec<u32> = (0..50_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x % 509
+            })
+            .collect();
+        let mut b = CoverBuilder::new(CoverConfig::default());
+        b.add_trace(&t);
+        let probes = b.automaton.probes.get();
+        assert!(
+            probes < 40 * t.len() as u64,
+            "{probes} edge probes for {} calls",
+            t.len()
+        );
+        let m = b.finish().unwrap();
+        assert_eq!(m.cover(&t), [t.len() as u32]);
+    }
+
     /// The fewest pieces covering `x` with substrings of single training traces plus
     /// every single symbol, by dynamic programming over all cut points.
     fn brute_min_cover(train: &[Vec<u32>], x: &[u32]) -> usize {
@@ -952,20 +1024,46 @@ mod tests {
                 proptest::collection::vec(1u32..4, 1..9), 1..4),
             x in proptest::collection::vec(1u32..5, 0..12),
         ) {
-            let refs: Vec<&[u32]> = train.iter().map(Vec::as_slice).collect();
-            let m = cover_model(&refs);
-            let pieces = m.cover(&x);
-            proptest::prop_assert_eq!(pieces.len(), brute_min_cover(&train, &x));
-            proptest::prop_assert_eq!(pieces.iter().sum::<u32>() as usize, x.len());
-            // Matching statistics by brute force: the longest dictionary suffix.
-            let ms = m.matching_statistics(&x);
-            for (j, &l) in ms.iter().enumerate() {
-                let want = (0..=j + 1)
-                    .rev()
-                    .find(|&k| k == 0 || train.iter().any(|t| t.windows(k).any(|w| w == &x[j + 1 - k..=j])))
-                    .unwrap();
-                proptest::prop_assert_eq!(l as usize, want);
-            }
+            check_against_brute_force(&train, &x)?;
         }
+
+        #[test]
+        fn greedy_cover_is_minimal_over_indexed_states(
+            train in proptest::collection::vec(
+                proptest::collection::vec(1u32..40, 1..120), 1..4),
+            x in proptest::collection::vec(1u32..42, 0..40),
+        ) {
+            // 40 symbols: states near the root pass INDEXED transitions.
+            check_against_brute_force(&train, &x)?;
+        }
+    }
+
+    fn check_against_brute_force(
+        train: &[Vec<u32>],
+        x: &[u32],
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let refs: Vec<&[u32]> = train.iter().map(Vec::as_slice).collect();
+        let m = cover_model(&refs);
+        let pieces = m.cover(x);
+        proptest::prop_assert_eq!(pieces.len(), brute_min_cover(train, x));
+        proptest::prop_assert_eq!(pieces.iter().sum::<u32>() as usize, x.len());
+        // Matching statistics by brute force: the longest dictionary suffix.
+        let ms = m.matching_statistics(x);
+        for (j, &l) in ms.iter().enumerate() {
+            let want = (0..=j + 1)
+                .rev()
+                .find(|&k| {
+                    k == 0
+                        || train
+                            .iter()
+                            .any(|t| t.windows(k).any(|w| w == &x[j + 1 - k..=j]))
+                })
+                .unwrap();
+            proptest::prop_assert_eq!(l as usize, want);
+        }
+        for t in train {
+            proptest::prop_assert_eq!(m.cover(t), [t.len() as u32]);
+        }
+        Ok(())
     }
 }
