@@ -52,13 +52,30 @@ fn payload(n: u64, calls: u64, traces: &[u8]) -> Vec<u8> {
     p
 }
 
+/// A cover payload of `symbols` (raw numbers) and one trace of one call.
+fn payload_of_symbols(symbols: &[u32]) -> Vec<u8> {
+    let mut p = Vec::new();
+    for v in [1, 20, 1 << 24, symbols.len() as u64] {
+        varint(v, &mut p);
+    }
+    for &s in symbols {
+        varint(u64::from(s), &mut p);
+    }
+    for v in [1, 0, 0, 0, 1, 1, 1] {
+        varint(v, &mut p); // counts (1 call), one trace of one call: id 1
+    }
+    p
+}
+
 /// Peak bytes allocated while loading `p`, and whether it loaded.
 fn load_peak(p: &[u8]) -> (usize, Result<(), String>) {
     let load = homeostat_core::cover::entry().load;
     let base = NOW.load(Ordering::SeqCst);
     PEAK.store(base, Ordering::SeqCst);
     let r = load(p).map(drop).map_err(|e| e.to_string());
-    (PEAK.load(Ordering::SeqCst) - base, r)
+    let peak = PEAK.load(Ordering::SeqCst) - base;
+    eprintln!("{peak} bytes at most to load a {}-byte payload", p.len());
+    (peak, r)
 }
 
 #[test]
@@ -83,4 +100,23 @@ fn loading_is_bounded_by_the_payload() {
         "{peak} bytes allocated for a {}-byte payload of one-call traces",
         p.len()
     );
+    // A million distinct symbols past the direct table (the alphabet's map), and a
+    // million copies of one (refused as stored twice).
+    for (symbols, loads) in [
+        (
+            (0..1_000_000u32).map(|i| 5000 + i * 7).collect::<Vec<_>>(),
+            true,
+        ),
+        (vec![3u32; 1_000_000], false),
+    ] {
+        let p = payload_of_symbols(&symbols);
+        let (peak, r) = load_peak(&p);
+        assert_eq!(r.is_ok(), loads, "{r:?}");
+        assert!(
+            peak < 16 * p.len() + (1 << 20),
+            "{peak} bytes allocated for a {}-byte payload of {} symbols",
+            p.len(),
+            symbols.len()
+        );
+    }
 }
