@@ -56,6 +56,18 @@ impl Alphabet {
         a
     }
 
+    /// [`from_symbols`](Self::from_symbols) for symbols read from a profile: refuses
+    /// a symbol stored twice. Any number is accepted, past [`MAX_ID`] too: training
+    /// records every distinct call (later ones share the last id), so a profile of a
+    /// model trained on more calls than that must load.
+    pub fn from_stored(symbols: &[u32]) -> Result<Self, String> {
+        let a = Self::from_symbols(symbols);
+        if a.symbols.len() != symbols.len() {
+            return Err("a symbol is stored twice".into());
+        }
+        Ok(a)
+    }
+
     /// The raw call numbers in id order.
     pub fn symbols(&self) -> &[u32] {
         &self.symbols

@@ -130,12 +130,8 @@ impl AnyModel {
     /// field; the error says what is invalid.
     pub fn from_parts(s: ClassicParts) -> Result<Self, String> {
         s.spec.validate().map_err(|e| e.to_string())?;
-        if s.symbols.len() > 4096 {
-            return Err(format!(
-                "{} distinct calls (at most 4096 expected)",
-                s.symbols.len()
-            ));
-        }
+        // Any number of symbols (training keeps every distinct call), none twice.
+        crate::alphabet::Alphabet::from_stored(&s.symbols)?;
         let bad = |what: &str| format!("invalid {what} entry");
         Ok(match s.spec.kind {
             ModelKind::Stide | ModelKind::TStide => AnyModel::Stide(

@@ -46,7 +46,10 @@
 //! stores the stored traces and rebuilds the automaton on load, so the two cannot
 //! disagree.
 
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap as StdHashMap;
 use std::collections::VecDeque;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -69,6 +72,11 @@ pub const PARAMS: [&str; 2] = ["locality", "max_calls"];
 pub const SCORE_NAMES: [&str; 4] = ["covering", "max_lfc", "inv_match", "rate"];
 /// The largest `max_calls`: 16 Mi calls, at most 32 Mi automaton states.
 pub const MAX_CALLS_LIMIT: u64 = 1 << 24;
+
+type HashMap<K, V> = StdHashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+
+/// Transitions from which a state's are indexed instead of walked.
+const INDEXED: u16 = 16;
 
 /// No state: the transition is missing, or the root's suffix link.
 const NONE: u32 = u32::MAX;
@@ -125,14 +133,24 @@ impl CoverConfig {
 
 /// The suffix automaton while it grows. A clone copies its original's transitions,
 /// so each state's transitions are a list in one arena (12 bytes an edge, no
-/// allocation per state): about 50 bytes per stored training call in all.
+/// allocation per state): about 50 bytes per stored training call in all. A state
+/// with many transitions (the root and its near neighbours over a varied alphabet
+/// have hundreds) is also indexed by (state, call): walking such a list at every
+/// lookup made building quadratic in the alphabet (minutes for 4 million calls).
 #[derive(Debug)]
 struct Growing {
     len: Vec<u32>,
     link: Vec<u32>,
     /// First edge of each state's list (`NONE`: no transition).
     head: Vec<u32>,
+    /// Transitions of each state.
+    degree: Vec<u16>,
     edges: Vec<Edge>,
+    /// The edge of (state, call) for states of at least `INDEXED` transitions.
+    index: HashMap<u64, u32>,
+    /// Edges looked at by lookups (tests bound the work per call).
+    #[cfg(test)]
+    probes: std::cell::Cell<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -148,7 +166,11 @@ impl Growing {
             len: vec![0],
             link: vec![NONE],
             head: vec![NONE],
+            degree: vec![0],
             edges: Vec::new(),
+            index: HashMap::default(),
+            #[cfg(test)]
+            probes: Default::default(),
         }
     }
 
@@ -156,9 +178,20 @@ impl Growing {
         self.len.len()
     }
 
+    fn key(s: u32, c: u16) -> u64 {
+        u64::from(s) << 16 | u64::from(c)
+    }
+
     fn edge(&self, s: u32, c: u16) -> Option<usize> {
+        if self.degree[s as usize] >= INDEXED {
+            #[cfg(test)]
+            self.probes.set(self.probes.get() + 1);
+            return self.index.get(&Self::key(s, c)).map(|&e| e as usize);
+        }
         let mut e = self.head[s as usize];
         while e != NONE {
+            #[cfg(test)]
+            self.probes.set(self.probes.get() + 1);
             let x = &self.edges[e as usize];
             if x.sym == c {
                 return Some(e as usize);
@@ -175,13 +208,29 @@ impl Growing {
     fn set(&mut self, s: u32, c: u16, t: u32) {
         match self.edge(s, c) {
             Some(e) => self.edges[e].to = t,
-            None => {
-                self.edges.push(Edge {
-                    sym: c,
-                    to: t,
-                    next: self.head[s as usize],
-                });
-                self.head[s as usize] = (self.edges.len() - 1) as u32;
+            None => self.push_edge(s, c, t),
+        }
+    }
+
+    /// Adds a transition `s` does not have yet.
+    fn push_edge(&mut self, s: u32, c: u16, t: u32) {
+        let e = self.edges.len() as u32;
+        self.edges.push(Edge {
+            sym: c,
+            to: t,
+            next: self.head[s as usize],
+        });
+        self.head[s as usize] = e;
+        let d = &mut self.degree[s as usize];
+        *d += 1;
+        if *d > INDEXED {
+            self.index.insert(Self::key(s, c), e);
+        } else if *d == INDEXED {
+            let mut e = self.head[s as usize];
+            while e != NONE {
+                let x = self.edges[e as usize];
+                self.index.insert(Self::key(s, x.sym), e);
+                e = x.next;
             }
         }
     }
@@ -190,6 +239,7 @@ impl Growing {
         self.len.push(len);
         self.link.push(link);
         self.head.push(NONE);
+        self.degree.push(0);
         (self.len.len() - 1) as u32
     }
 
@@ -200,11 +250,7 @@ impl Growing {
         let mut e = self.head[q as usize];
         while e != NONE {
             let x = self.edges[e as usize];
-            self.edges.push(Edge {
-                next: self.head[clone as usize],
-                ..x
-            });
-            self.head[clone as usize] = (self.edges.len() - 1) as u32;
+            self.push_edge(clone, x.sym, x.to);
             e = x.next;
         }
         while p != NONE && self.get(p, c) == Some(q) {
@@ -343,8 +389,101 @@ pub struct Cover {
     config: CoverConfig,
     alphabet: Alphabet,
     automaton: Automaton,
-    traces: Vec<Vec<u16>>,
+    traces: Traces,
     counts: Counts,
+}
+
+/// The stored training traces, end to end in one array: two bytes a call and four a
+/// trace, where a `Vec` each cost 24 bytes more and an allocation. Encoded as a
+/// sequence of sequences; decoding never holds more than `MAX_CALLS_LIMIT` calls nor
+/// an empty trace, whatever the payload declares (a 50 MB payload of empty traces
+/// took 1.3 GB to refuse), and notes what it dropped for [`Cover::from_traces`] to
+/// name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Traces {
+    calls: Vec<u16>,
+    /// Where each trace ends in `calls`.
+    ends: Vec<u32>,
+    /// Decoding met an empty trace.
+    empty: bool,
+    /// Calls decoded, stored or not.
+    decoded: u64,
+}
+
+impl Traces {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u16]> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .map(|(a, &b)| &self.calls[a as usize..b as usize])
+    }
+
+    fn push(&mut self, ids: &[u16]) {
+        self.calls.extend_from_slice(ids);
+        self.ends.push(self.calls.len() as u32);
+        self.decoded += ids.len() as u64;
+    }
+}
+
+impl Serialize for Traces {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Traces {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{DeserializeSeed, SeqAccess, Visitor};
+        struct All;
+        /// One trace, appended to the others.
+        struct One<'a>(&'a mut Traces);
+        impl<'de> Visitor<'de> for All {
+            type Value = Traces;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a sequence of traces")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Traces, A::Error> {
+                let mut t = Traces::default();
+                while seq.next_element_seed(One(&mut t))?.is_some() {}
+                Ok(t)
+            }
+        }
+        impl<'de> DeserializeSeed<'de> for One<'_> {
+            type Value = ();
+            fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                d.deserialize_seq(self)
+            }
+        }
+        impl<'de> Visitor<'de> for One<'_> {
+            type Value = ();
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a trace")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+                let t = self.0;
+                let start = t.calls.len();
+                let mut n = 0u64;
+                while let Some(c) = seq.next_element::<u16>()? {
+                    n += 1;
+                    if (t.calls.len() as u64) < MAX_CALLS_LIMIT {
+                        t.calls.push(c);
+                    }
+                }
+                t.decoded += n;
+                if n == 0 {
+                    t.empty = true;
+                } else if t.calls.len() > start {
+                    t.ends.push(t.calls.len() as u32);
+                }
+                Ok(())
+            }
+        }
+        d.deserialize_seq(All)
+    }
 }
 
 /// What training saw besides the stored traces.
@@ -366,7 +505,7 @@ struct Stored {
     config: CoverConfig,
     symbols: Vec<u32>,
     counts: Counts,
-    traces: Vec<Vec<u16>>,
+    traces: Traces,
 }
 
 /// One trace being scored: bounded by the frame length.
@@ -394,25 +533,22 @@ impl Cover {
         config: CoverConfig,
         alphabet: Alphabet,
         counts: Counts,
-        traces: Vec<Vec<u16>>,
+        traces: Traces,
     ) -> Result<Self, String> {
         config.validate()?;
+        if traces.empty {
+            return Err("an empty trace".into());
+        }
+        let total = traces.decoded;
+        if total > config.max_calls {
+            return Err(format!(
+                "traces hold more than max_calls={} calls",
+                config.max_calls
+            ));
+        }
         let max_id = alphabet.len() as u16;
-        let mut total = 0u64;
-        for t in &traces {
-            if t.is_empty() {
-                return Err("an empty trace".into());
-            }
-            if let Some(&c) = t.iter().find(|&&c| c == UNKNOWN || c > max_id) {
-                return Err(format!("symbol id {c} outside the alphabet"));
-            }
-            total += t.len() as u64;
-            if total > config.max_calls {
-                return Err(format!(
-                    "traces hold more than max_calls={} calls",
-                    config.max_calls
-                ));
-            }
+        if let Some(&c) = traces.calls.iter().find(|&&c| c == UNKNOWN || c > max_id) {
+            return Err(format!("symbol id {c} outside the alphabet"));
         }
         if counts.calls < total {
             return Err(format!(
@@ -421,7 +557,7 @@ impl Cover {
             ));
         }
         let mut g = Growing::new();
-        for t in &traces {
+        for t in traces.iter() {
             g.add_trace(t);
         }
         Ok(Cover {
@@ -574,7 +710,7 @@ impl Detector for Cover {
         KIND
     }
     fn describe(&self) -> String {
-        let stored: usize = self.traces.iter().map(Vec::len).sum();
+        let stored = self.traces.calls.len();
         let mut d = format!(
             "L={} traces={} calls={} states={}",
             self.config.locality,
@@ -637,7 +773,7 @@ pub struct CoverBuilder {
     config: CoverConfig,
     alphabet: Alphabet,
     automaton: Growing,
-    traces: Vec<Vec<u16>>,
+    traces: Traces,
     stored: u64,
     counts: Counts,
 }
@@ -649,7 +785,7 @@ impl CoverBuilder {
             config,
             alphabet: Alphabet::new(),
             automaton: Growing::new(),
-            traces: Vec::new(),
+            traces: Traces::default(),
             stored: 0,
             counts: Counts::default(),
         }
@@ -695,7 +831,7 @@ impl DetectorBuilder for CoverBuilder {
         }
         self.automaton.add_trace(&ids);
         self.stored += n;
-        self.traces.push(ids);
+        self.traces.push(&ids);
     }
 
     fn build(self: Box<Self>, _: Progress<'_>) -> Result<Box<dyn Detector>, DetectorError> {
@@ -728,13 +864,7 @@ pub fn entry() -> Entry {
                     s.version
                 )));
             }
-            if s.symbols.len() >= usize::from(MAX_ID) {
-                return Err(corrupt("alphabet too large".into()));
-            }
-            let alphabet = Alphabet::from_symbols(&s.symbols);
-            if alphabet.len() != s.symbols.len() {
-                return Err(corrupt("a symbol is stored twice".into()));
-            }
+            let alphabet = Alphabet::from_stored(&s.symbols).map_err(corrupt)?;
             Ok(Box::new(
                 Cover::from_traces(s.config, alphabet, s.counts, s.traces).map_err(corrupt)?,
             ) as Box<dyn Detector>)
@@ -895,7 +1025,7 @@ mod tests {
         }
         // A symbol id outside the alphabet is named.
         let mut bad: Stored = decode_all(&payload).unwrap();
-        bad.traces[0][3] = 40;
+        bad.traces.calls[3] = 40;
         let bytes = postcard::to_allocvec(&bad).unwrap();
         let err = (e.load)(&bytes).unwrap_err().to_string();
         assert!(err.contains("symbol id 40 outside the alphabet"), "{err}");
@@ -905,6 +1035,75 @@ mod tests {
         let bytes = postcard::to_allocvec(&bad).unwrap();
         let err = (e.load)(&bytes).unwrap_err().to_string();
         assert!(err.contains("more than max_calls=10"), "{err}");
+    }
+
+    #[test]
+    fn the_flat_traces_keep_the_stored_layout() {
+        // Profiles written while traces were a Vec<Vec<u16>> load alike.
+        #[derive(Serialize)]
+        struct Before {
+            version: u32,
+            config: CoverConfig,
+            symbols: Vec<u32>,
+            counts: Counts,
+            traces: Vec<Vec<u16>>,
+        }
+        let m = cover_model(&[&[1, 2, 3, 1, 2, 4], &[4, 4, 2]]);
+        let before = Before {
+            version: VERSION,
+            config: m.config,
+            symbols: m.alphabet.symbols().to_vec(),
+            counts: m.counts,
+            traces: m.traces.iter().map(<[u16]>::to_vec).collect(),
+        };
+        assert_eq!(before.traces, [vec![1, 2, 3, 1, 2, 4], vec![4, 4, 2]]);
+        assert_eq!(postcard::to_allocvec(&before).unwrap(), m.save());
+    }
+
+    #[test]
+    fn a_profile_past_the_shared_id_loads() {
+        // 600 distinct calls: ids past MAX_ID are shared, as in training, and the
+        // profile training wrote loads and scores alike.
+        let t: Vec<u32> = (0..600).collect();
+        let m = cover_model(&[&t]);
+        let payload = m.save();
+        let d = (entry().load)(&payload).unwrap();
+        let mut s = Scratch::default();
+        let probe: Vec<u32> = (500..600).chain(0..50).chain([7000]).collect();
+        assert_eq!(d.score_trace(&probe, &mut s), m.score_trace(&probe, &mut s));
+        // A symbol stored twice is still refused, past the shared id or before it.
+        for i in [3, 550] {
+            let mut bad: Stored = decode_all(&payload).unwrap();
+            bad.symbols[i] = bad.symbols[1];
+            let err = (entry().load)(&postcard::to_allocvec(&bad).unwrap()).unwrap_err();
+            assert!(err.to_string().contains("stored twice"), "{err}");
+        }
+    }
+
+    #[test]
+    fn many_distinct_calls_build_in_linear_time() {
+        // A trace of 50,000 pseudo-random calls over 509 symbols: states near the root
+        // have hundreds of transitions. Looking one up must not walk them all (a
+        // 4-million-call profile like this took minutes to load).
+        let mut x = 1u32;
+        let t: Vec<u32> = (0..50_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x % 509
+            })
+            .collect();
+        let mut b = CoverBuilder::new(CoverConfig::default());
+        b.add_trace(&t);
+        let probes = b.automaton.probes.get();
+        assert!(
+            probes < 40 * t.len() as u64,
+            "{probes} edge probes for {} calls",
+            t.len()
+        );
+        let m = b.finish().unwrap();
+        assert_eq!(m.cover(&t), [t.len() as u32]);
     }
 
     /// The fewest pieces covering `x` with substrings of single training traces plus
@@ -938,20 +1137,46 @@ mod tests {
                 proptest::collection::vec(1u32..4, 1..9), 1..4),
             x in proptest::collection::vec(1u32..5, 0..12),
         ) {
-            let refs: Vec<&[u32]> = train.iter().map(Vec::as_slice).collect();
-            let m = cover_model(&refs);
-            let pieces = m.cover(&x);
-            proptest::prop_assert_eq!(pieces.len(), brute_min_cover(&train, &x));
-            proptest::prop_assert_eq!(pieces.iter().sum::<u32>() as usize, x.len());
-            // Matching statistics by brute force: the longest dictionary suffix.
-            let ms = m.matching_statistics(&x);
-            for (j, &l) in ms.iter().enumerate() {
-                let want = (0..=j + 1)
-                    .rev()
-                    .find(|&k| k == 0 || train.iter().any(|t| t.windows(k).any(|w| w == &x[j + 1 - k..=j])))
-                    .unwrap();
-                proptest::prop_assert_eq!(l as usize, want);
-            }
+            check_against_brute_force(&train, &x)?;
         }
+
+        #[test]
+        fn greedy_cover_is_minimal_over_indexed_states(
+            train in proptest::collection::vec(
+                proptest::collection::vec(1u32..40, 1..120), 1..4),
+            x in proptest::collection::vec(1u32..42, 0..40),
+        ) {
+            // 40 symbols: states near the root pass INDEXED transitions.
+            check_against_brute_force(&train, &x)?;
+        }
+    }
+
+    fn check_against_brute_force(
+        train: &[Vec<u32>],
+        x: &[u32],
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let refs: Vec<&[u32]> = train.iter().map(Vec::as_slice).collect();
+        let m = cover_model(&refs);
+        let pieces = m.cover(x);
+        proptest::prop_assert_eq!(pieces.len(), brute_min_cover(train, x));
+        proptest::prop_assert_eq!(pieces.iter().sum::<u32>() as usize, x.len());
+        // Matching statistics by brute force: the longest dictionary suffix.
+        let ms = m.matching_statistics(x);
+        for (j, &l) in ms.iter().enumerate() {
+            let want = (0..=j + 1)
+                .rev()
+                .find(|&k| {
+                    k == 0
+                        || train
+                            .iter()
+                            .any(|t| t.windows(k).any(|w| w == &x[j + 1 - k..=j]))
+                })
+                .unwrap();
+            proptest::prop_assert_eq!(l as usize, want);
+        }
+        for t in train {
+            proptest::prop_assert_eq!(m.cover(t), [t.len() as u32]);
+        }
+        Ok(())
     }
 }

@@ -485,13 +485,7 @@ pub fn entry() -> Entry {
                     s.version
                 )));
             }
-            if s.symbols.len() >= usize::from(MAX_ID) {
-                return Err(corrupt("alphabet too large".into()));
-            }
-            let alphabet = Alphabet::from_symbols(&s.symbols);
-            if alphabet.len() != s.symbols.len() {
-                return Err(corrupt("a symbol is stored twice".into()));
-            }
+            let alphabet = Alphabet::from_stored(&s.symbols).map_err(corrupt)?;
             Ok(
                 Box::new(Kn::from_counts(s.config, alphabet, s.calls, s.top).map_err(corrupt)?)
                     as Box<dyn Detector>,
@@ -503,6 +497,18 @@ pub fn entry() -> Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_profile_past_the_shared_id_loads() {
+        // 600 distinct calls: training shares the last id past MAX_ID, and the
+        // profile it wrote must load and score alike.
+        let t: Vec<u32> = (0..600).collect();
+        let m = kn(3, 0.75, &[&t]);
+        let d = (entry().load)(&m.save()).unwrap();
+        let probe: Vec<u32> = (500..600).chain(0..50).chain([7000]).collect();
+        let mut s = Scratch::default();
+        assert_eq!(d.score_trace(&probe, &mut s), m.score_trace(&probe, &mut s));
+    }
 
     fn kn(order: usize, discount: f64, traces: &[&[u32]]) -> Kn {
         let mut b = KnBuilder::new(KnConfig {

@@ -438,6 +438,32 @@ mod tests {
     }
 
     #[test]
+    fn every_model_trained_on_5000_distinct_calls_round_trips() {
+        // Training keeps every distinct call (past MAX_ID they share the last id);
+        // the loader refused more than 4096 as corrupt.
+        let calls: Vec<u32> = (0..5000).collect();
+        for kind in ModelKind::ALL {
+            let mut m = AnyModel::new(ModelSpec::new(kind)).unwrap();
+            m.train_trace(&calls);
+            let p = Profile::new(ProfileMeta::default(), m);
+            let q = Profile::from_bytes(&p.to_bytes()).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            let mut s = Scratch::default();
+            let probe: Vec<u32> = (4000..4100).chain(0..10).collect();
+            assert_eq!(
+                p.model.test_trace(&probe, &mut s),
+                q.model.test_trace(&probe, &mut s),
+                "{kind}"
+            );
+        }
+        // A symbol stored twice is refused.
+        let mut parts = sample(ModelKind::Stide).model.to_parts();
+        parts.symbols[1] = parts.symbols[0];
+        assert!(AnyModel::from_parts(parts)
+            .unwrap_err()
+            .contains("stored twice"));
+    }
+
+    #[test]
     fn damage_is_named() {
         let bytes = sample(ModelKind::Pairs).to_bytes();
         assert_eq!(

@@ -80,8 +80,7 @@ impl Daemon {
                 }
                 self.profiles.remove(&key);
                 self.limits_forget(kernel, key);
-                let _ = std::fs::remove_file(self.dir.join(format!("{key}.json")));
-                let _ = std::fs::remove_file(crate::classes::path_in(&self.dir, key));
+                crate::remove_profile_files(&self.dir, key);
                 return done;
             }
             Request::LearnFrom { uid, cgroup, .. } => {

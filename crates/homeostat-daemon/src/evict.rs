@@ -135,8 +135,7 @@ impl Daemon {
         }
         self.profiles.remove(&key);
         self.limits_forget(kernel, key);
-        let _ = std::fs::remove_file(self.dir.join(format!("{key}.json")));
-        let _ = std::fs::remove_file(crate::classes::path_in(&self.dir, key));
+        crate::remove_profile_files(&self.dir, key);
         match why {
             Why::Deleted | Why::Replaced => self.counts.evicted_deleted_total += 1,
             Why::Lru => self.counts.evicted_lru_total += 1,

@@ -48,3 +48,27 @@ pub mod throttle;
 
 use homeostat_monitor::now_ns;
 pub use main_loop::{run, DaemonOptions};
+
+/// Every file the daemon keeps for profile `key` in its folder `dir`: the profile and
+/// what lives beside it (argument classes, rates, the connection working set). A
+/// profile that goes (reset or evicted by the daemon, or reset by `homeostat profile
+/// reset` while none runs) takes them all: a file left behind would be given to the
+/// executable's next profile.
+pub fn profile_files(
+    dir: &std::path::Path,
+    key: homeostat_core::ph::ExeKey,
+) -> [std::path::PathBuf; 4] {
+    [
+        dir.join(format!("{key}.json")),
+        classes::path_in(dir, key),
+        rates::path_in(dir, key),
+        throttle::hosts_path_in(dir, key),
+    ]
+}
+
+/// Deletes the [`profile_files`] of `key` (those absent are no error).
+pub fn remove_profile_files(dir: &std::path::Path, key: homeostat_core::ph::ExeKey) {
+    for f in profile_files(dir, key) {
+        let _ = std::fs::remove_file(f);
+    }
+}

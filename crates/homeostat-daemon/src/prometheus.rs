@@ -546,7 +546,21 @@ homeostat_calls_total{state=\"learning\"} 4
 
     #[test]
     fn render_structure() {
-        let text = Snapshot::default().render();
+        let (samples, types) = check_structure(&Snapshot::default().render());
+        assert_eq!((samples, types), (17, 13));
+        // Every optional section on: still one HELP and TYPE per metric, before its
+        // samples, and each metric's samples together.
+        let all = Snapshot {
+            argument_losses: Some([0; 4]),
+            limits: Some(Default::default()),
+            ..Snapshot::default()
+        };
+        let (samples, types) = check_structure(&all.render());
+        assert_eq!((samples, types), (17 + 4 + 4 + 4 + 2 + 2, 13 + 5));
+    }
+
+    /// Checks the exposition's structure; returns its samples and TYPE lines.
+    fn check_structure(text: &str) -> (usize, usize) {
         assert!(text.ends_with('\n'));
         let lines: Vec<&str> = text.lines().collect();
         let mut samples = 0;
@@ -573,9 +587,13 @@ homeostat_calls_total{state=\"learning\"} 4
                 "gauge"
             };
             assert_eq!(lines[t], format!("# TYPE {name} {kind}"));
+            // Only this metric's samples between its TYPE and this sample.
+            for l in &lines[t + 1..i] {
+                let n = l.split(['{', ' ']).next().unwrap();
+                assert_eq!(n, name, "{line} separated from its TYPE by {l}");
+            }
         }
-        assert_eq!(samples, 17);
-        assert_eq!(text.matches("# TYPE").count(), 13);
+        (samples, text.matches("# TYPE").count())
     }
 
     #[test]

@@ -109,10 +109,8 @@ pub fn path_in(dir: &Path, key: ExeKey) -> PathBuf {
 
 /// Reads a rates file; a one-line error for anything but a valid one of `key`.
 pub fn read(path: &Path, key: ExeKey) -> Result<LearnedRates, String> {
-    let b = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if b.len() > 4096 {
-        return Err(format!("{}: too large", path.display()));
-    }
+    let b = homeostat_monitor::read_capped(path, 4096)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let f: RatesFile =
         serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display()))?;
     if f.version != VERSION {
@@ -437,6 +435,29 @@ mod tests {
     use super::*;
 
     const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_rates_file_that_is_a_fifo_or_a_proc_file_is_refused_at_once() {
+        // The whole file was read before its size was looked at: a FIFO with no
+        // writer blocked the daemon's start for ever, a procfs file was read whole.
+        let dir = tempfile::tempdir().unwrap();
+        let key = ExeKey { dev: 1, ino: 2 };
+        let fifo = path_in(dir.path(), key);
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success(), "mkfifo");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let f = fifo.clone();
+        std::thread::spawn(move || tx.send(read(&f, key)).unwrap());
+        let err = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO blocked")
+            .unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
+        std::fs::remove_file(&fifo).unwrap();
+        std::os::unix::fs::symlink("/proc/kallsyms", &fifo).unwrap();
+        let err = read(&fifo, key).unwrap_err();
+        assert!(err.contains("limit"), "{err}");
+    }
 
     #[test]
     fn what_the_kernel_is_told() {

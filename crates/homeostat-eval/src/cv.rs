@@ -539,6 +539,7 @@ pub fn judge_prototype(
         let mut per = vec![];
         for f in folds {
             let sc = fold_scores(&train, f);
+            check_scores(names, &sc);
             let a: Vec<f64> = sc
                 .iter()
                 .map(|(n, a)| crate::metrics::auc(n, a).unwrap_or(0.5))
@@ -565,7 +566,9 @@ pub fn judge_prototype(
             normal: data.validation.iter().map(|t| t.calls.clone()).collect(),
             anomalous: data.attacks.iter().map(|a| a.trace.calls.clone()).collect(),
         };
-        for (name, (n, a)) in names.iter().zip(&fold_scores(&train, &fold)) {
+        let sc = fold_scores(&train, &fold);
+        check_scores(names, &sc);
+        for (name, (n, a)) in names.iter().zip(&sc) {
             let dr: Vec<String> = [0.01, 0.05, 0.1]
                 .iter()
                 .map(|&l| format!("{:.1}%", 100.0 * crate::metrics::at_far(n, a, l, false).dr))
@@ -579,9 +582,48 @@ pub fn judge_prototype(
     }
 }
 
+/// One (normal, anomalous) pair per score name: a missing one would be printed as
+/// a measured AUC of 0 (the sums start at 0), an extra one silently dropped.
+fn check_scores(names: &[&str], sc: &FoldScores) {
+    assert_eq!(
+        sc.len(),
+        names.len(),
+        "fold_scores gave {} score pairs for the {} scores {names:?}",
+        sc.len(),
+        names.len()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prototype_with_a_score_missing_is_refused_not_printed_as_zero() {
+        let trace = |i: usize| homeostat_traces::Trace {
+            id: format!("t{i}"),
+            calls: (0..30 + i as u32)
+                .map(|j| (j * 7 + i as u32) % 9 + 1)
+                .collect(),
+        };
+        let data = homeostat_traces::adfa::AdfaDataset {
+            training: (0..60).map(trace).collect(),
+            validation: (60..70).map(trace).collect(),
+            attacks: vec![],
+        };
+        let one_pair = |_: &[Vec<u32>], f: &Fold| -> FoldScores {
+            vec![(vec![0.0; f.normal.len()], vec![1.0; f.anomalous.len()])]
+        };
+        // One name, one pair: runs.
+        judge_prototype(&["a"], &data, false, one_pair);
+        let r = std::panic::catch_unwind(|| judge_prototype(&["a", "b"], &data, false, one_pair));
+        let msg = r.unwrap_err();
+        let msg = msg
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or_default();
+        assert!(msg.contains("1 score pairs for the 2 scores"), "{msg}");
+    }
 
     fn toy() -> Vec<Vec<u32>> {
         (0..12u32)

@@ -7,7 +7,7 @@
 //! alphabet, finite values, configuration ranges) so damaged bytes become an error,
 //! never a panic or a model that computes garbage.
 
-use homeostat_core::alphabet::{Alphabet, MAX_ID};
+use homeostat_core::alphabet::Alphabet;
 use homeostat_core::profile::{decode_profile, encode_profile, StoredModel};
 use homeostat_core::{ProfileError, ProfileMeta};
 use serde::{Deserialize, Serialize};
@@ -84,17 +84,13 @@ impl Lm {
             )));
         }
         s.config.validate().map_err(|e| corrupt(e.to_string()))?;
-        if s.symbols.len() > usize::from(MAX_ID) {
-            return Err(corrupt(format!("{} distinct calls", s.symbols.len())));
-        }
-        let alphabet = Alphabet::from_symbols(&s.symbols);
-        if alphabet.len() != s.symbols.len() {
-            return Err(corrupt("repeated call numbers in the alphabet".into()));
-        }
+        // Any number of symbols: past MAX_ID training shares the last id (the net's
+        // vocabulary is the alphabet's length, not the symbols').
+        let alphabet = Alphabet::from_stored(&s.symbols).map_err(corrupt)?;
         if !s.threshold.is_finite() {
             return Err(corrupt(format!("threshold {}", s.threshold)));
         }
-        let n = s.symbols.len();
+        let n = alphabet.len();
         let mut w = Weights {
             hidden: s.config.hidden,
             vocab_in: n + 2,

@@ -140,6 +140,22 @@ fn round_trip_gives_identical_scores() {
     );
 }
 
+#[test]
+fn a_model_past_the_shared_id_round_trips() {
+    // 600 distinct calls: training shares the last id past MAX_ID but keeps every
+    // symbol; the profile it writes must load and score alike.
+    let t: Vec<u32> = (0..600).collect();
+    let cfg = LmConfig {
+        epochs: 1,
+        hidden: 4,
+        ..tiny()
+    };
+    let lm = train(&[&t], &cfg, Progress::Quiet).unwrap();
+    let (back, _) = Lm::from_bytes(&lm.to_bytes(&meta())).unwrap();
+    let probe: Vec<u32> = (500..600).chain(0..20).collect();
+    assert_eq!(back.score_stream(&probe), lm.score_stream(&probe));
+}
+
 fn profile_err(bytes: &[u8]) -> ProfileError {
     match Lm::from_bytes(bytes) {
         Err(LmError::Profile(e)) => e,

@@ -271,3 +271,41 @@ fn knn_and_ensemble_train_scan_and_eval() {
         "{out}"
     );
 }
+
+#[test]
+fn an_offline_profile_reset_deletes_what_lives_beside_the_profile() {
+    use homeostat_core::ph::{ExeKey, PhConfig, PhProfile, ProfileState};
+    use homeostat_monitor::daemon_profile::{self, DaemonProfile};
+    // No daemon runs: `profile reset` deletes the daemon's file itself, and must take
+    // the classes, rates and working set kept beside it too. A working set left
+    // behind was given back to the executable's next profile at the next start.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let daemon_dir = daemon_profile::dir_in(&state);
+    std::fs::create_dir_all(&daemon_dir).unwrap();
+    let key = ExeKey { dev: 1, ino: 2 };
+    let p = PhProfile::from_raw_pairs(
+        key,
+        "/bin/x",
+        &PhConfig::default(),
+        ProfileState::Normal,
+        &[(0, 1, 1)],
+    )
+    .unwrap();
+    let json = daemon_profile::path_in(&state, key);
+    std::fs::write(&json, DaemonProfile::from_ph(&p).to_bytes()).unwrap();
+    let beside = ["classes", "rates", "hosts"].map(|ext| daemon_dir.join(format!("{key}.{ext}")));
+    for f in &beside {
+        std::fs::write(f, b"{}").unwrap();
+    }
+    let other = daemon_dir.join("1-3.hosts");
+    std::fs::write(&other, b"{}").unwrap();
+    let out = ok(bin()
+        .args(["profile", "reset", &key.to_string(), "--state-dir"])
+        .arg(&state));
+    assert!(out.contains("learnt from nothing"), "{out}");
+    for f in std::iter::once(&json).chain(&beside) {
+        assert!(!f.exists(), "{} left behind", f.display());
+    }
+    assert!(other.exists(), "another profile's file was deleted");
+}

@@ -461,7 +461,17 @@ for i in range(n):
         "{q:?}"
     );
     assert!(q.len() >= n, "{q:?}");
-    assert!(q[1..].iter().all(|e| e["action"] == "delay"), "{q:?}");
+    // Nothing that had to wait ran: a later connect reported as run ("none") is one
+    // whose turn had come (delay 0), as when a loaded machine slows the scan below
+    // the rate and the queue drains in between (seen at load 4).
+    assert!(
+        q[1..]
+            .iter()
+            .all(|e| e["action"] == "delay" || e["delay_ms"].as_f64() == Some(0.0)),
+        "{q:?}"
+    );
+    let held = q.iter().filter(|e| e["action"] == "delay").count();
+    assert!(held >= n - 2, "{held} held: {q:?}");
     assert!(secs >= 1.2, "the scan took {secs:.3} s: not held");
 }
 

@@ -561,6 +561,10 @@ fn edit_daemon_file(
     match request(d.key().to_string()) {
         Request::Reset { .. } => {
             std::fs::remove_file(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            // What the daemon keeps beside it goes too, as when the daemon resets.
+            if let Some(dir) = file.parent() {
+                homeostat_daemon::remove_profile_files(dir, d.key());
+            }
             println!(
                 "reset: {} ({}) will be learnt from nothing",
                 printable(&d.path),
