@@ -438,30 +438,27 @@ static __noinline __u32 row_new(struct hs_index *ix, __u32 cur)
  * 32-bit program's calls, and a 64-bit program's int 0x80, whichever the segment. */
 #define HS_TS_COMPAT 0x0002
 
-static __always_inline int on_sys_enter(long id)
+/* Every call the common path below does not finish: a task's first call, a stale
+ * profile state, a window not known complete, a call with an argument or throttle
+ * hook, a flush of the call count, any miss or learnt pair. Not inlined: the common
+ * path then makes no call after the task storage lookup, and keeps its few values in
+ * registers (with this code inline, clang spilled a dozen of them to the stack on
+ * every call). Redoes the common path's tests from the start. */
+static __noinline int sys_enter_slow(struct task_struct *task, struct hs_task *t, __u32 call)
 {
 	struct hs_config *cfg;
 	__u64 pid_tgid;
 	__u32 tid, pid;
-	struct task_struct *task;
 	struct hs_index *ix;
 	struct hs_row *row = NULL;
 	struct hs_profile *p = NULL;
-	struct hs_task *t;
 	__u32 misses = 0, learnt = 0, pos, old, gen, r;
 	__u64 *sw, s0, s1, lwin;
 	__u32 lvalid;
 	bool training;
-	__u16 cur;
+	__u16 cur = call;
 	int ls;
 
-	if (id < 0)
-		return 0;
-	cur = id < HS_ROW ? id : HS_ROW - 1;
-	task = bpf_get_current_task_btf();
-	if (task->thread_info.status & HS_TS_COMPAT)
-		cur += HS_COMPAT;
-	t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
 	if (!t || t->valid != HS_VALID) {
 		struct hs_task *inherited;
 
@@ -566,7 +563,16 @@ tested:
 	if (lvalid < HS_SEQ)
 		t->lvalid = lvalid + 1;
 
-	/* Locality frame: the slot leaving the window gives back its anomaly. */
+	/* Locality frame: the slot leaving the window gives back its anomaly. With LFC 0
+	 * every bit of the frame is 0 (lfc is the number of bits set), so a call without
+	 * a miss changes nothing, and where the position of an all-zero ring stands does
+	 * not matter: the common call writes nothing. Except with argument classes: their
+	 * open fallback (args.bpf.h) counts calls with fpos. */
+	if (!misses && !t->lfc) {
+		if (hs_args_on)
+			t->fpos = (t->fpos + 1) & (HS_LOCALITY - 1);
+		goto framed;
+	}
 	pos = t->fpos & (HS_LOCALITY - 1);
 	old = (t->frame[(pos >> 6) & 1] >> (pos & 63)) & 1;
 	if (old && t->lfc)
@@ -578,6 +584,7 @@ tested:
 		t->frame[(pos >> 6) & 1] &= ~(1ULL << (pos & 63));
 	}
 	t->fpos = (pos + 1) & (HS_LOCALITY - 1);
+framed:
 
 	if (misses || learnt || t->pending >= HS_FLUSH_CALLS) {
 		if (!p)
@@ -613,6 +620,69 @@ tested:
 		emit(cfg, HS_EV_NEW_PAIRS, pid, tid, cur, &t->key, learnt, t->lfc, 0);
 	}
 	return 0;
+}
+
+/* The common call: a task following a profile whose state it has cached, whose full
+ * window of eight calls is known to be in the profile (its table of known pairs),
+ * with no argument or throttle hook for this call and no flush due. What it writes
+ * is the task's own: the call count, the window in calls and in local slots, and the
+ * locality frame only when some bit of it is set. Anything else is sys_enter_slow's. */
+static __always_inline int on_sys_enter(long id)
+{
+	struct task_struct *task;
+	struct hs_task *t;
+	__u64 *sw, s0, s1, lwin, *fw, bit;
+	__u32 cur, pos;
+	int ls;
+
+	if (id < 0)
+		return 0;
+	cur = id < HS_ROW ? id : HS_ROW - 1;
+	task = bpf_get_current_task_btf();
+	if (task->thread_info.status & HS_TS_COMPAT)
+		cur += HS_COMPAT;
+	t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
+	if (!t || t->valid != HS_VALID || t->gen != hs_generation)
+		goto slow;
+	if (!(t->cached & HS_CACHE_PROFILE))
+		return 0;
+	/* lvalid >= 8 implies nseq >= 8 (they grow together; a new table resets lvalid
+	 * only): neither counter is written below. */
+	if (t->lvalid < HS_SEQ || t->pending >= HS_FLUSH_CALLS - 1)
+		goto slow;
+	if (hs_args_on && cur < HS_ROW && hs_arg_spec[cur & (HS_ROW - 1)])
+		goto slow;
+	if (hs_thr_on && cur < HS_ROW && hs_thr_call[cur & (HS_ROW - 1)])
+		goto slow;
+	ls = local_slot(t, cur);
+	if (ls < 0)
+		goto slow;
+	lwin = t->lwin;
+	if (lwin & ~t->known[ls & (HS_LOCAL - 1)])
+		goto slow;
+	t->pending++;
+	sw = (__u64 *)t->seq;
+	s0 = sw[0];
+	s1 = sw[1];
+	sw[1] = (s1 << 16) | (s0 >> 48);
+	sw[0] = (s0 << 16) | cur;
+	t->lwin = (lwin << 8) | (1ULL << (ls & (HS_LOCAL - 1)));
+	/* No miss: the frame changes only if the bit leaving it was set (LFC 0: none is). */
+	if (t->lfc) {
+		pos = t->fpos & (HS_LOCALITY - 1);
+		fw = &t->frame[(pos >> 6) & 1];
+		bit = 1ULL << (pos & 63);
+		if (*fw & bit) {
+			*fw &= ~bit;
+			t->lfc--;
+		}
+		t->fpos = (pos + 1) & (HS_LOCALITY - 1);
+	} else if (hs_args_on) {
+		t->fpos = (t->fpos + 1) & (HS_LOCALITY - 1);
+	}
+	return 0;
+slow:
+	return sys_enter_slow(task, t, cur);
 }
 
 SEC("tp_btf/sys_enter")
