@@ -106,7 +106,7 @@ const _: () = {
     assert!(size_of::<hs_index>() == 4 * TABLE);
     assert!(size_of::<hs_row>() == ROW);
     assert!(size_of::<hs_profile>() == 56);
-    assert!(size_of::<hs_task>() == 184);
+    assert!(size_of::<hs_task>() == 168);
     assert!(size_of::<hs_config>() == 32);
     assert!(size_of::<hs_event>() == 48);
     assert!(size_of::<hs_exec_event>() == 48 + 2 * 256);

@@ -39,7 +39,7 @@ impl TaskState {
         // it, HS_VALID_OUT (2) for a task outside the scope (not followed).
         (t.valid == 1).then(|| TaskState {
             exe: abi::exe(&t.key),
-            seq: t.seq,
+            seq: seq(&t),
             nseq: t.nseq,
             fpos: t.fpos,
             lfc: t.lfc,
@@ -72,6 +72,20 @@ impl TaskState {
         }
         (misses, lfc)
     }
+}
+
+/// The task's last calls. While its local window is full (`lvalid` = 8) the
+/// kernel's common call keeps the window only in `lwin` (byte d-1: the bit of the
+/// local slot of the call d back) over `ltag`, and `seq` is as the last other call
+/// left it; the programs rebuild it the same way (`seq_from_local`).
+fn seq(t: &hs_task) -> [u16; SEQ] {
+    if usize::from(t.lvalid) < SEQ {
+        return t.seq;
+    }
+    std::array::from_fn(|d| {
+        let slot = ((t.lwin >> (8 * d)) & 0xff).trailing_zeros() as usize;
+        t.ltag[slot & (t.ltag.len() - 1)]
+    })
 }
 
 /// Task states and rows, for threads other than the one driving [`Kernel`] (the
@@ -180,6 +194,22 @@ mod tests {
             lfc,
             frame,
         }
+    }
+
+    #[test]
+    fn a_full_local_window_gives_the_calls_its_slots_name() {
+        let mut t: hs_task = bytemuck::Zeroable::zeroed();
+        t.valid = 1;
+        t.seq = [9; SEQ]; // stale: the common call does not write it
+        t.ltag = [0, 1, 257, 3, 60, 5, 6, 0xffff];
+        // Calls back 1..8 in slots 2, 0, 0, 4, 1, 3, 6, 5.
+        t.lwin = u64::from_le_bytes([1 << 2, 1, 1, 1 << 4, 1 << 1, 1 << 3, 1 << 6, 1 << 5]);
+        t.lvalid = 7;
+        assert_eq!(seq(&t), [9; SEQ]);
+        t.lvalid = 8;
+        assert_eq!(seq(&t), [257, 0, 0, 60, 1, 3, 6, 5]);
+        let decoded = TaskState::decode(bytes_of(&t)).unwrap();
+        assert_eq!(decoded.seq, [257, 0, 0, 60, 1, 3, 6, 5]);
     }
 
     #[test]

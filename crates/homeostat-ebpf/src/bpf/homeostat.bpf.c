@@ -265,6 +265,26 @@ static __always_inline int local_slot(struct hs_task *t, __u16 cur)
 	return -1;
 }
 
+/* Writes seq from the local window: while lvalid is HS_SEQ the common call keeps
+ * the window only in lwin (one bit per byte, the slot of the call d back in byte
+ * d-1) over ltag, and leaves seq as the last general call wrote it. A one-bit byte
+ * 1 << k minus one has k bits set: the eight slots are counted at once (bytes never
+ * borrow: each is at least 1). */
+static __always_inline void seq_from_local(struct hs_task *t)
+{
+	__u64 x = t->lwin - 0x0101010101010101ULL, s0, s1;
+
+	x = x - ((x >> 1) & 0x5555555555555555ULL);
+	x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+	x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+#define LTAG(d) ((__u64)t->ltag[(x >> (8 * (d))) & (HS_LOCAL - 1)] << (16 * ((d) & 3)))
+	s0 = LTAG(0) | LTAG(1) | LTAG(2) | LTAG(3);
+	s1 = LTAG(4) | LTAG(5) | LTAG(6) | LTAG(7);
+#undef LTAG
+	((__u64 *)t->seq)[0] = s0;
+	((__u64 *)t->seq)[1] = s1;
+}
+
 /* Initialises `task`'s entry for running `file`; creates a training profile when
  * auto_create is on; reports the exec when `bprm` is given. Returns the entry or
  * NULL. */
@@ -438,30 +458,27 @@ static __noinline __u32 row_new(struct hs_index *ix, __u32 cur)
  * 32-bit program's calls, and a 64-bit program's int 0x80, whichever the segment. */
 #define HS_TS_COMPAT 0x0002
 
-static __always_inline int on_sys_enter(long id)
+/* Every call the common path below does not finish: a task's first call, a stale
+ * profile state, a window not known complete, a call with an argument or throttle
+ * hook, a flush of the call count, any miss or learnt pair. Not inlined: the common
+ * path then makes no call after the task storage lookup, and keeps its few values in
+ * registers (with this code inline, clang spilled a dozen of them to the stack on
+ * every call). Redoes the common path's tests from the start. */
+static __noinline int sys_enter_slow(struct task_struct *task, struct hs_task *t, __u32 call)
 {
 	struct hs_config *cfg;
 	__u64 pid_tgid;
 	__u32 tid, pid;
-	struct task_struct *task;
 	struct hs_index *ix;
 	struct hs_row *row = NULL;
 	struct hs_profile *p = NULL;
-	struct hs_task *t;
 	__u32 misses = 0, learnt = 0, pos, old, gen, r;
 	__u64 *sw, s0, s1, lwin;
 	__u32 lvalid;
 	bool training;
-	__u16 cur;
+	__u16 cur = call;
 	int ls;
 
-	if (id < 0)
-		return 0;
-	cur = id < HS_ROW ? id : HS_ROW - 1;
-	task = bpf_get_current_task_btf();
-	if (task->thread_info.status & HS_TS_COMPAT)
-		cur += HS_COMPAT;
-	t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
 	if (!t || t->valid != HS_VALID) {
 		struct hs_task *inherited;
 
@@ -491,6 +508,10 @@ static __always_inline int on_sys_enter(long id)
 		if (!t || t->valid != HS_VALID)
 			return 0;
 	}
+	/* The window in calls (the common call kept it in local slots only), before
+	 * anything below may empty the local table. */
+	if (t->lvalid >= HS_SEQ)
+		seq_from_local(t);
 	/* The profile's state, looked up only when some profile changed since. */
 	gen = hs_generation;
 	if (t->gen != gen) {
@@ -502,6 +523,8 @@ static __always_inline int on_sys_enter(long id)
 			/* Not one of the profile's teachers: followed only once it is normal. */
 			t->cached = t->cached & HS_CACHE_NORMAL ? t->cached | HS_CACHE_FOREIGN : 0;
 		}
+		if (p && (hs_args_on || hs_thr_on))
+			t->cached |= HS_CACHE_HOOKS;
 		t->slot = p ? p->slot : 0;
 		t->gen = gen;
 		local_reset(t);
@@ -566,7 +589,16 @@ tested:
 	if (lvalid < HS_SEQ)
 		t->lvalid = lvalid + 1;
 
-	/* Locality frame: the slot leaving the window gives back its anomaly. */
+	/* Locality frame: the slot leaving the window gives back its anomaly. With LFC 0
+	 * every bit of the frame is 0 (lfc is the number of bits set), so a call without
+	 * a miss changes nothing, and where the position of an all-zero ring stands does
+	 * not matter: the common call writes nothing. Except with argument classes: their
+	 * open fallback (args.bpf.h) counts calls with fpos. */
+	if (!misses && !t->lfc) {
+		if (hs_args_on)
+			t->fpos = (t->fpos + 1) & (HS_LOCALITY - 1);
+		goto framed;
+	}
 	pos = t->fpos & (HS_LOCALITY - 1);
 	old = (t->frame[(pos >> 6) & 1] >> (pos & 63)) & 1;
 	if (old && t->lfc)
@@ -578,6 +610,7 @@ tested:
 		t->frame[(pos >> 6) & 1] &= ~(1ULL << (pos & 63));
 	}
 	t->fpos = (pos + 1) & (HS_LOCALITY - 1);
+framed:
 
 	if (misses || learnt || t->pending >= HS_FLUSH_CALLS) {
 		if (!p)
@@ -613,6 +646,74 @@ tested:
 		emit(cfg, HS_EV_NEW_PAIRS, pid, tid, cur, &t->key, learnt, t->lfc, 0);
 	}
 	return 0;
+}
+
+/* The common call: a task following a profile whose state it has cached, whose full
+ * window of eight calls is known to be in the profile (its table of known pairs),
+ * with no argument or throttle hook for this call and no flush due. It reads one
+ * cache line of the task's storage and one word of `known`, and writes two words:
+ * the call count and the window in local slots (seq is rebuilt from it by the next
+ * general call); the locality frame only when some bit of it is set. Anything else
+ * is sys_enter_slow's. */
+static __always_inline int on_sys_enter(long id)
+{
+	struct task_struct *task;
+	struct hs_task *t;
+	__u64 lwin, *fw, bit, known0;
+	__u32 cur, pos, cached;
+	int ls;
+
+	if (id < 0)
+		return 0;
+	cur = id < HS_ROW ? id : HS_ROW - 1;
+	task = bpf_get_current_task_btf();
+	if (task->thread_info.status & HS_TS_COMPAT)
+		cur += HS_COMPAT;
+	t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
+	if (!t)
+		goto slow;
+	/* known[] is the second cache line the common call needs (the lookup has just
+	 * read the first), and which word of it only the slot search below says: a load
+	 * of its first word now starts fetching the line meanwhile. */
+	known0 = t->known[0];
+	barrier_var(known0);
+	if (t->valid != HS_VALID || t->gen != hs_generation)
+		goto slow;
+	cached = t->cached;
+	if (!(cached & HS_CACHE_PROFILE))
+		return 0;
+	/* lvalid >= 8 implies nseq >= 8 (they grow together; a new table resets lvalid
+	 * only): neither counter is written below. */
+	if (t->lvalid < HS_SEQ || t->pending >= HS_FLUSH_CALLS - 1)
+		goto slow;
+	if ((cached & HS_CACHE_HOOKS) && cur < HS_ROW &&
+	    ((hs_args_on && hs_arg_spec[cur & (HS_ROW - 1)]) ||
+	     (hs_thr_on && hs_thr_call[cur & (HS_ROW - 1)])))
+		goto slow;
+	ls = local_slot(t, cur);
+	if (ls < 0)
+		goto slow;
+	lwin = t->lwin;
+	if (lwin & ~t->known[ls & (HS_LOCAL - 1)])
+		goto slow;
+	t->pending++;
+	t->lwin = (lwin << 8) | (1ULL << (ls & (HS_LOCAL - 1)));
+	/* No miss: the frame changes only if the bit leaving it was set (LFC 0: none is). */
+	if (t->lfc) {
+		pos = t->fpos & (HS_LOCALITY - 1);
+		fw = &t->frame[(pos >> 6) & 1];
+		bit = 1ULL << (pos & 63);
+		if (*fw & bit) {
+			*fw &= ~bit;
+			t->lfc--;
+		}
+		t->fpos = (pos + 1) & (HS_LOCALITY - 1);
+	} else if (cached & HS_CACHE_HOOKS) {
+		t->fpos = (t->fpos + 1) & (HS_LOCALITY - 1);
+	}
+	return 0;
+slow:
+	return sys_enter_slow(task, t, cur);
 }
 
 SEC("tp_btf/sys_enter")

@@ -87,37 +87,43 @@ struct hs_profile {
 #define HS_LOCAL_FREE 0xffff /* hs_task.ltag of an unused slot (calls are < 1024) */
 
 struct hs_task {
-	struct hs_key key;
-	__u16 seq[HS_SEQ]; /* seq[0] is the previous call; 8-aligned: read as two u64 */
-	__u32 nseq;        /* valid entries of seq */
-	__u32 fpos;        /* next slot of the locality frame */
+	/* The common call's fields first, in 40 bytes: task storage data starts 16 bytes
+	 * into a cache line on this kernel (the allocator's 8-byte header and the 72 of
+	 * bpf_local_storage_elem, whose last word the lookup itself reads), so these
+	 * share that line. `known` fills the next line exactly; the rest is for the
+	 * other calls. */
+	__u32 gen;         /* the profile's entry is `cached` as of this generation */
+	__u8 valid;        /* HS_VALID once initialised (storage is created zeroed) */
+	__u8 cached;       /* HS_CACHE_* */
+	__u8 lvalid;       /* valid bytes of lwin (at most HS_SEQ) */
+	__u8 nlocal;       /* slots of ltag in use */
+	__u32 pending;     /* calls not yet added to the profile's counter */
 	__u32 lfc;
-	__u32 valid;       /* HS_VALID once initialised (storage is created zeroed) */
-	__u64 frame[HS_LOCALITY / 64];
-	/* The profile's entry as of generation `gen` (HS_CACHE_*), so that the common call
-	 * needs no profile lookup; and calls not yet added to the profile's counter. */
-	__u32 gen;
-	__u32 cached;
-	__u32 pending;
-	__u32 slot;        /* the profile's slot, valid with HS_CACHE_PROFILE */
-	__u32 igen;        /* the executable's i_generation (hs_profile.igen) */
-	__u32 pad1;
 	/* The common call's test, without the profile's index or rows (whose cache
 	 * lines a busy machine evicts between two calls: they were the cost of a call).
 	 * The task's calls get local slots, in order of first use: ltag[i] is the call
 	 * of slot i; when a new call finds all HS_LOCAL slots used, the table starts
 	 * again empty. lwin is the window in slots, one byte per distance: byte d-1 has
-	 * the bit of seq[d-1]'s slot (the last `lvalid` bytes valid). known[c] is laid
-	 * out the same: byte d-1 has bit p set when the pair (prev of slot p, cur of slot
-	 * c, distance d) was found in the profile. A full window is known when
-	 * lwin & ~known[cur's slot] is 0: neither index nor row. Pairs are only ever
-	 * added to a profile while it exists, so a known bit stays true until the
-	 * generation moves (the table is emptied then, and at exec). */
+	 * the bit of the slot of the call d back (the last `lvalid` bytes valid).
+	 * known[c] is laid out the same: byte d-1 has bit p set when the pair (prev of
+	 * slot p, cur of slot c, distance d) was found in the profile. A full window is
+	 * known when lwin & ~known[cur's slot] is 0: neither index nor row. Pairs are
+	 * only ever added to a profile while it exists, so a known bit stays true until
+	 * the generation moves (the table is emptied then, and at exec). */
 	__u64 lwin;
-	__u32 lvalid;
-	__u32 nlocal;      /* slots of ltag in use */
 	__u16 ltag[HS_LOCAL];
+	__u32 fpos;        /* next slot of the locality frame */
+	__u32 nseq;        /* valid entries of seq */
 	__u64 known[HS_LOCAL];
+	/* The last calls, seq[0] the previous one; 8-aligned: read as two u64. Kept by
+	 * the calls that take the general path only: while lvalid is HS_SEQ, the window
+	 * is lwin over ltag (the common call writes nothing else) and seq is rebuilt
+	 * from them when needed (hs_seq_from_local; userspace does the same). */
+	__u16 seq[HS_SEQ];
+	struct hs_key key;
+	__u64 frame[HS_LOCALITY / 64];
+	__u32 slot;        /* the profile's slot, valid with HS_CACHE_PROFILE */
+	__u32 igen;        /* the executable's i_generation (hs_profile.igen) */
 };
 
 /* hs_task.valid */
@@ -128,6 +134,9 @@ struct hs_task {
 #define HS_CACHE_PROFILE 1 /* the executable has a profile */
 #define HS_CACHE_NORMAL 2  /* ... in state normal */
 #define HS_CACHE_FOREIGN 4 /* ... whose learn filter this task does not match */
+/* Argument classes or the throttle are on: the common call looks at their tables
+ * (so that, with both off, it reads nothing of theirs). */
+#define HS_CACHE_HOOKS 8
 /* Calls counted per task before they are added to the profile's `calls`. */
 #define HS_FLUSH_CALLS 64
 

@@ -159,6 +159,41 @@ static __always_inline void tcount(__u32 which)
 	percpu_add(&hs_thr_stats, which);
 }
 
+/* The start of an event of hs_rate or hs_throttle (`size` bytes, an hs_event first)
+ * about call `cur` of the current task: who made it and, when `stop` (enforce mode),
+ * the process stopped for the response first (HS_EVF_STOPPED in its flags). NULL when
+ * the config cannot be read or the ring is full (counted). */
+static __always_inline struct hs_event *thr_event(struct hs_task *t, struct task_struct *task,
+						  __u32 kind, __u32 cur, bool stop, __u64 size)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid, pid = pid_tgid >> 32, evf = 0;
+	struct hs_event *e;
+
+	if (!get_config())
+		return NULL;
+	if (stop && respond_stop(task, pid, tid, cur))
+		evf = HS_EVF_STOPPED;
+	e = bpf_ringbuf_reserve(&hs_events, size, 0);
+	if (!e) {
+		tcount(HS_TSTAT_LOST);
+		return NULL;
+	}
+	fill(e, kind, pid, tid, cur, &t->key, 0, t->lfc, evf);
+	return e;
+}
+
+/* Submits an event of thr_event: a stop must reach userspace now (the process waits
+ * for it), the others are batched. */
+static __always_inline void thr_submit(void *e)
+{
+	struct hs_config *cfg = get_config();
+
+	bpf_ringbuf_submit(e, ((((struct hs_event *)e)->flags & HS_EVF_STOPPED) || !cfg) ?
+				      BPF_RB_FORCE_WAKEUP :
+				      wakeup_flags(cfg));
+}
+
 /* A fork or file creation (rate limits): counted in its profile's ring; reported in
  * training (the peaks are learnt in userspace, with the core's meter) and beyond the
  * limit once normal, when it also stops the process in enforce mode. */
@@ -168,9 +203,8 @@ __attribute__((noinline)) __u32 hs_rate(struct hs_task *t, __u32 cur, __u32 spec
 	struct hs_rate_cfg *c;
 	struct hs_rate_ring *ring;
 	struct hs_rate_event *e;
-	struct hs_config *cfg;
-	__u32 slot, flags, kind, idx, limit = 0, h, pid, tid, evf = 0;
-	__u64 now, pid_tgid, window = 0, prev;
+	__u32 slot, flags, kind, idx, limit = 0, h;
+	__u64 now, window = 0, prev;
 	bool over = false;
 
 	if (!t)
@@ -214,25 +248,14 @@ __attribute__((noinline)) __u32 hs_rate(struct hs_task *t, __u32 cur, __u32 spec
 	ring->ts[h & (HS_RATE_RING - 1)] = now;
 	if (!(flags & HS_RATE_LEARN) && !over)
 		return 0;
-	cfg = get_config();
-	if (!cfg)
+	e = (struct hs_rate_event *)thr_event(t, task, over ? HS_EV_RATE_OVER : HS_EV_RATE_CALL, cur,
+					      over && (flags & HS_RATE_STOP), sizeof(*e));
+	if (!e)
 		return 0;
-	pid_tgid = bpf_get_current_pid_tgid();
-	tid = (__u32)pid_tgid;
-	pid = pid_tgid >> 32;
-	if (over && (flags & HS_RATE_STOP) && respond_stop(task, pid, tid, cur))
-		evf = HS_EVF_STOPPED;
-	e = bpf_ringbuf_reserve(&hs_events, sizeof(*e), 0);
-	if (!e) {
-		tcount(HS_TSTAT_LOST);
-		return 0;
-	}
-	fill(&e->ev, over ? HS_EV_RATE_OVER : HS_EV_RATE_CALL, pid, tid, cur, &t->key, 0,
-	     t->lfc, evf);
 	e->ktime = now;
 	e->rkind = kind;
 	e->limit = limit;
-	bpf_ringbuf_submit(e, evf ? BPF_RB_FORCE_WAKEUP : wakeup_flags(cfg));
+	thr_submit(e);
 	return 0;
 }
 
@@ -245,10 +268,9 @@ __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 	struct hs_thr_key k = {};
 	struct hs_thr_mode *m;
 	struct hs_thr_event *e;
-	struct hs_config *cfg;
 	__u8 sa[HS_THR_SA] = {};
-	__u64 addr, len, *last, pid_tgid;
-	__u32 slot, flags, n, pid, tid, evf = 0;
+	__u64 addr, len, *last;
+	__u32 slot, flags, n;
 	__u16 fam;
 
 	if (!t || cur >= HS_ROW)
@@ -302,26 +324,15 @@ __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 			return 0;
 		}
 	}
-	cfg = get_config();
-	if (!cfg)
+	e = (struct hs_thr_event *)thr_event(t, task, HS_EV_THROTTLE, cur, flags & HS_THR_STOP,
+					     sizeof(*e));
+	if (!e)
 		return 0;
-	pid_tgid = bpf_get_current_pid_tgid();
-	tid = (__u32)pid_tgid;
-	pid = pid_tgid >> 32;
-	if ((flags & HS_THR_STOP) && respond_stop(task, pid, tid, cur))
-		evf = HS_EVF_STOPPED;
-	e = bpf_ringbuf_reserve(&hs_events, sizeof(*e), 0);
-	if (!e) {
-		tcount(HS_TSTAT_LOST);
-		return 0;
-	}
-	fill(&e->ev, HS_EV_THROTTLE, pid, tid, cur, &t->key, 0, t->lfc, evf);
 	e->len = n;
 	e->pad = 0;
 	__builtin_memcpy(e->sa, sa, HS_THR_SA);
 	__builtin_memset(e->sa + HS_THR_SA, 0, sizeof(e->sa) - HS_THR_SA);
-	/* A stop must reach userspace now: the process waits for it. */
-	bpf_ringbuf_submit(e, evf ? BPF_RB_FORCE_WAKEUP : wakeup_flags(cfg));
+	thr_submit(e);
 	return 0;
 }
 
