@@ -16,6 +16,8 @@ use homeostat_testsupport::daemon::{events, ready};
 use homeostat_testsupport::{serial, spawn};
 use serde_json::Value;
 
+mod common;
+
 /// A daemon under `dir/state` writing `events`, in `mode` with `--throttle-connect
 /// rate` and `extra`, pH's own responses out of the way (normal_wait an hour), up and
 /// watching; `None` (after saying why) when BPF cannot run here.
@@ -579,4 +581,44 @@ fn a_restarted_daemon_remembers_each_programs_hosts() {
     );
     assert_eq!(of(&all, "throttle_queued", again), Vec::<Value>::new());
     assert!(!of(&all, "throttle_queued", scan).is_empty(), "{all:?}");
+}
+
+/// The i386 ABI is no way around the daemon's throttle either: a 64-bit python making
+/// `socketcall(SYS_CONNECT)` through `int 0x80` is stopped by the kernel at its first
+/// connect to a new host (read through socketcall's argument words) and its next ones
+/// are held by the response (`args::socket_call`). Before, the kernel's throttle
+/// looked at x86_64 calls only and the scan ran at full speed, unseen.
+#[test]
+fn a_scan_through_the_i386_socketcall_is_held_all_the_same() {
+    let Some(Setup { _g, dir, port }) = setup() else {
+        return;
+    };
+    let py = private_python(dir.path());
+    let ev = dir.path().join("events.jsonl");
+    let Some(mut d) = throttling(dir.path(), &ev, "--enforce", "4", &[]) else {
+        return;
+    };
+    let n = 6;
+    let (pid, secs) = timed(|| {
+        spawn(
+            Command::new(&py)
+                .args(["-c", common::INT80_CONNECTS])
+                .args([n.to_string(), "9".into(), port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null()),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&d, libc::SIGTERM);
+    assert!(d.wait().unwrap().success());
+    let mut q = of(&events(&ev), "throttle_queued", pid);
+    eprintln!(
+        "{n} connects through int 0x80: {secs:.3} s at --throttle-connect 4 (load {})",
+        load()
+    );
+    q.dedup_by(|a, b| a["host"] == b["host"]);
+    let hosts: Vec<&str> = q.iter().map(|e| e["host"].as_str().unwrap()).collect();
+    let want: Vec<String> = (1..=n).map(|i| format!("127.0.9.{i}")).collect();
+    assert_eq!(hosts, want, "{q:?}");
+    assert!(secs >= 1.2, "the scan took {secs:.3} s: not held");
 }

@@ -159,37 +159,6 @@ fn a_scan_by_tcp_fast_open_is_held_to_the_rate() {
     assert!(secs >= 1.2, "the scan took {secs:.2} s: not held");
 }
 
-/// A 64-bit python making `socketcall(SYS_CONNECT)` through `int 0x80`: the i386 ABI,
-/// whose connect arguments are an array of 32-bit words in memory. Each call runs
-/// from a page mapped below 4 GiB (MAP_32BIT), as the 32-bit ABI needs.
-const INT80_CONNECTS: &str = r#"
-import ctypes, socket, struct, sys
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                      ctypes.c_int, ctypes.c_long]
-# PROT_READ|WRITE|EXEC; MAP_PRIVATE|MAP_ANONYMOUS|MAP_32BIT
-base = libc.mmap(None, 4096, 7, 0x02 | 0x20 | 0x40, -1, 0)
-if base in (None, ctypes.c_void_p(-1).value) or base >= 2**32:
-    sys.exit("no page below 4 GiB")
-addr_at, args_at = base + 0x100, base + 0x200
-# push rbx; mov eax, 102 (socketcall); mov ebx, 3 (SYS_CONNECT); mov ecx, args;
-# int 0x80; pop rbx; ret
-code = (bytes([0x53, 0xb8, 102, 0, 0, 0, 0xbb, 3, 0, 0, 0, 0xb9])
-        + struct.pack('<I', args_at) + bytes([0xcd, 0x80, 0x5b, 0xc3]))
-ctypes.memmove(base, code, len(code))
-connect32 = ctypes.CFUNCTYPE(ctypes.c_int)(base)
-for i in range(int(sys.argv[1])):
-    s = socket.socket()
-    sa = struct.pack('<H', socket.AF_INET) + struct.pack('>H', 9) + bytes([127, 0, 8, i + 1]) + bytes(8)
-    ctypes.memmove(addr_at, sa, 16)
-    ctypes.memmove(args_at, struct.pack('<III', s.fileno(), addr_at, 16), 12)
-    r = connect32()
-    if r != -111:  # nothing listens on port 9: ECONNREFUSED, after the SYN
-        sys.exit("connect through int 0x80 returned %d" % r)
-    s.close()
-"#;
-
 /// The i386 ABI is no way around the throttle: `socketcall(SYS_CONNECT)` through
 /// `int 0x80` is read through (`args::socket_call`) and held as a connect is.
 /// Before, only x86_64 connects were throttled and this scan ran at full speed.
@@ -203,7 +172,7 @@ fn a_scan_through_the_i386_socketcall_is_held_to_the_rate() {
     let n = 6;
     // Without the launcher first: the program itself works here.
     let plain = Command::new("python3")
-        .args(["-c", INT80_CONNECTS, &n.to_string()])
+        .args(["-c", common::INT80_CONNECTS, &n.to_string(), "8"])
         .output()
         .unwrap();
     assert!(
@@ -219,7 +188,14 @@ fn a_scan_through_the_i386_socketcall_is_held_to_the_rate() {
         .arg(dir.path().join("state"))
         .arg("--events")
         .arg(&events)
-        .args(["--", "python3", "-c", INT80_CONNECTS, &n.to_string()])
+        .args([
+            "--",
+            "python3",
+            "-c",
+            common::INT80_CONNECTS,
+            &n.to_string(),
+            "8",
+        ])
         .status()
         .unwrap();
     let secs = t.elapsed().as_secs_f64();

@@ -35,6 +35,30 @@ const volatile __u32 hs_rate_default = 0;
 #define HS_TC_FASTOPEN 128 /* with HS_TC_CONNECT: sendto, a connect only with MSG_FASTOPEN */
 #define HS_MSG_FASTOPEN 0x20000000
 
+/* The i386 calls that may open a connection (as HS_COMPAT + their number): a 32-bit
+ * program's, or a 64-bit one's through int 0x80 (TS_COMPAT). socketcall(call, args)
+ * passes a socket call's arguments as 32-bit words in memory. */
+#define HS_I386_SOCKETCALL 102
+#define HS_I386_CONNECT 362
+#define HS_I386_SENDTO 369
+#define HS_SYS_CONNECT 3 /* socketcall's calls */
+#define HS_SYS_SENDTO 11
+static __always_inline bool thr_i386(__u32 cur)
+{
+	return cur == HS_COMPAT + HS_I386_SOCKETCALL || cur == HS_COMPAT + HS_I386_CONNECT ||
+	       cur == HS_COMPAT + HS_I386_SENDTO;
+}
+
+/* The i386 registers of a call: ebx, ecx, edx, esi, edi, ebp hold its arguments. */
+struct pt_regs___hs32 {
+	unsigned long bx;
+	unsigned long cx;
+	unsigned long dx;
+	unsigned long si;
+	unsigned long di;
+	unsigned long bp;
+} __attribute__((preserve_access_index));
+
 #define HS_THR_CONNECT 1 /* report connects to hosts outside the working set */
 #define HS_THR_STOP 2    /* ... and stop the process for the response (enforce) */
 
@@ -273,10 +297,10 @@ __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 	__u32 slot, flags, n;
 	__u16 fam;
 
-	if (!t || cur >= HS_ROW)
+	if (!t || (cur >= HS_ROW && !thr_i386(cur)))
 		return 0;
-	if (!(hs_thr_call[cur] & HS_TC_CONNECT))
-		return hs_rate(t, cur, hs_thr_call[cur]);
+	if (cur < HS_ROW && !(hs_thr_call[cur & (HS_ROW - 1)] & HS_TC_CONNECT))
+		return hs_rate(t, cur, hs_thr_call[cur & (HS_ROW - 1)]);
 	slot = t->slot;
 	m = bpf_map_lookup_elem(&hs_thr_mode, &slot);
 	flags = (m && m->set && m->key.dev == t->key.dev && m->key.ino == t->key.ino) ?
@@ -284,7 +308,36 @@ __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 	if (!(flags & HS_THR_CONNECT))
 		return 0;
 	r = (struct pt_regs___hs *)bpf_task_pt_regs(task);
-	if (hs_thr_call[cur] & HS_TC_FASTOPEN) {
+	if (cur >= HS_ROW) {
+		struct pt_regs___hs32 *r32 = (struct pt_regs___hs32 *)r;
+		__u32 w[6] = {};
+
+		if (cur == HS_COMPAT + HS_I386_SOCKETCALL) {
+			__u32 call = BPF_CORE_READ(r32, bx);
+			__u64 args = BPF_CORE_READ(r32, cx) & 0xffffffff;
+
+			if (call != HS_SYS_CONNECT && call != HS_SYS_SENDTO)
+				return 0;
+			if (bpf_probe_read_user(w, call == HS_SYS_CONNECT ? 12 : 24, (void *)args)) {
+				/* Not resident: as an unreadable address below. */
+				addr = 0;
+				len = 0;
+				goto unread;
+			}
+			if (call == HS_SYS_SENDTO && !(w[3] & HS_MSG_FASTOPEN))
+				return 0;
+			addr = call == HS_SYS_CONNECT ? w[1] : w[4];
+			len = call == HS_SYS_CONNECT ? w[2] : w[5];
+		} else if (cur == HS_COMPAT + HS_I386_CONNECT) {
+			addr = BPF_CORE_READ(r32, cx) & 0xffffffff;
+			len = BPF_CORE_READ(r32, dx) & 0xffffffff;
+		} else {
+			if (!(BPF_CORE_READ(r32, si) & HS_MSG_FASTOPEN))
+				return 0;
+			addr = BPF_CORE_READ(r32, di) & 0xffffffff;
+			len = BPF_CORE_READ(r32, bp) & 0xffffffff;
+		}
+	} else if (hs_thr_call[cur & (HS_ROW - 1)] & HS_TC_FASTOPEN) {
 		/* TCP Fast Open: sendto(fd, buf, n, flags, addr, len) opens a connection
 		 * with no connect. */
 		if (!(BPF_CORE_READ(r, r10) & HS_MSG_FASTOPEN))
@@ -302,7 +355,9 @@ __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 		/* Not resident (a page not faulted in yet): the call itself will fault it
 		 * in, this program cannot. A scanner could put every address there, so it
 		 * is a new host of unknown address (len 0): reported and, in enforce mode,
-		 * stopped; the response thread reads the next ones at their entry. */
+		 * stopped; the response thread reads the next ones at their entry. (So is
+		 * an i386 socketcall whose argument words are not resident.) */
+unread:
 		tcount(HS_TSTAT_UNREAD);
 		__builtin_memset(sa, 0, HS_THR_SA);
 		n = 0;
