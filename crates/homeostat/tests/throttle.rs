@@ -23,13 +23,24 @@ fn script(new_hosts: bool, n: u32) -> String {
     format!("for i in $(seq {n}); do {{ : 3<>/dev/tcp/{host}/9; }} 2>/dev/null; done; exit 0")
 }
 
-/// Runs `script` under the launcher (learning, so pH never delays); returns the wall
-/// time and the throttle's events.
+/// Runs `script` (bash) under the launcher (learning, so pH never delays); returns the
+/// wall time and the throttle's events.
 fn run(
     dir: &std::path::Path,
     name: &str,
     throttle: Option<&str>,
     script: &str,
+) -> (f64, Vec<Value>) {
+    run_cmd(dir, name, throttle, &["bash", "-c", script])
+}
+
+/// Runs `cmd` under the launcher (learning, so pH never delays); returns the wall
+/// time and the throttle's events.
+fn run_cmd(
+    dir: &std::path::Path,
+    name: &str,
+    throttle: Option<&str>,
+    cmd_line: &[&str],
 ) -> (f64, Vec<Value>) {
     let events = dir.join(format!("{name}.events"));
     let mut cmd = bin();
@@ -44,7 +55,7 @@ fn run(
         cmd.args(["--throttle-connect", rate]);
     }
     let t = Instant::now();
-    let st = cmd.args(["--", "bash", "-c", script]).status().unwrap();
+    let st = cmd.arg("--").args(cmd_line).status().unwrap();
     let secs = t.elapsed().as_secs_f64();
     assert!(st.success(), "{name}: {st}");
     let ev = std::fs::read_to_string(&events)
@@ -54,6 +65,14 @@ fn run(
         .filter(|e| e["event"].as_str().unwrap_or("").starts_with("throttle_"))
         .collect();
     (secs, ev)
+}
+
+/// The hosts of the `throttle_queued` events.
+fn queued_hosts(ev: &[Value]) -> Vec<String> {
+    ev.iter()
+        .filter(|e| e["event"] == "throttle_queued")
+        .map(|e| e["host"].as_str().unwrap_or("").to_string())
+        .collect()
 }
 
 #[test]
@@ -135,26 +154,10 @@ fn a_scan_by_tcp_fast_open_is_held_to_the_rate() {
          except OSError:\n        pass\n    \
          s.close()\n"
     );
-    let events = dir.path().join("tfo.events");
-    let t = Instant::now();
-    let st = bin()
-        .args(["run", "--learn", "--quiet", "--throttle-connect", "4"])
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--events")
-        .arg(&events)
-        .args(["--", "python3", "-c", &py])
-        .status()
-        .unwrap();
-    let secs = t.elapsed().as_secs_f64();
-    assert!(st.success(), "{st}");
-    let queued = std::fs::read_to_string(&events)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("\"throttle_queued\""))
-        .count();
+    let (secs, ev) = run_cmd(dir.path(), "tfo", Some("4"), &["python3", "-c", &py]);
     eprintln!("{n} TCP Fast Open connections under run --throttle-connect 4: {secs:.2} s");
-    assert_eq!(queued, n, "each new host queued once");
+    let want: Vec<String> = (1..=n).map(|i| format!("127.0.7.{i}")).collect();
+    assert_eq!(queued_hosts(&ev), want, "each new host queued once");
     // Released at 0, 0.25, ..., 1.25 s.
     assert!(secs >= 1.2, "the scan took {secs:.2} s: not held");
 }
@@ -180,37 +183,18 @@ fn a_scan_through_the_i386_socketcall_is_held_to_the_rate() {
         "{}",
         String::from_utf8_lossy(&plain.stderr)
     );
-    let events = dir.path().join("int80.events");
-    let t = Instant::now();
-    let st = bin()
-        .args(["run", "--learn", "--quiet", "--throttle-connect", "4"])
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--events")
-        .arg(&events)
-        .args([
-            "--",
-            "python3",
-            "-c",
-            common::INT80_CONNECTS,
-            &n.to_string(),
-            "8",
-        ])
-        .status()
-        .unwrap();
-    let secs = t.elapsed().as_secs_f64();
-    assert!(st.success(), "{st}");
-    let queued: Vec<Value> = std::fs::read_to_string(&events)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|e| e["event"] == "throttle_queued")
-        .collect();
+    let count = n.to_string();
+    let (secs, ev) = run_cmd(
+        dir.path(),
+        "int80",
+        Some("4"),
+        &["python3", "-c", common::INT80_CONNECTS, &count, "8"],
+    );
     eprintln!("{n} connects through int 0x80 under run --throttle-connect 4: {secs:.2} s");
-    let hosts: Vec<&str> = queued.iter().map(|e| e["host"].as_str().unwrap()).collect();
     let want: Vec<String> = (1..=n).map(|i| format!("127.0.8.{i}")).collect();
     assert_eq!(
-        hosts, want,
+        queued_hosts(&ev),
+        want,
         "each new host queued once, read through socketcall"
     );
     assert!(secs >= 1.2, "the scan took {secs:.2} s: not held");
