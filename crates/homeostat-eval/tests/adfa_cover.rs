@@ -6,11 +6,12 @@
 //! moves `covering` by more than 0.01. Skips with a message when the dataset is
 //! absent (a fresh clone).
 
-use homeostat_core::{Params, Registry};
 use homeostat_eval::datasets::adfa_ld;
-use homeostat_eval::{evaluate, Dataset, ModelReport, Options};
 
 use homeostat_testsupport::adfa_dir;
+
+mod common;
+use common::{eval, within};
 
 // Measured 2026-12-01 02:02 UTC (standard split).
 const COVERING: f64 = 0.8419;
@@ -20,27 +21,6 @@ const MAX_LFC: f64 = 0.6959;
 const RATE: f64 = 0.8418;
 // The pre-registered ensemble: one member per view, mean rank.
 const ENS_COVER_KNN_RANK: f64 = 0.8641;
-
-fn eval(ds: &Dataset, model: &str, params: &str) -> ModelReport {
-    evaluate(
-        ds,
-        &Registry::builtin(),
-        model,
-        &Params::parse(params).unwrap(),
-        &Options::default(),
-        &|_, _| {},
-        &|_| {},
-    )
-    .unwrap()
-}
-
-fn within(what: &str, got: Option<f64>, want: f64, band: f64) {
-    let got = got.unwrap_or(f64::NAN);
-    assert!(
-        (got - want).abs() <= band,
-        "{what}: AUC {got:.4}, measured {want:.4} +- {band}"
-    );
-}
 
 #[test]
 fn sequence_covering_aucs() {

@@ -10,9 +10,11 @@
 
 use homeostat_core::{ModelKind, Params, Registry};
 use homeostat_eval::datasets::{adfa_ld, ValidationSplit};
-use homeostat_eval::{evaluate, Dataset, ModelReport, Options};
 
 use homeostat_testsupport::adfa_dir;
+
+mod common;
+use common::{eval, within};
 
 // Measured 2026-11-30 (standard split).
 const KNN_DISTANCE: f64 = 0.746;
@@ -36,29 +38,8 @@ const KNN2_LOG: f64 = 0.7326;
 const ENS_KNN_KNN2_MAX_RANK: f64 = 0.7455;
 const ENS_KNN_KNN2_Z: f64 = 0.7610;
 
-fn eval(ds: &Dataset, model: &str, params: &str) -> ModelReport {
-    evaluate(
-        ds,
-        &Registry::builtin(),
-        model,
-        &Params::parse(params).unwrap(),
-        &Options::default(),
-        &|_, _| {},
-        &|_| {},
-    )
-    .unwrap()
-}
-
 fn near(what: &str, got: Option<f64>, want: f64) {
     within(what, got, want, 0.02);
-}
-
-fn within(what: &str, got: Option<f64>, want: f64, band: f64) {
-    let got = got.unwrap_or(f64::NAN);
-    assert!(
-        (got - want).abs() <= band,
-        "{what}: AUC {got:.4}, measured {want:.4} +- {band}"
-    );
 }
 
 #[test]
