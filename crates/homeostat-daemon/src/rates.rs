@@ -416,9 +416,9 @@ impl Daemon {
         n
     }
 
-    /// A profile left: its rates, queues and file go with it.
+    /// A profile left: its rates and queues go with it (its file goes with the
+    /// profile's others: [`crate::remove_profile_files`]).
     pub(crate) fn rates_forget(&mut self, key: ExeKey) {
-        let _ = std::fs::remove_file(path_in(&self.dir, key));
         let Some(r) = self.rates.as_mut() else {
             return;
         };

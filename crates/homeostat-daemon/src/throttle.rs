@@ -486,11 +486,11 @@ impl Daemon {
         }
     }
 
-    /// A profile left (evicted, reset): its working set (and its file) and queue go
-    /// with it, and so do its rate limits.
+    /// A profile left (evicted, reset): its working set and queue go with it, and so
+    /// do its rate limits. Their files go with the profile's others
+    /// ([`crate::remove_profile_files`], which both callers run).
     pub(crate) fn limits_forget(&mut self, kernel: &Kernel, exe: ExeKey) {
         self.rates_forget(exe);
-        let _ = std::fs::remove_file(hosts_path_in(&self.dir, exe));
         let Some(t) = self.throttle.as_mut() else {
             return;
         };
