@@ -109,6 +109,19 @@ fn private_python(dir: &Path) -> PathBuf {
     py
 }
 
+/// Runs a python scanner (`py` with `args`, no input or output) to its end: its pid
+/// and wall time.
+fn python_scan(py: &Path, args: &[String]) -> (u32, f64) {
+    timed(|| {
+        spawn(
+            Command::new(py)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null()),
+        )
+    })
+}
+
 fn private_bash(dir: &Path) -> (PathBuf, String) {
     let bash = dir.join("bash-copy");
     std::fs::copy("/bin/bash", &bash).unwrap();
@@ -427,17 +440,15 @@ for i in range(n):
     };
     let n = 6;
     let addrs = dir.path().join("addrs");
-    let (pid, secs) = timed(|| {
-        spawn(
-            Command::new(&py)
-                .arg(&script)
-                .arg(n.to_string())
-                .arg(port.to_string())
-                .arg(&addrs)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null()),
-        )
-    });
+    let (pid, secs) = python_scan(
+        &py,
+        &[
+            script.display().to_string(),
+            n.to_string(),
+            port.to_string(),
+            addrs.display().to_string(),
+        ],
+    );
     // Status counts the kernel's unreadable addresses (read at the daemon's tick): the
     // first connect's at least (the next ones, held, are read by the tracer).
     let t = Instant::now();
@@ -496,14 +507,10 @@ fn a_scan_by_tcp_fast_open_is_held_all_the_same() {
         return;
     };
     let n = 6;
-    let (pid, secs) = timed(|| {
-        spawn(
-            Command::new(&py)
-                .args(["-c", script, &n.to_string(), &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null()),
-        )
-    });
+    let (pid, secs) = python_scan(
+        &py,
+        &["-c".into(), script.into(), n.to_string(), port.to_string()],
+    );
     std::thread::sleep(Duration::from_millis(300));
     signal(&d, libc::SIGTERM);
     assert!(d.wait().unwrap().success());
@@ -599,15 +606,16 @@ fn a_scan_through_the_i386_socketcall_is_held_all_the_same() {
         return;
     };
     let n = 6;
-    let (pid, secs) = timed(|| {
-        spawn(
-            Command::new(&py)
-                .args(["-c", common::INT80_CONNECTS])
-                .args([n.to_string(), "9".into(), port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null()),
-        )
-    });
+    let (pid, secs) = python_scan(
+        &py,
+        &[
+            "-c".into(),
+            common::INT80_CONNECTS.into(),
+            n.to_string(),
+            "9".into(),
+            port.to_string(),
+        ],
+    );
     std::thread::sleep(Duration::from_millis(300));
     signal(&d, libc::SIGTERM);
     assert!(d.wait().unwrap().success());
