@@ -100,12 +100,8 @@ fn timed(start: impl FnOnce() -> Child) -> (u32, f64) {
 /// A private copy of python3 (its profile is ours alone), for the scanners written in
 /// python; python3 is a test dependency (scripts/lib/ensure-deps.sh installs it).
 fn private_python(dir: &Path) -> PathBuf {
-    assert!(
-        Path::new("/usr/bin/python3").exists(),
-        "python3 is needed (scripts/lib/ensure-deps.sh installs it)"
-    );
     let py = dir.join("python-copy");
-    std::fs::copy("/usr/bin/python3", &py).unwrap();
+    std::fs::copy(common::python3(), &py).unwrap();
     py
 }
 

@@ -139,10 +139,7 @@ fn new_hosts_are_released_at_the_rate_and_known_hosts_never_wait() {
 /// through at full speed.
 #[test]
 fn a_scan_by_tcp_fast_open_is_held_to_the_rate() {
-    assert!(
-        std::path::Path::new("/usr/bin/python3").exists(),
-        "python3 is needed (scripts/lib/ensure-deps.sh installs it)"
-    );
+    common::python3();
     let dir = tempfile::tempdir().unwrap();
     let n = 6;
     // Nothing listens on port 9: each attempt fails, after its SYN.
@@ -167,10 +164,7 @@ fn a_scan_by_tcp_fast_open_is_held_to_the_rate() {
 /// Before, only x86_64 connects were throttled and this scan ran at full speed.
 #[test]
 fn a_scan_through_the_i386_socketcall_is_held_to_the_rate() {
-    assert!(
-        std::path::Path::new("/usr/bin/python3").exists(),
-        "python3 is needed (scripts/lib/ensure-deps.sh installs it)"
-    );
+    common::python3();
     let dir = tempfile::tempdir().unwrap();
     let n = 6;
     // Without the launcher first: the program itself works here.

@@ -72,3 +72,14 @@ for i in range(int(sys.argv[1])):
         sys.exit("connect through int 0x80 returned %d" % r)
     s.close()
 "#;
+
+/// python3, a test dependency (scripts/lib/ensure-deps.sh installs it): its path, or a
+/// failure that says so.
+pub fn python3() -> &'static std::path::Path {
+    let p = std::path::Path::new("/usr/bin/python3");
+    assert!(
+        p.exists(),
+        "python3 is needed (scripts/lib/ensure-deps.sh installs it)"
+    );
+    p
+}
