@@ -125,19 +125,18 @@ impl Snapshot {
             metric_header(&mut out, name, help, "counter");
             let _ = writeln!(out, "{name} {value}");
         }
-        metric_header(
+        labelled(
             &mut out,
             "homeostat_profiles",
             "Profiles by lifecycle state.",
             "gauge",
+            "state",
+            [
+                ("training", self.profiles_training),
+                ("frozen", self.profiles_frozen),
+                ("normal", self.profiles_normal),
+            ],
         );
-        for (state, value) in [
-            ("training", self.profiles_training),
-            ("frozen", self.profiles_frozen),
-            ("normal", self.profiles_normal),
-        ] {
-            let _ = writeln!(out, "homeostat_profiles{{state=\"{state}\"}} {value}");
-        }
         metric_header(
             &mut out,
             "homeostat_under_response",
@@ -145,115 +144,109 @@ impl Snapshot {
             "gauge",
         );
         let _ = writeln!(out, "homeostat_under_response {}", self.under_response);
-        metric_header(
+        labelled(
             &mut out,
             "homeostat_profiles_evicted_total",
             "Profiles evicted: their executable was deleted, or the profile map was near full.",
             "counter",
+            "reason",
+            [
+                ("deleted", self.evicted_deleted_total),
+                ("lru", self.evicted_lru_total),
+            ],
         );
-        for (reason, value) in [
-            ("deleted", self.evicted_deleted_total),
-            ("lru", self.evicted_lru_total),
-        ] {
-            let _ = writeln!(
-                out,
-                "homeostat_profiles_evicted_total{{reason=\"{reason}\"}} {value}"
-            );
-        }
-        metric_header(
+        labelled(
             &mut out,
             "homeostat_calls_total",
             "System calls of profiled executables, by the profile's state when counted.",
             "counter",
+            "state",
+            [
+                ("normal", self.calls_normal_total),
+                (
+                    "learning",
+                    self.calls_total.saturating_sub(self.calls_normal_total),
+                ),
+            ],
         );
-        let _ = writeln!(
-            out,
-            "homeostat_calls_total{{state=\"normal\"}} {}",
-            self.calls_normal_total
-        );
-        let _ = writeln!(
-            out,
-            "homeostat_calls_total{{state=\"learning\"}} {}",
-            self.calls_total.saturating_sub(self.calls_normal_total)
-        );
-        if let Some(l) = self.argument_losses {
-            metric_header(
+        if let Some([overflowed, map_full, unread, lost_events]) = self.argument_losses {
+            labelled(
                 &mut out,
                 "homeostat_argument_losses_total",
                 "Argument classes not learnt or not tested (--symbols args): past a profile's cap, class map full, argument unreadable, event lost.",
                 "counter",
+                "kind",
+                [
+                    ("overflowed", overflowed),
+                    ("map_full", map_full),
+                    ("unread", unread),
+                    ("lost_events", lost_events),
+                ],
             );
-            for (kind, value) in ["overflowed", "map_full", "unread", "lost_events"]
-                .into_iter()
-                .zip(l)
-            {
-                let _ = writeln!(
-                    out,
-                    "homeostat_argument_losses_total{{kind=\"{kind}\"}} {value}"
-                );
-            }
         }
         if let Some(l) = &self.limits {
-            metric_header(
+            labelled(
                 &mut out,
                 "homeostat_throttle_events_total",
                 "Connection throttle (--throttle-connect): connects to new hosts queued, held by a response, released; alarms (queue of 5 or more).",
                 "counter",
+                "event",
+                [
+                    ("queued", l.throttle_queued),
+                    ("held", l.throttle_held),
+                    ("released", l.throttle_released),
+                    ("alarm", l.throttle_alarms),
+                ],
             );
-            for (event, value) in [
-                ("queued", l.throttle_queued),
-                ("held", l.throttle_held),
-                ("released", l.throttle_released),
-                ("alarm", l.throttle_alarms),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "homeostat_throttle_events_total{{event=\"{event}\"}} {value}"
-                );
-            }
-            metric_header(
+            labelled(
                 &mut out,
                 "homeostat_rate_limit_events_total",
                 "Fork and file-creation rate limits (--rate-limit): calls over a learned limit, held in a queue, released; alarms.",
                 "counter",
+                "event",
+                [
+                    ("exceeded", l.rate_exceeded),
+                    ("queued", l.rate_queued),
+                    ("released", l.rate_released),
+                    ("alarm", l.rate_alarms),
+                ],
             );
-            for (event, value) in [
-                ("exceeded", l.rate_exceeded),
-                ("queued", l.rate_queued),
-                ("released", l.rate_released),
-                ("alarm", l.rate_alarms),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "homeostat_rate_limit_events_total{{event=\"{event}\"}} {value}"
-                );
-            }
-            metric_header(
+            labelled(
                 &mut out,
                 "homeostat_limit_losses_total",
                 "Throttle and rate limits: connect addresses the kernel could not read (throttled as unknown hosts), events the kernel dropped.",
                 "counter",
+                "kind",
+                [
+                    ("unread", l.unread_addresses),
+                    ("lost_events", l.lost_events),
+                ],
             );
-            for (kind, value) in [
-                ("unread", l.unread_addresses),
-                ("lost_events", l.lost_events),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "homeostat_limit_losses_total{{kind=\"{kind}\"}} {value}"
-                );
-            }
-            metric_header(
+            labelled(
                 &mut out,
                 "homeostat_limit_waiting",
                 "Calls waiting now in the connection throttle's queues (connects to new hosts) and the rate limits' (forks and file creations).",
                 "gauge",
+                "limit",
+                [("throttle", l.throttle_waiting), ("rate", l.rate_waiting)],
             );
-            for (limit, value) in [("throttle", l.throttle_waiting), ("rate", l.rate_waiting)] {
-                let _ = writeln!(out, "homeostat_limit_waiting{{limit=\"{limit}\"}} {value}");
-            }
         }
         out
+    }
+}
+
+/// A metric with one label: its header, then a sample per (label value, value).
+fn labelled<const N: usize>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    label: &str,
+    samples: [(&str, u64); N],
+) {
+    metric_header(out, name, help, kind);
+    for (l, value) in samples {
+        let _ = writeln!(out, "{name}{{{label}=\"{l}\"}} {value}");
     }
 }
 
