@@ -343,6 +343,21 @@ pub fn opens_connection(name: &str, flags: Option<u64>) -> bool {
     }
 }
 
+/// Whether call `name` drives io_uring, whose operations (a connect, an openat, a
+/// send) the kernel runs from a shared ring with no system call that seccomp, ptrace
+/// or a sys_enter hook sees. A limit that counts calls (the connection throttle, the
+/// rate limits) cannot hold what it never sees, so a launcher enforcing one refuses
+/// these calls, all three so that a ring received from another process is no way
+/// around either: programs fall back to plain calls, as they do under container
+/// runtimes that refuse io_uring. (A ring another process made with SQPOLL and
+/// passed over would need no call at all: beyond what a call monitor can hold.)
+pub fn hides_later_calls(name: &str) -> bool {
+    matches!(
+        name,
+        "io_uring_setup" | "io_uring_enter" | "io_uring_register"
+    )
+}
+
 /// Decodes a `struct sockaddr` (as bytes read from the caller) into an [`Arg`];
 /// `None` when too short to hold its family.
 pub fn sockaddr(bytes: &[u8]) -> Option<Arg> {
@@ -774,6 +789,9 @@ mod tests {
         assert!(!opens_connection("sendto", Some(0x40)));
         assert!(!opens_connection("sendto", None));
         assert!(!opens_connection("sendmsg", Some(MSG_FASTOPEN)));
+        assert!(hides_later_calls("io_uring_setup"));
+        assert!(hides_later_calls("io_uring_enter"));
+        assert!(!hides_later_calls("read"));
     }
 
     #[test]

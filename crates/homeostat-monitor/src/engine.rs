@@ -12,7 +12,7 @@ use homeostat_core::ph::{
     ExeKey, FileMatch, PhConfig, PhEvent, PhProfile, PhTask, ProfileState, Verdict,
 };
 use homeostat_core::rate::{self, RateKind};
-use homeostat_core::symbols::{Arg, UNSEEN};
+use homeostat_core::symbols::{hides_later_calls, Arg, UNSEEN};
 use homeostat_syscalls::Arch;
 use serde::{Deserialize, Serialize};
 
@@ -347,6 +347,12 @@ impl Engine {
                 };
             }
         }
+        // io_uring would let the program create files out of the limits' sight
+        // (symbols::hides_later_calls): with the limits on, it may not use it.
+        let hidden = config.rate_limit && c.arch.name(c.nr).is_some_and(hides_later_calls);
+        if hidden {
+            step.verdict = Verdict::Refuse;
+        }
         task.delay_ns = match step.verdict {
             Verdict::Delay(ns) => ns,
             _ => 0,
@@ -370,6 +376,19 @@ impl Engine {
                 }
             }
             let rec = record(now_ns, name, c, profile, step.lfc, action, detail);
+            (self.sink)(&rec);
+        }
+        if hidden {
+            let detail = serde_json::json!({ "errno": "EPERM", "by": "rate_limit" });
+            let rec = record(
+                now_ns,
+                "io_uring_refused",
+                c,
+                profile,
+                step.lfc,
+                action,
+                detail,
+            );
             (self.sink)(&rec);
         }
         step.verdict

@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use homeostat_core::ph::{ExeKey, Verdict};
-use homeostat_core::symbols::Arg;
+use homeostat_core::symbols::{hides_later_calls, Arg};
 use serde::Serialize;
 
 use crate::monitor_loop::{CallEvent, Consumer};
@@ -247,7 +247,7 @@ impl Throttle {
 }
 
 /// One throttle event (docs/events.md): `throttle_queued`, `throttle_release`,
-/// `throttle_alarm`.
+/// `throttle_alarm`; and `io_uring_refused` (no host, queue 0, action `refuse`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ThrottleEvent {
     /// Seconds since the Unix epoch.
@@ -270,7 +270,8 @@ pub struct ThrottleEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<f64>,
     /// The daemon: `delay` (the connect is held), `none` (detect mode, or the connect
-    /// ran before the process was stopped); `homeostat run` always holds (absent).
+    /// ran before the process was stopped); `homeostat run` always holds (absent);
+    /// `refuse` for `io_uring_refused`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<&'static str>,
 }
@@ -345,6 +346,22 @@ impl<C: Consumer> Consumer for Throttled<C> {
         let verdict = self.inner.call(ev);
         let now = crate::now_ns();
         self.releases(now);
+        // io_uring's connects would pass unseen (symbols::hides_later_calls).
+        if ev.arch.name(ev.nr).is_some_and(hides_later_calls) {
+            (self.sink)(&ThrottleEvent {
+                ts: now as f64 / 1e9,
+                event: "io_uring_refused",
+                pid: ev.pid,
+                tid: ev.tid,
+                profile: ev.exe.to_string(),
+                exe: Arc::from(ev.path.to_string_lossy().as_ref()),
+                host: String::new(),
+                queue: 0,
+                delay_ms: None,
+                action: Some("refuse"),
+            });
+            return Verdict::Refuse;
+        }
         // The rule the daemon applies too: a connect, or a TCP Fast Open sendto, made
         // through either ABI (an i386 program reaches them through socketcall).
         let is_connect = ev.arg.is_some()

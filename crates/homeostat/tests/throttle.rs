@@ -193,3 +193,68 @@ fn a_scan_through_the_i386_socketcall_is_held_to_the_rate() {
     );
     assert!(secs >= 1.2, "the scan took {secs:.2} s: not held");
 }
+
+/// Sets up an io_uring (and exits): prints `ok`, or the errno's name.
+const IO_URING_SETUP: &str = r#"
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+params = (ctypes.c_char * 120)()
+fd = libc.syscall(425, 8, params)
+print("ok" if fd >= 0 else errno.errorcode[ctypes.get_errno()])
+"#;
+
+/// io_uring's operations are no system calls the launcher sees, so a connect made
+/// through a ring would pass the throttle unseen, and a file created through one the
+/// rate limits: with either on, `run` refuses io_uring_setup (EPERM, one event),
+/// and without them it does not. Before, the ring was set up and its connects ran
+/// at full speed.
+#[test]
+fn io_uring_is_refused_while_a_limit_depends_on_seeing_calls() {
+    common::python3();
+    let plain = Command::new("python3")
+        .args(["-c", IO_URING_SETUP])
+        .output()
+        .unwrap();
+    let plain = String::from_utf8_lossy(&plain.stdout).trim().to_string();
+    if plain != "ok" {
+        // kernel.io_uring_disabled, or a kernel built without it: nothing to refuse.
+        eprintln!("skipped: io_uring_setup fails here without the launcher ({plain})");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = |name: &str, extra: &[&str]| -> (String, usize) {
+        let events = dir.path().join(format!("{name}.events"));
+        let out = bin()
+            .args(["run", "--learn", "--quiet", "--state-dir"])
+            .arg(dir.path().join("state"))
+            .arg("--events")
+            .arg(&events)
+            .args(extra)
+            .args(["--", "python3", "-c", IO_URING_SETUP])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let refused = std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"io_uring_refused\""))
+            .count();
+        (
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            refused,
+        )
+    };
+    assert_eq!(outcome("none", &[]), ("ok".to_string(), 0));
+    assert_eq!(
+        outcome("throttle", &["--throttle-connect", "4"]),
+        ("EPERM".to_string(), 1)
+    );
+    assert_eq!(
+        outcome("rates", &["--rate-limit"]),
+        ("EPERM".to_string(), 1)
+    );
+}
