@@ -52,13 +52,25 @@ pub fn socket_call(
 
 /// The [`Arg`] of call `nr` made by task `tid` of process `pid` with registers
 /// `regs`; `None` when the call has no argument that matters or it cannot be read (a
-/// bad pointer, a task that is gone). i386 calls get one only for their socket calls
-/// ([`socket_call`]): the pH symbols use x86_64's arguments alone, the throttle any.
+/// bad pointer, a task that is gone). i386 calls get one for their socket calls
+/// ([`socket_call`]; the throttle) and their path calls (the rate limits read an
+/// open's flags): the pH symbols use x86_64's arguments alone
+/// ([`crate::engine::symbol_arg`]).
 pub fn capture(pid: i32, tid: i32, arch: Arch, nr: u32, regs: &[u64; 6]) -> Option<Arg> {
     if arch != Arch::X86_64 {
-        let (name, args) = socket_call(tid, arch, nr, regs)?;
-        return match symbols::arg_spec(name)? {
-            spec @ ArgSpec::Sockaddr { .. } => capture_spec(pid, tid, spec, &args),
+        if let Some((name, args)) = socket_call(tid, arch, nr, regs) {
+            return match symbols::arg_spec(name)? {
+                spec @ ArgSpec::Sockaddr { .. } => capture_spec(pid, tid, spec, &args),
+                _ => None,
+            };
+        }
+        // i386's path calls (open, openat, creat, ...) take their arguments in
+        // registers in x86_64's order; not so every call (its old mmap takes a
+        // struct), hence paths alone.
+        return match symbols::arg_spec(arch.name(nr)?)? {
+            spec @ ArgSpec::Path { .. } => {
+                capture_spec(pid, tid, spec, &regs.map(|r| r & 0xffff_ffff))
+            }
             _ => None,
         };
     }

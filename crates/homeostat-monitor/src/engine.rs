@@ -48,9 +48,10 @@ pub struct Call<'a> {
     pub arg: Option<&'a Arg>,
 }
 
-/// The argument of a call of ABI `arch` that pH's argument-aware symbols and the rate
-/// limits use: x86_64 calls' only (the alphabet's argument classes are x86_64's; an
-/// i386 call's argument, captured for its socket calls, serves the throttle alone).
+/// The argument of a call of ABI `arch` that pH's argument-aware symbols use: x86_64
+/// calls' only (the alphabet's argument classes are x86_64's; an i386 call's
+/// argument, captured for its socket and path calls, serves the throttle and the rate
+/// limits alone).
 /// Live scoring and recordings both take it from here, so a profile trained from a
 /// recording matches what live scoring sees.
 pub fn symbol_arg(arch: Arch, arg: Option<&Arg>) -> Option<&Arg> {
@@ -329,10 +330,10 @@ impl Engine {
             profile.on_syscall(&mut task.ph, symbol, is_execve, now_ns, config, &mut |e| {
                 pending.push(e)
             });
-        let kind = match c.arch {
-            Arch::X86_64 if config.rate_limit => {
-                c.arch.name(c.nr).and_then(|n| rate::kind_of(n, arg))
-            }
+        // Either ABI: an i386 fork or creation counts as an x86_64 one (their names
+        // and an open's flags agree), so a 32-bit storm is held too.
+        let kind = match c.arch.name(c.nr) {
+            Some(n) if config.rate_limit => rate::kind_of(n, c.arg),
             _ => None,
         };
         if let Some(kind) = kind {

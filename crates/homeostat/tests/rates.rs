@@ -12,18 +12,30 @@ use std::time::Instant;
 use serde_json::Value;
 
 mod common;
-use common::{bin, ok, STORM};
+use common::{bin, ok, INT80_CREATES, STORM};
 
 struct Run {
     secs: f64,
     events: Vec<Value>,
 }
 
+/// Runs the perl storm (`STORM`) with `args` under the launcher with `flags`.
 fn run(dir: &Path, name: &str, flags: &[&str], args: &[&str]) -> Run {
-    let events = dir.join(format!("{name}.events"));
     let script = dir.join("storm.pl");
     let files = dir.join(format!("{name}.files"));
     std::fs::create_dir_all(&files).unwrap();
+    let mut cmd = vec!["perl", script.to_str().unwrap()];
+    cmd.extend_from_slice(args);
+    if args[0] == "create" {
+        cmd.push(files.to_str().unwrap());
+    }
+    run_cmd(dir, name, flags, &cmd)
+}
+
+/// Runs `cmd_line` under the launcher with `flags` (and the test's config); its wall
+/// time and events.
+fn run_cmd(dir: &Path, name: &str, flags: &[&str], cmd_line: &[&str]) -> Run {
+    let events = dir.join(format!("{name}.events"));
     let mut cmd = bin();
     cmd.arg("run")
         .arg("--quiet")
@@ -35,12 +47,7 @@ fn run(dir: &Path, name: &str, flags: &[&str], args: &[&str]) -> Run {
         .arg(dir.join("config.toml"))
         .args(flags)
         .arg("--")
-        .arg("perl")
-        .arg(&script)
-        .args(args);
-    if args[0] == "create" {
-        cmd.arg(&files);
-    }
+        .args(cmd_line);
     let t = Instant::now();
     let st = cmd.status().unwrap();
     let secs = t.elapsed().as_secs_f64();
@@ -210,5 +217,90 @@ fn storms_are_slowed_to_the_learned_limit_and_the_trained_rate_never_waits() {
         detect.secs < 3.0,
         "detect held the storm: {} s",
         detect.secs
+    );
+}
+
+/// The i386 ABI is no way around the limits: a 64-bit python creating files with
+/// `creat` through `int 0x80` is trained, made normal, and its storm is held to the
+/// limit its own i386 creations taught (one rule, `rate::kind_of`, for both ABIs).
+/// Before, only x86_64 calls counted: nothing was learned (the profile showed no
+/// creation peak) and the storm ran at full speed.
+#[test]
+fn an_i386_creation_storm_is_held_to_the_limit_it_learned() {
+    // The profile is named after the file that runs (python3 is a link).
+    let python = common::python3().to_str().unwrap();
+    let exe = std::fs::canonicalize(python).unwrap();
+    let exe = exe.file_name().unwrap().to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // As above: the rate limit's delays alone.
+    std::fs::write(
+        dir.join("config.toml"),
+        "[ph]\ndelay_factor_ms = 0.0\nanomaly_limit = 1000000\n",
+    )
+    .unwrap();
+    let creates = |name: &str, flags: &[&str], n: u32, ms: u32| {
+        let files = dir.join(format!("{name}.files"));
+        std::fs::create_dir_all(&files).unwrap();
+        let (n, ms) = (n.to_string(), ms.to_string());
+        let cmd = [
+            python,
+            "-c",
+            INT80_CREATES,
+            &n,
+            &ms,
+            files.to_str().unwrap(),
+        ];
+        let r = run_cmd(dir, name, flags, &cmd);
+        let made = std::fs::read_dir(&files).unwrap().count();
+        assert_eq!(made, n.parse::<usize>().unwrap(), "{name}: files made");
+        r
+    };
+    for i in 0..2 {
+        creates(
+            &format!("train-slow-{i}"),
+            &["--learn", "--rate-limit"],
+            20,
+            50,
+        );
+        creates(
+            &format!("train-burst-{i}"),
+            &["--learn", "--rate-limit"],
+            5,
+            0,
+        );
+    }
+    ok(bin()
+        .args(["profile", "normalize", exe, "--state-dir"])
+        .arg(dir.join("state")));
+    let n = 120;
+    let free = creates("storm-plain", &["--enforce"], n, 0);
+    let held = creates(
+        "storm",
+        &["--enforce", "--rate-limit", "--rate-margin", "2"],
+        n,
+        0,
+    );
+    let queued: Vec<&Value> = held
+        .events
+        .iter()
+        .filter(|e| e["event"] == "rate_queued")
+        .collect();
+    assert!(!queued.is_empty(), "nothing held: {:?}", held.events);
+    assert!(queued.iter().all(|e| e["kind"] == "create"), "{queued:?}");
+    let limit = queued[0]["limit"].as_u64().unwrap();
+    assert!((20..=60).contains(&limit), "limit {limit}");
+    let floor = f64::from((n - 1) / limit as u32);
+    assert!(
+        held.secs >= floor * 0.95,
+        "{} s, expected >= {floor}",
+        held.secs
+    );
+    eprintln!(
+        "i386 creat storm of {n}: {:.2} s limited (limit {limit}/s, {} held) vs {:.2} s \
+         without",
+        held.secs,
+        queued.len(),
+        free.secs
     );
 }

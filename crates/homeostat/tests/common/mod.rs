@@ -73,6 +73,38 @@ for i in range(int(sys.argv[1])):
     s.close()
 "#;
 
+/// A 64-bit python creating files with `creat` through `int 0x80` (the i386 ABI).
+/// Arguments: N, MS (the pause between two, ms) and DIR (files DIR/f1 ..= N).
+pub const INT80_CREATES: &str = r#"
+import ctypes, os, struct, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+# PROT_READ|WRITE|EXEC; MAP_PRIVATE|MAP_ANONYMOUS|MAP_32BIT
+base = libc.mmap(None, 8192, 7, 0x02 | 0x20 | 0x40, -1, 0)
+if base in (None, ctypes.c_void_p(-1).value) or base >= 2**32:
+    sys.exit("no page below 4 GiB")
+path_at = base + 0x100
+# push rbx; mov eax, 8 (creat); mov ebx, path; mov ecx, 0o644; int 0x80; pop rbx; ret
+code = (bytes([0x53, 0xb8, 8, 0, 0, 0, 0xbb]) + struct.pack('<I', path_at)
+        + bytes([0xb9]) + struct.pack('<I', 0o644) + bytes([0xcd, 0x80, 0x5b, 0xc3]))
+ctypes.memmove(base, code, len(code))
+creat32 = ctypes.CFUNCTYPE(ctypes.c_int)(base)
+n, ms, d = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+for i in range(n):
+    p = ("%s/f%d" % (d, i + 1)).encode() + b"\0"
+    if len(p) > 4096:
+        sys.exit("path too long")
+    ctypes.memmove(path_at, p, len(p))
+    fd = creat32()
+    if fd < 0:
+        sys.exit("creat through int 0x80 returned %d" % fd)
+    os.close(fd)
+    if ms:
+        time.sleep(ms / 1000)
+"#;
+
 /// python3, a test dependency (scripts/lib/ensure-deps.sh installs it): its path, or a
 /// failure that says so.
 pub fn python3() -> &'static std::path::Path {
