@@ -5,7 +5,8 @@
 //! its object are dropped, so `Kernel` has no self-borrow. The links keep the programs
 //! attached, the programs keep their maps; dropping `Kernel` detaches everything. The
 //! other modules add the methods for each map: `profiles` (states and rows), `events`
-//! (ring buffer and loss counters), `task` (task storage), `stop` (the stop map).
+//! (ring buffer and loss counters), `task` (task states: the tid array, task storage),
+//! `stop` (the stop map).
 
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
