@@ -872,16 +872,20 @@ int sched_fork(struct bpf_raw_tracepoint_args *ctx)
 	struct task_struct *child = (struct task_struct *)ctx->args[1];
 	__u32 ctid = BPF_CORE_READ(child, pid);
 	struct hs_task *t = task_get(bpf_get_current_task_btf());
-	struct hs_tid *s;
-	__u64 old;
+	struct hs_tid *s = tid_slot(ctid);
 
+	/* A slot that the new child's address owns already is stale: its owner exited
+	 * unseen. One way: a multithreaded exec that fails past its point of no return
+	 * (de_thread has given the thread the leader's tid, and no sched_process_exec
+	 * comes), so at its exit the task no longer has its slot's tid. Left, the child
+	 * would take the dead task's state for its own. Nobody else writes a held
+	 * slot's owner. */
+	if (s && s->owner == ctx->args[1])
+		s->owner = 0;
 	if (!t || !t->valid)
 		return 0;
-	s = tid_slot(ctid);
 	if (s) {
-		old = s->owner;
-		if (old == ctx->args[1] ||
-		    (!old && !__sync_val_compare_and_swap(&s->owner, 0, ctx->args[1]))) {
+		if (!__sync_val_compare_and_swap(&s->owner, 0, ctx->args[1])) {
 			s->t = *t;
 			s->t.pending = 0; /* the parent's, counted by the parent */
 			s->tid = ctid;
