@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use homeostat_core::ph::lifecycle::{self, Change};
 use homeostat_core::ph::{ExeKey, Mode, PhConfig, ProfileState, TrainCounts};
-use homeostat_ebpf::{Kernel, KernelState};
+use homeostat_ebpf::{Kernel, KernelState, Stats};
 use homeostat_monitor::control::{LastReset, Progress};
 use homeostat_monitor::daemon_profile::MAX_PATHS;
 use homeostat_monitor::sink::write_event;
@@ -236,28 +236,32 @@ impl Daemon {
             self.set_state(kernel, key, to, reason);
         }
         match kernel.stats() {
-            Ok(s) if s != self.stats => {
-                self.counts.lost_events_total = s.lost_events;
-                self.counts.rows_full_total = s.rows_full;
-                self.counts.tasks_full_total = s.tasks_full;
-                self.counts.profiles_full_total = s.profiles_full;
-                // Never silent, even with --quiet.
-                warn!(
-                    "kernel losses: {} events, {} pairs (rows map full), {} tasks, {} profiles, {} stops",
-                    s.lost_events, s.rows_full, s.tasks_full, s.profiles_full, s.stops_failed
-                );
-                if let Some(w) = self.json.as_mut() {
-                    let j = serde_json::json!({
-                        "ts": now as f64 / 1e9, "event": "kernel_losses",
-                        "lost_events": s.lost_events, "rows_full": s.rows_full,
-                        "tasks_full": s.tasks_full, "profiles_full": s.profiles_full,
-                        "stops_failed": s.stops_failed,
-                    });
-                    write_event(w, &j);
+            Ok(s) => {
+                // Not a loss (a task's state in task storage): counted, not warned of.
+                self.counts.tids_taken_total = s.tids_taken;
+                let losses = |s: Stats| Stats { tids_taken: 0, ..s };
+                if losses(s) != losses(self.stats) {
+                    self.counts.lost_events_total = s.lost_events;
+                    self.counts.rows_full_total = s.rows_full;
+                    self.counts.tasks_full_total = s.tasks_full;
+                    self.counts.profiles_full_total = s.profiles_full;
+                    // Never silent, even with --quiet.
+                    warn!(
+                        "kernel losses: {} events, {} pairs (rows map full), {} tasks, {} profiles, {} stops",
+                        s.lost_events, s.rows_full, s.tasks_full, s.profiles_full, s.stops_failed
+                    );
+                    if let Some(w) = self.json.as_mut() {
+                        let j = serde_json::json!({
+                            "ts": now as f64 / 1e9, "event": "kernel_losses",
+                            "lost_events": s.lost_events, "rows_full": s.rows_full,
+                            "tasks_full": s.tasks_full, "profiles_full": s.profiles_full,
+                            "stops_failed": s.stops_failed,
+                        });
+                        write_event(w, &j);
+                    }
                 }
                 self.stats = s;
             }
-            Ok(_) => {}
             Err(e) => warn!("{e}"),
         }
         if self.symbols.is_some() {

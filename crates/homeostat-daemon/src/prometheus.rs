@@ -45,6 +45,9 @@ pub struct Snapshot {
     pub tasks_full_total: u64,
     /// Kernel loss counter: profile map full.
     pub profiles_full_total: u64,
+    /// Not a loss: task states the kernel made in task storage because the task's
+    /// slot of the tid array was another's.
+    pub tids_taken_total: u64,
     /// Profiles in training.
     pub profiles_training: u64,
     /// Profiles frozen (waiting to become normal).
@@ -73,7 +76,7 @@ impl Snapshot {
     /// The snapshot in the Prometheus text exposition format 0.0.4: each metric with
     /// its `# HELP` and `# TYPE` lines, then its samples; newline-terminated.
     pub fn render(&self) -> String {
-        let counters: [(&str, &str, u64); 9] = [
+        let counters: [(&str, &str, u64); 10] = [
             (
                 "homeostat_events_total",
                 "Events received from the kernel.",
@@ -118,6 +121,11 @@ impl Snapshot {
                 "homeostat_profiles_full_total",
                 "Profiles the kernel could not create because its profile map was full.",
                 self.profiles_full_total,
+            ),
+            (
+                "homeostat_tids_taken_total",
+                "Task states the kernel kept in task storage (a few ns more per call) because the task's tid slot was another's.",
+                self.tids_taken_total,
             ),
         ];
         let mut out = String::with_capacity(2048);
@@ -425,6 +433,7 @@ mod tests {
             rows_full_total: 7,
             tasks_full_total: 8,
             profiles_full_total: 9,
+            tids_taken_total: 17,
             profiles_training: 10,
             profiles_frozen: 11,
             profiles_normal: 12,
@@ -517,6 +526,9 @@ homeostat_tasks_full_total 8
 # HELP homeostat_profiles_full_total Profiles the kernel could not create because its profile map was full.
 # TYPE homeostat_profiles_full_total counter
 homeostat_profiles_full_total 9
+# HELP homeostat_tids_taken_total Task states the kernel kept in task storage (a few ns more per call) because the task's tid slot was another's.
+# TYPE homeostat_tids_taken_total counter
+homeostat_tids_taken_total 17
 # HELP homeostat_profiles Profiles by lifecycle state.
 # TYPE homeostat_profiles gauge
 homeostat_profiles{state=\"training\"} 10
@@ -540,7 +552,7 @@ homeostat_calls_total{state=\"learning\"} 4
     #[test]
     fn render_structure() {
         let (samples, types) = check_structure(&Snapshot::default().render());
-        assert_eq!((samples, types), (17, 13));
+        assert_eq!((samples, types), (18, 14));
         // Every optional section on: still one HELP and TYPE per metric, before its
         // samples, and each metric's samples together.
         let all = Snapshot {
@@ -549,7 +561,7 @@ homeostat_calls_total{state=\"learning\"} 4
             ..Snapshot::default()
         };
         let (samples, types) = check_structure(&all.render());
-        assert_eq!((samples, types), (17 + 4 + 4 + 4 + 2 + 2, 13 + 5));
+        assert_eq!((samples, types), (18 + 4 + 4 + 4 + 2 + 2, 14 + 5));
     }
 
     /// Checks the exposition's structure; returns its samples and TYPE lines.

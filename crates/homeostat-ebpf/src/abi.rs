@@ -13,7 +13,7 @@ use homeostat_core::ph::ExeKey;
 
 pub(crate) use crate::skel::types::{
     hs_class_event, hs_class_key, hs_config, hs_event, hs_exec_event, hs_index, hs_key, hs_profile,
-    hs_row, hs_stop, hs_task,
+    hs_row, hs_stop, hs_task, hs_tid,
 };
 pub(crate) use crate::skel::types::{
     hs_rate_cfg, hs_rate_event, hs_rate_ring, hs_thr_event, hs_thr_key, hs_thr_mode,
@@ -64,8 +64,11 @@ pub(crate) const LEARN_UID: u32 = 1;
 pub(crate) const LEARN_CGROUP: u32 = 2;
 
 /// Entries of the per-CPU `hs_stats` array (`HS_NSTATS`), in `HS_STAT_*` order: the
-/// five loss counters, then events submitted (for wakeup batching, not a loss).
-pub(crate) const NSTATS: usize = 6;
+/// five loss counters, events submitted (for wakeup batching, not a loss), and tasks
+/// whose `hs_tids` slot was taken (their state in task storage instead).
+pub(crate) const NSTATS: usize = 7;
+/// Slots of the tid-indexed task array at most (`HS_TIDS`, a power of two).
+pub const TIDS: u32 = 32768;
 
 /// Marks the generated types as plain data for bytemuck.
 macro_rules! plain {
@@ -85,6 +88,7 @@ plain!(
     hs_row,
     hs_profile,
     hs_task,
+    hs_tid,
     hs_config,
     hs_event,
     hs_exec_event,
@@ -107,6 +111,7 @@ const _: () = {
     assert!(size_of::<hs_row>() == ROW);
     assert!(size_of::<hs_profile>() == 56);
     assert!(size_of::<hs_task>() == 168);
+    assert!(size_of::<hs_tid>() == 192);
     assert!(size_of::<hs_config>() == 32);
     assert!(size_of::<hs_event>() == 48);
     assert!(size_of::<hs_exec_event>() == 48 + 2 * 256);

@@ -110,6 +110,11 @@ pub struct Stats {
     pub profiles_full: u64,
     /// Responses due but not started: the stop map was full or SIGSTOP failed.
     pub stops_failed: u64,
+    /// Not a loss: tasks whose state was made in task storage because their slot of
+    /// the tid array was another task's ([`crate::Options::tid_slots`]); such a
+    /// task's calls cost a few ns more. Counted per state made (first call, exec,
+    /// fork).
+    pub tids_taken: u64,
 }
 
 fn decode_event(b: &[u8]) -> Option<Event> {
@@ -210,13 +215,15 @@ impl Kernel {
                 .sum();
         }
         // In HS_STAT_* order.
-        let [lost_events, rows_full, tasks_full, profiles_full, stops_failed, _events] = sums;
+        let [lost_events, rows_full, tasks_full, profiles_full, stops_failed, _events, tids_taken] =
+            sums;
         Ok(Stats {
             lost_events,
             rows_full,
             tasks_full,
             profiles_full,
             stops_failed,
+            tids_taken,
         })
     }
 

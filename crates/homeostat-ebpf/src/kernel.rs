@@ -5,7 +5,8 @@
 //! its object are dropped, so `Kernel` has no self-borrow. The links keep the programs
 //! attached, the programs keep their maps; dropping `Kernel` detaches everything. The
 //! other modules add the methods for each map: `profiles` (states and rows), `events`
-//! (ring buffer and loss counters), `task` (task storage), `stop` (the stop map).
+//! (ring buffer and loss counters), `task` (task states: the tid array, task storage),
+//! `stop` (the stop map).
 
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
@@ -17,7 +18,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
 
 use homeostat_core::symbols::SymbolConfig;
 
-use crate::abi::{hs_config, ROWS, SLOTS};
+use crate::abi::{hs_config, ROWS, SLOTS, TIDS};
 use crate::error::{capture_libbpf_log, load_error, map_err, Error, BTF_PATH};
 use crate::generation::Generation;
 use crate::index::Index;
@@ -78,6 +79,13 @@ pub struct Options {
     /// counted per profile, reported as profiles' flags say ([`Kernel::set_rates`]),
     /// with these flags for profiles whose own are not set. None: off.
     pub rates: Option<crate::RateFlags>,
+    /// Slots of the tid-indexed task array (`hs_tids`, 192 bytes each, preallocated):
+    /// a task whose slot another task holds keeps its state in task storage, which
+    /// costs its calls a few ns more. 0 (the default): the kernel's pid_max
+    /// (`/proc/sys/kernel/pid_max`), so that no two tids share a slot; either way
+    /// rounded up to a power of two and at most [`crate::TIDS`] (32768: 6 MiB).
+    /// Smaller arrays are for tests (1: every task but one in storage).
+    pub tid_slots: u32,
 }
 
 impl Default for Options {
@@ -94,6 +102,32 @@ impl Default for Options {
             symbols: None,
             throttle: None,
             rates: None,
+            tid_slots: 0,
+        }
+    }
+}
+
+/// The size of `hs_tids` for [`Options::tid_slots`] `asked`.
+fn tid_slots(asked: u32) -> u32 {
+    let want = if asked == 0 {
+        std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(TIDS)
+    } else {
+        asked
+    };
+    want.clamp(1, TIDS).next_power_of_two()
+}
+
+/// The programs' links, detached in the reverse order of attaching: sys_enter first,
+/// sched_process_exit last (see `load_once`).
+struct Links(Vec<Link>);
+
+impl Drop for Links {
+    fn drop(&mut self) {
+        while let Some(link) = self.0.pop() {
+            drop(link);
         }
     }
 }
@@ -124,7 +158,7 @@ pub enum Hook {
 
 /// The loaded and attached programs and their maps.
 pub struct Kernel {
-    _links: Vec<Link>,
+    _links: Links,
     /// The attached programs' ids, for their run-time counters (`runstats`).
     pub(crate) prog_ids: Vec<u32>,
     hook: Hook,
@@ -144,6 +178,9 @@ pub struct Kernel {
     pub(crate) stats: MapHandle,
     pub(crate) stopped: MapHandle,
     pub(crate) tasks: MapHandle,
+    pub(crate) tids: MapHandle,
+    /// `hs_tids`' size - 1: a tid's slot is `tid & tid_mask`.
+    pub(crate) tid_mask: u32,
     pub(crate) classes_map: MapHandle,
     pub(crate) class_count_map: MapHandle,
     pub(crate) arg_stats_map: MapHandle,
@@ -326,13 +363,23 @@ impl Kernel {
             .hs_events
             .set_max_entries(opts.ring_bytes)
             .map_err(|e| load_error("ring buffer size", e))?;
+        let tids = tid_slots(opts.tid_slots);
+        open.maps
+            .hs_tids
+            .set_max_entries(tids)
+            .map_err(|e| load_error("tid array size", e))?;
+        open.maps
+            .data_data
+            .as_deref_mut()
+            .ok_or_else(|| Error::Config("the object has no data".into()))?
+            .hs_tid_mask = tids - 1;
         let skel = open.load().map_err(|e| load_error("load", e))?;
 
         let dup = |m: &libbpf_rs::MapMut<'_>, name: &'static str| {
             MapHandle::try_from(m).map_err(map_err(name, "dup fd"))
         };
         let kernel = Kernel {
-            _links: vec![],
+            _links: Links(vec![]),
             prog_ids: vec![],
             hook,
             exec_lsm: ExecLsm::NotRequested,
@@ -361,6 +408,8 @@ impl Kernel {
             stats: dup(&skel.maps.hs_stats, "hs_stats")?,
             stopped: dup(&skel.maps.hs_stopped, "hs_stopped")?,
             tasks: dup(&skel.maps.hs_tasks, "hs_tasks")?,
+            tids: dup(&skel.maps.hs_tids, "hs_tids")?,
+            tid_mask: tids - 1,
             classes_map: dup(&skel.maps.hs_classes, "hs_classes")?,
             class_count_map: dup(&skel.maps.hs_class_count, "hs_class_count")?,
             arg_stats_map: dup(&skel.maps.hs_arg_stats, "hs_arg_stats")?,
@@ -375,12 +424,16 @@ impl Kernel {
         kernel.configure(opts)?;
 
         // Attach the task-lifecycle hooks first, so no task is seen by sys_enter
-        // before its fork is.
-        let mut links = Vec::with_capacity(5);
+        // before its fork is; exit first of all, so that every hs_tids slot claimed
+        // (by a fork, an exec or a call) is freed when its task exits: a slot left
+        // with a dead task's address would be adopted by the next task_struct made
+        // at that address with a tid of that slot. Detached in the reverse order
+        // (`Links`).
+        let mut links = Vec::with_capacity(6);
         for (name, prog) in [
+            ("sched_process_exit", &skel.progs.sched_exit),
             ("sched_process_fork", &skel.progs.sched_fork),
             ("sched_process_exec", &skel.progs.sched_exec),
-            ("sched_process_exit", &skel.progs.sched_exit),
         ] {
             links.push(
                 prog.attach()
@@ -413,9 +466,9 @@ impl Kernel {
             );
         }
         let mut progs = vec![
+            &skel.progs.sched_exit,
             &skel.progs.sched_fork,
             &skel.progs.sched_exec,
-            &skel.progs.sched_exit,
             sys_enter,
         ];
         if lsm {
@@ -429,7 +482,7 @@ impl Kernel {
             .filter_map(|p| libbpf_rs::Program::id_from_fd(p.as_fd()).ok())
             .collect();
         Ok(Kernel {
-            _links: links,
+            _links: Links(links),
             prog_ids,
             ..kernel
         })
@@ -489,6 +542,11 @@ impl Kernel {
     /// How sys_enter is hooked.
     pub fn hook(&self) -> Hook {
         self.hook
+    }
+
+    /// Slots of the tid-indexed task array ([`Options::tid_slots`]).
+    pub fn tid_slots(&self) -> u32 {
+        self.tid_mask + 1
     }
 
     /// Whether execve is also refused in the kernel (BPF LSM), and if not, why.

@@ -61,7 +61,7 @@ mod task;
 mod throttle;
 
 #[cfg(feature = "bpf")]
-pub use abi::{COMPAT, LOCALITY, ROW, SLOTS, TABLE};
+pub use abi::{COMPAT, LOCALITY, ROW, SLOTS, TABLE, TIDS};
 #[cfg(feature = "bpf")]
 pub use args::{class_name, spec_table, ArgStats, MAX_CLASSES_TOTAL, MAX_PATH_DEPTH, OTHER_HASH};
 #[cfg(feature = "bpf")]

@@ -1,4 +1,5 @@
-//! Per-task state in the kernel (`hs_tasks`, task storage): what a tracer needs to
+//! Per-task state in the kernel (a slot of the tid-indexed array `hs_tids`, or task
+//! storage `hs_tasks` for a task whose slot another holds): what a tracer needs to
 //! know a thread's LFC before its next call runs, and [`Probe`], the handle that reads
 //! it from the response threads.
 
@@ -9,7 +10,7 @@ use bytemuck::bytes_of;
 use homeostat_core::ph::ExeKey;
 use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle};
 
-use crate::abi::{self, hs_profile, hs_row, hs_task, COMPAT, LOCALITY, ROW, SEQ};
+use crate::abi::{self, hs_profile, hs_row, hs_task, hs_tid, COMPAT, LOCALITY, ROW, SEQ};
 use crate::error::{map_err, Error};
 use crate::index::Index;
 use crate::Kernel;
@@ -30,20 +31,27 @@ pub struct TaskState {
     pub lfc: u32,
     /// The locality frame, one bit per call of the last 128.
     pub frame: [u64; 2],
+    /// Whether the state is in the task's slot of the tid array (`hs_tids`), else in
+    /// task storage (its slot was another task's: [`crate::Stats::tids_taken`]).
+    pub tid_slot: bool,
 }
 
 impl TaskState {
     fn decode(v: &[u8]) -> Option<TaskState> {
-        let t: hs_task = abi::decode(v)?;
+        Self::from_task(&abi::decode(v)?, false)
+    }
+
+    fn from_task(t: &hs_task, tid_slot: bool) -> Option<TaskState> {
         // Storage is created zeroed; `valid` is HS_VALID (1) once the programs filled
         // it, HS_VALID_OUT (2) for a task outside the scope (not followed).
         (t.valid == 1).then(|| TaskState {
             exe: abi::exe(&t.key),
-            seq: seq(&t),
+            seq: seq(t),
             nseq: t.nseq,
             fpos: t.fpos,
             lfc: t.lfc,
             frame: t.frame,
+            tid_slot,
         })
     }
 
@@ -92,7 +100,7 @@ fn seq(t: &hs_task) -> [u16; SEQ] {
 /// response); from [`Kernel::probe`].
 #[derive(Debug)]
 pub struct Probe {
-    tasks: MapHandle,
+    tasks: TaskMaps,
     profiles: MapHandle,
     index: Arc<Index>,
     rows: MapHandle,
@@ -102,7 +110,7 @@ pub struct Probe {
 impl Probe {
     /// See [`Kernel::task`].
     pub fn task(&self, tid: u32) -> Result<Option<TaskState>, Error> {
-        task_in(&self.tasks, tid)
+        self.tasks.get(tid)
     }
 
     /// The LFC thread `tid` will have after its next call `nr` (see
@@ -139,13 +147,52 @@ pub fn table_row(nr: u32) -> usize {
     }
 }
 
-fn task_in(tasks: &MapHandle, tid: u32) -> Result<Option<TaskState>, Error> {
-    // Task storage is keyed by a pidfd from userspace; PIDFD_THREAD names a
-    // thread rather than a process (Linux 6.9+).
+/// Where the programs keep tasks' states: the tid array, then task storage.
+#[derive(Debug)]
+struct TaskMaps {
+    tids: MapHandle,
+    tid_mask: u32,
+    storage: MapHandle,
+}
+
+impl TaskMaps {
+    fn of(k: &Kernel) -> Result<TaskMaps, Error> {
+        Ok(TaskMaps {
+            tids: MapHandle::try_from(&k.tids).map_err(map_err("hs_tids", "dup fd"))?,
+            tid_mask: k.tid_mask,
+            storage: MapHandle::try_from(&k.tasks).map_err(map_err("hs_tasks", "dup fd"))?,
+        })
+    }
+
+    fn get(&self, tid: u32) -> Result<Option<TaskState>, Error> {
+        task_in(&self.tids, self.tid_mask, &self.storage, tid)
+    }
+}
+
+/// The state of thread `tid`, looked for as the programs do (`task_at`): its slot of
+/// `tids`, else its task storage.
+fn task_in(
+    tids: &MapHandle,
+    tid_mask: u32,
+    storage: &MapHandle,
+    tid: u32,
+) -> Result<Option<TaskState>, Error> {
+    let slot = tids
+        .lookup(&(tid & tid_mask).to_ne_bytes(), MapFlags::ANY)
+        .map_err(map_err("hs_tids", "lookup"))?
+        .and_then(|v| abi::decode::<hs_tid>(&v));
+    // The owner's address is not visible here, its tid is: a slot is freed when its
+    // task exits, before the tid can be reused, so a held slot with this tid is this
+    // thread's.
+    if let Some(s) = slot.filter(|s| s.owner != 0 && s.tid == tid) {
+        return Ok(TaskState::from_task(&s.t, true));
+    }
+    // Task storage is keyed by a pidfd from userspace; PIDFD_THREAD names a thread
+    // rather than a process (Linux 6.9+).
     let Some(fd) = crate::sys::pidfd_thread(tid as i32) else {
         return Ok(None);
     };
-    match tasks.lookup(&fd.as_raw_fd().to_ne_bytes(), MapFlags::ANY) {
+    match storage.lookup(&fd.as_raw_fd().to_ne_bytes(), MapFlags::ANY) {
         Ok(v) => Ok(v.and_then(|v| TaskState::decode(&v))),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(e) => Err(map_err("hs_tasks", "lookup")(e)),
@@ -165,13 +212,13 @@ impl Kernel {
     /// What the kernel keeps for thread `tid` (`None`: no such thread, or one the
     /// programs have not seen make a call).
     pub fn task(&self, tid: u32) -> Result<Option<TaskState>, Error> {
-        task_in(&self.tasks, tid)
+        task_in(&self.tids, self.tid_mask, &self.tasks, tid)
     }
 
     /// A handle for other threads: task states and rows, for the response.
     pub fn probe(&self) -> Result<Probe, Error> {
         Ok(Probe {
-            tasks: MapHandle::try_from(&self.tasks).map_err(map_err("hs_tasks", "dup fd"))?,
+            tasks: TaskMaps::of(self)?,
             profiles: MapHandle::try_from(&self.profiles)
                 .map_err(map_err("hs_profiles", "dup fd"))?,
             index: Arc::clone(&self.index),
@@ -193,6 +240,7 @@ mod tests {
             fpos,
             lfc,
             frame,
+            tid_slot: true,
         }
     }
 

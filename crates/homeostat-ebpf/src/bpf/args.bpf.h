@@ -1025,7 +1025,7 @@ int BPF_PROG(hs_open_exit, int dfd, const char *filename, void *how, long ret)
 		return 0;
 	call = pd->call;
 	pd->call = 0;
-	t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
+	t = task_get(task);
 	cfg = get_config();
 	s = bpf_map_lookup_elem(&hs_arg_scratch, &zero);
 	if (!t || !cfg || !s || t->valid != HS_VALID || t->fpos != pd->fpos)

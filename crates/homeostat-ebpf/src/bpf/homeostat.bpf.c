@@ -39,8 +39,36 @@ struct {
 	__type(value, struct hs_profile);
 } hs_profiles SEC(".maps");
 
-/* Task-local storage: found from the task pointer without hashing (a tid-keyed LRU
- * hash cost ~0.25x on dd bs=1 for the lookup alone) and freed with the task. */
+/* Tasks' state, by tid (struct hs_tid): slot tid & hs_tid_mask, the task's own while
+ * its owner word is the task's address. An array lookup the verifier inlines as an
+ * address computation, where task storage (below) is a helper call and three
+ * dependent loads (task->bpf_storage, the storage's cache slot, the element): about
+ * half of what the common call cost over the hook's own price (docs/ebpf.md, "The
+ * tid array"). A slot is claimed with compare-and-swap from 0 when a task's state is
+ * made (its first call seen, exec, fork: the parent fills the child's), and freed at
+ * its exit; a task whose slot is another's (tids equal modulo the size: pid_max above
+ * it, e.g. 4194304 on systemd machines) keeps its state in task storage as before.
+ * Sized at load from pid_max, up to HS_TIDS (6 MiB), preallocated. mmappable for
+ * the layout, not for userspace: the kernel then places the values at the start of
+ * a page (kernel/bpf/arraymap.c, array_map_alloc), where a plain array's follow
+ * struct bpf_array's header at whatever offset it has; with 192-byte values every
+ * slot is cache-line aligned (the JIT image's base address of the values ends in
+ * 000 on this kernel). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HS_TIDS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct hs_tid);
+} hs_tids SEC(".maps");
+
+_Static_assert(sizeof(struct hs_tid) % 64 == 0, "hs_tids slots must be whole cache lines");
+_Static_assert(__builtin_offsetof(struct hs_tid, t.known) == 64,
+	       "hs_task.known must fill the slot's second cache line");
+
+/* Task-local storage, for tasks whose hs_tids slot is another's: found from the task
+ * pointer without hashing (a tid-keyed LRU hash cost ~0.25x on dd bs=1 for the
+ * lookup alone) and freed with the task. */
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -48,7 +76,8 @@ struct {
 	__type(value, struct hs_task);
 } hs_tasks SEC(".maps");
 
-/* A forked child's inherited state, by child tid, until its first call: the fork
+/* A forked child's inherited state, by child tid, until its first call, when its
+ * hs_tids slot is another's (a free slot is filled at the fork): the fork
  * tracepoint's child pointer is untyped in a raw tracepoint, so the child's own
  * storage is filled from here when it first runs. LRU: a child that never makes a
  * call ages out. */
@@ -124,6 +153,9 @@ struct {
  * call reads, in a map of its own (".data"), so no write elsewhere evicts it. Starts
  * at 1: new task storage (generation 0) is stale at first. */
 __u32 hs_generation = 1;
+/* hs_tids' size - 1 (set at load), beside the generation: the common call reads that
+ * cache line anyway. */
+__u32 hs_tid_mask = HS_TIDS - 1;
 /* Never read or written: a global of the event type makes libbpf-cargo generate its
  * #[repr(C)] Rust type (it generates the types of maps and globals only, and the ring
  * buffer has none), so that the loader decodes events through it. */
@@ -224,6 +256,70 @@ static __always_inline __u64 user_dev(__u32 kdev)
 	return (minor & 0xff) | (major << 8) | ((minor & ~0xffULL) << 12);
 }
 
+/* The hs_tids slot of tid `tid` (NULL only if the mask and the map disagreed). */
+static __always_inline struct hs_tid *tid_slot(__u32 tid)
+{
+	__u32 i = tid & hs_tid_mask;
+
+	return bpf_map_lookup_elem(&hs_tids, &i);
+}
+
+/* The state of `task`, whose tid is `tid` (the two differ only at a multithreaded
+ * exec, see sched_exec): its hs_tids slot if it owns it, else its task storage, if
+ * any. The one place that says where a task's state is; the common call spells the
+ * same out inline. */
+static __always_inline struct hs_task *task_at(struct task_struct *task, __u32 tid)
+{
+	struct hs_tid *s = tid_slot(tid);
+
+	if (s && s->owner == (__u64)task)
+		return &s->t;
+	return bpf_task_storage_get(&hs_tasks, task, 0, 0);
+}
+
+static __always_inline struct hs_task *task_get(struct task_struct *task)
+{
+	return task_at(task, task->pid);
+}
+
+/* The state of `task`, made if it has none: its slot, claimed if free, else task
+ * storage (counted: tids_taken). What a made state holds (a slot: a previous
+ * task's) is the caller's to overwrite (task_init, or a fork's copy). A task whose
+ * state was in storage moves to its slot when the slot is free at its next exec. */
+static __always_inline struct hs_task *task_create(struct task_struct *task)
+{
+	__u32 tid = task->pid;
+	struct hs_tid *s = tid_slot(tid);
+	struct hs_task *t;
+	__u64 old;
+
+	if (s) {
+		old = s->owner;
+		if (old == (__u64)task)
+			return &s->t;
+		if (!old && !__sync_val_compare_and_swap(&s->owner, 0, (__u64)task)) {
+			s->tid = tid;
+			return &s->t;
+		}
+		count(HS_STAT_TIDS_TAKEN);
+	}
+	t = bpf_task_storage_get(&hs_tasks, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!t)
+		count(HS_STAT_TASKS_FULL);
+	return t;
+}
+
+/* Frees `task`'s slot of tid `tid` if it is the owner (at its exit, or when a
+ * multithreaded exec gave it another tid). Only the owner clears an owner word, and
+ * claims need it 0: a plain store. */
+static __always_inline void slot_release(struct task_struct *task, __u32 tid)
+{
+	struct hs_tid *s = tid_slot(tid);
+
+	if (s && s->owner == (__u64)task)
+		s->owner = 0;
+}
+
 /* Empties the task's table of known pairs (hs_task.known). Not inlined, as the other
  * rare paths of on_sys_enter (row_new, respond_stop): BPF-to-BPF calls keep them out
  * of the common call's code (measured: 1-3 ns a call less on dd, find and tar). BPF
@@ -297,11 +393,9 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 	struct hs_profile *old;
 	__u32 flags = 0;
 
-	t = bpf_task_storage_get(&hs_tasks, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!t) {
-		count(HS_STAT_TASKS_FULL);
+	t = task_create(task);
+	if (!t)
 		return NULL;
-	}
 	t->valid = 0;
 	/* The daemon itself, or a task outside its scope: marked once, so that the
 	 * common call tests neither (forks inherit the mark; an exec decides again). */
@@ -458,14 +552,16 @@ static __noinline __u32 row_new(struct hs_index *ix, __u32 cur)
  * 32-bit program's calls, and a 64-bit program's int 0x80, whichever the segment. */
 #define HS_TS_COMPAT 0x0002
 
-/* Every call the common path below does not finish: a task's first call, a stale
+/* A call of a followed task that the common call (below) does not finish: a stale
  * profile state, a window not known complete, a call with an argument or throttle
- * hook, a flush of the call count, any miss or learnt pair. Not inlined: the common
- * path then makes no call after the task storage lookup, and keeps its few values in
- * registers (with this code inline, clang spilled a dozen of them to the stack on
- * every call). Redoes the common path's tests from the start. */
-static __noinline int sys_enter_slow(struct task_struct *task, struct hs_task *t, __u32 call)
+ * hook, a flush of the call count, any miss or learnt pair. Redoes the common call's
+ * tests from the start. A global function: the verifier checks it once, with `t` as
+ * plain memory of an hs_task, whichever map holds it (a slot of hs_tids or task
+ * storage: two pointer types, which a static function is verified for once each:
+ * with argument classes on that exceeded the verifier's 1M-instruction budget). */
+__attribute__((noinline)) int hs_general(struct hs_task *t, __u32 call)
 {
+	struct task_struct *task = bpf_get_current_task_btf();
 	struct hs_config *cfg;
 	__u64 pid_tgid;
 	__u32 tid, pid;
@@ -479,35 +575,8 @@ static __noinline int sys_enter_slow(struct task_struct *task, struct hs_task *t
 	__u16 cur = call;
 	int ls;
 
-	if (!t || t->valid != HS_VALID) {
-		struct hs_task *inherited;
-
-		if (t && t->valid == HS_VALID_OUT)
-			return 0;
-		cfg = get_config();
-		if (!cfg)
-			return 0;
-		pid_tgid = bpf_get_current_pid_tgid();
-		tid = (__u32)pid_tgid;
-		pid = pid_tgid >> 32;
-		inherited = bpf_map_lookup_elem(&hs_forks, &tid);
-		if (inherited) {
-			/* First call of a forked child: its parent's state. */
-			t = bpf_task_storage_get(&hs_tasks, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-			if (!t) {
-				count(HS_STAT_TASKS_FULL);
-				return 0;
-			}
-			*t = *inherited;
-			t->pending = 0; /* the parent's, counted by the parent */
-			bpf_map_delete_elem(&hs_forks, &tid);
-		} else {
-			/* A task that predates us: read its executable now. */
-			t = task_init(cfg, task, pid, tid, BPF_CORE_READ(task, mm, exe_file), NULL);
-		}
-		if (!t || t->valid != HS_VALID)
-			return 0;
-	}
+	if (!t || t->valid != HS_VALID)
+		return 0;
 	/* The window in calls (the common call kept it in local slots only), before
 	 * anything below may empty the local table. */
 	if (t->lvalid >= HS_SEQ)
@@ -649,10 +718,52 @@ framed:
 	return 0;
 }
 
+/* Every call the common path below does not finish: a task's first call (its state
+ * made, from its parent's or its executable), then the general path. Not inlined:
+ * the common path then makes no call after the task's state is found, and keeps its
+ * few values in registers (with this code inline, clang spilled a dozen of them to
+ * the stack on every call). */
+static __noinline int sys_enter_slow(struct task_struct *task, struct hs_task *t, __u32 call)
+{
+	struct hs_config *cfg;
+	__u64 pid_tgid;
+	__u32 tid, pid;
+
+	if (!t || t->valid != HS_VALID) {
+		struct hs_task *inherited;
+
+		if (t && t->valid == HS_VALID_OUT)
+			return 0;
+		cfg = get_config();
+		if (!cfg)
+			return 0;
+		pid_tgid = bpf_get_current_pid_tgid();
+		tid = (__u32)pid_tgid;
+		pid = pid_tgid >> 32;
+		inherited = bpf_map_lookup_elem(&hs_forks, &tid);
+		if (inherited) {
+			/* First call of a forked child whose slot was taken at the fork:
+			 * its parent's state. */
+			t = task_create(task);
+			if (!t)
+				return 0;
+			*t = *inherited;
+			t->pending = 0; /* the parent's, counted by the parent */
+			bpf_map_delete_elem(&hs_forks, &tid);
+		} else {
+			/* A task that predates us: read its executable now. */
+			t = task_init(cfg, task, pid, tid, BPF_CORE_READ(task, mm, exe_file), NULL);
+		}
+		if (!t || t->valid != HS_VALID)
+			return 0;
+	}
+	return hs_general(t, call);
+}
+
 /* The common call: a task following a profile whose state it has cached, whose full
  * window of eight calls is known to be in the profile (its table of known pairs),
  * with no argument or throttle hook for this call and no flush due. It reads one
- * cache line of the task's storage and one word of `known`, and writes two words:
+ * cache line of the task's state (hs_tids slot or storage) and one word of `known`, and writes two words:
  * the call count and the window in local slots (seq is rebuilt from it by the next
  * general call); the locality frame only when some bit of it is set. Anything else
  * is sys_enter_slow's. */
@@ -660,8 +771,9 @@ static __always_inline int on_sys_enter(long id)
 {
 	struct task_struct *task;
 	struct hs_task *t;
+	struct hs_tid *s;
 	__u64 lwin, *fw, bit, known0;
-	__u32 cur, pos, cached;
+	__u32 cur, pos, cached, i;
 	int ls;
 
 	if (id < 0)
@@ -670,12 +782,19 @@ static __always_inline int on_sys_enter(long id)
 	task = bpf_get_current_task_btf();
 	if (task->thread_info.status & HS_TS_COMPAT)
 		cur += HS_COMPAT;
-	t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
-	if (!t)
-		goto slow;
-	/* known[] is the second cache line the common call needs (the lookup has just
-	 * read the first), and which word of it only the slot search below says: a load
-	 * of its first word now starts fetching the line meanwhile. */
+	/* task_get, inline: the task's slot, or task storage. */
+	i = task->pid & hs_tid_mask;
+	s = bpf_map_lookup_elem(&hs_tids, &i);
+	if (s && s->owner == (__u64)task) {
+		t = &s->t;
+	} else {
+		t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
+		if (!t)
+			goto slow;
+	}
+	/* known[] is the second cache line the common call needs (the owner test has
+	 * just read the first), and which word of it only the slot search below says: a
+	 * load of its first word now starts fetching the line meanwhile. */
 	known0 = t->known[0];
 	barrier_var(known0);
 	if (t->valid != HS_VALID || t->gen != hs_generation)
@@ -743,23 +862,45 @@ int sys_enter_raw(struct bpf_raw_tracepoint_args *ctx)
 
 /* fork/clone (threads too): the child inherits its parent's sequence and locality
  * frame, as in pH, so forking does not wash an anomaly away. Runs in the parent
- * before the child is first scheduled. */
+ * before the child is first scheduled (kernel_clone: the tracepoint, then
+ * wake_up_new_task), so the child's slot is filled before the child can read it;
+ * the child's address, which the raw tracepoint gives as a number, is all its owner
+ * word needs. A child whose slot is another's gets its state through hs_forks. */
 SEC("raw_tp/sched_process_fork")
 int sched_fork(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct task_struct *child = (struct task_struct *)ctx->args[1];
 	__u32 ctid = BPF_CORE_READ(child, pid);
-	struct hs_task *t = bpf_task_storage_get(&hs_tasks, bpf_get_current_task_btf(), 0, 0);
+	struct hs_task *t = task_get(bpf_get_current_task_btf());
+	struct hs_tid *s = tid_slot(ctid);
 
-	if (t && t->valid && bpf_map_update_elem(&hs_forks, &ctid, t, BPF_ANY))
+	/* A slot that the new child's address owns already is stale: its owner exited
+	 * unseen. One way: a multithreaded exec that fails past its point of no return
+	 * (de_thread has given the thread the leader's tid, and no sched_process_exec
+	 * comes), so at its exit the task no longer has its slot's tid. Left, the child
+	 * would take the dead task's state for its own. Nobody else writes a held
+	 * slot's owner. */
+	if (s && s->owner == ctx->args[1])
+		s->owner = 0;
+	if (!t || !t->valid)
+		return 0;
+	if (s) {
+		if (!__sync_val_compare_and_swap(&s->owner, 0, ctx->args[1])) {
+			s->t = *t;
+			s->t.pending = 0; /* the parent's, counted by the parent */
+			s->tid = ctid;
+			return 0;
+		}
+		count(HS_STAT_TIDS_TAKEN);
+	}
+	if (bpf_map_update_elem(&hs_forks, &ctid, t, BPF_ANY))
 		count(HS_STAT_TASKS_FULL);
 	return 0;
 }
 
 /* Adds a task's pending calls to its profile's counter (at exec and exit). */
-static __always_inline void flush_calls(struct task_struct *task)
+static __always_inline void flush_calls(struct hs_task *t)
 {
-	struct hs_task *t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
 	struct hs_profile *p;
 
 	if (!t || t->valid != HS_VALID || !t->pending)
@@ -770,29 +911,40 @@ static __always_inline void flush_calls(struct task_struct *task)
 	t->pending = 0;
 }
 
+/* The task's last calls are counted, and its slot freed: the tid can be reused as
+ * soon as the task is reaped, and a task_struct's address by the next task made. */
 SEC("raw_tp/sched_process_exit")
 int sched_exit(struct bpf_raw_tracepoint_args *ctx)
 {
-	flush_calls(bpf_get_current_task_btf());
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 tid = task->pid;
+
+	flush_calls(task_at(task, tid));
+	slot_release(task, tid);
 	return 0;
 }
 
 /* execve: the task starts afresh under the new executable's profile. Runs in the
- * exec'ing task (its tid already the thread-group leader's after a multithreaded
- * exec); the storage belongs to the task, whatever its tid. */
+ * exec'ing task, its tid already the thread-group leader's after a multithreaded
+ * exec (de_thread: the old leader has exited, and freed its slot, first): its state
+ * is then at its old tid's slot (args[1], old_pid), which is freed, and the new
+ * one's claimed (or storage, which belongs to the task whatever its tid). */
 SEC("raw_tp/sched_process_exec")
 int sched_exec(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct linux_binprm *bprm = (struct linux_binprm *)ctx->args[2];
+	__u32 old_tid = (__u32)ctx->args[1];
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid, pid = pid_tgid >> 32;
 	struct hs_config *cfg = get_config();
+	struct task_struct *task = bpf_get_current_task_btf();
 
 	bpf_map_delete_elem(&hs_forks, &tid);
-	flush_calls(bpf_get_current_task_btf());
+	flush_calls(task_at(task, old_tid));
+	if (old_tid != tid)
+		slot_release(task, old_tid);
 	if (cfg)
-		task_init(cfg, bpf_get_current_task_btf(), pid, tid, BPF_CORE_READ(bprm, file),
-			  bprm);
+		task_init(cfg, task, pid, tid, BPF_CORE_READ(bprm, file), bprm);
 	return 0;
 }
 
@@ -812,7 +964,7 @@ int BPF_PROG(exec_check, struct linux_binprm *bprm, int ret)
 
 	if (ret || !cfg || !cfg->suspend_execve)
 		return ret;
-	t = bpf_task_storage_get(&hs_tasks, bpf_get_current_task_btf(), 0, 0);
+	t = task_get(bpf_get_current_task_btf());
 	if (!t || t->valid != HS_VALID || t->lfc < cfg->suspend_execve)
 		return 0;
 	p = bpf_map_lookup_elem(&hs_profiles, &t->key);

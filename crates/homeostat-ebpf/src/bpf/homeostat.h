@@ -26,7 +26,8 @@
 #define HS_STAT_PROFILES_FULL 3 /* profiles map insert failed (auto_create) */
 #define HS_STAT_STOPS_FAILED 4  /* a response was due but the stop could not be made */
 #define HS_STAT_EVENTS 5        /* events submitted on this CPU (wakeup batching) */
-#define HS_NSTATS 6
+#define HS_STAT_TIDS_TAKEN 6    /* a task's hs_tids slot was another's: task storage */
+#define HS_NSTATS 7
 
 struct hs_key {
 	__u64 dev; /* st_dev encoding, as stat(2) reports it */
@@ -125,6 +126,23 @@ struct hs_task {
 	__u32 slot;        /* the profile's slot, valid with HS_CACHE_PROFILE */
 	__u32 igen;        /* the executable's i_generation (hs_profile.igen) */
 };
+
+/* A task's state in the tid-indexed array hs_tids: slot tid & hs_tid_mask, the
+ * task's own while `owner` is its task_struct's address (0: free). Laid out so that
+ * the task's state starts 16 bytes into a cache line, as task storage's does: the
+ * common call's fields share the first line with `owner`, `known` fills the second
+ * (offset 64), and the element is three lines (192 bytes, a multiple of 64: with the
+ * array's values page-aligned, see hs_tids, every element is line-aligned). */
+struct hs_tid {
+	__u64 owner;
+	__u32 tid;  /* the owner's tid when it claimed the slot (userspace checks it) */
+	__u32 pad;
+	struct hs_task t;
+	__u64 pad2;
+};
+/* Slots at most (a power of two; the loader sizes the map from pid_max up to this):
+ * 32768 x 192 B = 6 MiB, preallocated. */
+#define HS_TIDS 32768
 
 /* hs_task.valid */
 #define HS_VALID 1

@@ -1,0 +1,236 @@
+//! Real-kernel tests of where the programs keep tasks' states: the tid-indexed array
+//! `hs_tids` (a slot per tid, claimed and freed by the programs), and task storage for
+//! a task whose slot another task holds. Root and BTF, as tests/kernel.rs.
+#![cfg(feature = "bpf")]
+
+mod common;
+
+use std::cell::RefCell;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{kernel_with, private_copy};
+use homeostat_ebpf::{Event, EventKind, Kernel, KernelState, Options, TaskState};
+use homeostat_testsupport::spawn;
+
+/// The calls a fork can be made with (x86_64 numbers).
+const FORKS: [u32; 4] = [56, 57, 58, 435];
+
+/// Waits (5 s at most) until `f` says yes.
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether thread `tid` is blocked in read(2) (the calls before it have all entered).
+fn in_read(tid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{tid}/syscall")).is_ok_and(|s| s.starts_with("0 "))
+}
+
+/// The first child of process `pid`.
+fn first_child(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Ends a child blocked in `read x`.
+fn release(mut child: Child) {
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    child.wait().unwrap();
+}
+
+/// A private dash under a normal profile without a pair: every call after the first
+/// is anomalous and adds one to the LFC. It forks a subshell that blocks in read;
+/// returns the parent's and the child's states read meanwhile, and checks from the
+/// events that the child's first call started from the parent's LFC at the fork (a
+/// child made afresh would start at 1; dash makes more calls than the frame's 128
+/// before it forks, so the parent's is at most).
+fn fork_and_read_states(k: &Kernel) -> (TaskState, TaskState) {
+    let dir = tempfile::tempdir().unwrap();
+    let (sh, exe) = private_copy(dir.path(), "/bin/dash");
+    k.set_state(exe, KernelState::Normal).unwrap();
+    let got = RefCell::new(Vec::<Event>::new());
+    let events = k.events(|e| got.borrow_mut().push(e)).unwrap();
+    let child = spawn(
+        Command::new(&sh)
+            .args(["-c", "(read x; exit 3); exit 0"])
+            .env("LC_ALL", "C")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let pid = child.id();
+    let mut sub = None;
+    wait_for("the subshell's read", || {
+        sub = first_child(pid);
+        sub.is_some_and(in_read)
+    });
+    let sub = sub.unwrap();
+    let parent = k.task(pid).unwrap().expect("the parent is followed");
+    let state = k.task(sub).unwrap().expect("the subshell is followed");
+    release(child);
+    // Freed at exit: no slot (nor storage) answers for the dead tids.
+    assert_eq!(
+        k.task(sub).unwrap(),
+        None,
+        "the subshell's slot after its exit"
+    );
+    events.poll(Duration::from_millis(50)).unwrap();
+    let evs = got.borrow();
+    let ours: Vec<_> = evs
+        .iter()
+        .filter(|e| e.exe == exe && e.kind == EventKind::Anomaly)
+        .collect();
+    let at_fork = ours
+        .iter()
+        .filter(|e| e.tid == pid && FORKS.contains(&e.nr))
+        .map(|e| e.lfc)
+        .max()
+        .unwrap_or_else(|| panic!("no anomalous fork of {pid}: {ours:?}"));
+    let child_first = ours
+        .iter()
+        .filter(|e| e.tid == sub)
+        .map(|e| e.lfc)
+        .min()
+        .unwrap_or_else(|| panic!("no anomaly of the subshell {sub}: {ours:?}"));
+    eprintln!(
+        "parent {pid} LFC {at_fork} at its fork (state in {}), subshell {sub} from LFC \
+         {child_first} (state in {})",
+        if parent.tid_slot {
+            "its slot"
+        } else {
+            "storage"
+        },
+        if state.tid_slot {
+            "its slot"
+        } else {
+            "storage"
+        },
+    );
+    assert!(at_fork > 2, "too few calls before the fork: {at_fork}");
+    // The frame holds 128 calls: full of misses, a new one replaces the oldest.
+    let locality = homeostat_ebpf::LOCALITY;
+    assert_eq!(
+        child_first,
+        (at_fork + 1).min(locality),
+        "the subshell's first call"
+    );
+    assert_eq!((parent.exe, state.exe), (exe, exe));
+    assert!(state.lfc >= child_first, "{state:?}");
+    k.remove_profile(exe).unwrap();
+    (parent, state)
+}
+
+#[test]
+fn a_forked_child_inherits_its_parents_state_in_its_slot() {
+    let Some(k) = kernel_with(&Options::default()) else {
+        return;
+    };
+    let before = k.stats().unwrap().tids_taken;
+    let (parent, child) = fork_and_read_states(&k);
+    // Sized from pid_max, no two live tids share a slot: the parent filled the
+    // child's at the fork.
+    if k.tid_slots() >= pid_max() {
+        assert!(parent.tid_slot && child.tid_slot, "{parent:?} {child:?}");
+        assert_eq!(k.stats().unwrap().tids_taken, before);
+    } else {
+        eprintln!(
+            "pid_max {} above {} slots: tasks may share slots here",
+            pid_max(),
+            k.tid_slots()
+        );
+    }
+}
+
+#[test]
+fn a_task_whose_slot_is_taken_keeps_its_state_in_task_storage() {
+    // One slot for every tid: of the parent and the child alive at once, one at
+    // least finds it taken, and is followed through task storage (the child through
+    // hs_forks until its first call) with the same result.
+    let opts = Options {
+        tid_slots: 1,
+        ..Options::default()
+    };
+    let Some(k) = kernel_with(&opts) else { return };
+    assert_eq!(k.tid_slots(), 1);
+    let (parent, child) = fork_and_read_states(&k);
+    assert!(
+        !(parent.tid_slot && child.tid_slot),
+        "two tasks in one slot"
+    );
+    assert!(k.stats().unwrap().tids_taken > 0);
+}
+
+#[test]
+fn a_multithreaded_exec_moves_the_new_leader_to_its_slot_and_frees_the_old() {
+    let Some(k) = kernel_with(&Options::default()) else {
+        return;
+    };
+    let python = Path::new("/usr/bin/python3");
+    assert!(
+        python.exists(),
+        "python3 is needed (scripts/lib/ensure-deps.sh installs it)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (sh, exe) = private_copy(dir.path(), "/bin/dash");
+    k.set_state(exe, KernelState::Training).unwrap();
+    // A thread other than the leader execs: the kernel gives it the leader's tid
+    // (de_thread), after the leader has exited.
+    let script = "import os, sys, threading\n\
+                  def go():\n    \
+                      print(threading.get_native_id(), flush=True)\n    \
+                      os.execv(sys.argv[1], [sys.argv[1], '-c', 'read x'])\n\
+                  t = threading.Thread(target=go)\nt.start()\nt.join()\n";
+    let mut child = spawn(
+        Command::new(python)
+            .args(["-c", script, sh.to_str().unwrap()])
+            .env("LC_ALL", "C")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let pid = child.id();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let thread: u32 = line.trim().parse().unwrap();
+    assert_ne!(thread, pid);
+    wait_for("the exec'd shell's read", || {
+        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == sh) && in_read(pid)
+    });
+    let state = k.task(pid).unwrap().expect("the new leader is followed");
+    let old = k.task(thread).unwrap();
+    release(child);
+    assert_eq!(state.exe, exe, "{state:?}");
+    assert!(state.nseq > 0, "{state:?}");
+    if k.tid_slots() >= pid_max() {
+        assert!(state.tid_slot, "{state:?}");
+    }
+    // The exec'ing thread's old slot was freed (a slot left with its owner would
+    // still answer for the old tid).
+    assert_eq!(old, None, "the old tid's slot after the exec");
+    let p = k.profile(exe).unwrap().unwrap();
+    assert!(p.calls > 5 && p.new_pairs > 0, "{p:?}");
+    k.remove_profile(exe).unwrap();
+}
