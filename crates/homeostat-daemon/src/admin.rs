@@ -198,6 +198,7 @@ impl Daemon {
             },
             calls: c.calls_total,
             calls_normal: c.calls_normal_total,
+            tids_taken: self.stats.tids_taken,
             bpf_run_time: None,
             arguments: self.symbols.is_some().then_some(ArgumentLosses {
                 overflowed: self.arg_stats.overflowed,

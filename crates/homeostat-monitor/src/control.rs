@@ -400,6 +400,11 @@ pub struct StatusReply {
     /// See `calls`.
     #[serde(default)]
     pub calls_normal: u64,
+    /// Task states the kernel keeps in task storage because the task's tid slot was
+    /// another's (docs/ebpf.md, "The tid array"): followed all the same, a few ns a
+    /// call dearer; not a loss.
+    #[serde(default)]
+    pub tids_taken: u64,
     /// The daemon's BPF programs' run time, when `kernel.bpf_stats_enabled` is 1
     /// (absent otherwise, and from daemons that predate it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -721,6 +726,7 @@ mod tests {
             evicted: Evictions { deleted: 5, lru: 6 },
             calls: 100,
             calls_normal: 60,
+            tids_taken: 2,
             bpf_run_time: Some(vec![ProgRunTime {
                 name: "sys_enter_btf".into(),
                 run_cnt: 4,

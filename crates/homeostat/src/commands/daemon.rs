@@ -121,6 +121,12 @@ pub fn status(json: bool, state: &StateFlags) -> Result<()> {
             "  losses: {} events, {} pairs (rows full), {} tasks, {} profiles, {} stops",
             l.lost_events, l.rows_full, l.tasks_full, l.profiles_full, l.stops_failed
         );
+        if s.tids_taken > 0 {
+            println!(
+                "  task states in task storage (tid slot taken): {}",
+                s.tids_taken
+            );
+        }
         if let Some(a) = &s.arguments {
             println!(
                 "  argument classes: {} calls past a profile's cap (class `other`), {} not learnt (map full), {} arguments unreadable (not tested), {} events lost",
