@@ -300,17 +300,17 @@ impl Response<'_> {
         let Some(r) = self.rates else {
             return (0, None);
         };
-        if s.arch != homeostat_syscalls::AUDIT_ARCH_X86_64 {
+        // Either ABI, as the kernel's table and `homeostat run` count them.
+        let Some(arch) = Arch::from_audit_arch(s.arch) else {
             return (0, None);
-        }
-        let Some(name) = Arch::X86_64.name(s.nr) else {
+        };
+        let Some(name) = arch.name(s.nr) else {
             return (0, None);
         };
         let kind = match kind_of(name, None) {
             Some(k) => k,
             None if matches!(name, "open" | "openat") => {
-                let arg =
-                    homeostat_monitor::args::capture(s.pid, s.tid, Arch::X86_64, s.nr, &s.args);
+                let arg = homeostat_monitor::args::capture(s.pid, s.tid, arch, s.nr, &s.args);
                 match kind_of(name, arg.as_ref()) {
                     Some(k) => k,
                     None => return (0, None),

@@ -17,7 +17,9 @@ use libbpf_rs::{MapCore, MapFlags};
 use homeostat_core::rate::{kind_of, RateKind};
 use homeostat_core::symbols::{arg_spec, flags, opens_connection, Arg, ArgSpec, MSG_FASTOPEN};
 
-use crate::abi::{self, hs_profile, hs_rate_cfg, hs_rate_ring, hs_thr_key, hs_thr_mode, ROW};
+use crate::abi::{
+    self, hs_profile, hs_rate_cfg, hs_rate_ring, hs_thr_key, hs_thr_mode, COMPAT, TABLE,
+};
 use crate::error::{map_err, Error};
 use crate::Kernel;
 
@@ -102,20 +104,29 @@ pub struct ThrottleStats {
     pub lost_events: u64,
 }
 
-/// `hs_thr_call`: the calls the hook looks at: connect (the throttle, `connect`) and
-/// what the core's `rate::kind_of` counts (`rates`): forks, creations, and opens
-/// whose flags (the register the core's `arg_spec` names) have O_CREAT.
-pub(crate) fn call_table(connect: bool, rates: bool) -> [u8; ROW] {
-    let mut t = [0u8; ROW];
+/// `hs_thr_call`: the calls the hook looks at, by the tables' index (x86_64 calls,
+/// then [`COMPAT`] + i386 calls): connect (the throttle, `connect`) and what the
+/// core's `rate::kind_of` counts (`rates`): forks, creations, and opens whose flags
+/// (the register the core's `arg_spec` names) have O_CREAT. Both ABIs by the same
+/// rules, each by its own call names (i386's open and openat take their flags in
+/// x86_64's argument order); i386's `socketcall` is a connect the kernel reads
+/// through (a `SYS_CONNECT`, or a `SYS_SENDTO` with `MSG_FASTOPEN`).
+pub(crate) fn call_table(connect: bool, rates: bool) -> [u8; TABLE] {
+    let mut t = [0u8; TABLE];
     let creat = Arg::Path {
         path: vec![],
         flags: flags::CREATE,
     };
-    for (nr, x) in t.iter_mut().enumerate() {
-        let Some(name) = Arch::X86_64.name(nr as u32) else {
+    for (i, x) in t.iter_mut().enumerate() {
+        let (arch, nr) = if i < COMPAT {
+            (Arch::X86_64, i)
+        } else {
+            (Arch::I386, i - COMPAT)
+        };
+        let Some(name) = arch.name(nr as u32) else {
             continue;
         };
-        if connect && opens_connection(name, None) {
+        if connect && (opens_connection(name, None) || name == "socketcall") {
             *x = TC_CONNECT;
         } else if connect && opens_connection(name, Some(MSG_FASTOPEN)) {
             // Only with MSG_FASTOPEN in its flags (the kernel side checks), the address
@@ -296,9 +307,12 @@ mod tests {
     #[test]
     fn only_connect_is_looked_at_and_stop_needs_report() {
         let t = call_table(true, false);
-        assert_eq!(t.iter().filter(|&&x| x != 0).count(), 2);
+        assert_eq!(t.iter().filter(|&&x| x != 0).count(), 5);
         assert_eq!(t[42], TC_CONNECT, "connect is x86_64 call 42");
         assert_eq!(t[44], TC_CONNECT | TC_FASTOPEN, "sendto is 44");
+        assert_eq!(t[COMPAT + 102], TC_CONNECT, "i386 socketcall");
+        assert_eq!(t[COMPAT + 362], TC_CONNECT, "i386 connect");
+        assert_eq!(t[COMPAT + 369], TC_CONNECT | TC_FASTOPEN, "i386 sendto");
         // The core's kinds: clone, fork, vfork, clone3; mkdir; open and openat with
         // O_CREAT in their flags register (rsi, rdx).
         let r = call_table(false, true);
@@ -311,7 +325,19 @@ mod tests {
         assert_eq!(r[2], TC_CREATE | TC_IFCREAT | (1 << 4));
         assert_eq!(r[257], TC_CREATE | TC_IFCREAT | (2 << 4));
         assert_eq!(r[0], 0, "read");
-        assert_eq!(r.iter().filter(|&&x| x != 0).count(), 4 + 11);
+        // i386 (COMPAT + its numbers): fork 2, vfork 190, clone 120, clone3 435;
+        // creat 8, mkdir 39; open 5 (flags in ecx) and openat 295 (edx).
+        for nr in [2, 190, 120, 435] {
+            assert_eq!(r[COMPAT + nr], TC_FORK, "i386 {nr}");
+        }
+        assert_eq!(r[COMPAT + 8], TC_CREATE, "i386 creat");
+        assert_eq!(r[COMPAT + 39], TC_CREATE, "i386 mkdir");
+        assert_eq!(r[COMPAT + 5], TC_CREATE | TC_IFCREAT | (1 << 4));
+        assert_eq!(r[COMPAT + 295], TC_CREATE | TC_IFCREAT | (2 << 4));
+        assert_eq!(r[COMPAT + 3], 0, "i386 read");
+        let x86 = r[..COMPAT].iter().filter(|&&x| x != 0).count();
+        assert_eq!(x86, 4 + 11);
+        assert_eq!(r[COMPAT..].iter().filter(|&&x| x != 0).count(), x86);
         let f = |learn, check, stop| RateFlags { learn, check, stop }.bits();
         assert_eq!(f(false, false, true), 0);
         assert_eq!(f(false, true, true), RATE_CHECK | RATE_STOP);

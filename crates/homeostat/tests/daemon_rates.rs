@@ -15,7 +15,7 @@ use homeostat_testsupport::daemon::{events, ready};
 use homeostat_testsupport::{serial, spawn};
 
 mod common;
-use common::STORM;
+use common::{INT80_CREATES, STORM};
 use serde_json::Value;
 
 fn daemon(state: &Path, events: &Path, extra: &[&str]) -> (Child, Receiver<String>) {
@@ -27,15 +27,16 @@ fn daemon(state: &Path, events: &Path, extra: &[&str]) -> (Child, Receiver<Strin
     )
 }
 
-/// perl running the storm script (`kind` fork or create, files in a fresh directory);
-/// its pid and wall time.
-fn storm(perl: &Path, script: &Path, kind: &str, n: u32, ms: u32) -> (u32, f64) {
+/// A storm program (`prog`: its argv up to the count, e.g. perl, the storm script and
+/// the kind) making `n` calls `ms` apart (files in a fresh directory); its pid and
+/// wall time.
+fn storm(prog: &[&str], n: u32, ms: u32) -> (u32, f64) {
     let files = tempfile::tempdir().unwrap();
     let t = Instant::now();
     let c = spawn(
-        Command::new(perl)
-            .arg(script)
-            .args([kind, &n.to_string(), &ms.to_string()])
+        Command::new(prog[0])
+            .args(&prog[1..])
+            .args([&n.to_string(), &ms.to_string()])
             .arg(files.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -55,34 +56,67 @@ fn of(ev: &[Value], event: &str, pid: u32) -> usize {
 
 #[test]
 fn a_fork_storm_is_slowed_to_the_learned_limit_and_the_trained_rate_never_waits() {
-    storm_case("fork", "fork_peak");
+    storm_case(Program::Perl, "fork", "fork_peak");
 }
 
 #[test]
 fn a_file_creation_storm_is_slowed_to_the_learned_limit_too() {
-    storm_case("create", "create_peak");
+    storm_case(Program::Perl, "create", "create_peak");
 }
 
-fn storm_case(kind: &str, peak_field: &str) {
+/// The i386 ABI is no way around the kernel's count: python creating its files with
+/// `creat` through `int 0x80` learns its peak from those calls and is held to the
+/// limit (the kernel's call table holds both ABIs, from one rule). Before, the
+/// kernel's table held x86_64 calls only: nothing was learned (no peak) or held.
+#[test]
+fn an_i386_creation_storm_is_slowed_to_the_learned_limit_as_well() {
+    storm_case(Program::Int80, "create", "create_peak");
+}
+
+/// The program of a storm case.
+#[derive(Clone, Copy)]
+enum Program {
+    /// perl running `STORM`: forks or file creations.
+    Perl,
+    /// python creating files through `int 0x80` (`INT80_CREATES`).
+    Int80,
+}
+
+fn storm_case(program: Program, kind: &str, peak_field: &str) {
     if !homeostat_testsupport::daemon::possible() {
         return;
     }
-    assert!(
-        Command::new("perl")
-            .args(["-e", "use POSIX (); exit 0"])
-            .status()
-            .is_ok_and(|s| s.success()),
-        "perl (with POSIX) is needed"
-    );
     let _g = serial();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let perl = dir.join("perl-copy");
-    std::fs::copy(homeostat_testsupport::real("/usr/bin/perl"), &perl).unwrap();
-    let m = std::fs::metadata(&perl).unwrap();
+    // A private copy of the interpreter: a profile of its own.
+    let (real, code) = match program {
+        Program::Perl => {
+            assert!(
+                Command::new("perl")
+                    .args(["-e", "use POSIX (); exit 0"])
+                    .status()
+                    .is_ok_and(|s| s.success()),
+                "perl (with POSIX) is needed"
+            );
+            let script = dir.join("storm.pl");
+            std::fs::write(&script, STORM).unwrap();
+            ("/usr/bin/perl", script.to_str().unwrap().to_string())
+        }
+        Program::Int80 => (
+            common::python3().to_str().unwrap(),
+            INT80_CREATES.to_string(),
+        ),
+    };
+    let exe = dir.join("interpreter-copy");
+    std::fs::copy(homeostat_testsupport::real(real), &exe).unwrap();
+    let m = std::fs::metadata(&exe).unwrap();
     let key = format!("{:x}-{:x}", m.dev(), m.ino());
-    let script = dir.join("storm.pl");
-    std::fs::write(&script, STORM).unwrap();
+    let exe_s = exe.to_str().unwrap();
+    let prog: Vec<&str> = match program {
+        Program::Perl => vec![exe_s, &code, kind],
+        Program::Int80 => vec![exe_s, "-c", &code],
+    };
     // pH's own response is off (no delays; anomalies never send the profile back to
     // training), so that the delays measured are the rate limit's alone.
     std::fs::write(
@@ -91,8 +125,8 @@ fn storm_case(kind: &str, peak_field: &str) {
     )
     .unwrap();
     // Without a daemon, for the record.
-    let (_, plain_storm) = storm(&perl, &script, kind, 200, 0);
-    let (_, plain_trained) = storm(&perl, &script, kind, 20, 50);
+    let (_, plain_storm) = storm(&prog, 200, 0);
+    let (_, plain_trained) = storm(&prog, 20, 50);
 
     let state = dir.join("state");
     let ev = dir.join("events.jsonl");
@@ -115,12 +149,12 @@ fn storm_case(kind: &str, peak_field: &str) {
     }
     // Training: 20 calls 50 ms apart (about 20 in a second at most), and bursts of 5.
     for _ in 0..2 {
-        storm(&perl, &script, kind, 20, 50);
-        storm(&perl, &script, kind, 5, 0);
+        storm(&prog, 20, 50);
+        storm(&prog, 5, 0);
     }
     let out = Command::new(env!("CARGO_BIN_EXE_homeostat"))
         .args(["profile", "normalize"])
-        .arg(&perl)
+        .arg(&exe)
         .arg("--state-dir")
         .arg(&state)
         .output()
@@ -132,8 +166,8 @@ fn storm_case(kind: &str, peak_field: &str) {
     );
     // The kernel is told the limit at the next tick.
     std::thread::sleep(Duration::from_millis(1500));
-    let (trained_pid, trained) = storm(&perl, &script, kind, 20, 50);
-    let (storm_pid, limited) = storm(&perl, &script, kind, 200, 0);
+    let (trained_pid, trained) = storm(&prog, 20, 50);
+    let (storm_pid, limited) = storm(&prog, 200, 0);
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };

@@ -648,7 +648,7 @@ tested:
 	}
 	/* Connection throttle: off, the verifier drops this; on, other calls pay one load
 	 * (and i386 calls a compare: their connects come through socketcall). */
-	if (hs_thr_on && ((cur < HS_ROW && hs_thr_call[cur & (HS_ROW - 1)]) || thr_i386(cur)))
+	if (hs_thr_on && hs_thr_call[cur & (HS_TABLE - 1)])
 		hs_throttle(t, cur);
 	/* Shifting the window by one call is two stores. */
 	sw[1] = (s1 << 16) | (s0 >> 48);
@@ -807,9 +807,8 @@ static __always_inline int on_sys_enter(long id)
 	if (t->lvalid < HS_SEQ || t->pending >= HS_FLUSH_CALLS - 1)
 		goto slow;
 	if ((cached & HS_CACHE_HOOKS) &&
-	    (cur < HS_ROW ? (hs_args_on && hs_arg_spec[cur & (HS_ROW - 1)]) ||
-				    (hs_thr_on && hs_thr_call[cur & (HS_ROW - 1)]) :
-			    hs_thr_on && thr_i386(cur)))
+	    ((hs_args_on && cur < HS_ROW && hs_arg_spec[cur & (HS_ROW - 1)]) ||
+	     (hs_thr_on && hs_thr_call[cur & (HS_TABLE - 1)])))
 		goto slow;
 	ls = local_slot(t, cur);
 	if (ls < 0)

@@ -22,9 +22,11 @@ const volatile __u32 hs_thr_on = 0;
 /* The flags of a profile userspace has not set yet (a profile auto-created at an exec
  * whose event the daemon has not read): the host's mode. */
 const volatile __u32 hs_thr_default = 0;
-/* Per call number (x86_64, < HS_ROW): non-zero for the calls hs_throttle looks at
- * (HS_TC_*), built by the loader from the core's rules (rate::kind_of). */
-const volatile __u8 hs_thr_call[HS_ROW] = {};
+/* Per call, as the tables' `cur` (x86_64 calls, then HS_COMPAT + i386 calls): non-zero
+ * for the calls hs_throttle looks at (HS_TC_*), built by the loader from the core's
+ * rules (opens_connection, rate::kind_of) for both ABIs, so that neither the
+ * throttle nor the rate limits can be passed by making a call the 32-bit way. */
+const volatile __u8 hs_thr_call[HS_TABLE] = {};
 /* Rate limits (`--rate-limit`): the flags of a profile userspace has not set yet. */
 const volatile __u32 hs_rate_default = 0;
 
@@ -35,19 +37,15 @@ const volatile __u32 hs_rate_default = 0;
 #define HS_TC_FASTOPEN 128 /* with HS_TC_CONNECT: sendto, a connect only with MSG_FASTOPEN */
 #define HS_MSG_FASTOPEN 0x20000000
 
-/* The i386 calls that may open a connection (as HS_COMPAT + their number): a 32-bit
- * program's, or a 64-bit one's through int 0x80 (TS_COMPAT). socketcall(call, args)
- * passes a socket call's arguments as 32-bit words in memory. */
+/* The i386 calls that may open a connection (as HS_COMPAT + their number; the loader
+ * marks them HS_TC_CONNECT): a 32-bit program's, or a 64-bit one's through int 0x80
+ * (TS_COMPAT). socketcall(call, args) passes a socket call's arguments as 32-bit
+ * words in memory. */
 #define HS_I386_SOCKETCALL 102
 #define HS_I386_CONNECT 362
 #define HS_I386_SENDTO 369
 #define HS_SYS_CONNECT 3 /* socketcall's calls */
 #define HS_SYS_SENDTO 11
-static __always_inline bool thr_i386(__u32 cur)
-{
-	return cur == HS_COMPAT + HS_I386_SOCKETCALL || cur == HS_COMPAT + HS_I386_CONNECT ||
-	       cur == HS_COMPAT + HS_I386_SENDTO;
-}
 
 /* The i386 registers of a call: ebx, ecx, edx, esi, edi, ebp hold its arguments. */
 struct pt_regs___hs32 {
@@ -236,13 +234,25 @@ __attribute__((noinline)) __u32 hs_rate(struct hs_task *t, __u32 cur, __u32 spec
 	kind = (spec & HS_TC_FORK) ? 0 : 1;
 	if (spec & HS_TC_IFCREAT) {
 		struct pt_regs___hs *r = (struct pt_regs___hs *)bpf_task_pt_regs(task);
+		struct pt_regs___hs32 *r32 = (struct pt_regs___hs32 *)r;
 		__u64 oflags;
 
-		switch ((spec >> 4) & 7) {
-		case 0: oflags = BPF_CORE_READ(r, di); break;
-		case 1: oflags = BPF_CORE_READ(r, si); break;
-		case 2: oflags = BPF_CORE_READ(r, dx); break;
-		default: oflags = BPF_CORE_READ(r, r10); break;
+		/* The flags' argument, in its ABI's register (i386's open and openat take
+		 * theirs in x86_64's order; O_CREAT is the same bit on both). */
+		if (cur >= HS_ROW) {
+			switch ((spec >> 4) & 7) {
+			case 0: oflags = BPF_CORE_READ(r32, bx); break;
+			case 1: oflags = BPF_CORE_READ(r32, cx); break;
+			case 2: oflags = BPF_CORE_READ(r32, dx); break;
+			default: oflags = BPF_CORE_READ(r32, si); break;
+			}
+		} else {
+			switch ((spec >> 4) & 7) {
+			case 0: oflags = BPF_CORE_READ(r, di); break;
+			case 1: oflags = BPF_CORE_READ(r, si); break;
+			case 2: oflags = BPF_CORE_READ(r, dx); break;
+			default: oflags = BPF_CORE_READ(r, r10); break;
+			}
 		}
 		if (!(oflags & 0100 /* O_CREAT */))
 			return 0;
@@ -295,12 +305,13 @@ __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 	__u8 sa[HS_THR_SA] = {};
 	__u64 addr, len, *last;
 	__u32 slot, flags, n;
+	__u8 spec = hs_thr_call[cur & (HS_TABLE - 1)];
 	__u16 fam;
 
-	if (!t || (cur >= HS_ROW && !thr_i386(cur)))
+	if (!t || !spec)
 		return 0;
-	if (cur < HS_ROW && !(hs_thr_call[cur & (HS_ROW - 1)] & HS_TC_CONNECT))
-		return hs_rate(t, cur, hs_thr_call[cur & (HS_ROW - 1)]);
+	if (!(spec & HS_TC_CONNECT))
+		return hs_rate(t, cur, spec);
 	slot = t->slot;
 	m = bpf_map_lookup_elem(&hs_thr_mode, &slot);
 	flags = (m && m->set && m->key.dev == t->key.dev && m->key.ino == t->key.ino) ?
@@ -337,7 +348,7 @@ __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 			addr = BPF_CORE_READ(r32, di) & 0xffffffff;
 			len = BPF_CORE_READ(r32, bp) & 0xffffffff;
 		}
-	} else if (hs_thr_call[cur & (HS_ROW - 1)] & HS_TC_FASTOPEN) {
+	} else if (spec & HS_TC_FASTOPEN) {
 		/* TCP Fast Open: sendto(fd, buf, n, flags, addr, len) opens a connection
 		 * with no connect. */
 		if (!(BPF_CORE_READ(r, r10) & HS_MSG_FASTOPEN))
