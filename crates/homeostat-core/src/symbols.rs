@@ -328,18 +328,28 @@ pub fn socketcall(call: u64) -> Option<(&'static str, usize)> {
     })
 }
 
-/// `MSG_FASTOPEN` in a `sendto`'s flags (x86_64 Linux).
+/// `MSG_FASTOPEN` in a `sendto`'s or `sendmsg`'s flags (Linux, either ABI).
 pub const MSG_FASTOPEN: u64 = 0x2000_0000;
 
-/// Whether call `name` opens a connection to the address its [`arg_spec`] names, which
-/// the connection throttle looks at: `connect`, and a `sendto` with [`MSG_FASTOPEN`]
-/// in `flags` (its fourth argument; `None`: not known, read as without): TCP Fast Open
-/// sends the SYN with the data, with no `connect`.
+/// Whether call `name` opens a connection, which the connection throttle looks at:
+/// `connect`, and a `sendto` or `sendmsg` with [`MSG_FASTOPEN`] in `flags` (the
+/// argument [`connection_flags`] names; `None`: not known, read as without): TCP Fast
+/// Open sends the SYN with the data, with no `connect`. The address is the one
+/// [`arg_spec`] names, or for `sendmsg` its `msghdr`'s `msg_name`.
 pub fn opens_connection(name: &str, flags: Option<u64>) -> bool {
     match name {
         "connect" => true,
-        "sendto" => flags.is_some_and(|f| f & MSG_FASTOPEN != 0),
+        "sendto" | "sendmsg" => flags.is_some_and(|f| f & MSG_FASTOPEN != 0),
         _ => false,
+    }
+}
+
+/// Which argument of call `name` holds the flags [`opens_connection`] reads.
+pub fn connection_flags(name: &str) -> Option<usize> {
+    match name {
+        "sendto" => Some(3),
+        "sendmsg" => Some(2),
+        _ => None,
     }
 }
 
@@ -788,7 +798,11 @@ mod tests {
         assert!(opens_connection("sendto", Some(MSG_FASTOPEN | 0x40)));
         assert!(!opens_connection("sendto", Some(0x40)));
         assert!(!opens_connection("sendto", None));
-        assert!(!opens_connection("sendmsg", Some(MSG_FASTOPEN)));
+        assert!(opens_connection("sendmsg", Some(MSG_FASTOPEN)));
+        assert!(!opens_connection("sendmsg", Some(0x40)));
+        assert_eq!(connection_flags("sendto"), Some(3));
+        assert_eq!(connection_flags("sendmsg"), Some(2));
+        assert_eq!(connection_flags("connect"), None);
         assert!(hides_later_calls("io_uring_setup"));
         assert!(hides_later_calls("io_uring_enter"));
         assert!(!hides_later_calls("read"));

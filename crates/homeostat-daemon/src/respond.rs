@@ -245,15 +245,14 @@ impl Response<'_> {
         let Some(arch) = Arch::from_audit_arch(s.arch) else {
             return 0;
         };
-        if !homeostat_monitor::args::socket_call(s.tid, arch, s.nr, &s.args)
-            .is_some_and(|(n, a)| homeostat_core::symbols::opens_connection(n, Some(a[3])))
-        {
+        let Some(arg) =
+            homeostat_monitor::args::connection(s.pid, s.tid, arch, s.nr, &s.args, None)
+        else {
             return 0;
-        }
+        };
         let Some(exe) = self.probe.task(s.tid as u32).ok().flatten().map(|t| t.exe) else {
             return 0;
         };
-        let arg = homeostat_monitor::args::capture(s.pid, s.tid, arch, s.nr, &s.args);
         let Some(host) = host_of(arg.as_ref()) else {
             return 0;
         };

@@ -34,6 +34,7 @@ const TC_FORK: u8 = 2;
 const TC_CREATE: u8 = 4;
 const TC_IFCREAT: u8 = 8;
 const TC_FASTOPEN: u8 = 128;
+const TC_MSG: u8 = 64;
 /// `HS_RATE_*`.
 const RATE_LEARN: u32 = 1;
 const RATE_CHECK: u32 = 2;
@@ -130,8 +131,11 @@ pub(crate) fn call_table(connect: bool, rates: bool) -> [u8; TABLE] {
             *x = TC_CONNECT;
         } else if connect && opens_connection(name, Some(MSG_FASTOPEN)) {
             // Only with MSG_FASTOPEN in its flags (the kernel side checks), the address
-            // where the core's `arg_spec` says.
+            // where the core's `arg_spec` says, or in sendmsg's msghdr.
             *x = TC_CONNECT | TC_FASTOPEN;
+            if arg_spec(name).is_none() {
+                *x |= TC_MSG;
+            }
         }
         if !rates {
             continue;
@@ -307,7 +311,13 @@ mod tests {
     #[test]
     fn only_connect_is_looked_at_and_stop_needs_report() {
         let t = call_table(true, false);
-        assert_eq!(t.iter().filter(|&&x| x != 0).count(), 5);
+        assert_eq!(t.iter().filter(|&&x| x != 0).count(), 7);
+        assert_eq!(t[46], TC_CONNECT | TC_FASTOPEN | TC_MSG, "sendmsg is 46");
+        assert_eq!(
+            t[COMPAT + 370],
+            TC_CONNECT | TC_FASTOPEN | TC_MSG,
+            "i386 sendmsg"
+        );
         assert_eq!(t[42], TC_CONNECT, "connect is x86_64 call 42");
         assert_eq!(t[44], TC_CONNECT | TC_FASTOPEN, "sendto is 44");
         assert_eq!(t[COMPAT + 102], TC_CONNECT, "i386 socketcall");

@@ -50,6 +50,60 @@ pub fn socket_call(
     Some((call, args))
 }
 
+/// The address a call that opens a connection connects to, whichever way it does
+/// ([`symbols::opens_connection`]: a connect, or TCP Fast Open by `sendto` or
+/// `sendmsg`, of either ABI): `None` when call `nr` opens none; `Some(None)` when it
+/// does but its address cannot be read. `captured`: the call's [`capture`], if the
+/// caller has it (saves reading the address again). The throttle's one question, for
+/// `homeostat run` and the daemon's response thread alike.
+pub fn connection(
+    pid: i32,
+    tid: i32,
+    arch: Arch,
+    nr: u32,
+    regs: &[u64; 6],
+    captured: Option<&Arg>,
+) -> Option<Option<Arg>> {
+    let (name, args) = socket_call(tid, arch, nr, regs)?;
+    let flags = symbols::connection_flags(name).map(|i| args[i]);
+    if !symbols::opens_connection(name, flags) {
+        return None;
+    }
+    if name == "sendmsg" {
+        return Some(msg_name(tid, arch, args[1]));
+    }
+    if captured.is_some() {
+        return Some(captured.cloned());
+    }
+    Some(match symbols::arg_spec(name) {
+        Some(spec @ ArgSpec::Sockaddr { .. }) => capture_spec(pid, tid, spec, &args),
+        _ => None,
+    })
+}
+
+/// The address in the `msghdr` at `msg` (its `msg_name`, `msg_namelen`), in the
+/// layout of ABI `arch` (i386's: two 32-bit words).
+fn msg_name(tid: i32, arch: Arch, msg: u64) -> Option<Arg> {
+    let m = Memory::open(tid).ok()?;
+    let (name, len) = if arch == Arch::X86_64 {
+        let b = m.read(msg, 12).ok()?;
+        let name = u64::from_le_bytes(b[..8].try_into().ok()?);
+        (name, u32::from_le_bytes(b[8..12].try_into().ok()?))
+    } else {
+        let b = m.read(msg, 8).ok()?;
+        let name = u32::from_le_bytes(b[..4].try_into().ok()?);
+        (
+            u64::from(name),
+            u32::from_le_bytes(b[4..8].try_into().ok()?),
+        )
+    };
+    if name == 0 {
+        return None;
+    }
+    let bytes = m.read(name, (len as usize).min(MAX_SOCKADDR)).ok()?;
+    symbols::sockaddr(&bytes)
+}
+
 /// The [`Arg`] of call `nr` made by task `tid` of process `pid` with registers
 /// `regs`; `None` when the call has no argument that matters or it cannot be read (a
 /// bad pointer, a task that is gone). i386 calls get one for their socket calls

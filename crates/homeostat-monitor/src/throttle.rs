@@ -362,12 +362,12 @@ impl<C: Consumer> Consumer for Throttled<C> {
             });
             return Verdict::Refuse;
         }
-        // The rule the daemon applies too: a connect, or a TCP Fast Open sendto, made
-        // through either ABI (an i386 program reaches them through socketcall).
-        let is_connect = ev.arg.is_some()
-            && crate::args::socket_call(ev.tid, ev.arch, ev.nr, &ev.args)
-                .is_some_and(|(n, a)| homeostat_core::symbols::opens_connection(n, Some(a[3])));
-        let Some(Arg::Inet { addr, .. }) = ev.arg.as_ref().filter(|_| is_connect) else {
+        // The rule the daemon applies too: a connect, or TCP Fast Open by sendto or
+        // sendmsg, made through either ABI (an i386 program reaches them through
+        // socketcall).
+        let host =
+            crate::args::connection(ev.pid, ev.tid, ev.arch, ev.nr, &ev.args, ev.arg.as_ref());
+        let Some(Some(Arg::Inet { addr, .. })) = host.as_ref() else {
             return verdict;
         };
         let Decision::Queued {

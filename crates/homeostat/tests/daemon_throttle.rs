@@ -489,30 +489,43 @@ for i in range(n):
 /// to the rate as if it connected.
 #[test]
 fn a_scan_by_tcp_fast_open_is_held_all_the_same() {
+    tfo_scan("s.sendto(b'x', socket.MSG_FASTOPEN, a)");
+}
+
+/// The same by `sendmsg`, whose address is inside its `msghdr` (read by the kernel
+/// and by the response thread). Before, sendmsg was not looked at: no event, no delay.
+#[test]
+fn a_scan_by_tcp_fast_open_sendmsg_is_held_all_the_same() {
+    tfo_scan("s.sendmsg([b'x'], [], socket.MSG_FASTOPEN, a)");
+}
+
+/// A python scanner opening connections to 127.0.7.1 ..= 6 with `send` (python, the
+/// address in `a`), under `--throttle-connect 4`.
+fn tfo_scan(send: &str) {
     let Some(Setup { _g, dir, port }) = setup() else {
         return;
     };
     let py = private_python(dir.path());
-    let script = "import socket, sys\n\
-                  for i in range(int(sys.argv[1])):\n    \
-                  s = socket.socket()\n    \
-                  s.sendto(b'x', socket.MSG_FASTOPEN, ('127.0.7.%d' % (i + 1), int(sys.argv[2])))\n    \
-                  s.close()\n";
+    let script = format!(
+        "import socket, sys\n\
+         for i in range(int(sys.argv[1])):\n    \
+         s = socket.socket()\n    \
+         a = ('127.0.7.%d' % (i + 1), int(sys.argv[2]))\n    \
+         {send}\n    \
+         s.close()\n"
+    );
     let ev = dir.path().join("events.jsonl");
     let Some(mut d) = throttling(dir.path(), &ev, "--enforce", "4", &[]) else {
         return;
     };
     let n = 6;
-    let (pid, secs) = python_scan(
-        &py,
-        &["-c".into(), script.into(), n.to_string(), port.to_string()],
-    );
+    let (pid, secs) = python_scan(&py, &["-c".into(), script, n.to_string(), port.to_string()]);
     std::thread::sleep(Duration::from_millis(300));
     signal(&d, libc::SIGTERM);
     assert!(d.wait().unwrap().success());
     let q = of(&events(&ev), "throttle_queued", pid);
     eprintln!(
-        "{n} TCP Fast Open connections: {secs:.3} s at --throttle-connect 4 (load {})",
+        "{n} TCP Fast Open connections ({send}): {secs:.3} s at --throttle-connect 4 (load {})",
         load()
     );
     assert!(q.len() >= n, "{q:?}");
@@ -593,6 +606,19 @@ fn a_restarted_daemon_remembers_each_programs_hosts() {
 /// looked at x86_64 calls only and the scan ran at full speed, unseen.
 #[test]
 fn a_scan_through_the_i386_socketcall_is_held_all_the_same() {
+    i386_scan("connect");
+}
+
+/// So is TCP Fast Open by `socketcall(SYS_SENDMSG)`, the address in an i386 msghdr.
+/// Before, no event.
+#[test]
+fn a_tcp_fast_open_scan_through_the_i386_sendmsg_is_held_all_the_same() {
+    i386_scan("sendmsg");
+}
+
+/// `common::INT80_CONNECTS` making `call` to 127.0.9.1 ..= 6 under
+/// `--throttle-connect 4`.
+fn i386_scan(call: &str) {
     let Some(Setup { _g, dir, port }) = setup() else {
         return;
     };
@@ -610,6 +636,7 @@ fn a_scan_through_the_i386_socketcall_is_held_all_the_same() {
             n.to_string(),
             "9".into(),
             port.to_string(),
+            call.into(),
         ],
     );
     std::thread::sleep(Duration::from_millis(300));
@@ -617,7 +644,7 @@ fn a_scan_through_the_i386_socketcall_is_held_all_the_same() {
     assert!(d.wait().unwrap().success());
     let mut q = of(&events(&ev), "throttle_queued", pid);
     eprintln!(
-        "{n} connects through int 0x80: {secs:.3} s at --throttle-connect 4 (load {})",
+        "{n} {call}s through int 0x80: {secs:.3} s at --throttle-connect 4 (load {})",
         load()
     );
     q.dedup_by(|a, b| a["host"] == b["host"]);

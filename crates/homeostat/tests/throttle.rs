@@ -139,6 +139,19 @@ fn new_hosts_are_released_at_the_rate_and_known_hosts_never_wait() {
 /// through at full speed.
 #[test]
 fn a_scan_by_tcp_fast_open_is_held_to_the_rate() {
+    tfo_scan("tfo", "s.sendto(b'x', socket.MSG_FASTOPEN, a)");
+}
+
+/// The same by `sendmsg`, whose address is inside its `msghdr` (`args::connection`
+/// reads it). Before, sendmsg was not looked at: no event, no delay.
+#[test]
+fn a_scan_by_tcp_fast_open_sendmsg_is_held_to_the_rate() {
+    tfo_scan("tfo-msg", "s.sendmsg([b'x'], [], socket.MSG_FASTOPEN, a)");
+}
+
+/// A python scanner opening connections to 127.0.7.1 ..= 6 with `send` (python, the
+/// address in `a`) under `run --throttle-connect 4`.
+fn tfo_scan(name: &str, send: &str) {
     common::python3();
     let dir = tempfile::tempdir().unwrap();
     let n = 6;
@@ -147,12 +160,13 @@ fn a_scan_by_tcp_fast_open_is_held_to_the_rate() {
         "import socket\n\
          for i in range({n}):\n    \
          s = socket.socket()\n    \
-         try:\n        s.sendto(b'x', socket.MSG_FASTOPEN, ('127.0.7.%d' % (i + 1), 9))\n    \
+         a = ('127.0.7.%d' % (i + 1), 9)\n    \
+         try:\n        {send}\n    \
          except OSError:\n        pass\n    \
          s.close()\n"
     );
-    let (secs, ev) = run_cmd(dir.path(), "tfo", Some("4"), &["python3", "-c", &py]);
-    eprintln!("{n} TCP Fast Open connections under run --throttle-connect 4: {secs:.2} s");
+    let (secs, ev) = run_cmd(dir.path(), name, Some("4"), &["python3", "-c", &py]);
+    eprintln!("{n} TCP Fast Open connections ({send}) under run --throttle-connect 4: {secs:.2} s");
     let want: Vec<String> = (1..=n).map(|i| format!("127.0.7.{i}")).collect();
     assert_eq!(queued_hosts(&ev), want, "each new host queued once");
     // Released at 0, 0.25, ..., 1.25 s.
@@ -164,27 +178,34 @@ fn a_scan_by_tcp_fast_open_is_held_to_the_rate() {
 /// Before, only x86_64 connects were throttled and this scan ran at full speed.
 #[test]
 fn a_scan_through_the_i386_socketcall_is_held_to_the_rate() {
+    i386_scan("connect");
+}
+
+/// So is TCP Fast Open by `socketcall(SYS_SENDMSG)`, its address in an i386 msghdr
+/// (`args::connection`). Before, no event.
+#[test]
+fn a_tcp_fast_open_scan_through_the_i386_sendmsg_is_held_to_the_rate() {
+    i386_scan("sendmsg");
+}
+
+/// `common::INT80_CONNECTS` making `call` to 127.0.8.1 ..= 6, without the launcher
+/// (it works here) and under `run --throttle-connect 4`.
+fn i386_scan(call: &str) {
     common::python3();
     let dir = tempfile::tempdir().unwrap();
     let n = 6;
-    // Without the launcher first: the program itself works here.
-    let plain = Command::new("python3")
-        .args(["-c", common::INT80_CONNECTS, &n.to_string(), "8"])
-        .output()
-        .unwrap();
+    let count = n.to_string();
+    let args = ["-c", common::INT80_CONNECTS, &count, "8", "9", call];
+    let plain = Command::new("python3").args(args).output().unwrap();
     assert!(
         plain.status.success(),
         "{}",
         String::from_utf8_lossy(&plain.stderr)
     );
-    let count = n.to_string();
-    let (secs, ev) = run_cmd(
-        dir.path(),
-        "int80",
-        Some("4"),
-        &["python3", "-c", common::INT80_CONNECTS, &count, "8"],
-    );
-    eprintln!("{n} connects through int 0x80 under run --throttle-connect 4: {secs:.2} s");
+    let mut cmd = vec!["python3"];
+    cmd.extend(args);
+    let (secs, ev) = run_cmd(dir.path(), &format!("int80-{call}"), Some("4"), &cmd);
+    eprintln!("{n} {call}s through int 0x80 under run --throttle-connect 4: {secs:.2} s");
     let want: Vec<String> = (1..=n).map(|i| format!("127.0.8.{i}")).collect();
     assert_eq!(
         queued_hosts(&ev),

@@ -35,6 +35,7 @@ const volatile __u32 hs_rate_default = 0;
 #define HS_TC_CREATE 4  /* counts as a file creation ... */
 #define HS_TC_IFCREAT 8 /* ... only with O_CREAT in the flags, whose register is in bits 4-6 */
 #define HS_TC_FASTOPEN 128 /* with HS_TC_CONNECT: sendto, a connect only with MSG_FASTOPEN */
+#define HS_TC_MSG 64       /* with HS_TC_FASTOPEN: sendmsg, the address in its msghdr */
 #define HS_MSG_FASTOPEN 0x20000000
 
 /* The i386 calls that may open a connection (as HS_COMPAT + their number; the loader
@@ -44,8 +45,22 @@ const volatile __u32 hs_rate_default = 0;
 #define HS_I386_SOCKETCALL 102
 #define HS_I386_CONNECT 362
 #define HS_I386_SENDTO 369
+#define HS_I386_SENDMSG 370
 #define HS_SYS_CONNECT 3 /* socketcall's calls */
 #define HS_SYS_SENDTO 11
+#define HS_SYS_SENDMSG 16
+
+/* A msghdr's first fields, which say where the address of a sendmsg is: x86_64's
+ * (msg_name a pointer) and i386's (two 32-bit words). */
+struct hs_msghdr {
+	__u64 name;
+	__u32 namelen;
+	__u32 pad;
+};
+struct hs_msghdr32 {
+	__u32 name;
+	__u32 namelen;
+};
 
 /* The i386 registers of a call: ebx, ecx, edx, esi, edi, ebp hold its arguments. */
 struct pt_regs___hs32 {
@@ -323,13 +338,16 @@ __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 		struct pt_regs___hs32 *r32 = (struct pt_regs___hs32 *)r;
 		__u32 w[6] = {};
 
+		struct hs_msghdr32 mh = {};
+		__u64 msg;
+
 		if (cur == HS_COMPAT + HS_I386_SOCKETCALL) {
 			__u32 call = BPF_CORE_READ(r32, bx);
 			__u64 args = BPF_CORE_READ(r32, cx) & 0xffffffff;
 
-			if (call != HS_SYS_CONNECT && call != HS_SYS_SENDTO)
+			if (call != HS_SYS_CONNECT && call != HS_SYS_SENDTO && call != HS_SYS_SENDMSG)
 				return 0;
-			if (bpf_probe_read_user(w, call == HS_SYS_CONNECT ? 12 : 24, (void *)args)) {
+			if (bpf_probe_read_user(w, call == HS_SYS_SENDTO ? 24 : 12, (void *)args)) {
 				/* Not resident: as an unreadable address below. */
 				addr = 0;
 				len = 0;
@@ -337,8 +355,27 @@ __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 			}
 			if (call == HS_SYS_SENDTO && !(w[3] & HS_MSG_FASTOPEN))
 				return 0;
+			if (call == HS_SYS_SENDMSG) {
+				if (!(w[2] & HS_MSG_FASTOPEN))
+					return 0;
+				msg = w[1];
+				goto msghdr32;
+			}
 			addr = call == HS_SYS_CONNECT ? w[1] : w[4];
 			len = call == HS_SYS_CONNECT ? w[2] : w[5];
+		} else if (cur == HS_COMPAT + HS_I386_SENDMSG) {
+			if (!(BPF_CORE_READ(r32, dx) & HS_MSG_FASTOPEN))
+				return 0;
+			msg = BPF_CORE_READ(r32, cx) & 0xffffffff;
+msghdr32:
+			/* TCP Fast Open by sendmsg: the address is the msghdr's. */
+			if (bpf_probe_read_user(&mh, sizeof(mh), (void *)msg)) {
+				addr = 0;
+				len = 0;
+				goto unread;
+			}
+			addr = mh.name;
+			len = mh.namelen;
 		} else if (cur == HS_COMPAT + HS_I386_CONNECT) {
 			addr = BPF_CORE_READ(r32, cx) & 0xffffffff;
 			len = BPF_CORE_READ(r32, dx) & 0xffffffff;
@@ -348,6 +385,19 @@ __attribute__((noinline)) __u32 hs_throttle(struct hs_task *t, __u32 cur)
 			addr = BPF_CORE_READ(r32, di) & 0xffffffff;
 			len = BPF_CORE_READ(r32, bp) & 0xffffffff;
 		}
+	} else if (spec & HS_TC_MSG) {
+		/* sendmsg(fd, msg, flags) with MSG_FASTOPEN: the msghdr's address. */
+		struct hs_msghdr mh = {};
+
+		if (!(BPF_CORE_READ(r, dx) & HS_MSG_FASTOPEN))
+			return 0;
+		if (bpf_probe_read_user(&mh, sizeof(mh), (void *)BPF_CORE_READ(r, si))) {
+			addr = 0;
+			len = 0;
+			goto unread;
+		}
+		addr = mh.name;
+		len = mh.namelen;
 	} else if (spec & HS_TC_FASTOPEN) {
 		/* TCP Fast Open: sendto(fd, buf, n, flags, addr, len) opens a connection
 		 * with no connect. */

@@ -43,8 +43,10 @@ for my $i (1..$n) {
 
 /// A 64-bit python making `socketcall(SYS_CONNECT)` through `int 0x80`: the i386 ABI,
 /// whose connect arguments are an array of 32-bit words in memory. Arguments: N, the
-/// third octet (it connects to 127.0.OCTET.1 ..= N), and the port (default 9). Each call runs
-/// from a page mapped below 4 GiB (MAP_32BIT), as the 32-bit ABI needs.
+/// third octet (it connects to 127.0.OCTET.1 ..= N), the port (default 9), and the
+/// call (default `connect`; `sendmsg`: `socketcall(SYS_SENDMSG)` with MSG_FASTOPEN,
+/// TCP Fast Open, the address in an i386 msghdr). Each call runs from a page mapped
+/// below 4 GiB (MAP_32BIT), as the 32-bit ABI needs.
 pub const INT80_CONNECTS: &str = r#"
 import ctypes, socket, struct, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -55,21 +57,32 @@ libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_i
 base = libc.mmap(None, 4096, 7, 0x02 | 0x20 | 0x40, -1, 0)
 if base in (None, ctypes.c_void_p(-1).value) or base >= 2**32:
     sys.exit("no page below 4 GiB")
-addr_at, args_at = base + 0x100, base + 0x200
-# push rbx; mov eax, 102 (socketcall); mov ebx, 3 (SYS_CONNECT); mov ecx, args;
-# int 0x80; pop rbx; ret
-code = (bytes([0x53, 0xb8, 102, 0, 0, 0, 0xbb, 3, 0, 0, 0, 0xb9])
+addr_at, args_at, msg_at, iov_at = base + 0x100, base + 0x200, base + 0x300, base + 0x400
+port = int(sys.argv[3]) if len(sys.argv) > 3 else 9
+call = sys.argv[4] if len(sys.argv) > 4 else "connect"
+sys_call = {"connect": 3, "sendmsg": 16}[call]
+# push rbx; mov eax, 102 (socketcall); mov ebx, SYS_CONNECT or SYS_SENDMSG;
+# mov ecx, args; int 0x80; pop rbx; ret
+code = (bytes([0x53, 0xb8, 102, 0, 0, 0, 0xbb, sys_call, 0, 0, 0, 0xb9])
         + struct.pack('<I', args_at) + bytes([0xcd, 0x80, 0x5b, 0xc3]))
 ctypes.memmove(base, code, len(code))
-connect32 = ctypes.CFUNCTYPE(ctypes.c_int)(base)
+socketcall = ctypes.CFUNCTYPE(ctypes.c_int)(base)
+# sendmsg's one byte of data (at the page's end), in one iovec.
+ctypes.memmove(iov_at, struct.pack('<II', base + 0xfff, 1), 8)
 for i in range(int(sys.argv[1])):
     s = socket.socket()
-    sa = struct.pack('<H', socket.AF_INET) + struct.pack('>H', int(sys.argv[3]) if len(sys.argv) > 3 else 9) + bytes([127, 0, int(sys.argv[2]), i + 1]) + bytes(8)
+    sa = struct.pack('<H', socket.AF_INET) + struct.pack('>H', port) + bytes([127, 0, int(sys.argv[2]), i + 1]) + bytes(8)
     ctypes.memmove(addr_at, sa, 16)
-    ctypes.memmove(args_at, struct.pack('<III', s.fileno(), addr_at, 16), 12)
-    r = connect32()
-    if r not in (0, -111):  # connected, or refused (nothing listens)
-        sys.exit("connect through int 0x80 returned %d" % r)
+    if call == "connect":
+        args = struct.pack('<III', s.fileno(), addr_at, 16)
+    else:
+        # i386 msghdr: name, namelen, iov, iovlen, control, controllen, flags
+        ctypes.memmove(msg_at, struct.pack('<7I', addr_at, 16, iov_at, 1, 0, 0, 0), 28)
+        args = struct.pack('<III', s.fileno(), msg_at, 0x20000000)  # MSG_FASTOPEN
+    ctypes.memmove(args_at, args, 12)
+    r = socketcall()
+    if r not in (0, 1, -111):  # connected (sendmsg: its byte sent), or refused
+        sys.exit("%s through int 0x80 returned %d" % (call, r))
     s.close()
 "#;
 
