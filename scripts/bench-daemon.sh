@@ -58,7 +58,10 @@
 # state directory for training, a new copy of the prepared one for normal. A warm-up
 # pass with no daemon (page cache) precedes the rounds. The table gives the medians
 # of the ROUNDS x REPS wall times of each (workload, condition); the clock is bash's
-# EPOCHREALTIME (microseconds, no process started), else `date +%s.%N`.
+# EPOCHREALTIME (microseconds, no process started), else `date +%s.%N`. A second
+# table gives the medians of the same runs' CPU time (user + system of the
+# workload's processes, from bash's `times`), which other processes competing for
+# the CPUs move less than wall time.
 #
 # Output: a markdown report on stdout (machine, table, the daemons' CPU time, kernel
 # losses, anomalies seen in the normal condition, and other processes holding BPF
@@ -280,17 +283,29 @@ foreign_bpf() {
     done
 }
 
+# cputime: C = the CPU time (user and system, as `times` prints them: "0m0.026s
+# 0m0.046s") of the shell's children waited for so far. `times` runs in this shell,
+# written to a file: in a $(...) subshell it would count the subshell's children.
+cputime() {
+    local _
+    times >"$work/times"
+    { read -r _; read -r C; } <"$work/times"
+}
+
 # measure COND: runs every workload REPS times, interleaved, appending
-# "workload cond t0 t1" lines to the samples file.
+# "workload cond t0 t1 cpu0 cpu1" lines to the samples file (cpu: two words each).
 measure() {
-    local cond="$1" r w t0
+    local cond="$1" r w t0 c0
     for ((r = 0; r < reps; r++)); do
         for w in "${workloads[@]}"; do
+            cputime
+            c0="$C"
             clock
             t0="$T"
             "w_$w" || true
             clock
-            echo "$w $cond $t0 $T" >>"$work/samples"
+            cputime
+            echo "$w $cond $t0 $T $c0 $C" >>"$work/samples"
         done
     done
 }
@@ -536,6 +551,53 @@ for w in "${workloads[@]}"; do
 done
 echo
 echo "Medians of $((rounds * reps)) runs per cell (${rounds} rounds x ${reps})."
+echo
+echo "CPU time of the workloads themselves, same runs: user + system time of their"
+echo "processes (bash's \`times\` for its children; the BPF programs' run time on their"
+echo "calls is part of it, the daemon's own process is not). Less moved than wall"
+echo "time by other processes competing for the CPUs:"
+echo
+head="| workload |"
+sep="|---|"
+for c in "${conds[@]}"; do
+    case "$c" in
+    none) head+=" none (s) |" ;;
+    floor) head+=" floor (s, / none) |" ;;
+    *) head+=" $c (s, / none, / floor) |" ;;
+    esac
+    sep+="---|"
+done
+echo "$head"
+echo "$sep"
+for w in "${workloads[@]}"; do
+    awk -v w="$w" -v label="${label[$w]}" -v conds="${conds[*]}" '
+        function sec(x,   a) { split(x, a, "m"); sub(/s$/, "", a[2]); return a[1] * 60 + a[2] }
+        function median(c,   n, i, j, t, v) {
+            n = 0
+            for (i = 1; i <= cnt[c]; i++) v[++n] = s[c, i]
+            for (i = 2; i <= n; i++) {
+                t = v[i]
+                for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]
+                v[j + 1] = t
+            }
+            if (n == 0) return -1
+            return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+        }
+        function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2fx", a / b) : "?" }
+        $1 == w && NF >= 8 { c = $2; s[c, ++cnt[c]] = sec($7) + sec($8) - sec($5) - sec($6) }
+        END {
+            nc = split(conds, cs, " ")
+            none = median("none"); floor = median("floor")
+            line = "| " label " |"
+            for (i = 1; i <= nc; i++) {
+                c = cs[i]; m = median(c)
+                if (c == "none") line = line sprintf(" %.3f |", m)
+                else if (c == "floor") line = line sprintf(" %.3f (%s) |", m, ratio(m, none))
+                else line = line sprintf(" %.3f (%s, %s) |", m, ratio(m, none), ratio(m, floor))
+            }
+            print line
+        }' "$work/samples"
+done
 if [[ " ${conds[*]} " == *" args-training "* || " ${conds[*]} " == *" args-normal "* ]]; then
     echo
     echo "Argument classes (--symbols args) beside the plain daemon, same rounds (target"
