@@ -493,62 +493,77 @@ fi
 # --- report ------------------------------------------------------------------------
 echo "- rounds took $bench_secs s (preparation $prep_secs s)"
 echo
-head="| workload |"
-sep="|---|"
-for c in "${conds[@]}"; do
-    case "$c" in
-    none) head+=" none (s) |" ;;
-    floor) head+=" floor (s, / none) |" ;;
-    *) head+=" $c (s, / none, / floor) |" ;;
-    esac
-    sep+="---|"
-done
-echo "$head target real / floor | met (training / normal) |"
-echo "$sep---|---|"
-for w in "${workloads[@]}"; do
-    mark=""
-    for p in ${uses[$w]}; do
-        for q in "${not_normal[@]}"; do
-            [ "$p" != "$q" ] || mark+="${mark:+, }$p"
-        done
+# table KIND: the medians of each (workload, condition) and their ratios to none and
+# floor, of the runs' wall time (KIND wall: with the targets) or CPU time (cpu).
+table() {
+    local kind="$1" head="| workload |" sep="|---|" c w p q mark
+    for c in "${conds[@]}"; do
+        case "$c" in
+        none) head+=" none (s) |" ;;
+        floor) head+=" floor (s, / none) |" ;;
+        *) head+=" $c (s, / none, / floor) |" ;;
+        esac
+        sep+="---|"
     done
-    [ -z "$mark" ] || mark=" (not normal: $mark)"
-    awk -v w="$w" -v label="${label[$w]}" -v tgt="${target[$w]}" -v mark="$mark" \
-        -v conds="${conds[*]}" '
-        function median(c,   n, i, j, t, v) {
-            n = 0
-            for (i = 1; i <= cnt[c]; i++) v[++n] = s[c, i]
-            for (i = 2; i <= n; i++) {           # insertion sort, n is small
-                t = v[i]
-                for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]
-                v[j + 1] = t
+    if [ "$kind" = wall ]; then
+        echo "$head target real / floor | met (training / normal) |"
+        echo "$sep---|---|"
+    else
+        echo "$head"
+        echo "$sep"
+    fi
+    for w in "${workloads[@]}"; do
+        mark=""
+        for p in ${uses[$w]}; do
+            for q in "${not_normal[@]}"; do
+                [ "$p" != "$q" ] || mark+="${mark:+, }$p"
+            done
+        done
+        [ -z "$mark" ] || mark=" (not normal: $mark)"
+        awk -v w="$w" -v label="${label[$w]}" -v tgt="${target[$w]}" -v mark="$mark" \
+            -v conds="${conds[*]}" -v kind="$kind" '
+            function sec(x,   a) { split(x, a, "m"); sub(/s$/, "", a[2]); return a[1] * 60 + a[2] }
+            function median(c,   n, i, j, t, v) {
+                n = 0
+                for (i = 1; i <= cnt[c]; i++) v[++n] = s[c, i]
+                for (i = 2; i <= n; i++) {           # insertion sort, n is small
+                    t = v[i]
+                    for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]
+                    v[j + 1] = t
+                }
+                if (n == 0) return -1
+                return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
             }
-            if (n == 0) return -1
-            return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-        }
-        function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2fx", a / b) : "?" }
-        $1 == w { c = $2; s[c, ++cnt[c]] = $4 - $3 }
-        END {
-            nc = split(conds, cs, " ")
-            none = median("none"); floor = median("floor")
-            line = "| " label " |"
-            for (i = 1; i <= nc; i++) {
-                c = cs[i]; m = median(c)
-                if (c == "none") line = line sprintf(" %.3f |", m)
-                else if (c == "floor") line = line sprintf(" %.3f (%s) |", m, ratio(m, none))
-                else line = line sprintf(" %.3f (%s, %s)%s |", m, ratio(m, none), ratio(m, floor),
-                                         c ~ /normal/ ? mark : "")
+            function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2fx", a / b) : "?" }
+            $1 == w && kind == "wall" { s[$2, ++cnt[$2]] = $4 - $3 }
+            $1 == w && kind == "cpu" && NF >= 8 {
+                s[$2, ++cnt[$2]] = sec($7) + sec($8) - sec($5) - sec($6)
             }
-            met = ""
-            split("training normal", rc, " ")
-            for (i = 1; i <= 2; i++) {
-                m = median(rc[i])
-                r = (m > 0 && floor > 0) ? m / floor : -1
-                met = met (i > 1 ? " / " : "") (r < 0 ? "?" : (r <= tgt ? "yes" : "no"))
-            }
-            printf "%s <= %.2fx | %s |\n", line, tgt, met
-        }' "$work/samples"
-done
+            END {
+                nc = split(conds, cs, " ")
+                none = median("none"); floor = median("floor")
+                line = "| " label " |"
+                for (i = 1; i <= nc; i++) {
+                    c = cs[i]; m = median(c)
+                    if (c == "none") line = line sprintf(" %.3f |", m)
+                    else if (c == "floor") line = line sprintf(" %.3f (%s) |", m, ratio(m, none))
+                    else line = line sprintf(" %.3f (%s, %s)%s |", m, ratio(m, none), ratio(m, floor),
+                                             c ~ /normal/ ? mark : "")
+                }
+                if (kind != "wall") { print line; exit }
+                met = ""
+                split("training normal", rc, " ")
+                for (i = 1; i <= 2; i++) {
+                    m = median(rc[i])
+                    r = (m > 0 && floor > 0) ? m / floor : -1
+                    met = met (i > 1 ? " / " : "") (r < 0 ? "?" : (r <= tgt ? "yes" : "no"))
+                }
+                printf "%s <= %.2fx | %s |\n", line, tgt, met
+            }' "$work/samples"
+    done
+}
+
+table wall
 echo
 echo "Medians of $((rounds * reps)) runs per cell (${rounds} rounds x ${reps})."
 echo
@@ -557,47 +572,7 @@ echo "processes (bash's \`times\` for its children; the BPF programs' run time o
 echo "calls is part of it, the daemon's own process is not). Less moved than wall"
 echo "time by other processes competing for the CPUs:"
 echo
-head="| workload |"
-sep="|---|"
-for c in "${conds[@]}"; do
-    case "$c" in
-    none) head+=" none (s) |" ;;
-    floor) head+=" floor (s, / none) |" ;;
-    *) head+=" $c (s, / none, / floor) |" ;;
-    esac
-    sep+="---|"
-done
-echo "$head"
-echo "$sep"
-for w in "${workloads[@]}"; do
-    awk -v w="$w" -v label="${label[$w]}" -v conds="${conds[*]}" '
-        function sec(x,   a) { split(x, a, "m"); sub(/s$/, "", a[2]); return a[1] * 60 + a[2] }
-        function median(c,   n, i, j, t, v) {
-            n = 0
-            for (i = 1; i <= cnt[c]; i++) v[++n] = s[c, i]
-            for (i = 2; i <= n; i++) {
-                t = v[i]
-                for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]
-                v[j + 1] = t
-            }
-            if (n == 0) return -1
-            return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-        }
-        function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2fx", a / b) : "?" }
-        $1 == w && NF >= 8 { c = $2; s[c, ++cnt[c]] = sec($7) + sec($8) - sec($5) - sec($6) }
-        END {
-            nc = split(conds, cs, " ")
-            none = median("none"); floor = median("floor")
-            line = "| " label " |"
-            for (i = 1; i <= nc; i++) {
-                c = cs[i]; m = median(c)
-                if (c == "none") line = line sprintf(" %.3f |", m)
-                else if (c == "floor") line = line sprintf(" %.3f (%s) |", m, ratio(m, none))
-                else line = line sprintf(" %.3f (%s, %s) |", m, ratio(m, none), ratio(m, floor))
-            }
-            print line
-        }' "$work/samples"
-done
+table cpu
 if [[ " ${conds[*]} " == *" args-training "* || " ${conds[*]} " == *" args-normal "* ]]; then
     echo
     echo "Argument classes (--symbols args) beside the plain daemon, same rounds (target"

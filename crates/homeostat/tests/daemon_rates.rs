@@ -15,7 +15,7 @@ use homeostat_testsupport::daemon::{events, ready};
 use homeostat_testsupport::{serial, spawn};
 
 mod common;
-use common::{INT80_CREATES, STORM};
+use common::{INT80, STORM};
 use serde_json::Value;
 
 fn daemon(state: &Path, events: &Path, extra: &[&str]) -> (Child, Receiver<String>) {
@@ -78,7 +78,7 @@ fn an_i386_creation_storm_is_slowed_to_the_learned_limit_as_well() {
 enum Program {
     /// perl running `STORM`: forks or file creations.
     Perl,
-    /// python creating files through `int 0x80` (`INT80_CREATES`).
+    /// python creating files through `int 0x80` (`INT80`).
     Int80,
 }
 
@@ -92,21 +92,12 @@ fn storm_case(program: Program, kind: &str, peak_field: &str) {
     // A private copy of the interpreter: a profile of its own.
     let (real, code) = match program {
         Program::Perl => {
-            assert!(
-                Command::new("perl")
-                    .args(["-e", "use POSIX (); exit 0"])
-                    .status()
-                    .is_ok_and(|s| s.success()),
-                "perl (with POSIX) is needed"
-            );
+            common::perl();
             let script = dir.join("storm.pl");
             std::fs::write(&script, STORM).unwrap();
             ("/usr/bin/perl", script.to_str().unwrap().to_string())
         }
-        Program::Int80 => (
-            common::python3().to_str().unwrap(),
-            INT80_CREATES.to_string(),
-        ),
+        Program::Int80 => (common::python3().to_str().unwrap(), INT80.to_string()),
     };
     let exe = dir.join("interpreter-copy");
     std::fs::copy(homeostat_testsupport::real(real), &exe).unwrap();
@@ -115,7 +106,7 @@ fn storm_case(program: Program, kind: &str, peak_field: &str) {
     let exe_s = exe.to_str().unwrap();
     let prog: Vec<&str> = match program {
         Program::Perl => vec![exe_s, &code, kind],
-        Program::Int80 => vec![exe_s, "-c", &code],
+        Program::Int80 => vec![exe_s, "-c", &code, "creat"],
     };
     // pH's own response is off (no delays; anomalies never send the profile back to
     // training), so that the delays measured are the rate limit's alone.

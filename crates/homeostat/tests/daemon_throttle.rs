@@ -616,7 +616,7 @@ fn a_tcp_fast_open_scan_through_the_i386_sendmsg_is_held_all_the_same() {
     i386_scan("sendmsg");
 }
 
-/// `common::INT80_CONNECTS` making `call` to 127.0.9.1 ..= 6 under
+/// `common::INT80` making `call` to 127.0.9.1 ..= 6 under
 /// `--throttle-connect 4`.
 fn i386_scan(call: &str) {
     let Some(Setup { _g, dir, port }) = setup() else {
@@ -632,11 +632,11 @@ fn i386_scan(call: &str) {
         &py,
         &[
             "-c".into(),
-            common::INT80_CONNECTS.into(),
+            common::INT80.into(),
+            call.into(),
             n.to_string(),
             "9".into(),
             port.to_string(),
-            call.into(),
         ],
     );
     std::thread::sleep(Duration::from_millis(300));

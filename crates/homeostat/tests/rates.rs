@@ -6,13 +6,12 @@
 //! the limit.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use serde_json::Value;
 
 mod common;
-use common::{bin, ok, INT80_CREATES, STORM};
+use common::{bin, ok, INT80, STORM};
 
 struct Run {
     secs: f64,
@@ -66,13 +65,7 @@ fn count(r: &Run, event: &str) -> usize {
 
 #[test]
 fn storms_are_slowed_to_the_learned_limit_and_the_trained_rate_never_waits() {
-    assert!(
-        Command::new("perl")
-            .args(["-e", "use POSIX (); exit 0"])
-            .status()
-            .is_ok_and(|s| s.success()),
-        "perl (with POSIX) is needed"
-    );
+    common::perl();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::write(dir.join("storm.pl"), STORM).unwrap();
@@ -246,7 +239,8 @@ fn an_i386_creation_storm_is_held_to_the_limit_it_learned() {
         let cmd = [
             python,
             "-c",
-            INT80_CREATES,
+            INT80,
+            "creat",
             &n,
             &ms,
             files.to_str().unwrap(),

@@ -188,14 +188,14 @@ fn a_tcp_fast_open_scan_through_the_i386_sendmsg_is_held_to_the_rate() {
     i386_scan("sendmsg");
 }
 
-/// `common::INT80_CONNECTS` making `call` to 127.0.8.1 ..= 6, without the launcher
+/// `common::INT80` making `call` to 127.0.8.1 ..= 6, without the launcher
 /// (it works here) and under `run --throttle-connect 4`.
 fn i386_scan(call: &str) {
     common::python3();
     let dir = tempfile::tempdir().unwrap();
     let n = 6;
     let count = n.to_string();
-    let args = ["-c", common::INT80_CONNECTS, &count, "8", "9", call];
+    let args = ["-c", common::INT80, call, &count, "8", "9"];
     let plain = Command::new("python3").args(args).output().unwrap();
     assert!(
         plain.status.success(),

@@ -41,55 +41,16 @@ for my $i (1..$n) {
 }
 "#;
 
-/// A 64-bit python making `socketcall(SYS_CONNECT)` through `int 0x80`: the i386 ABI,
-/// whose connect arguments are an array of 32-bit words in memory. Arguments: N, the
-/// third octet (it connects to 127.0.OCTET.1 ..= N), the port (default 9), and the
-/// call (default `connect`; `sendmsg`: `socketcall(SYS_SENDMSG)` with MSG_FASTOPEN,
-/// TCP Fast Open, the address in an i386 msghdr). Each call runs from a page mapped
-/// below 4 GiB (MAP_32BIT), as the 32-bit ABI needs.
-pub const INT80_CONNECTS: &str = r#"
-import ctypes, socket, struct, sys
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                      ctypes.c_int, ctypes.c_long]
-# PROT_READ|WRITE|EXEC; MAP_PRIVATE|MAP_ANONYMOUS|MAP_32BIT
-base = libc.mmap(None, 4096, 7, 0x02 | 0x20 | 0x40, -1, 0)
-if base in (None, ctypes.c_void_p(-1).value) or base >= 2**32:
-    sys.exit("no page below 4 GiB")
-addr_at, args_at, msg_at, iov_at = base + 0x100, base + 0x200, base + 0x300, base + 0x400
-port = int(sys.argv[3]) if len(sys.argv) > 3 else 9
-call = sys.argv[4] if len(sys.argv) > 4 else "connect"
-sys_call = {"connect": 3, "sendmsg": 16}[call]
-# push rbx; mov eax, 102 (socketcall); mov ebx, SYS_CONNECT or SYS_SENDMSG;
-# mov ecx, args; int 0x80; pop rbx; ret
-code = (bytes([0x53, 0xb8, 102, 0, 0, 0, 0xbb, sys_call, 0, 0, 0, 0xb9])
-        + struct.pack('<I', args_at) + bytes([0xcd, 0x80, 0x5b, 0xc3]))
-ctypes.memmove(base, code, len(code))
-socketcall = ctypes.CFUNCTYPE(ctypes.c_int)(base)
-# sendmsg's one byte of data (at the page's end), in one iovec.
-ctypes.memmove(iov_at, struct.pack('<II', base + 0xfff, 1), 8)
-for i in range(int(sys.argv[1])):
-    s = socket.socket()
-    sa = struct.pack('<H', socket.AF_INET) + struct.pack('>H', port) + bytes([127, 0, int(sys.argv[2]), i + 1]) + bytes(8)
-    ctypes.memmove(addr_at, sa, 16)
-    if call == "connect":
-        args = struct.pack('<III', s.fileno(), addr_at, 16)
-    else:
-        # i386 msghdr: name, namelen, iov, iovlen, control, controllen, flags
-        ctypes.memmove(msg_at, struct.pack('<7I', addr_at, 16, iov_at, 1, 0, 0, 0), 28)
-        args = struct.pack('<III', s.fileno(), msg_at, 0x20000000)  # MSG_FASTOPEN
-    ctypes.memmove(args_at, args, 12)
-    r = socketcall()
-    if r not in (0, 1, -111):  # connected (sendmsg: its byte sent), or refused
-        sys.exit("%s through int 0x80 returned %d" % (call, r))
-    s.close()
-"#;
-
-/// A 64-bit python creating files with `creat` through `int 0x80` (the i386 ABI).
-/// Arguments: N, MS (the pause between two, ms) and DIR (files DIR/f1 ..= N).
-pub const INT80_CREATES: &str = r#"
-import ctypes, os, struct, sys, time
+/// A 64-bit python making i386 system calls through `int 0x80` (the i386 ABI, as a
+/// 32-bit program makes them), each from a page mapped below 4 GiB (MAP_32BIT), as
+/// that ABI needs. Arguments: the call, then its own:
+/// - `connect N OCTET [PORT]`: `socketcall(SYS_CONNECT)` to 127.0.OCTET.1 ..= N, port
+///   PORT (default 9): the arguments are 32-bit words in memory;
+/// - `sendmsg N OCTET [PORT]`: the same by `socketcall(SYS_SENDMSG)` with
+///   MSG_FASTOPEN (TCP Fast Open), the address in an i386 msghdr;
+/// - `creat N MS DIR`: `creat` of DIR/f1 ..= N, MS ms apart.
+pub const INT80: &str = r#"
+import ctypes, os, socket, struct, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
@@ -98,25 +59,66 @@ libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_i
 base = libc.mmap(None, 8192, 7, 0x02 | 0x20 | 0x40, -1, 0)
 if base in (None, ctypes.c_void_p(-1).value) or base >= 2**32:
     sys.exit("no page below 4 GiB")
-path_at = base + 0x100
-# push rbx; mov eax, 8 (creat); mov ebx, path; mov ecx, 0o644; int 0x80; pop rbx; ret
-code = (bytes([0x53, 0xb8, 8, 0, 0, 0, 0xbb]) + struct.pack('<I', path_at)
-        + bytes([0xb9]) + struct.pack('<I', 0o644) + bytes([0xcd, 0x80, 0x5b, 0xc3]))
-ctypes.memmove(base, code, len(code))
-creat32 = ctypes.CFUNCTYPE(ctypes.c_int)(base)
-n, ms, d = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+data_at, args_at, msg_at, iov_at = base + 0x100, base + 0x200, base + 0x300, base + 0x400
+call, n = sys.argv[1], int(sys.argv[2])
+
+def stub(eax, ebx, ecx):
+    # push rbx; mov eax, EAX; mov ebx, EBX; mov ecx, ECX; int 0x80; pop rbx; ret
+    code = (bytes([0x53, 0xb8]) + struct.pack('<I', eax) + bytes([0xbb]) + struct.pack('<I', ebx)
+            + bytes([0xb9]) + struct.pack('<I', ecx) + bytes([0xcd, 0x80, 0x5b, 0xc3]))
+    ctypes.memmove(base, code, len(code))
+    return ctypes.CFUNCTYPE(ctypes.c_int)(base)
+
+if call == "creat":
+    ms, d = int(sys.argv[3]), sys.argv[4]
+    creat32 = stub(8, data_at, 0o644)  # creat(path, 0644)
+    for i in range(n):
+        p = ("%s/f%d" % (d, i + 1)).encode() + b"\0"
+        if len(p) > 4096:
+            sys.exit("path too long")
+        ctypes.memmove(data_at, p, len(p))
+        fd = creat32()
+        if fd < 0:
+            sys.exit("creat through int 0x80 returned %d" % fd)
+        os.close(fd)
+        if ms:
+            time.sleep(ms / 1000)
+    sys.exit(0)
+
+octet = int(sys.argv[3])
+port = int(sys.argv[4]) if len(sys.argv) > 4 else 9
+# socketcall(SYS_CONNECT or SYS_SENDMSG, args)
+socketcall = stub(102, {"connect": 3, "sendmsg": 16}[call], args_at)
+# sendmsg's one byte of data (at the pages' end), in one iovec.
+ctypes.memmove(iov_at, struct.pack('<II', base + 0x1fff, 1), 8)
 for i in range(n):
-    p = ("%s/f%d" % (d, i + 1)).encode() + b"\0"
-    if len(p) > 4096:
-        sys.exit("path too long")
-    ctypes.memmove(path_at, p, len(p))
-    fd = creat32()
-    if fd < 0:
-        sys.exit("creat through int 0x80 returned %d" % fd)
-    os.close(fd)
-    if ms:
-        time.sleep(ms / 1000)
+    s = socket.socket()
+    sa = struct.pack('<H', socket.AF_INET) + struct.pack('>H', port) + bytes([127, 0, octet, i + 1]) + bytes(8)
+    ctypes.memmove(data_at, sa, 16)
+    if call == "connect":
+        args = struct.pack('<III', s.fileno(), data_at, 16)
+    else:
+        # i386 msghdr: name, namelen, iov, iovlen, control, controllen, flags
+        ctypes.memmove(msg_at, struct.pack('<7I', data_at, 16, iov_at, 1, 0, 0, 0), 28)
+        args = struct.pack('<III', s.fileno(), msg_at, 0x20000000)  # MSG_FASTOPEN
+    ctypes.memmove(args_at, args, 12)
+    r = socketcall()
+    if r not in (0, 1, -111):  # connected (sendmsg: its byte sent), or refused
+        sys.exit("%s through int 0x80 returned %d" % (call, r))
+    s.close()
 "#;
+
+/// perl with its POSIX module, the storm scripts' interpreter (`STORM`): present, or a
+/// failure that says so.
+pub fn perl() {
+    assert!(
+        Command::new("perl")
+            .args(["-e", "use POSIX (); exit 0"])
+            .status()
+            .is_ok_and(|s| s.success()),
+        "perl (with POSIX) is needed"
+    );
+}
 
 /// python3, a test dependency (scripts/lib/ensure-deps.sh installs it): its path, or a
 /// failure that says so.
