@@ -59,6 +59,34 @@ fn run_cmd(dir: &Path, name: &str, flags: &[&str], cmd_line: &[&str]) -> Run {
     Run { secs, events }
 }
 
+/// Checks that the storm `held` of `n` calls of `kind` was held to a learned limit of
+/// 20 to 60 a second: its calls queued are of that kind, and it took at least as long
+/// as that limit allows. Returns the limit and the calls queued.
+fn held_to_limit<'a>(held: &'a Run, kind: &str, n: u32) -> (u64, Vec<&'a Value>) {
+    let queued: Vec<&Value> = held
+        .events
+        .iter()
+        .filter(|e| e["event"] == "rate_queued")
+        .collect();
+    assert!(
+        !queued.is_empty(),
+        "{kind}: nothing held: {:?}",
+        held.events
+    );
+    assert!(queued.iter().all(|e| e["kind"] == kind), "{queued:?}");
+    let limit = queued[0]["limit"].as_u64().unwrap();
+    assert!((20..=60).contains(&limit), "{kind}: limit {limit}");
+    // At most `limit` in any second: the n-th call comes at least floor((n-1)/limit)
+    // seconds after the first.
+    let floor = f64::from((n - 1) / limit as u32);
+    assert!(
+        held.secs >= floor * 0.95,
+        "{kind}: {} s, expected >= {floor}",
+        held.secs
+    );
+    (limit, queued)
+}
+
 fn count(r: &Run, event: &str) -> usize {
     r.events.iter().filter(|e| e["event"] == event).count()
 }
@@ -135,14 +163,7 @@ fn storms_are_slowed_to_the_learned_limit_and_the_trained_rate_never_waits() {
             assert_eq!(count(r, "delay_start"), 0, "pH delayed");
             assert_eq!(count(r, "state_change"), 0, "profile left normal");
         }
-        let queued: Vec<&Value> = held
-            .events
-            .iter()
-            .filter(|e| e["event"] == "rate_queued")
-            .collect();
-        assert!(!queued.is_empty(), "{kind}: nothing held");
-        assert!(queued.iter().all(|e| e["kind"] == kind), "{queued:?}");
-        let limit = queued[0]["limit"].as_u64().unwrap();
+        let (limit, queued) = held_to_limit(&held, kind, n);
         // Learned peak about 20 a second, margin 2.
         let peak = if kind == "fork" {
             fork_peak
@@ -150,16 +171,8 @@ fn storms_are_slowed_to_the_learned_limit_and_the_trained_rate_never_waits() {
             create_peak
         };
         assert_eq!(limit, 2 * peak, "{kind}: {rates}");
-        assert!((20..=60).contains(&limit), "{kind}: limit {limit}");
         assert!(count(&held, "rate_release") > 0);
-        // At most `limit` in any second: the n-th call comes at least
-        // floor((n-1)/limit) seconds after the first.
         let floor = f64::from((n - 1) / limit as u32);
-        assert!(
-            held.secs >= floor * 0.95,
-            "{kind}: {} s, expected >= {floor}",
-            held.secs
-        );
         assert!(
             free.secs < floor / 2.0,
             "{kind} storm unlimited: {} s",
@@ -275,21 +288,7 @@ fn an_i386_creation_storm_is_held_to_the_limit_it_learned() {
         n,
         0,
     );
-    let queued: Vec<&Value> = held
-        .events
-        .iter()
-        .filter(|e| e["event"] == "rate_queued")
-        .collect();
-    assert!(!queued.is_empty(), "nothing held: {:?}", held.events);
-    assert!(queued.iter().all(|e| e["kind"] == "create"), "{queued:?}");
-    let limit = queued[0]["limit"].as_u64().unwrap();
-    assert!((20..=60).contains(&limit), "limit {limit}");
-    let floor = f64::from((n - 1) / limit as u32);
-    assert!(
-        held.secs >= floor * 0.95,
-        "{} s, expected >= {floor}",
-        held.secs
-    );
+    let (limit, queued) = held_to_limit(&held, "create", n);
     eprintln!(
         "i386 creat storm of {n}: {:.2} s limited (limit {limit}/s, {} held) vs {:.2} s \
          without",
