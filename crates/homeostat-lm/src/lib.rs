@@ -1,6 +1,6 @@
-//! A neural language model of system calls: a small GRU trained on normal traces to
-//! predict each next call; a call's anomaly score is its negative log-likelihood (NLL)
-//! given everything the task called before.
+//! A neural language model of system calls: a small recurrent net (GRU or LSTM, one or
+//! more layers) trained on normal traces to predict each next call; a call's anomaly
+//! score is its negative log-likelihood (NLL) given everything the task called before.
 //!
 //! Why: the 1996-99 detectors (stide, lookahead pairs, Markov) only know contexts of a
 //! fixed few calls and call everything else foreign, which tops out near AUC 0.83 on
