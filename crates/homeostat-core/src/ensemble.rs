@@ -21,6 +21,12 @@
 //! Several sequence models agree on which traces are unusual, so under an equal
 //! weight per member adding one more of them mostly re-weights the ensemble toward
 //! that one view; one weight per view keeps the views' balance whatever the count.
+//! `mean_leaky` is Kim et al. 2016's blend of thresholding classifiers as an
+//! independent reimplementation reads it (weights 1/m, biases the members' medians):
+//! the mean over members of `leaky_relu(score - held-out median)` with slope 0.001, so
+//! a member votes with its raw excess over a typical normal trace and hardly at all
+//! below it (a trace is "highly normal" when every member finds it so); it suits
+//! members on one scale (language models' NLLs), not a mix of units.
 //! A member is written `name` (its primary score) or `name.score`, e.g.
 //! `ensemble:knn,stide.rate`, optionally with parameters of its own that override the
 //! shared ones: `ensemble:lm(seed=1),lm(seed=2,hidden=64),stide.rate`. Several copies
@@ -44,7 +50,16 @@ use crate::registry::{Registry, ENSEMBLE};
 /// Parameters the ensemble reads.
 pub const PARAMS: [&str; 1] = ["holdout"];
 /// The combined scores, before the members' own.
-pub const COMBINED: [&str; 5] = ["mean_z", "mean_rank", "max_rank", "view_rank", "view_z"];
+pub const COMBINED: [&str; 6] = [
+    "mean_z",
+    "mean_rank",
+    "max_rank",
+    "view_rank",
+    "view_z",
+    "mean_leaky",
+];
+/// Slope of `mean_leaky` below a member's median (Kim et al. 2016's leaky ReLU).
+pub const LEAKY_SLOPE: f64 = 0.001;
 /// Default: every 5th training trace (20%) fits the normalisation.
 pub const DEFAULT_HOLDOUT: usize = 5;
 
@@ -253,11 +268,13 @@ pub struct Norm {
 /// model-selection cross-validation (`homeostat_eval::cv`) both use.
 pub fn combine(norms: &[&Norm], views: &[View], picked: &[f64]) -> Vec<f64> {
     let n = norms.len().max(1) as f64;
-    let (mut z, mut r, mut rmax) = (0.0, 0.0, f64::MIN);
+    let (mut z, mut r, mut rmax, mut leaky) = (0.0, 0.0, f64::MIN, 0.0);
     // Per view: (sum of ranks, sum of z, members).
     let mut per = [(0.0, 0.0, 0usize); 2];
     for ((norm, view), &s) in norms.iter().zip(views).zip(picked) {
         let (zs, rank) = (norm.z(s), norm.rank(s));
+        let over = s - norm.median();
+        leaky += if over > 0.0 { over } else { LEAKY_SLOPE * over };
         z += zs;
         r += rank;
         rmax = rmax.max(rank);
@@ -270,7 +287,7 @@ pub fn combine(norms: &[&Norm], views: &[View], picked: &[f64]) -> Vec<f64> {
     let views_n = present.len().max(1) as f64;
     let view_rank = present.iter().map(|v| v.0 / v.2 as f64).sum::<f64>() / views_n;
     let view_z = present.iter().map(|v| v.1 / v.2 as f64).sum::<f64>() / views_n;
-    vec![z / n, r / n, rmax, view_rank, view_z]
+    vec![z / n, r / n, rmax, view_rank, view_z, leaky / n]
 }
 
 impl Norm {
@@ -292,6 +309,16 @@ impl Norm {
         // A member whose held-out scores are all equal (stide's LFC is often 0 on
         // normal traces) would divide by zero; a floor keeps its step finite.
         (s - self.mean) / self.std.max(1e-3 * self.mean.abs()).max(1e-9)
+    }
+
+    /// The median of the held-out scores (0 without any).
+    pub fn median(&self) -> f64 {
+        let n = self.held.len();
+        match n {
+            0 => 0.0,
+            _ if n % 2 == 1 => self.held[n / 2],
+            _ => (self.held[n / 2 - 1] + self.held[n / 2]) / 2.0,
+        }
     }
 
     /// The rank of `s` among the held-out scores (0..1, ties count half).
@@ -689,6 +716,13 @@ mod tests {
         assert_eq!(c[3], c[1]);
         assert_eq!(c[4], c[0]);
         assert_eq!(View::of("knn"), View::Mix);
+        // mean_leaky: excess over each member's median (here 1.5), a thousandth of
+        // it below: (7.5 + 0.001 * -1.5) / 2.
+        assert_eq!(n.median(), 1.5);
+        assert!((c[5] - (-0.5 * 0.001 + 1.5) / 2.0).abs() < 1e-12, "{c:?}");
+        let c = combine(&norms[..2], &views[..2], &[9.0, 0.0]);
+        assert!((c[5] - (7.5 - 0.0015) / 2.0).abs() < 1e-12, "{c:?}");
+        assert_eq!(Norm::fit(vec![4.0, 1.0, 2.0]).median(), 2.0);
         assert_eq!(View::of("kn"), View::Sequence);
     }
 
@@ -751,6 +785,7 @@ mod tests {
                 "max_rank",
                 "view_rank",
                 "view_z",
+                "mean_leaky",
                 "knn",
                 "knn(n=3)",
                 "stide.rate"
@@ -760,7 +795,8 @@ mod tests {
         let probe = [1u32, 2, 3, 4, 1, 2, 5, 6, 6, 1, 3, 3, 2];
         let mut s = Scratch::default();
         let got = e.score_trace(&probe, &mut s).scores;
-        assert_eq!(got.len(), 8);
+        let c = COMBINED.len();
+        assert_eq!(got.len(), c + 3);
         let mut one = |n: &str| {
             let mut b = r.builder("knn", &Params::parse(n).unwrap()).unwrap();
             for i in 0..20u32 {
@@ -772,9 +808,9 @@ mod tests {
                 .score_trace(&probe, &mut s)
                 .scores[0]
         };
-        assert_eq!(got[5], one("n=1"));
-        assert_eq!(got[6], one("n=3"));
-        assert_ne!(got[5], got[6]);
+        assert_eq!(got[c], one("n=1"));
+        assert_eq!(got[c + 1], one("n=3"));
+        assert_ne!(got[c], got[c + 1]);
         // The profile keeps the members' names; the stream agrees.
         let d = load(&r, &e.save()).unwrap();
         assert_eq!(d.score_names(), e.score_names());

@@ -183,7 +183,7 @@ fn main() {
             .map(|&i| homeostat_core::ensemble::View::of(&members[i].model))
             .collect();
         for rule in 0..COMBINED.len() {
-            if rule >= 3 && views.len() < 2 {
+            if (rule == 3 || rule == 4) && views.len() < 2 {
                 continue;
             }
             cands.push(Candidate {

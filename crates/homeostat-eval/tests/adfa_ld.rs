@@ -149,6 +149,7 @@ fn ensemble_members_with_parameters() {
             "max_rank",
             "view_rank",
             "view_z",
+            "mean_leaky",
             "kn",
             "kn(order=3)",
             "knn",

@@ -3,7 +3,7 @@
 //! for each trace score.
 //!
 //! `cargo run --release -p homeostat-lm --example adfa -- [DIR] [--epochs N]
-//! [--hidden N] [--batch N] [--chunk N] [--lr X] [--seed N] [--save FILE]`
+//! [--cell gru|lstm] [--layers N] [--dropout P] [--hidden N] [--batch N] [--chunk N] [--lr X] [--seed N] [--save FILE]`
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -25,6 +25,9 @@ fn main() -> anyhow::Result<()> {
         match a.as_str() {
             "--epochs" => cfg.epochs = val()?.parse()?,
             "--hidden" => cfg.hidden = val()?.parse()?,
+            "--cell" => cfg.cell = val()?.parse().map_err(anyhow::Error::msg)?,
+            "--layers" => cfg.layers = val()?.parse()?,
+            "--dropout" => cfg.dropout = val()?.parse()?,
             "--batch" => cfg.batch = val()?.parse()?,
             "--chunk" => cfg.chunk = val()?.parse()?,
             "--lr" => cfg.lr = val()?.parse()?,

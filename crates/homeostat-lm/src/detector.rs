@@ -16,8 +16,11 @@ use crate::train::{train, Progress};
 use crate::{Lm, LmConfig};
 
 /// Parameter names the model reads (see [`LmConfig`] for each).
-pub const PARAMS: [&str; 12] = [
+pub const PARAMS: [&str; 15] = [
+    "cell",
+    "layers",
     "hidden",
+    "dropout",
     "chunk",
     "batch",
     "epochs",
@@ -36,7 +39,10 @@ impl LmConfig {
     pub fn from_params(p: &Params) -> Result<Self, DetectorError> {
         let d = LmConfig::default();
         let c = LmConfig {
+            cell: p.get(KIND, "cell", d.cell)?,
+            layers: p.get(KIND, "layers", d.layers)?,
             hidden: p.get(KIND, "hidden", d.hidden)?,
+            dropout: p.get(KIND, "dropout", d.dropout)?,
             chunk: p.get(KIND, "chunk", d.chunk)?,
             batch: p.get(KIND, "batch", d.batch)?,
             epochs: p.get(KIND, "epochs", d.epochs)?,
@@ -73,7 +79,9 @@ impl Detector for Lm {
     fn describe(&self) -> String {
         let c = &self.config;
         format!(
-            "gru hidden={} epoch {}/{} held-out nll {:.3} seed={} L={}",
+            "{} layers={} hidden={} epoch {}/{} held-out nll {:.3} seed={} L={}",
+            c.cell.name(),
+            c.layers,
             c.hidden,
             self.stats.best_epoch,
             self.stats.epochs_run,
@@ -171,7 +179,8 @@ pub fn entry() -> Entry {
     Entry {
         name: KIND.into(),
         aliases: vec!["gru".into()],
-        about: "GRU language model of system calls: per-call negative log-likelihood".into(),
+        about: "GRU or LSTM language model of system calls: per-call negative log-likelihood"
+            .into(),
         params: PARAMS.iter().map(|s| s.to_string()).collect(),
         build: Arc::new(|p| {
             Ok(Box::new(LmBuilder::new(LmConfig::from_params(p)?)) as Box<dyn DetectorBuilder>)

@@ -1,6 +1,6 @@
-//! A neural language model of system calls: a small GRU trained on normal traces to
-//! predict each next call; a call's anomaly score is its negative log-likelihood (NLL)
-//! given everything the task called before.
+//! A neural language model of system calls: a small recurrent net (GRU or LSTM, one or
+//! more layers) trained on normal traces to predict each next call; a call's anomaly
+//! score is its negative log-likelihood (NLL) given everything the task called before.
 //!
 //! Why: the 1996-99 detectors (stide, lookahead pairs, Markov) only know contexts of a
 //! fixed few calls and call everything else foreign, which tops out near AUC 0.83 on
@@ -41,11 +41,65 @@ pub use train::{train, Progress};
 use homeostat_core::alphabet::Alphabet;
 use serde::{Deserialize, Serialize};
 
+/// The recurrent cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cell {
+    /// Gated recurrent unit (PyTorch's `nn.GRU` equations): 3 gates.
+    Gru,
+    /// Long short-term memory (PyTorch's `nn.LSTM`, no peepholes), the cell of Kim
+    /// et al. 2016: 4 gates and a cell state besides the hidden state.
+    Lstm,
+}
+
+impl Cell {
+    /// Gate pre-activations per hidden unit (3 for the GRU, 4 for the LSTM).
+    pub fn gates(self) -> usize {
+        match self {
+            Cell::Gru => 3,
+            Cell::Lstm => 4,
+        }
+    }
+
+    /// State vectors per layer (the LSTM keeps a cell state besides `h`).
+    pub fn states(self) -> usize {
+        match self {
+            Cell::Gru => 1,
+            Cell::Lstm => 2,
+        }
+    }
+
+    /// The parameter spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cell::Gru => "gru",
+            Cell::Lstm => "lstm",
+        }
+    }
+}
+
+impl std::str::FromStr for Cell {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "gru" => Ok(Cell::Gru),
+            "lstm" => Ok(Cell::Lstm),
+            _ => Err(format!("unknown cell {s} (gru or lstm)")),
+        }
+    }
+}
+
 /// Hyper-parameters of the model and its training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LmConfig {
-    /// GRU hidden units.
+    /// Recurrent cell.
+    pub cell: Cell,
+    /// Stacked recurrent layers (each of `hidden` units).
+    pub layers: usize,
+    /// Hidden units per layer.
     pub hidden: usize,
+    /// Training only: dropout probability on each layer's output (what the next layer
+    /// or the softmax reads, never the recurrent path); 0 for none.
+    pub dropout: f64,
     /// Truncated BPTT length: calls per chunk before gradients are cut.
     pub chunk: usize,
     /// Chunks per mini-batch (parallel lanes of concatenated traces).
@@ -78,7 +132,10 @@ impl Default for LmConfig {
     /// two cores; see docs/models.md for the measurements behind them.
     fn default() -> Self {
         LmConfig {
+            cell: Cell::Gru,
+            layers: 1,
             hidden: 128,
+            dropout: 0.0,
             chunk: 32,
             batch: 64,
             epochs: 45,
@@ -101,6 +158,12 @@ impl LmConfig {
         let bad = |m: String| Err(LmError::Config(m));
         if !(1..=4096).contains(&self.hidden) {
             return bad(format!("hidden size {} out of range 1..=4096", self.hidden));
+        }
+        if !(1..=8).contains(&self.layers) {
+            return bad(format!("layers {} out of range 1..=8", self.layers));
+        }
+        if !(self.dropout.is_finite() && (0.0..0.95).contains(&self.dropout)) {
+            return bad(format!("dropout {} out of range [0, 0.95)", self.dropout));
         }
         if !(1..=100_000).contains(&self.chunk) {
             return bad(format!("chunk {} out of range 1..=100000", self.chunk));
@@ -173,47 +236,138 @@ pub enum LmError {
     Profile(#[from] homeostat_core::ProfileError),
 }
 
-/// The trained weights as plain row-major arrays.
+/// Weights of a layer above the first: its input is the hidden state below.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upper {
+    /// `[H, G*H]`: input weights (the lower layer's h times this).
+    pub w_ih: Vec<f32>,
+    /// `[G*H]`: input biases.
+    pub b_ih: Vec<f32>,
+    /// `[H, G*H]`: recurrent weights.
+    pub w_hh: Vec<f32>,
+    /// `[G*H]`: recurrent biases.
+    pub b_hh: Vec<f32>,
+}
+
+/// The trained weights as plain row-major arrays (G = the cell's gate count).
 ///
 /// Inputs are dense ids: 0 for a call unseen in training, `1..=n` for the `n` calls of
 /// the alphabet, `n + 1` for the start of a trace. Outputs are ids `0..=n`. The input
-/// table already holds the three GRU gate pre-activations per input id (an embedding
-/// followed by the input projection, folded into one lookup since inputs are one-hot).
+/// table already holds the first layer's G gate pre-activations per input id (an
+/// embedding followed by the input projection, folded into one lookup since inputs
+/// are one-hot; an embedding of E >= n + 2 dimensions, as Kim et al.'s of the layer's
+/// size, constrains nothing this table cannot express).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Weights {
-    /// Hidden units H.
+    /// Recurrent cell.
+    pub cell: Cell,
+    /// Hidden units H per layer.
     pub hidden: usize,
     /// Input ids (n + 2).
     pub vocab_in: usize,
     /// Output ids (n + 1).
     pub vocab_out: usize,
-    /// `[vocab_in, 3H]`: reset, update, candidate pre-activations of each input.
+    /// `[vocab_in, G*H]`: the first layer's gate pre-activations of each input (GRU:
+    /// reset, update, candidate; LSTM: input, forget, cell, output).
     pub emb: Vec<f32>,
-    /// `[H, 3H]`: recurrent weights (h times this).
+    /// `[H, G*H]`: the first layer's recurrent weights (h times this).
     pub w_hh: Vec<f32>,
-    /// `[3H]`: recurrent biases.
+    /// `[G*H]`: the first layer's recurrent biases.
     pub b_hh: Vec<f32>,
-    /// `[H, vocab_out]`: output projection.
+    /// Layers 2.. (empty for one layer).
+    pub upper: Vec<Upper>,
+    /// `[H, vocab_out]`: output projection (from the top layer).
     pub out_w: Vec<f32>,
     /// `[vocab_out]`: output biases.
     pub out_b: Vec<f32>,
 }
 
 impl Weights {
-    /// Names and shapes in storage order.
-    pub(crate) fn shapes(&self) -> [(&'static str, [usize; 2]); 5] {
-        let (h, vi, vo) = (self.hidden, self.vocab_in, self.vocab_out);
-        [
-            ("emb", [vi, 3 * h]),
-            ("w_hh", [h, 3 * h]),
-            ("b_hh", [1, 3 * h]),
-            ("out_w", [h, vo]),
-            ("out_b", [1, vo]),
-        ]
+    /// Names and shapes in storage order: `emb`, `w_hh`, `b_hh` (the first layer, as a
+    /// one-layer GRU has always stored them), then per upper layer k = 2.. `w_ih.k`,
+    /// `b_ih.k`, `w_hh.k`, `b_hh.k`, then `out_w`, `out_b`.
+    pub(crate) fn shapes(&self) -> Vec<(String, [usize; 2])> {
+        Self::shapes_for(
+            self.cell,
+            self.upper.len() + 1,
+            self.hidden,
+            self.vocab_in,
+            self.vocab_out,
+        )
     }
 
-    pub(crate) fn tensors(&self) -> [&Vec<f32>; 5] {
-        [&self.emb, &self.w_hh, &self.b_hh, &self.out_w, &self.out_b]
+    pub(crate) fn shapes_for(
+        cell: Cell,
+        layers: usize,
+        h: usize,
+        vi: usize,
+        vo: usize,
+    ) -> Vec<(String, [usize; 2])> {
+        let gh = cell.gates() * h;
+        let mut v = vec![
+            ("emb".to_string(), [vi, gh]),
+            ("w_hh".to_string(), [h, gh]),
+            ("b_hh".to_string(), [1, gh]),
+        ];
+        for k in 2..=layers {
+            v.push((format!("w_ih.{k}"), [h, gh]));
+            v.push((format!("b_ih.{k}"), [1, gh]));
+            v.push((format!("w_hh.{k}"), [h, gh]));
+            v.push((format!("b_hh.{k}"), [1, gh]));
+        }
+        v.push(("out_w".to_string(), [h, vo]));
+        v.push(("out_b".to_string(), [1, vo]));
+        v
+    }
+
+    pub(crate) fn tensors(&self) -> Vec<&Vec<f32>> {
+        let mut v = vec![&self.emb, &self.w_hh, &self.b_hh];
+        for u in &self.upper {
+            v.extend([&u.w_ih, &u.b_ih, &u.w_hh, &u.b_hh]);
+        }
+        v.push(&self.out_w);
+        v.push(&self.out_b);
+        v
+    }
+
+    /// Rebuilds from tensors in [`Weights::shapes`] order (lengths already checked).
+    pub(crate) fn from_tensors(
+        cell: Cell,
+        hidden: usize,
+        vocab_in: usize,
+        vocab_out: usize,
+        data: Vec<Vec<f32>>,
+    ) -> Weights {
+        let upper_n = data.len().saturating_sub(5) / 4;
+        let mut it = data.into_iter();
+        let mut next = || it.next().unwrap_or_default();
+        let (emb, w_hh, b_hh) = (next(), next(), next());
+        let upper = (0..upper_n)
+            .map(|_| Upper {
+                w_ih: next(),
+                b_ih: next(),
+                w_hh: next(),
+                b_hh: next(),
+            })
+            .collect();
+        let (out_w, out_b) = (next(), next());
+        Weights {
+            cell,
+            hidden,
+            vocab_in,
+            vocab_out,
+            emb,
+            w_hh,
+            b_hh,
+            upper,
+            out_w,
+            out_b,
+        }
+    }
+
+    /// Layers.
+    pub fn layers(&self) -> usize {
+        self.upper.len() + 1
     }
 }
 

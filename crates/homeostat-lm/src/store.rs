@@ -12,17 +12,19 @@ use homeostat_core::profile::{decode_profile, encode_profile, StoredModel};
 use homeostat_core::{ProfileError, ProfileMeta};
 use serde::{Deserialize, Serialize};
 
-use crate::{Lm, LmConfig, LmError, TrainStats, Weights};
+use crate::{Cell, Lm, LmConfig, LmError, TrainStats, Weights};
 
 /// The profile kind tag and registry name.
 pub const KIND: &str = "lm";
-/// Version of the [`StoredLm`] layout this build writes and reads.
-pub const PAYLOAD_VERSION: u16 = 1;
+/// Version of the [`StoredLm`] layout this build writes. Version 1 (a one-layer GRU,
+/// written before the configuration had `cell`, `layers` and `dropout`) still loads.
+pub const PAYLOAD_VERSION: u16 = 2;
 
 /// One named tensor: shape and row-major values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredTensor {
-    /// Name (`emb`, `w_hh`, `b_hh`, `out_w`, `out_b`).
+    /// Name (`emb`, `w_hh`, `b_hh`, per upper layer k `w_ih.k`, `b_ih.k`, `w_hh.k`,
+    /// `b_hh.k`, then `out_w`, `out_b`).
     pub name: String,
     /// Dimensions.
     pub shape: Vec<u64>,
@@ -47,6 +49,66 @@ pub struct StoredLm {
     pub tensors: Vec<StoredTensor>,
 }
 
+/// The configuration as version 1 payloads stored it (a one-layer GRU).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct LmConfigV1 {
+    hidden: usize,
+    chunk: usize,
+    batch: usize,
+    epochs: usize,
+    patience: usize,
+    lr: f64,
+    weight_decay: f64,
+    clip: f64,
+    holdout_every: usize,
+    quantile: f64,
+    locality: usize,
+    seed: u64,
+    time_limit_secs: u64,
+}
+
+/// A version 1 payload: [`StoredLm`] with the old configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StoredLmV1 {
+    version: u16,
+    config: LmConfigV1,
+    stats: TrainStats,
+    symbols: Vec<u32>,
+    threshold: f32,
+    tensors: Vec<StoredTensor>,
+}
+
+impl From<StoredLmV1> for StoredLm {
+    fn from(s: StoredLmV1) -> StoredLm {
+        let c = s.config;
+        StoredLm {
+            version: PAYLOAD_VERSION,
+            config: LmConfig {
+                cell: Cell::Gru,
+                layers: 1,
+                hidden: c.hidden,
+                dropout: 0.0,
+                chunk: c.chunk,
+                batch: c.batch,
+                epochs: c.epochs,
+                patience: c.patience,
+                lr: c.lr,
+                weight_decay: c.weight_decay,
+                clip: c.clip,
+                holdout_every: c.holdout_every,
+                quantile: c.quantile,
+                locality: c.locality,
+                seed: c.seed,
+                time_limit_secs: c.time_limit_secs,
+            },
+            stats: s.stats,
+            symbols: s.symbols,
+            threshold: s.threshold,
+            tensors: s.tensors,
+        }
+    }
+}
+
 fn corrupt(msg: String) -> LmError {
     LmError::Profile(ProfileError::Corrupt(msg))
 }
@@ -60,7 +122,7 @@ impl Lm {
             .iter()
             .zip(w.tensors())
             .map(|((name, shape), data)| StoredTensor {
-                name: (*name).into(),
+                name: name.clone(),
                 shape: shape.iter().map(|&d| d as u64).collect(),
                 data: data.clone(),
             })
@@ -91,17 +153,8 @@ impl Lm {
             return Err(corrupt(format!("threshold {}", s.threshold)));
         }
         let n = alphabet.len();
-        let mut w = Weights {
-            hidden: s.config.hidden,
-            vocab_in: n + 2,
-            vocab_out: n + 1,
-            emb: vec![],
-            w_hh: vec![],
-            b_hh: vec![],
-            out_w: vec![],
-            out_b: vec![],
-        };
-        let shapes = w.shapes();
+        let (cell, layers, hidden) = (s.config.cell, s.config.layers, s.config.hidden);
+        let shapes = Weights::shapes_for(cell, layers, hidden, n + 2, n + 1);
         if s.tensors.len() != shapes.len() {
             return Err(corrupt(format!(
                 "{} tensors, expected {}",
@@ -130,13 +183,7 @@ impl Lm {
             }
             data.push(t.data);
         }
-        let mut it = data.into_iter();
-        let mut next = || it.next().unwrap_or_default();
-        w.emb = next();
-        w.w_hh = next();
-        w.b_hh = next();
-        w.out_w = next();
-        w.out_b = next();
+        let w = Weights::from_tensors(cell, hidden, n + 2, n + 1, data);
         Ok(Lm {
             alphabet,
             weights: w,
@@ -155,8 +202,16 @@ impl Lm {
 
     /// Decodes and validates a payload.
     pub fn from_payload(payload: &[u8]) -> Result<Lm, LmError> {
-        let (stored, rest): (StoredLm, &[u8]) = postcard::take_from_bytes(payload)
-            .map_err(|e| corrupt(format!("payload does not decode: {e}")))?;
+        let bad = |e: postcard::Error| corrupt(format!("payload does not decode: {e}"));
+        // Both layouts lead with the version number.
+        let (version, _): (u16, &[u8]) = postcard::take_from_bytes(payload).map_err(bad)?;
+        let (stored, rest): (StoredLm, &[u8]) = if version == 1 {
+            let (v1, rest): (StoredLmV1, &[u8]) =
+                postcard::take_from_bytes(payload).map_err(bad)?;
+            (v1.into(), rest)
+        } else {
+            postcard::take_from_bytes(payload).map_err(bad)?
+        };
         if !rest.is_empty() {
             return Err(LmError::Profile(ProfileError::TrailingData(
                 rest.len() as u64

@@ -73,7 +73,14 @@ pub fn train(traces: &[&[u32]], config: &LmConfig, progress: Progress<'_>) -> Re
     let (vocab_in, vocab_out, bos) = (n + 2, n + 1, (n + 1) as u32);
     let mut rng = Rng::new(config.seed);
     let dev = Device::Cpu;
-    let init = Net::init(config.hidden, vocab_in, vocab_out, &mut rng);
+    let init = Net::init(
+        config.cell,
+        config.layers,
+        config.hidden,
+        vocab_in,
+        vocab_out,
+        &mut rng,
+    );
     let mut net = Net::from_weights(&init, &dev)?;
     let params = net.trainable()?;
     let mut opt = AdamW::new(
@@ -129,8 +136,9 @@ pub fn train(traces: &[&[u32]], config: &LmConfig, progress: Progress<'_>) -> Re
                 continue;
             }
             let weight = Tensor::from_slice(&chunk.weight, chunk.weight.len(), &dev)?;
-            let (nll, last) = net.forward(&chunk, config.chunk, p.lanes, &h)?;
-            h = last.detach();
+            let masks = dropout_masks(config, &net, p.lanes, &mut rng, &dev)?;
+            let (nll, last) = net.forward(&chunk, config.chunk, p.lanes, &h, masks.as_deref())?;
+            h = last.iter().map(Tensor::detach).collect();
             let loss = ((nll * weight)?.sum_all()? / f64::from(wsum))?;
             let mut grads = loss.backward()?;
             clip(&mut grads, &params.vars, config.clip)?;
@@ -195,6 +203,39 @@ pub fn train(traces: &[&[u32]], config: &LmConfig, progress: Progress<'_>) -> Re
     }
     lm.stats.seconds = started.elapsed().as_secs_f64();
     Ok(lm)
+}
+
+/// Training's dropout masks for one chunk, one `[chunk, lanes, H]` mask per layer
+/// (inverted dropout: kept units are scaled by 1/(1-p), so scoring needs no change);
+/// `None` without dropout. Drawn from the seeded generator, so training stays
+/// repeatable.
+fn dropout_masks(
+    config: &LmConfig,
+    net: &Net,
+    lanes: usize,
+    rng: &mut Rng,
+    dev: &Device,
+) -> Result<Option<Vec<Tensor>>, LmError> {
+    if config.dropout <= 0.0 {
+        return Ok(None);
+    }
+    let keep = 1.0 - config.dropout as f32;
+    let n = config.chunk * lanes * net.hidden;
+    let masks = (0..net.layers())
+        .map(|_| {
+            let m: Vec<f32> = (0..n)
+                .map(|_| {
+                    if rng.uniform(0.5) + 0.5 < keep {
+                        1.0 / keep
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            Tensor::from_slice(&m, (config.chunk, lanes, net.hidden), dev)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Some(masks))
 }
 
 /// Mean NLL over calls the alphabet knows.

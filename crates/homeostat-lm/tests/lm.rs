@@ -393,3 +393,117 @@ fn ensemble_members_with_their_own_seeds_and_sizes() {
         assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "{s:?} vs {t:?}");
     }
 }
+
+/// A two-layer LSTM with dropout (Kim et al. 2016's cell) learns the cycle, and its
+/// streaming and batched NLLs agree as the GRU's do.
+#[test]
+fn two_layer_lstm_learns_and_its_paths_agree() {
+    use homeostat_lm::Cell;
+    let traces = cyclic_traces();
+    let refs: Vec<&[u32]> = traces.iter().map(Vec::as_slice).collect();
+    let cfg = LmConfig {
+        cell: Cell::Lstm,
+        layers: 2,
+        dropout: 0.1,
+        ..tiny()
+    };
+    let lm = train(&refs, &cfg, Progress::Quiet).unwrap();
+    assert_eq!(lm.weights().layers(), 2);
+    assert_eq!(lm.weights().emb.len(), (CYCLE.len() + 2) * 4 * 16);
+    let clean: Vec<u32> = (0..60).map(|k| CYCLE[k % 6]).collect();
+    let mut dirty = clean.clone();
+    dirty[30..36].copy_from_slice(&[99, 3, 3, 98, 17, 3]);
+    let (c, d) = (lm.score_stream(&clean), lm.score_stream(&dirty));
+    assert!(
+        c.mean_nll < 0.3,
+        "a learnt cycle should be predictable: {c:?}"
+    );
+    assert!(d.mean_nll > c.mean_nll + 0.3, "{d:?} vs {c:?}");
+    let mut probes = traces.clone();
+    probes.push(dirty);
+    probes.push(vec![]);
+    let refs: Vec<&[u32]> = probes.iter().map(Vec::as_slice).collect();
+    for lanes in [1, 5] {
+        let batched = lm.nll_traces(&refs, lanes).unwrap();
+        for (t, b) in probes.iter().zip(&batched) {
+            let mut s = lm.start();
+            let streamed: Vec<f32> = t.iter().map(|&c| lm.push(&mut s, c)).collect();
+            assert_eq!(streamed.len(), b.len());
+            for (x, y) in streamed.iter().zip(b) {
+                assert!((x - y).abs() <= 1e-4 * (1.0 + x.abs()), "{x} vs {y}");
+            }
+        }
+    }
+    // Same seed, same model (dropout masks come from the seed too).
+    let again = train(&refs[..24], &cfg, Progress::Quiet).unwrap();
+    assert_eq!(again.weights(), lm.weights());
+    // The profile brings the cell and the layers back.
+    let (back, _) = Lm::from_bytes(&lm.to_bytes(&meta())).unwrap();
+    assert_eq!(back.config(), lm.config());
+    assert_eq!(back.score_stream(&clean), lm.score_stream(&clean));
+}
+
+/// A profile written by the build before LSTM support (payload version 1, a
+/// one-layer GRU: `homeostat train -m lm -P hidden=4,epochs=2,holdout_every=3,
+/// batch=2,chunk=16,time_limit=0` on ADFA-LD's UTD-0001..0006) still loads and scores
+/// as that build scored it (`homeostat scan --json`: mean_nll 2.9577115660622004,
+/// max_frame_nll 3.2817231178283692, one anomalous call, on the probe below).
+#[test]
+fn a_version_1_gru_profile_still_loads() {
+    let bytes = include_bytes!("data/gru_v1.hsp");
+    let (lm, meta) = Lm::from_bytes(bytes).unwrap();
+    assert_eq!(meta.traces, 6);
+    assert_eq!(lm.config().cell, homeostat_lm::Cell::Gru);
+    assert_eq!((lm.config().layers, lm.config().hidden), (1, 4));
+    let probe = [
+        6, 6, 63, 6, 42, 120, 6, 195, 120, 6, 6, 114, 114, 1, 1, 252, 252, 252, 1, 1, 1, 1, 1, 1,
+        1, 1, 1, 252, 252, 252, 252, 252, 252, 252, 252, 252, 252, 252, 252, 252, 999, 3,
+    ];
+    let s = lm.score_stream(&probe);
+    assert_eq!((s.calls, s.anomalies), (42, 1));
+    assert!((s.mean_nll - 2.957_711_566_062_200_4).abs() < 1e-6, "{s:?}");
+    assert!(
+        (s.max_frame_nll - 3.281_723_117_828_369_2).abs() < 1e-6,
+        "{s:?}"
+    );
+    // Written again it is a version 2 payload that loads to the same model.
+    let (back, _) = Lm::from_bytes(&lm.to_bytes(&meta)).unwrap();
+    assert_eq!(back.weights(), lm.weights());
+    assert_eq!(back.to_stored().version, homeostat_lm::PAYLOAD_VERSION);
+}
+
+/// `cell`, `layers` and `dropout` are registry parameters; bad values are errors.
+#[test]
+fn cell_and_layers_are_parameters() {
+    use homeostat_core::{Params, Registry};
+    let mut reg = Registry::builtin();
+    reg.register(homeostat_lm::entry());
+    let mut p = Params::new();
+    for (k, v) in [
+        ("hidden", "8"),
+        ("epochs", "1"),
+        ("chunk", "16"),
+        ("batch", "4"),
+    ] {
+        p.set(k, v);
+    }
+    let mut q = p.clone();
+    for (k, v) in [("cell", "lstm"), ("layers", "2"), ("dropout", "0.5")] {
+        q.set(k, v);
+    }
+    let mut b = reg.builder("lm", &q).unwrap();
+    for t in &cyclic_traces() {
+        b.add_trace(t);
+    }
+    let det = b.build(&|_, _| {}).unwrap();
+    assert!(
+        det.describe().starts_with("lstm layers=2 hidden=8"),
+        "{}",
+        det.describe()
+    );
+    for (k, v) in [("cell", "rnn"), ("layers", "0"), ("dropout", "1.5")] {
+        let mut q = p.clone();
+        q.set(k, v);
+        assert!(reg.builder("lm", &q).is_err(), "{k}={v} accepted");
+    }
+}

@@ -339,7 +339,7 @@ pub struct ModelFlags {
     pub smoothing: Option<f64>,
     /// Other model parameters, name=value (repeat or comma-separate): knn k, n, tf
     /// (raw|log|bool), idf (true|false); kn order, discount, threshold, locality; cover locality, max_calls; hmm states, iterations, tolerance, seed,
-    /// threshold, floor, locality; lm hidden, epochs, seed, lr, batch, chunk, patience,
+    /// threshold, floor, locality; lm cell (gru|lstm), layers, hidden, dropout, epochs, seed, lr, batch, chunk, patience,
     /// quantile, holdout_every, time_limit; ensemble holdout (1 in N training traces
     /// fits the normalisation). See docs/models.md.
     #[arg(long = "param", short = 'P', global = true)]
