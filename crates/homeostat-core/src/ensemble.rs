@@ -777,20 +777,9 @@ mod tests {
             b.add_trace(&t);
         }
         let e = b.build(&|_, _| {}).unwrap();
-        assert_eq!(
-            e.score_names(),
-            [
-                "mean_z",
-                "mean_rank",
-                "max_rank",
-                "view_rank",
-                "view_z",
-                "mean_leaky",
-                "knn",
-                "knn(n=3)",
-                "stide.rate"
-            ]
-        );
+        let mut want = COMBINED.to_vec();
+        want.extend(["knn", "knn(n=3)", "stide.rate"]);
+        assert_eq!(e.score_names(), want);
         assert!(e.describe().contains("n=1..1") || e.describe().contains("knn"));
         let probe = [1u32, 2, 3, 4, 1, 2, 5, 6, 6, 1, 3, 3, 2];
         let mut s = Scratch::default();

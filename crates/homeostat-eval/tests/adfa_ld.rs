@@ -141,21 +141,10 @@ fn ensemble_members_with_parameters() {
     let ds = adfa_ld(&dir, None).unwrap();
     let e = eval(&ds, "ensemble:kn,kn(order=3),knn,stide.rate", "");
     assert_eq!(e.model, "ensemble:kn,kn(order=3),knn,stide.rate");
-    assert_eq!(
-        e.score_names,
-        [
-            "mean_z",
-            "mean_rank",
-            "max_rank",
-            "view_rank",
-            "view_z",
-            "mean_leaky",
-            "kn",
-            "kn(order=3)",
-            "knn",
-            "stide.rate"
-        ]
-    );
+    // The combined scores, then each member's own.
+    let mut want = homeostat_core::ensemble::COMBINED.to_vec();
+    want.extend(["kn", "kn(order=3)", "knn", "stide.rate"]);
+    assert_eq!(e.score_names, want);
     // Each member's column is that model trained alone on every training trace.
     within("member kn", e.scores["kn"].auc, KN_MEAN_NLL, 1e-4);
     within(

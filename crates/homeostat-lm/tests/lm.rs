@@ -78,17 +78,12 @@ fn learns_a_cycle_and_flags_foreign_calls() {
     assert!(d.max_lfc >= 3 && c.max_lfc == 0, "{d:?} {c:?}");
 }
 
-#[test]
-fn streaming_equals_batched() {
-    let lm = trained();
-    let mut probes = cyclic_traces();
-    probes.push(vec![3, 5, 99, 7, 11, 3, 3, 3]);
-    probes.push(vec![]);
-    probes.push(vec![42]);
-    let refs: Vec<&[u32]> = probes.iter().map(Vec::as_slice).collect();
-    for lanes in [1, 3, 256] {
-        let batched = lm.nll_traces(&refs, lanes).unwrap();
-        for (t, b) in probes.iter().zip(&batched) {
+/// The streaming scorer (plain Rust, one call at a time) gives candle's batched NLLs
+/// for every trace of `refs`, packed in each of `lanes` lanes, to 1e-4.
+fn streaming_matches_batched(lm: &Lm, refs: &[&[u32]], lanes: &[usize]) {
+    for &n in lanes {
+        let batched = lm.nll_traces(refs, n).unwrap();
+        for (t, b) in refs.iter().zip(&batched) {
             let mut s = lm.start();
             let streamed: Vec<f32> = t.iter().map(|&c| lm.push(&mut s, c)).collect();
             assert_eq!(streamed.len(), b.len());
@@ -97,6 +92,17 @@ fn streaming_equals_batched() {
             }
         }
     }
+}
+
+#[test]
+fn streaming_equals_batched() {
+    let lm = trained();
+    let mut probes = cyclic_traces();
+    probes.push(vec![3, 5, 99, 7, 11, 3, 3, 3]);
+    probes.push(vec![]);
+    probes.push(vec![42]);
+    let refs: Vec<&[u32]> = probes.iter().map(Vec::as_slice).collect();
+    streaming_matches_batched(&lm, &refs, &[1, 3, 256]);
     let scores = lm.score_traces(&refs, 2);
     for (t, b) in probes.iter().zip(&scores) {
         let s = lm.score_stream(t);
@@ -423,17 +429,7 @@ fn two_layer_lstm_learns_and_its_paths_agree() {
     probes.push(dirty);
     probes.push(vec![]);
     let refs: Vec<&[u32]> = probes.iter().map(Vec::as_slice).collect();
-    for lanes in [1, 5] {
-        let batched = lm.nll_traces(&refs, lanes).unwrap();
-        for (t, b) in probes.iter().zip(&batched) {
-            let mut s = lm.start();
-            let streamed: Vec<f32> = t.iter().map(|&c| lm.push(&mut s, c)).collect();
-            assert_eq!(streamed.len(), b.len());
-            for (x, y) in streamed.iter().zip(b) {
-                assert!((x - y).abs() <= 1e-4 * (1.0 + x.abs()), "{x} vs {y}");
-            }
-        }
-    }
+    streaming_matches_batched(&lm, &refs, &[1, 5]);
     // Same seed, same model (dropout masks come from the seed too).
     let again = train(&refs[..24], &cfg, Progress::Quiet).unwrap();
     assert_eq!(again.weights(), lm.weights());
