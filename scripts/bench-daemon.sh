@@ -493,6 +493,21 @@ fi
 # --- report ------------------------------------------------------------------------
 echo "- rounds took $bench_secs s (preparation $prep_secs s)"
 echo
+# The awk function both report tables use: median(c), the median of the samples
+# s[c, 1..cnt[c]] (-1 without any).
+awk_median='
+    function median(c,   n, i, j, t, v) {
+        n = 0
+        for (i = 1; i <= cnt[c]; i++) v[++n] = s[c, i]
+        for (i = 2; i <= n; i++) {           # insertion sort, n is small
+            t = v[i]
+            for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]
+            v[j + 1] = t
+        }
+        if (n == 0) return -1
+        return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+    }'
+
 # table KIND: the medians of each (workload, condition) and their ratios to none and
 # floor, of the runs' wall time (KIND wall: with the targets) or CPU time (cpu).
 table() {
@@ -521,19 +536,8 @@ table() {
         done
         [ -z "$mark" ] || mark=" (not normal: $mark)"
         awk -v w="$w" -v label="${label[$w]}" -v tgt="${target[$w]}" -v mark="$mark" \
-            -v conds="${conds[*]}" -v kind="$kind" '
+            -v conds="${conds[*]}" -v kind="$kind" "$awk_median"'
             function sec(x,   a) { split(x, a, "m"); sub(/s$/, "", a[2]); return a[1] * 60 + a[2] }
-            function median(c,   n, i, j, t, v) {
-                n = 0
-                for (i = 1; i <= cnt[c]; i++) v[++n] = s[c, i]
-                for (i = 2; i <= n; i++) {           # insertion sort, n is small
-                    t = v[i]
-                    for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]
-                    v[j + 1] = t
-                }
-                if (n == 0) return -1
-                return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-            }
             function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2fx", a / b) : "?" }
             $1 == w && kind == "wall" { s[$2, ++cnt[$2]] = $4 - $3 }
             $1 == w && kind == "cpu" && NF >= 8 {
@@ -581,18 +585,7 @@ if [[ " ${conds[*]} " == *" args-training "* || " ${conds[*]} " == *" args-norma
     echo "| workload | args-training / training | args-normal / normal |"
     echo "|---|---|---|"
     for w in "${workloads[@]}"; do
-        awk -v w="$w" -v label="${label[$w]}" '
-            function median(c,   n, i, j, t, v) {
-                n = 0
-                for (i = 1; i <= cnt[c]; i++) v[++n] = s[c, i]
-                for (i = 2; i <= n; i++) {
-                    t = v[i]
-                    for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]
-                    v[j + 1] = t
-                }
-                if (n == 0) return -1
-                return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-            }
+        awk -v w="$w" -v label="${label[$w]}" "$awk_median"'
             function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.3fx", a / b) : "?" }
             $1 == w { c = $2; s[c, ++cnt[c]] = $4 - $3 }
             END {
