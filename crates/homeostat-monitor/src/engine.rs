@@ -332,7 +332,8 @@ impl Engine {
             });
         // Either ABI: an i386 fork or creation counts as an x86_64 one (their names
         // and an open's flags agree), so a 32-bit storm is held too.
-        let kind = match c.arch.name(c.nr) {
+        let name = c.arch.name(c.nr);
+        let kind = match name {
             Some(n) if config.rate_limit => rate::kind_of(n, c.arg),
             _ => None,
         };
@@ -350,7 +351,7 @@ impl Engine {
         }
         // io_uring would let the program create files out of the limits' sight
         // (symbols::hides_later_calls): with the limits on, it may not use it.
-        let hidden = config.rate_limit && c.arch.name(c.nr).is_some_and(hides_later_calls);
+        let hidden = config.rate_limit && name.is_some_and(hides_later_calls);
         if hidden {
             step.verdict = Verdict::Refuse;
         }
