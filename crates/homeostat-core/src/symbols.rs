@@ -344,6 +344,13 @@ pub fn opens_connection(name: &str, flags: Option<u64>) -> bool {
     }
 }
 
+/// Whether a connection call `name` keeps its address in the `msghdr` its second
+/// argument points to (`msg_name`, `msg_namelen`) rather than where [`arg_spec`] says:
+/// `sendmsg`.
+pub fn address_in_msghdr(name: &str) -> bool {
+    name == "sendmsg"
+}
+
 /// Which argument of call `name` holds the flags [`opens_connection`] reads.
 pub fn connection_flags(name: &str) -> Option<usize> {
     match name {
@@ -803,6 +810,7 @@ mod tests {
         assert_eq!(connection_flags("sendto"), Some(3));
         assert_eq!(connection_flags("sendmsg"), Some(2));
         assert_eq!(connection_flags("connect"), None);
+        assert!(address_in_msghdr("sendmsg") && !address_in_msghdr("sendto"));
         assert!(hides_later_calls("io_uring_setup"));
         assert!(hides_later_calls("io_uring_enter"));
         assert!(!hides_later_calls("read"));

@@ -15,7 +15,9 @@ use homeostat_syscalls::Arch;
 use libbpf_rs::{MapCore, MapFlags};
 
 use homeostat_core::rate::{kind_of, RateKind};
-use homeostat_core::symbols::{arg_spec, flags, opens_connection, Arg, ArgSpec, MSG_FASTOPEN};
+use homeostat_core::symbols::{
+    address_in_msghdr, arg_spec, flags, opens_connection, Arg, ArgSpec, MSG_FASTOPEN,
+};
 
 use crate::abi::{
     self, hs_profile, hs_rate_cfg, hs_rate_ring, hs_thr_key, hs_thr_mode, COMPAT, TABLE,
@@ -133,7 +135,7 @@ pub(crate) fn call_table(connect: bool, rates: bool) -> [u8; TABLE] {
             // Only with MSG_FASTOPEN in its flags (the kernel side checks), the address
             // where the core's `arg_spec` says, or in sendmsg's msghdr.
             *x = TC_CONNECT | TC_FASTOPEN;
-            if arg_spec(name).is_none() {
+            if address_in_msghdr(name) {
                 *x |= TC_MSG;
             }
         }

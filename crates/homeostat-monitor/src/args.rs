@@ -69,7 +69,7 @@ pub fn connection(
     if !symbols::opens_connection(name, flags) {
         return None;
     }
-    if name == "sendmsg" {
+    if symbols::address_in_msghdr(name) {
         return Some(msg_name(tid, arch, args[1]));
     }
     if captured.is_some() {
