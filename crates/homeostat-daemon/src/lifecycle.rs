@@ -237,9 +237,15 @@ impl Daemon {
         }
         match kernel.stats() {
             Ok(s) => {
-                // Not a loss (a task's state in task storage): counted, not warned of.
+                // Not losses (a task's state in task storage, general-path calls):
+                // counted, not warned of.
                 self.counts.tids_taken_total = s.tids_taken;
-                let losses = |s: Stats| Stats { tids_taken: 0, ..s };
+                self.counts.general_calls_total = s.general_calls;
+                let losses = |s: Stats| Stats {
+                    tids_taken: 0,
+                    general_calls: 0,
+                    ..s
+                };
                 if losses(s) != losses(self.stats) {
                     self.counts.lost_events_total = s.lost_events;
                     self.counts.rows_full_total = s.rows_full;

@@ -48,6 +48,9 @@ pub struct Snapshot {
     /// Not a loss: task states the kernel made in task storage because the task's
     /// slot of the tid array was another's.
     pub tids_taken_total: u64,
+    /// Not a loss: calls of followed tasks that took the kernel's general path
+    /// rather than the common call (docs/ebpf.md, "The common call").
+    pub general_calls_total: u64,
     /// Profiles in training.
     pub profiles_training: u64,
     /// Profiles frozen (waiting to become normal).
@@ -76,7 +79,7 @@ impl Snapshot {
     /// The snapshot in the Prometheus text exposition format 0.0.4: each metric with
     /// its `# HELP` and `# TYPE` lines, then its samples; newline-terminated.
     pub fn render(&self) -> String {
-        let counters: [(&str, &str, u64); 10] = [
+        let counters: [(&str, &str, u64); 11] = [
             (
                 "homeostat_events_total",
                 "Events received from the kernel.",
@@ -126,6 +129,11 @@ impl Snapshot {
                 "homeostat_tids_taken_total",
                 "Task states the kernel kept in task storage (a few ns more per call) because the task's tid slot was another's.",
                 self.tids_taken_total,
+            ),
+            (
+                "homeostat_general_calls_total",
+                "Calls of followed tasks that took the kernel's general path (first calls, unknown windows, hooks, count flushes) rather than the common call.",
+                self.general_calls_total,
             ),
         ];
         let mut out = String::with_capacity(2048);
@@ -434,6 +442,7 @@ mod tests {
             tasks_full_total: 8,
             profiles_full_total: 9,
             tids_taken_total: 17,
+            general_calls_total: 18,
             profiles_training: 10,
             profiles_frozen: 11,
             profiles_normal: 12,
@@ -529,6 +538,9 @@ homeostat_profiles_full_total 9
 # HELP homeostat_tids_taken_total Task states the kernel kept in task storage (a few ns more per call) because the task's tid slot was another's.
 # TYPE homeostat_tids_taken_total counter
 homeostat_tids_taken_total 17
+# HELP homeostat_general_calls_total Calls of followed tasks that took the kernel's general path (first calls, unknown windows, hooks, count flushes) rather than the common call.
+# TYPE homeostat_general_calls_total counter
+homeostat_general_calls_total 18
 # HELP homeostat_profiles Profiles by lifecycle state.
 # TYPE homeostat_profiles gauge
 homeostat_profiles{state=\"training\"} 10
@@ -552,7 +564,7 @@ homeostat_calls_total{state=\"learning\"} 4
     #[test]
     fn render_structure() {
         let (samples, types) = check_structure(&Snapshot::default().render());
-        assert_eq!((samples, types), (18, 14));
+        assert_eq!((samples, types), (19, 15));
         // Every optional section on: still one HELP and TYPE per metric, before its
         // samples, and each metric's samples together.
         let all = Snapshot {
@@ -561,7 +573,7 @@ homeostat_calls_total{state=\"learning\"} 4
             ..Snapshot::default()
         };
         let (samples, types) = check_structure(&all.render());
-        assert_eq!((samples, types), (18 + 4 + 4 + 4 + 2 + 2, 14 + 5));
+        assert_eq!((samples, types), (19 + 4 + 4 + 4 + 2 + 2, 15 + 5));
     }
 
     /// Checks the exposition's structure; returns its samples and TYPE lines.

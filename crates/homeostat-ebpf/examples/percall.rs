@@ -4,8 +4,9 @@
 //! daemon): first with the profiles training (after one learning pass), then with all
 //! of them normal. One load per invocation, so that two builds of this example (or a
 //! build with `--features floor`) can be alternated by scripts/bench-percall.sh and
-//! compared in one run. Prints `workload state ns_per_call runs skipped` lines
-//! (skipped: calls the kernel's recursion guard kept from the program). Root.
+//! compared in one run. Prints `workload state ns_per_call runs skipped general`
+//! lines (skipped: calls the kernel's recursion guard kept from the program;
+//! general: calls that took the general path per 1000 runs). Root.
 //! `PERCALL_SYMBOLS=args`: with argument classes (`Options::symbols`, the default
 //! path depth and cap, as `homeostat daemon --symbols args`). `PERCALL_EVENTS=1`:
 //! print the workload programs' anomaly and new-pair events on stderr after each
@@ -28,6 +29,12 @@ const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 fn workload(name: &str) -> Option<&'static str> {
     Some(match name {
         "dd1" => "dd if=/dev/zero of=/dev/null bs=1 count=200000 status=none",
+        // Four at once on two CPUs: what one task's calls cost another's (shared
+        // lines, migrations between CPUs).
+        "dd4" => {
+            "for i in 1 2 3 4; do dd if=/dev/zero of=/dev/null bs=1 count=200000 status=none & \
+             done; wait"
+        }
         "find" => "find /usr >/dev/null 2>&1",
         "tar" => "tar c /usr/include 2>/dev/null | wc -c >/dev/null",
         "forkexec" => "i=0; while [ $i -lt 300 ]; do /bin/true; i=$((i+1)); done",
@@ -63,16 +70,49 @@ fn sys_enter(k: &Kernel) -> (u64, u64, u64) {
         })
 }
 
-/// (runs, ns, calls skipped by the recursion guard) of sys_enter during one run of
-/// `cmd`, the counters on only meanwhile.
-fn measured(k: &Kernel, cmd: &str) -> Result<(u64, u64, u64), String> {
+/// One measured run of `cmd`: sys_enter's runs, its run time and the calls its
+/// recursion guard skipped, with the counters on only meanwhile, and how many calls
+/// took the general path (every followed task on the machine, as the runs).
+struct Measured {
+    runs: u64,
+    ns: u64,
+    skipped: u64,
+    general: u64,
+}
+
+fn measured(k: &Kernel, cmd: &str) -> Result<Measured, String> {
+    let general = || {
+        k.stats()
+            .map(|s| s.general_calls)
+            .map_err(|e| e.to_string())
+    };
     let (n0, t0, m0) = sys_enter(k);
+    let g0 = general()?;
     std::fs::write(SYSCTL, "1").map_err(|e| format!("{SYSCTL}: {e}"))?;
     let r = sh(cmd);
     std::fs::write(SYSCTL, "0").map_err(|e| format!("{SYSCTL}: {e}"))?;
     r?;
+    let g1 = general()?;
     let (n1, t1, m1) = sys_enter(k);
-    Ok((n1 - n0, t1 - t0, m1 - m0))
+    Ok(Measured {
+        runs: n1 - n0,
+        ns: t1 - t0,
+        skipped: m1 - m0,
+        general: g1 - g0,
+    })
+}
+
+/// The output line of one measured run: `workload state ns_per_call runs skipped
+/// general_per_1000_runs`.
+fn print(name: &str, state: &str, m: &Measured) {
+    let per = |x: u64, scale: f64| x as f64 * scale / m.runs.max(1) as f64;
+    println!(
+        "{name} {state} {:.1} {} {} {:.2}",
+        per(m.ns, 1.0),
+        m.runs,
+        m.skipped,
+        per(m.general, 1000.0)
+    );
 }
 
 /// The workload profiles' counters so far, on stderr (learning or anomalies in a
@@ -176,11 +216,7 @@ fn run() -> Result<(), String> {
     }
     events("learning")?;
     for (n, c) in &cmds {
-        let (runs, ns, skipped) = measured(&k, c)?;
-        println!(
-            "{n} training {:.1} {runs} {skipped}",
-            ns as f64 / runs.max(1) as f64
-        );
+        print(n, "training", &measured(&k, c)?);
         report(&k, &exes);
         events(&format!("{n} training"))?;
     }
@@ -203,11 +239,7 @@ fn run() -> Result<(), String> {
     }
     events("settle")?;
     for (n, c) in &cmds {
-        let (runs, ns, skipped) = measured(&k, c)?;
-        println!(
-            "{n} normal {:.1} {runs} {skipped}",
-            ns as f64 / runs.max(1) as f64
-        );
+        print(n, "normal", &measured(&k, c)?);
         report(&k, &exes);
         events(&format!("{n} normal"))?;
     }

@@ -64,9 +64,10 @@ pub(crate) const LEARN_UID: u32 = 1;
 pub(crate) const LEARN_CGROUP: u32 = 2;
 
 /// Entries of the per-CPU `hs_stats` array (`HS_NSTATS`), in `HS_STAT_*` order: the
-/// five loss counters, events submitted (for wakeup batching, not a loss), and tasks
-/// whose `hs_tids` slot was taken (their state in task storage instead).
-pub(crate) const NSTATS: usize = 7;
+/// five loss counters, events submitted (for wakeup batching, not a loss), tasks
+/// whose `hs_tids` slot was taken (their state in task storage instead), and calls
+/// that took the general path.
+pub(crate) const NSTATS: usize = 8;
 /// Slots of the tid-indexed task array at most (`HS_TIDS`, a power of two).
 pub const TIDS: u32 = 32768;
 

@@ -115,6 +115,11 @@ pub struct Stats {
     /// task's calls cost a few ns more. Counted per state made (first call, exec,
     /// fork).
     pub tids_taken: u64,
+    /// Not a loss: calls of followed tasks that took the general path (the common
+    /// call could not finish them: a task's first calls, a window not yet known, a
+    /// call with a hook, a count flush, a profile changed since). The rest of the
+    /// calls cost only the common call's few loads.
+    pub general_calls: u64,
 }
 
 fn decode_event(b: &[u8]) -> Option<Event> {
@@ -215,7 +220,7 @@ impl Kernel {
                 .sum();
         }
         // In HS_STAT_* order.
-        let [lost_events, rows_full, tasks_full, profiles_full, stops_failed, _events, tids_taken] =
+        let [lost_events, rows_full, tasks_full, profiles_full, stops_failed, _events, tids_taken, general_calls] =
             sums;
         Ok(Stats {
             lost_events,
@@ -224,6 +229,7 @@ impl Kernel {
             profiles_full,
             stops_failed,
             tids_taken,
+            general_calls,
         })
     }
 

@@ -371,6 +371,39 @@ fn calls_of_a_short_program_are_counted_at_exit() {
     k.remove_profile(exe).unwrap();
 }
 
+/// The common call finishes a steady loop's calls: of a known program's calls, only
+/// the count flush (one in 64) and the first calls of the run take the general path,
+/// and the counter says so (it counts calls of followed tasks only: no other task
+/// has a profile in this load).
+#[test]
+fn a_steady_loop_takes_the_general_path_only_to_flush() {
+    let Some(k) = kernel() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (dd, exe) = private_copy(dir.path(), "/bin/dd");
+    k.set_state(exe, KernelState::Training).unwrap();
+    let args = [
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=1",
+        "count=20000",
+        "status=none",
+    ];
+    run(&dd, &args);
+    let calls0 = k.profile(exe).unwrap().unwrap().calls;
+    let general0 = k.stats().unwrap().general_calls;
+    run(&dd, &args);
+    let calls = k.profile(exe).unwrap().unwrap().calls - calls0;
+    let general = k.stats().unwrap().general_calls - general0;
+    assert!(calls > 40_000, "{calls} calls counted");
+    // The flushes, plus dd's start-up (each window of it first seen by this task).
+    let flushes = calls / 64;
+    assert!(
+        general >= flushes - 2 && general <= flushes + 300,
+        "{general} general-path calls of {calls} ({flushes} flushes)"
+    );
+    k.remove_profile(exe).unwrap();
+}
+
 /// Asking for the in-kernel execve refusal never makes loading fail: where BPF LSM is
 /// refused (as on the machines this was written on) the programs load without it and
 /// say why; where it loads, it is reported active or unconfirmed.

@@ -577,6 +577,9 @@ __attribute__((noinline)) int hs_general(struct hs_task *t, __u32 call)
 
 	if (!t || t->valid != HS_VALID)
 		return 0;
+	/* How often the common call falls through: the measure of what the cache of
+	 * known windows saves (per CPU, one add on a path that costs far more). */
+	count(HS_STAT_GENERAL);
 	/* The window in calls (the common call kept it in local slots only), before
 	 * anything below may empty the local table. */
 	if (t->lvalid >= HS_SEQ)

@@ -27,7 +27,8 @@
 #define HS_STAT_STOPS_FAILED 4  /* a response was due but the stop could not be made */
 #define HS_STAT_EVENTS 5        /* events submitted on this CPU (wakeup batching) */
 #define HS_STAT_TIDS_TAKEN 6    /* a task's hs_tids slot was another's: task storage */
-#define HS_NSTATS 7
+#define HS_STAT_GENERAL 7       /* calls of followed tasks that took the general path */
+#define HS_NSTATS 8
 
 struct hs_key {
 	__u64 dev; /* st_dev encoding, as stat(2) reports it */
