@@ -493,7 +493,7 @@ fi
 # --- report ------------------------------------------------------------------------
 echo "- rounds took $bench_secs s (preparation $prep_secs s)"
 echo
-# The awk function both report tables use: median(c), the median of the samples
+# The awk function the report's tables use: median(c), the median of the samples
 # s[c, 1..cnt[c]] (-1 without any).
 awk_median='
     function median(c,   n, i, j, t, v) {
@@ -639,14 +639,16 @@ if [ -s "$work/runstats" ]; then
     echo
     echo "| condition | program/workload | runs (total) | ns per run (median) | min - max |"
     echo "|---|---|---|---|---|"
-    awk '{ k = $1 " " $2; if (!(k in n)) order[++no] = k; n[k]++; v[k, n[k]] = ($3 > 0 ? $4 / $3 : -1); cnt[k] += $3 }
+    awk "$awk_median"'
+        { k = $1 " " $2; if (!(k in cnt)) order[++no] = k
+          x = ($3 > 0 ? $4 / $3 : -1); s[k, ++cnt[k]] = x; runs[k] += $3
+          if (cnt[k] == 1 || x < lo[k]) lo[k] = x
+          if (cnt[k] == 1 || x > hi[k]) hi[k] = x }
         END {
             for (o = 1; o <= no; o++) {
-                k = order[o]; m = n[k]
-                for (i = 2; i <= m; i++) { t = v[k, i]; for (j = i - 1; j >= 1 && v[k, j] > t; j--) v[k, j + 1] = v[k, j]; v[k, j + 1] = t }
-                med = m % 2 ? v[k, (m + 1) / 2] : (v[k, m / 2] + v[k, m / 2 + 1]) / 2
+                k = order[o]
                 split(k, kk, " ")
-                printf "| %s | %s | %d | %.1f | %.1f - %.1f |\n", kk[1], kk[2], cnt[k], med, v[k, 1], v[k, m]
+                printf "| %s | %s | %d | %.1f | %.1f - %.1f |\n", kk[1], kk[2], runs[k], median(k), lo[k], hi[k]
             }
         }' "$work/runstats"
 fi
