@@ -31,6 +31,18 @@
 #             are prepared from the same preparation's saved state, which both builds
 #             read).
 #
+# Paired floor / real (PAIRS, default 20): the block scheme above compares daemons
+# started seconds to minutes apart, and this machine's run-to-run spread (5-15 %) is
+# larger than the 2-10 % being measured. So after the rounds, one floor-build daemon
+# per kind (training: fresh state, --learn; normal: a copy of the prepared state,
+# --detect) runs PAIRS pairs of each workload: the same workload once with the floor
+# attached and once with the real program swapped in (`homeostat hook floor|real`,
+# src/floor.rs of homeostat-ebpf: the real program is the release build's, attached in
+# place of the floor), back to back, the order alternating from pair to pair and
+# workload to workload. The report gives, per workload, the median of the pairs'
+# real / floor ratios (wall and CPU time) with their quartiles: each ratio compares
+# two runs a second apart. This is the figure the targets are judged on.
+#
 # Per-call cost measured directly: after the rounds, each daemon condition runs
 # STATS_ROUNDS more times (conditions alternating) with `kernel.bpf_stats_enabled=1`
 # (off during the timed rounds: the accounting costs two clock reads per run) around
@@ -86,6 +98,8 @@
 #   CONDS="..."     the conditions to run (default: none floor training normal, plus
 #                   old-training old-normal with HOMEOSTAT_BEFORE_BIN, plus
 #                   args-training args-normal with ARGS=1)
+#   PAIRS=20        pairs of each workload per kind in the paired floor / real part
+#                   (0: not run)
 #   STATS_ROUNDS=3  runs of each daemon condition with bpf_stats on (conditions
 #                   alternating; the report gives the median per call)
 #   STATS_WORKLOADS="dd1 find"  the workloads run (and reported apart) with bpf_stats on
@@ -115,6 +129,7 @@ else
 fi
 prep_dd_count=20000
 stats_rounds="${STATS_ROUNDS:-3}"
+pairs="${PAIRS:-20}"
 read -r -a stats_workloads <<<"${STATS_WORKLOADS:-dd1 find}"
 forks=300
 
@@ -419,11 +434,12 @@ start_cond() {
     local cond="$1" r="$2" bin="$hs" kind extra=()
     case "$cond" in
     old-*) bin="$hs_before" ;;
-    floor) bin="$hs_floor" ;;
+    floor | paired-*) bin="$hs_floor" ;;
     args-*) extra=(--symbols args) ;;
     esac
     kind="${cond#old-}"
     kind="${kind#args-}"
+    kind="${kind#paired-}"
     case "$kind" in
     none) ;;
     training | floor)
@@ -431,6 +447,7 @@ start_cond() {
         mkdir -p "$work/train-$cond-$r"
         start_daemon "$bin" "$work/$cond-$r.log" --state-dir "$work/train-$cond-$r" --learn -q \
             "${extra[@]}"
+        cond_state="$work/train-$cond-$r"
         ;;
     normal)
         rm -rf "$work/normal-$cond-$r"
@@ -438,6 +455,7 @@ start_cond() {
         rm -rf "$work/normal-$cond-$r/run"
         start_daemon "$bin" "$work/$cond-$r.log" --state-dir "$work/normal-$cond-$r" --detect -q \
             --events "$work/$cond-$r.jsonl" "${extra[@]}"
+        cond_state="$work/normal-$cond-$r"
         ;;
     *)
         echo "bench-daemon: unknown condition $cond" >&2
@@ -452,6 +470,36 @@ for ((r = 0; r < rounds; r++)); do
     for c in "${order[@]}"; do run_cond "$c" "$r"; done
 done
 bench_secs=$((SECONDS - bench_start))
+
+# --- paired floor / real in one daemon ------------------------------------------------
+: >"$work/pairs"
+pairs_start=$SECONDS
+if [ "$pairs" -gt 0 ]; then
+    for kind in training normal; do
+        echo "== paired floor / real in one daemon: $kind, $pairs pairs" >&2
+        start_cond "paired-$kind" pairs
+        for ((i = 0; i < pairs; i++)); do
+            j=0
+            for w in "${workloads[@]}"; do
+                if (((i + j) % 2 == 0)); then order=(floor real); else order=(real floor); fi
+                j=$((j + 1))
+                for h in "${order[@]}"; do
+                    "$hs_floor" hook "$h" --state-dir "$cond_state"
+                    cputime
+                    c0="$C"
+                    clock
+                    t0="$T"
+                    "w_$w" || true
+                    clock
+                    cputime
+                    echo "$w $kind $i $h $t0 $T $c0 $C" >>"$work/pairs"
+                done
+            done
+        done
+        stop_daemon "paired-$kind"
+    done
+fi
+pairs_secs=$((SECONDS - pairs_start))
 
 # --- per-call cost, measured by the kernel --------------------------------------------
 # The prog ids of a daemon's programs: its BPF link fds name them in fdinfo.
@@ -491,12 +539,13 @@ fi
 
 
 # --- report ------------------------------------------------------------------------
-echo "- rounds took $bench_secs s (preparation $prep_secs s)"
+echo "- rounds took $bench_secs s (preparation $prep_secs s; paired part $pairs_secs s)"
 echo
-# The awk function the report's tables use: median(c), the median of the samples
-# s[c, 1..cnt[c]] (-1 without any).
+# The awk functions the report's tables use: median(c), the median of the samples
+# s[c, 1..cnt[c]], and quantile(c, f), their f-quantile (nearest rank; 0.5: the
+# median); -1 without any sample.
 awk_median='
-    function median(c,   n, i, j, t, v) {
+    function quantile(c, f,   n, i, j, t, v) {
         n = 0
         for (i = 1; i <= cnt[c]; i++) v[++n] = s[c, i]
         for (i = 2; i <= n; i++) {           # insertion sort, n is small
@@ -505,8 +554,11 @@ awk_median='
             v[j + 1] = t
         }
         if (n == 0) return -1
-        return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-    }'
+        if (f == 0.5) return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+        i = int(f * n + 0.5)
+        return v[i < 1 ? 1 : (i > n ? n : i)]
+    }
+    function median(c) { return quantile(c, 0.5) }'
 
 # table KIND: the medians of each (workload, condition) and their ratios to none and
 # floor, of the runs' wall time (KIND wall: with the targets) or CPU time (cpu).
@@ -567,6 +619,49 @@ table() {
     done
 }
 
+if [ -s "$work/pairs" ]; then
+    echo "## real / floor, paired in one daemon (the targets' figure)"
+    echo
+    echo "Each cell: the median of $pairs pairs' real / floor ratios, each pair one run with"
+    echo "the floor attached and one with the real program swapped in, back to back"
+    echo "(\`homeostat hook\`); in brackets the quartiles of those ratios."
+    echo
+    echo "| workload | training, wall | normal, wall | training, CPU | normal, CPU | target | met (training / normal, wall) |"
+    echo "|---|---|---|---|---|---|---|"
+    for w in "${workloads[@]}"; do
+        awk -v w="$w" -v label="${label[$w]}" -v tgt="${target[$w]}" "$awk_median"'
+            function sec(x,   a) { split(x, a, "m"); sub(/s$/, "", a[2]); return a[1] * 60 + a[2] }
+            # The ratios of kind k are s[k, 1..cnt[k]].
+            function cell(k) {
+                return cnt[k] ? sprintf("%.3fx (%.3f-%.3f)", median(k), quantile(k, 0.25), quantile(k, 0.75)) : "?"
+            }
+            $1 == w {
+                wall[$2, $3, $4] = $6 - $5
+                cpu[$2, $3, $4] = sec($9) + sec($10) - sec($7) - sec($8)
+                seen[$2, $3] = 1
+            }
+            END {
+                for (ki in seen) {
+                    split(ki, a, SUBSEP)
+                    if (wall[a[1], a[2], "floor"] > 0 && wall[a[1], a[2], "real"] > 0)
+                        s["wall " a[1], ++cnt["wall " a[1]]] = wall[a[1], a[2], "real"] / wall[a[1], a[2], "floor"]
+                    if (cpu[a[1], a[2], "floor"] > 0 && cpu[a[1], a[2], "real"] > 0)
+                        s["cpu " a[1], ++cnt["cpu " a[1]]] = cpu[a[1], a[2], "real"] / cpu[a[1], a[2], "floor"]
+                }
+                met = ""
+                split("training normal", kk, " ")
+                for (i = 1; i <= 2; i++) {
+                    m = median("wall " kk[i])
+                    met = met (i > 1 ? " / " : "") (m < 0 ? "?" : (m <= tgt ? "yes" : "no"))
+                }
+                printf "| %s | %s | %s | %s | %s | <= %.2fx | %s |\n", label, cell("wall training"),
+                    cell("wall normal"), cell("cpu training"), cell("cpu normal"), tgt, met
+            }' "$work/pairs"
+    done
+    echo
+    echo "## Block by block: each condition its own daemon"
+    echo
+fi
 table wall
 echo
 echo "Medians of $((rounds * reps)) runs per cell (${rounds} rounds x ${reps})."

@@ -19,5 +19,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== cargo test -p homeostat-ebpf --features floor (the swappable hook of benchmarks)"
+cargo test -p homeostat-ebpf --features floor
 echo "== fuzz (30 s per target)"
 scripts/fuzz.sh 30

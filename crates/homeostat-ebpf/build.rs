@@ -22,7 +22,8 @@ mod bpf {
             .join("homeostat.skel.rs");
         // v3: 32-bit atomics (the row index is set with compare-and-swap).
         let mut args = vec!["-Isrc/bpf", "-mcpu=v3", "-Wall", "-Wno-unused-function"];
-        // Feature `floor`: sys_enter returns at once (the hook's own price).
+        // Feature `floor`: adds sys_enter programs that return at once (the hook's own
+        // price), attached at start in place of the real one (src/floor.rs).
         if env::var_os("CARGO_FEATURE_FLOOR").is_some() {
             args.push("-DHS_FLOOR");
         }

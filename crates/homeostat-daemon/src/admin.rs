@@ -39,6 +39,7 @@ impl Daemon {
                         })
                         .collect()
                 });
+                s.floor = kernel.at_floor();
                 return Response::Status(Box::new(s));
             }
             Request::Save => {
@@ -50,6 +51,12 @@ impl Daemon {
                 });
             }
             Request::Profiles => return Response::Profiles(self.profile_list()),
+            Request::Hook { floor } => {
+                return match kernel.set_floor(*floor) {
+                    Ok(()) => done,
+                    Err(e) => Response::error(e.to_string()),
+                }
+            }
             Request::Normalize { key }
             | Request::Sensitize { key }
             | Request::Tolerize { key }
@@ -200,6 +207,7 @@ impl Daemon {
             calls_normal: c.calls_normal_total,
             tids_taken: self.stats.tids_taken,
             bpf_run_time: None,
+            floor: None,
             arguments: self.symbols.is_some().then_some(ArgumentLosses {
                 overflowed: self.arg_stats.overflowed,
                 map_full: self.arg_stats.map_full,

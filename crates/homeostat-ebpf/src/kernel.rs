@@ -158,6 +158,11 @@ pub enum Hook {
 
 /// The loaded and attached programs and their maps.
 pub struct Kernel {
+    /// Feature `floor`: the swappable sys_enter hook (`floor`), first so that it is
+    /// dropped, and sys_enter detached, before the other links (`Links`). `None` only
+    /// while loading.
+    #[cfg(feature = "floor")]
+    pub(crate) floor: Option<crate::floor::Switch>,
     _links: Links,
     /// The attached programs' ids, for their run-time counters (`runstats`).
     pub(crate) prog_ids: Vec<u32>,
@@ -314,6 +319,11 @@ impl Kernel {
             .map_err(|e| load_error("open", e))?;
         open.progs.sys_enter_btf.set_autoload(hook == Hook::TpBtf);
         open.progs.sys_enter_raw.set_autoload(hook == Hook::RawTp);
+        #[cfg(feature = "floor")]
+        {
+            open.progs.floor_btf.set_autoload(hook == Hook::TpBtf);
+            open.progs.floor_raw.set_autoload(hook == Hook::RawTp);
+        }
         open.progs.exec_check.set_autoload(lsm);
         let symbols = match opts.symbols {
             Some(c) if c.path_depth == 0 || c.path_depth > crate::MAX_PATH_DEPTH => {
@@ -379,6 +389,8 @@ impl Kernel {
             MapHandle::try_from(m).map_err(map_err(name, "dup fd"))
         };
         let kernel = Kernel {
+            #[cfg(feature = "floor")]
+            floor: None,
             _links: Links(vec![]),
             prog_ids: vec![],
             hook,
@@ -444,11 +456,22 @@ impl Kernel {
             Hook::TpBtf => &skel.progs.sys_enter_btf,
             Hook::RawTp => &skel.progs.sys_enter_raw,
         };
+        #[cfg(not(feature = "floor"))]
         links.push(
             sys_enter
                 .attach()
                 .map_err(|e| load_error("attach sys_enter", e))?,
         );
+        // A floor build attaches the floor, and keeps the real program to swap in.
+        #[cfg(feature = "floor")]
+        let floor = crate::floor::Switch::new(
+            hook,
+            sys_enter.as_fd(),
+            match hook {
+                Hook::TpBtf => skel.progs.floor_btf.as_fd(),
+                Hook::RawTp => skel.progs.floor_raw.as_fd(),
+            },
+        )?;
         if open_fallback {
             links.push(
                 skel.progs
@@ -477,15 +500,35 @@ impl Kernel {
         if open_fallback {
             progs.push(&skel.progs.hs_open_exit);
         }
-        let prog_ids = progs
+        #[allow(unused_mut)] // a floor build adds its floor program
+        let mut prog_ids: Vec<u32> = progs
             .into_iter()
             .filter_map(|p| libbpf_rs::Program::id_from_fd(p.as_fd()).ok())
             .collect();
+        #[cfg(feature = "floor")]
+        prog_ids.extend(libbpf_rs::Program::id_from_fd(floor.floor_fd()).ok());
         Ok(Kernel {
+            #[cfg(feature = "floor")]
+            floor: Some(floor),
             _links: Links(links),
             prog_ids,
             ..kernel
         })
+    }
+
+    /// In a floor build (feature `floor`), swaps the sys_enter hook between the real
+    /// program and the floor (module `floor`); in any other build, an error.
+    #[cfg(not(feature = "floor"))]
+    pub fn set_floor(&self, _floor: bool) -> Result<(), Error> {
+        Err(Error::Config(
+            "this build has no floor switch (cargo build -p homeostat --features floor)".into(),
+        ))
+    }
+
+    /// `Some(at the floor)` in a floor build (feature `floor`), else `None`.
+    #[cfg(not(feature = "floor"))]
+    pub fn at_floor(&self) -> Option<bool> {
+        None
     }
 
     fn configure(&self, opts: &Options) -> Result<(), Error> {

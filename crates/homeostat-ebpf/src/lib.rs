@@ -21,6 +21,8 @@
 //!   class events named by the core, each profile's classes in and out.
 //! - `src/bpf/args.bpf.h`: the class test in the kernel (hashes of class-making bytes).
 //! - `task`: [`TaskState`] and [`Probe`] (task states for the response).
+//! - `floor` (feature `floor`, benchmarks only): the sys_enter hook swapped between
+//!   the real program and one that returns at once, in one running daemon.
 //! - `runstats`: the programs' run time per call (`kernel.bpf_stats_enabled`).
 //! - `stop`: the stop map and [`Keeper`] (resumes processes the kernel stopped, if the
 //!   daemon dies).
@@ -41,6 +43,8 @@ mod args;
 mod error;
 #[cfg(feature = "bpf")]
 mod events;
+#[cfg(feature = "floor")]
+mod floor;
 #[cfg(feature = "bpf")]
 mod generation;
 #[cfg(feature = "bpf")]

@@ -404,6 +404,46 @@ fn a_steady_loop_takes_the_general_path_only_to_flush() {
     k.remove_profile(exe).unwrap();
 }
 
+/// A floor build (feature `floor`; scripts/test.sh runs this file with it too) swaps
+/// its sys_enter hook: at the floor a program's calls go uncounted, with the real
+/// program swapped back in they count again. Any other build refuses the swap.
+#[test]
+fn the_floor_switch_swaps_the_real_program_out_and_back_in() {
+    let Some(k) = kernel() else { return };
+    match k.at_floor() {
+        None => {
+            let e = k.set_floor(true).unwrap_err();
+            assert!(e.to_string().contains("no floor switch"), "{e}");
+            return;
+        }
+        // `kernel()` swapped the real program in.
+        Some(at) => assert!(!at),
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (dd, exe) = private_copy(dir.path(), "/bin/dd");
+    k.set_state(exe, KernelState::Training).unwrap();
+    let args = [
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=1",
+        "count=20000",
+        "status=none",
+    ];
+    let calls = |k: &Kernel| k.profile(exe).unwrap().map_or(0, |p| p.calls);
+    run(&dd, &args);
+    let real = calls(&k);
+    assert!(real > 40_000, "{real} calls counted under the real program");
+    k.set_floor(true).unwrap();
+    assert_eq!(k.at_floor(), Some(true));
+    run(&dd, &args);
+    assert_eq!(calls(&k), real, "calls counted at the floor");
+    k.set_floor(false).unwrap();
+    run(&dd, &args);
+    let again = calls(&k) - real;
+    assert!(again > 40_000, "{again} calls counted after swapping back");
+    k.remove_profile(exe).unwrap();
+}
+
 /// Asking for the in-kernel execve refusal never makes loading fail: where BPF LSM is
 /// refused (as on the machines this was written on) the programs load without it and
 /// say why; where it loads, it is reported active or unconfirmed.

@@ -60,7 +60,13 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cgroup: Option<String>,
     },
+    /// Benchmarks: swap a floor build's sys_enter program between the real one and
+    /// one that returns at once (`floor: true`); any other monitor answers an error.
+    Hook { floor: bool },
 }
+
+/// How a `homeostat run` monitor's error reply to a daemon-only request begins.
+pub const NOT_A_DAEMON: &str = "not a daemon";
 
 /// `{"error": ...}`: the request failed or is not served by this monitor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -409,6 +415,10 @@ pub struct StatusReply {
     /// (absent otherwise, and from daemons that predate it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bpf_run_time: Option<Vec<ProgRunTime>>,
+    /// A floor build's sys_enter hook: `true` while the floor (a program that returns
+    /// at once) is attached, when nothing is monitored (absent in other builds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<bool>,
     /// With `--symbols args`: the argument classes' loss counters (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arguments: Option<ArgumentLosses>,
@@ -732,6 +742,7 @@ mod tests {
                 run_cnt: 4,
                 run_time_ns: 100,
             }]),
+            floor: Some(true),
             arguments: Some(ArgumentLosses {
                 unread: 7,
                 ..ArgumentLosses::default()
@@ -749,6 +760,7 @@ mod tests {
         assert_eq!(back.profiles, s.profiles);
         assert_eq!(back.mode, Mode::Detect);
         assert_eq!(back.bpf_run_time, s.bpf_run_time);
+        assert_eq!(back.floor, Some(true));
         assert_eq!(back.evicted, s.evicted);
         assert_eq!(back.arguments, s.arguments);
         assert_eq!(back.limits, s.limits);

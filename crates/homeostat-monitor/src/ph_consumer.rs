@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use homeostat_core::ph::{ExeKey, Verdict};
 use tracing::warn;
 
-use crate::control::{AdminReply, PsReply, Request, Response, SaveReply, Server};
+use crate::control::{AdminReply, PsReply, Request, Response, SaveReply, Server, NOT_A_DAEMON};
 use crate::engine::{Call, Engine};
 use crate::monitor_loop::{CallEvent, Consumer};
 
@@ -106,8 +106,10 @@ pub fn answer(engine: &mut Engine, req: Request) -> Response {
                 tasks: engine.tasks(),
             })
         }
-        Request::Status | Request::Profiles | Request::LearnFrom { .. } => {
-            return Response::error("not a daemon (homeostat run keeps its profiles in profiles/)")
+        Request::Status | Request::Profiles | Request::LearnFrom { .. } | Request::Hook { .. } => {
+            return Response::error(format!(
+                "{NOT_A_DAEMON} (homeostat run keeps its profiles in profiles/)"
+            ))
         }
         Request::Save => {
             let errors: Vec<String> = engine.save().iter().map(|e| e.to_string()).collect();
@@ -146,6 +148,7 @@ pub fn answer(engine: &mut Engine, req: Request) -> Response {
         | Request::Status
         | Request::Profiles
         | Request::LearnFrom { .. }
+        | Request::Hook { .. }
         | Request::Reset { .. } => {}
     }
     p.dirty = true;

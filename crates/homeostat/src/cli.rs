@@ -66,6 +66,16 @@ pub enum Command {
         #[command(flatten)]
         state: StateFlags,
     },
+    /// Benchmarks: swap a daemon built with `--features floor` between its real
+    /// sys_enter program and the floor (one that returns at once: nothing is
+    /// monitored). Such a daemon starts at the floor; other builds refuse.
+    Hook {
+        /// `floor` or `real`.
+        #[arg(value_enum)]
+        to: HookTo,
+        #[command(flatten)]
+        state: StateFlags,
+    },
     /// Started by `homeostat run --seccomp`: loads the filter, then executes the command.
     #[command(hide = true)]
     SeccompExec {
@@ -495,4 +505,13 @@ pub struct LabelledLists {
     /// Without --train: share of the normal traces (in file order) used for training.
     #[arg(long, default_value_t = 0.5)]
     pub train_fraction: f64,
+}
+
+/// What `homeostat hook` attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookTo {
+    /// The program that returns at once (the tracepoint's own price).
+    Floor,
+    /// The real per-call program.
+    Real,
 }

@@ -842,10 +842,6 @@ slow:
 SEC("tp_btf/sys_enter")
 int BPF_PROG(sys_enter_btf, struct pt_regs *regs, long id)
 {
-#ifdef HS_FLOOR
-	/* Feature `floor`: the price of the hook alone, for benchmarks. */
-	return 0;
-#endif
 	return on_sys_enter(id);
 }
 
@@ -855,12 +851,27 @@ int BPF_PROG(sys_enter_btf, struct pt_regs *regs, long id)
 SEC("raw_tp/sys_enter")
 int sys_enter_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-#ifdef HS_FLOOR
-	return 0;
-#endif
-
 	return on_sys_enter((long)ctx->args[1]);
 }
+
+#ifdef HS_FLOOR
+/* Feature `floor`: programs on the same hooks that return at once, the price of the
+ * tracepoint alone. A floor build attaches one of these at start and can swap it for
+ * the real program above and back (the loader's `floor` module), so that benchmarks
+ * time both in one daemon, a moment apart. Separate programs, not a flag the real one
+ * reads: the real program stays the one a release build runs. */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(floor_btf, struct pt_regs *regs, long id)
+{
+	return 0;
+}
+
+SEC("raw_tp/sys_enter")
+int floor_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	return 0;
+}
+#endif
 
 /* fork/clone (threads too): the child inherits its parent's sequence and locality
  * frame, as in pH, so forking does not wash an anomaly away. Runs in the parent

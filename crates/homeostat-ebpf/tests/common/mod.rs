@@ -30,6 +30,12 @@ pub fn kernel_with(opts: &homeostat_ebpf::Options) -> Option<homeostat_ebpf::Ker
         return None;
     }
     match Kernel::load(opts) {
+        // A floor build (feature `floor`) starts at the floor: these tests are about
+        // the real program, swapped in (which tests the swap too).
+        Ok(k) if k.at_floor() == Some(true) => {
+            k.set_floor(false).unwrap();
+            Some(k)
+        }
         Ok(k) => Some(k),
         Err(e @ (Error::PermissionDenied | Error::NoBtf)) => {
             eprintln!("skipped: {e}");

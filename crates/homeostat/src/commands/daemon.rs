@@ -11,12 +11,14 @@ use anyhow::{Context, Result};
 use homeostat_core::ph::Mode;
 use homeostat_core::symbols::{SymbolConfig, SymbolMode};
 use homeostat_daemon::DaemonOptions;
-use homeostat_monitor::control::{broadcast, Request, StatusReply};
+use homeostat_monitor::control::{
+    broadcast, AdminReply, Reply, Request, StatusReply, NOT_A_DAEMON,
+};
 use homeostat_monitor::sink::open_events;
 use homeostat_monitor::throttle::ThrottleConfig;
 
 use super::state::{open_store, settings};
-use crate::cli::{DaemonArgs, StateFlags};
+use crate::cli::{DaemonArgs, HookTo, StateFlags};
 
 /// `homeostat daemon`.
 pub fn run(a: DaemonArgs) -> Result<()> {
@@ -72,6 +74,29 @@ pub fn stop_guard(map_id: u32) -> Result<()> {
     homeostat_daemon::stop_guard::serve(map_id)
 }
 
+/// `homeostat hook floor|real`: swaps every running floor daemon's sys_enter program;
+/// an error unless at least one did and none refused.
+pub fn hook(to: HookTo, state: &StateFlags) -> Result<()> {
+    let store = open_store(state)?;
+    let req = Request::Hook {
+        floor: to == HookTo::Floor,
+    };
+    // Only daemons: a `homeostat run` monitor in the same directory refuses the
+    // request as it refuses `status`, and is no failure here.
+    let mut swapped = 0;
+    for (pid, r) in broadcast::<AdminReply>(store.dir(), &req) {
+        match r {
+            Reply::Ok(_) => swapped += 1,
+            Reply::Error(e) if e.error.starts_with(NOT_A_DAEMON) => {}
+            Reply::Error(e) => anyhow::bail!("daemon pid {pid}: {}", e.error),
+        }
+    }
+    if swapped == 0 {
+        anyhow::bail!("no running daemon in {}", store.dir().display());
+    }
+    Ok(())
+}
+
 /// `homeostat status`: a running daemon's counters.
 pub fn status(json: bool, state: &StateFlags) -> Result<()> {
     let store = open_store(state)?;
@@ -99,6 +124,13 @@ pub fn status(json: bool, state: &StateFlags) -> Result<()> {
             s.uptime_s,
             if s.respond { "on" } else { "off" }
         );
+        match s.floor {
+            Some(true) => println!(
+                "  sys_enter hook: the floor (a floor build): nothing is monitored; `homeostat hook real` swaps the real program in"
+            ),
+            Some(false) => println!("  sys_enter hook: the real program (a floor build)"),
+            None => {}
+        }
         println!(
             "  events {} ({:.1}/s), anomalies {}, responses {} ({} now), delayed calls {}, execve refused {}",
             s.events, s.events_per_s, s.anomalies, s.responses,

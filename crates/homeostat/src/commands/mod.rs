@@ -37,6 +37,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => demo::run(a),
         Command::Daemon(a) => daemon::run(a),
         Command::Status { json, state } => daemon::status(json, &state),
+        Command::Hook { to, state } => daemon::hook(to, &state),
         Command::DaemonStopGuard { map_id } => daemon::stop_guard(map_id),
     }
 }
