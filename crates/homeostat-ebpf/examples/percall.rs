@@ -61,10 +61,12 @@ fn sh(cmd: &str) -> Result<(), String> {
     }
 }
 
+/// The sys_enter programs' counters, summed: a floor build has the real program and
+/// the floor (`floor_btf`) loaded, and only the attached one runs.
 fn sys_enter(k: &Kernel) -> (u64, u64, u64) {
     k.prog_stats()
         .into_iter()
-        .filter(|p| p.name.starts_with("sys_enter"))
+        .filter(|p| p.name.starts_with("sys_enter") || p.name.starts_with("floor_"))
         .fold((0, 0, 0), |(n, t, m), p| {
             (n + p.run_cnt, t + p.run_time_ns, m + p.recursion_misses)
         })

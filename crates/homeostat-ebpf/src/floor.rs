@@ -13,48 +13,71 @@
 //! the one a release build runs, instruction for instruction; a flag would add a load
 //! to every call of the thing being measured.
 //!
+//! The real program comes with sched_switch, which keeps `hs_cur` (each CPU's running
+//! task) for it: the floor has no part of homeostat's cost, so sched_switch is
+//! detached with the real program, and `hs_cur`, stale by then, cleared before the
+//! real program is attached again.
+//!
 //! The skeleton is gone once loading is done (only links and fds are kept), so
 //! attaching later goes through the programs' fds and libbpf's
-//! `bpf_raw_tracepoint_open`, the call libbpf's own attach makes for both kinds of
-//! sys_enter program.
+//! `bpf_raw_tracepoint_open`, the call libbpf's own attach makes for these
+//! programs.
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::Mutex;
 
-use libbpf_rs::libbpf_sys;
+use libbpf_rs::{libbpf_sys, MapCore, MapFlags, MapHandle};
 
-use crate::error::load_error;
+use crate::error::{load_error, map_err};
 use crate::{Error, Hook, Kernel};
 
-/// The two sys_enter programs and the link of the one attached.
+/// The attached programs' links (closing one detaches its program), in the order
+/// they are detached in: sys_enter first.
+struct Attached {
+    floor: bool,
+    /// Held to be closed: never read.
+    _sys_enter: OwnedFd,
+    /// The real program's sched_switch (none at the floor).
+    _switch: Option<OwnedFd>,
+}
+
+/// The two sys_enter programs, sched_switch and `hs_cur`.
 pub(crate) struct Switch {
     hook: Hook,
     real: OwnedFd,
     floor: OwnedFd,
-    /// Whether the floor is attached, and the attached program's link (closing it
-    /// detaches that program).
-    link: Mutex<(bool, OwnedFd)>,
+    switch: OwnedFd,
+    cur: MapHandle,
+    attached: Mutex<Attached>,
 }
 
 impl Switch {
-    /// Keeps both programs (fds duplicated) and attaches the floor.
+    /// Keeps the programs (fds duplicated) and attaches the floor.
     pub(crate) fn new(
         hook: Hook,
         real: BorrowedFd<'_>,
         floor: BorrowedFd<'_>,
+        switch: BorrowedFd<'_>,
+        cur: MapHandle,
     ) -> Result<Self, Error> {
         let dup = |fd: BorrowedFd<'_>| {
             fd.try_clone_to_owned()
                 .map_err(|e| load_error("floor: duplicate a program fd", e.into()))
         };
-        let (real, floor) = (dup(real)?, dup(floor)?);
-        let link = attach(hook, floor.as_fd())?;
+        let (real, floor, switch) = (dup(real)?, dup(floor)?, dup(switch)?);
+        let sys_enter = attach(sys_enter_name(hook), floor.as_fd())?;
         Ok(Switch {
             hook,
             real,
             floor,
-            link: Mutex::new((true, link)),
+            switch,
+            cur,
+            attached: Mutex::new(Attached {
+                floor: true,
+                _sys_enter: sys_enter,
+                _switch: None,
+            }),
         })
     }
 
@@ -62,19 +85,48 @@ impl Switch {
     /// before the old is detached: no call goes unhooked in between (both run for the
     /// calls made in that instant).
     pub(crate) fn set(&self, floor: bool) -> Result<(), Error> {
-        let mut cur = self.link.lock().unwrap_or_else(|p| p.into_inner());
-        if cur.0 == floor {
+        let mut at = self.attached.lock().unwrap_or_else(|p| p.into_inner());
+        if at.floor == floor {
             return Ok(());
         }
-        let prog = if floor { &self.floor } else { &self.real };
-        let new = attach(self.hook, prog.as_fd())?;
-        // The old link's fd is closed here, which detaches its program.
-        *cur = (floor, new);
+        let name = sys_enter_name(self.hook);
+        let new = if floor {
+            Attached {
+                floor,
+                _sys_enter: attach(name, self.floor.as_fd())?,
+                _switch: None,
+            }
+        } else {
+            // sched_switch first, then every CPU's entry cleared (what it held was
+            // set before the floor and may name another task now): from then on an
+            // entry is 0 (the real program takes the helper's task) or the running
+            // task. Both are whole words, so neither write tears the other.
+            let switch = attach(Some(c"sched_switch"), self.switch.as_fd())?;
+            let zeros = vec![
+                vec![0u8; 8];
+                libbpf_rs::num_possible_cpus()
+                    .map_err(|e| { load_error("floor: count the CPUs", e) })?
+            ];
+            self.cur
+                .update_percpu(&0u32.to_ne_bytes(), &zeros, MapFlags::ANY)
+                .map_err(map_err("hs_cur", "clear"))?;
+            Attached {
+                floor,
+                _sys_enter: attach(name, self.real.as_fd())?,
+                _switch: Some(switch),
+            }
+        };
+        // The old links' fds are closed here (sys_enter's first), which detaches
+        // their programs.
+        *at = new;
         Ok(())
     }
 
     pub(crate) fn at_floor(&self) -> bool {
-        self.link.lock().unwrap_or_else(|p| p.into_inner()).0
+        self.attached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .floor
     }
 
     /// The floor program's fd (for its id, in the run-time counters).
@@ -83,21 +135,26 @@ impl Switch {
     }
 }
 
-/// BPF_RAW_TRACEPOINT_OPEN: a tp_btf program names its tracepoint through the BTF id
-/// it was loaded with (no name), a raw_tp program by name.
-fn attach(hook: Hook, prog: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
-    const SYS_ENTER: &CStr = c"sys_enter";
-    let name = match hook {
-        Hook::TpBtf => std::ptr::null(),
-        Hook::RawTp => SYS_ENTER.as_ptr(),
-    };
+/// A tp_btf program names its tracepoint through the BTF id it was loaded with (no
+/// name), a raw_tp program by name.
+fn sys_enter_name(hook: Hook) -> Option<&'static CStr> {
+    match hook {
+        Hook::TpBtf => None,
+        Hook::RawTp => Some(c"sys_enter"),
+    }
+}
+
+/// BPF_RAW_TRACEPOINT_OPEN of `prog` on the tracepoint `name` (see
+/// `sys_enter_name`).
+fn attach(name: Option<&CStr>, prog: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
+    let name = name.map_or(std::ptr::null(), CStr::as_ptr);
     // SAFETY: `name` is null or a NUL-terminated string that outlives the call;
     // `prog` is an open program fd borrowed for the call. libbpf returns a new fd
     // or a negative errno and keeps neither argument.
     let fd = unsafe { libbpf_sys::bpf_raw_tracepoint_open(name, prog.as_raw_fd()) };
     if fd < 0 {
         let err = libbpf_rs::Error::from_raw_os_error(-fd);
-        return Err(load_error("floor: attach sys_enter", err));
+        return Err(load_error("floor: attach", err));
     }
     // SAFETY: a non-negative return is a new link fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

@@ -442,6 +442,15 @@ impl Kernel {
         // at that address with a tid of that slot. Detached in the reverse order
         // (`Links`).
         let mut links = Vec::with_capacity(6);
+        // sched_switch before sys_enter, which trusts its hs_cur (a floor build
+        // attaches it with the real sys_enter: `floor`).
+        #[cfg(not(feature = "floor"))]
+        links.push(
+            skel.progs
+                .sched_switch
+                .attach()
+                .map_err(|e| load_error("attach sched_switch", e))?,
+        );
         for (name, prog) in [
             ("sched_process_exit", &skel.progs.sched_exit),
             ("sched_process_fork", &skel.progs.sched_fork),
@@ -471,6 +480,8 @@ impl Kernel {
                 Hook::TpBtf => skel.progs.floor_btf.as_fd(),
                 Hook::RawTp => skel.progs.floor_raw.as_fd(),
             },
+            skel.progs.sched_switch.as_fd(),
+            dup(&skel.maps.hs_cur, "hs_cur")?,
         )?;
         if open_fallback {
             links.push(
@@ -489,6 +500,7 @@ impl Kernel {
             );
         }
         let mut progs = vec![
+            &skel.progs.sched_switch,
             &skel.progs.sched_exit,
             &skel.progs.sched_fork,
             &skel.progs.sched_exec,

@@ -404,6 +404,52 @@ fn a_steady_loop_takes_the_general_path_only_to_flush() {
     k.remove_profile(exe).unwrap();
 }
 
+/// Each task's calls count in its own profile when tasks share the CPUs: the common
+/// call finds the running task through `hs_cur`, which sched_switch keeps, and an
+/// entry naming another task would count one program's calls in another's profile.
+/// Four private copies of dd (four profiles) run at once on the machine's CPUs with
+/// different counts, so that their context switches interleave; each profile must
+/// count its own dd's calls, two a byte plus start-up.
+#[test]
+fn concurrent_tasks_count_their_own_calls() {
+    let Some(k) = kernel() else { return };
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let copies: Vec<_> = dirs
+        .iter()
+        .map(|d| private_copy(d.path(), "/bin/dd"))
+        .collect();
+    for (_, exe) in &copies {
+        k.set_state(*exe, KernelState::Training).unwrap();
+    }
+    let counts = [20_000u64, 30_000, 40_000, 50_000];
+    let children: Vec<_> = copies
+        .iter()
+        .zip(counts)
+        .map(|((dd, _), n)| {
+            spawn(
+                Command::new(dd)
+                    .args(["if=/dev/zero", "of=/dev/null", "bs=1", "status=none"])
+                    .arg(format!("count={n}"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    for ((_, exe), n) in copies.iter().zip(counts) {
+        let calls = k.profile(*exe).unwrap().unwrap().calls;
+        assert!(
+            calls >= 2 * n && calls <= 2 * n + 300,
+            "{calls} calls counted for a dd of {n} bytes"
+        );
+    }
+    for (_, exe) in &copies {
+        k.remove_profile(*exe).unwrap();
+    }
+}
+
 /// A floor build (feature `floor`; scripts/test.sh runs this file with it too) swaps
 /// its sys_enter hook: at the floor a program's calls go uncounted, with the real
 /// program swapped back in they count again. Any other build refuses the swap.

@@ -147,6 +147,30 @@ struct {
 	__type(value, __u64);
 } hs_stats SEC(".maps");
 
+/* Each CPU's running task, as sched_switch last switched to it (0: no switch seen
+ * since the programs were attached, or since the loader cleared it). Why: on these
+ * machines (AMD, SRSO "safe RET") a helper call costs 17-21 ns, and
+ * bpf_get_current_task_btf was the only call of the common path, about half of its
+ * cost over the floor; an inlined per-CPU array lookup costs a few. Every change of
+ * a CPU's current task goes through __schedule's sched_switch tracepoint, so the
+ * entry names the task running on that CPU. But sys_enter's programs can be
+ * preempted and migrated (the syscall tracepoints may fault since 6.14): between
+ * the lookup's address and its load the task can move, and read another CPU's
+ * entry. So the entry is only a guess, checked against the call's own registers
+ * (on_sys_enter): a whole word, so the loader's clearing and the program's store
+ * never tear. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} hs_cur SEC(".maps");
+
+/* The distance from a task's kernel stack to its user registers (THREAD_SIZE -
+ * sizeof(struct pt_regs) on x86_64), learnt by the slow path from the trusted task
+ * (0: not yet). One value for every task, so racing writers write the same. */
+__u64 hs_regs_off = 0;
+
 /* Moved by every change of hs_profiles (atomically: by the programs when auto_create
  * makes a profile, by userspace through the mmapped map otherwise): a task's cached
  * profile entry is stale when its generation differs. The one shared word the common
@@ -726,12 +750,24 @@ framed:
  * the common path then makes no call after the task's state is found, and keeps its
  * few values in registers (with this code inline, clang spilled a dozen of them to
  * the stack on every call). */
-static __noinline int sys_enter_slow(struct task_struct *task, struct hs_task *t, __u32 call)
+static __noinline int sys_enter_slow(struct hs_task *t, __u32 call, long id, __u64 regs)
 {
+	struct task_struct *task = bpf_get_current_task_btf();
 	struct hs_config *cfg;
 	__u64 pid_tgid;
 	__u32 tid, pid;
 
+	if (!t) {
+		/* The common path did not find the task (hs_cur's guess unset or wrong, or
+		 * its state in task storage): its state as task_get finds it, and the
+		 * call's row again, as the common path makes it. */
+		if (!hs_regs_off && regs)
+			hs_regs_off = regs - (__u64)task->stack;
+		call = id < HS_ROW ? id : HS_ROW - 1;
+		if (task->thread_info.status & HS_TS_COMPAT)
+			call += HS_COMPAT;
+		t = task_get(task);
+	}
 	if (!t || t->valid != HS_VALID) {
 		struct hs_task *inherited;
 
@@ -770,31 +806,41 @@ static __noinline int sys_enter_slow(struct task_struct *task, struct hs_task *t
  * the call count and the window in local slots (seq is rebuilt from it by the next
  * general call); the locality frame only when some bit of it is set. Anything else
  * is sys_enter_slow's. */
-static __always_inline int on_sys_enter(long id)
+static __always_inline int on_sys_enter(long id, __u64 regs)
 {
 	struct task_struct *task;
-	struct hs_task *t;
+	struct hs_task *t = NULL;
 	struct hs_tid *s;
-	__u64 lwin, *fw, bit, known0;
-	__u32 cur, pos, cached, i;
+	__u64 lwin, *fw, bit, known0, *curp;
+	__u32 cur, pos, cached, i = 0;
 	int ls;
 
 	if (id < 0)
 		return 0;
 	cur = id < HS_ROW ? id : HS_ROW - 1;
-	task = bpf_get_current_task_btf();
+	/* The running task from hs_cur, without a helper call: a read-only pointer, good
+	 * for loads and the owner test; task storage and the slow path take the trusted
+	 * one from the helper. */
+	curp = bpf_map_lookup_elem(&hs_cur, &i);
+	if (!curp || !*curp)
+		goto slow;
+	task = bpf_core_cast((void *)*curp, struct task_struct);
+	/* The guess is the running task if the call's user registers are at the top of
+	 * its kernel stack: a task's stack is its own while it lives, and the entry
+	 * names a task that was running a moment ago (so under RCU, not freed). */
+	if (regs - (__u64)task->stack != hs_regs_off || !hs_regs_off)
+		goto slow;
 	if (task->thread_info.status & HS_TS_COMPAT)
 		cur += HS_COMPAT;
-	/* task_get, inline: the task's slot, or task storage. */
+	/* Opaque to clang from here, which would otherwise drop the masks below as
+	 * redundant (cur < HS_TABLE) where the verifier cannot see why. */
+	barrier_var(cur);
+	/* task_get, inline: the task's slot, or task storage (in the slow path). */
 	i = task->pid & hs_tid_mask;
 	s = bpf_map_lookup_elem(&hs_tids, &i);
-	if (s && s->owner == (__u64)task) {
-		t = &s->t;
-	} else {
-		t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
-		if (!t)
-			goto slow;
-	}
+	if (!s || s->owner != (__u64)task)
+		goto slow;
+	t = &s->t;
 	/* known[] is the second cache line the common call needs (the owner test has
 	 * just read the first), and which word of it only the slot search below says: a
 	 * load of its first word now starts fetching the line meanwhile. */
@@ -836,13 +882,13 @@ static __always_inline int on_sys_enter(long id)
 	}
 	return 0;
 slow:
-	return sys_enter_slow(task, t, cur);
+	return sys_enter_slow(t, cur, id, regs);
 }
 
 SEC("tp_btf/sys_enter")
 int BPF_PROG(sys_enter_btf, struct pt_regs *regs, long id)
 {
-	return on_sys_enter(id);
+	return on_sys_enter(id, (__u64)regs);
 }
 
 /* Fallback when tp_btf cannot be loaded: the same raw_syscalls/sys_enter tracepoint,
@@ -851,7 +897,7 @@ int BPF_PROG(sys_enter_btf, struct pt_regs *regs, long id)
 SEC("raw_tp/sys_enter")
 int sys_enter_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	return on_sys_enter((long)ctx->args[1]);
+	return on_sys_enter((long)ctx->args[1], ctx->args[0]);
 }
 
 #ifdef HS_FLOOR
@@ -872,6 +918,18 @@ int floor_raw(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 #endif
+
+/* Keeps hs_cur: the task this CPU switches to (sched_switch's third argument). */
+SEC("raw_tp/sched_switch")
+int sched_switch(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 k = 0;
+	__u64 *v = bpf_map_lookup_elem(&hs_cur, &k);
+
+	if (v)
+		*v = ctx->args[2];
+	return 0;
+}
 
 /* fork/clone (threads too): the child inherits its parent's sequence and locality
  * frame, as in pH, so forking does not wash an anomaly away. Runs in the parent

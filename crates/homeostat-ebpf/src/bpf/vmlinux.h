@@ -81,6 +81,7 @@ struct thread_info {
 
 struct task_struct {
 	struct thread_info thread_info;
+	void *stack; /* its kernel stack, whose top holds its user registers */
 	unsigned int ptrace;
 	pid_t pid;
 	pid_t tgid;
