@@ -322,19 +322,25 @@ cputime() {
     { read -r _; read -r C; } <"$work/times"
 }
 
+# timed W: runs workload W once; t0 and T are its start and end (clock), c0 and C
+# the CPU time before and after (cputime).
+timed() {
+    cputime
+    c0="$C"
+    clock
+    t0="$T"
+    "w_$1" || true
+    clock
+    cputime
+}
+
 # measure COND: runs every workload REPS times, interleaved, appending
 # "workload cond t0 t1 cpu0 cpu1" lines to the samples file (cpu: two words each).
 measure() {
-    local cond="$1" r w t0 c0
+    local cond="$1" r w
     for ((r = 0; r < reps; r++)); do
         for w in "${workloads[@]}"; do
-            cputime
-            c0="$C"
-            clock
-            t0="$T"
-            "w_$w" || true
-            clock
-            cputime
+            timed "$w"
             echo "$w $cond $t0 $T $c0 $C" >>"$work/samples"
         done
     done
@@ -500,13 +506,7 @@ if [ "$pairs" -gt 0 ]; then
                 j=$((j + 1))
                 for h in "${order[@]}"; do
                     "$hs_floor" hook "$h" --state-dir "$cond_state"
-                    cputime
-                    c0="$C"
-                    clock
-                    t0="$T"
-                    "w_$w" || true
-                    clock
-                    cputime
+                    timed "$w"
                     echo "$w $kind $i $h $t0 $T $c0 $C" >>"$work/pairs"
                 done
             done

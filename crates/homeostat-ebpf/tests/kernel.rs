@@ -371,6 +371,22 @@ fn calls_of_a_short_program_are_counted_at_exit() {
     k.remove_profile(exe).unwrap();
 }
 
+/// `dd` copying 20,000 bytes one at a time: two calls a byte.
+const DD_20000: [&str; 5] = [
+    "if=/dev/zero",
+    "of=/dev/null",
+    "bs=1",
+    "count=20000",
+    "status=none",
+];
+
+/// A private copy of dd in `dir`, its profile training.
+fn dd_in_training(k: &Kernel, dir: &Path) -> (PathBuf, ExeKey) {
+    let (dd, exe) = private_copy(dir, "/bin/dd");
+    k.set_state(exe, KernelState::Training).unwrap();
+    (dd, exe)
+}
+
 /// The common call finishes a steady loop's calls: of a known program's calls, only
 /// the count flush (one in 64) and the first calls of the run take the general path,
 /// and the counter says so (it counts calls of followed tasks only: no other task
@@ -379,15 +395,8 @@ fn calls_of_a_short_program_are_counted_at_exit() {
 fn a_steady_loop_takes_the_general_path_only_to_flush() {
     let Some(k) = kernel() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (dd, exe) = private_copy(dir.path(), "/bin/dd");
-    k.set_state(exe, KernelState::Training).unwrap();
-    let args = [
-        "if=/dev/zero",
-        "of=/dev/null",
-        "bs=1",
-        "count=20000",
-        "status=none",
-    ];
+    let (dd, exe) = dd_in_training(&k, dir.path());
+    let args = DD_20000;
     run(&dd, &args);
     let calls0 = k.profile(exe).unwrap().unwrap().calls;
     let general0 = k.stats().unwrap().general_calls;
@@ -414,13 +423,7 @@ fn a_steady_loop_takes_the_general_path_only_to_flush() {
 fn concurrent_tasks_count_their_own_calls() {
     let Some(k) = kernel() else { return };
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
-    let copies: Vec<_> = dirs
-        .iter()
-        .map(|d| private_copy(d.path(), "/bin/dd"))
-        .collect();
-    for (_, exe) in &copies {
-        k.set_state(*exe, KernelState::Training).unwrap();
-    }
+    let copies: Vec<_> = dirs.iter().map(|d| dd_in_training(&k, d.path())).collect();
     let counts = [20_000u64, 30_000, 40_000, 50_000];
     let children: Vec<_> = copies
         .iter()
@@ -466,15 +469,8 @@ fn the_floor_switch_swaps_the_real_program_out_and_back_in() {
         Some(at) => assert!(!at),
     }
     let dir = tempfile::tempdir().unwrap();
-    let (dd, exe) = private_copy(dir.path(), "/bin/dd");
-    k.set_state(exe, KernelState::Training).unwrap();
-    let args = [
-        "if=/dev/zero",
-        "of=/dev/null",
-        "bs=1",
-        "count=20000",
-        "status=none",
-    ];
+    let (dd, exe) = dd_in_training(&k, dir.path());
+    let args = DD_20000;
     let calls = |k: &Kernel| k.profile(exe).unwrap().map_or(0, |p| p.calls);
     run(&dd, &args);
     let real = calls(&k);
