@@ -153,12 +153,13 @@ struct {
  * bpf_get_current_task_btf was the only call of the common path, about half of its
  * cost over the floor; an inlined per-CPU array lookup costs a few. Every change of
  * a CPU's current task goes through __schedule's sched_switch tracepoint, so the
- * entry names the task running on that CPU. But sys_enter's programs can be
- * preempted and migrated (the syscall tracepoints may fault since 6.14): between
- * the lookup's address and its load the task can move, and read another CPU's
- * entry. So the entry is only a guess, checked against the call's own registers
- * (on_sys_enter): a whole word, so the loader's clearing and the program's store
- * never tear. */
+ * entry names the task running on that CPU. But trusted as such, it lost calls
+ * (tests/kernel.rs, concurrent_tasks_count_their_own_calls): most likely the
+ * sys_enter programs run preemptible here (syscall tracepoints may fault since
+ * 6.14), so a task can move between the lookup's address and its load and read
+ * another CPU's entry. So the entry is only a guess, checked against the call's own
+ * registers (on_sys_enter): a whole word, so the loader's clearing and the
+ * program's store never tear. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
