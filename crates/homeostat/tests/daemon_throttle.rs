@@ -232,8 +232,10 @@ fn a_scan_is_held_to_the_rate_and_a_known_host_is_not_delayed() {
     for w in release.windows(2) {
         assert!(w[1] - w[0] > 0.24, "released {:.3} s apart", w[1] - w[0]);
     }
-    // At 4 new hosts a second, 7 waits of 0.25 s at least.
-    assert!(scan >= 1.75, "scan took {scan:.2} s");
+    // At 4 new hosts a second, 7 waits of 0.25 s, each allowed the 10 ms the spacing
+    // check above allows (a clean-clone run measured 1.747 s: a release a few ms early
+    // is the timer's granularity, not a connect let through).
+    assert!(scan >= 7.0 * 0.24, "scan took {scan:.3} s");
     assert!(reuse < 1.0, "the known host took {reuse:.2} s");
     assert!(
         all.iter()
