@@ -22,7 +22,9 @@ esac
 . scripts/lib/ensure-deps.sh
 echo "== building ($profile)"
 cargo build --profile "$profile" --quiet -p homeostat
-if [ "$profile" = dev ]; then bin=target/debug/homeostat; else bin=target/release/homeostat; fi
+# Where cargo put it: $CARGO_TARGET_DIR when set, as cargo itself reads it.
+tdir="${CARGO_TARGET_DIR:-target}"
+if [ "$profile" = dev ]; then bin="$tdir/debug/homeostat"; else bin="$tdir/release/homeostat"; fi
 
 echo
 echo "== homeostat demo"
