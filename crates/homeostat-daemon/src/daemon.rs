@@ -59,6 +59,9 @@ pub(crate) struct Daemon {
     pub limit_counts: homeostat_monitor::control::LimitCounts,
     /// Fork and file-creation rate limits (`--rate-limit`), if on.
     pub rates: Option<crate::rates::RateLimits>,
+    /// `homeostat run`'s profiles, which seed an executable the daemon has no profile
+    /// for: at start, and when a file reusing a profile's inode number runs.
+    pub store: Option<homeostat_monitor::ProfileStore>,
 }
 
 impl Daemon {
@@ -95,6 +98,7 @@ impl Daemon {
             throttle: None,
             limit_counts: Default::default(),
             rates: None,
+            store: None,
         }
     }
 

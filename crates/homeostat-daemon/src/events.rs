@@ -3,6 +3,7 @@
 //! anomaly, and the event records written to the events sink (docs/events.md) and the
 //! log.
 
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 use homeostat_core::ph::{ExeKey, ProfileState};
@@ -194,6 +195,16 @@ impl Daemon {
             // the profile is replaced by an empty training one for this file.
             // Evicting removes it from the kernel; the new one is made for this file.
             if self.evict_one(kernel, e.exe, crate::evict::Why::Replaced) {
+                // `homeostat run` may have learnt this very file: then its profile
+                // takes the place, else an empty one does. Its birth time from the
+                // process, or (gone already) from the path it was run by.
+                let born = [format!("/proc/{}/exe", e.pid), given.clone(), own.clone()]
+                    .iter()
+                    .filter(|p| p.starts_with('/'))
+                    .filter_map(|p| std::fs::metadata(p).ok())
+                    .find(|m| (m.dev(), m.ino()) == (e.exe.dev, e.exe.ino))
+                    .and_then(|m| homeostat_proc::birth_time(&m));
+                self.seed_replaced(kernel, e.exe, born);
                 if let Err(err) = kernel.set_igen(e.exe, e.igen) {
                     warn!("profile {} not replaced: {err}", e.exe);
                 }

@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 use anyhow::Result;
-use homeostat_core::ph::{ExeKey, FileMatch, Mode, ProfileState};
+use homeostat_core::ph::{ExeKey, FileMatch, Mode, PhProfile, ProfileState};
 use homeostat_ebpf::Kernel;
 use homeostat_monitor::daemon_profile::{self, DaemonProfile};
 use homeostat_monitor::sink::write_event;
@@ -136,14 +136,25 @@ impl Daemon {
 
     /// Loads `daemon/*.json` into the kernel, then seeds the executables it has no file
     /// for from `homeostat run`'s profiles (`profiles/*.phprof`, converted: x86_64
-    /// calls only); bad files are reported and skipped. Returns how many were loaded.
+    /// calls only); bad files are reported and skipped, and so is a daemon file of an
+    /// earlier executable whose inode number a later one has now (so that `run`'s
+    /// profile of the later one seeds it). Returns how many were loaded.
     pub(crate) fn load(&mut self, kernel: &Kernel, store: &ProfileStore) -> usize {
+        self.store = Some(store.clone());
         let mut n = 0;
         let (found, bad) = daemon_profile::scan(&self.dir);
         for (path, e) in bad {
             warn!("profile {} skipped: {e}", path.display());
         }
         for (path, d) in found {
+            if of_an_earlier_file(&path, &d) {
+                warn!(
+                    "profile {} not loaded: {} (the file at its path was born after it was written)",
+                    path.display(),
+                    homeostat_core::ph::REPLACED
+                );
+                continue;
+            }
             match self.adopt(kernel, d, "daemon") {
                 Ok(()) => n += 1,
                 Err(e) => warn!("profile {} skipped: {e}", path.display()),
@@ -173,25 +184,67 @@ impl Daemon {
                     continue;
                 }
             }
-            let d = DaemonProfile::from_ph(&p);
-            if d.pairs.is_empty() {
-                continue;
-            }
-            match self.adopt(kernel, d, "homeostat run") {
-                Ok(()) => {
-                    // Not ours on disk yet: written to daemon/ at the next save.
-                    if let Some(q) = self.profiles.get_mut(&p.key) {
-                        q.dirty = true;
-                    }
-                    n += 1;
-                }
-                Err(e) => warn!(
-                    "profile {} not seeded: {e}",
-                    store.path_for(p.key).display()
-                ),
-            }
+            n += usize::from(self.seed_from_run(kernel, store, &p));
         }
         n
+    }
+
+    /// The exec of a file that reuses the inode number of profile `key`'s executable
+    /// (deleted), after that profile was evicted: `homeostat run`'s profile of `key`
+    /// takes its place if it was made for this very file (`born`, the birth time of the
+    /// file the process runs; a run profile that records none could be either file's).
+    /// Returns whether it did.
+    pub(crate) fn seed_replaced(
+        &mut self,
+        kernel: &Kernel,
+        key: ExeKey,
+        born: Option<u64>,
+    ) -> bool {
+        let Some(store) = self.store.clone() else {
+            return false;
+        };
+        let path = store.path_for(key);
+        if born.is_none() || !path.exists() {
+            return false;
+        }
+        match store.load_file(&path) {
+            // Same, with a birth time given: made for this file (Adopted: it knew none).
+            Ok(mut p) => {
+                p.key == key
+                    && p.check_file(born) == FileMatch::Same
+                    && self.seed_from_run(kernel, &store, &p)
+            }
+            Err(e) => {
+                warn!("{e}");
+                false
+            }
+        }
+    }
+
+    /// Seeds the daemon's profile of `p.key` from `homeostat run`'s profile `p`
+    /// (nothing if it has no pair the kernel can hold); written to `daemon/` at the next
+    /// save. Returns whether it was seeded.
+    fn seed_from_run(&mut self, kernel: &Kernel, store: &ProfileStore, p: &PhProfile) -> bool {
+        let d = DaemonProfile::from_ph(p);
+        if d.pairs.is_empty() {
+            return false;
+        }
+        match self.adopt(kernel, d, "homeostat run") {
+            Ok(()) => {
+                // Not ours on disk yet: written to daemon/ at the next save.
+                if let Some(q) = self.profiles.get_mut(&p.key) {
+                    q.dirty = true;
+                }
+                true
+            }
+            Err(e) => {
+                warn!(
+                    "profile {} not seeded: {e}",
+                    store.path_for(p.key).display()
+                );
+                false
+            }
+        }
     }
 
     /// Puts a loaded profile into the kernel and the daemon's table.
@@ -229,6 +282,20 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// Whether the daemon's profile file `file` (holding `d`) is of an earlier executable,
+/// deleted, whose inode number the file at one of its paths has now: that file was born
+/// after the profile was last written ([`daemon_profile::written_before`]).
+fn of_an_earlier_file(file: &std::path::Path, d: &DaemonProfile) -> bool {
+    let key = d.key();
+    std::iter::once(&d.path)
+        .chain(&d.paths)
+        .filter(|p| p.starts_with('/'))
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .filter(|m| (m.dev(), m.ino()) == (key.dev, key.ino))
+        .filter_map(|m| homeostat_proc::birth_time(&m))
+        .any(|born| daemon_profile::written_before(file, born))
 }
 
 impl Daemon {

@@ -124,6 +124,21 @@ pub fn path_in(state_dir: &Path, key: ExeKey) -> PathBuf {
     dir_in(state_dir).join(format!("{key}.json"))
 }
 
+/// Whether the daemon's profile file `file` was last written before `born` (ns since
+/// the epoch), the birth time of the executable now under its key. A daemon file names
+/// no birth time, and the kernel's inode generation cannot be read here: a file written
+/// before the executable existed was learnt from an earlier file, deleted, whose inode
+/// number this one reuses. The one rule both sides apply: `homeostat run` does not
+/// start from such a file, and the daemon does not load it (so `run`'s own profile of
+/// the new file can seed it). `false` when `file` cannot be read.
+pub fn written_before(file: &Path, born: u64) -> bool {
+    std::fs::metadata(file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|w| w.duration_since(std::time::UNIX_EPOCH).ok())
+        .is_some_and(|w| w.as_nanos() < u128::from(born))
+}
+
 /// What [`scan`] found: the files read, and the files that could not be read with a
 /// one-line reason.
 pub type Scan = (Vec<(PathBuf, DaemonProfile)>, Vec<(PathBuf, String)>);

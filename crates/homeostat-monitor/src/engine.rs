@@ -232,18 +232,12 @@ impl Engine {
             // An executable the daemon already learnt starts from the daemon's profile.
             let seeded = store.as_ref().and_then(|st| {
                 let f = crate::daemon_profile::path_in(st.dir(), c.exe);
-                // The daemon's file names no birth time: one last written before
-                // this file was born was learnt from another file, deleted, whose
-                // inode number this one reuses ([`PhProfile::check_file`]).
-                if let (Some(born), Ok(written)) =
-                    (c.born, std::fs::metadata(&f).and_then(|m| m.modified()))
+                // Learnt from another file, deleted, whose inode number this one
+                // reuses ([`PhProfile::check_file`] for run's own profiles).
+                if c.born
+                    .is_some_and(|b| crate::daemon_profile::written_before(&f, b))
                 {
-                    let written = written
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos());
-                    if written < u128::from(born) {
-                        return None;
-                    }
+                    return None;
                 }
                 let d = crate::daemon_profile::DaemonProfile::load(&f).ok()?;
                 let mut p = d.to_ph(config)?;

@@ -1225,3 +1225,128 @@ fn a_run_profile_of_an_earlier_file_with_the_same_inode_number_does_not_seed_the
         "{mine:?}"
     );
 }
+
+/// Installs a copy of `src` at `prog` (deleted first) until the file system gives it
+/// inode number `ino` again; false if it did not within 20 tries.
+fn reinstall_at_inode(prog: &Path, src: &str, ino: u64) -> bool {
+    for _ in 0..20 {
+        std::fs::remove_file(prog).unwrap();
+        std::fs::copy(src, prog).unwrap();
+        if std::fs::metadata(prog).unwrap().ino() == ino {
+            return true;
+        }
+    }
+    false
+}
+
+/// The other side of the test above: a daemon profile of a deleted file must not keep
+/// `homeostat run`'s profile of the later file that reuses its inode number from
+/// seeding the daemon. At start, a daemon file written before that file was born is
+/// not loaded; one written after (so not told apart at start) is replaced at the new
+/// file's first exec (another inode generation), and run's profile takes its place.
+#[test]
+fn a_daemon_profile_of_an_earlier_file_gives_way_to_run_s_profile_of_the_later_one() {
+    if !homeostat_testsupport::daemon::possible() {
+        return;
+    }
+    const REPLACED: &str = "executable replaced (its inode number reused by another file)";
+    let dir = tempfile::tempdir().unwrap();
+    let prog = dir.path().join("prog");
+    std::fs::copy("/usr/bin/true", &prog).unwrap();
+    if std::fs::metadata(&prog).unwrap().created().is_err() {
+        eprintln!("skipping: the file system reports no birth time");
+        return;
+    }
+    let ino = std::fs::metadata(&prog).unwrap().ino();
+    let key = key_of(&prog);
+    let state = dir.path().join("state");
+    let daemon_file = state.join("daemon").join(format!("{key}.json"));
+    let run_prog = |args: &[&str]| {
+        for _ in 0..3 {
+            let st = Command::new(&prog).args(args).output().unwrap().status;
+            assert!(st.success());
+        }
+    };
+    let daemon_for = |ev: &Path, secs: &str, during: &dyn Fn()| {
+        let (mut d, rx) = daemon(&state, ev, &["--duration", secs, "--detect"]);
+        ready(&mut d, &rx)?;
+        during();
+        assert!(d.wait().unwrap().success());
+        Some(
+            events(ev)
+                .into_iter()
+                .filter(|e| e["profile"] == key.as_str())
+                .collect::<Vec<Value>>(),
+        )
+    };
+
+    // The daemon learns the first file (a copy of true).
+    if daemon_for(&dir.path().join("ev1.jsonl"), "2", &|| run_prog(&[])).is_none() {
+        return;
+    }
+    let old = std::fs::read(&daemon_file).expect("the daemon saved its profile");
+    let old_igen = serde_json::from_slice::<Value>(&old).unwrap()["igen"].clone();
+
+    // echo installed under the same inode number, learnt by homeostat run.
+    if !reinstall_at_inode(&prog, "/usr/bin/echo", ino) {
+        eprintln!("skipping: the file system gave no inode number twice");
+        return;
+    }
+    for _ in 0..3 {
+        let st = Command::new(env!("CARGO_BIN_EXE_homeostat"))
+            .args(["run", "--quiet", "--learn", "--state-dir"])
+            .arg(&state)
+            .arg("--")
+            .arg(&prog)
+            .arg("hi")
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    // At start: the daemon file predates echo, so run's profile seeds the daemon.
+    let mine = daemon_for(&dir.path().join("ev2.jsonl"), "2", &|| {}).unwrap();
+    let loaded: Vec<&Value> = mine
+        .iter()
+        .filter(|e| e["event"] == "profile_loaded")
+        .collect();
+    assert!(
+        loaded.len() == 1 && loaded[0]["from"] == "homeostat run",
+        "{mine:?}"
+    );
+
+    // A daemon file of the first program written after echo was born: loaded, then
+    // replaced at echo's exec, by run's profile.
+    if old_igen == 0 {
+        eprintln!("skipping the exec half: the file system gives no inode generation");
+        return;
+    }
+    std::fs::write(&daemon_file, &old).unwrap();
+    let mine = daemon_for(&dir.path().join("ev3.jsonl"), "3", &|| run_prog(&["hi"])).unwrap();
+    let seq: Vec<(String, String)> = mine
+        .iter()
+        .filter(|e| e["event"] == "profile_loaded" || e["event"] == "profile_evicted")
+        .map(|e| {
+            let why = if e["event"] == "profile_loaded" {
+                &e["from"]
+            } else {
+                &e["reason"]
+            };
+            (e["event"].as_str().unwrap().to_string(), why.to_string())
+        })
+        .collect();
+    let want = [
+        ("profile_loaded", "\"daemon\""),
+        ("profile_evicted", &*format!("{REPLACED:?}")),
+        ("profile_loaded", "\"homeostat run\""),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(seq, want, "{mine:?}");
+    assert!(
+        !mine.iter().any(|e| e["event"] == "anomaly"),
+        "echo judged by another profile: {mine:?}"
+    );
+}
