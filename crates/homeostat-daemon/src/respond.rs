@@ -274,6 +274,12 @@ impl Response<'_> {
         if !keys.contains(&exe) {
             keys.push(exe);
         }
+        if s.restarted {
+            // The connect whose report stopped the process (its host booked then),
+            // cut short by that stop and entered again: held as booked, not reported
+            // a second time.
+            return if flags.stop { delay_ns } else { 0 };
+        }
         let _ = self.tx.send(Report::Throttled {
             at_ns,
             pid: self.pid,

@@ -24,8 +24,10 @@
 //! Each profile's working set is saved beside it (`daemon/<key>.hosts`, a file of its
 //! own as the rates are) and given back at the next start, to the rule and to the
 //! kernel: a restarted daemon does not make every program wait again, one host a
-//! period, for the hosts it always talks to. Queues are not saved: a held connect is
-//! let go when the daemon stops.
+//! period, for the hosts it always talks to. The queue is saved with it (each host's
+//! release time, and the last release booked): a held connect is let go when the
+//! daemon stops, but its host still joins the working set at its time, and a new host
+//! queues behind it, so a restart does not open the rate to a scanner.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -36,7 +38,9 @@ use homeostat_core::ph::{ExeKey, Mode};
 use homeostat_core::symbols::Arg;
 use homeostat_ebpf::{Event, Kernel, ThrottleFlags};
 use homeostat_monitor::sink::write_event;
-use homeostat_monitor::throttle::{host_text, Decision, Throttle, ThrottleEvent};
+use homeostat_monitor::throttle::{
+    host_text, Decision, SavedQueue, Throttle, ThrottleEvent, UNKNOWN_HOST,
+};
 use homeostat_monitor::write_atomic;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -71,8 +75,8 @@ pub(crate) struct ConnThrottle {
     mirrored: HashMap<ExeKey, Vec<Vec<u8>>>,
     /// Working set size (the rule's).
     working_set: usize,
-    /// Each profile's working set as its file last said (what need not be saved again).
-    saved: HashMap<ExeKey, Vec<Vec<u8>>>,
+    /// Each profile's file as last written or read (what need not be saved again).
+    saved: HashMap<ExeKey, HostsFile>,
 }
 
 /// The kernel flags of a profile in `mode`; `stop` when the daemon can respond.
@@ -107,16 +111,55 @@ impl ConnThrottle {
 
 /// Format version of the working-set files.
 pub const HOSTS_VERSION: u32 = 1;
-/// Largest working-set file read: 1,024 IPv6 hosts as text fit with room to spare.
-const HOSTS_FILE_MAX: u64 = 64 * 1024;
+/// Largest working-set file read: a full queue of IPv6 hosts (1,024, about 80 bytes
+/// each as written) and a working set of as many fit with room to spare.
+const HOSTS_FILE_MAX: u64 = 256 * 1024;
 
-/// One working-set file: the hosts as text, least recently used first.
+/// One working-set file: the hosts as text, least recently used first, and the queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostsFile {
     pub version: u32,
     pub dev: u64,
     pub ino: u64,
     pub hosts: Vec<String>,
+    /// Connects waiting, in release order: (release time in ns since the epoch, host;
+    /// `?` for an address the kernel could not read). Absent in files of earlier
+    /// builds: an empty queue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queue: Vec<(u64, String)>,
+    /// The last release booked (ns since the epoch): a new host waits a period after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_release_ns: Option<u64>,
+}
+
+impl HostsFile {
+    /// Profile `key`'s file for working set `set` and queue `q`.
+    fn of(key: ExeKey, set: &[Vec<u8>], q: &SavedQueue) -> HostsFile {
+        HostsFile {
+            version: HOSTS_VERSION,
+            dev: key.dev,
+            ino: key.ino,
+            hosts: set.iter().map(|h| host_text(h)).collect(),
+            queue: q.pending.iter().map(|(t, h)| (*t, host_text(h))).collect(),
+            last_release_ns: q.last_release,
+        }
+    }
+
+    /// Whether it says nothing (no file is written for it).
+    fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.queue.is_empty() && self.last_release_ns.is_none()
+    }
+}
+
+/// One host of a working-set file: an IP address, or `?` (the unknown host) where
+/// `unknown` allows it.
+fn parse_host(h: &str, unknown: bool) -> Result<Vec<u8>, String> {
+    match h.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) => Ok(a.octets().to_vec()),
+        Ok(IpAddr::V6(a)) => Ok(a.octets().to_vec()),
+        Err(_) if unknown && h == host_text(UNKNOWN_HOST) => Ok(UNKNOWN_HOST.to_vec()),
+        Err(_) => Err(format!("{h:?} is not an IP address")),
+    }
 }
 
 /// `<dir>/<key>.hosts`.
@@ -124,9 +167,18 @@ pub fn hosts_path_in(dir: &Path, key: ExeKey) -> PathBuf {
     dir.join(format!("{key}.hosts"))
 }
 
-/// Reads a working-set file of `key`: its hosts (4 or 16 bytes each), at most the
-/// `cap` most recent. A one-line error for anything but a valid file of `key`.
-pub fn read_hosts(path: &Path, key: ExeKey, cap: usize) -> Result<Vec<Vec<u8>>, String> {
+/// What a working-set file of `key` holds: its hosts (4 or 16 bytes each), at most the
+/// `cap` most recent, and its queue; `file` as read, to know when it changes.
+#[derive(Debug)]
+pub struct SavedHosts {
+    pub hosts: Vec<Vec<u8>>,
+    pub queue: SavedQueue,
+    pub file: HostsFile,
+}
+
+/// Reads a working-set file of `key`. A one-line error for anything but a valid file
+/// of `key`.
+pub fn read_hosts(path: &Path, key: ExeKey, cap: usize) -> Result<SavedHosts, String> {
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let b = homeostat_monitor::read_capped(path, HOSTS_FILE_MAX).map_err(|e| err(&e))?;
     let f: HostsFile = serde_json::from_slice(&b).map_err(|e| err(&e))?;
@@ -142,15 +194,25 @@ pub fn read_hosts(path: &Path, key: ExeKey, cap: usize) -> Result<Vec<Vec<u8>>, 
     let mut hosts = f
         .hosts
         .iter()
-        .map(|h| match h.parse::<IpAddr>() {
-            Ok(IpAddr::V4(a)) => Ok(a.octets().to_vec()),
-            Ok(IpAddr::V6(a)) => Ok(a.octets().to_vec()),
-            Err(_) => Err(err(&format!("{h:?} is not an IP address"))),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|h| parse_host(h, false))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(&e))?;
     let extra = hosts.len().saturating_sub(cap);
     hosts.drain(..extra);
-    Ok(hosts)
+    let pending = f
+        .queue
+        .iter()
+        .map(|(t, h)| parse_host(h, true).map(|h| (*t, h)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(&e))?;
+    Ok(SavedHosts {
+        hosts,
+        queue: SavedQueue {
+            pending,
+            last_release: f.last_release_ns,
+        },
+        file: f,
+    })
 }
 
 /// The host of a connect's address (IP only: other families are never throttled).
@@ -424,8 +486,8 @@ impl Daemon {
         Some(c)
     }
 
-    /// Gives every profile loaded its saved working set, in the rule and in the
-    /// kernel; a bad file is reported and left. Returns how many were given.
+    /// Gives every profile loaded its saved working set and queue, in the rule and in
+    /// the kernel; a bad file is reported and left. Returns how many were given.
     pub(crate) fn throttle_load(&mut self, kernel: &Kernel) -> usize {
         let dir = self.dir.clone();
         let keys: Vec<ExeKey> = self.profiles.keys().copied().collect();
@@ -439,47 +501,57 @@ impl Daemon {
             if !p.exists() {
                 continue;
             }
-            let hosts = match read_hosts(&p, key, t.working_set) {
+            let saved = match read_hosts(&p, key, t.working_set) {
                 Ok(h) => h,
                 Err(e) => {
                     warn!("working set not loaded: {e}");
                     continue;
                 }
             };
-            s.rule.restore(key, &hosts);
+            s.rule.restore(key, &saved.hosts);
+            s.rule.restore_queue(key, &saved.queue);
             let set = s.rule.working_set(key);
             for h in &set {
                 if let Err(e) = kernel.add_host(key, h) {
                     warn!("throttle of profile {key}: {e}");
                 }
             }
-            t.saved.insert(key, hosts);
+            t.saved.insert(key, saved.file);
             t.mirrored.insert(key, set);
             n += 1;
         }
         n
     }
 
-    /// Saves the working sets that changed, `<key>.hosts` beside each profile.
+    /// Saves the working sets and queues that changed, `<key>.hosts` beside each
+    /// profile.
     pub(crate) fn throttle_save(&mut self) {
         let dir = self.dir.clone();
         let Some(t) = self.throttle.as_mut() else {
             return;
         };
-        for (key, set) in &t.mirrored {
-            if !self.profiles.contains_key(key) || t.saved.get(key) == Some(set) {
+        let files: Vec<(ExeKey, HostsFile)> = {
+            let s = t.shared.lock();
+            s.rule
+                .profiles()
+                .into_iter()
+                .filter(|k| self.profiles.contains_key(k))
+                .map(|k| {
+                    (
+                        k,
+                        HostsFile::of(k, &s.rule.working_set(k), &s.rule.queue_of(k)),
+                    )
+                })
+                .collect()
+        };
+        for (key, f) in files {
+            if t.saved.get(&key) == Some(&f) || (f.is_empty() && !t.saved.contains_key(&key)) {
                 continue;
             }
-            let f = HostsFile {
-                version: HOSTS_VERSION,
-                dev: key.dev,
-                ino: key.ino,
-                hosts: set.iter().map(|h| host_text(h)).collect(),
-            };
             let bytes = serde_json::to_vec_pretty(&f).unwrap_or_default();
-            match write_atomic(&hosts_path_in(&dir, *key), &bytes) {
+            match write_atomic(&hosts_path_in(&dir, key), &bytes) {
                 Ok(()) => {
-                    t.saved.insert(*key, set.clone());
+                    t.saved.insert(key, f);
                 }
                 Err(e) => warn!("working set of profile {key} not saved: {e}"),
             }
@@ -551,16 +623,42 @@ mod tests {
             dev: 1,
             ino: 2,
             hosts: vec!["10.0.0.1".into(), "::1".into(), "10.0.0.2".into()],
+            queue: vec![],
+            last_release_ns: None,
         };
         std::fs::write(&p, serde_json::to_vec(&f).unwrap()).unwrap();
         let mut v6 = vec![0u8; 16];
         v6[15] = 1;
         assert_eq!(
-            read_hosts(&p, key, 5).unwrap(),
+            read_hosts(&p, key, 5).unwrap().hosts,
             vec![vec![10, 0, 0, 1], v6, vec![10, 0, 0, 2]]
         );
         // A smaller working set keeps the most recent.
-        assert_eq!(read_hosts(&p, key, 1).unwrap(), vec![vec![10, 0, 0, 2]]);
+        assert_eq!(
+            read_hosts(&p, key, 1).unwrap().hosts,
+            vec![vec![10, 0, 0, 2]]
+        );
+        // A file of an earlier build (no queue) reads as an empty queue.
+        let old = r#"{"version": 1, "dev": 1, "ino": 2, "hosts": ["10.0.0.1"]}"#;
+        std::fs::write(&p, old).unwrap();
+        assert_eq!(read_hosts(&p, key, 5).unwrap().queue, SavedQueue::default());
+        // The queue comes back as written, the unknown host with it.
+        let q = SavedQueue {
+            pending: vec![(7, vec![10, 0, 0, 9]), (8, UNKNOWN_HOST.to_vec())],
+            last_release: Some(8),
+        };
+        let written = HostsFile::of(key, &[vec![10, 0, 0, 1]], &q);
+        std::fs::write(&p, serde_json::to_vec_pretty(&written).unwrap()).unwrap();
+        let back = read_hosts(&p, key, 5).unwrap();
+        assert_eq!((back.queue, back.file), (q, written));
+        let bad = HostsFile {
+            queue: vec![(1, "example.com".into())],
+            ..f.clone()
+        };
+        std::fs::write(&p, serde_json::to_vec(&bad).unwrap()).unwrap();
+        assert!(read_hosts(&p, key, 5)
+            .unwrap_err()
+            .contains("not an IP address"));
         assert!(read_hosts(&p, ExeKey { dev: 1, ino: 3 }, 5)
             .unwrap_err()
             .contains("another profile"));
@@ -574,7 +672,7 @@ mod tests {
             .contains("not an IP address"));
         std::fs::write(&p, b"{\"version\": 1").unwrap();
         assert!(read_hosts(&p, key, 5).is_err());
-        std::fs::write(&p, vec![b' '; 70_000]).unwrap();
+        std::fs::write(&p, vec![b' '; 300_000]).unwrap();
         assert!(read_hosts(&p, key, 5).unwrap_err().contains("limit"));
         // A directory (or a device) where the file should be: an error, no read.
         std::fs::remove_file(&p).unwrap();

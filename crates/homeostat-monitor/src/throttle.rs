@@ -77,6 +77,17 @@ struct Profile {
     alarmed: bool,
 }
 
+/// A profile's queue as it outlives a restart ([`Throttle::queue_of`],
+/// [`Throttle::restore_queue`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SavedQueue {
+    /// (release time, host), in release order; the host of an unreadable address is
+    /// [`UNKNOWN_HOST`].
+    pub pending: Vec<(u64, Vec<u8>)>,
+    /// The last release booked: a new host waits a period after it.
+    pub last_release: Option<u64>,
+}
+
 /// The throttle of every profile.
 pub struct Throttle {
     cfg: ThrottleConfig,
@@ -189,6 +200,40 @@ impl Throttle {
         while p.recent.len() > cap {
             p.recent.pop_front();
         }
+    }
+
+    /// Every profile the rule holds a working set, a queue or a release time for.
+    pub fn profiles(&self) -> Vec<ExeKey> {
+        self.profiles.keys().copied().collect()
+    }
+
+    /// Profile `exe`'s queue, as it is saved to outlive a restart.
+    pub fn queue_of(&self, exe: ExeKey) -> SavedQueue {
+        self.profiles
+            .get(&exe)
+            .map(|p| SavedQueue {
+                pending: p.pending.iter().cloned().collect(),
+                last_release: p.last_release,
+            })
+            .unwrap_or_default()
+    }
+
+    /// Gives profile `exe` a queue saved before a restart: its hosts join the working
+    /// set at their release times (those past at the first [`Self::release_due`]), and a
+    /// new host queues behind them, as if the rule had run on. Without it a restart
+    /// would let a scanner's next hosts through at once. Only a profile with no queue
+    /// and no release since the start takes it; times out of order are put in order,
+    /// and at most [`MAX_QUEUE`] connects are kept (the first ones).
+    pub fn restore_queue(&mut self, exe: ExeKey, q: &SavedQueue) {
+        let p = self.profiles.entry(exe).or_default();
+        if !p.pending.is_empty() || p.last_release.is_some() {
+            return;
+        }
+        let mut pending = q.pending.clone();
+        pending.sort_by_key(|(t, _)| *t);
+        pending.truncate(MAX_QUEUE);
+        p.last_release = pending.last().map(|(t, _)| *t).max(q.last_release);
+        p.pending = pending.into();
     }
 
     /// Forgets profile `exe` (removed): its working set and queue.
@@ -562,5 +607,55 @@ mod tests {
         let now = t.working_set(EXE);
         t.restore(EXE, &[vec![9]]);
         assert_eq!(t.working_set(EXE), now);
+    }
+
+    #[test]
+    fn a_restored_queue_releases_at_its_times_and_new_hosts_queue_behind_it() {
+        let mut t = Throttle::new(ThrottleConfig::default()).unwrap();
+        // Three new hosts at t=0: released at 0, 1, 2 s; saved at 0.5 s.
+        for i in 1..=3u8 {
+            t.connect(EXE, &[10, 0, 0, i], 0);
+        }
+        t.release_due(S / 2);
+        let q = t.queue_of(EXE);
+        assert_eq!(q.pending.len(), 2);
+        assert_eq!(q.last_release, Some(2 * S));
+        // A new daemon, started at 0.6 s: its working set and queue as saved.
+        let mut u = Throttle::new(ThrottleConfig::default()).unwrap();
+        u.restore(EXE, &t.working_set(EXE));
+        u.restore_queue(EXE, &q);
+        assert_eq!(u.queued(EXE), 2);
+        assert_eq!(u.clear_at(EXE), 3 * S);
+        // A new host waits behind the queue (3 s), not from its start; a queued one
+        // keeps its place.
+        assert_eq!(
+            queued(&u.connect(EXE, &[10, 0, 0, 9], S * 6 / 10)).0,
+            3 * S - S * 6 / 10
+        );
+        assert_eq!(
+            queued(&u.connect(EXE, &[10, 0, 0, 2], S * 6 / 10)).0,
+            S - S * 6 / 10
+        );
+        // Released at their times, into the working set.
+        assert_eq!(u.release_due(2 * S).len(), 2);
+        assert_eq!(u.connect(EXE, &[10, 0, 0, 3], 2 * S), Decision::Known);
+        // A profile that queued since the start keeps its own queue.
+        let before = u.queue_of(EXE);
+        u.restore_queue(EXE, &q);
+        assert_eq!(u.queue_of(EXE), before);
+        // Out of order and oversized: put in order and bounded.
+        let big = SavedQueue {
+            pending: (0..MAX_QUEUE as u64 + 10)
+                .rev()
+                .map(|i| (i * S, vec![1]))
+                .collect(),
+            last_release: None,
+        };
+        let other = ExeKey { dev: 7, ino: 7 };
+        u.restore_queue(other, &big);
+        let got = u.queue_of(other);
+        assert_eq!(got.pending.len(), MAX_QUEUE);
+        assert!(got.pending.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert_eq!(got.last_release, Some((MAX_QUEUE as u64 - 1) * S));
     }
 }

@@ -86,6 +86,10 @@ pub struct SyscallStop {
     /// For a process or thread created under tracing: the tid that forked or cloned it.
     /// `None` for the tasks found at attach.
     pub parent: Option<i32>,
+    /// The first entry of a task found at attach that was then inside this very call,
+    /// cut short by a signal (the stop that handed it over, or the attach itself) and
+    /// now entered again: a second entry of one call, seen before it was traced.
+    pub restarted: bool,
 }
 
 impl std::ops::Deref for SyscallStop {

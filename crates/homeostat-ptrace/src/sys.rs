@@ -19,6 +19,7 @@ fn last_errno() -> i32 {
 // types them differently per C library.
 const PTRACE_DETACH: c_long = 17;
 const PTRACE_SYSCALL: c_long = 24;
+const PTRACE_PEEKUSER: c_long = 3;
 const PTRACE_POKEUSER: c_long = 6;
 const PTRACE_GETEVENTMSG: c_long = 0x4201;
 const PTRACE_SEIZE: c_long = 0x4206;
@@ -100,6 +101,33 @@ pub(crate) fn geteventmsg(tid: i32) -> Result<u64, Errno> {
         std::ptr::addr_of_mut!(msg) as usize,
     )?;
     Ok(msg as u64)
+}
+
+/// A word of the tracee's saved registers, at byte `offset` of the user area (the raw
+/// call stores it at `data`, unlike glibc's wrapper, which returns it).
+fn peek_user(tid: i32, offset: usize) -> Result<u64, Errno> {
+    let mut word: u64 = 0;
+    ptrace(
+        PTRACE_PEEKUSER,
+        tid,
+        offset,
+        std::ptr::addr_of_mut!(word) as usize,
+    )?;
+    Ok(word)
+}
+
+/// The call a stopped tracee is inside and will enter again when it runs on: a call a
+/// signal cut short returns -ERESTARTSYS, -ERESTARTNOINTR or -ERESTARTNOHAND (512 to
+/// 514), which the kernel turns into the same call again (same number and arguments)
+/// when no handler runs, as after a stop. `None` if it is in no such call. (A 32-bit
+/// call's return is a 32-bit value.)
+pub(crate) fn restarting_call(tid: i32) -> Result<Option<u64>, Errno> {
+    let ax = peek_user(tid, OFFSET_RAX)?;
+    let orig = peek_user(tid, OFFSET_ORIG_RAX)? as i64;
+    let high = ax >> 32;
+    let err = ax as u32 as i32;
+    let restarts = (high == 0 || high == 0xffff_ffff) && (-514..=-512).contains(&err);
+    Ok((orig >= 0 && restarts).then_some(orig as u64))
 }
 
 /// Makes the system call the tracee is entering not run: the kernel skips dispatch when

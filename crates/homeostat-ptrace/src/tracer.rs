@@ -68,6 +68,10 @@ struct Task {
     state: State,
     /// An entry answered `Deny(errno)`: set the return value at the exit stop.
     deny: Option<i32>,
+    /// Seized inside a call that a signal cut short (the stop that made it ours, or
+    /// our interrupt): its number. The task's next entry of that number is that call
+    /// again, not a new one ([`SyscallStop::restarted`]).
+    restarting: Option<u64>,
 }
 
 impl Task {
@@ -79,6 +83,7 @@ impl Task {
             reported: false,
             state,
             deny: None,
+            restarting: None,
         }
     }
 }
@@ -420,6 +425,11 @@ impl Tracer {
         let Some(task) = self.tasks.get_mut(&tid) else {
             return self.first_stop_of_unknown(tid, stop);
         };
+        if !task.reported && task.restarting.is_none() && !matches!(stop, Stop::Syscall) {
+            // Stopped before any call of its own was seen: perhaps inside one that will
+            // run again. ESRCH and the like: nothing known, nothing marked.
+            task.restarting = sys::restarting_call(tid).ok().flatten();
+        }
         match stop {
             Stop::Gone | Stop::Other => Ok(None),
             Stop::Syscall => self.syscall_stop(tid),
@@ -594,6 +604,7 @@ impl Tracer {
         match info {
             SyscallInfo::Entry { arch, nr, args } => {
                 let new_task = !task.reported;
+                let restarted = task.restarting.take() == Some(nr);
                 task.reported = true;
                 task.state = State::Held;
                 if task.tgid == 0 {
@@ -621,6 +632,7 @@ impl Tracer {
                         new_task,
                     },
                     parent: task.parent,
+                    restarted,
                 })))
             }
             SyscallInfo::Exit => {

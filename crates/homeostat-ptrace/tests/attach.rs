@@ -869,3 +869,50 @@ fn respond_checks_its_arguments() {
         t.respond(i32::MAX, Action::Continue).unwrap();
     });
 }
+
+/// A process stopped inside a call that waits (a read of an empty FIFO; the stop cuts it
+/// short) enters that call again when it runs on: the tracer attached meanwhile marks
+/// that first entry `restarted` (the call was entered once before it was traced), and
+/// no later one.
+#[test]
+fn the_entry_of_a_call_the_stop_cut_short_is_marked_restarted() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let script = format!(
+        "import os\nfd = os.open({:?}, os.O_RDWR)\nos.read(fd, 1)\nos.getppid()\n",
+        fifo.to_str().unwrap()
+    );
+    let p = Proc::spawn(&["/usr/bin/python3", "-c", &script], &[]);
+    let pid = p.pid();
+    // Waiting in its read.
+    assert!(wait_until(LIMIT, || {
+        std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .is_ok_and(|s| s.split(' ').next() == Some("0"))
+    }));
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    assert!(wait_until(LIMIT, || proc_state(pid) == Some('T')));
+    let fifo2 = fifo.clone();
+    let stops = traced(pid, move |t| {
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+        let (mut stops, _) = serve(t, Duration::from_millis(300), |_| Action::Continue);
+        // The read is entered again and waits; a byte ends it, and the program exits.
+        std::fs::write(&fifo2, b"x").unwrap();
+        let (more, _) = serve(t, Duration::from_secs(5), |_| Action::Continue);
+        stops.extend(more);
+        stops
+    });
+    let calls: Vec<(u32, bool)> = stops
+        .iter()
+        .filter(|s| s.tid == pid)
+        .map(|s| (s.nr, s.restarted))
+        .collect();
+    assert_eq!(calls.first(), Some(&(0, true)), "{calls:?}");
+    assert!(calls[1..].iter().all(|c| !c.1), "{calls:?}");
+    assert!(calls.len() > 3, "the program went on: {calls:?}");
+}
