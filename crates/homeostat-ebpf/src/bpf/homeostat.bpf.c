@@ -208,6 +208,17 @@ static __always_inline struct hs_config *get_config(void)
 	return bpf_map_lookup_elem(&hs_config, &zero);
 }
 
+/* The config and who makes the current call, for code about to report it (NULL: no
+ * config, report nothing): the one place the two ids are taken apart. */
+static __always_inline struct hs_config *caller(__u32 *pid, __u32 *tid)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	*tid = (__u32)pid_tgid;
+	*pid = pid_tgid >> 32;
+	return get_config();
+}
+
 /* Waking the consumer per event costs a cross-CPU wakeup; batch them. The
  * consumer also drains on a timeout, so a quiet tail is not stranded. */
 static __always_inline __u64 wakeup_flags(struct hs_config *cfg)
@@ -588,7 +599,6 @@ __attribute__((noinline)) int hs_general(struct hs_task *t, __u32 call)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct hs_config *cfg;
-	__u64 pid_tgid;
 	__u32 tid, pid;
 	struct hs_index *ix;
 	struct hs_row *row = NULL;
@@ -723,12 +733,9 @@ framed:
 	if (!(misses || learnt) || !p)
 		return 0;
 	/* An event: who made the call. */
-	cfg = get_config();
+	cfg = caller(&pid, &tid);
 	if (!cfg)
 		return 0;
-	pid_tgid = bpf_get_current_pid_tgid();
-	tid = (__u32)pid_tgid;
-	pid = pid_tgid >> 32;
 	if (misses) {
 		__u32 flags = 0;
 
@@ -755,7 +762,6 @@ static __noinline int sys_enter_slow(struct hs_task *t, __u32 call, long id, __u
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct hs_config *cfg;
-	__u64 pid_tgid;
 	__u32 tid, pid;
 
 	if (!t) {
@@ -774,12 +780,9 @@ static __noinline int sys_enter_slow(struct hs_task *t, __u32 call, long id, __u
 
 		if (t && t->valid == HS_VALID_OUT)
 			return 0;
-		cfg = get_config();
+		cfg = caller(&pid, &tid);
 		if (!cfg)
 			return 0;
-		pid_tgid = bpf_get_current_pid_tgid();
-		tid = (__u32)pid_tgid;
-		pid = pid_tgid >> 32;
 		inherited = bpf_map_lookup_elem(&hs_forks, &tid);
 		if (inherited) {
 			/* First call of a forked child whose slot was taken at the fork:

@@ -203,11 +203,10 @@ static __always_inline void tcount(__u32 which)
 static __always_inline struct hs_event *thr_event(struct hs_task *t, struct task_struct *task,
 						  __u32 kind, __u32 cur, bool stop, __u64 size)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)pid_tgid, pid = pid_tgid >> 32, evf = 0;
+	__u32 tid, pid, evf = 0;
 	struct hs_event *e;
 
-	if (!get_config())
+	if (!caller(&pid, &tid))
 		return NULL;
 	if (stop && respond_stop(task, pid, tid, cur))
 		evf = HS_EVF_STOPPED;
