@@ -18,18 +18,16 @@ const AT_FDCWD: i32 = -100;
 /// Longest socket address read (`sizeof(struct sockaddr_storage)`).
 const MAX_SOCKADDR: usize = 128;
 
+/// A socket call as the x86_64 ABI makes it: its name and argument registers.
+pub type SocketCall = (&'static str, [u64; 6]);
+
 /// A socket call of either ABI as the x86_64 ABI makes it: its name and argument
 /// registers. An i386 call's registers hold 32-bit values; an i386 `socketcall(call,
 /// args)` passes the socket call's arguments as 32-bit words in the caller's memory
 /// (read here, from task `tid`). `None` for an x86_64 call with no name, for any i386
 /// call but a socket call, and when socketcall's arguments cannot be read. What the
 /// connection throttle looks at, whichever way a program connects.
-pub fn socket_call(
-    tid: i32,
-    arch: Arch,
-    nr: u32,
-    regs: &[u64; 6],
-) -> Option<(&'static str, [u64; 6])> {
+pub fn socket_call(tid: i32, arch: Arch, nr: u32, regs: &[u64; 6]) -> Option<SocketCall> {
     let name = arch.name(nr)?;
     if arch == Arch::X86_64 {
         return Some((name, *regs));
@@ -53,18 +51,22 @@ pub fn socket_call(
 /// The address a call that opens a connection connects to, whichever way it does
 /// ([`symbols::opens_connection`]: a connect, or TCP Fast Open by `sendto` or
 /// `sendmsg`, of either ABI): `None` when call `nr` opens none; `Some(None)` when it
-/// does but its address cannot be read. `captured`: the call's [`capture`], if the
-/// caller has it (saves reading the address again). The throttle's one question, for
-/// `homeostat run` and the daemon's response thread alike.
+/// does but its address cannot be read. `captured`: the call's [`capture_call`], if
+/// the caller has it (saves reading socketcall's words and the address again). The
+/// throttle's one question, for `homeostat run` and the daemon's response thread
+/// alike.
 pub fn connection(
     pid: i32,
     tid: i32,
     arch: Arch,
     nr: u32,
     regs: &[u64; 6],
-    captured: Option<&Arg>,
+    captured: Option<&Captured>,
 ) -> Option<Option<Arg>> {
-    let (name, args) = socket_call(tid, arch, nr, regs)?;
+    let (name, args) = match captured.and_then(|c| c.socket.as_deref().copied()) {
+        Some(sc) => sc,
+        None => socket_call(tid, arch, nr, regs)?,
+    };
     let flags = symbols::connection_flags(name).map(|i| args[i]);
     if !symbols::opens_connection(name, flags) {
         return None;
@@ -72,8 +74,8 @@ pub fn connection(
     if symbols::address_in_msghdr(name) {
         return Some(msg_name(tid, arch, args[1]));
     }
-    if captured.is_some() {
-        return Some(captured.cloned());
+    if let Some(arg) = captured.and_then(|c| c.arg.as_ref()) {
+        return Some(Some(arg.clone()));
     }
     Some(match symbols::arg_spec(name) {
         Some(spec @ ArgSpec::Sockaddr { .. }) => capture_spec(pid, tid, spec, &args),
@@ -111,25 +113,60 @@ fn msg_name(tid: i32, arch: Arch, msg: u64) -> Option<Arg> {
 /// open's flags): the pH symbols use x86_64's arguments alone
 /// ([`crate::engine::symbol_arg`]).
 pub fn capture(pid: i32, tid: i32, arch: Arch, nr: u32, regs: &[u64; 6]) -> Option<Arg> {
-    if arch != Arch::X86_64 {
-        if let Some((name, args)) = socket_call(tid, arch, nr, regs) {
-            return match symbols::arg_spec(name)? {
-                spec @ ArgSpec::Sockaddr { .. } => capture_spec(pid, tid, spec, &args),
-                _ => None,
-            };
-        }
-        // i386's path calls (open, openat, creat, ...) take their arguments in
-        // registers in x86_64's order; not so every call (its old mmap takes a
-        // struct), hence paths alone.
-        return match symbols::arg_spec(arch.name(nr)?)? {
-            spec @ ArgSpec::Path { .. } => {
-                capture_spec(pid, tid, spec, &regs.map(|r| r & 0xffff_ffff))
-            }
+    capture_call(pid, tid, arch, nr, regs).arg
+}
+
+/// What [`capture_call`] read of a call.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Captured {
+    /// The argument that matters ([`capture`]).
+    pub arg: Option<Arg>,
+    /// An i386 socket call as x86_64 makes it ([`socket_call`]): socketcall's
+    /// argument words are in memory, read once here for every later question (boxed:
+    /// rare, and every call event carries the field).
+    pub socket: Option<Box<SocketCall>>,
+}
+
+/// [`capture`], keeping an i386 socket call's decoded arguments.
+pub fn capture_call(pid: i32, tid: i32, arch: Arch, nr: u32, regs: &[u64; 6]) -> Captured {
+    if arch == Arch::X86_64 {
+        return Captured {
+            arg: Arch::X86_64
+                .name(nr)
+                .and_then(symbols::arg_spec)
+                .and_then(|spec| capture_spec(pid, tid, spec, regs)),
+            socket: None,
+        };
+    }
+    let socket = socket_call(tid, arch, nr, regs);
+    Captured {
+        arg: capture_i386(pid, tid, arch, nr, regs, socket),
+        socket: socket.map(Box::new),
+    }
+}
+
+/// An i386 call's argument: its socket call's address, or a path.
+fn capture_i386(
+    pid: i32,
+    tid: i32,
+    arch: Arch,
+    nr: u32,
+    regs: &[u64; 6],
+    socket: Option<SocketCall>,
+) -> Option<Arg> {
+    if let Some((name, args)) = socket {
+        return match symbols::arg_spec(name)? {
+            spec @ ArgSpec::Sockaddr { .. } => capture_spec(pid, tid, spec, &args),
             _ => None,
         };
     }
-    let spec = symbols::arg_spec(Arch::X86_64.name(nr)?)?;
-    capture_spec(pid, tid, spec, regs)
+    // i386's path calls (open, openat, creat, ...) take their arguments in registers
+    // in x86_64's order; not so every call (its old mmap takes a struct), hence paths
+    // alone.
+    match symbols::arg_spec(arch.name(nr)?)? {
+        spec @ ArgSpec::Path { .. } => capture_spec(pid, tid, spec, &regs.map(|r| r & 0xffff_ffff)),
+        _ => None,
+    }
 }
 
 /// The argument `spec` names, of a call with (x86_64-style) registers `regs`.

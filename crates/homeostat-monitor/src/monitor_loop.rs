@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use homeostat_core::ph::{ExeKey, Verdict};
+
 use homeostat_seccomp::{ChildStatus, LaunchOptions, Supervisor};
 use homeostat_syscalls::{call_kind, Arch, CallKind};
+
+use crate::args::Captured;
 
 /// One captured call, whatever captured it.
 #[derive(Debug, Clone)]
@@ -43,14 +46,14 @@ pub struct CallEvent {
     /// For a task seen for the first time: the task it came from.
     pub parent: Option<i32>,
     /// The argument that matters ([`crate::args`]), when the consumer asked for
-    /// arguments and it could be read.
-    pub arg: Option<homeostat_core::symbols::Arg>,
+    /// arguments and it could be read, and an i386 socket call's decoded arguments.
+    pub captured: Captured,
 }
 
 impl CallEvent {
     /// The argument pH's symbols and the rate limits use ([`crate::engine::symbol_arg`]).
     pub fn symbol_arg(&self) -> Option<&homeostat_core::symbols::Arg> {
-        crate::engine::symbol_arg(self.arch, self.arg.as_ref())
+        crate::engine::symbol_arg(self.arch, self.captured.arg.as_ref())
     }
 }
 
@@ -131,17 +134,22 @@ impl Source for Launcher {
             Some(Event::ChildExited(st)) => Some(SourceEvent::ChildExited(st)),
             Some(Event::TreeGone) => Some(SourceEvent::Done),
             Some(Event::Syscall(ev)) => Some(SourceEvent::Call(CallEvent {
-                arg: if self.args {
-                    let arg =
-                        crate::args::capture(ev.pid, ev.tid, arch_of(ev.arch), ev.nr, &ev.args);
+                captured: if self.args {
+                    let c = crate::args::capture_call(
+                        ev.pid,
+                        ev.tid,
+                        arch_of(ev.arch),
+                        ev.nr,
+                        &ev.args,
+                    );
                     // A task that died since the notification may have had its pid
                     // recycled: what was read may be another process's memory.
                     match self.sup.id_valid(ev.id) {
-                        Ok(true) => arg,
-                        _ => None,
+                        Ok(true) => c,
+                        _ => Captured::default(),
                     }
                 } else {
-                    None
+                    Captured::default()
                 },
                 id: ev.id,
                 tid: ev.tid,
@@ -192,10 +200,10 @@ impl Source for Attached {
             Some(TraceEvent::TaskGone { tid }) => Some(SourceEvent::TaskGone(tid)),
             Some(TraceEvent::Syscall(s)) => Some(SourceEvent::Call(CallEvent {
                 // A ptrace-stopped task cannot die and be replaced under us.
-                arg: if self.1 {
-                    crate::args::capture(s.pid, s.tid, arch_of(s.arch), s.nr, &s.args)
+                captured: if self.1 {
+                    crate::args::capture_call(s.pid, s.tid, arch_of(s.arch), s.nr, &s.args)
                 } else {
-                    None
+                    Captured::default()
                 },
                 id: s.tid as u64,
                 tid: s.tid,

@@ -64,7 +64,7 @@ impl Consumer for PhConsumer {
                 arch: ev.arch,
                 nr: ev.nr,
                 parent: ev.parent,
-                arg: ev.arg.as_ref(),
+                arg: ev.captured.arg.as_ref(),
             },
             crate::now_ns(),
         )

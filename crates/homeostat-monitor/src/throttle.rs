@@ -411,7 +411,7 @@ impl<C: Consumer> Consumer for Throttled<C> {
         // sendmsg, made through either ABI (an i386 program reaches them through
         // socketcall).
         let host =
-            crate::args::connection(ev.pid, ev.tid, ev.arch, ev.nr, &ev.args, ev.arg.as_ref());
+            crate::args::connection(ev.pid, ev.tid, ev.arch, ev.nr, &ev.args, Some(&ev.captured));
         let Some(Some(Arg::Inet { addr, .. })) = host.as_ref() else {
             return verdict;
         };

@@ -19,7 +19,7 @@ impl Consumer for Collect {
         true
     }
     fn call(&mut self, ev: &CallEvent) -> Verdict {
-        match &ev.arg {
+        match &ev.captured.arg {
             Some(a) => {
                 let name = Arch::X86_64.name(ev.nr).unwrap_or("?").to_string();
                 self.args.push((name, a.clone()));
