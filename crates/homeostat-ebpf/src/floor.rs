@@ -100,10 +100,11 @@ impl Switch {
             // sched_switch first, then every CPU's entry cleared (what it held was
             // set before the floor and may name another task now): from then on an
             // entry is 0 (the real program takes the helper's task) or the running
-            // task. Both are whole words, so neither write tears the other.
+            // task and its slot. The task is a whole word, so neither write tears it;
+            // a slot read beside another task's address is caught by the owner test.
             let switch = attach(Some(c"sched_switch"), self.switch.as_fd())?;
             let zeros = vec![
-                vec![0u8; 8];
+                vec![0u8; self.cur.value_size() as usize];
                 libbpf_rs::num_possible_cpus()
                     .map_err(|e| { load_error("floor: count the CPUs", e) })?
             ];

@@ -160,11 +160,18 @@ struct {
  * another CPU's entry. So the entry is only a guess, checked against the call's own
  * registers (on_sys_enter): a whole word, so the loader's clearing and the
  * program's store never tear. */
+struct hs_cur {
+	__u64 task; /* the task switched to (0: none yet, or cleared by the loader) */
+	__u32 idx;  /* its hs_tids slot, pid & hs_tid_mask: read here once a switch
+		     * rather than on every call (task->pid is a cache line of its own) */
+	__u32 pad;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct hs_cur);
 } hs_cur SEC(".maps");
 
 /* The distance from a task's kernel stack to its user registers (THREAD_SIZE -
@@ -815,7 +822,8 @@ static __always_inline int on_sys_enter(long id, __u64 regs)
 	struct task_struct *task;
 	struct hs_task *t = NULL;
 	struct hs_tid *s;
-	__u64 lwin, *fw, bit, known0, *curp;
+	struct hs_cur *c;
+	__u64 lwin, *fw, bit, known0;
 	__u32 cur, pos, cached, i = 0;
 	int ls;
 
@@ -825,10 +833,10 @@ static __always_inline int on_sys_enter(long id, __u64 regs)
 	/* The running task from hs_cur, without a helper call: a read-only pointer, good
 	 * for loads and the owner test; task storage and the slow path take the trusted
 	 * one from the helper. */
-	curp = bpf_map_lookup_elem(&hs_cur, &i);
-	if (!curp || !*curp)
+	c = bpf_map_lookup_elem(&hs_cur, &i);
+	if (!c || !c->task)
 		goto slow;
-	task = bpf_core_cast((void *)*curp, struct task_struct);
+	task = bpf_core_cast((void *)c->task, struct task_struct);
 	/* The guess is the running task if the call's user registers are at the top of
 	 * its kernel stack: a task's stack is its own while it lives, and the entry
 	 * names a task that was running a moment ago (so under RCU, not freed). */
@@ -839,8 +847,10 @@ static __always_inline int on_sys_enter(long id, __u64 regs)
 	/* Opaque to clang from here, which would otherwise drop the masks below as
 	 * redundant (cur < HS_TABLE) where the verifier cannot see why. */
 	barrier_var(cur);
-	/* task_get, inline: the task's slot, or task storage (in the slow path). */
-	i = task->pid & hs_tid_mask;
+	/* task_get, inline: the task's slot (as sched_switch found it; any slot will do,
+	 * the owner test says whether it is this task's), or task storage (in the slow
+	 * path). */
+	i = c->idx;
 	s = bpf_map_lookup_elem(&hs_tids, &i);
 	if (!s || s->owner != (__u64)task)
 		goto slow;
@@ -923,15 +933,19 @@ int floor_raw(struct bpf_raw_tracepoint_args *ctx)
 }
 #endif
 
-/* Keeps hs_cur: the task this CPU switches to (sched_switch's third argument). */
+/* Keeps hs_cur: the task this CPU switches to (sched_switch's third argument) and its
+ * slot. */
 SEC("raw_tp/sched_switch")
 int sched_switch(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u32 k = 0;
-	__u64 *v = bpf_map_lookup_elem(&hs_cur, &k);
+	struct hs_cur *v = bpf_map_lookup_elem(&hs_cur, &k);
+	struct task_struct *next = bpf_core_cast((void *)ctx->args[2], struct task_struct);
 
-	if (v)
-		*v = ctx->args[2];
+	if (v) {
+		v->task = ctx->args[2];
+		v->idx = next->pid & hs_tid_mask;
+	}
 	return 0;
 }
 
