@@ -1171,16 +1171,7 @@ fn a_run_profile_of_an_earlier_file_with_the_same_inode_number_does_not_seed_the
         return;
     }
     let state = dir.path().join("state");
-    for _ in 0..3 {
-        let st = Command::new(env!("CARGO_BIN_EXE_homeostat"))
-            .args(["run", "--quiet", "--learn", "--state-dir"])
-            .arg(&state)
-            .arg("--")
-            .arg(&prog)
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
+    learn_under_run(&state, &prog, &[]);
     let st = Command::new(env!("CARGO_BIN_EXE_homeostat"))
         .args(["profile", "normalize", "prog", "--state-dir"])
         .arg(&state)
@@ -1190,16 +1181,7 @@ fn a_run_profile_of_an_earlier_file_with_the_same_inode_number_does_not_seed_the
     let m = std::fs::metadata(&prog).unwrap();
     let key = format!("{:x}-{:x}", m.dev(), m.ino());
     // echo installed in its place, under the same inode number.
-    let mut reused = false;
-    for _ in 0..20 {
-        std::fs::remove_file(&prog).unwrap();
-        std::fs::copy("/usr/bin/echo", &prog).unwrap();
-        if std::fs::metadata(&prog).unwrap().ino() == m.ino() {
-            reused = true;
-            break;
-        }
-    }
-    if !reused {
+    if !reinstall_at_inode(&prog, "/usr/bin/echo", m.ino()) {
         eprintln!("skipping: the file system gave no inode number twice");
         return;
     }
@@ -1224,6 +1206,21 @@ fn a_run_profile_of_an_earlier_file_with_the_same_inode_number_does_not_seed_the
             .any(|e| e["event"] == "profile_loaded" || e["event"] == "anomaly"),
         "{mine:?}"
     );
+}
+
+/// Three runs of `prog args` under `homeostat run --learn` with state directory `state`.
+fn learn_under_run(state: &Path, prog: &Path, args: &[&str]) {
+    for _ in 0..3 {
+        let st = Command::new(env!("CARGO_BIN_EXE_homeostat"))
+            .args(["run", "--quiet", "--learn", "--state-dir"])
+            .arg(state)
+            .arg("--")
+            .arg(prog)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
 }
 
 /// Installs a copy of `src` at `prog` (deleted first) until the file system gives it
@@ -1292,17 +1289,7 @@ fn a_daemon_profile_of_an_earlier_file_gives_way_to_run_s_profile_of_the_later_o
         eprintln!("skipping: the file system gave no inode number twice");
         return;
     }
-    for _ in 0..3 {
-        let st = Command::new(env!("CARGO_BIN_EXE_homeostat"))
-            .args(["run", "--quiet", "--learn", "--state-dir"])
-            .arg(&state)
-            .arg("--")
-            .arg(&prog)
-            .arg("hi")
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
+    learn_under_run(&state, &prog, &["hi"]);
 
     // At start: the daemon file predates echo, so run's profile seeds the daemon.
     let mine = daemon_for(&dir.path().join("ev2.jsonl"), "2", &|| {}).unwrap();
