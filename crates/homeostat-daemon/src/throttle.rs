@@ -509,7 +509,7 @@ impl Daemon {
                 }
             };
             s.rule.restore(key, &saved.hosts);
-            s.rule.restore_queue(key, &saved.queue);
+            s.rule.restore_queue(key, &saved.queue, crate::now_ns());
             let set = s.rule.working_set(key);
             for h in &set {
                 if let Err(e) = kernel.add_host(key, h) {

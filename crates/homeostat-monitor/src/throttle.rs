@@ -223,8 +223,12 @@ impl Throttle {
     /// new host queues behind them, as if the rule had run on. Without it a restart
     /// would let a scanner's next hosts through at once. Only a profile with no queue
     /// and no release since the start takes it; times out of order are put in order,
-    /// and at most [`MAX_QUEUE`] connects are kept (the first ones).
-    pub fn restore_queue(&mut self, exe: ExeKey, q: &SavedQueue) {
+    /// at most [`MAX_QUEUE`] connects are kept (the first ones), and no time is later
+    /// than this rule could have booked from `now_ns` (i periods ahead for the i-th
+    /// connect, counting from 1): a damaged file, or a clock set back since, cannot
+    /// hold connects longer than a real queue of that length would.
+    pub fn restore_queue(&mut self, exe: ExeKey, q: &SavedQueue, now_ns: u64) {
+        let period = self.period_ns;
         let p = self.profiles.entry(exe).or_default();
         if !p.pending.is_empty() || p.last_release.is_some() {
             return;
@@ -232,7 +236,14 @@ impl Throttle {
         let mut pending = q.pending.clone();
         pending.sort_by_key(|(t, _)| *t);
         pending.truncate(MAX_QUEUE);
-        p.last_release = pending.last().map(|(t, _)| *t).max(q.last_release);
+        for (i, (t, _)) in pending.iter_mut().enumerate() {
+            *t = (*t).min(now_ns.saturating_add(period.saturating_mul(i as u64 + 1)));
+        }
+        let latest = now_ns.saturating_add(period.saturating_mul(pending.len().max(1) as u64));
+        p.last_release = pending
+            .last()
+            .map(|(t, _)| *t)
+            .max(q.last_release.map(|t| t.min(latest)));
         p.pending = pending.into();
     }
 
@@ -623,7 +634,7 @@ mod tests {
         // A new daemon, started at 0.6 s: its working set and queue as saved.
         let mut u = Throttle::new(ThrottleConfig::default()).unwrap();
         u.restore(EXE, &t.working_set(EXE));
-        u.restore_queue(EXE, &q);
+        u.restore_queue(EXE, &q, S * 6 / 10);
         assert_eq!(u.queued(EXE), 2);
         assert_eq!(u.clear_at(EXE), 3 * S);
         // A new host waits behind the queue (3 s), not from its start; a queued one
@@ -641,7 +652,7 @@ mod tests {
         assert_eq!(u.connect(EXE, &[10, 0, 0, 3], 2 * S), Decision::Known);
         // A profile that queued since the start keeps its own queue.
         let before = u.queue_of(EXE);
-        u.restore_queue(EXE, &q);
+        u.restore_queue(EXE, &q, 2 * S);
         assert_eq!(u.queue_of(EXE), before);
         // Out of order and oversized: put in order and bounded.
         let big = SavedQueue {
@@ -652,10 +663,24 @@ mod tests {
             last_release: None,
         };
         let other = ExeKey { dev: 7, ino: 7 };
-        u.restore_queue(other, &big);
+        u.restore_queue(other, &big, 0);
         let got = u.queue_of(other);
         assert_eq!(got.pending.len(), MAX_QUEUE);
         assert!(got.pending.windows(2).all(|w| w[0].0 <= w[1].0));
         assert_eq!(got.last_release, Some((MAX_QUEUE as u64 - 1) * S));
+        // Times no real queue could have booked (a damaged file, a clock set back):
+        // no later than one period per connect ahead from now.
+        let far = SavedQueue {
+            pending: vec![(u64::MAX, vec![1]), (u64::MAX, vec![2])],
+            last_release: Some(u64::MAX),
+        };
+        let third = ExeKey { dev: 8, ino: 8 };
+        u.restore_queue(third, &far, 10 * S);
+        let got = u.queue_of(third);
+        assert_eq!(
+            got.pending.iter().map(|p| p.0).collect::<Vec<_>>(),
+            vec![11 * S, 12 * S]
+        );
+        assert_eq!(got.last_release, Some(12 * S));
     }
 }
