@@ -119,14 +119,14 @@ fn peek_user(tid: i32, offset: usize) -> Result<u64, Errno> {
 /// The call a stopped tracee is inside and will enter again when it runs on: a call a
 /// signal cut short returns -ERESTARTSYS, -ERESTARTNOINTR or -ERESTARTNOHAND (512 to
 /// 514), which the kernel turns into the same call again (same number and arguments)
-/// when no handler runs, as after a stop. `None` if it is in no such call. (A 32-bit
-/// call's return is a 32-bit value.)
+/// when no handler runs, as after a stop. `None` if it is in no such call. (The
+/// kernel stores a call's return as a 64-bit value for either ABI, so -512 is
+/// sign-extended; a 64-bit call that returned 0xfffffe00 as a positive value is not
+/// taken for it.)
 pub(crate) fn restarting_call(tid: i32) -> Result<Option<u64>, Errno> {
-    let ax = peek_user(tid, OFFSET_RAX)?;
+    let ax = peek_user(tid, OFFSET_RAX)? as i64;
     let orig = peek_user(tid, OFFSET_ORIG_RAX)? as i64;
-    let high = ax >> 32;
-    let err = ax as u32 as i32;
-    let restarts = (high == 0 || high == 0xffff_ffff) && (-514..=-512).contains(&err);
+    let restarts = (-514..=-512).contains(&ax);
     Ok((orig >= 0 && restarts).then_some(orig as u64))
 }
 

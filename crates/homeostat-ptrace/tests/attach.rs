@@ -882,16 +882,21 @@ fn the_entry_of_a_call_the_stop_cut_short_is_marked_restarted() {
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: mkfifo(3) with a valid C string.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let ready = dir.path().join("ready");
     let script = format!(
-        "import os\nfd = os.open({:?}, os.O_RDWR)\nos.read(fd, 1)\nos.getppid()\n",
-        fifo.to_str().unwrap()
+        "import os\nfd = os.open({:?}, os.O_RDWR)\nos.close(os.open({:?}, os.O_CREAT))\n\
+         os.read(fd, 1)\nos.getppid()\n",
+        fifo.to_str().unwrap(),
+        ready.to_str().unwrap()
     );
     let p = Proc::spawn(&["/usr/bin/python3", "-c", &script], &[]);
     let pid = p.pid();
-    // Waiting in its read.
+    // Waiting in its read of the FIFO (the first read after the marker: a read python
+    // makes while it starts, of a module, is not one that waits).
     assert!(wait_until(LIMIT, || {
-        std::fs::read_to_string(format!("/proc/{pid}/syscall"))
-            .is_ok_and(|s| s.split(' ').next() == Some("0"))
+        ready.exists()
+            && std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+                .is_ok_and(|s| s.split(' ').next() == Some("0"))
     }));
     // SAFETY: kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
