@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use homeostat_core::ph::{ExeKey, Verdict};
-
 use homeostat_seccomp::{ChildStatus, LaunchOptions, Supervisor};
 use homeostat_syscalls::{call_kind, Arch, CallKind};
 
