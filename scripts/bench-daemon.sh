@@ -111,6 +111,9 @@
 #                   (0: not run)
 #   PAIR_WORKLOADS="..."  the workloads of the paired part (default: WORKLOADS)
 #   PAIR_KINDS="training normal"  its kinds of daemon
+#   PAIR_AA=1       a control of the paired part itself: both halves of every pair
+#                   run at the floor (the "real" half too), so the report's ratios
+#                   show the method's own bias and spread (they should centre on 1)
 #   STATS_ROUNDS=3  runs of each daemon condition with bpf_stats on (conditions
 #                   alternating; the report gives the median per call)
 #   STATS_WORKLOADS="dd1 find"  the workloads run (and reported apart) with bpf_stats on
@@ -143,6 +146,7 @@ fi
 prep_dd_count=20000
 stats_rounds="${STATS_ROUNDS:-3}"
 pairs="${PAIRS:-20}"
+pair_aa="${PAIR_AA:-0}"
 read -r -a pair_kinds <<<"${PAIR_KINDS:-training normal}"
 read -r -a stats_workloads <<<"${STATS_WORKLOADS:-dd1 find}"
 forks=300
@@ -515,7 +519,11 @@ if [ "$pairs" -gt 0 ]; then
                 if (((i + j) % 2 == 0)); then order=(floor real); else order=(real floor); fi
                 j=$((j + 1))
                 for h in "${order[@]}"; do
-                    "$hs_floor" hook "$h" --state-dir "$cond_state"
+                    if [ "$pair_aa" = 1 ]; then
+                        "$hs_floor" hook floor --state-dir "$cond_state"
+                    else
+                        "$hs_floor" hook "$h" --state-dir "$cond_state"
+                    fi
                     timed "$w"
                     echo "$w $kind $i $h $t0 $T $c0 $C" >>"$work/pairs"
                 done
@@ -672,6 +680,11 @@ table() {
 if [ -s "$work/pairs" ]; then
     echo "## real / floor, paired in one daemon (the targets' figure)"
     echo
+    if [ "$pair_aa" = 1 ]; then
+        echo "**PAIR_AA=1: a control. Both halves of every pair ran at the floor; the ratios"
+        echo "below are floor / floor and say nothing of homeostat's cost.**"
+        echo
+    fi
     echo "Each cell: the median of $pairs pairs' real / floor ratios, each pair one run with"
     echo "the floor attached and one with the real program swapped in, back to back"
     echo "(\`homeostat hook\`); in square brackets the median's 95 % confidence interval"
