@@ -519,11 +519,10 @@ if [ "$pairs" -gt 0 ]; then
                 if (((i + j) % 2 == 0)); then order=(floor real); else order=(real floor); fi
                 j=$((j + 1))
                 for h in "${order[@]}"; do
-                    if [ "$pair_aa" = 1 ]; then
-                        "$hs_floor" hook floor --state-dir "$cond_state"
-                    else
-                        "$hs_floor" hook "$h" --state-dir "$cond_state"
-                    fi
+                    # The control attaches the floor for the "real" half too.
+                    to="$h"
+                    [ "$pair_aa" != 1 ] || to=floor
+                    "$hs_floor" hook "$to" --state-dir "$cond_state"
                     timed "$w"
                     echo "$w $kind $i $h $t0 $T $c0 $C" >>"$work/pairs"
                 done
@@ -559,10 +558,10 @@ if echo 1 >/proc/sys/kernel/bpf_stats_enabled 2>/dev/null; then
                 "$progstats" $ids >"$work/rs1" 2>/dev/null
                 # id name run_cnt run_time_ns: the difference over the run; then the
                 # round and the run's wall time.
-                awk -v c="$c" -v w="$w" -v sr="$sr" -v wall="$(awk -v a="$t0" -v b="$T" 'BEGIN { print b - a }')" \
+                awk -v c="$c" -v w="$w" -v sr="$sr" -v start="$t0" -v end="$T" \
                     'NR == FNR { n0[$1] = $3; t0[$1] = $4; next }
                     { dn = $3 - n0[$1]; dt = $4 - t0[$1]
-                      printf "%s %s/%s %d %d %d %s\n", c, $2, w, dn, dt, sr, wall }' "$work/rs0" "$work/rs1" >>"$work/runstats"
+                      printf "%s %s/%s %d %d %d %.6f\n", c, $2, w, dn, dt, sr, end - start }' "$work/rs0" "$work/rs1" >>"$work/runstats"
             done
             stop_daemon "stats-$c"
         done
