@@ -111,7 +111,7 @@ const _: () = {
     assert!(size_of::<hs_index>() == 4 * TABLE);
     assert!(size_of::<hs_row>() == ROW);
     assert!(size_of::<hs_profile>() == 56);
-    assert!(size_of::<hs_task>() == 168);
+    assert!(size_of::<hs_task>() == 176);
     assert!(size_of::<hs_tid>() == 192);
     assert!(size_of::<hs_config>() == 32);
     assert!(size_of::<hs_event>() == 48);

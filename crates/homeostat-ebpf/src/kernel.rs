@@ -382,7 +382,8 @@ impl Kernel {
             .data_data
             .as_deref_mut()
             .ok_or_else(|| Error::Config("the object has no data".into()))?
-            .hs_tid_mask = tids - 1;
+            .hs_shared
+            .tid_mask = tids - 1;
         let skel = open.load().map_err(|e| load_error("load", e))?;
 
         let dup = |m: &libbpf_rs::MapMut<'_>, name: &'static str| {

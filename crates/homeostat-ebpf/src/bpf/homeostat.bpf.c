@@ -39,7 +39,7 @@ struct {
 	__type(value, struct hs_profile);
 } hs_profiles SEC(".maps");
 
-/* Tasks' state, by tid (struct hs_tid): slot tid & hs_tid_mask, the task's own while
+/* Tasks' state, by tid (struct hs_tid): slot tid & hs_shared.tid_mask, the task's own while
  * its owner word is the task's address. An array lookup the verifier inlines as an
  * address computation, where task storage (below) is a helper call and three
  * dependent loads (task->bpf_storage, the storage's cache slot, the element): about
@@ -162,7 +162,7 @@ struct {
  * program's store never tear. */
 struct hs_cur {
 	__u64 task; /* the task switched to (0: none yet, or cleared by the loader) */
-	__u32 idx;  /* its hs_tids slot, pid & hs_tid_mask: read here once a switch
+	__u32 idx;  /* its hs_tids slot, pid & hs_shared.tid_mask: read here once a switch
 		     * rather than on every call (task->pid is a cache line of its own) */
 	__u32 pad;
 };
@@ -174,20 +174,27 @@ struct {
 	__type(value, struct hs_cur);
 } hs_cur SEC(".maps");
 
-/* The distance from a task's kernel stack to its user registers (THREAD_SIZE -
- * sizeof(struct pt_regs) on x86_64), learnt by the slow path from the trusted task
- * (0: not yet). One value for every task, so racing writers write the same. */
-__u64 hs_regs_off = 0;
+/* The words the common call reads besides its task's state, in one struct so that
+ * they share one cache line and one address load (three globals were three loads of
+ * an address, and hs_regs_off a line of ".bss" of its own). In ".data", a map of its
+ * own, so no write elsewhere evicts the line. */
+struct hs_shared {
+	/* Moved by every change of hs_profiles (atomically: by the programs when
+	 * auto_create makes a profile, by userspace through the mmapped map otherwise): a
+	 * task's cached profile entry is stale when its generation differs. First: the
+	 * loader maps the page and moves this word (src/generation.rs). Starts at 1: a new
+	 * state (generation 0) is stale at first; never 0 (hs_task.fast: 0 is "not
+	 * ready"). */
+	__u32 generation;
+	/* hs_tids' size - 1 (set at load). */
+	__u32 tid_mask;
+	/* The distance from a task's kernel stack to its user registers (THREAD_SIZE -
+	 * sizeof(struct pt_regs) on x86_64), learnt by the slow path from the trusted
+	 * task (0: not yet). One value for every task, so racing writers write the same. */
+	__u64 regs_off;
+};
 
-/* Moved by every change of hs_profiles (atomically: by the programs when auto_create
- * makes a profile, by userspace through the mmapped map otherwise): a task's cached
- * profile entry is stale when its generation differs. The one shared word the common
- * call reads, in a map of its own (".data"), so no write elsewhere evicts it. Starts
- * at 1: new task storage (generation 0) is stale at first. */
-__u32 hs_generation = 1;
-/* hs_tids' size - 1 (set at load), beside the generation: the common call reads that
- * cache line anyway. */
-__u32 hs_tid_mask = HS_TIDS - 1;
+struct hs_shared hs_shared = { .generation = 1, .tid_mask = HS_TIDS - 1 };
 /* Never read or written: a global of the event type makes libbpf-cargo generate its
  * #[repr(C)] Rust type (it generates the types of maps and globals only, and the ring
  * buffer has none), so that the loader decodes events through it. */
@@ -302,7 +309,7 @@ static __always_inline __u64 user_dev(__u32 kdev)
 /* The hs_tids slot of tid `tid` (NULL only if the mask and the map disagreed). */
 static __always_inline struct hs_tid *tid_slot(__u32 tid)
 {
-	__u32 i = tid & hs_tid_mask;
+	__u32 i = tid & hs_shared.tid_mask;
 
 	return bpf_map_lookup_elem(&hs_tids, &i);
 }
@@ -381,6 +388,7 @@ static __noinline void local_reset(struct hs_task *t)
 	t->nlocal = 0;
 	t->lvalid = 0;
 	t->lwin = 0;
+	t->fast = 0;
 }
 
 /* The local slot of call `cur` (-1: none): the four lanes of each word of ltag
@@ -440,6 +448,7 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 	if (!t)
 		return NULL;
 	t->valid = 0;
+	t->fast = 0; /* a slot holds its previous task's state until here */
 	/* The daemon itself, or a task outside its scope: marked once, so that the
 	 * common call tests neither (forks inherit the mark; an exec decides again). */
 	if (pid == cfg->ignore_tgid ||
@@ -486,7 +495,9 @@ static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct t
 		} else {
 			err = bpf_map_update_elem(&hs_profiles, &t->key, &p, BPF_NOEXIST);
 			if (!err) {
-				__sync_fetch_and_add(&hs_generation, 1);
+				/* Never to 0 (hs_task.fast), as userspace's bump. */
+				if (__sync_fetch_and_add(&hs_shared.generation, 1) == 0xffffffff)
+					__sync_fetch_and_add(&hs_shared.generation, 1);
 			} else {
 				bpf_map_push_elem(&hs_free_slots, &p.slot, 0);
 				if (err != -17 /* EEXIST: another CPU made it */)
@@ -627,7 +638,7 @@ __attribute__((noinline)) int hs_general(struct hs_task *t, __u32 call)
 	if (t->lvalid >= HS_SEQ)
 		seq_from_local(t);
 	/* The profile's state, looked up only when some profile changed since. */
-	gen = hs_generation;
+	gen = hs_shared.generation;
 	if (t->gen != gen) {
 		p = bpf_map_lookup_elem(&hs_profiles, &t->key);
 		if (p && p->igen && t->igen && p->igen != t->igen)
@@ -703,6 +714,9 @@ tested:
 	t->lwin = (lwin << 8) | (1ULL << (ls & (HS_LOCAL - 1)));
 	if (lvalid < HS_SEQ)
 		t->lvalid = lvalid + 1;
+	/* The state is current as of `gen` and has a profile: the common call may take
+	 * the next call once the window is full. */
+	t->fast = lvalid + 1 >= HS_SEQ ? gen : 0;
 
 	/* Locality frame: the slot leaving the window gives back its anomaly. With LFC 0
 	 * every bit of the frame is 0 (lfc is the number of bits set), so a call without
@@ -731,7 +745,9 @@ framed:
 		if (!p)
 			p = bpf_map_lookup_elem(&hs_profiles, &t->key);
 		if (!p) {
-			t->cached = 0; /* removed since: stale until the next generation */
+			/* removed since: stale until the next generation */
+			t->cached = 0;
+			t->fast = 0;
 			return 0;
 		}
 		__sync_fetch_and_add(&p->calls, t->pending);
@@ -765,21 +781,22 @@ framed:
  * the common path then makes no call after the task's state is found, and keeps its
  * few values in registers (with this code inline, clang spilled a dozen of them to
  * the stack on every call). */
-static __noinline int sys_enter_slow(struct hs_task *t, __u32 call, long id, __u64 regs)
+static __noinline int sys_enter_slow(struct hs_task *t, long id, __u64 regs)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct hs_config *cfg;
-	__u32 tid, pid;
+	__u32 tid, pid, call;
 
+	/* The call's row, again (the common path passes only what it cannot redo
+	 * cheaply: fewer values live to its call, fewer of them on the stack). */
+	call = id < HS_ROW ? id : HS_ROW - 1;
+	if (task->thread_info.status & HS_TS_COMPAT)
+		call += HS_COMPAT;
 	if (!t) {
 		/* The common path did not find the task (hs_cur's guess unset or wrong, or
-		 * its state in task storage): its state as task_get finds it, and the
-		 * call's row again, as the common path makes it. */
-		if (!hs_regs_off && regs)
-			hs_regs_off = regs - (__u64)task->stack;
-		call = id < HS_ROW ? id : HS_ROW - 1;
-		if (task->thread_info.status & HS_TS_COMPAT)
-			call += HS_COMPAT;
+		 * its state in task storage): its state as task_get finds it. */
+		if (!hs_shared.regs_off && regs)
+			hs_shared.regs_off = regs - (__u64)task->stack;
 		t = task_get(task);
 	}
 	if (!t || t->valid != HS_VALID) {
@@ -813,10 +830,10 @@ static __noinline int sys_enter_slow(struct hs_task *t, __u32 call, long id, __u
 /* The common call: a task following a profile whose state it has cached, whose full
  * window of eight calls is known to be in the profile (its table of known pairs),
  * with no argument or throttle hook for this call and no flush due. It reads one
- * cache line of the task's state (hs_tids slot or storage) and one word of `known`, and writes two words:
- * the call count and the window in local slots (seq is rebuilt from it by the next
- * general call); the locality frame only when some bit of it is set. Anything else
- * is sys_enter_slow's. */
+ * cache line of the task's hs_tids slot, one word of `known` and the line of
+ * hs_shared, and writes two words: the call count and the window in local slots
+ * (seq is rebuilt from it by the next general call); the locality frame only when
+ * some bit of it is set. Anything else is sys_enter_slow's. */
 static __always_inline int on_sys_enter(long id, __u64 regs)
 {
 	struct task_struct *task;
@@ -824,7 +841,7 @@ static __always_inline int on_sys_enter(long id, __u64 regs)
 	struct hs_tid *s;
 	struct hs_cur *c;
 	__u64 lwin, *fw, bit, known0;
-	__u32 cur, pos, cached, i = 0;
+	__u32 cur, pos, cached, gen, i = 0;
 	int ls;
 
 	if (id < 0)
@@ -834,13 +851,16 @@ static __always_inline int on_sys_enter(long id, __u64 regs)
 	 * for loads and the owner test; task storage and the slow path take the trusted
 	 * one from the helper. */
 	c = bpf_map_lookup_elem(&hs_cur, &i);
-	if (!c || !c->task)
+	if (!c)
 		goto slow;
 	task = bpf_core_cast((void *)c->task, struct task_struct);
 	/* The guess is the running task if the call's user registers are at the top of
 	 * its kernel stack: a task's stack is its own while it lives, and the entry
-	 * names a task that was running a moment ago (so under RCU, not freed). */
-	if (regs - (__u64)task->stack != hs_regs_off || !hs_regs_off)
+	 * names a task that was running a moment ago (so under RCU, not freed). Neither
+	 * an entry of 0 (no switch seen yet: the load through the read-only pointer
+	 * gives 0) nor an offset not yet learnt (0) passes: user registers are never at
+	 * a stack's base or below address regs_off. */
+	if (regs - (__u64)task->stack != hs_shared.regs_off)
 		goto slow;
 	if (task->thread_info.status & HS_TS_COMPAT)
 		cur += HS_COMPAT;
@@ -860,15 +880,21 @@ static __always_inline int on_sys_enter(long id, __u64 regs)
 	 * load of its first word now starts fetching the line meanwhile. */
 	known0 = t->known[0];
 	barrier_var(known0);
-	if (t->valid != HS_VALID || t->gen != hs_generation)
+	/* Valid, cached as of this generation, with a profile and a full window, in one
+	 * compare (hs_task.fast). lvalid 8 implies nseq 8 (they grow together; a new
+	 * table resets lvalid only): neither counter is written below. */
+	gen = hs_shared.generation;
+	if (t->fast != gen) {
+		/* Not followed (outside the scope, or no profile as of this generation):
+		 * nothing to do, without the slow path's helper call. */
+		if (t->valid == HS_VALID_OUT ||
+		    (t->valid == HS_VALID && t->gen == gen && !(t->cached & HS_CACHE_PROFILE)))
+			return 0;
+		goto slow;
+	}
+	if (t->pending >= HS_FLUSH_CALLS - 1)
 		goto slow;
 	cached = t->cached;
-	if (!(cached & HS_CACHE_PROFILE))
-		return 0;
-	/* lvalid >= 8 implies nseq >= 8 (they grow together; a new table resets lvalid
-	 * only): neither counter is written below. */
-	if (t->lvalid < HS_SEQ || t->pending >= HS_FLUSH_CALLS - 1)
-		goto slow;
 	if ((cached & HS_CACHE_HOOKS) &&
 	    ((hs_args_on && cur < HS_ROW && hs_arg_spec[cur & (HS_ROW - 1)]) ||
 	     (hs_thr_on && hs_thr_call[cur & (HS_TABLE - 1)])))
@@ -896,7 +922,7 @@ static __always_inline int on_sys_enter(long id, __u64 regs)
 	}
 	return 0;
 slow:
-	return sys_enter_slow(t, cur, id, regs);
+	return sys_enter_slow(t, id, regs);
 }
 
 SEC("tp_btf/sys_enter")
@@ -944,7 +970,7 @@ int sched_switch(struct bpf_raw_tracepoint_args *ctx)
 
 	if (v) {
 		v->task = ctx->args[2];
-		v->idx = next->pid & hs_tid_mask;
+		v->idx = next->pid & hs_shared.tid_mask;
 	}
 	return 0;
 }

@@ -89,11 +89,9 @@ struct hs_profile {
 #define HS_LOCAL_FREE 0xffff /* hs_task.ltag of an unused slot (calls are < 1024) */
 
 struct hs_task {
-	/* The common call's fields first, in 40 bytes: task storage data starts 16 bytes
-	 * into a cache line on this kernel (the allocator's 8-byte header and the 72 of
-	 * bpf_local_storage_elem, whose last word the lookup itself reads), so these
-	 * share that line. `known` fills the next line exactly; the rest is for the
-	 * other calls. */
+	/* The common call's fields first, in 48 bytes: a task's hs_tids slot starts 16
+	 * bytes into a cache line (after its owner word and tid), so these share that
+	 * line. `known` fills the next line exactly; the rest is for the other calls. */
 	__u32 gen;         /* the profile's entry is `cached` as of this generation */
 	__u8 valid;        /* HS_VALID once initialised (storage is created zeroed) */
 	__u8 cached;       /* HS_CACHE_* */
@@ -115,7 +113,13 @@ struct hs_task {
 	__u64 lwin;
 	__u16 ltag[HS_LOCAL];
 	__u32 fpos;        /* next slot of the locality frame */
-	__u32 nseq;        /* valid entries of seq */
+	/* The common call's one test of the state: the generation (hs_shared.generation)
+	 * as of which the task may take the common call (valid is HS_VALID, gen is the
+	 * generation, cached has HS_CACHE_PROFILE, lvalid is HS_SEQ), else 0. Written by
+	 * the general path only, at the end of each call it finishes; cleared wherever
+	 * one of those four may stop holding (task_init, local_reset, a removed
+	 * profile). A generation move makes every task's stale at once. */
+	__u32 fast;
 	__u64 known[HS_LOCAL];
 	/* The last calls, seq[0] the previous one; 8-aligned: read as two u64. Kept by
 	 * the calls that take the general path only: while lvalid is HS_SEQ, the window
@@ -126,9 +130,11 @@ struct hs_task {
 	__u64 frame[HS_LOCALITY / 64];
 	__u32 slot;        /* the profile's slot, valid with HS_CACHE_PROFILE */
 	__u32 igen;        /* the executable's i_generation (hs_profile.igen) */
+	__u32 nseq;        /* valid entries of seq */
+	__u32 pad;
 };
 
-/* A task's state in the tid-indexed array hs_tids: slot tid & hs_tid_mask, the
+/* A task's state in the tid-indexed array hs_tids: slot tid & hs_shared.tid_mask, the
  * task's own while `owner` is its task_struct's address (0: free). Laid out so that
  * the task's state starts 16 bytes into a cache line, as task storage's does: the
  * common call's fields share the first line with `owner`, `known` fills the second
@@ -139,7 +145,6 @@ struct hs_tid {
 	__u32 tid;  /* the owner's tid when it claimed the slot (userspace checks it) */
 	__u32 pad;
 	struct hs_task t;
-	__u64 pad2;
 };
 /* Slots at most (a power of two; the loader sizes the map from pid_max up to this):
  * 32768 x 192 B = 6 MiB, preallocated. */
