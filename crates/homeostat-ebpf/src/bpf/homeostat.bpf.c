@@ -615,7 +615,6 @@ static __noinline __u32 row_new(struct hs_index *ix, __u32 cur)
  * with argument classes on that exceeded the verifier's 1M-instruction budget). */
 __attribute__((noinline)) int hs_general(struct hs_task *t, __u32 call)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
 	struct hs_config *cfg;
 	__u32 tid, pid;
 	struct hs_index *ix;
@@ -763,7 +762,9 @@ framed:
 		__u32 flags = 0;
 
 		__sync_fetch_and_add(&p->anomalies, 1);
-		if (p->respond && respond_stop(task, pid, tid, cur))
+		/* The task only here: a helper call costs 17-21 ns on these machines
+		 * (docs/ebpf.md, "The running task without a helper call"). */
+		if (p->respond && respond_stop(bpf_get_current_task_btf(), pid, tid, cur))
 			flags = HS_EVF_STOPPED;
 		if (t->cached & HS_CACHE_FOREIGN)
 			flags |= HS_EVF_FOREIGN;
@@ -781,14 +782,18 @@ framed:
  * the common path then makes no call after the task's state is found, and keeps its
  * few values in registers (with this code inline, clang spilled a dozen of them to
  * the stack on every call). */
-static __noinline int sys_enter_slow(struct hs_task *t, long id, __u64 regs)
+static __noinline int sys_enter_slow(struct hs_task *t, __u32 call, long id, __u64 regs)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *task;
 	struct hs_config *cfg;
-	__u32 tid, pid, call;
+	__u32 tid, pid;
 
-	/* The call's row, again (the common path passes only what it cannot redo
-	 * cheaply: fewer values live to its call, fewer of them on the stack). */
+	/* Found by the common call, with its call's row: the general path needs nothing
+	 * more, and no helper call (a new process's first calls all come here). */
+	if (t && t->valid == HS_VALID)
+		return hs_general(t, call);
+	task = bpf_get_current_task_btf();
+	/* The call's row, again (the common call's is only right with the task). */
 	call = id < HS_ROW ? id : HS_ROW - 1;
 	if (task->thread_info.status & HS_TS_COMPAT)
 		call += HS_COMPAT;
@@ -922,7 +927,7 @@ static __always_inline int on_sys_enter(long id, __u64 regs)
 	}
 	return 0;
 slow:
-	return sys_enter_slow(t, id, regs);
+	return sys_enter_slow(t, cur, id, regs);
 }
 
 SEC("tp_btf/sys_enter")
