@@ -1,5 +1,6 @@
-//! The profiles' generation (`hs_generation`, the programs' `.data` map), mapped into
-//! the loader's memory: a task caches its profile's state until the generation moves.
+//! The profiles' generation (`hs_shared.generation`, the first word of the programs'
+//! `.data` map), mapped into the loader's memory: a task caches its profile's state
+//! until the generation moves.
 //! Both sides move it with an atomic add on the same word (the programs when
 //! auto_create makes a profile, userspace at every other change), so it is the one
 //! shared word the common call reads; a map update from userspace would rewrite it
@@ -9,7 +10,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// `hs_generation`, mmapped.
+/// `hs_shared.generation`, mmapped.
 #[derive(Debug)]
 pub(crate) struct Generation {
     word: NonNull<AtomicU32>,
@@ -24,7 +25,7 @@ unsafe impl Sync for Generation {}
 const LEN: usize = 4096;
 
 impl Generation {
-    /// Maps the `.data` map `fd`, whose value starts with `hs_generation`.
+    /// Maps the `.data` map `fd`, whose value starts with `hs_shared.generation`.
     pub(crate) fn map(fd: BorrowedFd<'_>) -> std::io::Result<Generation> {
         // SAFETY: a fresh shared mapping of a BPF array map that libbpf created with
         // BPF_F_MMAPABLE (global data), one page: its value area rounded up; checked.

@@ -410,7 +410,7 @@ impl Kernel {
                 err: e.to_string(),
             })?,
             generation: Generation::map(skel.maps.data.as_fd()).map_err(|e| Error::Map {
-                map: ".data (hs_generation)",
+                map: ".data (hs_shared)",
                 what: "mmap",
                 kind: libbpf_rs::ErrorKind::Other,
                 err: e.to_string(),
