@@ -2,9 +2,10 @@
 //! `.data` map), mapped into the loader's memory: a task caches its profile's state
 //! until the generation moves.
 //! Both sides move it with an atomic add on the same word (the programs when
-//! auto_create makes a profile, userspace at every other change), so it is the one
-//! shared word the common call reads; a map update from userspace would rewrite it
-//! and could undo an increment the programs made meanwhile.
+//! auto_create makes a profile, userspace at every other change), the word of
+//! `hs_shared` that the common call tests its task's state against; a map update
+//! from userspace would rewrite it and could undo an increment the programs made
+//! meanwhile.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
@@ -21,7 +22,8 @@ unsafe impl Send for Generation {}
 // SAFETY: as above.
 unsafe impl Sync for Generation {}
 
-/// One page: the map's value area (4 bytes) rounded up, as the kernel maps it.
+/// One page: the map's value area (`hs_shared`, 16 bytes) rounded up, as the kernel
+/// maps it.
 const LEN: usize = 4096;
 
 impl Generation {
@@ -46,7 +48,9 @@ impl Generation {
         Ok(Generation { word })
     }
 
-    /// Moves the generation (never to 0: new task storage is at generation 0).
+    /// Moves the generation, skipping 0 (a new task state is at generation 0, and a
+    /// task's `fast` is 0 when it may not take the common call): a bump that
+    /// reaches 0 adds one more at once.
     pub(crate) fn bump(&self) {
         // SAFETY: the first word of the live, page-aligned mapping.
         let g = unsafe { self.word.as_ref() };

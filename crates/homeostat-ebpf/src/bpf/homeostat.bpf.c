@@ -183,8 +183,9 @@ struct hs_shared {
 	 * auto_create makes a profile, by userspace through the mmapped map otherwise): a
 	 * task's cached profile entry is stale when its generation differs. First: the
 	 * loader maps the page and moves this word (src/generation.rs). Starts at 1: a new
-	 * state (generation 0) is stale at first; never 0 (hs_task.fast: 0 is "not
-	 * ready"). */
+	 * state (generation 0) is stale at first. A bump that reaches 0 adds one more at
+	 * once (hs_task.fast: 0 is "not ready"), so 0 is seen at most for an instant
+	 * every 2^32 bumps. */
 	__u32 generation;
 	/* hs_tids' size - 1 (set at load). */
 	__u32 tid_mask;
@@ -853,8 +854,8 @@ static __always_inline int on_sys_enter(long id, __u64 regs)
 		return 0;
 	cur = id < HS_ROW ? id : HS_ROW - 1;
 	/* The running task from hs_cur, without a helper call: a read-only pointer, good
-	 * for loads and the owner test; task storage and the slow path take the trusted
-	 * one from the helper. */
+	 * for loads and the owner test; when the common call does not find the task, the
+	 * slow path takes the trusted one from the helper (and task storage with it). */
 	c = bpf_map_lookup_elem(&hs_cur, &i);
 	if (!c)
 		goto slow;

@@ -116,9 +116,13 @@ struct hs_task {
 	/* The common call's one test of the state: the generation (hs_shared.generation)
 	 * as of which the task may take the common call (valid is HS_VALID, gen is the
 	 * generation, cached has HS_CACHE_PROFILE, lvalid is HS_SEQ), else 0. Written by
-	 * the general path only, at the end of each call it finishes; cleared wherever
-	 * one of those four may stop holding (task_init, local_reset, a removed
-	 * profile). A generation move makes every task's stale at once. */
+	 * the general path only, at the end of each call it finishes (and copied with
+	 * the rest of the state at a fork); cleared wherever one of those four may stop
+	 * holding (task_init, local_reset, a removed profile). A generation move makes
+	 * every task's stale at once. The generation passes through 0 only for an
+	 * instant every 2^32 bumps (hs_shared.generation): a task that is not followed
+	 * could then take one common call, one that is followed cannot (its fast is 0
+	 * only while lvalid < HS_SEQ, when known[] is empty). */
 	__u32 fast;
 	__u64 known[HS_LOCAL];
 	/* The last calls, seq[0] the previous one; 8-aligned: read as two u64. Kept by
