@@ -8,7 +8,8 @@
 # /usr/include | wc -c`; forkexec = 300 fork+exec of /bin/true from a loop in sh;
 # pingpong = 100,000 one-byte round trips between two processes through pipes, both
 # on CPU 0 (scripts/pingpong.c, built with cc at start): two context switches every
-# four calls, the daemon's worst case for its sched_switch program.
+# four calls, the case where tasks alternate fastest (the worst case of the
+# sched_switch program the daemon had until the thirteenth session).
 #
 # Conditions:
 #   none      no daemon;
@@ -305,7 +306,7 @@ declare -A label=(
     [pingpong]="$trips pipe round trips on one CPU"
 )
 # Targets for real / floor (issue 12).
-# pingpong has none: reported so that the price of the sched_switch hook is seen.
+# pingpong has none: reported as the case where tasks alternate fastest.
 declare -A target=([dd1]=1.10 [dd4]=1.10 [find]=1.02 [tar]=1.02 [forkexec]=1.02 [pingpong]=-)
 # The programs whose profiles a workload exercises (keys of `progs` below).
 declare -A uses=([dd1]="dd" [dd4]="dd" [find]="find" [tar]="tar wc" [forkexec]="sh true" [pingpong]="")

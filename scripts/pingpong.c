@@ -1,8 +1,9 @@
 /* Pipe ping-pong for scripts/bench-daemon.sh (workload `pingpong`): N round trips
  * of one byte between a parent and its child through two pipes. Run on one CPU
  * (taskset), each trip is four calls and two context switches: the workload with
- * the most switches per call, where the daemon's sched_switch program (docs/ebpf.md,
- * "The running task without a helper call") costs most against what it saves. */
+ * the most switches per call, which was the worst case for the sched_switch program
+ * the daemon had until the thirteenth session (docs/ebpf.md, "The running task
+ * without a helper call"); kept as the case where tasks alternate fastest. */
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>

@@ -68,7 +68,7 @@ pub(crate) const LEARN_CGROUP: u32 = 2;
 /// whose `hs_tids` slot was taken (their state in task storage instead), and calls
 /// that took the general path.
 pub(crate) const NSTATS: usize = 8;
-/// Slots of the tid-indexed task array at most (`HS_TIDS`, a power of two).
+/// Slots of the task array (`hs_tids`) at most and by default (`HS_TIDS`, a power of two).
 pub const TIDS: u32 = 32768;
 
 /// Marks the generated types as plain data for bytemuck.

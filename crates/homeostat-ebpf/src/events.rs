@@ -111,9 +111,9 @@ pub struct Stats {
     /// Responses due but not started: the stop map was full or SIGSTOP failed.
     pub stops_failed: u64,
     /// Not a loss: tasks whose state was made in task storage because their slot of
-    /// the tid array was another task's ([`crate::Options::tid_slots`]); such a
-    /// task's calls cost a few ns more. Counted per state made (first call, exec,
-    /// fork).
+    /// the task array was another task's ([`crate::Options::tid_slots`]); such a
+    /// task's calls all take the general path. Counted per state made (first call,
+    /// exec, fork).
     pub tids_taken: u64,
     /// Not a loss: calls of followed tasks that took the general path (the common
     /// call could not finish them: a task's first calls, a window not yet known, a

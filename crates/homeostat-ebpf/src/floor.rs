@@ -13,11 +13,6 @@
 //! the one a release build runs, instruction for instruction; a flag would add a load
 //! to every call of the thing being measured.
 //!
-//! The real program comes with sched_switch, which keeps `hs_cur` (each CPU's running
-//! task) for it: the floor has no part of homeostat's cost, so sched_switch is
-//! detached with the real program, and `hs_cur`, stale by then, cleared before the
-//! real program is attached again.
-//!
 //! The skeleton is gone once loading is done (only links and fds are kept), so
 //! attaching later goes through the programs' fds and libbpf's
 //! `bpf_raw_tracepoint_open`, the call libbpf's own attach makes for these
@@ -27,9 +22,9 @@ use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::Mutex;
 
-use libbpf_rs::{libbpf_sys, MapCore, MapFlags, MapHandle};
+use libbpf_rs::libbpf_sys;
 
-use crate::error::{load_error, map_err};
+use crate::error::load_error;
 use crate::{Error, Hook, Kernel};
 
 /// The attached programs' links (closing one detaches its program), in the order
@@ -38,17 +33,13 @@ struct Attached {
     floor: bool,
     /// Held to be closed: never read.
     _sys_enter: OwnedFd,
-    /// The real program's sched_switch (none at the floor).
-    _switch: Option<OwnedFd>,
 }
 
-/// The two sys_enter programs, sched_switch and `hs_cur`.
+/// The two sys_enter programs.
 pub(crate) struct Switch {
     hook: Hook,
     real: OwnedFd,
     floor: OwnedFd,
-    switch: OwnedFd,
-    cur: MapHandle,
     attached: Mutex<Attached>,
 }
 
@@ -58,25 +49,20 @@ impl Switch {
         hook: Hook,
         real: BorrowedFd<'_>,
         floor: BorrowedFd<'_>,
-        switch: BorrowedFd<'_>,
-        cur: MapHandle,
     ) -> Result<Self, Error> {
         let dup = |fd: BorrowedFd<'_>| {
             fd.try_clone_to_owned()
                 .map_err(|e| load_error("floor: duplicate a program fd", e.into()))
         };
-        let (real, floor, switch) = (dup(real)?, dup(floor)?, dup(switch)?);
+        let (real, floor) = (dup(real)?, dup(floor)?);
         let sys_enter = attach(sys_enter_name(hook), floor.as_fd())?;
         Ok(Switch {
             hook,
             real,
             floor,
-            switch,
-            cur,
             attached: Mutex::new(Attached {
                 floor: true,
                 _sys_enter: sys_enter,
-                _switch: None,
             }),
         })
     }
@@ -90,35 +76,18 @@ impl Switch {
             return Ok(());
         }
         let name = sys_enter_name(self.hook);
-        let new = if floor {
-            Attached {
-                floor,
-                _sys_enter: attach(name, self.floor.as_fd())?,
-                _switch: None,
-            }
-        } else {
-            // sched_switch first, then every CPU's entry cleared (what it held was
-            // set before the floor and may name another task now): from then on an
-            // entry is 0 (the real program takes the helper's task) or the running
-            // task and its slot. The task is a whole word, so neither write tears it;
-            // a slot read beside another task's address is caught by the owner test.
-            let switch = attach(Some(c"sched_switch"), self.switch.as_fd())?;
-            let zeros = vec![
-                vec![0u8; self.cur.value_size() as usize];
-                libbpf_rs::num_possible_cpus()
-                    .map_err(|e| { load_error("floor: count the CPUs", e) })?
-            ];
-            self.cur
-                .update_percpu(&0u32.to_ne_bytes(), &zeros, MapFlags::ANY)
-                .map_err(map_err("hs_cur", "clear"))?;
-            Attached {
-                floor,
-                _sys_enter: attach(name, self.real.as_fd())?,
-                _switch: Some(switch),
-            }
+        let new = Attached {
+            floor,
+            _sys_enter: attach(
+                name,
+                if floor {
+                    self.floor.as_fd()
+                } else {
+                    self.real.as_fd()
+                },
+            )?,
         };
-        // The old links' fds are closed here (sys_enter's first), which detaches
-        // their programs.
+        // The old link's fd is closed here, which detaches its program.
         *at = new;
         Ok(())
     }

@@ -79,12 +79,12 @@ pub struct Options {
     /// counted per profile, reported as profiles' flags say ([`Kernel::set_rates`]),
     /// with these flags for profiles whose own are not set. None: off.
     pub rates: Option<crate::RateFlags>,
-    /// Slots of the tid-indexed task array (`hs_tids`, 192 bytes each, preallocated):
-    /// a task whose slot another task holds keeps its state in task storage, which
-    /// costs its calls a few ns more. 0 (the default): the kernel's pid_max
-    /// (`/proc/sys/kernel/pid_max`), so that no two tids share a slot; either way
-    /// rounded up to a power of two and at most [`crate::TIDS`] (32768: 6 MiB).
-    /// Smaller arrays are for tests (1: every task but one in storage).
+    /// Slots of the task array (`hs_tids`, 192 bytes each, preallocated), where a
+    /// task's slot is the one its key (its user registers' address) hashes to: a task
+    /// whose slot another task holds keeps its state in task storage, and its calls
+    /// all take the general path (with n tasks alive, about n / slots of them). 0 (the
+    /// default): [`crate::TIDS`] (32768: 6 MiB); else rounded up to a power of two,
+    /// at most that. Smaller arrays are for tests (1: every task but one in storage).
     pub tid_slots: u32,
 }
 
@@ -109,14 +109,7 @@ impl Default for Options {
 
 /// The size of `hs_tids` for [`Options::tid_slots`] `asked`.
 fn tid_slots(asked: u32) -> u32 {
-    let want = if asked == 0 {
-        std::fs::read_to_string("/proc/sys/kernel/pid_max")
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            .unwrap_or(TIDS)
-    } else {
-        asked
-    };
+    let want = if asked == 0 { TIDS } else { asked };
     want.clamp(1, TIDS).next_power_of_two()
 }
 
@@ -184,8 +177,12 @@ pub struct Kernel {
     pub(crate) stopped: MapHandle,
     pub(crate) tasks: MapHandle,
     pub(crate) tids: MapHandle,
-    /// `hs_tids`' size - 1: a tid's slot is `tid & tid_mask`.
+    /// `hs_tids`' size - 1.
     pub(crate) tid_mask: u32,
+    /// `hs_tids`, mmapped: where userspace finds a tid's slot.
+    pub(crate) slots: Arc<crate::task::Slots>,
+    /// Task states by tid ([`Kernel::task`]).
+    pub(crate) task_maps: crate::task::TaskMaps,
     pub(crate) classes_map: MapHandle,
     pub(crate) class_count_map: MapHandle,
     pub(crate) arg_stats_map: MapHandle,
@@ -389,6 +386,14 @@ impl Kernel {
         let dup = |m: &libbpf_rs::MapMut<'_>, name: &'static str| {
             MapHandle::try_from(m).map_err(map_err(name, "dup fd"))
         };
+        let slots = Arc::new(
+            crate::task::Slots::map(skel.maps.hs_tids.as_fd(), tids).map_err(|e| Error::Map {
+                map: "hs_tids",
+                what: "mmap",
+                kind: libbpf_rs::ErrorKind::Other,
+                err: e.to_string(),
+            })?,
+        );
         let kernel = Kernel {
             #[cfg(feature = "floor")]
             floor: None,
@@ -423,6 +428,12 @@ impl Kernel {
             tasks: dup(&skel.maps.hs_tasks, "hs_tasks")?,
             tids: dup(&skel.maps.hs_tids, "hs_tids")?,
             tid_mask: tids - 1,
+            slots: Arc::clone(&slots),
+            task_maps: crate::task::TaskMaps::new(
+                dup(&skel.maps.hs_tids, "hs_tids")?,
+                slots,
+                dup(&skel.maps.hs_tasks, "hs_tasks")?,
+            ),
             classes_map: dup(&skel.maps.hs_classes, "hs_classes")?,
             class_count_map: dup(&skel.maps.hs_class_count, "hs_class_count")?,
             arg_stats_map: dup(&skel.maps.hs_arg_stats, "hs_arg_stats")?,
@@ -439,19 +450,9 @@ impl Kernel {
         // Attach the task-lifecycle hooks first, so no task is seen by sys_enter
         // before its fork is; exit first of all, so that every hs_tids slot claimed
         // (by a fork, an exec or a call) is freed when its task exits: a slot left
-        // with a dead task's address would be adopted by the next task_struct made
-        // at that address with a tid of that slot. Detached in the reverse order
-        // (`Links`).
+        // with a dead task's key would be adopted by the next task given that kernel
+        // stack. Detached in the reverse order (`Links`).
         let mut links = Vec::with_capacity(6);
-        // sched_switch before sys_enter, which trusts its hs_cur (a floor build
-        // attaches it with the real sys_enter: `floor`).
-        #[cfg(not(feature = "floor"))]
-        links.push(
-            skel.progs
-                .sched_switch
-                .attach()
-                .map_err(|e| load_error("attach sched_switch", e))?,
-        );
         for (name, prog) in [
             ("sched_process_exit", &skel.progs.sched_exit),
             ("sched_process_fork", &skel.progs.sched_fork),
@@ -481,8 +482,6 @@ impl Kernel {
                 Hook::TpBtf => skel.progs.floor_btf.as_fd(),
                 Hook::RawTp => skel.progs.floor_raw.as_fd(),
             },
-            skel.progs.sched_switch.as_fd(),
-            dup(&skel.maps.hs_cur, "hs_cur")?,
         )?;
         if open_fallback {
             links.push(
@@ -501,7 +500,6 @@ impl Kernel {
             );
         }
         let mut progs = vec![
-            &skel.progs.sched_switch,
             &skel.progs.sched_exit,
             &skel.progs.sched_fork,
             &skel.progs.sched_exec,
@@ -600,7 +598,7 @@ impl Kernel {
         self.hook
     }
 
-    /// Slots of the tid-indexed task array ([`Options::tid_slots`]).
+    /// Slots of the task array ([`Options::tid_slots`]).
     pub fn tid_slots(&self) -> u32 {
         self.tid_mask + 1
     }

@@ -7,7 +7,7 @@
 //! only anomalies, learnt pairs and execs cross to userspace. Design, map layout and
 //! measurements: docs/ebpf.md.
 //!
-//! - `src/bpf/homeostat.bpf.c`: the programs (sys_enter, sched_switch, fork, exec, the
+//! - `src/bpf/homeostat.bpf.c`: the programs (sys_enter, fork, exit, exec, the
 //!   LSM check).
 //! - `src/bpf/homeostat.h`: the types they share with the loader; the skeleton's
 //!   generated `#[repr(C)]` twins are the only Rust copy (`abi`).

@@ -1,10 +1,19 @@
-//! Per-task state in the kernel (a slot of the tid-indexed array `hs_tids`, or task
-//! storage `hs_tasks` for a task whose slot another holds): what a tracer needs to
-//! know a thread's LFC before its next call runs, and [`Probe`], the handle that reads
-//! it from the response threads.
+//! Per-task state in the kernel (a slot of the array `hs_tids`, or task storage
+//! `hs_tasks` for a task whose slot another holds): what a tracer needs to know a
+//! thread's LFC before its next call runs, and [`Probe`], the handle that reads it
+//! from the response threads.
+//!
+//! The programs find a task's slot by its key, the address of its user registers on
+//! its kernel stack, which userspace cannot know; each slot records its task's tid
+//! (`hs_task.tid`), so userspace finds a tid's slot by reading the array, mmapped
+//! ([`Slots`]), and remembers where it found it: the responder asks for the same few
+//! threads at every call it traces.
 
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytemuck::bytes_of;
 use homeostat_core::ph::ExeKey;
@@ -31,8 +40,8 @@ pub struct TaskState {
     pub lfc: u32,
     /// The locality frame, one bit per call of the last 128.
     pub frame: [u64; 2],
-    /// Whether the state is in the task's slot of the tid array (`hs_tids`), else in
-    /// task storage (its slot was another task's: [`crate::Stats::tids_taken`]).
+    /// Whether the state is in the task's slot of the array `hs_tids`, else in task
+    /// storage (its slot was another task's: [`crate::Stats::tids_taken`]).
     pub tid_slot: bool,
 }
 
@@ -147,55 +156,179 @@ pub fn table_row(nr: u32) -> usize {
     }
 }
 
-/// Where the programs keep tasks' states: the tid array, then task storage.
+/// `hs_tids`, mmapped read-only: the owner word and the tid of every slot, read
+/// atomically while the programs write them.
 #[derive(Debug)]
-struct TaskMaps {
+pub(crate) struct Slots {
+    base: NonNull<u8>,
+    len: usize,
+    n: usize,
+}
+
+// SAFETY: the mapping is only read, through atomics, and lives until Drop.
+unsafe impl Send for Slots {}
+// SAFETY: as above.
+unsafe impl Sync for Slots {}
+
+const SLOT: usize = std::mem::size_of::<hs_tid>();
+const TID_AT: usize = std::mem::offset_of!(hs_tid, t) + std::mem::offset_of!(hs_task, tid);
+const _: () = assert!(TID_AT.is_multiple_of(4) && SLOT.is_multiple_of(8));
+
+impl Slots {
+    /// Maps `n` slots of the array map `fd` (made with BPF_F_MMAPABLE: its values
+    /// from the mapping's start, page-aligned).
+    pub(crate) fn map(fd: BorrowedFd<'_>, n: u32) -> std::io::Result<Slots> {
+        let n = n as usize;
+        let len = (n * SLOT).next_multiple_of(4096);
+        // SAFETY: a fresh shared read-only mapping of an mmappable array map of `n`
+        // values of SLOT bytes; checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let base = NonNull::new(p.cast::<u8>()).ok_or_else(std::io::Error::last_os_error)?;
+        Ok(Slots { base, len, n })
+    }
+
+    /// The indices of the held slots whose words say tid `tid`: candidates, since a
+    /// slot read while a claim or a fork fills it can show another task's tid for an
+    /// instant (the caller checks the kernel's copy).
+    fn find(&self, tid: u32) -> impl Iterator<Item = u32> + '_ {
+        (0..self.n).filter_map(move |i| {
+            // SAFETY: slot i < n lies in the mapping; its owner word (offset 0) and
+            // tid are 8- and 4-aligned (SLOT and TID_AT are), and the mapping is
+            // page-aligned.
+            let slot = unsafe { self.base.as_ptr().add(i * SLOT) };
+            // SAFETY: as above.
+            let owner = unsafe { (*slot.cast::<AtomicU64>()).load(Ordering::Relaxed) };
+            // The tid's line only for a held slot (most are free).
+            // SAFETY: as above.
+            let held = owner != 0
+                && unsafe { (*slot.add(TID_AT).cast::<AtomicU32>()).load(Ordering::Relaxed) }
+                    == tid;
+            held.then_some(i as u32)
+        })
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, of this length, unmapped once.
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// Remembered slots, by tid, at most this many (then forgotten all at once).
+const HINTS: usize = 4096;
+/// A hint's value for a thread found in task storage rather than a slot.
+const IN_STORAGE: u32 = u32::MAX;
+
+/// Where the programs keep tasks' states: the slot array, then task storage.
+#[derive(Debug)]
+pub(crate) struct TaskMaps {
     tids: MapHandle,
-    tid_mask: u32,
+    slots: Arc<Slots>,
+    /// Where each tid was last found: its slot, or `IN_STORAGE` (checked at every
+    /// use). A thread in storage would otherwise cost a scan of every slot at each
+    /// read, and the response reads at every call it traces.
+    hints: Mutex<HashMap<u32, u32>>,
     storage: MapHandle,
 }
 
 impl TaskMaps {
+    pub(crate) fn new(tids: MapHandle, slots: Arc<Slots>, storage: MapHandle) -> TaskMaps {
+        TaskMaps {
+            tids,
+            slots,
+            hints: Mutex::new(HashMap::new()),
+            storage,
+        }
+    }
+
     fn of(k: &Kernel) -> Result<TaskMaps, Error> {
-        Ok(TaskMaps {
-            tids: MapHandle::try_from(&k.tids).map_err(map_err("hs_tids", "dup fd"))?,
-            tid_mask: k.tid_mask,
-            storage: MapHandle::try_from(&k.tasks).map_err(map_err("hs_tasks", "dup fd"))?,
-        })
+        Ok(TaskMaps::new(
+            MapHandle::try_from(&k.tids).map_err(map_err("hs_tids", "dup fd"))?,
+            Arc::clone(&k.slots),
+            MapHandle::try_from(&k.tasks).map_err(map_err("hs_tasks", "dup fd"))?,
+        ))
     }
 
+    /// The state of thread `tid`, looked for as the programs do (`task_at`): its slot,
+    /// else its task storage.
     fn get(&self, tid: u32) -> Result<Option<TaskState>, Error> {
-        task_in(&self.tids, self.tid_mask, &self.storage, tid)
+        let mut hints = self.hints.lock().unwrap_or_else(|p| p.into_inner());
+        match hints.get(&tid).copied() {
+            // Found in storage last time: still there unless the thread has since
+            // claimed a slot (at an exec), which deletes its storage.
+            Some(IN_STORAGE) => {
+                if let Some(t) = self.stored(tid)? {
+                    return Ok(Some(t));
+                }
+                hints.remove(&tid);
+            }
+            Some(i) => {
+                if let Some(t) = self.slot(i, tid)? {
+                    return Ok(Some(t));
+                }
+                hints.remove(&tid);
+            }
+            None => {}
+        }
+        if hints.len() >= HINTS {
+            hints.clear();
+        }
+        for i in self.slots.find(tid) {
+            if let Some(t) = self.slot(i, tid)? {
+                hints.insert(tid, i);
+                return Ok(Some(t));
+            }
+        }
+        let t = self.stored(tid)?;
+        if t.is_some() {
+            hints.insert(tid, IN_STORAGE);
+        }
+        Ok(t)
     }
-}
 
-/// The state of thread `tid`, looked for as the programs do (`task_at`): its slot of
-/// `tids`, else its task storage.
-fn task_in(
-    tids: &MapHandle,
-    tid_mask: u32,
-    storage: &MapHandle,
-    tid: u32,
-) -> Result<Option<TaskState>, Error> {
-    let slot = tids
-        .lookup(&(tid & tid_mask).to_ne_bytes(), MapFlags::ANY)
-        .map_err(map_err("hs_tids", "lookup"))?
-        .and_then(|v| abi::decode::<hs_tid>(&v));
-    // The owner's address is not visible here, its tid is: a slot is freed when its
-    // task exits, before the tid can be reused, so a held slot with this tid is this
-    // thread's.
-    if let Some(s) = slot.filter(|s| s.owner != 0 && s.tid == tid) {
-        return Ok(TaskState::from_task(&s.t, true));
+    /// Thread `tid`'s state in task storage. Task storage is keyed by a pidfd from
+    /// userspace; PIDFD_THREAD names a thread rather than a process (Linux 6.9+).
+    fn stored(&self, tid: u32) -> Result<Option<TaskState>, Error> {
+        let Some(fd) = crate::sys::pidfd_thread(tid as i32) else {
+            return Ok(None);
+        };
+        match self
+            .storage
+            .lookup(&fd.as_raw_fd().to_ne_bytes(), MapFlags::ANY)
+        {
+            Ok(v) => Ok(v.and_then(|v| TaskState::decode(&v))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(map_err("hs_tasks", "lookup")(e)),
+        }
     }
-    // Task storage is keyed by a pidfd from userspace; PIDFD_THREAD names a thread
-    // rather than a process (Linux 6.9+).
-    let Some(fd) = crate::sys::pidfd_thread(tid as i32) else {
-        return Ok(None);
-    };
-    match storage.lookup(&fd.as_raw_fd().to_ne_bytes(), MapFlags::ANY) {
-        Ok(v) => Ok(v.and_then(|v| TaskState::decode(&v))),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(map_err("hs_tasks", "lookup")(e)),
+
+    /// Slot `i`'s state if it is held by thread `tid` (a copy the kernel makes: the
+    /// mapping's words only say where to look). A slot is freed when its task exits,
+    /// before the tid can be reused, so a held slot with this tid is this thread's.
+    fn slot(&self, i: u32, tid: u32) -> Result<Option<TaskState>, Error> {
+        let slot = self
+            .tids
+            .lookup(&i.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("hs_tids", "lookup"))?
+            .and_then(|v| abi::decode::<hs_tid>(&v));
+        Ok(slot
+            .filter(|s| s.owner != 0 && s.t.tid == tid)
+            .and_then(|s| TaskState::from_task(&s.t, true)))
     }
 }
 
@@ -212,7 +345,7 @@ impl Kernel {
     /// What the kernel keeps for thread `tid` (`None`: no such thread, or one the
     /// programs have not seen make a call).
     pub fn task(&self, tid: u32) -> Result<Option<TaskState>, Error> {
-        task_in(&self.tids, self.tid_mask, &self.tasks, tid)
+        self.task_maps.get(tid)
     }
 
     /// A handle for other threads: task states and rows, for the response.

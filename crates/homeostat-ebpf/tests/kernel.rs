@@ -414,8 +414,9 @@ fn a_steady_loop_takes_the_general_path_only_to_flush() {
 }
 
 /// Each task's calls count in its own profile when tasks share the CPUs: the common
-/// call finds the running task through `hs_cur`, which sched_switch keeps, and an
-/// entry naming another task would count one program's calls in another's profile.
+/// call finds the running task's slot by the address of the call's registers alone,
+/// and a slot found for another task would count one program's calls in another's
+/// profile.
 /// Four private copies of dd (four profiles) run at once on the machine's CPUs with
 /// different counts, so that their context switches interleave; each profile must
 /// count its own dd's calls, two a byte plus start-up.

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* homeostat's kernel side: pH's per-call work, done where the call happens.
  *
- * Per task (keyed by tid): the executable's profile key, the last 8 calls and the
+ * Per task (keyed by its kernel stack, hs_tids): the executable's profile key, the last 8 calls and the
  * locality frame (last 128 calls, 1 bit each, plus the count). Per executable
  * (keyed by dev, ino): the state (training or normal) and counters. Per
  * (executable, current call): one row of pH's table, a distance mask per previous
@@ -39,21 +39,24 @@ struct {
 	__type(value, struct hs_profile);
 } hs_profiles SEC(".maps");
 
-/* Tasks' state, by tid (struct hs_tid): slot tid & hs_shared.tid_mask, the task's own while
- * its owner word is the task's address. An array lookup the verifier inlines as an
- * address computation, where task storage (below) is a helper call and three
- * dependent loads (task->bpf_storage, the storage's cache slot, the element): about
- * half of what the common call cost over the hook's own price (docs/ebpf.md, "The
- * tid array"). A slot is claimed with compare-and-swap from 0 when a task's state is
- * made (its first call seen, exec, fork: the parent fills the child's), and freed at
- * its exit; a task whose slot is another's (tids equal modulo the size: pid_max above
- * it, e.g. 4194304 on systemd machines) keeps its state in task storage as before.
- * Sized at load from pid_max, up to HS_TIDS (6 MiB), preallocated. mmappable for
- * the layout, not for userspace: the kernel then places the values at the start of
- * a page (kernel/bpf/arraymap.c, array_map_alloc), where a plain array's follow
- * struct bpf_array's header at whatever offset it has; with 192-byte values every
- * slot is cache-line aligned (the JIT image's base address of the values ends in
- * 000 on this kernel). */
+/* Tasks' state, by the address of their user registers (struct hs_tid, slot_at): the
+ * slot its key hashes to, the task's own while its owner word is that key. An array
+ * lookup the verifier inlines as an address computation, where task storage (below)
+ * is a helper call and three dependent loads (task->bpf_storage, the storage's cache
+ * slot, the element): about half of what the common call cost over the hook's own
+ * price (docs/ebpf.md, "The tid array"); keyed by the registers rather than the tid
+ * since the thirteenth session, so the common call needs neither the task nor a
+ * per-CPU guess of it to find its slot (docs/ebpf.md, "Slots by kernel stack"). A
+ * slot is claimed with compare-and-swap from 0 when a task's state is made (its
+ * first call seen, exec, fork: the parent fills the child's), and freed at its exit;
+ * a task whose slot is another's (two live keys hashed alike) keeps its state in task
+ * storage. HS_TIDS slots (6 MiB) unless the loader asks for fewer, preallocated.
+ * mmappable for the layout, and for userspace to find a tid's slot by reading
+ * (hs_task.tid): the kernel then places the values at the start of a page
+ * (kernel/bpf/arraymap.c, array_map_alloc), where a plain array's follow struct
+ * bpf_array's header at whatever offset it has; with 192-byte values every slot is
+ * cache-line aligned (the JIT image's base address of the values ends in 000 on
+ * this kernel). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, HS_TIDS);
@@ -147,37 +150,10 @@ struct {
 	__type(value, __u64);
 } hs_stats SEC(".maps");
 
-/* Each CPU's running task, as sched_switch last switched to it (0: no switch seen
- * since the programs were attached, or since the loader cleared it). Why: on these
- * machines (AMD, SRSO "safe RET") a helper call costs 17-21 ns, and
- * bpf_get_current_task_btf was the only call of the common path, about half of its
- * cost over the floor; an inlined per-CPU array lookup costs a few. Every change of
- * a CPU's current task goes through __schedule's sched_switch tracepoint, so the
- * entry names the task running on that CPU. But trusted as such, it lost calls
- * (tests/kernel.rs, concurrent_tasks_count_their_own_calls): most likely the
- * sys_enter programs run preemptible here (syscall tracepoints may fault since
- * 6.14), so a task can move between the lookup's address and its load and read
- * another CPU's entry. So the entry is only a guess, checked against the call's own
- * registers (on_sys_enter): a whole word, so the loader's clearing and the
- * program's store never tear. */
-struct hs_cur {
-	__u64 task; /* the task switched to (0: none yet, or cleared by the loader) */
-	__u32 idx;  /* its hs_tids slot, pid & hs_shared.tid_mask: read here once a switch
-		     * rather than on every call (task->pid is a cache line of its own) */
-	__u32 pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct hs_cur);
-} hs_cur SEC(".maps");
-
 /* The words the common call reads besides its task's state, in one struct so that
- * they share one cache line and one address load (three globals were three loads of
- * an address, and hs_regs_off a line of ".bss" of its own). In ".data", a map of its
- * own, so no write elsewhere evicts the line. */
+ * they share one cache line and one address load (separate globals were a load of
+ * an address each). In ".data", a map of its own, so no write elsewhere evicts the
+ * line. */
 struct hs_shared {
 	/* Moved by every change of hs_profiles (atomically: by the programs when
 	 * auto_create makes a profile, by userspace through the mmapped map otherwise): a
@@ -189,10 +165,6 @@ struct hs_shared {
 	__u32 generation;
 	/* hs_tids' size - 1 (set at load). */
 	__u32 tid_mask;
-	/* The distance from a task's kernel stack to its user registers (THREAD_SIZE -
-	 * sizeof(struct pt_regs) on x86_64), learnt by the slow path from the trusted
-	 * task (0: not yet). One value for every task, so racing writers write the same. */
-	__u64 regs_off;
 };
 
 struct hs_shared hs_shared = { .generation = 1, .tid_mask = HS_TIDS - 1 };
@@ -307,49 +279,81 @@ static __always_inline __u64 user_dev(__u32 kdev)
 	return (minor & 0xff) | (major << 8) | ((minor & ~0xffULL) << 12);
 }
 
-/* The hs_tids slot of tid `tid` (NULL only if the mask and the map disagreed). */
-static __always_inline struct hs_tid *tid_slot(__u32 tid)
+/* The hs_tids slot of key `key` (a task's user registers' address, hs_tid): the
+ * address's page number hashed (Fibonacci: kernel stacks lie at strides of their
+ * size, which a mask alone would fold onto a few slots). NULL only if the mask and
+ * the map disagreed. */
+static __always_inline struct hs_tid *slot_at(__u64 key)
 {
-	__u32 i = tid & hs_shared.tid_mask;
+	__u32 i = (__u32)(((key >> 12) * 0x9e3779b97f4a7c15ULL) >> 32) & hs_shared.tid_mask;
 
 	return bpf_map_lookup_elem(&hs_tids, &i);
 }
 
-/* The state of `task`, whose tid is `tid` (the two differ only at a multithreaded
- * exec, see sched_exec): its hs_tids slot if it owns it, else its task storage, if
- * any. The one place that says where a task's state is; the common call spells the
- * same out inline. */
-static __always_inline struct hs_task *task_at(struct task_struct *task, __u32 tid)
+/* A task's key (hs_tid.owner) from the address of its user registers, a typed
+ * pointer: its distance from hs_shared, a plain number one to one with the address.
+ * Why not the address itself: the verifier types it as a pointer, on which it
+ * allows adding and subtracting only (the hash shifts and multiplies), but the
+ * difference of two pointers is a number to a program that may read kernel
+ * addresses, as every tracing program may. */
+static __always_inline __u64 regs_key(const struct pt_regs *regs)
 {
-	struct hs_tid *s = tid_slot(tid);
+	return (__u64)regs - (__u64)&hs_shared;
+}
 
-	if (s && s->owner == (__u64)task)
+/* `task`'s key: where its user registers are, as sys_enter's `regs` (a helper call;
+ * the common call has them from its tracepoint). */
+static __always_inline __u64 task_key(struct task_struct *task)
+{
+	return regs_key((const struct pt_regs *)bpf_task_pt_regs(task));
+}
+
+/* The state of `task`, whose key is `key`: its hs_tids slot if it owns it, else its
+ * task storage, if any. The one place that says where a task's state is; the common
+ * call spells the same out inline. */
+static __always_inline struct hs_task *task_at(struct task_struct *task, __u64 key)
+{
+	struct hs_tid *s = slot_at(key);
+
+	if (s && s->owner == key)
 		return &s->t;
 	return bpf_task_storage_get(&hs_tasks, task, 0, 0);
 }
 
 static __always_inline struct hs_task *task_get(struct task_struct *task)
 {
-	return task_at(task, task->pid);
+	return task_at(task, task_key(task));
 }
 
-/* The state of `task`, made if it has none: its slot, claimed if free, else task
- * storage (counted: tids_taken). What a made state holds (a slot: a previous
- * task's) is the caller's to overwrite (task_init, or a fork's copy). A task whose
- * state was in storage moves to its slot when the slot is free at its next exec. */
-static __always_inline struct hs_task *task_create(struct task_struct *task)
+/* The state of `task` (key `key`), made if it has none: its slot, claimed if free,
+ * else task storage (counted: tids_taken). What a made state holds (a slot: a
+ * previous task's) is the caller's to overwrite (task_init, or a fork's copy), tid
+ * included. A task whose state was in storage moves to its slot when the slot is
+ * free at its next exec. */
+static __always_inline struct hs_task *task_create(struct task_struct *task, __u64 key)
 {
-	__u32 tid = task->pid;
-	struct hs_tid *s = tid_slot(tid);
+	struct hs_tid *s = slot_at(key);
 	struct hs_task *t;
 	__u64 old;
 
 	if (s) {
 		old = s->owner;
-		if (old == (__u64)task)
+		if (old == key) {
+			s->task = (__u64)task; /* the same task: kept exact all the same */
 			return &s->t;
-		if (!old && !__sync_val_compare_and_swap(&s->owner, 0, (__u64)task)) {
-			s->tid = tid;
+		}
+		if (!old && !__sync_val_compare_and_swap(&s->owner, 0, key)) {
+			s->task = (__u64)task;
+			/* A state the task kept in storage while its slot was held is not
+			 * its own any more: userspace, which reads storage for a thread it
+			 * found in no slot before, must not take it for the live one. If the
+			 * delete cannot run now (-EBUSY: task storage busy on this CPU), the
+			 * state is marked invalid instead, if it can be reached. */
+			if (bpf_task_storage_delete(&hs_tasks, task) == -16) {
+				t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
+				if (t)
+					t->valid = 0;
+			}
 			return &s->t;
 		}
 		count(HS_STAT_TIDS_TAKEN);
@@ -360,15 +364,18 @@ static __always_inline struct hs_task *task_create(struct task_struct *task)
 	return t;
 }
 
-/* Frees `task`'s slot of tid `tid` if it is the owner (at its exit, or when a
- * multithreaded exec gave it another tid). Only the owner clears an owner word, and
- * claims need it 0: a plain store. */
-static __always_inline void slot_release(struct task_struct *task, __u32 tid)
+/* Frees the slot of key `key` if that key owns it (at its task's exit). Only the
+ * owner clears an owner word, and claims need it 0: a plain store. */
+static __always_inline void slot_release(__u64 key)
 {
-	struct hs_tid *s = tid_slot(tid);
+	struct hs_tid *s = slot_at(key);
 
-	if (s && s->owner == (__u64)task)
+	if (s && s->owner == key) {
+		/* The tid first: userspace, reading the array meanwhile, then never sees
+		 * a dead task's tid under a held owner word. */
+		s->t.tid = 0;
 		s->owner = 0;
+	}
 }
 
 /* Empties the task's table of known pairs (hs_task.known). Not inlined, as the other
@@ -433,21 +440,22 @@ static __always_inline void seq_from_local(struct hs_task *t)
 	((__u64 *)t->seq)[1] = s1;
 }
 
-/* Initialises `task`'s entry for running `file`; creates a training profile when
+/* Initialises `task`'s entry (key `key`) for running `file`; creates a training profile when
  * auto_create is on; reports the exec when `bprm` is given. Returns the entry or
  * NULL. */
 static __always_inline struct hs_task *task_init(struct hs_config *cfg, struct task_struct *task,
-						 __u32 pid, __u32 tid, struct file *file,
-						 struct linux_binprm *bprm)
+						 __u64 key, __u32 pid, __u32 tid,
+						 struct file *file, struct linux_binprm *bprm)
 {
 	struct hs_task *t;
 	struct inode *inode;
 	struct hs_profile *old;
 	__u32 flags = 0;
 
-	t = task_create(task);
+	t = task_create(task, key);
 	if (!t)
 		return NULL;
+	t->tid = tid;
 	t->valid = 0;
 	t->fast = 0; /* a slot holds its previous task's state until here */
 	/* The daemon itself, or a task outside its scope: marked once, so that the
@@ -783,7 +791,7 @@ framed:
  * the common path then makes no call after the task's state is found, and keeps its
  * few values in registers (with this code inline, clang spilled a dozen of them to
  * the stack on every call). */
-static __noinline int sys_enter_slow(struct hs_task *t, __u32 call, long id, __u64 regs)
+static __noinline int sys_enter_slow(struct hs_task *t, __u32 call, long id, __u64 key)
 {
 	struct task_struct *task;
 	struct hs_config *cfg;
@@ -798,13 +806,10 @@ static __noinline int sys_enter_slow(struct hs_task *t, __u32 call, long id, __u
 	call = id < HS_ROW ? id : HS_ROW - 1;
 	if (task->thread_info.status & HS_TS_COMPAT)
 		call += HS_COMPAT;
-	if (!t) {
-		/* The common path did not find the task (hs_cur's guess unset or wrong, or
-		 * its state in task storage): its state as task_get finds it. */
-		if (!hs_shared.regs_off && regs)
-			hs_shared.regs_off = regs - (__u64)task->stack;
-		t = task_get(task);
-	}
+	/* The common path did not find the task (its state in task storage, or none
+	 * yet): its state as task_get finds it. */
+	if (!t)
+		t = task_at(task, key);
 	if (!t || t->valid != HS_VALID) {
 		struct hs_task *inherited;
 
@@ -817,15 +822,17 @@ static __noinline int sys_enter_slow(struct hs_task *t, __u32 call, long id, __u
 		if (inherited) {
 			/* First call of a forked child whose slot was taken at the fork:
 			 * its parent's state. */
-			t = task_create(task);
+			t = task_create(task, key);
 			if (!t)
 				return 0;
 			*t = *inherited;
 			t->pending = 0; /* the parent's, counted by the parent */
+			t->tid = tid;
 			bpf_map_delete_elem(&hs_forks, &tid);
 		} else {
 			/* A task that predates us: read its executable now. */
-			t = task_init(cfg, task, pid, tid, BPF_CORE_READ(task, mm, exe_file), NULL);
+			t = task_init(cfg, task, key, pid, tid, BPF_CORE_READ(task, mm, exe_file),
+				      NULL);
 		}
 		if (!t || t->valid != HS_VALID)
 			return 0;
@@ -836,51 +843,38 @@ static __noinline int sys_enter_slow(struct hs_task *t, __u32 call, long id, __u
 /* The common call: a task following a profile whose state it has cached, whose full
  * window of eight calls is known to be in the profile (its table of known pairs),
  * with no argument or throttle hook for this call and no flush due. It reads one
- * cache line of the task's hs_tids slot, one word of `known` and the line of
- * hs_shared, and writes two words: the call count and the window in local slots
+ * cache line of the task's hs_tids slot, one word of `known`, the line of hs_shared
+ * and the task_struct's status word (its first line), and writes two words: the call count and the window in local slots
  * (seq is rebuilt from it by the next general call); the locality frame only when
  * some bit of it is set. Anything else is sys_enter_slow's. */
-static __always_inline int on_sys_enter(long id, __u64 regs)
+static __always_inline int on_sys_enter(long id, __u64 key)
 {
 	struct task_struct *task;
 	struct hs_task *t = NULL;
 	struct hs_tid *s;
-	struct hs_cur *c;
 	__u64 lwin, *fw, bit, known0;
-	__u32 cur, pos, cached, gen, i = 0;
+	__u32 cur, pos, cached, gen;
 	int ls;
 
 	if (id < 0)
 		return 0;
 	cur = id < HS_ROW ? id : HS_ROW - 1;
-	/* The running task from hs_cur, without a helper call: a read-only pointer, good
-	 * for loads and the owner test; when the common call does not find the task, the
-	 * slow path takes the trusted one from the helper (and task storage with it). */
-	c = bpf_map_lookup_elem(&hs_cur, &i);
-	if (!c)
+	/* task_get, inline, without asking for the task: `key` is the running task's,
+	 * from the call's user registers (hs_tid). A slot whose owner word is this key
+	 * is the running task's: a kernel stack is one task's while it lives, and its
+	 * slot is freed at its exit. Else the slow path (task storage, or a first
+	 * call). */
+	s = slot_at(key);
+	if (!s || s->owner != key)
 		goto slow;
-	task = bpf_core_cast((void *)c->task, struct task_struct);
-	/* The guess is the running task if the call's user registers are at the top of
-	 * its kernel stack: a task's stack is its own while it lives, and the entry
-	 * names a task that was running a moment ago (so under RCU, not freed). Neither
-	 * an entry of 0 (no switch seen yet: the load through the read-only pointer
-	 * gives 0) nor an offset not yet learnt (0) passes: user registers are never at
-	 * a stack's base or below address regs_off. */
-	if (regs - (__u64)task->stack != hs_shared.regs_off)
-		goto slow;
+	t = &s->t;
+	/* Read-only: loads only (the task is the running one, so alive). */
+	task = bpf_core_cast((void *)s->task, struct task_struct);
 	if (task->thread_info.status & HS_TS_COMPAT)
 		cur += HS_COMPAT;
 	/* Opaque to clang from here, which would otherwise drop the masks below as
 	 * redundant (cur < HS_TABLE) where the verifier cannot see why. */
 	barrier_var(cur);
-	/* task_get, inline: the task's slot (as sched_switch found it; any slot will do,
-	 * the owner test says whether it is this task's), or task storage (in the slow
-	 * path). */
-	i = c->idx;
-	s = bpf_map_lookup_elem(&hs_tids, &i);
-	if (!s || s->owner != (__u64)task)
-		goto slow;
-	t = &s->t;
 	/* known[] is the second cache line the common call needs (the owner test has
 	 * just read the first), and which word of it only the slot search below says: a
 	 * load of its first word now starts fetching the line meanwhile. */
@@ -928,13 +922,13 @@ static __always_inline int on_sys_enter(long id, __u64 regs)
 	}
 	return 0;
 slow:
-	return sys_enter_slow(t, cur, id, regs);
+	return sys_enter_slow(t, cur, id, key);
 }
 
 SEC("tp_btf/sys_enter")
 int BPF_PROG(sys_enter_btf, struct pt_regs *regs, long id)
 {
-	return on_sys_enter(id, (__u64)regs);
+	return on_sys_enter(id, regs_key(regs));
 }
 
 /* Fallback when tp_btf cannot be loaded: the same raw_syscalls/sys_enter tracepoint,
@@ -943,7 +937,8 @@ int BPF_PROG(sys_enter_btf, struct pt_regs *regs, long id)
 SEC("raw_tp/sys_enter")
 int sys_enter_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	return on_sys_enter((long)ctx->args[1], ctx->args[0]);
+	return on_sys_enter((long)ctx->args[1],
+			    regs_key(bpf_core_cast((void *)ctx->args[0], struct pt_regs)));
 }
 
 #ifdef HS_FLOOR
@@ -965,22 +960,6 @@ int floor_raw(struct bpf_raw_tracepoint_args *ctx)
 }
 #endif
 
-/* Keeps hs_cur: the task this CPU switches to (sched_switch's third argument) and its
- * slot. */
-SEC("raw_tp/sched_switch")
-int sched_switch(struct bpf_raw_tracepoint_args *ctx)
-{
-	__u32 k = 0;
-	struct hs_cur *v = bpf_map_lookup_elem(&hs_cur, &k);
-	struct task_struct *next = bpf_core_cast((void *)ctx->args[2], struct task_struct);
-
-	if (v) {
-		v->task = ctx->args[2];
-		v->idx = next->pid & hs_shared.tid_mask;
-	}
-	return 0;
-}
-
 /* fork/clone (threads too): the child inherits its parent's sequence and locality
  * frame, as in pH, so forking does not wash an anomaly away. Runs in the parent
  * before the child is first scheduled (kernel_clone: the tracepoint, then
@@ -990,26 +969,35 @@ int sched_switch(struct bpf_raw_tracepoint_args *ctx)
 SEC("raw_tp/sched_process_fork")
 int sched_fork(struct bpf_raw_tracepoint_args *ctx)
 {
+	struct task_struct *parent = bpf_get_current_task_btf();
 	struct task_struct *child = (struct task_struct *)ctx->args[1];
 	__u32 ctid = BPF_CORE_READ(child, pid);
-	struct hs_task *t = task_get(bpf_get_current_task_btf());
-	struct hs_tid *s = tid_slot(ctid);
+	__u64 pkey = task_key(parent), ckey;
+	struct hs_task *t;
+	struct hs_tid *s;
 
-	/* A slot that the new child's address owns already is stale: its owner exited
-	 * unseen. One way: a multithreaded exec that fails past its point of no return
-	 * (de_thread has given the thread the leader's tid, and no sched_process_exec
-	 * comes), so at its exit the task no longer has its slot's tid. Left, the child
-	 * would take the dead task's state for its own. Nobody else writes a held
-	 * slot's owner. */
-	if (s && s->owner == ctx->args[1])
+	/* The child's key: its registers lie where its parent's do, on its own stack
+	 * (the raw tracepoint gives the child as a number, which the helper does not
+	 * take). Both stacks read as numbers (a direct load of parent->stack is a
+	 * pointer to the verifier, and the sum then pointer arithmetic it refuses). */
+	ckey = pkey - (__u64)BPF_CORE_READ(parent, stack) + (__u64)BPF_CORE_READ(child, stack);
+	t = task_at(parent, pkey);
+	s = slot_at(ckey);
+
+	/* A slot that the new child's key owns already is stale: the task whose stack
+	 * this was exited unseen (only before sched_process_exit was attached, which
+	 * the loader attaches first). Left, the child would take the dead task's state
+	 * for its own. Nobody else writes a held slot's owner. */
+	if (s && s->owner == ckey)
 		s->owner = 0;
 	if (!t || !t->valid)
 		return 0;
 	if (s) {
-		if (!__sync_val_compare_and_swap(&s->owner, 0, ctx->args[1])) {
+		if (!__sync_val_compare_and_swap(&s->owner, 0, ckey)) {
+			s->task = ctx->args[1];
 			s->t = *t;
 			s->t.pending = 0; /* the parent's, counted by the parent */
-			s->tid = ctid;
+			s->t.tid = ctid;
 			return 0;
 		}
 		count(HS_STAT_TIDS_TAKEN);
@@ -1032,40 +1020,36 @@ static __always_inline void flush_calls(struct hs_task *t)
 	t->pending = 0;
 }
 
-/* The task's last calls are counted, and its slot freed: the tid can be reused as
- * soon as the task is reaped, and a task_struct's address by the next task made. */
+/* The task's last calls are counted, and its slot freed: its stack, the slot's key,
+ * is freed after this, and can be the next task's at once. */
 SEC("raw_tp/sched_process_exit")
 int sched_exit(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
-	__u32 tid = task->pid;
+	__u64 key = task_key(task);
 
-	flush_calls(task_at(task, tid));
-	slot_release(task, tid);
+	flush_calls(task_at(task, key));
+	slot_release(key);
 	return 0;
 }
 
-/* execve: the task starts afresh under the new executable's profile. Runs in the
- * exec'ing task, its tid already the thread-group leader's after a multithreaded
- * exec (de_thread: the old leader has exited, and freed its slot, first): its state
- * is then at its old tid's slot (args[1], old_pid), which is freed, and the new
- * one's claimed (or storage, which belongs to the task whatever its tid). */
+/* execve: the task starts afresh under the new executable's profile, in the slot it
+ * has (its key, its stack, stays the same through a multithreaded exec, which gives
+ * it the leader's tid: task_init records the new one). */
 SEC("raw_tp/sched_process_exec")
 int sched_exec(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct linux_binprm *bprm = (struct linux_binprm *)ctx->args[2];
-	__u32 old_tid = (__u32)ctx->args[1];
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid, pid = pid_tgid >> 32;
 	struct hs_config *cfg = get_config();
 	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 key = task_key(task);
 
 	bpf_map_delete_elem(&hs_forks, &tid);
-	flush_calls(task_at(task, old_tid));
-	if (old_tid != tid)
-		slot_release(task, old_tid);
+	flush_calls(task_at(task, key));
 	if (cfg)
-		task_init(cfg, task, pid, tid, BPF_CORE_READ(bprm, file), bprm);
+		task_init(cfg, task, key, pid, tid, BPF_CORE_READ(bprm, file), bprm);
 	return 0;
 }
 

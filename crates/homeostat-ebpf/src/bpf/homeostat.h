@@ -135,23 +135,33 @@ struct hs_task {
 	__u32 slot;        /* the profile's slot, valid with HS_CACHE_PROFILE */
 	__u32 igen;        /* the executable's i_generation (hs_profile.igen) */
 	__u32 nseq;        /* valid entries of seq */
-	__u32 pad;
+	/* The task's tid as of the state's making (its first call seen, fork, exec:
+	 * after a multithreaded exec, the leader's it took): userspace finds a task's
+	 * hs_tids slot by it (the slot's key is not a number userspace can know). */
+	__u32 tid;
 };
 
-/* A task's state in the tid-indexed array hs_tids: slot tid & hs_shared.tid_mask, the
- * task's own while `owner` is its task_struct's address (0: free). Laid out so that
- * the task's state starts 16 bytes into a cache line, as task storage's does: the
- * common call's fields share the first line with `owner`, `known` fills the second
- * (offset 64), and the element is three lines (192 bytes, a multiple of 64: with the
- * array's values page-aligned, see hs_tids, every element is line-aligned). */
+/* A task's state in the array hs_tids, at the slot its key hashes to: the task's own
+ * while `owner` is its key, the address of its user registers at the top of its
+ * kernel stack (0: free). Why the stack: it is what the sys_enter tracepoint passes
+ * (its `regs`), so the common call finds the running task's slot with neither a
+ * helper call nor a read of the task; a kernel stack belongs to one task while it
+ * lives, and is freed only after the task's sched_process_exit, which frees the
+ * slot. Laid out so that the task's state starts 16 bytes into a cache line, as task
+ * storage's does: the common call's fields share the first line with `owner` and
+ * `task`, `known` fills the second (offset 64), and the element is three lines (192
+ * bytes, a multiple of 64: with the array's values page-aligned, see hs_tids, every
+ * element is line-aligned). */
 struct hs_tid {
 	__u64 owner;
-	__u32 tid;  /* the owner's tid when it claimed the slot (userspace checks it) */
-	__u32 pad;
+	/* The owner's task_struct, written with the claim: the common call reads the
+	 * task's status word (TS_COMPAT) through it, read-only. */
+	__u64 task;
 	struct hs_task t;
 };
-/* Slots at most (a power of two; the loader sizes the map from pid_max up to this):
- * 32768 x 192 B = 6 MiB, preallocated. */
+/* Slots at most, and by default (a power of two): 32768 x 192 B = 6 MiB,
+ * preallocated. With n tasks alive, about n / 32768 of them find their slot held by
+ * another and keep their state in task storage. */
 #define HS_TIDS 32768
 
 /* hs_task.valid */
