@@ -175,13 +175,9 @@ pub struct Kernel {
     pub(crate) events: MapHandle,
     pub(crate) stats: MapHandle,
     pub(crate) stopped: MapHandle,
-    pub(crate) tasks: MapHandle,
-    pub(crate) tids: MapHandle,
     /// `hs_tids`' size - 1.
     pub(crate) tid_mask: u32,
-    /// `hs_tids`, mmapped: where userspace finds a tid's slot.
-    pub(crate) slots: Arc<crate::task::Slots>,
-    /// Task states by tid ([`Kernel::task`]).
+    /// Task states by tid ([`Kernel::task`]; [`Kernel::probe`] takes a copy).
     pub(crate) task_maps: crate::task::TaskMaps,
     pub(crate) classes_map: MapHandle,
     pub(crate) class_count_map: MapHandle,
@@ -425,10 +421,7 @@ impl Kernel {
             events: dup(&skel.maps.hs_events, "hs_events")?,
             stats: dup(&skel.maps.hs_stats, "hs_stats")?,
             stopped: dup(&skel.maps.hs_stopped, "hs_stopped")?,
-            tasks: dup(&skel.maps.hs_tasks, "hs_tasks")?,
-            tids: dup(&skel.maps.hs_tids, "hs_tids")?,
             tid_mask: tids - 1,
-            slots: Arc::clone(&slots),
             task_maps: crate::task::TaskMaps::new(
                 dup(&skel.maps.hs_tids, "hs_tids")?,
                 slots,

@@ -256,11 +256,13 @@ impl TaskMaps {
         }
     }
 
-    fn of(k: &Kernel) -> Result<TaskMaps, Error> {
+    /// Another handle on the same maps and mapping, with hints of its own (for a
+    /// response thread).
+    fn dup(&self) -> Result<TaskMaps, Error> {
         Ok(TaskMaps::new(
-            MapHandle::try_from(&k.tids).map_err(map_err("hs_tids", "dup fd"))?,
-            Arc::clone(&k.slots),
-            MapHandle::try_from(&k.tasks).map_err(map_err("hs_tasks", "dup fd"))?,
+            MapHandle::try_from(&self.tids).map_err(map_err("hs_tids", "dup fd"))?,
+            Arc::clone(&self.slots),
+            MapHandle::try_from(&self.storage).map_err(map_err("hs_tasks", "dup fd"))?,
         ))
     }
 
@@ -351,7 +353,7 @@ impl Kernel {
     /// A handle for other threads: task states and rows, for the response.
     pub fn probe(&self) -> Result<Probe, Error> {
         Ok(Probe {
-            tasks: TaskMaps::of(self)?,
+            tasks: self.task_maps.dup()?,
             profiles: MapHandle::try_from(&self.profiles)
                 .map_err(map_err("hs_profiles", "dup fd"))?,
             index: Arc::clone(&self.index),
