@@ -189,7 +189,11 @@ impl Daemon {
             _ => own,
         };
         let name = resolved.clone().unwrap_or_else(|| own.clone());
-        if e.replaced {
+        // Several execs of the new file can be flagged before the first flag is
+        // handled (each checked the kernel's entry before userspace fixed it): once
+        // the profile is this file's (its generation recorded), a later flag is old.
+        let handled = self.profiles.get(&e.exe).is_some_and(|p| p.igen == e.igen);
+        if e.replaced && !handled {
             // Another file now has this inode number: the old profile (a deleted
             // file's) must not judge it. The kernel does not follow the task until
             // the profile is replaced by an empty training one for this file.
