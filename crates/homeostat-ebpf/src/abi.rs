@@ -65,7 +65,7 @@ pub(crate) const LEARN_CGROUP: u32 = 2;
 
 /// Entries of the per-CPU `hs_stats` array (`HS_NSTATS`), in `HS_STAT_*` order: the
 /// five loss counters, events submitted (for wakeup batching, not a loss), tasks
-/// whose `hs_tids` slot was taken (their state in task storage instead), and calls
+/// both of whose `hs_tids` slots were taken (their state in task storage instead), and calls
 /// that took the general path.
 pub(crate) const NSTATS: usize = 8;
 /// Slots of the task array (`hs_tids`) at most and by default (`HS_TIDS`, a power of two).

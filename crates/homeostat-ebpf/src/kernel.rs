@@ -80,9 +80,10 @@ pub struct Options {
     /// with these flags for profiles whose own are not set. None: off.
     pub rates: Option<crate::RateFlags>,
     /// Slots of the task array (`hs_tids`, 192 bytes each, preallocated), where a
-    /// task's slot is the one its key (its user registers' address) hashes to: a task
-    /// whose slot another task holds keeps its state in task storage, and its calls
-    /// all take the general path (with n tasks alive, about n / slots of them). 0 (the
+    /// task's slot is the one its key (its user registers' address) hashes to or that
+    /// slot's neighbour: a task that finds both held by others keeps its state in task
+    /// storage, and its calls all take the general path (with n tasks alive in N
+    /// slots, about 2n^3 / 3N^2 of them in all). 0 (the
     /// default): [`crate::TIDS`] (32768: 6 MiB); else rounded up to a power of two,
     /// at most that. Smaller arrays are for tests (1: every task but one in storage).
     pub tid_slots: u32,

@@ -1,5 +1,5 @@
 //! Per-task state in the kernel (a slot of the array `hs_tids`, or task storage
-//! `hs_tasks` for a task whose slot another holds): what a tracer needs to know a
+//! `hs_tasks` for a task whose two slots others hold): what a tracer needs to know a
 //! thread's LFC before its next call runs, and [`Probe`], the handle that reads it
 //! from the response threads.
 //!
@@ -41,7 +41,7 @@ pub struct TaskState {
     /// The locality frame, one bit per call of the last 128.
     pub frame: [u64; 2],
     /// Whether the state is in the task's slot of the array `hs_tids`, else in task
-    /// storage (its slot was another task's: [`crate::Stats::tids_taken`]).
+    /// storage (both of its slots were other tasks': [`crate::Stats::tids_taken`]).
     pub tid_slot: bool,
 }
 

@@ -190,6 +190,74 @@ fn a_task_whose_slot_is_taken_keeps_its_state_in_task_storage() {
     assert!(k.stats().unwrap().tids_taken > 0);
 }
 
+/// Each key has two slots (its hash and the neighbour): a task lands in task storage,
+/// where each of its calls takes the general path, only when both are held. With m
+/// tasks already holding slots, the k-th new one of n finds its one slot held with
+/// probability about (m + k) / N, both of two about its square: for n = 1000 threads
+/// in N = 4096 slots beside some 150 other tasks, some 160 in storage with one slot a
+/// key, some 35 with two. The bound between them fails the one-slot design nearly
+/// always and the two-slot one nearly never.
+#[test]
+fn two_slots_a_key_keep_all_but_a_few_threads_out_of_task_storage() {
+    let opts = Options {
+        tid_slots: 4096,
+        ..Options::default()
+    };
+    let Some(k) = kernel_with(&opts) else { return };
+    assert_eq!(k.tid_slots(), 4096);
+    let python = Path::new("/usr/bin/python3");
+    assert!(
+        python.exists(),
+        "python3 is needed (scripts/lib/ensure-deps.sh installs it)"
+    );
+    // Another process (the loading one is not followed): n threads alive at once,
+    // blocked until the test writes a line; their tids on one line.
+    let n = 1000;
+    let script = format!(
+        "import sys, threading\n\
+         tids, lock, go, done = [], threading.Lock(), threading.Event(), threading.Event()\n\
+         def run():\n    \
+             with lock:\n        \
+                 tids.append(threading.get_native_id())\n        \
+                 if len(tids) == {n}: go.set()\n    \
+             done.wait()\n\
+         threading.stack_size(65536)\n\
+         ts = [threading.Thread(target=run) for _ in range({n})]\n\
+         for t in ts: t.start()\n\
+         go.wait()\n\
+         print(' '.join(map(str, tids)), flush=True)\n\
+         sys.stdin.readline()\n\
+         done.set()\n"
+    );
+    let mut child = spawn(
+        Command::new(python)
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let states: Vec<Option<TaskState>> = line
+        .split_whitespace()
+        .map(|t| k.task(t.parse().unwrap()).unwrap())
+        .collect();
+    release(child);
+    assert_eq!(states.len(), n, "{line}");
+    // Every thread is followed, in a slot or in storage.
+    assert!(
+        states.iter().all(Option::is_some),
+        "a thread without a state"
+    );
+    let stored = states.iter().flatten().filter(|s| !s.tid_slot).count();
+    assert!(
+        stored < 80,
+        "{stored} of {n} threads in task storage: both of their slots held"
+    );
+}
+
 #[test]
 fn a_multithreaded_exec_gives_the_new_leader_its_slot_under_the_leaders_tid() {
     let Some(k) = kernel_with(&Options::default()) else {

@@ -48,9 +48,9 @@ struct {
  * since the thirteenth session, so the common call needs neither the task nor a
  * per-CPU guess of it to find its slot (docs/ebpf.md, "Slots by kernel stack"). A
  * slot is claimed with compare-and-swap from 0 when a task's state is made (its
- * first call seen, exec, fork: the parent fills the child's), and freed at its exit;
- * a task whose slot is another's (two live keys hashed alike) keeps its state in task
- * storage. HS_TIDS slots (6 MiB) unless the loader asks for fewer, preallocated.
+ * first call seen, exec, fork: the parent fills the child's), and freed at its exit.
+ * Each key has two slots, the one it hashes to and its neighbour (slot_other); a
+ * task that finds both held by others keeps its state in task storage. HS_TIDS slots (6 MiB) unless the loader asks for fewer, preallocated.
  * mmappable for the layout, and for userspace to find a tid's slot by reading
  * (hs_task.tid): the kernel then places the values at the start of a page
  * (kernel/bpf/arraymap.c, array_map_alloc), where a plain array's follow struct
@@ -279,15 +279,43 @@ static __always_inline __u64 user_dev(__u32 kdev)
 	return (minor & 0xff) | (major << 8) | ((minor & ~0xffULL) << 12);
 }
 
-/* The hs_tids slot of key `key` (a task's user registers' address, hs_tid): the
- * address's page number hashed (Fibonacci: kernel stacks lie at strides of their
- * size, which a mask alone would fold onto a few slots). NULL only if the mask and
- * the map disagreed. */
+/* The first of the two hs_tids slots key `key` (a task's user registers' address,
+ * hs_tid) may hold: the address's page number hashed (Fibonacci: kernel stacks lie at
+ * strides of their size, which a mask alone would fold onto a few slots). */
+static __always_inline __u32 slot_hash(__u64 key)
+{
+	return (__u32)(((key >> 12) * 0x9e3779b97f4a7c15ULL) >> 32) & hs_shared.tid_mask;
+}
+
+/* Slot `i`. NULL only if the mask and the map disagreed. */
+static __always_inline struct hs_tid *slot_n(__u32 i)
+{
+	return bpf_map_lookup_elem(&hs_tids, &i);
+}
+
+/* The other slot a key whose first slot is `i` may hold: its neighbour (i ^ 1, the
+ * same in either direction). Two ways rather than one: a task finds both held far
+ * less often than one (with n tasks in N slots, about 2n^3 / 3N^2 of them in all
+ * rather than n^2 / 2N), and a task left out keeps its state in task storage, where
+ * each of its calls takes the general path. Only a task in its second slot pays the
+ * second look, on the common call's mismatch branch. */
+static __always_inline struct hs_tid *slot_other(__u32 i)
+{
+	return slot_n((i ^ 1) & hs_shared.tid_mask);
+}
+
+/* The slot key `key` holds, of its two, or NULL. */
 static __always_inline struct hs_tid *slot_at(__u64 key)
 {
-	__u32 i = (__u32)(((key >> 12) * 0x9e3779b97f4a7c15ULL) >> 32) & hs_shared.tid_mask;
+	__u32 i = slot_hash(key);
+	struct hs_tid *s = slot_n(i);
 
-	return bpf_map_lookup_elem(&hs_tids, &i);
+	if (s && s->owner == key)
+		return s;
+	s = slot_other(i);
+	if (s && s->owner == key)
+		return s;
+	return NULL;
 }
 
 /* A task's key (hs_tid.owner) from the address of its user registers, a typed
@@ -315,7 +343,7 @@ static __always_inline struct hs_task *task_at(struct task_struct *task, __u64 k
 {
 	struct hs_tid *s = slot_at(key);
 
-	if (s && s->owner == key)
+	if (s)
 		return &s->t;
 	return bpf_task_storage_get(&hs_tasks, task, 0, 0);
 }
@@ -334,15 +362,16 @@ static __always_inline struct hs_task *task_create(struct task_struct *task, __u
 {
 	struct hs_tid *s = slot_at(key);
 	struct hs_task *t;
-	__u64 old;
+	__u32 i, way;
 
 	if (s) {
-		old = s->owner;
-		if (old == key) {
-			s->task = (__u64)task; /* the same task: kept exact all the same */
-			return &s->t;
-		}
-		if (!old && !__sync_val_compare_and_swap(&s->owner, 0, key)) {
+		s->task = (__u64)task; /* the same task: kept exact all the same */
+		return &s->t;
+	}
+	i = slot_hash(key);
+	for (way = 0; way < 2; way++) {
+		s = way ? slot_other(i) : slot_n(i);
+		if (s && !s->owner && !__sync_val_compare_and_swap(&s->owner, 0, key)) {
 			s->task = (__u64)task;
 			/* A state the task kept in storage while its slot was held is not
 			 * its own any more: userspace, which reads storage for a thread it
@@ -356,8 +385,8 @@ static __always_inline struct hs_task *task_create(struct task_struct *task, __u
 			}
 			return &s->t;
 		}
-		count(HS_STAT_TIDS_TAKEN);
 	}
+	count(HS_STAT_TIDS_TAKEN);
 	t = bpf_task_storage_get(&hs_tasks, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!t)
 		count(HS_STAT_TASKS_FULL);
@@ -370,7 +399,7 @@ static __always_inline void slot_release(__u64 key)
 {
 	struct hs_tid *s = slot_at(key);
 
-	if (s && s->owner == key) {
+	if (s) {
 		/* The tid first: userspace, reading the array meanwhile, then never sees
 		 * a dead task's tid under a held owner word. */
 		s->t.tid = 0;
@@ -853,7 +882,7 @@ static __always_inline int on_sys_enter(long id, __u64 key)
 	struct hs_task *t = NULL;
 	struct hs_tid *s;
 	__u64 lwin, *fw, bit, known0;
-	__u32 cur, pos, cached, gen;
+	__u32 cur, pos, cached, gen, i;
 	int ls;
 
 	if (id < 0)
@@ -864,9 +893,13 @@ static __always_inline int on_sys_enter(long id, __u64 key)
 	 * is the running task's: a kernel stack is one task's while it lives, and its
 	 * slot is freed at its exit. Else the slow path (task storage, or a first
 	 * call). */
-	s = slot_at(key);
-	if (!s || s->owner != key)
-		goto slow;
+	i = slot_hash(key);
+	s = slot_n(i);
+	if (!s || s->owner != key) {
+		s = slot_other(i);
+		if (!s || s->owner != key)
+			goto slow;
+	}
 	t = &s->t;
 	/* Read-only: loads only (the task is the running one, so alive). */
 	task = bpf_core_cast((void *)s->task, struct task_struct);
@@ -975,6 +1008,7 @@ int sched_fork(struct bpf_raw_tracepoint_args *ctx)
 	__u64 pkey = task_key(parent), ckey;
 	struct hs_task *t;
 	struct hs_tid *s;
+	__u32 i, way;
 
 	/* The child's key: its registers lie where its parent's do, on its own stack
 	 * (the raw tracepoint gives the child as a number, which the helper does not
@@ -982,26 +1016,28 @@ int sched_fork(struct bpf_raw_tracepoint_args *ctx)
 	 * pointer to the verifier, and the sum then pointer arithmetic it refuses). */
 	ckey = pkey - (__u64)BPF_CORE_READ(parent, stack) + (__u64)BPF_CORE_READ(child, stack);
 	t = task_at(parent, pkey);
-	s = slot_at(ckey);
 
 	/* A slot that the new child's key owns already is stale: the task whose stack
 	 * this was exited unseen (only before sched_process_exit was attached, which
 	 * the loader attaches first). Left, the child would take the dead task's state
 	 * for its own. Nobody else writes a held slot's owner. */
-	if (s && s->owner == ckey)
+	s = slot_at(ckey);
+	if (s)
 		s->owner = 0;
 	if (!t || !t->valid)
 		return 0;
-	if (s) {
-		if (!__sync_val_compare_and_swap(&s->owner, 0, ckey)) {
+	i = slot_hash(ckey);
+	for (way = 0; way < 2; way++) {
+		s = way ? slot_other(i) : slot_n(i);
+		if (s && !s->owner && !__sync_val_compare_and_swap(&s->owner, 0, ckey)) {
 			s->task = ctx->args[1];
 			s->t = *t;
 			s->t.pending = 0; /* the parent's, counted by the parent */
 			s->t.tid = ctid;
 			return 0;
 		}
-		count(HS_STAT_TIDS_TAKEN);
 	}
+	count(HS_STAT_TIDS_TAKEN);
 	if (bpf_map_update_elem(&hs_forks, &ctid, t, BPF_ANY))
 		count(HS_STAT_TASKS_FULL);
 	return 0;

@@ -26,7 +26,7 @@
 #define HS_STAT_PROFILES_FULL 3 /* profiles map insert failed (auto_create) */
 #define HS_STAT_STOPS_FAILED 4  /* a response was due but the stop could not be made */
 #define HS_STAT_EVENTS 5        /* events submitted on this CPU (wakeup batching) */
-#define HS_STAT_TIDS_TAKEN 6    /* a task's hs_tids slot was another's: task storage */
+#define HS_STAT_TIDS_TAKEN 6    /* both of a task's hs_tids slots were others': task storage */
 #define HS_STAT_GENERAL 7       /* calls of followed tasks that took the general path */
 #define HS_NSTATS 8
 
@@ -141,7 +141,8 @@ struct hs_task {
 	__u32 tid;
 };
 
-/* A task's state in the array hs_tids, at the slot its key hashes to: the task's own
+/* A task's state in the array hs_tids, at the slot its key hashes to or that slot's
+ * neighbour (slot_other in homeostat.bpf.c): the task's own
  * while `owner` is its key, the address of its user registers at the top of its
  * kernel stack (0: free). Why the stack: it is what the sys_enter tracepoint passes
  * (its `regs`), so the common call finds the running task's slot with neither a
@@ -160,8 +161,8 @@ struct hs_tid {
 	struct hs_task t;
 };
 /* Slots at most, and by default (a power of two): 32768 x 192 B = 6 MiB,
- * preallocated. With n tasks alive, about n / 32768 of them find their slot held by
- * another and keep their state in task storage. */
+ * preallocated. With n tasks alive in N slots, about 2n^3 / 3N^2 of them find both
+ * of their slots held by others and keep their state in task storage. */
 #define HS_TIDS 32768
 
 /* hs_task.valid */
