@@ -406,11 +406,17 @@ pub struct StatusReply {
     /// See `calls`.
     #[serde(default)]
     pub calls_normal: u64,
-    /// Task states the kernel keeps in task storage because the task's tid slot was
-    /// another's (docs/ebpf.md, "The tid array"): followed all the same, a few ns a
-    /// call dearer; not a loss.
+    /// Task states the kernel keeps in task storage because both of the task's slots
+    /// were others' (docs/ebpf.md, "Two slots a key"): followed all the same, each of
+    /// their calls on the general path; not a loss.
     #[serde(default)]
     pub tids_taken: u64,
+    /// Calls the kernel's common call did not finish (the general path: a first
+    /// call, a window not yet known, a miss or a learnt pair, a count flush, a task
+    /// in storage; docs/ebpf.md, "The common call"). Not a loss: the measure of what
+    /// the common call saves.
+    #[serde(default)]
+    pub general_calls: u64,
     /// The daemon's BPF programs' run time, when `kernel.bpf_stats_enabled` is 1
     /// (absent otherwise, and from daemons that predate it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -737,6 +743,7 @@ mod tests {
             calls: 100,
             calls_normal: 60,
             tids_taken: 2,
+            general_calls: 7,
             bpf_run_time: Some(vec![ProgRunTime {
                 name: "sys_enter_btf".into(),
                 run_cnt: 4,

@@ -631,6 +631,13 @@ fn thirty_seconds_of_load_lose_nothing_and_stop_nothing() {
     let forks: u64 = out.trim().parse().unwrap();
     std::thread::sleep(Duration::from_millis(1200)); // one tick: metrics refreshed
     let v = homeostat(&["status", "--json"], &state);
+    let text = Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(["status", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("  calls on the general path: "), "{text}");
     let scrape = {
         use std::io::Write;
         let mut c = std::net::TcpStream::connect(&metrics).unwrap();
@@ -671,6 +678,8 @@ fn thirty_seconds_of_load_lose_nothing_and_stop_nothing() {
         "losses reported"
     );
     assert!(v[0]["events"].as_u64().unwrap() > 0);
+    // The count flush alone sends one call in 64 down the general path.
+    assert!(v[0]["general_calls"].as_u64().unwrap() > 0, "{v}");
 }
 
 /// pH's limits in the daemon: more than anomaly_limit anomalies send a normal profile
