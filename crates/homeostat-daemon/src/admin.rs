@@ -206,7 +206,7 @@ impl Daemon {
             calls: c.calls_total,
             calls_normal: c.calls_normal_total,
             tids_taken: self.stats.tids_taken,
-            general_calls: self.stats.general_calls,
+            general_calls: Some(self.stats.general_calls),
             bpf_run_time: None,
             floor: None,
             arguments: self.symbols.is_some().then_some(ArgumentLosses {

@@ -127,7 +127,7 @@ impl Snapshot {
             ),
             (
                 "homeostat_tids_taken_total",
-                "Task states the kernel kept in task storage (each of their calls on the general path) because both of the task's slots were others'.",
+                "Times a task's state found both of its slots held and went to task storage (each call of such a task on the general path); a task can count more than once.",
                 self.tids_taken_total,
             ),
             (
@@ -535,7 +535,7 @@ homeostat_tasks_full_total 8
 # HELP homeostat_profiles_full_total Profiles the kernel could not create because its profile map was full.
 # TYPE homeostat_profiles_full_total counter
 homeostat_profiles_full_total 9
-# HELP homeostat_tids_taken_total Task states the kernel kept in task storage (each of their calls on the general path) because both of the task's slots were others'.
+# HELP homeostat_tids_taken_total Times a task's state found both of its slots held and went to task storage (each call of such a task on the general path); a task can count more than once.
 # TYPE homeostat_tids_taken_total counter
 homeostat_tids_taken_total 17
 # HELP homeostat_general_calls_total Calls of followed tasks that took the kernel's general path (first calls, unknown windows, hooks, count flushes) rather than the common call.

@@ -110,10 +110,11 @@ pub struct Stats {
     pub profiles_full: u64,
     /// Responses due but not started: the stop map was full or SIGSTOP failed.
     pub stops_failed: u64,
-    /// Not a loss: tasks whose state was made in task storage because their slot of
-    /// the task array was another task's ([`crate::Options::tid_slots`]); such a
-    /// task's calls all take the general path. Counted per state made (first call,
-    /// exec, fork).
+    /// Not a loss: states made while both of the task's slots of the task array were
+    /// other tasks' ([`crate::Options::tid_slots`]): in task storage (such a task's
+    /// calls all take the general path), or for a forked child in `hs_forks` until its
+    /// first call, which tries the slots again. Counted per state made (first call,
+    /// exec, fork), so one task can count more than once.
     pub tids_taken: u64,
     /// Not a loss: calls of followed tasks that took the general path (the common
     /// call could not finish them: a task's first calls, a window not yet known, a

@@ -218,6 +218,18 @@ impl Slots {
             held.then_some(i as u32)
         })
     }
+
+    /// How many slots are held now (owner word not 0).
+    fn held(&self) -> u32 {
+        (0..self.n)
+            .filter(|&i| {
+                // SAFETY: as in `find`.
+                let slot = unsafe { self.base.as_ptr().add(i * SLOT) };
+                // SAFETY: as in `find`.
+                unsafe { (*slot.cast::<AtomicU64>()).load(Ordering::Relaxed) != 0 }
+            })
+            .count() as u32
+    }
 }
 
 impl Drop for Slots {
@@ -348,6 +360,13 @@ impl Kernel {
     /// programs have not seen make a call).
     pub fn task(&self, tid: u32) -> Result<Option<TaskState>, Error> {
         self.task_maps.get(tid)
+    }
+
+    /// How many slots of the task array ([`crate::Options::tid_slots`]) tasks hold
+    /// now: every task the programs have seen make a call, followed or not, that is
+    /// not in task storage. A scan of the array, for tests and diagnosis.
+    pub fn slots_held(&self) -> u32 {
+        self.task_maps.slots.held()
     }
 
     /// A handle for other threads: task states and rows, for the response.

@@ -1,7 +1,7 @@
 //! Real-kernel tests of where the programs keep tasks' states: the array `hs_tids` (a
 //! slot per task, found by the address of its user registers, claimed and freed by
 //! the programs; userspace finds it by the tid it records), and task storage for a
-//! task whose slot another task holds. Root and BTF, as tests/kernel.rs.
+//! task both of whose slots other tasks hold. Root and BTF, as tests/kernel.rs.
 #![cfg(feature = "bpf")]
 
 mod common;
@@ -142,7 +142,7 @@ fn a_forked_child_inherits_its_parents_state_in_its_slot() {
     let before = k.stats().unwrap().tids_taken;
     let (parent, child) = fork_and_read_states(&k);
     // The parent filled the child's slot at the fork, unless the child's key hashed
-    // to a slot a live task holds (some tasks in 32768 slots: rare), which is counted.
+    // to two slots live tasks hold (some tasks in 32768 slots: rare), which is counted.
     let outside = u64::from(!parent.tid_slot) + u64::from(!child.tid_slot);
     let taken = k.stats().unwrap().tids_taken - before;
     assert!(
@@ -191,13 +191,19 @@ fn a_task_whose_slot_is_taken_keeps_its_state_in_task_storage() {
 }
 
 /// Each key has two slots (its hash and the neighbour): a task lands in task storage,
-/// where each of its calls takes the general path, only when both are held. With m
-/// tasks already holding slots, the k-th new one of n finds its one slot held with
-/// probability about (m + k) / N, both of two about its square. Measured with n =
-/// 1000 threads in N = 4096 slots (some 150 other tasks of the machine hold slots
-/// too), three runs each: 9, 31 and 4 in storage with two slots a key; 133, 133 and
-/// 27 with one. The bound fails the one-slot program in most runs and the two-slot
-/// one in none seen.
+/// where each of its calls takes the general path, only when both are held. The bound
+/// comes from the slots other tasks hold (m, every task of the machine that made a
+/// call since the load; the larger of the counts before and after the threads): were keys placed at random, the k-th of n new threads
+/// would find its one slot held with probability r = (m + k) / N, and both of a pair
+/// with about 1 - e^-l (1 + l), l = 2r (a bucket of two at that load); the test asks
+/// for fewer than halfway between the two sums. Fresh kernel stacks lie at regular
+/// strides, which the hash spreads better than random, so measured counts are lower:
+/// with N = 4096 and n = 1000 (m was 3 on an idle machine: a task takes a slot at its
+/// first call after the load), 9, 31, 4, 9, 49 and 22 threads in storage with two
+/// slots, 133, 133 and 27 with one (2026-12-03), against a bound of about 82, so a
+/// return to one slot fails this test in most runs, not all. Whether the common call itself finds a task in its
+/// second slot (rather than the slow path) is not seen here: `Kernel::task` looks in
+/// both.
 #[test]
 fn two_slots_a_key_keep_all_but_a_few_threads_out_of_task_storage() {
     let opts = Options {
@@ -211,6 +217,7 @@ fn two_slots_a_key_keep_all_but_a_few_threads_out_of_task_storage() {
         python.exists(),
         "python3 is needed (scripts/lib/ensure-deps.sh installs it)"
     );
+    let m = f64::from(k.slots_held());
     // Another process (the loading one is not followed): n threads alive at once,
     // blocked until the test writes a line; their tids on one line.
     let n = 1000;
@@ -245,6 +252,7 @@ fn two_slots_a_key_keep_all_but_a_few_threads_out_of_task_storage() {
         .split_whitespace()
         .map(|t| k.task(t.parse().unwrap()).unwrap())
         .collect();
+    let held_after = f64::from(k.slots_held());
     release(child);
     assert_eq!(states.len(), n, "{line}");
     // Every thread is followed, in a slot or in storage.
@@ -253,9 +261,19 @@ fn two_slots_a_key_keep_all_but_a_few_threads_out_of_task_storage() {
         "a thread without a state"
     );
     let stored = states.iter().flatten().filter(|s| !s.tid_slot).count();
+    // Other tasks that took slots while the threads started count as held before.
+    let m = m.max(held_after - (n - stored) as f64);
+    let slots = f64::from(k.tid_slots());
+    let (mut one, mut two) = (0.0, 0.0);
+    for j in 0..n {
+        let r = ((m + j as f64) / slots).min(1.0);
+        one += r;
+        two += 1.0 - (-2.0 * r).exp() * (1.0 + 2.0 * r);
+    }
     assert!(
-        stored < 80,
-        "{stored} of {n} threads in task storage: both of their slots held"
+        (stored as f64) < (one + two) / 2.0,
+        "{stored} of {n} threads in task storage, {m} slots held before them; \
+         at random about {two:.0} with two slots a key, {one:.0} with one"
     );
 }
 

@@ -406,17 +406,20 @@ pub struct StatusReply {
     /// See `calls`.
     #[serde(default)]
     pub calls_normal: u64,
-    /// Task states the kernel keeps in task storage because both of the task's slots
-    /// were others' (docs/ebpf.md, "Two slots a key"): followed all the same, each of
-    /// their calls on the general path; not a loss.
+    /// Times a task's state found both of its slots held by others (docs/ebpf.md,
+    /// "Two slots a key") and went to task storage (a forked child's to `hs_forks`
+    /// until its first call, which tries again): followed all the same, each call of a
+    /// task in storage on the general path; not a loss. A task may count more than
+    /// once (its fork, its first call, each exec).
     #[serde(default)]
     pub tids_taken: u64,
-    /// Calls the kernel's common call did not finish (the general path: a first
-    /// call, a window not yet known, a miss or a learnt pair, a count flush, a task
-    /// in storage; docs/ebpf.md, "The common call"). Not a loss: the measure of what
-    /// the common call saves.
-    #[serde(default)]
-    pub general_calls: u64,
+    /// Calls that took the kernel's general path rather than the common call (a
+    /// task's first calls, a window not yet known, a miss or a learnt pair, a count
+    /// flush, a task in storage; docs/ebpf.md, "The common call"), of every task the
+    /// programs see, with or without a profile. Not a loss: the measure of what the
+    /// common call saves. Absent from daemons that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub general_calls: Option<u64>,
     /// The daemon's BPF programs' run time, when `kernel.bpf_stats_enabled` is 1
     /// (absent otherwise, and from daemons that predate it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -743,7 +746,7 @@ mod tests {
             calls: 100,
             calls_normal: 60,
             tids_taken: 2,
-            general_calls: 7,
+            general_calls: Some(7),
             bpf_run_time: Some(vec![ProgRunTime {
                 name: "sys_enter_btf".into(),
                 run_cnt: 4,

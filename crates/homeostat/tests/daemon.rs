@@ -637,7 +637,7 @@ fn thirty_seconds_of_load_lose_nothing_and_stop_nothing() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("  calls on the general path: "), "{text}");
+    assert!(text.contains("  calls on the general path "), "{text}");
     let scrape = {
         use std::io::Write;
         let mut c = std::net::TcpStream::connect(&metrics).unwrap();

@@ -39,8 +39,9 @@ struct {
 	__type(value, struct hs_profile);
 } hs_profiles SEC(".maps");
 
-/* Tasks' state, by the address of their user registers (struct hs_tid, slot_at): the
- * slot its key hashes to, the task's own while its owner word is that key. An array
+/* Tasks' state, by the address of their user registers (struct hs_tid, slot_at): one
+ * of the two slots its key may hold (slot_other), the task's own while its owner word
+ * is that key. An array
  * lookup the verifier inlines as an address computation, where task storage (below)
  * is a helper call and three dependent loads (task->bpf_storage, the storage's cache
  * slot, the element): about half of what the common call cost over the hook's own
@@ -69,7 +70,7 @@ _Static_assert(sizeof(struct hs_tid) % 64 == 0, "hs_tids slots must be whole cac
 _Static_assert(__builtin_offsetof(struct hs_tid, t.known) == 64,
 	       "hs_task.known must fill the slot's second cache line");
 
-/* Task-local storage, for tasks whose hs_tids slot is another's: found from the task
+/* Task-local storage, for tasks both of whose hs_tids slots are others': found from the task
  * pointer without hashing (a tid-keyed LRU hash cost ~0.25x on dd bs=1 for the
  * lookup alone) and freed with the task. */
 struct {
@@ -79,8 +80,8 @@ struct {
 	__type(value, struct hs_task);
 } hs_tasks SEC(".maps");
 
-/* A forked child's inherited state, by child tid, until its first call, when its
- * hs_tids slot is another's (a free slot is filled at the fork): the fork
+/* A forked child's inherited state, by child tid, until its first call, when both of
+ * its hs_tids slots are others' (a free one is filled at the fork): the fork
  * tracepoint's child pointer is untyped in a raw tracepoint, so the child's own
  * storage is filled from here when it first runs. LRU: a child that never makes a
  * call ages out. */
@@ -353,11 +354,11 @@ static __always_inline struct hs_task *task_get(struct task_struct *task)
 	return task_at(task, task_key(task));
 }
 
-/* The state of `task` (key `key`), made if it has none: its slot, claimed if free,
- * else task storage (counted: tids_taken). What a made state holds (a slot: a
- * previous task's) is the caller's to overwrite (task_init, or a fork's copy), tid
- * included. A task whose state was in storage moves to its slot when the slot is
- * free at its next exec. */
+/* The state of `task` (key `key`), made if it has none: the slot it holds, else the
+ * first of its two slots that is free, claimed, else task storage (counted:
+ * tids_taken). What a made state holds (a slot: a previous task's) is the caller's to
+ * overwrite (task_init, or a fork's copy), tid included. A task whose state was in
+ * storage moves to a slot when one of its two is free at its next exec. */
 static __always_inline struct hs_task *task_create(struct task_struct *task, __u64 key)
 {
 	struct hs_tid *s = slot_at(key);
@@ -849,8 +850,8 @@ static __noinline int sys_enter_slow(struct hs_task *t, __u32 call, long id, __u
 			return 0;
 		inherited = bpf_map_lookup_elem(&hs_forks, &tid);
 		if (inherited) {
-			/* First call of a forked child whose slot was taken at the fork:
-			 * its parent's state. */
+			/* First call of a forked child whose slots were both taken at the
+			 * fork: its parent's state (a slot, if one is free now). */
 			t = task_create(task, key);
 			if (!t)
 				return 0;
@@ -998,7 +999,8 @@ int floor_raw(struct bpf_raw_tracepoint_args *ctx)
  * before the child is first scheduled (kernel_clone: the tracepoint, then
  * wake_up_new_task), so the child's slot is filled before the child can read it;
  * the child's address, which the raw tracepoint gives as a number, is all its owner
- * word needs. A child whose slot is another's gets its state through hs_forks. */
+ * word needs. A child both of whose slots are others' gets its state through
+ * hs_forks. */
 SEC("raw_tp/sched_process_fork")
 int sched_fork(struct bpf_raw_tracepoint_args *ctx)
 {

@@ -153,23 +153,15 @@ pub fn status(json: bool, state: &StateFlags) -> Result<()> {
             "  losses: {} events, {} pairs (rows full), {} tasks, {} profiles, {} stops",
             l.lost_events, l.rows_full, l.tasks_full, l.profiles_full, l.stops_failed
         );
-        println!(
-            "  calls on the general path: {} ({} of all followed calls){}",
-            s.general_calls,
-            if s.calls > 0 {
-                format!("{:.2}%", 100.0 * s.general_calls as f64 / s.calls as f64)
-            } else {
-                "-".to_string()
-            },
-            if s.tids_taken > 0 {
-                format!(
-                    "; task states in task storage (slot taken): {}",
-                    s.tids_taken
-                )
-            } else {
-                String::new()
-            }
-        );
+        if let Some(g) = s.general_calls {
+            println!("  calls on the general path (every task's, not the common call): {g}");
+        }
+        if s.tids_taken > 0 {
+            println!(
+                "  task states sent to task storage (both slots held): {}",
+                s.tids_taken
+            );
+        }
         if let Some(a) = &s.arguments {
             println!(
                 "  argument classes: {} calls past a profile's cap (class `other`), {} not learnt (map full), {} arguments unreadable (not tested), {} events lost",
