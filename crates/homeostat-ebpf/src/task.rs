@@ -203,32 +203,37 @@ impl Slots {
     /// slot read while a claim or a fork fills it can show another task's tid for an
     /// instant (the caller checks the kernel's copy).
     fn find(&self, tid: u32) -> impl Iterator<Item = u32> + '_ {
-        (0..self.n).filter_map(move |i| {
-            // SAFETY: slot i < n lies in the mapping; its owner word (offset 0) and
-            // tid are 8- and 4-aligned (SLOT and TID_AT are), and the mapping is
-            // page-aligned.
-            let slot = unsafe { self.base.as_ptr().add(i * SLOT) };
-            // SAFETY: as above.
-            let owner = unsafe { (*slot.cast::<AtomicU64>()).load(Ordering::Relaxed) };
-            // The tid's line only for a held slot (most are free).
-            // SAFETY: as above.
-            let held = owner != 0
-                && unsafe { (*slot.add(TID_AT).cast::<AtomicU32>()).load(Ordering::Relaxed) }
-                    == tid;
-            held.then_some(i as u32)
-        })
+        // The tid's line only for a held slot (most are free).
+        (0..self.n)
+            .filter_map(move |i| (self.owner(i) != 0 && self.tid(i) == tid).then_some(i as u32))
     }
 
     /// How many slots are held now (owner word not 0).
     fn held(&self) -> u32 {
-        (0..self.n)
-            .filter(|&i| {
-                // SAFETY: as in `find`.
-                let slot = unsafe { self.base.as_ptr().add(i * SLOT) };
-                // SAFETY: as in `find`.
-                unsafe { (*slot.cast::<AtomicU64>()).load(Ordering::Relaxed) != 0 }
-            })
-            .count() as u32
+        (0..self.n).filter(|&i| self.owner(i) != 0).count() as u32
+    }
+
+    /// Slot `i`'s owner word (offset 0), read atomically.
+    fn owner(&self, i: usize) -> u64 {
+        assert!(i < self.n);
+        // SAFETY: slot i < n lies in the mapping, which lives as long as `self`; its
+        // owner word is 8-aligned (SLOT is a multiple of 8, the mapping
+        // page-aligned) and only read, through the atomic.
+        unsafe { (*self.base.as_ptr().add(i * SLOT).cast::<AtomicU64>()).load(Ordering::Relaxed) }
+    }
+
+    /// Slot `i`'s tid word (`hs_task.tid`), read atomically.
+    fn tid(&self, i: usize) -> u32 {
+        assert!(i < self.n);
+        // SAFETY: as in `owner`; the tid is 4-aligned (TID_AT is).
+        unsafe {
+            (*self
+                .base
+                .as_ptr()
+                .add(i * SLOT + TID_AT)
+                .cast::<AtomicU32>())
+            .load(Ordering::Relaxed)
+        }
     }
 }
 

@@ -171,17 +171,25 @@ fn the_raw_tracepoint_finds_the_slot_the_fork_filled() {
     assert!(k.stats().unwrap().tids_taken - before >= outside);
 }
 
+/// The programs loaded with `slots` slots in the task array (None: no BPF here).
+fn kernel_with_slots(slots: u32) -> Option<Kernel> {
+    let opts = Options {
+        tid_slots: slots,
+        ..Options::default()
+    };
+    let k = kernel_with(&opts)?;
+    assert_eq!(k.tid_slots(), slots);
+    Some(k)
+}
+
 #[test]
 fn a_task_whose_slot_is_taken_keeps_its_state_in_task_storage() {
     // One slot for every tid: of the parent and the child alive at once, one at
     // least finds it taken, and is followed through task storage (the child through
     // hs_forks until its first call) with the same result.
-    let opts = Options {
-        tid_slots: 1,
-        ..Options::default()
+    let Some(k) = kernel_with_slots(1) else {
+        return;
     };
-    let Some(k) = kernel_with(&opts) else { return };
-    assert_eq!(k.tid_slots(), 1);
     let (parent, child) = fork_and_read_states(&k);
     assert!(
         !(parent.tid_slot && child.tid_slot),
@@ -206,12 +214,9 @@ fn a_task_whose_slot_is_taken_keeps_its_state_in_task_storage() {
 /// both.
 #[test]
 fn two_slots_a_key_keep_all_but_a_few_threads_out_of_task_storage() {
-    let opts = Options {
-        tid_slots: 4096,
-        ..Options::default()
+    let Some(k) = kernel_with_slots(4096) else {
+        return;
     };
-    let Some(k) = kernel_with(&opts) else { return };
-    assert_eq!(k.tid_slots(), 4096);
     let python = Path::new("/usr/bin/python3");
     assert!(
         python.exists(),

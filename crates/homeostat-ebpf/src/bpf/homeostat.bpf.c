@@ -51,7 +51,8 @@ struct {
  * slot is claimed with compare-and-swap from 0 when a task's state is made (its
  * first call seen, exec, fork: the parent fills the child's), and freed at its exit.
  * Each key has two slots, the one it hashes to and its neighbour (slot_other); a
- * task that finds both held by others keeps its state in task storage. HS_TIDS slots (6 MiB) unless the loader asks for fewer, preallocated.
+ * task that finds both held by others keeps its state in task storage. HS_TIDS slots
+ * (6 MiB) unless the loader asks for fewer, preallocated.
  * mmappable for the layout, and for userspace to find a tid's slot by reading
  * (hs_task.tid): the kernel then places the values at the start of a page
  * (kernel/bpf/arraymap.c, array_map_alloc), where a plain array's follow struct
@@ -70,8 +71,8 @@ _Static_assert(sizeof(struct hs_tid) % 64 == 0, "hs_tids slots must be whole cac
 _Static_assert(__builtin_offsetof(struct hs_tid, t.known) == 64,
 	       "hs_task.known must fill the slot's second cache line");
 
-/* Task-local storage, for tasks both of whose hs_tids slots are others': found from the task
- * pointer without hashing (a tid-keyed LRU hash cost ~0.25x on dd bs=1 for the
+/* Task-local storage, for tasks both of whose hs_tids slots are others': found from
+ * the task pointer without hashing (a tid-keyed LRU hash cost ~0.25x on dd bs=1 for the
  * lookup alone) and freed with the task. */
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -305,7 +306,8 @@ static __always_inline struct hs_tid *slot_other(__u32 i)
 	return slot_n((i ^ 1) & hs_shared.tid_mask);
 }
 
-/* The slot key `key` holds, of its two, or NULL. */
+/* The slot key `key` holds, of its two, or NULL. The common call's lookup too: only a
+ * task in its second slot gets past the first test. */
 static __always_inline struct hs_tid *slot_at(__u64 key)
 {
 	__u32 i = slot_hash(key);
@@ -316,6 +318,21 @@ static __always_inline struct hs_tid *slot_at(__u64 key)
 	s = slot_other(i);
 	if (s && s->owner == key)
 		return s;
+	return NULL;
+}
+
+/* Claims for key `key` the first free one of its two slots (compare-and-swap from 0),
+ * or NULL if both are held. The caller fills it (task_create, the fork hook). */
+static __always_inline struct hs_tid *slot_claim(__u64 key)
+{
+	__u32 i = slot_hash(key), way;
+	struct hs_tid *s;
+
+	for (way = 0; way < 2; way++) {
+		s = way ? slot_other(i) : slot_n(i);
+		if (s && !s->owner && !__sync_val_compare_and_swap(&s->owner, 0, key))
+			return s;
+	}
 	return NULL;
 }
 
@@ -363,29 +380,25 @@ static __always_inline struct hs_task *task_create(struct task_struct *task, __u
 {
 	struct hs_tid *s = slot_at(key);
 	struct hs_task *t;
-	__u32 i, way;
 
 	if (s) {
 		s->task = (__u64)task; /* the same task: kept exact all the same */
 		return &s->t;
 	}
-	i = slot_hash(key);
-	for (way = 0; way < 2; way++) {
-		s = way ? slot_other(i) : slot_n(i);
-		if (s && !s->owner && !__sync_val_compare_and_swap(&s->owner, 0, key)) {
-			s->task = (__u64)task;
-			/* A state the task kept in storage while its slot was held is not
-			 * its own any more: userspace, which reads storage for a thread it
-			 * found in no slot before, must not take it for the live one. If the
-			 * delete cannot run now (-EBUSY: task storage busy on this CPU), the
-			 * state is marked invalid instead, if it can be reached. */
-			if (bpf_task_storage_delete(&hs_tasks, task) == -16) {
-				t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
-				if (t)
-					t->valid = 0;
-			}
-			return &s->t;
+	s = slot_claim(key);
+	if (s) {
+		s->task = (__u64)task;
+		/* A state the task kept in storage while its slots were held is not its own
+		 * any more: userspace, which reads storage for a thread it found in no slot
+		 * before, must not take it for the live one. If the delete cannot run now
+		 * (-EBUSY: task storage busy on this CPU), the state is marked invalid
+		 * instead, if it can be reached. */
+		if (bpf_task_storage_delete(&hs_tasks, task) == -16) {
+			t = bpf_task_storage_get(&hs_tasks, task, 0, 0);
+			if (t)
+				t->valid = 0;
 		}
+		return &s->t;
 	}
 	count(HS_STAT_TIDS_TAKEN);
 	t = bpf_task_storage_get(&hs_tasks, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -883,7 +896,7 @@ static __always_inline int on_sys_enter(long id, __u64 key)
 	struct hs_task *t = NULL;
 	struct hs_tid *s;
 	__u64 lwin, *fw, bit, known0;
-	__u32 cur, pos, cached, gen, i;
+	__u32 cur, pos, cached, gen;
 	int ls;
 
 	if (id < 0)
@@ -894,13 +907,9 @@ static __always_inline int on_sys_enter(long id, __u64 key)
 	 * is the running task's: a kernel stack is one task's while it lives, and its
 	 * slot is freed at its exit. Else the slow path (task storage, or a first
 	 * call). */
-	i = slot_hash(key);
-	s = slot_n(i);
-	if (!s || s->owner != key) {
-		s = slot_other(i);
-		if (!s || s->owner != key)
-			goto slow;
-	}
+	s = slot_at(key);
+	if (!s)
+		goto slow;
 	t = &s->t;
 	/* Read-only: loads only (the task is the running one, so alive). */
 	task = bpf_core_cast((void *)s->task, struct task_struct);
@@ -1010,7 +1019,6 @@ int sched_fork(struct bpf_raw_tracepoint_args *ctx)
 	__u64 pkey = task_key(parent), ckey;
 	struct hs_task *t;
 	struct hs_tid *s;
-	__u32 i, way;
 
 	/* The child's key: its registers lie where its parent's do, on its own stack
 	 * (the raw tracepoint gives the child as a number, which the helper does not
@@ -1028,16 +1036,13 @@ int sched_fork(struct bpf_raw_tracepoint_args *ctx)
 		s->owner = 0;
 	if (!t || !t->valid)
 		return 0;
-	i = slot_hash(ckey);
-	for (way = 0; way < 2; way++) {
-		s = way ? slot_other(i) : slot_n(i);
-		if (s && !s->owner && !__sync_val_compare_and_swap(&s->owner, 0, ckey)) {
-			s->task = ctx->args[1];
-			s->t = *t;
-			s->t.pending = 0; /* the parent's, counted by the parent */
-			s->t.tid = ctid;
-			return 0;
-		}
+	s = slot_claim(ckey);
+	if (s) {
+		s->task = ctx->args[1];
+		s->t = *t;
+		s->t.pending = 0; /* the parent's, counted by the parent */
+		s->t.tid = ctid;
+		return 0;
 	}
 	count(HS_STAT_TIDS_TAKEN);
 	if (bpf_map_update_elem(&hs_forks, &ctid, t, BPF_ANY))
