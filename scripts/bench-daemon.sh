@@ -52,6 +52,8 @@
 # quieter machine). One run's spread here is far larger than a 2 % target (a find
 # pair's ratios have quartiles about 0.9 and 1.1), so deciding a 1.02x target takes
 # a few hundred pairs: PAIRS with PAIR_WORKLOADS to spend them where they are needed.
+# Only more pairs narrow it: two identical runs back to back spread as much for a
+# 27 ms find as for a 0.42 s one (docs/ebpf.md, "More pairs, not longer runs").
 #
 # Per-call cost measured directly: after the rounds, each daemon condition runs
 # STATS_ROUNDS more times (conditions alternating) with `kernel.bpf_stats_enabled=1`
