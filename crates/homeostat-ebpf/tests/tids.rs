@@ -199,19 +199,22 @@ fn a_task_whose_slot_is_taken_keeps_its_state_in_task_storage() {
 }
 
 /// Each key has two slots (its hash and the neighbour): a task lands in task storage,
-/// where each of its calls takes the general path, only when both are held. The bound
-/// comes from the slots other tasks hold (m, every task of the machine that made a
-/// call since the load; the larger of the counts before and after the threads): were keys placed at random, the k-th of n new threads
-/// would find its one slot held with probability r = (m + k) / N, and both of a pair
-/// with about 1 - e^-l (1 + l), l = 2r (a bucket of two at that load); the test asks
-/// for fewer than halfway between the two sums. Fresh kernel stacks lie at regular
-/// strides, which the hash spreads better than random, so measured counts are lower:
-/// with N = 4096 and n = 1000 (m was 3 on an idle machine: a task takes a slot at its
-/// first call after the load), 9, 31, 4, 9, 49 and 22 threads in storage with two
-/// slots, 133, 133 and 27 with one (2026-12-03), against a bound of about 82, so a
-/// return to one slot fails this test in most runs, not all. Whether the common call itself finds a task in its
-/// second slot (rather than the slow path) is not seen here: `Kernel::task` looks in
-/// both.
+/// where each of its calls takes the general path, only when both are held.
+///
+/// The bound comes from the slots other tasks hold (m: every task of the machine that
+/// made a call since the load; the larger of the counts before and after the
+/// threads). Were keys placed at random, the k-th of n new threads would find its one
+/// slot held with probability r = (m + k) / N, and both of a pair with about
+/// 1 - e^-l (1 + l), l = 2r (a bucket of two at that load); the test asks for fewer
+/// than halfway between the two sums.
+///
+/// Fresh kernel stacks lie at regular strides, which the hash spreads better than
+/// random, so measured counts are lower: with N = 4096 and n = 1000 (m was 3 on an
+/// idle machine: a task takes a slot at its first call after the load), 9, 31, 4, 9,
+/// 49 and 22 threads in storage with two slots, 133, 133 and 27 with one
+/// (2026-12-03), against a bound of about 82, so a return to one slot fails this test
+/// in most runs, not all. Whether the common call itself finds a task in its second
+/// slot (rather than the slow path) is not seen here: `Kernel::task` looks in both.
 #[test]
 fn two_slots_a_key_keep_all_but_a_few_threads_out_of_task_storage() {
     let Some(k) = kernel_with_slots(4096) else {
