@@ -132,7 +132,7 @@ impl Snapshot {
             ),
             (
                 "homeostat_general_calls_total",
-                "Calls of followed tasks that took the kernel's general path (first calls, unknown windows, hooks, count flushes) rather than the common call.",
+                "Calls of followed tasks that took the kernel's general path (first calls, unknown windows, hooks, misses, learnt pairs) rather than the common call.",
                 self.general_calls_total,
             ),
         ];
@@ -538,7 +538,7 @@ homeostat_profiles_full_total 9
 # HELP homeostat_tids_taken_total Times a task's state found both of its slots held and went to task storage (each call of such a task on the general path); a task can count more than once.
 # TYPE homeostat_tids_taken_total counter
 homeostat_tids_taken_total 17
-# HELP homeostat_general_calls_total Calls of followed tasks that took the kernel's general path (first calls, unknown windows, hooks, count flushes) rather than the common call.
+# HELP homeostat_general_calls_total Calls of followed tasks that took the kernel's general path (first calls, unknown windows, hooks, misses, learnt pairs) rather than the common call.
 # TYPE homeostat_general_calls_total counter
 homeostat_general_calls_total 18
 # HELP homeostat_profiles Profiles by lifecycle state.

@@ -175,6 +175,8 @@ pub struct Kernel {
     pub(crate) free_rows: MapHandle,
     pub(crate) events: MapHandle,
     pub(crate) stats: MapHandle,
+    /// Per-CPU call counts by profile slot (`hs_calls`).
+    pub(crate) slot_calls: MapHandle,
     pub(crate) stopped: MapHandle,
     /// `hs_tids`' size - 1.
     pub(crate) tid_mask: u32,
@@ -421,6 +423,7 @@ impl Kernel {
             free_rows: dup(&skel.maps.hs_free_rows, "hs_free_rows")?,
             events: dup(&skel.maps.hs_events, "hs_events")?,
             stats: dup(&skel.maps.hs_stats, "hs_stats")?,
+            slot_calls: dup(&skel.maps.hs_calls, "hs_calls")?,
             stopped: dup(&skel.maps.hs_stopped, "hs_stopped")?,
             tid_mask: tids - 1,
             task_maps: crate::task::TaskMaps::new(

@@ -173,18 +173,35 @@ impl Kernel {
 
     /// A profile's entry, if the kernel has one.
     pub fn profile(&self, exe: ExeKey) -> Result<Option<KernelProfile>, Error> {
-        Ok(self.lookup_profile(&abi::key(exe))?.map(|p| KernelProfile {
+        let Some(p) = self.lookup_profile(&abi::key(exe))? else {
+            return Ok(None);
+        };
+        let calls = p.calls.wrapping_add(self.slot_calls(p.slot)?);
+        Ok(Some(KernelProfile {
             state: if p.state == abi::NORMAL {
                 KernelState::Normal
             } else {
                 KernelState::Training
             },
-            calls: p.calls,
+            calls,
             new_pairs: p.new_pairs,
             anomalies: p.anomalies,
             respond: p.respond != 0,
             igen: p.igen,
         }))
+    }
+
+    /// The calls the tasks of profile slot `slot` flushed to its per-CPU counter
+    /// (`hs_calls`: every HS_FLUSH_CALLS calls, on the common call), summed over CPUs.
+    fn slot_calls(&self, slot: u32) -> Result<u64, Error> {
+        Ok(self
+            .slot_calls
+            .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("hs_calls", "lookup"))?
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| abi::decode_prefix::<u64>(v))
+            .fold(0u64, |a, b| a.wrapping_add(b)))
     }
 
     /// Records the generation of the file a profile is for (a profile loaded from
@@ -230,6 +247,16 @@ impl Kernel {
         if self.symbols.is_some() {
             self.clear_classes(p.slot)?;
         }
+        // The slot's next profile counts from 0 (but for the few calls of a task that
+        // was mid-call at the removal: hs_calls).
+        let ncpu = libbpf_rs::num_possible_cpus().map_err(map_err("hs_calls", "clear"))?;
+        self.slot_calls
+            .update_percpu(
+                &p.slot.to_ne_bytes(),
+                &vec![0u64.to_ne_bytes().to_vec(); ncpu],
+                MapFlags::ANY,
+            )
+            .map_err(map_err("hs_calls", "clear"))?;
         push(&self.free_slots, "hs_free_slots", p.slot)
     }
 

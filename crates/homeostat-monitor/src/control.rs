@@ -414,10 +414,10 @@ pub struct StatusReply {
     #[serde(default)]
     pub tids_taken: u64,
     /// Calls that took the kernel's general path rather than the common call (a
-    /// task's first calls, a window not yet known, a miss or a learnt pair, a count
-    /// flush, a task in storage; docs/ebpf.md, "The common call"), of every task the
-    /// programs see, with or without a profile. Not a loss: the measure of what the
-    /// common call saves. Absent from daemons that predate it.
+    /// task's first calls, a window not yet known, a miss or a learnt pair, a task in
+    /// storage; docs/ebpf.md, "The common call"), of every task the programs see,
+    /// with or without a profile. Not a loss: the measure of what the common call
+    /// saves. Absent from daemons that predate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub general_calls: Option<u64>,
     /// The daemon's BPF programs' run time, when `kernel.bpf_stats_enabled` is 1

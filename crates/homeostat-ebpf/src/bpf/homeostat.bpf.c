@@ -145,6 +145,22 @@ struct {
 	__uint(max_entries, 1 << 22);
 } hs_events SEC(".maps");
 
+/* Calls of each profile slot's tasks, per CPU: where a task adds its pending calls
+ * every HS_FLUSH_CALLS calls, inline on the common call (a per-CPU array's lookup
+ * the verifier inlines; a flush through the general path, which looked up the
+ * profile by its hash key, cost 3 ns a call on find: 1/64 of the general path).
+ * A profile's count is its hs_profile.calls (the flushes at exec and exit, which
+ * look the profile up and so need no current slot) plus this entry summed over CPUs
+ * (userspace: Kernel::profile). Userspace zeroes a slot's entry when it frees the
+ * slot; a task that passed its generation test before the removal can still add up
+ * to HS_FLUSH_CALLS calls after the zeroing, which the slot's next profile counts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HS_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} hs_calls SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, HS_NSTATS);
@@ -188,6 +204,16 @@ static __always_inline void percpu_add(void *map, __u32 which)
 static __always_inline void count(__u32 which)
 {
 	percpu_add(&hs_stats, which);
+}
+
+/* Adds `n` calls to profile slot `slot`'s count on this CPU (hs_calls). Not inlined:
+ * the common call runs it once in HS_FLUSH_CALLS calls. */
+static __noinline void calls_add(__u32 slot, __u32 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&hs_calls, &slot);
+
+	if (v)
+		*v += n; /* per-CPU: no atomics needed */
 }
 
 static __always_inline struct hs_config *get_config(void)
@@ -660,8 +686,7 @@ static __noinline __u32 row_new(struct hs_index *ix, __u32 cur)
 
 /* A call of a followed task that the common call (below) does not finish: a stale
  * profile state, a window not known complete, a call with an argument or throttle
- * hook, a flush of the call count, any miss or learnt pair. Redoes the common call's
- * tests from the start. A global function: the verifier checks it once, with `t` as
+ * hook, any miss or learnt pair. Redoes the common call's tests from the start. A global function: the verifier checks it once, with `t` as
  * plain memory of an hs_task, whichever map holds it (a slot of hs_tids or task
  * storage: two pointer types, which a static function is verified for once each:
  * with argument classes on that exceeded the verifier's 1M-instruction budget). */
@@ -792,20 +817,21 @@ tested:
 	t->fpos = (pos + 1) & (HS_LOCALITY - 1);
 framed:
 
-	if (misses || learnt || t->pending >= HS_FLUSH_CALLS) {
-		if (!p)
-			p = bpf_map_lookup_elem(&hs_profiles, &t->key);
-		if (!p) {
-			/* removed since: stale until the next generation */
-			t->cached = 0;
-			t->fast = 0;
-			return 0;
-		}
-		__sync_fetch_and_add(&p->calls, t->pending);
+	/* t->slot is the profile's: its state is current as of this generation. */
+	if (t->pending >= HS_FLUSH_CALLS) {
+		calls_add(t->slot, t->pending);
 		t->pending = 0;
 	}
-	if (!(misses || learnt) || !p)
+	if (!(misses || learnt))
 		return 0;
+	if (!p)
+		p = bpf_map_lookup_elem(&hs_profiles, &t->key);
+	if (!p) {
+		/* removed since: stale until the next generation */
+		t->cached = 0;
+		t->fast = 0;
+		return 0;
+	}
 	/* An event: who made the call. */
 	cfg = caller(&pid, &tid);
 	if (!cfg)
@@ -885,18 +911,20 @@ static __noinline int sys_enter_slow(struct hs_task *t, __u32 call, long id, __u
 
 /* The common call: a task following a profile whose state it has cached, whose full
  * window of eight calls is known to be in the profile (its table of known pairs),
- * with no argument or throttle hook for this call and no flush due. It reads one
- * cache line of the task's hs_tids slot, one word of `known`, the line of hs_shared
- * and the task_struct's status word (its first line), and writes two words: the call count and the window in local slots
- * (seq is rebuilt from it by the next general call); the locality frame only when
- * some bit of it is set. Anything else is sys_enter_slow's. */
+ * with no argument or throttle hook for this call. It reads one cache line of the
+ * task's hs_tids slot, one word of `known`, the line of hs_shared and the
+ * task_struct's status word (its first line), and writes two words: the call count
+ * and the window in local slots (seq is rebuilt from it by the next general call);
+ * the locality frame only when some bit of it is set; once in HS_FLUSH_CALLS calls,
+ * the count to its profile slot's per-CPU counter (hs_calls). Anything else is
+ * sys_enter_slow's. */
 static __always_inline int on_sys_enter(long id, __u64 key)
 {
 	struct task_struct *task;
 	struct hs_task *t = NULL;
 	struct hs_tid *s;
 	__u64 lwin, *fw, bit, known0;
-	__u32 cur, pos, cached, gen;
+	__u32 cur, pos, cached, gen, pending;
 	int ls;
 
 	if (id < 0)
@@ -935,8 +963,6 @@ static __always_inline int on_sys_enter(long id, __u64 key)
 			return 0;
 		goto slow;
 	}
-	if (t->pending >= HS_FLUSH_CALLS - 1)
-		goto slow;
 	cached = t->cached;
 	if ((cached & HS_CACHE_HOOKS) &&
 	    ((hs_args_on && cur < HS_ROW && hs_arg_spec[cur & (HS_ROW - 1)]) ||
@@ -948,7 +974,14 @@ static __always_inline int on_sys_enter(long id, __u64 key)
 	lwin = t->lwin;
 	if (lwin & ~t->known[ls & (HS_LOCAL - 1)])
 		goto slow;
-	t->pending++;
+	/* The count, flushed here to the slot's per-CPU counter (fast == gen: t->slot
+	 * is the profile's). */
+	pending = t->pending + 1;
+	if (pending >= HS_FLUSH_CALLS) {
+		calls_add(t->slot, pending);
+		pending = 0;
+	}
+	t->pending = pending;
 	t->lwin = (lwin << 8) | (1ULL << (ls & (HS_LOCAL - 1)));
 	/* No miss: the frame changes only if the bit leaving it was set (LFC 0: none is). */
 	if (t->lfc) {

@@ -176,7 +176,8 @@ struct hs_tid {
 /* Argument classes or the throttle are on: the common call looks at their tables
  * (so that, with both off, it reads nothing of theirs). */
 #define HS_CACHE_HOOKS 8
-/* Calls counted per task before they are added to the profile's `calls`. */
+/* Calls counted per task before they are added to its profile slot's per-CPU count
+ * (hs_calls; at exec and exit, to the profile's `calls`). */
 #define HS_FLUSH_CALLS 64
 
 struct hs_config {
