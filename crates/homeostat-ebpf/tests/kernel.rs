@@ -41,6 +41,17 @@ fn load_attach_and_read_counters() {
     assert_eq!(s.lost_events, 0);
 }
 
+/// Takes every one of the kernel's 4096 profile slots (a free kernel: no other
+/// profile) with training profiles under device `dev`, a key no file has; the
+/// caller removes them.
+fn every_slot_taken(k: &Kernel, dev: u64) -> Vec<ExeKey> {
+    let keys: Vec<ExeKey> = (0..4096).map(|ino| ExeKey { dev, ino }).collect();
+    for &key in &keys {
+        k.set_state(key, KernelState::Training).unwrap();
+    }
+    keys
+}
+
 #[test]
 fn pairs_round_trip_through_the_kernel() {
     let Some(k) = kernel() else { return };
@@ -75,15 +86,7 @@ fn pairs_round_trip_through_the_kernel() {
     assert!(k.pairs(exe).unwrap().is_empty());
     // Its slot and rows were freed cleared: a new profile starts empty, and every
     // slot can be taken and given back.
-    let others: Vec<ExeKey> = (0..4096)
-        .map(|i| ExeKey {
-            dev: u64::MAX - 1,
-            ino: i,
-        })
-        .collect();
-    for &o in &others {
-        k.set_state(o, KernelState::Training).unwrap();
-    }
+    let others = every_slot_taken(&k, u64::MAX - 1);
     assert!(k.pairs(others[4095]).unwrap().is_empty());
     assert!(
         k.set_state(exe, KernelState::Training).is_err(),
@@ -421,15 +424,7 @@ fn a_freed_slot_counts_from_zero() {
     assert!(calls > 40_000, "{calls} calls counted");
     k.remove_profile(exe).unwrap();
     // Every slot taken, dd's among them (the free slots are a queue: its comes last).
-    let others: Vec<ExeKey> = (0..4096)
-        .map(|i| ExeKey {
-            dev: u64::MAX - 2,
-            ino: i,
-        })
-        .collect();
-    for &o in &others {
-        k.set_state(o, KernelState::Training).unwrap();
-    }
+    let others = every_slot_taken(&k, u64::MAX - 2);
     let counted: Vec<(u64, u64)> = others
         .iter()
         .map(|&o| (o.ino, k.profile(o).unwrap().unwrap().calls))
