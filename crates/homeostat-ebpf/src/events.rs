@@ -118,8 +118,8 @@ pub struct Stats {
     pub tids_taken: u64,
     /// Not a loss: calls of followed tasks that took the general path (the common
     /// call could not finish them: a task's first calls, a window not yet known, a
-    /// call with a hook, a miss or a learnt pair, a profile changed since). The rest of the
-    /// calls cost only the common call's few loads.
+    /// call with a hook, a miss or a learnt pair, a profile changed since). The rest
+    /// of the calls cost only the common call's few loads.
     pub general_calls: u64,
 }
 

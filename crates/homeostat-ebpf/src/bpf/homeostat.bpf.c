@@ -686,10 +686,11 @@ static __noinline __u32 row_new(struct hs_index *ix, __u32 cur)
 
 /* A call of a followed task that the common call (below) does not finish: a stale
  * profile state, a window not known complete, a call with an argument or throttle
- * hook, any miss or learnt pair. Redoes the common call's tests from the start. A global function: the verifier checks it once, with `t` as
- * plain memory of an hs_task, whichever map holds it (a slot of hs_tids or task
- * storage: two pointer types, which a static function is verified for once each:
- * with argument classes on that exceeded the verifier's 1M-instruction budget). */
+ * hook, any miss or learnt pair. Redoes the common call's tests from the start. A
+ * global function: the verifier checks it once, with `t` as plain memory of an
+ * hs_task, whichever map holds it (a slot of hs_tids or task storage: two pointer
+ * types, which a static function is verified for once each: with argument classes on
+ * that exceeded the verifier's 1M-instruction budget). */
 __attribute__((noinline)) int hs_general(struct hs_task *t, __u32 call)
 {
 	struct hs_config *cfg;
