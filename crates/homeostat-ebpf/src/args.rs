@@ -20,6 +20,7 @@ use libbpf_rs::{ErrorKind, MapCore, MapFlags};
 
 use crate::abi::{self, hs_class_event, hs_class_key, ROW};
 use crate::error::{map_err, Error};
+use crate::kernel::percpu_sums;
 use crate::Kernel;
 
 /// `HS_SPEC_*` kinds.
@@ -179,19 +180,8 @@ impl Kernel {
 
     /// The argument side's loss counters (zero when arguments are off).
     pub fn arg_stats(&self) -> Result<ArgStats, Error> {
-        let mut sums = [0u64; ANSTATS];
-        for (i, sum) in sums.iter_mut().enumerate() {
-            let per_cpu = self
-                .arg_stats_map
-                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
-                .map_err(map_err("hs_arg_stats", "lookup"))?
-                .unwrap_or_default();
-            *sum = per_cpu
-                .iter()
-                .filter_map(|v| abi::decode_prefix::<u64>(v))
-                .sum();
-        }
-        let [overflowed, map_full, unread, lost_events] = sums;
+        let [overflowed, map_full, unread, lost_events] =
+            percpu_sums::<ANSTATS>(&self.arg_stats_map, "hs_arg_stats")?;
         Ok(ArgStats {
             overflowed,
             map_full,

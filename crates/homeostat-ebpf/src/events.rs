@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use libbpf_rs::{MapCore, MapFlags, RingBuffer};
+use libbpf_rs::RingBuffer;
 
 use crate::abi::{self, hs_class_event, hs_event, hs_exec_event, NSTATS};
 use crate::error::{map_err, Error};
+use crate::kernel::percpu_sums;
 use crate::Kernel;
 use homeostat_core::ph::ExeKey;
 use homeostat_core::symbols::Arg;
@@ -208,21 +209,9 @@ fn decode_event(b: &[u8]) -> Option<Event> {
 impl Kernel {
     /// The loss counters, summed over CPUs.
     pub fn stats(&self) -> Result<Stats, Error> {
-        let mut sums = [0u64; NSTATS];
-        for (i, sum) in sums.iter_mut().enumerate() {
-            let per_cpu = self
-                .stats
-                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
-                .map_err(map_err("hs_stats", "lookup"))?
-                .unwrap_or_default();
-            *sum = per_cpu
-                .iter()
-                .filter_map(|v| abi::decode_prefix::<u64>(v))
-                .sum();
-        }
         // In HS_STAT_* order.
         let [lost_events, rows_full, tasks_full, profiles_full, stops_failed, _events, tids_taken, general_calls] =
-            sums;
+            percpu_sums::<NSTATS>(&self.stats, "hs_stats")?;
         Ok(Stats {
             lost_events,
             rows_full,

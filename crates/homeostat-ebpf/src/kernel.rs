@@ -114,6 +114,31 @@ fn tid_slots(asked: u32) -> u32 {
     want.clamp(1, TIDS).next_power_of_two()
 }
 
+/// Entry `key` of per-CPU u64 array `map` (named `name` in errors), summed over CPUs
+/// (an absent entry: 0).
+pub(crate) fn percpu_sum(map: &MapHandle, name: &'static str, key: u32) -> Result<u64, Error> {
+    Ok(map
+        .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)
+        .map_err(map_err(name, "lookup"))?
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| crate::abi::decode_prefix::<u64>(v))
+        .fold(0, u64::wrapping_add))
+}
+
+/// Entries 0..N of per-CPU u64 array `map`, each summed over CPUs: a counter array's
+/// totals.
+pub(crate) fn percpu_sums<const N: usize>(
+    map: &MapHandle,
+    name: &'static str,
+) -> Result<[u64; N], Error> {
+    let mut sums = [0u64; N];
+    for (i, sum) in sums.iter_mut().enumerate() {
+        *sum = percpu_sum(map, name, i as u32)?;
+    }
+    Ok(sums)
+}
+
 /// The programs' links, detached in the reverse order of attaching: sys_enter first,
 /// sched_process_exit last (see `load_once`).
 struct Links(Vec<Link>);

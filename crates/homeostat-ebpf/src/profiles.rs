@@ -11,6 +11,7 @@ use libbpf_rs::{ErrorKind, MapCore, MapFlags};
 
 use crate::abi::{self, hs_key, hs_profile, hs_row, ROW, SLOTS, TABLE};
 use crate::error::{map_err, Error};
+use crate::kernel::percpu_sum;
 use crate::Kernel;
 
 /// A profile's state as the kernel knows it.
@@ -176,7 +177,11 @@ impl Kernel {
         let Some(p) = self.lookup_profile(&abi::key(exe))? else {
             return Ok(None);
         };
-        let calls = p.calls.wrapping_add(self.slot_calls(p.slot)?);
+        // Those flushed at exec and exit, and those the common call flushed to the
+        // slot's per-CPU counter (hs_calls).
+        let calls = p
+            .calls
+            .wrapping_add(percpu_sum(&self.slot_calls, "hs_calls", p.slot)?);
         Ok(Some(KernelProfile {
             state: if p.state == abi::NORMAL {
                 KernelState::Normal
@@ -189,19 +194,6 @@ impl Kernel {
             respond: p.respond != 0,
             igen: p.igen,
         }))
-    }
-
-    /// The calls the tasks of profile slot `slot` flushed to its per-CPU counter
-    /// (`hs_calls`: every HS_FLUSH_CALLS calls, on the common call), summed over CPUs.
-    fn slot_calls(&self, slot: u32) -> Result<u64, Error> {
-        Ok(self
-            .slot_calls
-            .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
-            .map_err(map_err("hs_calls", "lookup"))?
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|v| abi::decode_prefix::<u64>(v))
-            .fold(0u64, |a, b| a.wrapping_add(b)))
     }
 
     /// Records the generation of the file a profile is for (a profile loaded from

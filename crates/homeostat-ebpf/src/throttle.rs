@@ -23,6 +23,7 @@ use crate::abi::{
     self, hs_profile, hs_rate_cfg, hs_rate_ring, hs_thr_key, hs_thr_mode, COMPAT, TABLE,
 };
 use crate::error::{map_err, Error};
+use crate::kernel::percpu_sums;
 use crate::Kernel;
 
 /// `HS_THR_CONNECT`, `HS_THR_STOP`.
@@ -286,19 +287,7 @@ impl Kernel {
 
     /// The throttle's loss counters.
     pub fn throttle_stats(&self) -> Result<ThrottleStats, Error> {
-        let mut sums = [0u64; TNSTATS];
-        for (i, sum) in sums.iter_mut().enumerate() {
-            let per_cpu = self
-                .thr_stats
-                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
-                .map_err(map_err("hs_thr_stats", "lookup"))?
-                .unwrap_or_default();
-            *sum = per_cpu
-                .iter()
-                .filter_map(|v| abi::decode_prefix::<u64>(v))
-                .sum();
-        }
-        let [unread, lost_events] = sums;
+        let [unread, lost_events] = percpu_sums::<TNSTATS>(&self.thr_stats, "hs_thr_stats")?;
         Ok(ThrottleStats {
             unread,
             lost_events,
